@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` (set up, fetch ML-100K, run the flow) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATA := data/ml-100k/ml-100k.inter
+# Metaflow needs a user name; CI machines may not set one.
+export USERNAME ?= $(or $(USER),movierec)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup data run test lint clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(STAMP)  ## create .venv with the pinned dependencies and movierec
+
+$(DATA): | $(STAMP)
+	$(BIN)/python -m movierec.data fetch
+
+data: $(DATA)  ## download MovieLens 100K (from the recbole wheel on PyPI) into data/ml-100k
+
+run: setup data  ## train, evaluate and publish on ML-100K (extra flow options: make run ARGS="--split temporal")
+	$(BIN)/python flows/recommender_flow.py --no-pylint run $(ARGS)
+
+test: setup data  ## the test suite
+	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+
+lint: setup  ## ruff
+	$(BIN)/ruff check movierec flows tests benchmarks
+
+clean:  ## remove the venv, caches and local Metaflow/Ray runs (keeps downloaded data)
+	rm -rf $(VENV) .metaflow .movierec_ray .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,0 +1,132 @@
+"""RecommenderFlow: a two-stage movie recommender, trained, evaluated and versioned end to end.
+
+    python flows/recommender_flow.py run                       # ML-100K, default budgets
+    python flows/recommender_flow.py run --data-dir ~/ml-25m   # a GroupLens download
+    python flows/recommender_flow.py resume                    # continue a failed run
+    python flows/recommender_flow.py card view evaluate        # the metrics report
+
+Each step is a few calls into the ``movierec`` package plus its card.
+"""
+
+from metaflow import FlowSpec, Parameter, card, current, step
+
+from movierec import faults, index, pipeline, reports
+from movierec.data import Dataset
+from movierec.features import encode
+from movierec.publish import make_bundle
+from movierec.retrieval import RetrievalConfig
+from movierec.split import split_ratings
+
+
+class RecommenderFlow(FlowSpec):
+    """Load → split → (train retrieval ∥ tune ranking) → build Annoy index → evaluate → publish."""
+
+    data_dir = Parameter("data-dir", default="",
+                         help="MovieLens folder (ratings.csv+movies.csv, ml-1m .dat, or recbole ml-100k files); "
+                              "default: ML-100K, downloaded once into data/ml-100k")
+    synthetic_ratings = Parameter("synthetic-ratings", default=0, help="use N synthetic ML-20M-shaped ratings")
+    max_ratings = Parameter("max-ratings", default=0, help="keep only the first N ratings by time (0: all)")
+    protocol = Parameter("split", default="random", help="split protocol: random or temporal")
+    test_fraction = Parameter("test-fraction", default=0.2, help="share of ratings held out for test")
+    seed = Parameter("seed", default=42, help="seed for the split, initialisation and data order")
+    retrieval_workers = Parameter("retrieval-workers", default=2, help="Ray Train workers (DDP over gloo)")
+    retrieval_epochs = Parameter("retrieval-epochs", default=10, help="two-tower training epochs")
+    embedding_dim = Parameter("embedding-dim", default=64, help="two-tower embedding size")
+    tune_samples = Parameter("tune-samples", default=8, help="Ray Tune trials for the rating model")
+    tune_epochs = Parameter("tune-epochs", default=8, help="most epochs a Tune trial may train (ASHA stops early)")
+    n_trees = Parameter("n-trees", default=50, help="Annoy trees (more: better recall, bigger index)")
+    ray_address = Parameter("ray-address", default="", help="join this Ray cluster instead of starting one")
+    num_cpus = Parameter("num-cpus", default=2, help="CPUs for the local Ray instance")
+
+    @card
+    @step
+    def start(self):
+        faults.maybe_fail("start")
+        dataset = pipeline.load_data(self.data_dir, self.synthetic_ratings, self.max_ratings, self.seed)
+        self.dataset = dataset.to_bytes()
+        self.data_stats = dataset.stats()
+        print(f"[start] {dataset.name}: {self.data_stats}")
+        current.card.extend(reports.data_card(dataset, self.data_dir or dataset.name))
+        self.next(self.split)
+
+    @card
+    @step
+    def split(self):
+        faults.maybe_fail("split")
+        self.encoded = encode(Dataset.from_bytes(self.dataset))
+        enc = self.encoded
+        self.split_data = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, self.protocol,
+                                        self.test_fraction, self.seed)
+        print(f"[split] {self.split_data.summary()}")
+        current.card.extend(reports.split_card(enc, self.split_data))
+        self.next(self.train_retrieval, self.tune_ranking)
+
+    @card
+    @step
+    def train_retrieval(self):
+        faults.maybe_fail("train_retrieval")
+        cfg = RetrievalConfig(dim=self.embedding_dim, epochs=self.retrieval_epochs,
+                              workers=self.retrieval_workers, seed=self.seed)
+        self.retrieval = pipeline.run_retrieval(self.encoded, self.split_data, cfg, self._ray_storage(),
+                                                self.ray_address, self.num_cpus)
+        current.card.extend(reports.retrieval_card(self.retrieval))
+        self.next(self.build_index)
+
+    @card
+    @step
+    def tune_ranking(self):
+        faults.maybe_fail("tune_ranking")
+        self.ranking = pipeline.run_tuning(self.encoded, self.split_data, self._ray_storage(), self.tune_samples,
+                                           self.tune_epochs, self.seed, self.ray_address, self.num_cpus)
+        current.card.extend(reports.ranking_card(self.ranking))
+        self.next(self.build_index)
+
+    @card
+    @step
+    def build_index(self, inputs):
+        self.merge_artifacts(inputs)
+        faults.maybe_fail("build_index")
+        self.user_vectors, self.item_vectors = self.retrieval.embeddings()
+        self.index_settings = index.IndexSettings(n_trees=self.n_trees)
+        self.index_blob = index.build(self.item_vectors, self.index_settings, self.seed)
+        self.index_quality = pipeline.measure_index(self.index_blob, self.index_settings,
+                                                    self.user_vectors, self.item_vectors)
+        current.card.extend(reports.index_card(self.index_settings, self.index_quality))
+        self.next(self.evaluate)
+
+    @card
+    @step
+    def evaluate(self):
+        faults.maybe_fail("evaluate")
+        report = pipeline.evaluate(self.encoded, self.split_data, self.retrieval, self.ranking,
+                                   self.user_vectors, self.item_vectors, self.index_blob, self.index_settings)
+        self.metrics, self.samples = report.rows, report.samples
+        print(report.to_text())
+        current.card.extend(reports.evaluation_card(report))
+        self.next(self.publish)
+
+    @card
+    @step
+    def publish(self):
+        faults.maybe_fail("publish")
+        self.bundle = make_bundle(self.encoded, self.retrieval, self.ranking, self.index_blob, self.index_settings,
+                                  {"flow": current.flow_name, "run_id": current.run_id,
+                                   "dataset": self.data_stats, "metrics": self.metrics})
+        current.card.extend(reports.publish_card({"flow": current.flow_name, "run_id": current.run_id},
+                                                 len(self.bundle)))
+        self.next(self.end)
+
+    @card
+    @step
+    def end(self):
+        print(f"[end] run {current.run_id} finished; metrics: "
+              f"python flows/recommender_flow.py card view evaluate --run-id {current.run_id}")
+
+    def _ray_storage(self) -> str:
+        from movierec.cluster import storage_path
+
+        return storage_path(current.flow_name, current.run_id, current.step_name)
+
+
+if __name__ == "__main__":
+    RecommenderFlow()

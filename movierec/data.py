@@ -1,0 +1,488 @@
+"""Loading MovieLens data into one normalised shape.
+
+Every source (the ML-100K copy shipped inside the ``recbole`` wheel, the GroupLens CSV layouts,
+ml-1m's ``::`` files, the synthetic generator) ends up as a :class:`Dataset` of three Arrow
+tables with fixed schemas, so the rest of the pipeline never cares where the data came from.
+Files are parsed with pyarrow (fast path) and cached as Parquet; only when pyarrow rejects a file
+do we re-scan it line by line, to tell the user the exact file, line and problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+RATINGS_SCHEMA = pa.schema(
+    [("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float32()), ("timestamp", pa.int64())]
+)
+ITEMS_SCHEMA = pa.schema(
+    [("item_id", pa.int64()), ("title", pa.string()), ("year", pa.int32()), ("genres", pa.list_(pa.string()))]
+)
+USERS_SCHEMA = pa.schema(
+    [("user_id", pa.int64()), ("age", pa.int32()), ("gender", pa.string()), ("occupation", pa.string())]
+)
+
+# The ML-100K copy inside the recbole 1.2.1 wheel on PyPI: pinned by the wheel's and each file's hash.
+RECBOLE_REQUIREMENT = "recbole==1.2.1"
+RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+ML100K_MEMBER_DIR = "recbole/dataset_example/ml-100k/"
+ML100K_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+}
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "ml-100k"
+
+_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line where known, and what was expected."""
+
+
+@dataclass
+class Dataset:
+    """Ratings plus item and user side information, in the fixed schemas above."""
+
+    name: str
+    ratings: pa.Table
+    items: pa.Table
+    users: pa.Table
+
+    def to_bytes(self) -> dict[str, bytes]:
+        """Parquet bytes per table: a compact, library-independent Metaflow artifact."""
+        out = {"name": self.name.encode()}
+        for key in ("ratings", "items", "users"):
+            sink = pa.BufferOutputStream()
+            pq.write_table(getattr(self, key), sink)
+            out[key] = sink.getvalue().to_pybytes()
+        return out
+
+    @classmethod
+    def from_bytes(cls, blobs: dict[str, bytes]) -> Dataset:
+        tables = {k: pq.read_table(pa.BufferReader(blobs[k])) for k in ("ratings", "items", "users")}
+        return cls(name=blobs["name"].decode(), **tables)
+
+    def head(self, n: int) -> Dataset:
+        """The first ``n`` ratings by time, with side tables kept whole: a small, realistic slice."""
+        if n <= 0 or n >= self.ratings.num_rows:
+            return self
+        order = pc.sort_indices(self.ratings, sort_keys=[("timestamp", "ascending"), ("user_id", "ascending")])
+        return Dataset(self.name + f"[:{n}]", self.ratings.take(order[:n]), self.items, self.users)
+
+    def stats(self) -> dict[str, float]:
+        """Headline statistics for cards and logs."""
+        r = self.ratings
+        n_users = len(pc.unique(r["user_id"]))
+        n_items = len(pc.unique(r["item_id"]))
+        ts = r["timestamp"]
+        return {
+            "ratings": r.num_rows,
+            "users": n_users,
+            "items": n_items,
+            "density": r.num_rows / max(1, n_users * n_items),
+            "mean_rating": float(pc.mean(r["rating"]).as_py() or 0.0),
+            "first_timestamp": int(pc.min(ts).as_py() or 0),
+            "last_timestamp": int(pc.max(ts).as_py() or 0),
+            "items_with_metadata": self.items.num_rows,
+            "users_with_features": self.users.num_rows,
+        }
+
+
+# --------------------------------------------------------------------------- CSV reading
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+
+
+_INT = re.compile(r"^\s*[+-]?\d+\s*$")
+_FLOAT = re.compile(r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|nan|inf)\s*$", re.I)
+
+
+def _parse_value(text: str, typ: pa.DataType) -> None:
+    """Raise ValueError where pyarrow would refuse ``text`` as ``typ`` (stricter than int()/float())."""
+    if pa.types.is_integer(typ) and not (_INT.match(text) and -(2**63) <= int(text) < 2**63):
+        raise ValueError(text)
+    if pa.types.is_floating(typ) and not _FLOAT.match(text):
+        raise ValueError(text)
+
+
+def _line_of_row(path: Path, row: int, header: bool, encoding: str = "utf8") -> int:
+    """1-based file line of the ``row``-th data row; pyarrow skips blank lines, so we must too."""
+    lines = path.read_bytes().decode(encoding, errors="replace").splitlines()
+    seen = -1
+    for number, line in enumerate(lines[1:] if header else lines, start=2 if header else 1):
+        seen += bool(line.strip())
+        if seen == row:
+            return number
+    return row + (2 if header else 1)
+
+
+def _locate_bad_line(
+    path: Path, text: str, delimiter: str, names: list[str], types: dict[str, pa.DataType], first_line: int
+) -> str:
+    """Slow path, run only after pyarrow refused a file: find the first offending line and say why."""
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting)
+    for offset, row in enumerate(reader):
+        line = first_line + offset
+        if not row:
+            continue
+        if len(row) != len(names):
+            return f"{path}, line {line}: expected {len(names)} fields ({', '.join(names)}), got {len(row)}"
+        for name, value in zip(names, row):
+            typ = types.get(name)
+            if typ is None:
+                continue
+            try:
+                _parse_value(value, typ)
+            except ValueError:
+                return f"{path}, line {line}: column '{name}' expected {typ}, got {value!r}"
+    return f"{path}: could not be parsed"
+
+
+def read_table(
+    path: Path,
+    types: dict[str, pa.DataType],
+    *,
+    delimiter: str = ",",
+    names: list[str] | None = None,
+    encoding: str = "utf8",
+    separator: str | None = None,
+    typed_header: bool = False,
+) -> pa.Table:
+    """Read a delimited file into Arrow with the given column types, or fail with a precise DataError.
+
+    ``names`` gives column names for headerless files; otherwise the header must contain every
+    column in ``types``. ``separator`` is a multi-character field separator (ml-1m's ``::``),
+    rewritten to ``delimiter`` before parsing because pyarrow takes single characters only.
+    ``typed_header`` drops recbole's ``:type`` suffixes from header names.
+    """
+    _check_file(path)
+    raw = path.read_bytes()
+    if separator:
+        raw = raw.replace(separator.encode(), delimiter.encode())
+    text = raw.decode(encoding, errors="replace")
+    first_data_line = 1
+    if names is None:
+        header = text.split("\n", 1)[0].rstrip("\r").lstrip("\ufeff")
+        names = [h.strip().strip('"') for h in header.split(delimiter)]
+        if typed_header:
+            names = [n.split(":", 1)[0] for n in names]
+        missing = [c for c in types if c not in names]
+        if missing:
+            raise DataError(
+                f"{path}, line 1: missing column(s) {', '.join(missing)}; "
+                f"expected header with {', '.join(types)}, got {header!r}"
+            )
+        first_data_line = 2
+        body = text.split("\n", 1)[1] if "\n" in text else ""
+    else:
+        body = text
+    if not body.strip():
+        raise DataError(f"{path}: no data rows")
+    quote = '"' if delimiter == "," else False
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(body.encode()),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=64 << 20),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=quote),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
+        )
+    except pa.ArrowInvalid as exc:
+        raise DataError(_locate_bad_line(path, body, delimiter, names, types, first_data_line)) from exc
+    for name in types:
+        nulls = table[name].null_count
+        if nulls:
+            first = int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
+            line = _line_of_row(path, first, first_data_line == 2, encoding)
+            raise DataError(f"{path}, line {line}: column '{name}' is empty, expected {types[name]}")
+    return table
+
+
+def _validate_ratings(path: Path, table: pa.Table, header: bool = True) -> pa.Table:
+    ratings = table["rating"].to_numpy()
+    bad = np.flatnonzero(~((ratings >= 0.5) & (ratings <= 5.0)))
+    if len(bad):
+        raise DataError(
+            f"{path}, line {_line_of_row(path, int(bad[0]), header)}: rating {ratings[bad[0]]!r} out of range, "
+            "expected a number from 0.5 to 5"
+        )
+    return table.select(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA)
+
+
+def split_title_year(titles: list[str]) -> tuple[list[str], list[int | None]]:
+    """'Toy Story (1995)' -> ('Toy Story', 1995); titles without a year keep year None."""
+    names, years = [], []
+    for t in titles:
+        m = _TITLE_YEAR.match(t)
+        names.append(m.group(1) if m else t.strip())
+        years.append(int(m.group(2)) if m else None)
+    return names, years
+
+
+def _items_table(ids: pa.Array, titles: list[str], years: list[int | None], genres: list[list[str]]) -> pa.Table:
+    return pa.table(
+        {
+            "item_id": pa.array(ids, pa.int64()),
+            "title": pa.array(titles, pa.string()),
+            "year": pa.array(years, pa.int32()),
+            "genres": pa.array(genres, pa.list_(pa.string())),
+        },
+        schema=ITEMS_SCHEMA,
+    )
+
+
+def _clean_genres(raw: list[str], sep: str) -> list[list[str]]:
+    return [[g for g in (s or "").split(sep) if g and g != "(no genres listed)"] for s in raw]
+
+
+# --------------------------------------------------------------------------- the three layouts
+
+
+def load_recbole_ml100k(directory: Path) -> Dataset:
+    """ML-100K in recbole's atomic-file layout (tab-separated, typed headers like ``user_id:token``)."""
+    d = Path(directory)
+    inter = read_table(
+        d / "ml-100k.inter",
+        {"user_id": pa.int64(), "item_id": pa.int64(), "rating": pa.float32(), "timestamp": pa.float64()},
+        delimiter="\t",
+        typed_header=True,
+    )
+    # recbole stores timestamps as floats; whole seconds are all we use.
+    inter = inter.set_column(3, "timestamp", pc.cast(pc.floor(inter["timestamp"]), pa.int64()))
+    ratings = _validate_ratings(d / "ml-100k.inter", inter)
+    item = read_table(
+        d / "ml-100k.item",
+        {"item_id": pa.int64(), "movie_title": pa.string(), "release_year": pa.string(), "class": pa.string()},
+        delimiter="\t",
+        typed_header=True,
+    )
+    # A few titles carry the year inside the title instead of the release_year column.
+    titles, title_years = split_title_year(item["movie_title"].to_pylist())
+    years = [int(y) if y.isdigit() else ty for y, ty in zip(item["release_year"].to_pylist(), title_years)]
+    items = _items_table(item["item_id"], titles, years, _clean_genres(item["class"].to_pylist(), " "))
+    users = read_table(
+        d / "ml-100k.user",
+        {"user_id": pa.int64(), "age": pa.int32(), "gender": pa.string(), "occupation": pa.string()},
+        delimiter="\t",
+        typed_header=True,
+    )
+    return Dataset("ml-100k", ratings, items, users.select(USERS_SCHEMA.names).cast(USERS_SCHEMA))
+
+
+def load_grouplens_csv(directory: Path) -> Dataset:
+    """ml-latest-small / ml-20m / ml-25m: ``ratings.csv`` + ``movies.csv`` (no user features)."""
+    d = Path(directory)
+    ratings = read_table(
+        d / "ratings.csv",
+        {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
+    ).rename_columns(["user_id", "item_id", "rating", "timestamp"])
+    movies = read_table(d / "movies.csv", {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()})
+    titles, years = split_title_year(movies["title"].to_pylist())
+    items = _items_table(movies["movieId"], titles, years, _clean_genres(movies["genres"].to_pylist(), "|"))
+    return Dataset(d.name, _validate_ratings(d / "ratings.csv", ratings), items, USERS_SCHEMA.empty_table())
+
+
+def load_ml1m(directory: Path) -> Dataset:
+    """ml-1m: headerless ``::``-separated ``ratings.dat``, ``movies.dat`` (latin-1) and ``users.dat``."""
+    d = Path(directory)
+    dat = {"delimiter": "\t", "separator": "::"}
+    ratings = read_table(
+        d / "ratings.dat",
+        {"user_id": pa.int64(), "item_id": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
+        names=["user_id", "item_id", "rating", "timestamp"],
+        **dat,
+    )
+    movies = read_table(
+        d / "movies.dat",
+        {"item_id": pa.int64(), "title": pa.string(), "genres": pa.string()},
+        names=["item_id", "title", "genres"],
+        encoding="latin-1",
+        **dat,
+    )
+    titles, years = split_title_year(movies["title"].to_pylist())
+    items = _items_table(movies["item_id"], titles, years, _clean_genres(movies["genres"].to_pylist(), "|"))
+    users = USERS_SCHEMA.empty_table()
+    if (d / "users.dat").exists():
+        raw = read_table(
+            d / "users.dat",
+            {"user_id": pa.int64(), "gender": pa.string(), "age": pa.int32(), "occupation": pa.string()},
+            names=["user_id", "gender", "age", "occupation", "zip"],
+            **dat,
+        )
+        users = raw.select(USERS_SCHEMA.names).cast(USERS_SCHEMA)
+    return Dataset(d.name, _validate_ratings(d / "ratings.dat", ratings, header=False), items, users)
+
+
+# layout -> (required files, optional files, loader)
+LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[Path], Dataset]]] = {
+    "recbole": (("ml-100k.inter", "ml-100k.item", "ml-100k.user"), (), load_recbole_ml100k),
+    "grouplens-csv": (("ratings.csv", "movies.csv"), (), load_grouplens_csv),
+    "ml-1m": (("ratings.dat", "movies.dat"), ("users.dat",), load_ml1m),
+}
+
+
+def detect_layout(directory: Path) -> str:
+    """Which of the supported layouts ``directory`` holds, judged by its file names."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: not a directory")
+    for layout, (files, _, _) in LAYOUTS.items():
+        if all((d / f).is_file() for f in files):
+            return layout
+    expected = "; ".join(" + ".join(files) for files, _, _ in LAYOUTS.values())
+    raise DataError(f"{d}: no supported MovieLens layout found (expected one of: {expected})")
+
+
+def _fingerprint(directory: Path, files: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        if (directory / f).exists():
+            st = (directory / f).stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def load_dataset(directory: Path, cache: bool = True) -> Dataset:
+    """Load any supported layout, through a Parquet cache keyed by the source files' size and mtime.
+
+    The cache lives in ``<directory>/.parquet-cache``; it is written atomically (temporary folder,
+    then rename) so an interrupted load never leaves a half-written cache behind.
+    """
+    d = Path(directory).resolve()
+    layout = detect_layout(d)
+    files, optional, loader = LAYOUTS[layout]
+    cache_dir = d / ".parquet-cache" / _fingerprint(d, files + optional)
+    if cache and (cache_dir / "meta.json").is_file():
+        name = json.loads((cache_dir / "meta.json").read_text())["name"]
+        tables = {k: pq.read_table(cache_dir / f"{k}.parquet") for k in ("ratings", "items", "users")}
+        return Dataset(name, **tables)
+    dataset = loader(d)
+    if cache and os.access(d, os.W_OK):
+        shutil.rmtree(d / ".parquet-cache", ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the cache from others sharing the data folder
+        for key in ("ratings", "items", "users"):
+            pq.write_table(getattr(dataset, key), tmp / f"{key}.parquet")
+        (tmp / "meta.json").write_text(json.dumps({"name": dataset.name, "layout": layout}))
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, cache_dir)
+    return dataset
+
+
+# --------------------------------------------------------------------------- fetching ML-100K
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def extract_ml100k(wheel: Path, dest: Path, checksums: dict[str, str] = ML100K_SHA256) -> Path:
+    """Take the ML-100K files out of a recbole wheel into ``dest``, verifying each one's sha256.
+
+    Files are checked in a temporary folder and moved into place only when all match, so a
+    corrupt or tampered wheel leaves ``dest`` untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        with zipfile.ZipFile(wheel) as zf:
+            for name, expected in checksums.items():
+                member = ML100K_MEMBER_DIR + name
+                try:
+                    data = zf.read(member)
+                except KeyError:
+                    raise DataError(f"{wheel}: member {member} missing") from None
+                actual = hashlib.sha256(data).hexdigest()
+                if actual != expected:
+                    raise DataError(f"{wheel}: {member} sha256 {actual}, expected {expected}")
+                (Path(tmp) / name).write_bytes(data)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in checksums:
+            os.replace(Path(tmp) / name, dest / name)
+    return dest
+
+
+def fetch_ml100k(
+    dest: Path = DEFAULT_DATA_DIR,
+    index_url: str | None = None,
+    wheel_sha256: str | None = RECBOLE_WHEEL_SHA256,
+    checksums: dict[str, str] = ML100K_SHA256,
+) -> Path:
+    """Make sure the real MovieLens 100K lies in ``dest``; download it from PyPI when it does not.
+
+    The data set is the copy GroupLens' files ship inside the ``recbole==1.2.1`` wheel. We
+    ``pip download --no-deps`` that wheel (never install it: it pins an old Ray), check its hash,
+    and extract only the three ML-100K files. ``index_url`` points pip at another index
+    (tests use a local one).
+    """
+    dest = Path(dest)
+    if all((dest / n).is_file() and _sha256(dest / n) == s for n, s in checksums.items()):
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp]
+        if index_url:
+            cmd += ["--index-url", index_url]
+        print(f"movierec: downloading {RECBOLE_REQUIREMENT} (carries MovieLens 100K) ...", file=sys.stderr)
+        proc = subprocess.run(cmd + [RECBOLE_REQUIREMENT], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise DataError(f"pip download {RECBOLE_REQUIREMENT} failed: {proc.stderr.strip()[-500:]}")
+        if wheel_sha256 and _sha256(wheels[0]) != wheel_sha256:
+            raise DataError(f"{wheels[0].name}: sha256 {_sha256(wheels[0])}, expected {wheel_sha256}")
+        return extract_ml100k(wheels[0], dest, checksums)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m movierec.data",
+        description="Fetch MovieLens 100K from PyPI, or check and cache a data directory as Parquet.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fetch", help="download ML-100K (from the recbole wheel) into a directory")
+    f.add_argument("--dest", type=Path, default=DEFAULT_DATA_DIR)
+    f.add_argument("--index-url", default=None, help="package index to download from (default: pip's)")
+    c = sub.add_parser("check", help="load a data directory, write its Parquet cache, print statistics")
+    c.add_argument("data_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            print(f"ML-100K ready in {fetch_ml100k(args.dest, args.index_url)}")
+        else:
+            print(json.dumps(load_dataset(args.data_dir).stats(), indent=2))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Approximate nearest-neighbour search over item embeddings with Annoy.
+
+The towers emit unit vectors, so Annoy's angular distance orders items exactly as the dot
+product does. The index is kept as the bytes of Annoy's file, which is what Metaflow versions
+and what the published bundle ships; loading writes them to a file Annoy can memory-map.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from movierec.metrics import top_k
+
+METRIC = "angular"
+
+
+@dataclass
+class IndexSettings:
+    n_trees: int = 50
+    search_k: int = -1  # Annoy's default: n_trees * k nodes inspected per query
+    metric: str = METRIC
+
+
+def build(vectors: np.ndarray, settings: IndexSettings, seed: int = 42) -> bytes:
+    """Build an Annoy index over ``vectors`` (row i = item index i) and return the file's bytes."""
+    index = AnnoyIndex(vectors.shape[1], settings.metric)
+    index.set_seed(seed)
+    for i, v in enumerate(vectors):
+        index.add_item(i, v)
+    index.build(settings.n_trees, n_jobs=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "items.ann")
+        index.save(path)
+        index.unload()
+        with open(path, "rb") as f:
+            return f.read()
+
+
+class Index:
+    """A loaded Annoy index; owns the temporary file Annoy maps, removed on close."""
+
+    def __init__(self, blob: bytes, dim: int, settings: IndexSettings):
+        fd, self._path = tempfile.mkstemp(suffix=".ann")
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        self.settings = settings
+        self._index = AnnoyIndex(dim, settings.metric)
+        self._index.load(self._path)
+
+    def query(self, vector: np.ndarray, k: int) -> np.ndarray:
+        """Indices of the ``k`` nearest items, nearest first."""
+        return np.asarray(self._index.get_nns_by_vector(vector, k, search_k=self.settings.search_k), dtype=np.int64)
+
+    def query_many(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """Top-``k`` item indices for each row; rows are padded with -1 if Annoy returns fewer."""
+        out = np.full((len(vectors), k), -1, dtype=np.int64)
+        for row, v in enumerate(vectors):
+            found = self.query(v, k)
+            out[row, : len(found)] = found
+        return out
+
+    def close(self) -> None:
+        self._index.unload()
+        if os.path.exists(self._path):
+            os.remove(self._path)
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Exact top-``k`` by dot product, in chunks of queries: the ground truth for Annoy's recall."""
+    return np.concatenate(
+        [top_k(queries[i : i + chunk] @ vectors.T, k) for i in range(0, len(queries), chunk)]
+        or [np.empty((0, min(k, len(vectors))), dtype=np.int64)]
+    )
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact top-k that the approximate search also returned (order ignored)."""
+    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx, exact))
+    return hits / exact.size if exact.size else 0.0

@@ -1,0 +1,117 @@
+"""Embedding blocks shared by the retrieval towers and the rating model.
+
+Both models look at a user through their id and demographic features and at a movie through its
+id, genres, title tokens and release-year bucket. The feature tables travel inside the module as
+buffers, so a state_dict is a self-contained model: callers pass only dense indices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from movierec.features import Encoded
+
+
+def _small_init(module: nn.Module, std: float = 0.05) -> None:
+    """Small embedding weights: default N(0, 1) makes early dot products huge and training unstable."""
+    for m in module.modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+
+def _buffer(x: np.ndarray) -> torch.Tensor:
+    return torch.tensor(np.ascontiguousarray(x), dtype=torch.long)
+
+
+class UserEncoder(nn.Module):
+    """Concatenated embeddings of a user's id, age bracket, gender and occupation."""
+
+    def __init__(self, sizes: dict[str, int], features: dict[str, torch.Tensor], dim: int, feat_dim: int = 8):
+        super().__init__()
+        self.id = nn.Embedding(sizes["user"], dim)
+        self.names = ("age", "gender", "occupation")
+        self.feats = nn.ModuleDict({n: nn.Embedding(sizes[n], feat_dim) for n in self.names})
+        for n in self.names:
+            self.register_buffer(f"f_{n}", features[n].clone())
+        self.out_dim = dim + feat_dim * len(self.names)
+        _small_init(self)
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        parts = [self.id(users)] + [self.feats[n](getattr(self, f"f_{n}")[users]) for n in self.names]
+        return torch.cat(parts, dim=-1)
+
+
+class ItemEncoder(nn.Module):
+    """Concatenated embeddings of a movie's id, genres (bag), title tokens (bag) and year bucket."""
+
+    def __init__(self, sizes: dict[str, int], features: dict[str, torch.Tensor], dim: int, feat_dim: int = 16):
+        super().__init__()
+        self.id = nn.Embedding(sizes["item"], dim)
+        self.genres = nn.EmbeddingBag(sizes["genres"], feat_dim, mode="mean", padding_idx=0)
+        self.title = nn.EmbeddingBag(sizes["title"], feat_dim, mode="mean", padding_idx=0)
+        self.year = nn.Embedding(sizes["year"], feat_dim // 2)
+        for n in ("genres", "title", "year"):
+            self.register_buffer(f"f_{n}", features[n].clone())
+        self.out_dim = dim + 2 * feat_dim + feat_dim // 2
+        _small_init(self)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [
+                self.id(items),
+                self.genres(self.f_genres[items]),
+                self.title(self.f_title[items]),
+                self.year(self.f_year[items, 0]),
+            ],
+            dim=-1,
+        )
+
+
+def feature_tensors(enc: Encoded) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """User and item feature tables as tensors, ready to become module buffers."""
+    return (
+        {k: _buffer(v) for k, v in enc.user_features.items()},
+        {k: _buffer(v) for k, v in enc.item_features.items()},
+    )
+
+
+def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers with ReLU (and dropout) between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+    return nn.Sequential(*layers)
+
+
+def state_to_bytes(module: nn.Module) -> bytes:
+    """A state_dict as bytes: artifacts hold weights, never live objects."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getvalue()
+
+
+def state_from_bytes(blob: bytes) -> dict[str, torch.Tensor]:
+    import io
+
+    return torch.load(io.BytesIO(blob), weights_only=True)
+
+
+def features_from_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Recover the feature tables an encoder was built with from its saved buffers."""
+    return {k[len(prefix) + 2 :]: v for k, v in state.items() if k.startswith(prefix + "f_")}
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> list[torch.Tensor]:
+    """Shuffled index batches over ``n`` examples: DataLoader-free batching over in-memory tensors."""
+    perm = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if drop_last else n
+    return [perm[i : i + batch_size] for i in range(0, stop, batch_size)]

@@ -1,0 +1,90 @@
+"""The content of each step's Metaflow card: what a person reviewing a run wants to see."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+
+from movierec.cards import bar_chart, heading, key_values, line_chart, table
+from movierec.data import Dataset
+from movierec.evaluation import Report
+from movierec.features import Encoded
+from movierec.index import IndexSettings
+from movierec.pipeline import IndexQuality
+from movierec.ranking import RankingResult
+from movierec.retrieval import RetrievalResult
+from movierec.split import Split
+
+
+def data_card(dataset: Dataset, source: str) -> list:
+    stats = dataset.stats()
+    values, counts = np.unique(dataset.ratings["rating"].to_numpy(), return_counts=True)
+    per_user = np.bincount(np.unique(dataset.ratings["user_id"].to_numpy(), return_inverse=True)[1])
+    genres = dataset.items["genres"].to_pylist()
+    top_genres = {}
+    for gs in genres:
+        for g in gs or []:
+            top_genres[g] = top_genres.get(g, 0) + 1
+    return [
+        heading(f"Data: {dataset.name}", [f"Source: `{source}`"]),
+        key_values({**stats, "median ratings per user": float(np.median(per_user)) if len(per_user) else 0.0}),
+        bar_chart([{"stars": float(v), "ratings": int(c)} for v, c in zip(values, counts)], "stars", "ratings",
+                  "Rating distribution"),
+        table(sorted(({"genre": g, "movies": n} for g, n in top_genres.items()), key=lambda r: -r["movies"])[:20]),
+    ]
+
+
+def split_card(enc: Encoded, split: Split) -> list:
+    return [
+        heading("Split", [f"Protocol **{split.protocol}**; test ratings whose user or movie never occurs in "
+                          f"train are dropped: **{split.dropped_test}** dropped."]),
+        key_values({**split.summary(), "users": enc.n_users, "movies": enc.n_items,
+                    **{f"vocabulary: {k}": v for k, v in enc.vocab_sizes.items()}}),
+    ]
+
+
+def retrieval_card(result: RetrievalResult) -> list:
+    return [
+        heading("Two-tower retrieval (Ray Train, in-batch softmax + logQ correction)"),
+        key_values(asdict(result.config)),
+        line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
+        table(result.history),
+    ]
+
+
+def ranking_card(result: RankingResult) -> list:
+    return [
+        heading("Rating model search (Ray Tune + ASHA)",
+                [f"Best validation RMSE **{result.val_rmse:.4f}** with {result.params}."]),
+        line_chart(result.curves, "epoch", "val_rmse", "Validation RMSE per epoch, by trial", color="trial"),
+        table(sorted(result.trials, key=lambda r: r["best_val_rmse"])),
+    ]
+
+
+def index_card(settings: IndexSettings, quality: IndexQuality) -> list:
+    return [
+        heading("Annoy index", [f"Recall@100 against exact dot-product search: **{quality.recall_at_100:.4f}**"]),
+        key_values({**asdict(settings), **asdict(quality)}),
+    ]
+
+
+def evaluation_card(report: Report) -> list:
+    cards = [
+        heading("Evaluation on the test split",
+                ["top-K: share of test ratings whose movie is in the user's top K of all movies (TFRS "
+                 f"categorical accuracy). NDCG@{report.ndcg_k}: two-stage recommendations of unseen movies "
+                 f"(retrieve {report.candidates}, re-rank), binary relevance. '—': not applicable."]),
+        table(report.rows, report.columns()),
+        heading("Sample recommendations"),
+    ]
+    for s in report.samples:
+        hits = set(s["held_out_hits"])
+        cards.append(heading(f"User {s['user_id']}", ["Rated in train: " + "; ".join(s["rated_in_train"])]))
+        cards.append(table([{"rank": i + 1, "recommended": t, "held out (hit)": "yes" if t in hits else ""}
+                            for i, t in enumerate(s["recommended"])]))
+    return cards
+
+
+def publish_card(metadata: dict, size: int) -> list:
+    return [heading("Model bundle", [f"{size / 1e6:.2f} MB"]), key_values(metadata)]

@@ -1,0 +1,562 @@
+"""Loading, validating, caching and fetching MovieLens data, plus the synthetic generator.
+
+Every fixture file is written into pytest's ``tmp_path``; expected values are written out by hand.
+"""
+
+import hashlib
+import importlib.util
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from movierec import data, synthetic
+from movierec.data import DataError
+
+REAL_ML100K = Path(__file__).parent.parent / "data" / "ml-100k"
+
+# --------------------------------------------------------------------------- fixture files
+
+RATINGS_CSV = (
+    "userId,movieId,rating,timestamp\n"
+    "1,1,4.0,964982703\n"
+    "1,11,3.5,964981247\n"
+    "2,1,5.0,964982224\n"
+    "2,99,0.5,964983815\n"
+)
+MOVIES_CSV = (
+    "movieId,title,genres\n"
+    "1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy\n"
+    '11,"American President, The (1995)",Comedy|Drama|Romance\n'
+    "99,Untitled Short,(no genres listed)\n"
+)
+
+RATINGS_DAT = "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
+MOVIES_DAT = (
+    "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+    "661::James and the Giant Peach (1996)::Animation|Children's|Musical\n"
+    "3000::Café (1999)::Comedy|Romance\n"
+)
+USERS_DAT = "1::F::1::10::48067\n2::M::56::16::70072\n"
+
+RB_INTER = (
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    "196\t242\t3\t881250949\n"
+    "186\t302\t3\t891717742\n"
+    "22\t377\t1\t878887116\n"
+)
+RB_ITEM = (
+    "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+    "242\tKolya\t1997\tComedy\n"
+    "302\tL.A. Confidential\t1997\tCrime Film-Noir Mystery Thriller\n"
+    "377\tHeavyweights (1994)\t\tChildren's Comedy\n"
+)
+RB_USER = (
+    "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+    "196\t49\tM\twriter\t55105\n"
+    "186\t39\tF\texecutive\t00000\n"
+    "22\t25\tM\twriter\t40206\n"
+)
+
+
+def _write(directory: Path, files: dict[str, str | bytes]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (directory / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return directory
+
+
+@pytest.fixture
+def csv_dir(tmp_path: Path) -> Path:
+    return _write(tmp_path / "ml-tiny", {"ratings.csv": RATINGS_CSV, "movies.csv": MOVIES_CSV})
+
+
+@pytest.fixture
+def ml1m_dir(tmp_path: Path) -> Path:
+    files = {"ratings.dat": RATINGS_DAT, "movies.dat": MOVIES_DAT.encode("latin-1"), "users.dat": USERS_DAT}
+    return _write(tmp_path / "ml-1m", files)
+
+
+@pytest.fixture
+def recbole_dir(tmp_path: Path) -> Path:
+    files = {"ml-100k.inter": RB_INTER, "ml-100k.item": RB_ITEM, "ml-100k.user": RB_USER}
+    return _write(tmp_path / "ml-100k", files)
+
+
+def _assert_same(a: data.Dataset, b: data.Dataset) -> None:
+    assert a.name == b.name
+    for key in ("ratings", "items", "users"):
+        assert getattr(a, key).equals(getattr(b, key)), key
+
+
+# --------------------------------------------------------------------------- the three layouts
+
+
+def test_grouplens_csv_values_and_schema(csv_dir: Path):
+    ds = data.load_grouplens_csv(csv_dir)
+    assert ds.name == "ml-tiny"
+    assert ds.ratings.schema == data.RATINGS_SCHEMA
+    assert ds.items.schema == data.ITEMS_SCHEMA
+    assert ds.users.schema == data.USERS_SCHEMA
+    assert ds.ratings.to_pydict() == {
+        "user_id": [1, 1, 2, 2],
+        "item_id": [1, 11, 1, 99],
+        "rating": [4.0, 3.5, 5.0, 0.5],
+        "timestamp": [964982703, 964981247, 964982224, 964983815],
+    }
+    assert ds.items.to_pylist() == [
+        {"item_id": 1, "title": "Toy Story", "year": 1995,
+         "genres": ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]},
+        {"item_id": 11, "title": "American President, The", "year": 1995, "genres": ["Comedy", "Drama", "Romance"]},
+        {"item_id": 99, "title": "Untitled Short", "year": None, "genres": []},
+    ]
+    assert ds.users.num_rows == 0
+
+
+def test_load_dataset_detects_grouplens_csv(csv_dir: Path):
+    assert data.detect_layout(csv_dir) == "grouplens-csv"
+    _assert_same(data.load_dataset(csv_dir, cache=False), data.load_grouplens_csv(csv_dir))
+    assert not (csv_dir / ".parquet-cache").exists()
+
+
+def test_ml1m_values_latin1_title_and_user_features(ml1m_dir: Path):
+    assert b"Caf\xe9 (1999)" in (ml1m_dir / "movies.dat").read_bytes()  # really latin-1, not UTF-8
+    assert data.detect_layout(ml1m_dir) == "ml-1m"
+    ds = data.load_dataset(ml1m_dir, cache=False)
+    assert ds.name == "ml-1m"
+    assert ds.ratings.schema == data.RATINGS_SCHEMA
+    assert ds.ratings.to_pydict() == {
+        "user_id": [1, 1, 2],
+        "item_id": [1193, 661, 1193],
+        "rating": [5.0, 3.0, 4.0],
+        "timestamp": [978300760, 978302109, 978298413],
+    }
+    assert ds.items.to_pylist() == [
+        {"item_id": 1193, "title": "One Flew Over the Cuckoo's Nest", "year": 1975, "genres": ["Drama"]},
+        {"item_id": 661, "title": "James and the Giant Peach", "year": 1996,
+         "genres": ["Animation", "Children's", "Musical"]},
+        {"item_id": 3000, "title": "Café", "year": 1999, "genres": ["Comedy", "Romance"]},
+    ]
+    assert ds.users.schema == data.USERS_SCHEMA
+    assert ds.users.to_pylist() == [
+        {"user_id": 1, "age": 1, "gender": "F", "occupation": "10"},
+        {"user_id": 2, "age": 56, "gender": "M", "occupation": "16"},
+    ]
+
+
+def test_ml1m_without_users_file_has_empty_user_table(ml1m_dir: Path):
+    (ml1m_dir / "users.dat").unlink()
+    ds = data.load_ml1m(ml1m_dir)
+    assert ds.users.num_rows == 0 and ds.users.schema == data.USERS_SCHEMA
+    assert ds.ratings.num_rows == 3
+
+
+def test_recbole_ml100k_values(recbole_dir: Path):
+    assert data.detect_layout(recbole_dir) == "recbole"
+    ds = data.load_dataset(recbole_dir, cache=False)
+    assert ds.name == "ml-100k"
+    assert ds.ratings.schema == data.RATINGS_SCHEMA
+    assert ds.ratings.to_pydict() == {
+        "user_id": [196, 186, 22],
+        "item_id": [242, 302, 377],
+        "rating": [3.0, 3.0, 1.0],
+        "timestamp": [881250949, 891717742, 878887116],
+    }
+    assert ds.items.schema == data.ITEMS_SCHEMA
+    assert ds.items.to_pylist() == [
+        {"item_id": 242, "title": "Kolya", "year": 1997, "genres": ["Comedy"]},
+        {"item_id": 302, "title": "L.A. Confidential", "year": 1997,
+         "genres": ["Crime", "Film-Noir", "Mystery", "Thriller"]},
+        # empty release_year: the year comes from the title instead
+        {"item_id": 377, "title": "Heavyweights", "year": 1994, "genres": ["Children's", "Comedy"]},
+    ]
+    assert ds.users.schema == data.USERS_SCHEMA
+    assert ds.users.to_pylist() == [
+        {"user_id": 196, "age": 49, "gender": "M", "occupation": "writer"},
+        {"user_id": 186, "age": 39, "gender": "F", "occupation": "executive"},
+        {"user_id": 22, "age": 25, "gender": "M", "occupation": "writer"},
+    ]
+
+
+def test_split_title_year():
+    assert data.split_title_year(["Toy Story (1995)", "Heat", "Se7en  (1995) ", "1984 (1984)"]) == (
+        ["Toy Story", "Heat", "Se7en", "1984"],
+        [1995, None, 1995, 1984],
+    )
+
+
+# --------------------------------------------------------------------------- bad input
+
+HEADER = "userId,movieId,rating,timestamp\n"
+
+
+@pytest.mark.parametrize(
+    "ratings, fragments",
+    [
+        (None, ["file not found"]),
+        ("", ["file is empty"]),
+        (HEADER, ["no data rows"]),
+        ("userId,movieId,timestamp\n1,1,10\n", ["line 1", "missing column(s) rating"]),
+        (HEADER + "1,1,4.0,10\n1,2,abc,11\n", ["line 3", "column 'rating'", "'abc'"]),
+        (HEADER + "1,1,4.0,10\n1,2,3.0,11\n1,3,12\n", ["line 4", "expected 4 fields", "got 3"]),
+        (HEADER + "1,1,4.0,10\n1,2,3.0,11\n1,3,2.0,12,99\n", ["line 4", "expected 4 fields", "got 5"]),
+        (HEADER + "1,,4.0,10\n", ["line 2", "column 'movieId' is empty"]),
+        (HEADER + "1,1,4.0,10\n1,2,7,11\n", ["line 3", "rating", "7.0", "out of range"]),
+        (HEADER + "1,1,0,10\n", ["line 2", "rating", "out of range"]),
+    ],
+    ids=["missing", "empty", "header-only", "missing-column", "non-numeric", "too-few-fields",
+         "too-many-fields", "empty-value", "rating-7", "rating-0"],
+)
+def test_bad_ratings_csv_names_file_line_and_problem(tmp_path: Path, ratings, fragments):
+    d = _write(tmp_path / "bad", {"movies.csv": MOVIES_CSV})
+    if ratings is not None:
+        (d / "ratings.csv").write_text(ratings)
+    with pytest.raises(DataError) as info:
+        data.load_grouplens_csv(d)
+    message = str(info.value)
+    assert str(d / "ratings.csv") in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_bad_movies_csv_names_that_file(tmp_path: Path):
+    movies = "movieId,title,genres\n1,Heat (1995)\nx,A,B\n"
+    d = _write(tmp_path / "bad", {"ratings.csv": RATINGS_CSV, "movies.csv": movies})
+    with pytest.raises(DataError) as info:
+        data.load_grouplens_csv(d)
+    assert str(d / "movies.csv") + ", line 2: expected 3 fields (movieId, title, genres), got 2" in str(info.value)
+
+
+def test_bad_ml1m_lines_are_counted_without_a_header(ml1m_dir: Path):
+    (ml1m_dir / "ratings.dat").write_text("1::1193::5::978300760\n1::661::x::978302109\n")
+    with pytest.raises(DataError, match=r"ratings\.dat, line 2: column 'rating' expected float, got 'x'"):
+        data.load_ml1m(ml1m_dir)
+    (ml1m_dir / "ratings.dat").write_text("1::1193::6::978300760\n")
+    with pytest.raises(DataError, match=r"ratings\.dat, line 1: rating .*6.* out of range"):
+        data.load_ml1m(ml1m_dir)
+    (ml1m_dir / "ratings.dat").write_text(RATINGS_DAT)
+    (ml1m_dir / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16\n")
+    with pytest.raises(DataError, match=r"users\.dat, line 2: expected 5 fields .*got 4"):
+        data.load_ml1m(ml1m_dir)
+
+
+def test_bad_recbole_value_names_file_and_line(recbole_dir: Path):
+    (recbole_dir / "ml-100k.user").write_text(RB_USER.replace("\t39\t", "\tthirty\t"))
+    with pytest.raises(DataError) as info:
+        data.load_recbole_ml100k(recbole_dir)
+    assert str(recbole_dir / "ml-100k.user") + ", line 3: column 'age' expected int32, got 'thirty'" in str(info.value)
+
+
+def test_detect_layout_rejects_unsupported_directory(tmp_path: Path):
+    d = _write(tmp_path / "nothing", {"ratings.csv": RATINGS_CSV})  # movies.csv missing: no complete layout
+    for call in (data.detect_layout, data.load_dataset):
+        with pytest.raises(DataError) as info:
+            call(d)
+        message = str(info.value)
+        assert str(d) in message and "no supported MovieLens layout" in message
+        assert "ratings.csv + movies.csv" in message
+    with pytest.raises(DataError, match="not a directory"):
+        data.detect_layout(d / "ratings.csv")
+
+
+# --------------------------------------------------------------------------- Parquet cache
+
+
+def test_parquet_cache_reused_and_invalidated(csv_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    first = data.load_dataset(csv_dir)
+    cache = csv_dir / ".parquet-cache"
+    assert cache.is_dir()
+    (fingerprint,) = [p for p in cache.iterdir()]
+    assert sorted(p.name for p in fingerprint.iterdir()) == ["items.parquet", "meta.json", "ratings.parquet",
+                                                             "users.parquet"]
+    assert not list(csv_dir.glob(".tmp-*"))
+
+    # The second load must come from the cache: the parser is not allowed to run.
+    def refuse(directory):
+        raise AssertionError("parsed again instead of reading the cache")
+
+    files, optional, loader = data.LAYOUTS["grouplens-csv"]
+    monkeypatch.setitem(data.LAYOUTS, "grouplens-csv", (files, optional, refuse))
+    _assert_same(data.load_dataset(csv_dir), first)
+    monkeypatch.setitem(data.LAYOUTS, "grouplens-csv", (files, optional, loader))
+
+    # New content and a new size: the stale cache is replaced, the new row shows up.
+    (csv_dir / "ratings.csv").write_text(RATINGS_CSV + "3,11,2.5,964990000\n")
+    second = data.load_dataset(csv_dir)
+    assert second.ratings.num_rows == 5
+    assert second.ratings.slice(4).to_pylist() == [
+        {"user_id": 3, "item_id": 11, "rating": 2.5, "timestamp": 964990000}
+    ]
+    (new_fingerprint,) = [p for p in cache.iterdir()]
+    assert new_fingerprint.name != fingerprint.name
+    _assert_same(data.load_dataset(csv_dir), second)
+
+
+# --------------------------------------------------------------------------- Dataset
+
+
+def test_to_bytes_from_bytes_round_trip(ml1m_dir: Path):
+    ds = data.load_ml1m(ml1m_dir)
+    blobs = ds.to_bytes()
+    assert set(blobs) == {"name", "ratings", "items", "users"}
+    assert all(isinstance(b, bytes) for b in blobs.values())
+    back = data.Dataset.from_bytes(blobs)
+    _assert_same(back, ds)
+    assert back.items.column("title").to_pylist()[2] == "Café"
+
+
+def test_head_keeps_earliest_ratings():
+    ratings = pa.table(
+        {
+            "user_id": [5, 1, 3, 2, 4],
+            "item_id": [10, 11, 12, 13, 14],
+            "rating": pa.array([1, 2, 3, 4, 5], pa.float32()),
+            "timestamp": [500, 100, 300, 100, 200],
+        },
+        schema=data.RATINGS_SCHEMA,
+    )
+    ds = data.Dataset("toy", ratings, data.ITEMS_SCHEMA.empty_table(), data.USERS_SCHEMA.empty_table())
+    top = ds.head(3)
+    assert top.name == "toy[:3]"
+    # timestamp 100 twice (user 1 before user 2 on the tie), then 200.
+    assert top.ratings.column("item_id").to_pylist() == [11, 13, 14]
+    assert top.ratings.column("timestamp").to_pylist() == [100, 100, 200]
+    assert top.items is ds.items and top.users is ds.users
+    assert ds.head(0) is ds and ds.head(5) is ds and ds.head(99) is ds
+    assert ds.head(4).ratings.num_rows == 4
+
+
+def test_stats(csv_dir: Path):
+    s = data.load_grouplens_csv(csv_dir).stats()
+    assert s["ratings"] == 4 and s["users"] == 2 and s["items"] == 3
+    assert s["density"] == pytest.approx(4 / 6)
+    assert s["mean_rating"] == pytest.approx(13.0 / 4)
+    assert (s["first_timestamp"], s["last_timestamp"]) == (964981247, 964983815)
+    assert (s["items_with_metadata"], s["users_with_features"]) == (3, 0)
+
+
+# --------------------------------------------------------------------------- fetching ML-100K
+
+FAKE_FILES = {"ml-100k.inter": b"inter bytes\n", "ml-100k.item": b"item bytes\n", "ml-100k.user": b"user bytes\n"}
+FAKE_SHA256 = {name: hashlib.sha256(content).hexdigest() for name, content in FAKE_FILES.items()}
+
+
+def _fake_wheel(path: Path, files: dict[str, bytes] = FAKE_FILES) -> Path:
+    """A minimal but valid recbole 1.2.1 wheel (pip insists on the .dist-info metadata)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, content in files.items():
+            zf.writestr(data.ML100K_MEMBER_DIR + name, content)
+        zf.writestr("recbole-1.2.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: recbole\nVersion: 1.2.1\n")
+        zf.writestr("recbole-1.2.1.dist-info/WHEEL",
+                    "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("recbole-1.2.1.dist-info/RECORD", "")
+    return path
+
+
+def test_fake_checksums_are_the_hand_computed_ones():
+    assert FAKE_SHA256["ml-100k.inter"] == hashlib.sha256(b"inter bytes\n").hexdigest()
+    assert FAKE_SHA256["ml-100k.inter"] != FAKE_SHA256["ml-100k.item"]
+
+
+def test_extract_ml100k_verifies_every_file(tmp_path: Path):
+    wheel = _fake_wheel(tmp_path / "recbole-1.2.1-py3-none-any.whl")
+    dest = tmp_path / "out" / "ml-100k"
+    assert data.extract_ml100k(wheel, dest, checksums=FAKE_SHA256) == dest
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == FAKE_FILES
+    assert [p.name for p in dest.parent.iterdir()] == ["ml-100k"]  # no temporary folder left behind
+
+
+def test_extract_ml100k_wrong_checksum_leaves_dest_empty(tmp_path: Path):
+    wheel = _fake_wheel(tmp_path / "recbole-1.2.1-py3-none-any.whl")
+    dest = tmp_path / "out" / "ml-100k"
+    # inter (checked first) matches, item does not: not even inter may land.
+    bad = {**FAKE_SHA256, "ml-100k.item": "0" * 64}
+    with pytest.raises(DataError) as info:
+        data.extract_ml100k(wheel, dest, checksums=bad)
+    message = str(info.value)
+    assert str(wheel) in message and "recbole/dataset_example/ml-100k/ml-100k.item" in message
+    assert f"sha256 {FAKE_SHA256['ml-100k.item']}, expected {'0' * 64}" in message
+    assert not dest.exists() or not list(dest.iterdir())
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_extract_ml100k_missing_member(tmp_path: Path):
+    wheel = _fake_wheel(tmp_path / "w.whl", {"ml-100k.inter": b"inter bytes\n"})
+    with pytest.raises(DataError, match="member recbole/dataset_example/ml-100k/ml-100k.item missing"):
+        data.extract_ml100k(wheel, tmp_path / "dest", checksums=FAKE_SHA256)
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.fixture
+def local_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A PEP 503 ``file://`` index holding the fake wheel, with pip cut off from every other source.
+
+    fetch_ml100k passes only ``--index-url``: pip's config files and PIP_* variables (extra index
+    URLs, find-links, constraints) would still be consulted, so they are switched off here.
+    """
+    if importlib.util.find_spec("pip") is None:
+        pytest.skip("pip is not installed")
+    simple = tmp_path / "index" / "simple"
+    _fake_wheel(simple / "recbole" / "recbole-1.2.1-py3-none-any.whl")
+    (simple / "recbole" / "index.html").write_text(
+        '<html><body><a href="recbole-1.2.1-py3-none-any.whl">recbole-1.2.1-py3-none-any.whl</a></body></html>\n'
+    )
+    for key in list(os.environ):
+        if key.startswith("PIP_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    return simple.as_uri()
+
+
+def test_fetch_ml100k_from_local_index(tmp_path: Path, local_index: str):
+    dest = tmp_path / "data" / "ml-100k"
+    assert data.fetch_ml100k(dest, index_url=local_index, wheel_sha256=None, checksums=FAKE_SHA256) == dest
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == FAKE_FILES
+    # Already there and intact: returns at once, without asking the (now unreachable) index.
+    missing_index = (tmp_path / "no-such-index").as_uri()
+    assert data.fetch_ml100k(dest, index_url=missing_index, wheel_sha256=None, checksums=FAKE_SHA256) == dest
+
+
+def test_fetch_ml100k_rejects_wheel_with_wrong_sha256(tmp_path: Path, local_index: str):
+    dest = tmp_path / "data" / "ml-100k"
+    with pytest.raises(DataError) as info:
+        data.fetch_ml100k(dest, index_url=local_index, checksums=FAKE_SHA256)  # default: the real wheel's hash
+    message = str(info.value)
+    assert "recbole-1.2.1-py3-none-any.whl: sha256" in message
+    assert f"expected {data.RECBOLE_WHEEL_SHA256}" in message
+    assert not dest.exists() or not list(dest.iterdir())
+
+
+def test_fetch_ml100k_reports_pip_failure(tmp_path: Path, local_index: str):
+    empty_index = tmp_path / "empty-index"
+    empty_index.mkdir()
+    with pytest.raises(DataError, match=r"pip download recbole==1\.2\.1 failed"):
+        data.fetch_ml100k(tmp_path / "dest", index_url=empty_index.as_uri(), wheel_sha256=None,
+                          checksums=FAKE_SHA256)
+    assert not (tmp_path / "dest").exists()
+
+
+# --------------------------------------------------------------------------- the real ML-100K
+
+
+def test_real_ml100k():
+    if not (REAL_ML100K / "ml-100k.inter").is_file():
+        pytest.skip("data/ml-100k not fetched (run `make data`)")
+    ds = data.load_dataset(REAL_ML100K, cache=False)
+    stats = ds.stats()
+    assert (stats["ratings"], stats["users"], stats["items"]) == (100_000, 943, 1682)
+    ratings = ds.ratings.column("rating").to_numpy()
+    assert ratings.min() == 1.0 and ratings.max() == 5.0
+    assert set(np.unique(ratings)) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert (ds.items.num_rows, ds.users.num_rows) == (1682, 943)
+    toy_story = ds.items.filter(pc.equal(ds.items["item_id"], 1)).to_pylist()
+    assert toy_story == [{"item_id": 1, "title": "Toy Story", "year": 1995,
+                          "genres": ["Animation", "Children's", "Comedy"]}]
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def _pairs(ds: data.Dataset) -> np.ndarray:
+    return ds.ratings.column("user_id").to_numpy() * 1_000_000 + ds.ratings.column("item_id").to_numpy()
+
+
+def _check_synthetic(ds: data.Dataset, n_ratings: int, n_users: int, n_items: int) -> None:
+    r = ds.ratings
+    assert r.schema == data.RATINGS_SCHEMA
+    assert r.num_rows == n_ratings
+    assert len(np.unique(_pairs(ds))) == n_ratings
+    stars = r.column("rating").to_numpy()
+    assert set(np.unique(stars)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert 1 <= r.column("user_id").to_numpy().min() and r.column("user_id").to_numpy().max() <= n_users
+    assert 1 <= r.column("item_id").to_numpy().min() and r.column("item_id").to_numpy().max() <= n_items
+    assert (ds.users.num_rows, ds.items.num_rows) == (n_users, n_items)
+    assert ds.items.schema == data.ITEMS_SCHEMA and ds.users.schema == data.USERS_SCHEMA
+    # Popularity is skewed: the top 10% of items carry well over 10% (here: > 30%) of the ratings.
+    counts = np.sort(np.bincount(r.column("item_id").to_numpy(), minlength=n_items + 1)[1:])[::-1]
+    assert counts[: n_items // 10].sum() > 0.3 * n_ratings
+
+
+def test_generate_exact_count_unique_pairs_and_skew():
+    ds = synthetic.generate(n_users=300, n_items=200, n_ratings=5000, seed=1)
+    assert ds.name == "synthetic-300u-200i-5000r"
+    _check_synthetic(ds, 5000, 300, 200)
+    assert len(np.unique(ds.ratings.column("rating").to_numpy())) == 5  # all star levels used
+
+
+def test_generate_is_deterministic_per_seed():
+    a = synthetic.generate(n_users=100, n_items=80, n_ratings=1000, seed=7)
+    b = synthetic.generate(n_users=100, n_items=80, n_ratings=1000, seed=7)
+    c = synthetic.generate(n_users=100, n_items=80, n_ratings=1000, seed=8)
+    _assert_same(a, b)
+    assert not a.ratings.equals(c.ratings)
+
+
+def test_generate_at_the_density_limit():
+    ds = synthetic.generate(n_users=10, n_items=10, n_ratings=50, seed=0)
+    assert ds.ratings.num_rows == 50 and len(np.unique(_pairs(ds))) == 50
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [(10, 10, 51), (0, 10, 5), (10, 0, 5), (10, 10, 0), (10, 10, -1), (1, 1, 1)],
+)
+def test_generate_rejects_impossible_sizes(sizes):
+    n_users, n_items, n_ratings = sizes
+    with pytest.raises(ValueError):
+        synthetic.generate(n_users=n_users, n_items=n_items, n_ratings=n_ratings)
+
+
+def test_ml20m_like_shape():
+    # scale = 20_000 / 20_000_263: users 138_493 * scale = 138.49 -> 138; items 26_744 * sqrt(scale) = 845.7 -> 846.
+    ds = synthetic.ml20m_like(20_000, seed=3)
+    _check_synthetic(ds, 20_000, 138, 846)
+    _assert_same(ds, synthetic.ml20m_like(20_000, seed=3))
+    assert not ds.ratings.equals(synthetic.ml20m_like(20_000, seed=4).ratings)
+    # 500 ratings: 138_493 * scale = 3.5 users -> floored to 100; 26_744 * sqrt(scale) = 133.7 -> 134 items.
+    small = synthetic.ml20m_like(500)
+    assert small.ratings.num_rows == 500 and (small.users.num_rows, small.items.num_rows) == (100, 134)
+    # 100 ratings: 26_744 * sqrt(scale) = 59.8 items -> floored to 100 as well.
+    tiny = synthetic.ml20m_like(100)
+    assert tiny.ratings.num_rows == 100 and (tiny.users.num_rows, tiny.items.num_rows) == (100, 100)
+    with pytest.raises(ValueError):
+        synthetic.ml20m_like(0)
+
+
+# --------------------------------------------------------------------------- regressions found in review
+
+
+def test_line_numbers_after_a_blank_line(tmp_path: Path):
+    d = _write(tmp_path / "blank", {"ratings.csv": HEADER + "1,1,4.0,10\n\n1,11,7,20\n", "movies.csv": MOVIES_CSV})
+    with pytest.raises(DataError, match="line 4: rating"):
+        data.load_grouplens_csv(d)
+
+
+def test_int64_overflow_names_the_line(tmp_path: Path):
+    d = _write(tmp_path / "big", {"ratings.csv": HEADER + "1,1,4.0,10\n1,99999999999999999999,3.5,20\n",
+                                  "movies.csv": MOVIES_CSV})
+    with pytest.raises(DataError, match="line 3"):
+        data.load_grouplens_csv(d)
+
+
+def test_fractional_recbole_timestamp_is_floored(recbole_dir: Path):
+    (recbole_dir / "ml-100k.inter").write_text(RB_INTER.replace("881250949", "881250949.5"))
+    assert 881250949 in data.load_recbole_ml100k(recbole_dir).ratings["timestamp"].to_pylist()
+
+
+def test_cache_invalidated_by_users_dat(ml1m_dir: Path):
+    data.load_dataset(ml1m_dir)
+    (ml1m_dir / "users.dat").write_text(USERS_DAT + "3::M::25::12::12345\n")
+    assert data.load_dataset(ml1m_dir).users.num_rows == 3
+
+
+def test_ml20m_like_rejects_negative_size():
+    with pytest.raises(ValueError):
+        synthetic.ml20m_like(-5)

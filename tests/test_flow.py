@@ -1,0 +1,92 @@
+"""The whole flow through metaflow.Runner: a fault injected in one step, then resume finishing it.
+
+One failed run plus its resume exercises every step once, checks that resume reuses the tasks
+that had finished, and leaves a complete run whose artifacts, metrics and cards we inspect.
+"""
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+from metaflow import Flow, Runner, namespace
+from metaflow.cards import get_cards
+
+from movierec.faults import ENV_VAR
+from movierec.publish import read_bundle_metadata
+
+FLOW = str(Path(__file__).resolve().parent.parent / "flows" / "recommender_flow.py")
+BUDGET = {"retrieval_epochs": 3, "tune_samples": 2, "tune_epochs": 2, "n_trees": 20}
+FINISHED_BEFORE_FAULT = ("start", "split", "train_retrieval", "tune_ranking", "build_index")
+
+
+def card_text(task) -> str:
+    """The decoded content of a task's card (Metaflow embeds it base64-encoded in the HTML)."""
+    html = get_cards(task)[0].get()
+    blobs = re.findall(r'__MF_DATA__\["[^"]+"\] = "([A-Za-z0-9+/=]+)"', html)
+    assert blobs, "no card data in the HTML"
+    return " ".join(base64.b64decode(b).decode() for b in blobs)
+
+
+@pytest.fixture(scope="module")
+def runs(metaflow_root, ml100k_dir):
+    namespace(None)
+    with Runner(FLOW, show_output=False, pylint=False, env={ENV_VAR: "evaluate"}, cwd=metaflow_root).run(
+        **BUDGET
+    ) as failed:
+        failed_status, failed_run = failed.status, failed.run
+    with Runner(FLOW, show_output=False, pylint=False, env={ENV_VAR: ""}, cwd=metaflow_root).resume() as resumed:
+        resumed_status, resumed_run = resumed.status, resumed.run
+        stdout = resumed.stdout + resumed.stderr
+    return failed_status, failed_run, resumed_status, resumed_run, stdout
+
+
+def test_injected_fault_fails_the_run(runs):
+    failed_status, failed_run, *_ = runs
+    assert failed_status == "failed"
+    assert not failed_run.successful
+    assert [s.id for s in failed_run if s.id == "evaluate"]  # it reached the faulty step
+
+
+def test_resume_reuses_finished_tasks(runs):
+    _, failed_run, resumed_status, resumed_run, stdout = runs
+    assert resumed_status == "successful", stdout[-3000:]
+    assert resumed_run.successful and resumed_run.id != failed_run.id
+    for name in FINISHED_BEFORE_FAULT:
+        task = resumed_run[name].task
+        assert task.origin_pathspec is not None, name
+        assert task.origin_pathspec.split("/")[1] == failed_run.id, name
+    assert resumed_run["evaluate"].task.origin_pathspec is None  # really re-ran
+
+
+def test_artifacts_and_metrics_beat_popularity(runs):
+    run = runs[3]
+    assert run["start"].task.data.data_stats["ratings"] == 100_000
+    metrics = {row["model"]: row for row in run["evaluate"].task.data.metrics}
+    ours, pop = metrics["two-stage (exact retrieval)"], metrics["popularity baseline"]
+    assert ours["top100"] > pop["top100"]
+    assert ours["ndcg@10"] > pop["ndcg@10"]
+    assert ours["rmse"] < metrics["global-mean baseline"]["rmse"]
+    assert run["build_index"].task.data.index_quality.recall_at_100 > 0.9
+    history = run["train_retrieval"].task.data.retrieval.history
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    bundle = run["publish"].task.data.bundle
+    meta = read_bundle_metadata(bundle)
+    assert meta["run_id"] == run.id and meta["sizes"]["item"] == 1682
+
+
+def test_every_step_has_a_card(runs):
+    run = runs[3]
+    for step in run:
+        cards = get_cards(step.task)
+        assert len(cards) >= 1, step.id
+    text = card_text(run["evaluate"].task)
+    for expected in ("Evaluation on the test split", "popularity baseline", "Sample recommendations", "Star Wars"):
+        assert expected in text, expected
+    assert "Validation RMSE per epoch" in card_text(run["tune_ranking"].task)
+    assert "Recall@100 against exact" in card_text(run["build_index"].task)
+    assert "Training loss per epoch" in card_text(run["train_retrieval"].task)
+
+
+def test_latest_run_is_the_resumed_one(runs):
+    assert Flow("RecommenderFlow").latest_run.id == runs[3].id

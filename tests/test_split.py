@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from movierec.split import holdout, split_ratings
+
+
+def _toy(n=1000, users=50, items=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, users, n), rng.integers(0, items, n), rng.integers(0, 10_000, n)
+
+
+def test_random_split_is_deterministic_and_disjoint():
+    u, i, t = _toy()
+    a = split_ratings(u, i, t, "random", 0.2, seed=7)
+    b = split_ratings(u, i, t, "random", 0.2, seed=7)
+    c = split_ratings(u, i, t, "random", 0.2, seed=8)
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test)
+    assert not np.array_equal(a.test, c.test)
+    assert len(np.intersect1d(a.train, a.test)) == 0
+    assert len(a.train) == 800
+    assert len(a.test) + a.dropped_test == 200
+
+
+def test_no_unknown_users_or_items_in_test():
+    # User 99 and item 99 occur once each: wherever they land, they must never be tested on.
+    u, i, t = _toy()
+    u, i, t = np.append(u, 99), np.append(i, 98), np.append(t, 5)
+    for protocol in ("random", "temporal"):
+        s = split_ratings(u, i, t, protocol, 0.3, seed=1)
+        assert set(u[s.test]) <= set(u[s.train])
+        assert set(i[s.test]) <= set(i[s.train])
+
+
+def test_dropped_are_counted_exactly():
+    # Three ratings; the latest belongs to a user never seen before -> dropped by the temporal split.
+    u = np.array([0, 0, 1, 0, 2])
+    i = np.array([0, 1, 0, 1, 0])
+    t = np.array([1, 2, 3, 4, 5])
+    s = split_ratings(u, i, t, "temporal", 0.4)
+    assert s.cutoff_timestamp == 4
+    assert s.train.tolist() == [0, 1, 2]
+    assert s.test.tolist() == [3]
+    assert s.dropped_test == 1
+
+
+def test_temporal_split_never_trains_on_the_future():
+    u, i, t = _toy()
+    s = split_ratings(u, i, t, "temporal", 0.25)
+    assert t[s.train].max() < t[s.test].min()
+    assert t[s.test].min() >= s.cutoff_timestamp
+
+
+def test_bad_arguments():
+    u, i, t = _toy(10)
+    with pytest.raises(ValueError, match="protocol"):
+        split_ratings(u, i, t, "leave-one-out")
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_ratings(u, i, t, "random", 1.5)
+
+
+def test_holdout_partitions_and_is_seeded():
+    idx = np.arange(100, 200)
+    fit, val = holdout(idx, 0.1, seed=3)
+    assert len(val) == 10 and len(fit) == 90
+    assert sorted(np.concatenate([fit, val]).tolist()) == idx.tolist()
+    assert np.array_equal(val, holdout(idx, 0.1, seed=3)[1])
