@@ -35,7 +35,7 @@ test: setup data  ## the test suite
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
 lint: setup  ## ruff
-	$(BIN)/ruff check movierec flows tests benchmarks
+	$(BIN)/ruff check movierec flows tests $(wildcard benchmarks)
 
 clean:  ## remove the venv, caches and local Metaflow/Ray runs (keeps downloaded data)
 	rm -rf $(VENV) .metaflow .movierec_ray .pytest_cache .ruff_cache build dist *.egg-info

@@ -19,17 +19,16 @@ import movierec
 def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
     import ray
 
+    # Ray's own INFO/WARNING chatter from workers (checkpoint notices, and state-API warnings that
+    # come from running without a dashboard) buries the progress lines our steps print.
+    # Ray Train also re-logs every worker print, which would show each progress line twice.
+    quiet = {"logging_level": "WARNING", "logging_config": ray.LoggingConfig(log_level="ERROR")}
+    env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
     if address:
         pkg = str(Path(movierec.__file__).resolve().parent)
-        ray.init(address=address, runtime_env={"py_modules": [pkg]}, logging_level="WARNING")
+        ray.init(address=address, runtime_env={"py_modules": [pkg], **env}, **quiet)
     else:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            logging_level="WARNING",
-            configure_logging=True,
-        )
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env, **quiet)
     try:
         yield
     finally:

@@ -116,6 +116,8 @@ def _trainable(params: dict, data: dict) -> None:
             total += loss.item() * len(idx)
         val = _rmse(model, data["val_users"], data["val_items"], data["val_ratings"])
         metrics = {"val_rmse": val, "train_rmse": float(np.sqrt(total / len(users))), "epoch": epoch + 1}
+        print(f"[tune_ranking] trial {tune.get_context().get_trial_id()} epoch {epoch + 1}/{data['max_epochs']} "
+              f"val_rmse {val:.4f}", flush=True)
         if val < best:
             best = val
             with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +167,7 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, storage_path: str, num_sam
             max_concurrent_trials=max_concurrent,
             scheduler=ASHAScheduler(max_t=max_epochs, grace_period=min(2, max_epochs), reduction_factor=2),
         ),
-        run_config=tune.RunConfig(storage_path=storage_path, name="ranking", verbose=1),
+        run_config=tune.RunConfig(storage_path=storage_path, name="ranking", verbose=0),
     )
     grid = tuner.fit()
     if grid.errors:

@@ -11,6 +11,7 @@ under-rank popular movies.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -96,20 +97,31 @@ class RetrievalResult:
         return torch.cat(users).numpy(), torch.cat(items).numpy()
 
 
+def _quiet_report_notices() -> None:
+    """Ray 2.60 logs every ray.train.report at INFO under a logger named by its file path, which
+    LoggingConfig does not reach; silence just that logger so per-epoch progress stays readable."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # other Ray versions: nothing to silence
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: its shard of the data, DDP-synchronised gradients."""
     import ray
     import ray.train
     import ray.train.torch
 
+    _quiet_report_notices()
     cfg = RetrievalConfig(**config["cfg"])
     data = ray.get(config["data"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, config["threads"]))
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    user_feats = {k: torch.as_tensor(v) for k, v in data["user_features"].items()}
-    item_feats = {k: torch.as_tensor(v) for k, v in data["item_features"].items()}
+    user_feats = {k: torch.tensor(v) for k, v in data["user_features"].items()}
+    item_feats = {k: torch.tensor(v) for k, v in data["item_features"].items()}
     model = TwoTower(config["sizes"], user_feats, item_feats, cfg.dim, cfg.hidden)
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -158,7 +170,7 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
           cpus_per_worker: int = 1) -> RetrievalResult:
     """Train the two-tower model on ``train_idx`` with Ray Train (call inside a Ray session)."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     user_feats, item_feats = feature_tensors(enc)
@@ -174,7 +186,8 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
                            "threads": cpus_per_worker},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=False,
                                      resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(storage_path=storage_path, name=name),
+        # Per-report INFO notices would drown the one progress line per epoch printed above.
+        run_config=RunConfig(storage_path=storage_path, name=name, logging_config=LoggingConfig("WARNING")),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
