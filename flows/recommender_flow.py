@@ -42,6 +42,8 @@ class RecommenderFlow(FlowSpec):
     @step
     def start(self):
         faults.maybe_fail("start")
+        pipeline.check_parameters(self.protocol, self.test_fraction, self.retrieval_workers, self.retrieval_epochs,
+                                  self.tune_samples, self.tune_epochs, self.n_trees, self.num_cpus)
         dataset = pipeline.load_data(self.data_dir, self.synthetic_ratings, self.max_ratings, self.seed)
         self.dataset = dataset.to_bytes()
         self.data_stats = dataset.stats()

@@ -21,6 +21,25 @@ from movierec.retrieval import RetrievalConfig, RetrievalResult, train
 from movierec.split import Split
 
 
+def check_parameters(protocol: str, test_fraction: float, retrieval_workers: int, retrieval_epochs: int,
+                     tune_samples: int, tune_epochs: int, n_trees: int, num_cpus: int) -> None:
+    """Fail in the first step, with the option's name, rather than minutes later inside Ray."""
+    from movierec.split import PROTOCOLS
+
+    problems = []
+    if protocol not in PROTOCOLS:
+        problems.append(f"--split must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if not 0.0 < test_fraction < 1.0:
+        problems.append(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+    for name, value in [("--retrieval-workers", retrieval_workers), ("--retrieval-epochs", retrieval_epochs),
+                        ("--tune-samples", tune_samples), ("--tune-epochs", tune_epochs), ("--n-trees", n_trees),
+                        ("--num-cpus", num_cpus)]:
+        if value < 1:
+            problems.append(f"{name} must be at least 1, got {value}")
+    if problems:
+        raise ValueError("invalid parameters: " + "; ".join(problems))
+
+
 def load_data(data_dir: str = "", synthetic_ratings: int = 0, max_ratings: int = 0, seed: int = 42) -> data.Dataset:
     """A user's ``--data-dir``, a synthetic ML-20M-shaped set, or by default ML-100K (fetched on demand)."""
     if data_dir and synthetic_ratings:
