@@ -8,14 +8,21 @@
 Each step is a few calls into the ``movierec`` package plus its card.
 """
 
-from metaflow import FlowSpec, Parameter, card, current, step
+import os
 
-from movierec import faults, index, pipeline, reports
-from movierec.data import Dataset
-from movierec.features import encode
-from movierec.publish import make_bundle
-from movierec.retrieval import RetrievalConfig
-from movierec.split import split_ratings
+# Metaflow takes the user from the environment and refuses "root"; shells without a usable name
+# (CI, containers) would stop with "Unknown user", so they run as "movierec".
+if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
+    os.environ["METAFLOW_USER"] = "movierec"
+
+from metaflow import FlowSpec, Parameter, card, current, step  # noqa: E402
+
+from movierec import faults, index, pipeline, reports  # noqa: E402
+from movierec.data import Dataset  # noqa: E402
+from movierec.features import encode  # noqa: E402
+from movierec.publish import make_bundle  # noqa: E402
+from movierec.retrieval import RetrievalConfig  # noqa: E402
+from movierec.split import split_ratings  # noqa: E402
 
 
 class RecommenderFlow(FlowSpec):
@@ -30,7 +37,7 @@ class RecommenderFlow(FlowSpec):
     test_fraction = Parameter("test-fraction", default=0.2, help="share of ratings held out for test")
     seed = Parameter("seed", default=42, help="seed for the split, initialisation and data order")
     retrieval_workers = Parameter("retrieval-workers", default=2, help="Ray Train workers (DDP over gloo)")
-    retrieval_epochs = Parameter("retrieval-epochs", default=10, help="two-tower training epochs")
+    retrieval_epochs = Parameter("retrieval-epochs", default=5, help="two-tower training epochs")
     embedding_dim = Parameter("embedding-dim", default=64, help="two-tower embedding size")
     tune_samples = Parameter("tune-samples", default=8, help="Ray Tune trials for the rating model")
     tune_epochs = Parameter("tune-epochs", default=8, help="most epochs a Tune trial may train (ASHA stops early)")

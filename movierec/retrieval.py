@@ -30,11 +30,11 @@ from movierec.nn import ItemEncoder, UserEncoder, batches, feature_tensors, feat
 class RetrievalConfig:
     dim: int = 64
     hidden: int = 128
-    temperature: float = 0.05
+    temperature: float = 0.2
     lr: float = 3e-3
     weight_decay: float = 1e-6
     batch_size: int = 1024
-    epochs: int = 10
+    epochs: int = 5
     workers: int = 2
     seed: int = 42
 
