@@ -1,6 +1,15 @@
-"""The model bundle: everything serving needs, as bytes and plain data, nothing from Metaflow.
+"""The model bundle: everything serving needs, as files of bytes and plain data, nothing from Metaflow.
 
-The publish step stores it as an artifact; packaging it into a wheel builds on this.
+A bundle is a zip holding:
+
+- ``model.json``: format, sizes, model settings, the index settings, run metadata and metrics
+- ``ranking.pt``: the rating model's state_dict; ``retrieval.pt``: the two-tower state_dict
+- ``vectors.npz``: every user's and movie's tower output (serving needs no tower at query time)
+- ``items.ann``: the Annoy index over movie vectors
+- ``ids.npz``: raw user and movie ids by dense index, release years, and each user's rated movies
+- ``items.json``: titles and genres by dense index
+
+The publish step keeps the zip as an artifact and packages it into the wheel (``movierec.packaging``).
 """
 
 from __future__ import annotations
@@ -14,32 +23,46 @@ import numpy as np
 
 from movierec.features import Encoded
 from movierec.index import IndexSettings
+from movierec.metrics import csr
 from movierec.ranking import RankingResult
 from movierec.retrieval import RetrievalResult
 
 BUNDLE_FORMAT = 1
+BUNDLE_FILES = ("model.json", "ranking.pt", "retrieval.pt", "vectors.npz", "items.ann", "ids.npz", "items.json")
 
 
-def make_bundle(enc: Encoded, retrieval: RetrievalResult, ranking: RankingResult, index_blob: bytes,
-                index_settings: IndexSettings, metadata: dict) -> bytes:
-    """A zip of weights (state_dicts), the Annoy index, id/title vocabularies and metadata as JSON."""
+def _npz(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("retrieval.pt", retrieval.state)
-        zf.writestr("ranking.pt", ranking.state)
-        zf.writestr("items.ann", index_blob)
-        ids = io.BytesIO()
-        np.savez(ids, user_ids=enc.user_ids, item_ids=enc.item_ids, years=enc.years)
-        zf.writestr("ids.npz", ids.getvalue())
-        zf.writestr("items.json", json.dumps({"titles": enc.titles, "genres": enc.genres}))
-        zf.writestr("model.json", json.dumps({
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def make_bundle(enc: Encoded, train_idx: np.ndarray, retrieval: RetrievalResult, ranking: RankingResult,
+                user_vecs: np.ndarray, item_vecs: np.ndarray, index_blob: bytes, index_settings: IndexSettings,
+                metadata: dict) -> bytes:
+    """Zip the trained models, vectors, index and vocabularies (see the module docstring)."""
+    indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
+    files = {
+        "model.json": json.dumps({
             "format": BUNDLE_FORMAT,
             "sizes": enc.vocab_sizes,
             "retrieval": asdict(retrieval.config),
             "ranking": ranking.params,
             "index": asdict(index_settings),
             **metadata,
-        }, indent=2, default=str))
+        }, indent=2, default=str).encode(),
+        "ranking.pt": ranking.state,
+        "retrieval.pt": retrieval.state,
+        "vectors.npz": _npz(users=user_vecs.astype(np.float32), items=item_vecs.astype(np.float32)),
+        "items.ann": index_blob,
+        "ids.npz": _npz(user_ids=enc.user_ids, item_ids=enc.item_ids, years=enc.years,
+                        rated_indptr=indptr, rated=rated),
+        "items.json": json.dumps({"titles": enc.titles, "genres": enc.genres}).encode(),
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in BUNDLE_FILES:
+            zf.writestr(name, files[name])
     return buf.getvalue()
 
 

@@ -54,6 +54,10 @@ class RatingModel(nn.Module):
         out = self.global_mean + self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0] + dot
         return out + self.head(torch.cat([u, v], dim=-1))[:, 0]
 
+    def item_baseline(self, items: torch.Tensor) -> torch.Tensor:
+        """Expected rating of a movie for a user the model has never seen: global mean + movie bias."""
+        return self.global_mean + self.item_bias(items)[:, 0]
+
     @classmethod
     def from_state(cls, sizes: dict[str, int], params: dict, state: dict) -> RatingModel:
         model = cls(sizes, features_from_state(state, "user."), features_from_state(state, "item."),

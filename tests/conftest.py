@@ -19,6 +19,8 @@ os.environ.setdefault("USERNAME", "movierec-tests")
 os.environ.pop("MOVIEREC_FAIL_STEP", None)
 
 ML100K = Path(__file__).resolve().parent.parent / "data" / "ml-100k"
+FLOW = str(Path(__file__).resolve().parent.parent / "flows" / "recommender_flow.py")
+BUDGET = {"retrieval_epochs": 3, "tune_samples": 2, "tune_epochs": 2, "n_trees": 20}
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -47,6 +49,54 @@ def ml100k_dir() -> Path:
     return ML100K
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(small_encoded) -> bytes:
+    """A real bundle from briefly fitted models on the toy data (no Ray: fast)."""
+    import torch
+
+    from movierec import index
+    from movierec.nn import feature_tensors, state_to_bytes
+    from movierec.publish import make_bundle
+    from movierec.ranking import RankingResult, RatingModel
+    from movierec.retrieval import RetrievalConfig, RetrievalResult, TwoTower
+    from movierec.split import split_ratings
+
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+    uf, itf = feature_tensors(enc)
+    torch.manual_seed(0)
+    cfg = RetrievalConfig(dim=8, hidden=16)
+    towers = TwoTower(enc.vocab_sizes, uf, itf, cfg.dim, cfg.hidden)
+    params = {"dim": 8, "hidden": 8, "dropout": 0.0}
+    ranker = RatingModel(enc.vocab_sizes, uf, itf, float(enc.rating.mean()), **params)
+    retrieval = RetrievalResult(state_to_bytes(towers), cfg, enc.vocab_sizes)
+    ranking = RankingResult(state_to_bytes(ranker), params, enc.vocab_sizes, 1.0)
+    users, items = retrieval.embeddings()
+    settings = index.IndexSettings(n_trees=10)
+    return make_bundle(enc, split.train, retrieval, ranking, users, items, index.build(items, settings), settings,
+                       {"flow": "RecommenderFlow", "run_id": "test", "metrics": []})
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def runs(metaflow_root, ml100k_dir):
+    """One flow run failing at an injected fault in ``evaluate``, then its resume (which publishes
+    to a local index in the test folder): every step runs once, shared by several test modules."""
+    from metaflow import Runner, namespace
+
+    from movierec.faults import ENV_VAR
+
+    namespace(None)
+    params = {**BUDGET, "index_dir": str(Path(metaflow_root) / "pypi")}
+    with Runner(FLOW, show_output=False, pylint=False, env={ENV_VAR: "evaluate"}, cwd=metaflow_root).run(
+        **params
+    ) as failed:
+        failed_status, failed_run = failed.status, failed.run
+    with Runner(FLOW, show_output=False, pylint=False, env={ENV_VAR: ""}, cwd=metaflow_root).resume() as resumed:
+        resumed_status, resumed_run = resumed.status, resumed.run
+        stdout = resumed.stdout + resumed.stderr
+    return failed_status, failed_run, resumed_status, resumed_run, stdout

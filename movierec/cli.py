@@ -1,0 +1,92 @@
+"""The ``movierec`` command: recommendations from the installed (or a given) model bundle.
+
+    movierec recommend --user 1 -k 10
+    movierec history 50:5 181:4.5 -k 10
+    movierec similar --movie 1
+    movierec predict --user 1 --movie 50
+    movierec info
+
+Unknown ids and bad arguments print one line to stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from movierec.serving import Recommendation, Recommender, RecommenderError
+
+
+def _parse_history(items: list[str]) -> list[int | tuple[int, float]]:
+    out: list[int | tuple[int, float]] = []
+    for item in items:
+        movie, _, rating = item.partition(":")
+        try:
+            out.append((int(movie), float(rating)) if rating else int(movie))
+        except ValueError:
+            raise RecommenderError(f"bad history entry {item!r}: expected MOVIE_ID or MOVIE_ID:RATING") from None
+    return out
+
+
+def _print(recs: list[Recommendation], as_json: bool, score_label: str = "score") -> None:
+    if as_json:
+        print(json.dumps([r.to_dict() for r in recs], indent=2))
+        return
+    for rank, r in enumerate(recs, 1):
+        year = f" ({r.year})" if r.year else ""
+        rating = f"  predicted {r.predicted_rating:.2f}" if r.predicted_rating is not None else ""
+        print(f"{rank:>3}. [{r.movie_id}] {r.title}{year} — {', '.join(r.genres) or 'no genres'}  "
+              f"{score_label} {r.score:.3f}{rating}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="movierec",
+                                     description="Movie recommendations from a trained movierec model.")
+    parser.add_argument("--model", default=None,
+                        help="bundle folder or zip, or a Metaflow run id (default: the model packaged in this wheel)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("recommend", help="top movies for a known user")
+    r.add_argument("--user", type=int, required=True)
+    r.add_argument("-k", type=int, default=10, help="how many (1-1000, default 10)")
+    r.add_argument("--include-rated", action="store_true", help="also recommend movies the user already rated")
+    r.add_argument("--json", action="store_true", help="print JSON")
+    h = sub.add_parser("history", help="top movies for a new user, from movies they rated")
+    h.add_argument("movies", nargs="+", metavar="MOVIE[:RATING]", help="movie ids, optionally with a 0.5-5 rating")
+    h.add_argument("-k", type=int, default=10)
+    h.add_argument("--json", action="store_true")
+    s = sub.add_parser("similar", help="movies similar to a movie")
+    s.add_argument("--movie", type=int, required=True)
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--json", action="store_true")
+    p = sub.add_parser("predict", help="predicted rating of a movie for a known user")
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--movie", type=int, required=True)
+    sub.add_parser("info", help="which run, data and metrics the model comes from")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rec = Recommender.load(args.model)
+        if args.command == "recommend":
+            _print(rec.recommend(args.user, args.k, exclude_rated=not args.include_rated), args.json)
+        elif args.command == "history":
+            _print(rec.recommend_for_history(_parse_history(args.movies), args.k), args.json)
+        elif args.command == "similar":
+            _print(rec.similar_movies(args.movie, args.k), args.json, score_label="similarity")
+        elif args.command == "predict":
+            print(f"{rec.predict_rating(args.user, args.movie):.2f}")
+        else:
+            info = rec.info
+            print(json.dumps({k: info.get(k) for k in ("flow", "run_id", "version", "dataset", "metrics")},
+                             indent=2, default=str))
+    except RecommenderError as exc:
+        print(f"movierec: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from movierec import cli
+from movierec.serving import Recommender
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory, tiny_bundle):
+    path = tmp_path_factory.mktemp("bundle") / "model.zip"
+    path.write_bytes(tiny_bundle)
+    return str(path)
+
+
+def test_recommend_prints_titles(bundle_path, capsys):
+    rec = Recommender.load(bundle_path)
+    user = int(rec.user_ids[0])
+    assert cli.main(["--model", bundle_path, "recommend", "--user", str(user), "-k", "3"]) == 0
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert len(lines) == 3
+    first = rec.recommend(user, k=3)[0]
+    assert lines[0].startswith("  1. ") and first.title in lines[0] and f"[{first.movie_id}]" in lines[0]
+
+
+def test_json_history_similar_predict_info(bundle_path, capsys):
+    rec = Recommender.load(bundle_path)
+    m = [int(x) for x in rec.item_ids[:2]]
+    assert cli.main(["--model", bundle_path, "history", f"{m[0]}:5", str(m[1]), "-k", "4", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4
+    assert cli.main(["--model", bundle_path, "similar", "--movie", str(m[0]), "-k", "2"]) == 0
+    assert "similarity" in capsys.readouterr().out
+    assert cli.main(["--model", bundle_path, "predict", "--user", str(int(rec.user_ids[0])), "--movie", str(m[0])]) == 0
+    assert 0.5 <= float(capsys.readouterr().out) <= 5
+    assert cli.main(["--model", bundle_path, "info"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == "test"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["recommend", "--user", "99999"], "unknown user id 99999"),
+    (["similar", "--movie", "424242"], "unknown movie id 424242"),
+    (["recommend", "--user", "1", "-k", "0"], "k must be"),
+    (["history", "abc"], "bad history entry"),
+])
+def test_bad_input_exits_2_with_a_message(bundle_path, capsys, argv, message):
+    assert cli.main(["--model", bundle_path, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
