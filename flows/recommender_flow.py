@@ -9,6 +9,7 @@ Each step is a few calls into the ``movierec`` package plus its card.
 """
 
 import os
+from pathlib import Path
 
 # Metaflow takes the user from the environment and refuses "root"; shells without a usable name
 # (CI, containers) would stop with "Unknown user", so they run as "movierec".
@@ -20,6 +21,7 @@ from metaflow import FlowSpec, Parameter, card, current, step  # noqa: E402
 from movierec import faults, index, pipeline, reports  # noqa: E402
 from movierec.data import Dataset  # noqa: E402
 from movierec.features import encode  # noqa: E402
+from movierec.packaging import DEFAULT_INDEX_DIR, publish  # noqa: E402
 from movierec.publish import make_bundle  # noqa: E402
 from movierec.retrieval import RetrievalConfig  # noqa: E402
 from movierec.split import split_ratings  # noqa: E402
@@ -44,6 +46,11 @@ class RecommenderFlow(FlowSpec):
     n_trees = Parameter("n-trees", default=50, help="Annoy trees (more: better recall, bigger index)")
     ray_address = Parameter("ray-address", default="", help="join this Ray cluster instead of starting one")
     num_cpus = Parameter("num-cpus", default=2, help="CPUs for the local Ray instance")
+    repository_url = Parameter("repository-url", default="",
+                               help="package index to upload the wheel to with twine (credentials: TWINE_USERNAME/"
+                                    "TWINE_PASSWORD); default: the local PEP 503 index in --index-dir")
+    index_dir = Parameter("index-dir", default=str(DEFAULT_INDEX_DIR),
+                          help="local package index folder (pip install --index-url file://<dir>/simple movierec)")
 
     @card
     @step
@@ -118,18 +125,22 @@ class RecommenderFlow(FlowSpec):
     @step
     def publish(self):
         faults.maybe_fail("publish")
-        self.bundle = make_bundle(self.encoded, self.retrieval, self.ranking, self.index_blob, self.index_settings,
+        self.bundle = make_bundle(self.encoded, self.split_data.train, self.retrieval, self.ranking,
+                                  self.user_vectors, self.item_vectors, self.index_blob, self.index_settings,
                                   {"flow": current.flow_name, "run_id": current.run_id,
                                    "dataset": self.data_stats, "metrics": self.metrics})
-        current.card.extend(reports.publish_card({"flow": current.flow_name, "run_id": current.run_id},
-                                                 len(self.bundle)))
+        publication, wheel = publish(self.bundle, current.run_id, self.repository_url, Path(self.index_dir))
+        self.publication, self.wheel = publication.to_dict(), wheel.read_bytes()
+        current.card.extend(reports.publish_card(self.publication, len(self.bundle)))
         self.next(self.end)
 
     @card
     @step
     def end(self):
-        print(f"[end] run {current.run_id} finished; metrics: "
-              f"python flows/recommender_flow.py card view evaluate --run-id {current.run_id}")
+        print(f"[end] run {current.run_id} finished.\n"
+              f"  report:  python flows/recommender_flow.py card view evaluate --run-id {current.run_id}\n"
+              f"  install: {self.publication['install_command']}\n"
+              f"  then:    movierec recommend --user 1")
 
     def _ray_storage(self) -> str:
         from movierec.cluster import storage_path

@@ -86,5 +86,13 @@ def evaluation_card(report: Report) -> list:
     return cards
 
 
-def publish_card(metadata: dict, size: int) -> list:
-    return [heading("Model bundle", [f"{size / 1e6:.2f} MB"]), key_values(metadata)]
+def publish_card(publication: dict, bundle_size: int) -> list:
+    status = "uploaded to" if publication["uploaded"] else "was already in"
+    return [
+        heading(f"Published movierec {publication['version']}",
+                [f"The wheel {status} `{publication['repository']}`.",
+                 f"Install it anywhere: `{publication['install_command']}`",
+                 "Then: `movierec recommend --user 1` or `from movierec import Recommender`."]),
+        key_values({**publication, "bundle size (MB)": bundle_size / 1e6,
+                    "wheel size (MB)": publication["size"] / 1e6}),
+    ]

@@ -1,22 +1,14 @@
-"""The whole flow through metaflow.Runner: a fault injected in one step, then resume finishing it.
-
-One failed run plus its resume exercises every step once, checks that resume reuses the tasks
-that had finished, and leaves a complete run whose artifacts, metrics and cards we inspect.
-"""
+"""The whole flow through metaflow.Runner (the ``runs`` fixture in conftest): a fault injected in
+one step, then resume finishing it, checked for reused tasks, artifacts, metrics and cards."""
 
 import base64
 import re
-from pathlib import Path
 
-import pytest
-from metaflow import Flow, Runner, namespace
+from metaflow import Flow
 from metaflow.cards import get_cards
 
-from movierec.faults import ENV_VAR
 from movierec.publish import read_bundle_metadata
 
-FLOW = str(Path(__file__).resolve().parent.parent / "flows" / "recommender_flow.py")
-BUDGET = {"retrieval_epochs": 3, "tune_samples": 2, "tune_epochs": 2, "n_trees": 20}
 FINISHED_BEFORE_FAULT = ("start", "split", "train_retrieval", "tune_ranking", "build_index")
 
 
@@ -26,19 +18,6 @@ def card_text(task) -> str:
     blobs = re.findall(r'__MF_DATA__\["[^"]+"\] = "([A-Za-z0-9+/=]+)"', html)
     assert blobs, "no card data in the HTML"
     return " ".join(base64.b64decode(b).decode() for b in blobs)
-
-
-@pytest.fixture(scope="module")
-def runs(metaflow_root, ml100k_dir):
-    namespace(None)
-    with Runner(FLOW, show_output=False, pylint=False, env={ENV_VAR: "evaluate"}, cwd=metaflow_root).run(
-        **BUDGET
-    ) as failed:
-        failed_status, failed_run = failed.status, failed.run
-    with Runner(FLOW, show_output=False, pylint=False, env={ENV_VAR: ""}, cwd=metaflow_root).resume() as resumed:
-        resumed_status, resumed_run = resumed.status, resumed.run
-        stdout = resumed.stdout + resumed.stderr
-    return failed_status, failed_run, resumed_status, resumed_run, stdout
 
 
 def test_injected_fault_fails_the_run(runs):

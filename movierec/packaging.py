@@ -1,0 +1,274 @@
+"""Publishing: a wheel of the ``movierec`` code plus a trained bundle, uploaded with twine.
+
+The wheel is built with ``python -m build`` from a staging copy of the package (the repository
+is never modified), checked with ``twine check``, and uploaded:
+
+- to ``repository_url`` (any PyPI-compatible server, CodeArtifact included; credentials from the
+  usual ``TWINE_USERNAME``/``TWINE_PASSWORD`` variables), or by default
+- to a local PEP 503 index folder, so ``pip install --index-url file://<folder>/simple movierec``
+  works. twine needs a server to talk to, so a pypiserver is started on loopback over an empty
+  incoming folder for the upload; the received file is checked against the built one, then moved
+  into ``packages/`` and the static ``simple/`` pages are rewritten.
+
+Publishing is atomic (a failure leaves the index as it was) and idempotent (a version already
+in the index is not uploaded again).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import movierec
+from movierec.publish import BUNDLE_FILES
+
+SOURCE_ROOT = Path(movierec.__file__).resolve().parent.parent
+DEFAULT_INDEX_DIR = SOURCE_ROOT / "dist" / "pypi"
+PROJECT = "movierec"
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+@dataclass
+class Publication:
+    version: str
+    wheel: str
+    sha256: str
+    size: int
+    repository: str
+    install_command: str
+    uploaded: bool  # False when this version was already there (idempotent re-run)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_version(run_id: str, base: str = movierec.__version__) -> str:
+    """PEP 440 version of a run's wheel: ``<base>.post<run number>`` (no local ``+`` part, so any
+    index accepts it, and pip installs it without ``--pre``). Metaflow's local run ids are
+    increasing integers, so later runs sort as newer; other ids are hashed to a number."""
+    number = run_id if run_id.isdigit() else str(int(hashlib.sha256(run_id.encode()).hexdigest()[:12], 16))
+    return f"{base}.post{int(number)}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise PublishError(f"{what} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr).strip()[-3000:]}")
+    return proc.stdout
+
+
+def build_wheel(bundle: bytes, version: str, out_dir: Path, source_root: Path = SOURCE_ROOT) -> Path:
+    """Build ``movierec-<version>-py3-none-any.whl`` with the bundle inside ``movierec/bundle/``."""
+    for required in ("setup.cfg", "pyproject.toml", "README.md", "movierec/__init__.py"):
+        if not (source_root / required).is_file():
+            raise PublishError(f"{source_root}: {required} missing; publish from a movierec source checkout")
+    with tempfile.TemporaryDirectory(prefix="movierec-build-") as tmp:
+        stage = Path(tmp) / "src"
+        shutil.copytree(source_root / "movierec", stage / "movierec",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "bundle"))
+        for name in ("setup.cfg", "pyproject.toml", "README.md"):
+            shutil.copy2(source_root / name, stage / name)
+        init = stage / "movierec" / "__init__.py"
+        text = init.read_text()
+        if f'__version__ = "{movierec.__version__}"' not in text:
+            raise PublishError(f"{init}: no __version__ line to stamp")
+        init.write_text(text.replace(f'__version__ = "{movierec.__version__}"', f'__version__ = "{version}"'))
+        bundle_dir = stage / "movierec" / "bundle"
+        bundle_dir.mkdir()
+        with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
+            for name in BUNDLE_FILES:
+                (bundle_dir / name).write_bytes(zf.read(name))
+        built = Path(tmp) / "dist"
+        print(f"[publish] building movierec {version} ...", flush=True)
+        _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(built), str(stage)],
+             "python -m build")
+        wheels = list(built.glob("*.whl"))
+        if len(wheels) != 1:
+            raise PublishError(f"python -m build produced {len(wheels)} wheels, expected 1")
+        _run([sys.executable, "-m", "twine", "check", "--strict", str(wheels[0])], "twine check")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / wheels[0].name
+        shutil.copy2(wheels[0], target)
+        return target
+
+
+def _twine_upload(wheel: Path, url: str, env: dict[str, str]) -> None:
+    _run([sys.executable, "-m", "twine", "upload", "--non-interactive", "--disable-progress-bar",
+          "--repository-url", url, str(wheel)], f"twine upload to {url}", env=env)
+
+
+def upload(wheel: Path, repository_url: str) -> bool:
+    """twine-upload ``wheel`` to a server unless it already has it; True if uploaded."""
+    if already_on_server(repository_url, wheel.name):
+        return False
+    _twine_upload(wheel, repository_url, dict(os.environ))
+    return True
+
+
+def already_on_server(repository_url: str, wheel_name: str) -> bool:
+    """Whether the server's simple index already lists ``wheel_name`` (twine's --skip-existing
+    works with PyPI only). Uses TWINE_USERNAME/TWINE_PASSWORD as basic auth when set."""
+    base = repository_url.rstrip("/").removesuffix("/legacy")
+    request = urllib.request.Request(f"{base}/simple/{PROJECT}/")
+    user, password = os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return wheel_name in resp.read().decode(errors="replace")
+    except OSError:  # 404 for a first upload, or no simple index: let twine decide
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200, or raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise PublishError(f"{url} did not answer within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+class LocalPypiServer:
+    """pypiserver on loopback over ``packages``, uploads allowed without authentication."""
+
+    def __init__(self, packages: Path, port: int | None = None):
+        self.packages, self.port = packages, port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> LocalPypiServer:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pypiserver", "run", "-i", "127.0.0.1", "-p", str(self.port), "-a", ".", "-P", ".",
+             "--disable-fallback", "--log-stream", "none", str(self.packages)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_http(self.url + "/health")
+        except PublishError:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+
+
+def write_simple_index(index_dir: Path) -> None:
+    """Rewrite the static PEP 503 pages for every wheel in ``packages/`` (each page atomically)."""
+    packages = sorted((index_dir / "packages").glob(f"{PROJECT}-*.whl"))
+    links = "\n".join(
+        f'<a href="../../packages/{html.escape(p.name)}#sha256={_sha256(p)}">{html.escape(p.name)}</a><br>'
+        for p in packages
+    )
+    pages = {
+        index_dir / "simple" / "index.html": f'<!DOCTYPE html><html><body><a href="{PROJECT}/">{PROJECT}</a>'
+                                               "</body></html>\n",
+        index_dir / "simple" / PROJECT / "index.html": f"<!DOCTYPE html><html><body>\n{links}\n</body></html>\n",
+    }
+    for path, text in pages.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def publish_to_directory(wheel: Path, index_dir: Path) -> bool:
+    """Upload ``wheel`` with twine into the local index at ``index_dir``; False if already there."""
+    packages = index_dir / "packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    if (packages / wheel.name).exists():
+        write_simple_index(index_dir)
+        return False
+    incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=index_dir))
+    try:
+        with LocalPypiServer(incoming) as server:
+            env = {**os.environ, "TWINE_USERNAME": "movierec", "TWINE_PASSWORD": "local"}
+            _twine_upload(wheel, server.url + "/", env)
+        received = incoming / wheel.name
+        if not received.is_file() or _sha256(received) != _sha256(wheel):
+            raise PublishError(f"{received}: upload did not arrive intact")
+        os.replace(received, packages / wheel.name)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    write_simple_index(index_dir)
+    return True
+
+
+def publish(bundle: bytes, run_id: str, repository_url: str = "", index_dir: Path = DEFAULT_INDEX_DIR,
+            out_dir: Path | None = None) -> tuple[Publication, Path]:
+    """Build the run's wheel and upload it; returns what was published and the wheel's path."""
+    version = run_version(run_id)
+    out_dir = out_dir or Path(tempfile.mkdtemp(prefix="movierec-wheel-"))
+    wheel = build_wheel(bundle, version, out_dir)
+    if repository_url:
+        uploaded, where = upload(wheel, repository_url), repository_url
+        install = f"pip install --index-url {repository_url.rstrip('/')}/simple movierec=={version}"
+    else:
+        index_dir = Path(index_dir).resolve()
+        uploaded, where = publish_to_directory(wheel, index_dir), str(index_dir)
+        install = f"pip install --index-url file://{index_dir}/simple movierec=={version}"
+    print(f"[publish] movierec {version} {'uploaded to' if uploaded else 'already in'} {where}", flush=True)
+    return Publication(version, wheel.name, _sha256(wheel), wheel.stat().st_size, where, install, uploaded), wheel
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m movierec.packaging --run RecommenderFlow/<id>``: publish an earlier run's model
+    (e.g. from CI, after choosing a run), without re-running the flow."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m movierec.packaging", description=main.__doc__)
+    parser.add_argument("--run", required=True, help="Metaflow run: RecommenderFlow/<run id> or a run id")
+    parser.add_argument("--repository-url", default="", help="upload here with twine (TWINE_* credentials)")
+    parser.add_argument("--index-dir", type=Path, default=DEFAULT_INDEX_DIR, help="local index otherwise")
+    args = parser.parse_args(argv)
+    from metaflow import Run, namespace
+
+    namespace(None)
+    pathspec = args.run if "/" in args.run else f"RecommenderFlow/{args.run}"
+    try:
+        bundle = Run(pathspec)["publish"].task.data.bundle
+        publication, _ = publish(bundle, pathspec.split("/")[1], args.repository_url, args.index_dir)
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(publication.install_command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The product as a user gets it: the wheel a flow run published, uploaded with twine to a real
+pypiserver on loopback, installed into a fresh virtual environment, and asked for recommendations
+from a process that cannot see the source tree."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from movierec import packaging
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without anything pointing into the checkout."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+
+
+@pytest.fixture(scope="module")
+def published(runs):
+    run = runs[3]
+    return run["publish"].task.data.publication, run["publish"].task.data.wheel
+
+
+def test_flow_published_to_a_pip_readable_local_index(published, tmp_path):
+    publication, wheel_bytes = published
+    index = Path(publication["repository"])
+    assert (index / "packages" / publication["wheel"]).read_bytes() == wheel_bytes
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q", "--index-url",
+         f"file://{index}/simple", f"movierec=={publication['version']}", "-d", str(tmp_path)],
+        capture_output=True, text=True, env={**_clean_env(), "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / publication["wheel"]).read_bytes() == wheel_bytes
+
+
+def test_pypiserver_twine_fresh_venv_recommends(published, tmp_path, monkeypatch):
+    publication, wheel_bytes = published
+    monkeypatch.setenv("TWINE_USERNAME", "ci")  # as for any server; this one does not check them
+    monkeypatch.setenv("TWINE_PASSWORD", "unused")
+    wheel = tmp_path / publication["wheel"]
+    wheel.write_bytes(wheel_bytes)
+    (tmp_path / "server").mkdir()
+    with packaging.LocalPypiServer(tmp_path / "server") as server:
+        assert packaging.upload(wheel, server.url + "/") is True
+        assert packaging.upload(wheel, server.url + "/") is False  # idempotent
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "--extra-index-url", f"{server.url}/simple/",
+             f"movierec=={publication['version']}"],
+            capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), timeout=900,
+        )
+        assert install.returncode == 0, install.stderr[-3000:]
+    env, cwd = _clean_env(), tmp_path  # the checkout is neither on the path nor the working directory
+
+    cli = subprocess.run([str(venv / "bin" / "movierec"), "recommend", "--user", "1", "-k", "5"],
+                         capture_output=True, text=True, cwd=cwd, env=env)
+    assert cli.returncode == 0, cli.stderr
+    lines = cli.stdout.strip().splitlines()
+    assert len(lines) == 5 and all("predicted" in line for line in lines)
+
+    probe = ("import json, movierec; from movierec import Recommender; r = Recommender.load(); "
+             "print(json.dumps({'file': movierec.__file__, 'version': movierec.__version__, "
+             "'titles': [x.title for x in r.recommend(1, k=5)], 'run': r.info['run_id'], "
+             "'similar': [x.title for x in r.similar_movies(50, k=3)]}))")
+    out = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                                    cwd=cwd, env=env, check=True).stdout)
+    assert Path(out["file"]).is_relative_to(venv) and not Path(out["file"]).is_relative_to(REPO)
+    assert out["version"] == publication["version"]
+    assert out["titles"] == [line.split("] ", 1)[1].split(" (")[0] for line in lines]
+    assert out["run"] in publication["version"]
+    assert len(out["similar"]) == 3  # movie 50 is Star Wars in ML-100K
+
+    bad = subprocess.run([str(venv / "bin" / "movierec"), "recommend", "--user", "999999"],
+                         capture_output=True, text=True, cwd=cwd, env=env)
+    assert bad.returncode == 2 and "unknown user id 999999" in bad.stderr and "Traceback" not in bad.stderr
