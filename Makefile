@@ -28,7 +28,7 @@ $(DATA): | $(STAMP)
 
 data: $(DATA)  ## download MovieLens 100K (from the recbole wheel on PyPI) into data/ml-100k
 
-run: setup data  ## train, evaluate and publish on ML-100K (extra flow options: make run ARGS="--split temporal")
+run: setup data  ## train, evaluate and publish on ML-100K (extra flow options: make run ARGS="--protocol temporal")
 	$(BIN)/python flows/recommender_flow.py --no-pylint run $(ARGS)
 
 test: setup data  ## the test suite

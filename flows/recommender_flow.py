@@ -24,7 +24,6 @@ from movierec.features import encode  # noqa: E402
 from movierec.packaging import DEFAULT_INDEX_DIR, publish  # noqa: E402
 from movierec.publish import make_bundle  # noqa: E402
 from movierec.retrieval import RetrievalConfig  # noqa: E402
-from movierec.split import split_ratings  # noqa: E402
 
 
 class RecommenderFlow(FlowSpec):
@@ -35,8 +34,8 @@ class RecommenderFlow(FlowSpec):
                               "default: ML-100K, downloaded once into data/ml-100k")
     synthetic_ratings = Parameter("synthetic-ratings", default=0, help="use N synthetic ML-20M-shaped ratings")
     max_ratings = Parameter("max-ratings", default=0, help="keep only the first N ratings by time (0: all)")
-    protocol = Parameter("split", default="random", help="split protocol: random or temporal")
-    test_fraction = Parameter("test-fraction", default=0.2, help="share of ratings held out for test")
+    protocol = Parameter("protocol", default="tfrs",
+                         help="evaluation protocol: tfrs (80/20 random), msr (per-user 75/25), temporal (time cutoff)")
     seed = Parameter("seed", default=42, help="seed for the split, initialisation and data order")
     retrieval_workers = Parameter("retrieval-workers", default=2, help="Ray Train workers (DDP over gloo)")
     retrieval_epochs = Parameter("retrieval-epochs", default=5, help="two-tower training epochs")
@@ -56,8 +55,8 @@ class RecommenderFlow(FlowSpec):
     @step
     def start(self):
         faults.maybe_fail("start")
-        pipeline.check_parameters(self.protocol, self.test_fraction, self.retrieval_workers, self.retrieval_epochs,
-                                  self.tune_samples, self.tune_epochs, self.n_trees, self.num_cpus)
+        pipeline.check_parameters(self.protocol, self.retrieval_workers, self.retrieval_epochs, self.tune_samples,
+                                  self.tune_epochs, self.n_trees, self.num_cpus)
         dataset = pipeline.load_data(self.data_dir, self.synthetic_ratings, self.max_ratings, self.seed)
         self.dataset = dataset.to_bytes()
         self.data_stats = dataset.stats()
@@ -71,10 +70,9 @@ class RecommenderFlow(FlowSpec):
         faults.maybe_fail("split")
         self.encoded = encode(Dataset.from_bytes(self.dataset))
         enc = self.encoded
-        self.split_data = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, self.protocol,
-                                        self.test_fraction, self.seed)
+        self.split_data = pipeline.split_for(enc, self.protocol, self.seed)
         print(f"[split] {self.split_data.summary()}")
-        current.card.extend(reports.split_card(enc, self.split_data))
+        current.card.extend(reports.split_card(enc, self.split_data, self.protocol))
         self.next(self.train_retrieval, self.tune_ranking)
 
     @card
@@ -118,7 +116,7 @@ class RecommenderFlow(FlowSpec):
                                    self.user_vectors, self.item_vectors, self.index_blob, self.index_settings)
         self.metrics, self.samples = report.rows, report.samples
         print(report.to_text())
-        current.card.extend(reports.evaluation_card(report))
+        current.card.extend(reports.evaluation_card(report, self.protocol))
         self.next(self.publish)
 
     @card

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from movierec import __version__
 from movierec.serving import Recommendation, Recommender, RecommenderError
 
 
@@ -79,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             print(f"{rec.predict_rating(args.user, args.movie):.2f}")
         else:
-            info = rec.info
-            print(json.dumps({k: info.get(k) for k in ("flow", "run_id", "version", "dataset", "metrics")},
-                             indent=2, default=str))
+            info = {"version": __version__, **{k: rec.info.get(k) for k in ("flow", "run_id", "dataset", "metrics")}}
+            print(json.dumps(info, indent=2, default=str))
     except RecommenderError as exc:
         print(f"movierec: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,9 @@
-"""The evaluate step: every model and baseline scored on the same test split, in one table.
+"""Evaluation protocols, and every model and baseline scored on one protocol's split in one table.
+
+A protocol names a published way of splitting MovieLens, so our figures can stand beside the
+published ones (see ``PROTOCOLS``). Whatever the protocol, the report has every metric:
+top-K categorical accuracy over all movies (TFRS), RMSE/MAE of the rating model, and
+NDCG/precision/recall@10 of recommendations of unseen movies (Microsoft Recommenders).
 
 Rows are the two-stage pipeline (exact and Annoy retrieval), retrieval alone, a popularity
 baseline and a global-mean baseline. A cell is None where a metric does not apply to a row
@@ -18,6 +23,41 @@ from movierec.ranking import RatingModel, predict, two_stage_scores
 from movierec.split import Split
 
 
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    split: str  # a movierec.split protocol
+    test_fraction: float
+    description: str
+    published: tuple[tuple[str, str], ...] = ()  # (model, figures) as published, for reports
+
+
+PROTOCOLS = {
+    "tfrs": Protocol(
+        "tfrs", "random", 0.2,
+        "TensorFlow Recommenders tutorials: 80/20 random split of all ratings (seed 42); top-K accuracy over "
+        "all movies with seen movies not excluded",
+        (("TFRS retrieval tutorial (basic)", "top100 0.233"), ("TFRS deep retrieval with features", "top100 ~0.29"),
+         ("TFRS ranking tutorial", "RMSE ~1.10"))),
+    "msr": Protocol(
+        "msr", "stratified", 0.25,
+        "Microsoft Recommenders benchmark: per-user stratified 75/25 random split (seed 42); top-10 of unseen "
+        "movies, every held-out movie relevant",
+        (("BiVAE", "nDCG@10 0.475, P@10 0.412, R@10 0.219"), ("BPR", "nDCG@10 0.442"), ("LightGCN", "nDCG@10 0.420"),
+         ("SAR", "nDCG@10 0.383"))),
+    "temporal": Protocol(
+        "temporal", "temporal", 0.2,
+        "Production-like: one global time cutoff, the latest 20% of ratings are test; users and movies first seen "
+        "after the cutoff cannot be scored and are dropped (counted in the split card)"),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
 @dataclass
 class Report:
     rows: list[dict[str, object]]
@@ -30,7 +70,8 @@ class Report:
         return next(r for r in self.rows if r["model"] == model)
 
     def columns(self) -> list[str]:
-        return ["model"] + [f"top{k}" for k in self.ks] + ["rmse", "mae", f"ndcg@{self.ndcg_k}"]
+        n = self.ndcg_k
+        return ["model"] + [f"top{k}" for k in self.ks] + ["rmse", "mae", f"ndcg@{n}", f"p@{n}", f"r@{n}"]
 
     def to_text(self) -> str:
         """The metrics table as aligned plain text, for the terminal and logs."""
@@ -68,8 +109,14 @@ class Evaluator:
         # Item means shrunk towards the global mean (10 pseudo-ratings): the popularity row's rating guess.
         self.item_mean = (sums + 10 * self.global_mean) / (counts + 10)
 
-    def ndcg(self, lists: np.ndarray) -> float:
-        return metrics.ndcg_at_k(lists, [self.relevant[u] for u in self.users], self.ndcg_k)
+    def ranking(self, lists: np.ndarray) -> dict[str, float]:
+        """NDCG, precision and recall at ``ndcg_k`` of each test user's list of unseen movies."""
+        relevant, k = [self.relevant[u] for u in self.users], self.ndcg_k
+        precision, recall = metrics.precision_recall_at_k(lists, relevant, k)
+        return {f"ndcg@{k}": metrics.ndcg_at_k(lists, relevant, k), f"p@{k}": precision, f"r@{k}": recall}
+
+    def report_columns(self) -> list[str]:
+        return Report(rows=[], ks=self.ks, ndcg_k=self.ndcg_k).columns()
 
     def accuracy(self, ranks: np.ndarray) -> dict[str, float]:
         return {f"top{k}": v for k, v in metrics.categorical_accuracy(ranks, self.ks).items()}
@@ -120,21 +167,20 @@ class Evaluator:
         pop_lists = metrics.top_k_excluding(np.tile(self.popularity, (len(self.users), 1)),
                                             [self.seen[u] for u in self.users], self.ndcg_k)
         pop_pred = self.item_mean[self.test_items]
-        k = f"ndcg@{self.ndcg_k}"
-        na = {f"top{k}": None for k in self.ks}
+        na = {c: None for c in self.report_columns() if c != "model"}
+        mean = np.full(len(self.test_ratings), self.global_mean)
         rows = [
             {"model": "two-stage (exact retrieval)", **self.accuracy(exact_ranks), **rating,
-             k: self.ndcg(rerank(exact_cands))},
+             **self.ranking(rerank(exact_cands))},
             {"model": "two-stage (Annoy retrieval)", **self.accuracy(annoy_ranks), **rating,
-             k: self.ndcg(rerank(annoy_cands))},
+             **self.ranking(rerank(annoy_cands))},
             {"model": "two-tower retrieval only", **self.accuracy(exact_ranks), "rmse": None, "mae": None,
-             k: self.ndcg(exact_cands[:, : self.ndcg_k])},
+             **self.ranking(exact_cands[:, : self.ndcg_k])},
             {"model": "popularity baseline", **self.accuracy(pop_ranks),
              "rmse": metrics.rmse(pop_pred, self.test_ratings), "mae": metrics.mae(pop_pred, self.test_ratings),
-             k: self.ndcg(pop_lists)},
+             **self.ranking(pop_lists)},
             {"model": "global-mean baseline", **na,
-             "rmse": metrics.rmse(np.full(len(self.test_ratings), self.global_mean), self.test_ratings),
-             "mae": metrics.mae(np.full(len(self.test_ratings), self.global_mean), self.test_ratings), k: None},
+             "rmse": metrics.rmse(mean, self.test_ratings), "mae": metrics.mae(mean, self.test_ratings)},
         ]
         return Report(rows=rows, samples=self.samples(rerank(exact_cands[:3])), ks=self.ks, ndcg_k=self.ndcg_k,
                       candidates=self.candidates)

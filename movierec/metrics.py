@@ -66,6 +66,19 @@ def ndcg_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int = 10) ->
     return float(np.mean(scores)) if scores else 0.0
 
 
+def precision_recall_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int = 10) -> tuple[float, float]:
+    """Mean precision@k (hits / k) and recall@k (hits / relevant) over users with relevant items,
+    as Microsoft Recommenders defines them."""
+    precision, recall = [], []
+    for recs, rel in zip(recommended, relevant):
+        if not rel:
+            continue
+        hits = sum(1 for r in recs[:k] if r in rel)
+        precision.append(hits / k)
+        recall.append(hits / len(rel))
+    return (float(np.mean(precision)), float(np.mean(recall))) if precision else (0.0, 0.0)
+
+
 def csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """(indptr, indices) of a row -> columns adjacency, e.g. each user's rated items."""
     order = np.argsort(rows, kind="stable")

@@ -237,11 +237,11 @@ def publish(bundle: bytes, run_id: str, repository_url: str = "", index_dir: Pat
     wheel = build_wheel(bundle, version, out_dir)
     if repository_url:
         uploaded, where = upload(wheel, repository_url), repository_url
-        install = f"pip install --index-url {repository_url.rstrip('/')}/simple movierec=={version}"
+        install = f"pip install --extra-index-url {repository_url.rstrip('/')}/simple movierec=={version}"
     else:
         index_dir = Path(index_dir).resolve()
         uploaded, where = publish_to_directory(wheel, index_dir), str(index_dir)
-        install = f"pip install --index-url file://{index_dir}/simple movierec=={version}"
+        install = f"pip install --extra-index-url file://{index_dir}/simple movierec=={version}"
     print(f"[publish] movierec {version} {'uploaded to' if uploaded else 'already in'} {where}", flush=True)
     return Publication(version, wheel.name, _sha256(wheel), wheel.stat().st_size, where, install, uploaded), wheel
 

@@ -14,23 +14,19 @@ import numpy as np
 
 from movierec import data, index, synthetic
 from movierec.cluster import ray_session
-from movierec.evaluation import Evaluator, Report
+from movierec.evaluation import PROTOCOLS, Evaluator, Report, get_protocol
 from movierec.features import Encoded
 from movierec.ranking import RankingResult, tune_ranking
 from movierec.retrieval import RetrievalConfig, RetrievalResult, train
-from movierec.split import Split
+from movierec.split import Split, split_ratings
 
 
-def check_parameters(protocol: str, test_fraction: float, retrieval_workers: int, retrieval_epochs: int,
-                     tune_samples: int, tune_epochs: int, n_trees: int, num_cpus: int) -> None:
+def check_parameters(protocol: str, retrieval_workers: int, retrieval_epochs: int, tune_samples: int,
+                     tune_epochs: int, n_trees: int, num_cpus: int) -> None:
     """Fail in the first step, with the option's name, rather than minutes later inside Ray."""
-    from movierec.split import PROTOCOLS
-
     problems = []
     if protocol not in PROTOCOLS:
-        problems.append(f"--split must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if not 0.0 < test_fraction < 1.0:
-        problems.append(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+        problems.append(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for name, value in [("--retrieval-workers", retrieval_workers), ("--retrieval-epochs", retrieval_epochs),
                         ("--tune-samples", tune_samples), ("--tune-epochs", tune_epochs), ("--n-trees", n_trees),
                         ("--num-cpus", num_cpus)]:
@@ -49,6 +45,12 @@ def load_data(data_dir: str = "", synthetic_ratings: int = 0, max_ratings: int =
     else:
         dataset = data.load_dataset(Path(data_dir) if data_dir else data.fetch_ml100k())
     return dataset.head(max_ratings)
+
+
+def split_for(enc: Encoded, protocol: str, seed: int) -> Split:
+    """The train/test split a named evaluation protocol prescribes."""
+    p = get_protocol(protocol)
+    return split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, p.split, p.test_fraction, seed)
 
 
 def run_retrieval(enc: Encoded, split: Split, cfg: RetrievalConfig, storage: str, ray_address: str = "",

@@ -8,7 +8,7 @@ import numpy as np
 
 from movierec.cards import bar_chart, heading, key_values, line_chart, table
 from movierec.data import Dataset
-from movierec.evaluation import Report
+from movierec.evaluation import Report, get_protocol
 from movierec.features import Encoded
 from movierec.index import IndexSettings
 from movierec.pipeline import IndexQuality
@@ -35,10 +35,10 @@ def data_card(dataset: Dataset, source: str) -> list:
     ]
 
 
-def split_card(enc: Encoded, split: Split) -> list:
+def split_card(enc: Encoded, split: Split, protocol: str) -> list:
     return [
-        heading("Split", [f"Protocol **{split.protocol}**; test ratings whose user or movie never occurs in "
-                          f"train are dropped: **{split.dropped_test}** dropped."]),
+        heading(f"Split: protocol {protocol}", [get_protocol(protocol).description,
+                f"Test ratings whose user or movie never occurs in train are dropped: **{split.dropped_test}**."]),
         key_values({**split.summary(), "users": enc.n_users, "movies": enc.n_items,
                     **{f"vocabulary: {k}": v for k, v in enc.vocab_sizes.items()}}),
     ]
@@ -69,15 +69,20 @@ def index_card(settings: IndexSettings, quality: IndexQuality) -> list:
     ]
 
 
-def evaluation_card(report: Report) -> list:
+def evaluation_card(report: Report, protocol: str) -> list:
+    p = get_protocol(protocol)
     cards = [
-        heading("Evaluation on the test split",
-                ["top-K: share of test ratings whose movie is in the user's top K of all movies (TFRS "
-                 f"categorical accuracy). NDCG@{report.ndcg_k}: two-stage recommendations of unseen movies "
-                 f"(retrieve {report.candidates}, re-rank), binary relevance. '—': not applicable."]),
+        heading(f"Evaluation on the test split (protocol {protocol})",
+                [p.description,
+                 "top-K: share of test ratings whose movie is in the user's top K of all movies (TFRS "
+                 f"categorical accuracy). NDCG/P/R@{report.ndcg_k}: two-stage recommendations of unseen movies "
+                 f"(retrieve {report.candidates}, re-rank), every held-out movie relevant. '—': not applicable."]),
         table(report.rows, report.columns()),
-        heading("Sample recommendations"),
     ]
+    if p.published:
+        cards += [heading("Published figures on this protocol (other systems, not this run)"),
+                  table([{"model": m, "published": f} for m, f in p.published])]
+    cards.append(heading("Sample recommendations"))
     for s in report.samples:
         hits = set(s["held_out_hits"])
         cards.append(heading(f"User {s['user_id']}", ["Rated in train: " + "; ".join(s["rated_in_train"])]))

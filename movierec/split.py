@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROTOCOLS = ("random", "temporal")
+PROTOCOLS = ("random", "temporal", "stratified")
 
 
 @dataclass
@@ -51,6 +51,9 @@ def split_ratings(
     - ``random``: a seeded permutation; the last ``test_fraction`` is test.
     - ``temporal``: one global time cutoff; everything at or after the ``1 - test_fraction``
       quantile of timestamps is test (the honest production protocol: no peeking at the future).
+    - ``stratified``: per user, a seeded shuffle of their ratings; the first
+      ``round((1 - test_fraction) * n_user)`` are train (Microsoft Recommenders'
+      ``python_stratified_split``), so every user is in both sides.
 
     Test ratings whose user or item is absent from train are dropped (and counted), because no
     model can score an id it has never seen.
@@ -65,6 +68,16 @@ def split_ratings(
         perm = np.random.default_rng(seed).permutation(n)
         n_test = int(round(n * test_fraction))
         train, test = np.sort(perm[: n - n_test]), np.sort(perm[n - n_test :])
+    elif protocol == "stratified":
+        rng = np.random.default_rng(seed)
+        order = np.lexsort((rng.random(n), user_idx))  # users together, shuffled within each user
+        counts = np.bincount(user_idx)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n) - starts[user_idx[order]]
+        n_train = np.round(counts * (1.0 - test_fraction)).astype(np.int64)
+        is_test = position >= n_train[user_idx]
+        train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     else:
         # Ties broken by index so the split is deterministic whatever the sort implementation.
         order = np.lexsort((np.arange(n), timestamp))

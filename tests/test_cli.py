@@ -33,7 +33,8 @@ def test_json_history_similar_predict_info(bundle_path, capsys):
     assert cli.main(["--model", bundle_path, "predict", "--user", str(int(rec.user_ids[0])), "--movie", str(m[0])]) == 0
     assert 0.5 <= float(capsys.readouterr().out) <= 5
     assert cli.main(["--model", bundle_path, "info"]) == 0
-    assert json.loads(capsys.readouterr().out)["run_id"] == "test"
+    info = json.loads(capsys.readouterr().out)
+    assert info["run_id"] == "test" and info["version"]
 
 
 @pytest.mark.parametrize("argv, message", [

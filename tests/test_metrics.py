@@ -50,3 +50,11 @@ def test_csr_and_top_k_excluding():
     top = metrics.top_k_excluding(scores, [np.array([0]), np.array([], dtype=int)], 2)
     assert top.tolist() == [[2, 3], [1, 0]]
     assert metrics.top_k(scores, 10).shape == (2, 4)
+
+
+def test_precision_recall_by_hand():
+    recs = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+    relevant = [{2, 4, 99}, set(), {9}]
+    p, r = metrics.precision_recall_at_k(recs, relevant, k=4)
+    assert math.isclose(p, (2 / 4 + 1 / 4) / 2)
+    assert math.isclose(r, (2 / 3 + 1 / 1) / 2)

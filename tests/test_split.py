@@ -64,3 +64,15 @@ def test_holdout_partitions_and_is_seeded():
     assert len(val) == 10 and len(fit) == 90
     assert sorted(np.concatenate([fit, val]).tolist()) == idx.tolist()
     assert np.array_equal(val, holdout(idx, 0.1, seed=3)[1])
+
+
+def test_stratified_split_keeps_each_users_share():
+    u, i, t = _toy(2000, users=20, items=300)
+    s = split_ratings(u, i, t, "stratified", 0.25, seed=42)
+    for user in range(20):
+        n = int((u == user).sum())
+        assert int((u[s.train] == user).sum()) == round(0.75 * n)  # both round half to even
+    assert len(s.train) + len(s.test) + s.dropped_test == len(u)
+    again = split_ratings(u, i, t, "stratified", 0.25, seed=42)
+    assert np.array_equal(s.test, again.test)
+    assert not np.array_equal(s.test, split_ratings(u, i, t, "stratified", 0.25, seed=1).test)
