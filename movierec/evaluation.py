@@ -121,6 +121,17 @@ class Evaluator:
     def accuracy(self, ranks: np.ndarray) -> dict[str, float]:
         return {f"top{k}": v for k, v in metrics.categorical_accuracy(ranks, self.ks).items()}
 
+    def factorized_row(self, name: str, user_vecs: np.ndarray, item_vecs: np.ndarray,
+                       predictions: np.ndarray | None = None) -> dict[str, object]:
+        """A report row for any model that orders movies by a dot product (and may predict ratings)."""
+        ranks = metrics.target_ranks(user_vecs, item_vecs, self.test_users, self.test_items)
+        lists = self.candidates_exact(user_vecs, item_vecs)[:, : self.ndcg_k]
+        rating = {"rmse": None, "mae": None}
+        if predictions is not None:
+            rating = {"rmse": metrics.rmse(predictions, self.test_ratings),
+                      "mae": metrics.mae(predictions, self.test_ratings)}
+        return {"model": name, **self.accuracy(ranks), **rating, **self.ranking(lists)}
+
     def candidates_exact(self, user_vecs: np.ndarray, item_vecs: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """Each test user's ``candidates`` best unseen items by exact dot product."""
         return np.concatenate([
@@ -162,11 +173,6 @@ class Evaluator:
         annoy_ranks = metrics.ranks_in_lists(annoy_lists[row_of], self.test_items)
         exact_cands = self.candidates_exact(user_vecs, item_vecs)
         annoy_cands = self.candidates_annoy(user_vecs, index)
-        pop_ranks = metrics.target_ranks(np.ones((self.enc.n_users, 1), np.float32), self.popularity[:, None],
-                                         self.test_users, self.test_items)
-        pop_lists = metrics.top_k_excluding(np.tile(self.popularity, (len(self.users), 1)),
-                                            [self.seen[u] for u in self.users], self.ndcg_k)
-        pop_pred = self.item_mean[self.test_items]
         na = {c: None for c in self.report_columns() if c != "model"}
         mean = np.full(len(self.test_ratings), self.global_mean)
         rows = [
@@ -176,9 +182,8 @@ class Evaluator:
              **self.ranking(rerank(annoy_cands))},
             {"model": "two-tower retrieval only", **self.accuracy(exact_ranks), "rmse": None, "mae": None,
              **self.ranking(exact_cands[:, : self.ndcg_k])},
-            {"model": "popularity baseline", **self.accuracy(pop_ranks),
-             "rmse": metrics.rmse(pop_pred, self.test_ratings), "mae": metrics.mae(pop_pred, self.test_ratings),
-             **self.ranking(pop_lists)},
+            self.factorized_row("popularity baseline", np.ones((self.enc.n_users, 1), np.float32),
+                                self.popularity[:, None], self.item_mean[self.test_items]),
             {"model": "global-mean baseline", **na,
              "rmse": metrics.rmse(mean, self.test_ratings), "mae": metrics.mae(mean, self.test_ratings)},
         ]

@@ -29,7 +29,10 @@ def _buffer(x: np.ndarray) -> torch.Tensor:
 
 
 class UserEncoder(nn.Module):
-    """Concatenated embeddings of a user's id, age bracket, gender and occupation."""
+    """Concatenated embeddings of a user's id, age bracket, gender and occupation, and, when the
+    features carry a rating history (``history_indptr``/``history_items``, train ratings only),
+    the mean embedding of the movies the user rated: the implicit signal of SVD++ and YouTube's
+    candidate model, strongest exactly where a user's own id embedding has little data."""
 
     def __init__(self, sizes: dict[str, int], features: dict[str, torch.Tensor], dim: int, feat_dim: int = 8):
         super().__init__()
@@ -39,10 +42,37 @@ class UserEncoder(nn.Module):
         for n in self.names:
             self.register_buffer(f"f_{n}", features[n].clone())
         self.out_dim = dim + feat_dim * len(self.names)
+        self.history = None
+        if "history_items" in features:
+            self.history = nn.EmbeddingBag(sizes["item"], dim, mode="sum")
+            self.register_buffer("f_history_indptr", features["history_indptr"].clone())
+            self.register_buffer("f_history_items", features["history_items"].clone())
+            self.out_dim += dim
         _small_init(self)
 
-    def forward(self, users: torch.Tensor) -> torch.Tensor:
+    def rated(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The users' rated movies concatenated, and how many each user has (ragged, no loop)."""
+        starts = self.f_history_indptr[users]
+        lengths = self.f_history_indptr[users + 1] - starts
+        offsets = torch.cumsum(lengths, 0) - lengths
+        positions = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()))
+        return self.f_history_items[positions], lengths
+
+    def history_mean(self, users: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+        """Mean embedding of each user's rated movies. In training, ``exclude`` (the movie being
+        predicted, which is in the history) is taken out, or the model would learn to look it up."""
+        rated, lengths = self.rated(users)
+        total = self.history(rated, torch.cumsum(lengths, 0) - lengths)
+        count = lengths.to(total.dtype)
+        if exclude is not None:
+            total = total - self.history.weight[exclude]
+            count = count - 1
+        return total / count.clamp(min=1)[:, None]
+
+    def forward(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         parts = [self.id(users)] + [self.feats[n](getattr(self, f"f_{n}")[users]) for n in self.names]
+        if self.history is not None:
+            parts.append(self.history_mean(users, exclude))
         return torch.cat(parts, dim=-1)
 
 
@@ -72,12 +102,17 @@ class ItemEncoder(nn.Module):
         )
 
 
-def feature_tensors(enc: Encoded) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """User and item feature tables as tensors, ready to become module buffers."""
-    return (
-        {k: _buffer(v) for k, v in enc.user_features.items()},
-        {k: _buffer(v) for k, v in enc.item_features.items()},
-    )
+def feature_tensors(enc: Encoded, history_idx: np.ndarray | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """User and item feature tables as tensors, ready to become module buffers; with
+    ``history_idx`` (indices of training ratings) each user's rated movies join the user features."""
+    users = {k: _buffer(v) for k, v in enc.user_features.items()}
+    if history_idx is not None:
+        from movierec.metrics import csr
+
+        indptr, items = csr(enc.user_idx[history_idx], enc.item_idx[history_idx], enc.n_users)
+        users["history_indptr"], users["history_items"] = _buffer(indptr), _buffer(items)
+    return users, {k: _buffer(v) for k, v in enc.item_features.items()}
 
 
 def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:

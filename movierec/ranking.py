@@ -25,11 +25,11 @@ def search_space() -> dict:
     from ray import tune
 
     return {
-        "dim": tune.choice([16, 32, 64]),
+        "dim": tune.choice([32, 64, 128]),
         "hidden": tune.choice([32, 64, 128]),
-        "dropout": tune.uniform(0.0, 0.3),
-        "lr": tune.loguniform(1e-3, 1e-2),
-        "weight_decay": tune.loguniform(1e-6, 1e-4),
+        "dropout": tune.uniform(0.0, 0.4),
+        "lr": tune.loguniform(1e-3, 5e-3),
+        "weight_decay": tune.loguniform(1e-5, 5e-4),
         "batch_size": tune.choice([256, 512, 1024]),
     }
 
@@ -48,8 +48,9 @@ class RatingModel(nn.Module):
         self.dim = dim
         self.head = mlp([self.user.out_dim + self.item.out_dim, hidden, 1], dropout)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        u, v = self.user(users), self.item(items)
+    def forward(self, users: torch.Tensor, items: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted ratings; in training ``exclude=items`` keeps the rated movie out of the history."""
+        u, v = self.user(users, exclude), self.item(items)
         dot = (u[:, : self.dim] * v[:, : self.dim]).sum(-1)
         out = self.global_mean + self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0] + dot
         return out + self.head(torch.cat([u, v], dim=-1))[:, 0]
@@ -72,7 +73,7 @@ def predict(model: RatingModel, users: np.ndarray, items: np.ndarray, batch: int
     out = []
     with torch.no_grad():
         for i in range(0, len(users), batch):
-            out.append(model(torch.as_tensor(users[i : i + batch]), torch.as_tensor(items[i : i + batch])))
+            out.append(model(torch.tensor(users[i : i + batch]), torch.tensor(items[i : i + batch])))
     pred = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
     return np.clip(pred, 0.5, 5.0)
 
@@ -113,7 +114,7 @@ def _trainable(params: dict, data: dict) -> None:
         model.train()
         total = 0.0
         for idx in batches(len(users), params["batch_size"], gen):
-            loss = nn.functional.mse_loss(model(users[idx], items[idx]), ratings[idx])
+            loss = nn.functional.mse_loss(model(users[idx], items[idx], items[idx]), ratings[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -154,7 +155,7 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, storage_path: str, num_sam
     from ray.tune.schedulers import ASHAScheduler
 
     fit_idx, val_idx = holdout(train_idx, val_fraction, seed)
-    user_feats, item_feats = feature_tensors(enc)
+    user_feats, item_feats = feature_tensors(enc, fit_idx)  # validation ratings stay out of the history
     data = {
         "users": enc.user_idx[fit_idx], "items": enc.item_idx[fit_idx], "ratings": enc.rating[fit_idx],
         "val_users": enc.user_idx[val_idx], "val_items": enc.item_idx[val_idx], "val_ratings": enc.rating[val_idx],

@@ -49,6 +49,8 @@ def retrieval_card(result: RetrievalResult) -> list:
         heading("Two-tower retrieval (Ray Train, in-batch softmax + logQ correction)"),
         key_values(asdict(result.config)),
         line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
+        line_chart(result.history, "epoch", "val_dcg",
+                   "Validation DCG per epoch (unseen movies; the best epoch's weights are kept)"),
         table(result.history),
     ]
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from movierec.features import Encoded
 from movierec.nn import ItemEncoder, UserEncoder, batches, feature_tensors, features_from_state, mlp, state_from_bytes
+from movierec.split import holdout
 
 
 @dataclass
@@ -34,9 +35,12 @@ class RetrievalConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-6
     batch_size: int = 1024
-    epochs: int = 5
+    epochs: int = 15  # at most: training stops when validation quality stops improving
+    patience: int = 2  # epochs without improvement before stopping; the best epoch's weights are kept
+    val_fraction: float = 0.05  # of train, never test
     workers: int = 2
     seed: int = 42
+    history: bool = True  # the user tower also sees the movies the user rated in train
 
 
 class TwoTower(nn.Module):
@@ -47,14 +51,15 @@ class TwoTower(nn.Module):
         self.user_mlp = mlp([self.user.out_dim, hidden, dim])
         self.item_mlp = mlp([self.item.out_dim, hidden, dim])
 
-    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.user_mlp(self.user(users)), dim=-1)
+    def user_vectors(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.user_mlp(self.user(users, exclude)), dim=-1)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.item_mlp(self.item(items)), dim=-1)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_vectors(users), self.item_vectors(items)
+        """Training pairs: each positive movie is left out of its user's history (see UserEncoder)."""
+        return self.user_vectors(users, exclude=items), self.item_vectors(items)
 
     @classmethod
     def from_state(cls, sizes: dict[str, int], cfg: RetrievalConfig, state: dict) -> TwoTower:
@@ -97,6 +102,27 @@ class RetrievalResult:
         return torch.cat(users).numpy(), torch.cat(items).numpy()
 
 
+def validation_dcg(model: TwoTower, users: torch.Tensor, items: torch.Tensor, n_items: int) -> float:
+    """Mean 1/log2(rank + 2) of each held-out (user, movie) pair's movie among the movies the user
+    has not rated (as recommendations are made): a cutoff-free, top-weighted ranking score for
+    early stopping (1.0 = always ranked first)."""
+    model.eval()
+    with torch.no_grad():
+        item_vecs = model.item_vectors(torch.arange(n_items))
+        total = 0.0
+        for i in range(0, len(users), 1024):
+            batch = users[i : i + 1024]
+            scores = model.user_vectors(batch) @ item_vecs.T
+            if model.user.history is not None:
+                rated, lengths = model.user.rated(batch)
+                scores[torch.repeat_interleave(torch.arange(len(batch)), lengths), rated] = float("-inf")
+            target = scores.gather(1, items[i : i + 1024, None])
+            ranks = (scores > target).sum(1).to(torch.float64)
+            total += float((1.0 / torch.log2(ranks + 2)).sum())
+    model.train()
+    return total / max(1, len(users))
+
+
 def _quiet_report_notices() -> None:
     """Ray 2.60 logs every ray.train.report at INFO under a logger named by its file path, which
     LoggingConfig does not reach; silence just that logger so per-epoch progress stays readable."""
@@ -132,6 +158,9 @@ def _train_loop(config: dict) -> None:
     steps = len(data["items"]) // world // cfg.batch_size  # equal on every worker, as DDP needs
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     history = []
+    inner = model.module if hasattr(model, "module") else model
+    val_users, val_items = torch.tensor(data["val_users"]), torch.tensor(data["val_items"])
+    best, best_state, stale = -1.0, None, 0
     for epoch in range(cfg.epochs):
         start, total = time.perf_counter(), 0.0
         model.train()
@@ -147,19 +176,29 @@ def _train_loop(config: dict) -> None:
             torch.distributed.all_reduce(mean)
             mean /= world
         seconds = time.perf_counter() - start
-        row = {"epoch": epoch + 1, "loss": float(mean), "seconds": seconds,
+        # Every worker holds the same weights after DDP's all-reduce and scores the same
+        # validation pairs, so all of them reach the same stopping decision.
+        score = validation_dcg(inner, val_users, val_items, config["sizes"]["item"])
+        row = {"epoch": epoch + 1, "loss": float(mean), "val_dcg": score, "seconds": seconds,
                "examples_per_s": steps * cfg.batch_size * world / max(seconds, 1e-9)}
         history.append(row)
+        if score > best:
+            best, stale = score, 0
+            best_state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
+        else:
+            stale += 1
+        stop = stale >= cfg.patience or epoch + 1 == cfg.epochs
         if rank == 0:
             print(f"[train_retrieval] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} "
-                  f"({row['examples_per_s']:,.0f} examples/s)", flush=True)
-        if epoch + 1 < cfg.epochs:
-            ray.train.report(row)
+                  f"val DCG {score:.4f} ({row['examples_per_s']:,.0f} examples/s)"
+                  + (f"; stopping, keeping epoch {epoch + 1 - stale}" if stop else ""), flush=True)
+        if stop:
+            break
+        ray.train.report(row)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            inner = model.module if hasattr(model, "module") else model
-            torch.save(inner.state_dict(), os.path.join(tmp, "model.pt"))
+            torch.save(best_state, os.path.join(tmp, "model.pt"))
             with open(os.path.join(tmp, "history.json"), "w") as f:
                 json.dump(history, f)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -173,10 +212,14 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    user_feats, item_feats = feature_tensors(enc)
+    fit_idx, val_idx = holdout(train_idx, cfg.val_fraction, cfg.seed)
+    val_idx = val_idx[:5000]  # enough pairs for a stable score at any data size
+    user_feats, item_feats = feature_tensors(enc, fit_idx if cfg.history else None)
     data = {
-        "users": enc.user_idx[train_idx],
-        "items": enc.item_idx[train_idx],
+        "users": enc.user_idx[fit_idx],
+        "items": enc.item_idx[fit_idx],
+        "val_users": enc.user_idx[val_idx],
+        "val_items": enc.item_idx[val_idx],
         "user_features": {k: v.numpy() for k, v in user_feats.items()},
         "item_features": {k: v.numpy() for k, v in item_feats.items()},
     }

@@ -90,7 +90,7 @@ def ray_trained(small_encoded):
     store = tempfile.mkdtemp()
     with cluster.ray_session(num_cpus=2):
         ret = retrieval.train(enc, split.train, retrieval.RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2,
-                                                                          batch_size=256), store)
+                                                                          batch_size=256, patience=10), store)
         rank = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3)
     return enc, split, ret, rank
 
@@ -99,6 +99,7 @@ def test_ray_train_two_workers_learns(ray_trained):
     enc, split, ret, _ = ray_trained
     losses = [h["loss"] for h in ret.history]
     assert len(losses) == 4 and losses[-1] < losses[0]
+    assert all(0 < h["val_dcg"] <= 1 for h in ret.history)
     users, items = ret.embeddings()
     from movierec import metrics
 

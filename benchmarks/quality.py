@@ -1,0 +1,111 @@
+"""Model quality on MovieLens 100K under each evaluation protocol, beside baselines trained in the
+same run and the published figures, as mean ± std over seeds. Writes benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/quality.py                       # 3 protocols x 3 seeds (~25 min on 2 cores)
+    .venv/bin/python benchmarks/quality.py --protocols msr --seeds 42
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+from results import markdown_table, mean_std, update_section
+
+from movierec import baselines, data, index, pipeline
+from movierec.cluster import ray_session
+from movierec.evaluation import PROTOCOLS, Evaluator
+from movierec.features import encode
+from movierec.ranking import tune_ranking
+from movierec.retrieval import RetrievalConfig, train
+
+COLUMNS = ["top10", "top50", "top100", "rmse", "mae", "ndcg@10", "p@10", "r@10"]
+OURS = "two-stage (exact retrieval)"
+GOALS = [  # (protocol, model row, metric, target, better)
+    ("tfrs", OURS, "rmse", 0.90, "lower"),
+    ("tfrs", OURS, "top100", 0.40, "higher"),
+    ("msr", OURS, "ndcg@10", 0.48, "higher"),
+]
+
+
+def evaluate_once(enc, protocol: str, seed: int, args: argparse.Namespace, storage: str) -> list[dict]:
+    split = pipeline.split_for(enc, protocol, seed)
+    cfg = RetrievalConfig(epochs=args.retrieval_epochs, seed=seed, workers=2, history=not args.no_history,
+                          temperature=args.temperature)
+    retrieval = train(enc, split.train, cfg, storage, name=f"retrieval-{protocol}-{seed}")
+    ranking = tune_ranking(enc, split.train, storage, num_samples=args.tune_samples, max_epochs=args.tune_epochs,
+                           seed=seed)
+    users, items = retrieval.embeddings()
+    settings = index.IndexSettings()
+    with index.Index(index.build(items, settings, seed), items.shape[1], settings) as ix:
+        evaluator = Evaluator(enc, split)
+        rows = evaluator.run(users, items, cfg.temperature, ix, ranking.model()).rows
+    u, i, r = enc.user_idx[split.train], enc.item_idx[split.train], enc.rating[split.train]
+    test_u, test_i = enc.user_idx[split.test], enc.item_idx[split.test]
+    for name, model in [
+        ("global mean + biases", baselines.biases(u, i, r, enc.n_users, enc.n_items)),
+        ("matrix factorisation", baselines.matrix_factorization(u, i, r, enc.n_users, enc.n_items, seed=seed)),
+    ]:
+        rows.append(evaluator.factorized_row(name, model.user_vecs, model.item_vecs, model.predict(test_u, test_i)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--retrieval-epochs", type=int, default=RetrievalConfig.epochs)
+    parser.add_argument("--tune-samples", type=int, default=10)
+    parser.add_argument("--tune-epochs", type=int, default=15)
+    parser.add_argument("--temperature", type=float, default=RetrievalConfig.temperature)
+    parser.add_argument("--no-history", action="store_true", help="user tower without the rated-movies signal")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+
+    enc = encode(data.load_dataset(data.fetch_ml100k()))
+    results: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    order: dict[str, list[str]] = defaultdict(list)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as storage, ray_session(num_cpus=2):
+        for protocol in args.protocols:
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                for row in evaluate_once(enc, protocol, seed, args, storage):
+                    if row["model"] not in order[protocol]:
+                        order[protocol].append(row["model"])
+                    for c in COLUMNS:
+                        results[(protocol, row["model"])][c].append(row.get(c))
+                print(f"[quality] {protocol} seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
+
+    sections = [f"## Model quality on ML-100K\n\n`benchmarks/quality.py` — seeds {args.seeds}, retrieval "
+                f"{args.retrieval_epochs} epochs, Tune {args.tune_samples} trials x {args.tune_epochs} epochs; "
+                f"mean ± std over seeds; {time.perf_counter() - started:.0f} s in all."]
+    for protocol in args.protocols:
+        p = PROTOCOLS[protocol]
+        rows = [{"model": m, **{c: mean_std(results[(protocol, m)][c]) for c in COLUMNS}} for m in order[protocol]]
+        sections.append(f"### Protocol `{protocol}`\n\n{p.description}.\n\n" + markdown_table(rows, ["model"] + COLUMNS))
+        if p.published:
+            sections.append("Published (other systems, not measured here):\n\n"
+                            + markdown_table([{"model": m, "figures": f} for m, f in p.published], ["model", "figures"]))
+    goal_rows = []
+    for protocol, model, metric, target, better in GOALS:
+        if protocol not in args.protocols:
+            continue
+        values = [v for v in results[(protocol, model)][metric] if v is not None]
+        mean = sum(values) / len(values)
+        met = mean <= target if better == "lower" else mean >= target
+        goal_rows.append({"goal": f"{protocol}: {metric} {'≤' if better == 'lower' else '≥'} {target}",
+                          "measured": f"{mean:.4f}", "met": "yes" if met else f"no (by {abs(mean - target):.4f})"})
+    sections.append("### Goals\n\n" + markdown_table(goal_rows, ["goal", "measured", "met"]))
+    text = "\n\n".join(sections)
+    print(text)
+    if not args.no_write:
+        update_section("quality", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Shared by the benchmark scripts: each owns one section of benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each script rewrites only its own section.\n"
+
+
+def update_section(name: str, body: str) -> None:
+    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    stamp = (f"_{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {platform.machine()}, "
+             f"Python {platform.python_version()}_\n\n")
+    block = f"{start}\n{stamp}{body.rstrip()}\n{end}"
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def mean_std(values: list[float | None]) -> str:
+    """'0.4046 ± 0.0021' over seeds; '—' where the metric does not apply."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if len(vals) > 1 else f"{vals[0]:.4f}"
