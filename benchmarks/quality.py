@@ -86,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     for protocol in args.protocols:
         p = PROTOCOLS[protocol]
         rows = [{"model": m, **{c: mean_std(results[(protocol, m)][c]) for c in COLUMNS}} for m in order[protocol]]
-        sections.append(f"### Protocol `{protocol}`\n\n{p.description}.\n\n" + markdown_table(rows, ["model"] + COLUMNS))
+        table = markdown_table(rows, ["model"] + COLUMNS)
+        sections.append(f"### Protocol `{protocol}`\n\n{p.description}.\n\n{table}")
         if p.published:
+            published = [{"model": m, "figures": f} for m, f in p.published]
             sections.append("Published (other systems, not measured here):\n\n"
-                            + markdown_table([{"model": m, "figures": f} for m, f in p.published], ["model", "figures"]))
+                            + markdown_table(published, ["model", "figures"]))
     goal_rows = []
     for protocol, model, metric, target, better in GOALS:
         if protocol not in args.protocols:
