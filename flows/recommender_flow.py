@@ -50,7 +50,8 @@ class RecommenderFlow(FlowSpec):
                                help="package index to upload the wheel to with twine (credentials: TWINE_USERNAME/"
                                     "TWINE_PASSWORD); default: the local PEP 503 index in --index-dir")
     index_dir = Parameter("index-dir", default=str(DEFAULT_INDEX_DIR),
-                          help="local package index folder (pip install --index-url file://<dir>/simple movierec)")
+                          help="local package index folder "
+                               "(pip install --extra-index-url file://<dir>/simple movierec)")
 
     @card
     @step
