@@ -16,7 +16,7 @@ import sys
 import time
 
 import numpy as np
-from results import markdown_table, update_section
+from results import emit, markdown_table
 
 from movierec import index
 
@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(dim {args.dim}, clustered), {args.queries:,} queries, k={args.k}, one thread; medians of 3 timings.\n\n"
             + markdown_table(rows, ["method", "recall@100", "QPS", "build s", "index MB", "vs exact one-by-one"])
             + f"\n\n{verdict}")
-    print(text)
-    if not args.no_write:
-        update_section("ann", text)
+    emit("ann", text, write=not args.no_write)
     return 0
 
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections import defaultdict
 
-from results import markdown_table, mean_std, update_section
+from results import emit, markdown_table, mean_std
 
 from movierec import baselines, data, index, pipeline
 from movierec.cluster import ray_session
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                           "measured": f"{mean:.4f}", "met": "yes" if met else f"no (by {abs(mean - target):.4f})"})
     sections.append("### Goals\n\n" + markdown_table(goal_rows, ["goal", "measured", "met"]))
     text = "\n\n".join(sections)
-    print(text)
-    if not args.no_write:
-        update_section("quality", text)
+    emit("quality", text, write=not args.no_write)
     return 0
 
 

@@ -26,6 +26,13 @@ def update_section(name: str, body: str) -> None:
     RESULTS.write_text(text)
 
 
+def emit(name: str, text: str, write: bool) -> None:
+    """Print a benchmark's report and, unless asked not to, store it as its RESULTS.md section."""
+    print(text)
+    if write:
+        update_section(name, text)
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]

@@ -58,6 +58,11 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
+def report_columns(ks: tuple[int, ...], n: int) -> list[str]:
+    """The metric columns of every report: top-K accuracies, rating errors, ranking at ``n``."""
+    return ["model"] + [f"top{k}" for k in ks] + ["rmse", "mae", f"ndcg@{n}", f"p@{n}", f"r@{n}"]
+
+
 @dataclass
 class Report:
     rows: list[dict[str, object]]
@@ -70,8 +75,7 @@ class Report:
         return next(r for r in self.rows if r["model"] == model)
 
     def columns(self) -> list[str]:
-        n = self.ndcg_k
-        return ["model"] + [f"top{k}" for k in self.ks] + ["rmse", "mae", f"ndcg@{n}", f"p@{n}", f"r@{n}"]
+        return report_columns(self.ks, self.ndcg_k)
 
     def to_text(self) -> str:
         """The metrics table as aligned plain text, for the terminal and logs."""
@@ -114,9 +118,6 @@ class Evaluator:
         relevant, k = [self.relevant[u] for u in self.users], self.ndcg_k
         precision, recall = metrics.precision_recall_at_k(lists, relevant, k)
         return {f"ndcg@{k}": metrics.ndcg_at_k(lists, relevant, k), f"p@{k}": precision, f"r@{k}": recall}
-
-    def report_columns(self) -> list[str]:
-        return Report(rows=[], ks=self.ks, ndcg_k=self.ndcg_k).columns()
 
     def accuracy(self, ranks: np.ndarray) -> dict[str, float]:
         return {f"top{k}": v for k, v in metrics.categorical_accuracy(ranks, self.ks).items()}
@@ -173,7 +174,7 @@ class Evaluator:
         annoy_ranks = metrics.ranks_in_lists(annoy_lists[row_of], self.test_items)
         exact_cands = self.candidates_exact(user_vecs, item_vecs)
         annoy_cands = self.candidates_annoy(user_vecs, index)
-        na = {c: None for c in self.report_columns() if c != "model"}
+        na = {c: None for c in report_columns(self.ks, self.ndcg_k) if c != "model"}
         mean = np.full(len(self.test_ratings), self.global_mean)
         rows = [
             {"model": "two-stage (exact retrieval)", **self.accuracy(exact_ranks), **rating,
