@@ -43,6 +43,12 @@ class RecommenderFlow(FlowSpec):
     embedding_dim = Parameter("embedding-dim", default=64, help="two-tower embedding size")
     tune_samples = Parameter("tune-samples", default=10, help="Ray Tune trials for the rating model")
     tune_epochs = Parameter("tune-epochs", default=15, help="most epochs a Tune trial may train (ASHA stops early)")
+    train_budget = Parameter("train-budget", default=RetrievalConfig.max_examples,
+                             help="most training examples each model sees over all its epochs (epochs are cut to fit): "
+                                  "keeps ML-20M-sized data inside ~20 minutes on 2 cores; ML-100K is far below it")
+    tune_trial_ratings = Parameter("tune-trial-ratings", default=1_000_000,
+                                   help="Tune trials train on a sample of at most this many ratings; on larger data "
+                                        "the best settings are then refitted once on all of them")
     n_trees = Parameter("n-trees", default=50, help="Annoy trees (more: better recall, bigger index)")
     ray_address = Parameter("ray-address", default="", help="join this Ray cluster instead of starting one")
     num_cpus = Parameter("num-cpus", default=2, help="CPUs for the local Ray instance")
@@ -58,7 +64,8 @@ class RecommenderFlow(FlowSpec):
     def start(self):
         faults.maybe_fail("start")
         pipeline.check_parameters(self.protocol, self.retrieval_workers, self.retrieval_epochs, self.tune_samples,
-                                  self.tune_epochs, self.n_trees, self.num_cpus)
+                                  self.tune_epochs, self.n_trees, self.num_cpus, self.train_budget,
+                                  self.tune_trial_ratings)
         dataset = pipeline.load_data(self.data_dir, self.synthetic_ratings, self.max_ratings, self.seed)
         self.dataset = dataset.to_bytes()
         self.data_stats = dataset.stats()
@@ -82,7 +89,7 @@ class RecommenderFlow(FlowSpec):
     def train_retrieval(self):
         faults.maybe_fail("train_retrieval")
         cfg = RetrievalConfig(dim=self.embedding_dim, epochs=self.retrieval_epochs,
-                              workers=self.retrieval_workers, seed=self.seed)
+                              workers=self.retrieval_workers, seed=self.seed, max_examples=self.train_budget)
         self.retrieval = pipeline.run_retrieval(self.encoded, self.split_data, cfg, self._ray_storage(),
                                                 self.ray_address, self.num_cpus)
         current.card.extend(reports.retrieval_card(self.retrieval))
@@ -93,7 +100,8 @@ class RecommenderFlow(FlowSpec):
     def tune_ranking(self):
         faults.maybe_fail("tune_ranking")
         self.ranking = pipeline.run_tuning(self.encoded, self.split_data, self._ray_storage(), self.tune_samples,
-                                           self.tune_epochs, self.seed, self.ray_address, self.num_cpus)
+                                           self.tune_epochs, self.seed, self.ray_address, self.num_cpus,
+                                           self.tune_trial_ratings, self.train_budget)
         current.card.extend(reports.ranking_card(self.ranking))
         self.next(self.build_index)
 

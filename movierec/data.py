@@ -182,13 +182,16 @@ def read_table(
     ``typed_header`` drops recbole's ``:type`` suffixes from header names.
     """
     _check_file(path)
-    raw = path.read_bytes()
-    if separator:
-        raw = raw.replace(separator.encode(), delimiter.encode())
-    text = raw.decode(encoding, errors="replace")
-    first_data_line = 1
+    if separator:  # small files only (ml-1m): rewrite in memory
+        source = pa.py_buffer(path.read_bytes().replace(separator.encode(), delimiter.encode()))
+    else:  # parsed straight from the file by pyarrow's multi-threaded reader, no Python-side copy
+        source = path
+    skip = 0
     if names is None:
-        header = text.split("\n", 1)[0].rstrip("\r").lstrip("\ufeff")
+        with open(path, "rb") as f:
+            header = f.readline().decode(encoding, errors="replace").rstrip("\r\n").lstrip("\ufeff")
+        if separator:
+            header = header.replace(separator, delimiter)
         names = [h.strip().strip('"') for h in header.split(delimiter)]
         if typed_header:
             names = [n.split(":", 1)[0] for n in names]
@@ -198,27 +201,30 @@ def read_table(
                 f"{path}, line 1: missing column(s) {', '.join(missing)}; "
                 f"expected header with {', '.join(types)}, got {header!r}"
             )
-        first_data_line = 2
-        body = text.split("\n", 1)[1] if "\n" in text else ""
-    else:
-        body = text
-    if not body.strip():
-        raise DataError(f"{path}: no data rows")
+        skip = 1
     quote = '"' if delimiter == "," else False
     try:
         table = pacsv.read_csv(
-            pa.py_buffer(body.encode()),
-            read_options=pacsv.ReadOptions(column_names=names, block_size=64 << 20),
+            source,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip, block_size=16 << 20,
+                                           encoding=encoding),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=quote),
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
         )
     except pa.ArrowInvalid as exc:
-        raise DataError(_locate_bad_line(path, body, delimiter, names, types, first_data_line)) from exc
+        # Slow path, only for broken files: find the first offending line and say why.
+        text = (source.to_pybytes() if separator else path.read_bytes()).decode(encoding, errors="replace")
+        body = text.split("\n", 1)[1] if skip and "\n" in text else "" if skip else text
+        if not body.strip():
+            raise DataError(f"{path}: no data rows") from exc
+        raise DataError(_locate_bad_line(path, body, delimiter, names, types, skip + 1)) from exc
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no data rows")
     for name in types:
         nulls = table[name].null_count
         if nulls:
             first = int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
-            line = _line_of_row(path, first, first_data_line == 2, encoding)
+            line = _line_of_row(path, first, skip == 1, encoding)
             raise DataError(f"{path}, line {line}: column '{name}' is empty, expected {types[name]}")
     return table
 

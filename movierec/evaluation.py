@@ -70,6 +70,8 @@ class Report:
     ks: tuple[int, ...] = metrics.KS
     ndcg_k: int = 10
     candidates: int = 100
+    annoy_users: int = 0  # test users behind the Annoy row (a sample on large data)
+    test_users: int = 0
 
     def row(self, model: str) -> dict[str, object]:
         return next(r for r in self.rows if r["model"] == model)
@@ -92,20 +94,27 @@ def _fmt(value: object) -> str:
 
 
 class Evaluator:
-    """Holds what every metric needs: the test interactions, each user's seen and held-out items."""
+    """Holds what every metric needs: the test interactions, each user's seen and held-out items.
+
+    Everything is arrays (CSR for seen items, sorted keys for held-out pairs), so scoring all
+    test users is a few matrix products and vectorised lookups at any data size. Annoy answers
+    one query at a time, so its row is scored on a uniform sample of at most ``annoy_users``
+    test users (all of them on ML-100K-sized data).
+    """
 
     def __init__(self, enc: Encoded, split: Split, ks: tuple[int, ...] = metrics.KS, candidates: int = 100,
-                 ndcg_k: int = 10):
+                 ndcg_k: int = 10, annoy_users: int = 20_000, seed: int = 0):
         self.enc, self.ks, self.candidates, self.ndcg_k = enc, ks, candidates, ndcg_k
         self.test_users = enc.user_idx[split.test]
         self.test_items = enc.item_idx[split.test]
         self.test_ratings = enc.rating[split.test]
-        indptr, indices = metrics.csr(enc.user_idx[split.train], enc.item_idx[split.train], enc.n_users)
-        self.seen = [indices[indptr[u] : indptr[u + 1]] for u in range(enc.n_users)]
+        self.seen_ptr, self.seen = metrics.csr(enc.user_idx[split.train], enc.item_idx[split.train], enc.n_users)
         self.users = np.unique(self.test_users)
-        self.relevant: list[set[int]] = [set() for _ in range(enc.n_users)]
-        for u, i in zip(self.test_users.tolist(), self.test_items.tolist()):
-            self.relevant[u].add(i)
+        self.keys = metrics.relevant_keys(self.test_users, self.test_items, enc.n_items)
+        self.n_relevant = np.bincount(self.keys // enc.n_items, minlength=enc.n_users)
+        rng = np.random.default_rng(seed)
+        self.annoy_users = np.sort(rng.choice(self.users, annoy_users, replace=False)) \
+            if len(self.users) > annoy_users else self.users
         counts = np.bincount(enc.item_idx[split.train], minlength=enc.n_items)
         self.popularity = counts.astype(np.float32)
         sums = np.bincount(enc.item_idx[split.train], weights=enc.rating[split.train], minlength=enc.n_items)
@@ -113,11 +122,13 @@ class Evaluator:
         # Item means shrunk towards the global mean (10 pseudo-ratings): the popularity row's rating guess.
         self.item_mean = (sums + 10 * self.global_mean) / (counts + 10)
 
-    def ranking(self, lists: np.ndarray) -> dict[str, float]:
-        """NDCG, precision and recall at ``ndcg_k`` of each test user's list of unseen movies."""
-        relevant, k = [self.relevant[u] for u in self.users], self.ndcg_k
-        precision, recall = metrics.precision_recall_at_k(lists, relevant, k)
-        return {f"ndcg@{k}": metrics.ndcg_at_k(lists, relevant, k), f"p@{k}": precision, f"r@{k}": recall}
+    def ranking(self, lists: np.ndarray, users: np.ndarray | None = None) -> dict[str, float]:
+        """NDCG, precision and recall at ``ndcg_k`` of each test user's list of unseen movies
+        (rows follow ``users``, by default all test users)."""
+        users = self.users if users is None else users
+        hit, n_rel, k = metrics.hits(lists, users, self.keys, self.enc.n_items), self.n_relevant[users], self.ndcg_k
+        precision, recall = metrics.precision_recall_at_k(hit, n_rel, k)
+        return {f"ndcg@{k}": metrics.ndcg_at_k(hit, n_rel, k), f"p@{k}": precision, f"r@{k}": recall}
 
     def accuracy(self, ranks: np.ndarray) -> dict[str, float]:
         return {f"top{k}": v for k, v in metrics.categorical_accuracy(ranks, self.ks).items()}
@@ -134,28 +145,31 @@ class Evaluator:
         return {"model": name, **self.accuracy(ranks), **rating, **self.ranking(lists)}
 
     def candidates_exact(self, user_vecs: np.ndarray, item_vecs: np.ndarray, chunk: int = 1024) -> np.ndarray:
-        """Each test user's ``candidates`` best unseen items by exact dot product."""
+        """Each test user's ``candidates`` best unseen items by exact dot product: one matrix
+        product and one partial sort per chunk of users (no per-user loop)."""
         return np.concatenate([
-            metrics.top_k_excluding(user_vecs[us] @ item_vecs.T, [self.seen[u] for u in us], self.candidates)
+            metrics.top_k_excluding(user_vecs[us] @ item_vecs.T, us, self.seen_ptr, self.seen, self.candidates)
             for us in np.array_split(self.users, max(1, -(-len(self.users) // chunk)))
         ])
 
     def candidates_annoy(self, user_vecs: np.ndarray, index: Index) -> np.ndarray:
-        """The same from Annoy: ask for enough neighbours to survive removing seen items."""
-        out = np.full((len(self.users), self.candidates), -1, dtype=np.int64)
-        for row, u in enumerate(self.users):
-            found = index.query(user_vecs[u], self.candidates + len(self.seen[u]))
-            found = found[~np.isin(found, self.seen[u])][: self.candidates]
+        """The same from Annoy for ``annoy_users``: ask for enough neighbours to survive removing
+        seen items. Annoy's API takes one query at a time, hence the loop."""
+        out = np.full((len(self.annoy_users), self.candidates), -1, dtype=np.int64)
+        for row, u in enumerate(self.annoy_users):
+            seen = self.seen[self.seen_ptr[u] : self.seen_ptr[u + 1]]
+            found = index.query(user_vecs[u], self.candidates + len(seen))
+            found = found[~np.isin(found, seen)][: self.candidates]
             out[row, : len(found)] = found
         return out
 
-    def rerank(self, ranker: RatingModel, cands: np.ndarray, user_vecs: np.ndarray, item_vecs: np.ndarray,
-               temperature: float) -> np.ndarray:
-        """Order each user's candidates (rows follow ``self.users``) by the two-stage score; keep ``ndcg_k``."""
-        users = np.repeat(self.users[: len(cands)], cands.shape[1])
+    def rerank(self, ranker: RatingModel, cands: np.ndarray, users: np.ndarray, user_vecs: np.ndarray,
+               item_vecs: np.ndarray, temperature: float) -> np.ndarray:
+        """Order each user's candidates (row r is for ``users[r]``) by the two-stage score; keep ``ndcg_k``."""
+        pair_users = np.repeat(users, cands.shape[1])
         flat = np.maximum(cands.reshape(-1), 0)
-        logits = (user_vecs[users] * item_vecs[flat]).sum(axis=1) / temperature
-        scores = two_stage_scores(logits, predict(ranker, users, flat)).reshape(cands.shape).astype(np.float64)
+        logits = np.einsum("ij,ij->i", user_vecs[pair_users], item_vecs[flat]) / temperature
+        scores = two_stage_scores(logits, predict(ranker, pair_users, flat)).reshape(cands.shape).astype(np.float64)
         scores[cands < 0] = -np.inf
         return np.take_along_axis(cands, metrics.top_k(scores, self.ndcg_k), axis=1)
 
@@ -163,24 +177,26 @@ class Evaluator:
             ranker: RatingModel) -> Report:
         """Score every row of the report; ``temperature`` turns dot products into retrieval logits."""
 
-        def rerank(cands: np.ndarray) -> np.ndarray:
-            return self.rerank(ranker, cands, user_vecs, item_vecs, temperature)
+        def rerank(cands: np.ndarray, users: np.ndarray) -> np.ndarray:
+            return self.rerank(ranker, cands, users, user_vecs, item_vecs, temperature)
 
         pred = predict(ranker, self.test_users, self.test_items)
         rating = {"rmse": metrics.rmse(pred, self.test_ratings), "mae": metrics.mae(pred, self.test_ratings)}
         exact_ranks = metrics.target_ranks(user_vecs, item_vecs, self.test_users, self.test_items)
-        annoy_lists = index.query_many(user_vecs[self.users], max(self.ks))
-        row_of = np.searchsorted(self.users, self.test_users)
-        annoy_ranks = metrics.ranks_in_lists(annoy_lists[row_of], self.test_items)
+        # Annoy's top-K accuracy: the test pairs of the sampled users, against Annoy's lists.
+        sampled = np.isin(self.test_users, self.annoy_users)
+        annoy_lists = index.query_many(user_vecs[self.annoy_users], max(self.ks))
+        row_of = np.searchsorted(self.annoy_users, self.test_users[sampled])
+        annoy_ranks = metrics.ranks_in_lists(annoy_lists[row_of], self.test_items[sampled])
         exact_cands = self.candidates_exact(user_vecs, item_vecs)
         annoy_cands = self.candidates_annoy(user_vecs, index)
         na = {c: None for c in report_columns(self.ks, self.ndcg_k) if c != "model"}
         mean = np.full(len(self.test_ratings), self.global_mean)
         rows = [
             {"model": "two-stage (exact retrieval)", **self.accuracy(exact_ranks), **rating,
-             **self.ranking(rerank(exact_cands))},
+             **self.ranking(rerank(exact_cands, self.users))},
             {"model": "two-stage (Annoy retrieval)", **self.accuracy(annoy_ranks), **rating,
-             **self.ranking(rerank(annoy_cands))},
+             **self.ranking(rerank(annoy_cands, self.annoy_users), self.annoy_users)},
             {"model": "two-tower retrieval only", **self.accuracy(exact_ranks), "rmse": None, "mae": None,
              **self.ranking(exact_cands[:, : self.ndcg_k])},
             self.factorized_row("popularity baseline", np.ones((self.enc.n_users, 1), np.float32),
@@ -188,18 +204,22 @@ class Evaluator:
             {"model": "global-mean baseline", **na,
              "rmse": metrics.rmse(mean, self.test_ratings), "mae": metrics.mae(mean, self.test_ratings)},
         ]
-        return Report(rows=rows, samples=self.samples(rerank(exact_cands[:3])), ks=self.ks, ndcg_k=self.ndcg_k,
-                      candidates=self.candidates)
+        return Report(rows=rows, samples=self.samples(rerank(exact_cands[:3], self.users[:3])), ks=self.ks,
+                      ndcg_k=self.ndcg_k, candidates=self.candidates,
+                      annoy_users=len(self.annoy_users), test_users=len(self.users))
 
     def samples(self, picks: np.ndarray) -> list[dict[str, object]]:
         """Two-stage recommendations with titles for the first test users, beside what they rated."""
         out = []
-        for row, u in enumerate(self.users[: len(picks)]):
-            liked = sorted(self.seen[u], key=lambda i: -self.popularity[i])[:5]
+        users = self.users[: len(picks)]
+        hit = metrics.hits(picks, users, self.keys, self.enc.n_items)
+        for row, u in enumerate(users):
+            seen = self.seen[self.seen_ptr[u] : self.seen_ptr[u + 1]]
+            liked = seen[np.argsort(-self.popularity[seen], kind="stable")][:5]
             out.append({
                 "user_id": int(self.enc.user_ids[u]),
                 "recommended": [self.enc.titles[i] for i in picks[row]],
-                "held_out_hits": [self.enc.titles[i] for i in picks[row] if i in self.relevant[u]],
+                "held_out_hits": [self.enc.titles[i] for i in picks[row][hit[row]]],
                 "rated_in_train": [self.enc.titles[i] for i in liked],
             })
         return out

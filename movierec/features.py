@@ -38,8 +38,8 @@ def _pad(rows: list[list[int]], width: int) -> np.ndarray:
 class Encoded:
     """Ratings as dense indices plus per-user and per-item feature matrices."""
 
-    user_idx: np.ndarray  # int64 [n_ratings]
-    item_idx: np.ndarray  # int64 [n_ratings]
+    user_idx: np.ndarray  # int32 [n_ratings]: dense ids, half the memory of int64 at ML-20M scale
+    item_idx: np.ndarray  # int32 [n_ratings]
     rating: np.ndarray  # float32 [n_ratings]
     timestamp: np.ndarray  # int64 [n_ratings]
     user_ids: np.ndarray  # raw id of each user index
@@ -133,8 +133,8 @@ def encode(dataset: Dataset, max_title_tokens: int = 8) -> Encoded:
         "occupation": len(occ_vocab) + 1,
     }
     return Encoded(
-        user_idx=user_idx.astype(np.int64),
-        item_idx=item_idx.astype(np.int64),
+        user_idx=user_idx.astype(np.int32),
+        item_idx=item_idx.astype(np.int32),
         rating=r["rating"].to_numpy().astype(np.float32),
         timestamp=r["timestamp"].to_numpy().astype(np.int64),
         user_ids=user_ids,

@@ -52,31 +52,39 @@ def mae(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(pred, np.float64) - true)))
 
 
-def ndcg_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int = 10) -> float:
-    """Mean NDCG@k with binary relevance over users with at least one relevant item."""
+def relevant_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """Sorted distinct ``user * n_items + item`` keys of relevant (held-out) pairs: a set of pairs
+    that millions of lookups can probe at once with a binary search."""
+    return np.unique(users.astype(np.int64) * n_items + items)
+
+
+def hits(lists: np.ndarray, users: np.ndarray, keys: np.ndarray, n_items: int) -> np.ndarray:
+    """Whether each recommended item (row r of ``lists`` is for ``users[r]``; -1 pads) is relevant."""
+    probe = users.astype(np.int64)[:, None] * n_items + lists
+    if not len(keys):
+        return np.zeros(lists.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+    return (keys[pos] == probe) & (lists >= 0)
+
+
+def ndcg_at_k(hit: np.ndarray, n_relevant: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k with binary relevance over users with at least one relevant item; ``hit`` holds
+    each user's list as relevant or not (see :func:`hits`), ``n_relevant`` their relevant count."""
+    has = n_relevant > 0
+    hit = hit[has, :k].astype(np.float64)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    scores = []
-    for recs, rel in zip(recommended, relevant):
-        if not rel:
-            continue
-        gains = np.array([1.0 if r in rel else 0.0 for r in recs[:k]])
-        dcg = float(gains @ discounts[: len(gains)])
-        idcg = float(discounts[: min(len(rel), k)].sum())
-        scores.append(dcg / idcg)
-    return float(np.mean(scores)) if scores else 0.0
+    ideal = np.cumsum(discounts)[np.minimum(n_relevant[has], k) - 1]
+    return float(np.mean(hit @ discounts[: hit.shape[1]] / ideal)) if has.any() else 0.0
 
 
-def precision_recall_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int = 10) -> tuple[float, float]:
+def precision_recall_at_k(hit: np.ndarray, n_relevant: np.ndarray, k: int = 10) -> tuple[float, float]:
     """Mean precision@k (hits / k) and recall@k (hits / relevant) over users with relevant items,
     as Microsoft Recommenders defines them."""
-    precision, recall = [], []
-    for recs, rel in zip(recommended, relevant):
-        if not rel:
-            continue
-        hits = sum(1 for r in recs[:k] if r in rel)
-        precision.append(hits / k)
-        recall.append(hits / len(rel))
-    return (float(np.mean(precision)), float(np.mean(recall))) if precision else (0.0, 0.0)
+    has = n_relevant > 0
+    found = hit[has, :k].sum(axis=1)
+    if not has.any():
+        return 0.0, 0.0
+    return float(np.mean(found / k)), float(np.mean(found / n_relevant[has]))
 
 
 def csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,11 +94,20 @@ def csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np
     return indptr, cols[order]
 
 
-def top_k_excluding(scores: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
-    """Top-``k`` columns of each score row, best first, never returning a row's excluded columns."""
+def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of the given CSR ``rows``: (position of the row in ``rows``, column), no loop."""
+    starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
+    offsets = np.cumsum(lengths) - lengths
+    positions = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
+    return np.repeat(np.arange(len(rows)), lengths), indices[positions]
+
+
+def top_k_excluding(scores: np.ndarray, rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                    k: int) -> np.ndarray:
+    """Top-``k`` columns of each score row, best first, never returning the columns that the CSR
+    ``indptr``/``indices`` lists for that row's entry in ``rows`` (e.g. a user's rated movies)."""
     scores = scores.astype(np.float64, copy=True)
-    for row, cols in enumerate(exclude):
-        scores[row, cols] = -np.inf
+    scores[csr_rows(indptr, indices, rows)] = -np.inf
     return top_k(scores, k)
 
 

@@ -7,6 +7,8 @@ buffers, so a state_dict is a self-contained model: callers pass only dense indi
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,7 +26,13 @@ def _small_init(module: nn.Module, std: float = 0.05) -> None:
                     m.weight[m.padding_idx].zero_()
 
 
-def _buffer(x: np.ndarray) -> torch.Tensor:
+# The history bag's sparse product works fine; torch only warns that sparse CSR is "beta".
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def index_tensor(x: np.ndarray) -> torch.Tensor:
+    """An int64 tensor (a copy) of dense indices: arrays store int32 ids to halve their memory,
+    while torch's gather/index ops and Ray's read-only object-store arrays want their own int64."""
     return torch.tensor(np.ascontiguousarray(x), dtype=torch.long)
 
 
@@ -44,7 +52,9 @@ class UserEncoder(nn.Module):
         self.out_dim = dim + feat_dim * len(self.names)
         self.history = None
         if "history_items" in features:
-            self.history = nn.EmbeddingBag(sizes["item"], dim, mode="sum")
+            # Summed through a sparse matrix product rather than an EmbeddingBag: its backward
+            # pass is about twice as fast on CPU, and this bag is the largest in the model.
+            self.history = nn.Embedding(sizes["item"], dim)
             self.register_buffer("f_history_indptr", features["history_indptr"].clone())
             self.register_buffer("f_history_items", features["history_items"].clone())
             self.out_dim += dim
@@ -62,10 +72,14 @@ class UserEncoder(nn.Module):
         """Mean embedding of each user's rated movies. In training, ``exclude`` (the movie being
         predicted, which is in the history) is taken out, or the model would learn to look it up."""
         rated, lengths = self.rated(users)
-        total = self.history(rated, torch.cumsum(lengths, 0) - lengths)
+        rows = torch.cat([torch.zeros(1, dtype=lengths.dtype), torch.cumsum(lengths, 0)])
+        table = self.history.weight
+        bags = torch.sparse_csr_tensor(rows, rated, torch.ones(len(rated), dtype=table.dtype),
+                                       size=(len(users), table.shape[0]), check_invariants=False)
+        total = torch.sparse.mm(bags, table)
         count = lengths.to(total.dtype)
         if exclude is not None:
-            total = total - self.history.weight[exclude]
+            total = total - table[exclude]
             count = count - 1
         return total / count.clamp(min=1)[:, None]
 
@@ -102,17 +116,25 @@ class ItemEncoder(nn.Module):
         )
 
 
-def feature_tensors(enc: Encoded, history_idx: np.ndarray | None = None
+def feature_tensors(enc: Encoded, history_idx: np.ndarray | None = None, max_history: int = 50
                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """User and item feature tables as tensors, ready to become module buffers; with
-    ``history_idx`` (indices of training ratings) each user's rated movies join the user features."""
-    users = {k: _buffer(v) for k, v in enc.user_features.items()}
+    ``history_idx`` (indices of training ratings) each user's ``max_history`` most recently rated
+    movies join the user features. The cap bounds both the model's size (one entry per kept
+    rating travels in its state_dict) and each batch's cost on heavy raters; the latest ratings
+    say most about current taste."""
+    users = {k: index_tensor(v) for k, v in enc.user_features.items()}
     if history_idx is not None:
         from movierec.metrics import csr
 
-        indptr, items = csr(enc.user_idx[history_idx], enc.item_idx[history_idx], enc.n_users)
-        users["history_indptr"], users["history_items"] = _buffer(indptr), _buffer(items)
-    return users, {k: _buffer(v) for k, v in enc.item_features.items()}
+        u = enc.user_idx[history_idx]
+        order = np.lexsort((-enc.timestamp[history_idx], u))  # by user, newest first
+        indptr, _ = csr(u, u, enc.n_users)
+        rank = np.arange(len(order)) - indptr[u[order]]
+        keep = history_idx[order[rank < max_history]]
+        indptr, items = csr(enc.user_idx[keep], enc.item_idx[keep], enc.n_users)
+        users["history_indptr"], users["history_items"] = index_tensor(indptr), index_tensor(items)
+    return users, {k: index_tensor(v) for k, v in enc.item_features.items()}
 
 
 def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:

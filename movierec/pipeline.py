@@ -22,14 +22,16 @@ from movierec.split import Split, split_ratings
 
 
 def check_parameters(protocol: str, retrieval_workers: int, retrieval_epochs: int, tune_samples: int,
-                     tune_epochs: int, n_trees: int, num_cpus: int) -> None:
+                     tune_epochs: int, n_trees: int, num_cpus: int, train_budget: int = 1,
+                     tune_trial_ratings: int = 1) -> None:
     """Fail in the first step, with the option's name, rather than minutes later inside Ray."""
     problems = []
     if protocol not in PROTOCOLS:
         problems.append(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for name, value in [("--retrieval-workers", retrieval_workers), ("--retrieval-epochs", retrieval_epochs),
                         ("--tune-samples", tune_samples), ("--tune-epochs", tune_epochs), ("--n-trees", n_trees),
-                        ("--num-cpus", num_cpus)]:
+                        ("--num-cpus", num_cpus), ("--train-budget", train_budget),
+                        ("--tune-trial-ratings", tune_trial_ratings)]:
         if value < 1:
             problems.append(f"{name} must be at least 1, got {value}")
     if problems:
@@ -60,10 +62,11 @@ def run_retrieval(enc: Encoded, split: Split, cfg: RetrievalConfig, storage: str
 
 
 def run_tuning(enc: Encoded, split: Split, storage: str, samples: int, epochs: int, seed: int,
-               ray_address: str = "", num_cpus: int = 2) -> RankingResult:
+               ray_address: str = "", num_cpus: int = 2, trial_ratings: int = 1_000_000,
+               train_budget: int = 20_000_000) -> RankingResult:
     with ray_session(ray_address, num_cpus):
         return tune_ranking(enc, split.train, storage, num_samples=samples, max_epochs=epochs, seed=seed,
-                            max_concurrent=num_cpus)
+                            max_concurrent=num_cpus, trial_ratings=trial_ratings, max_examples=train_budget)
 
 
 @dataclass
@@ -78,7 +81,11 @@ class IndexQuality:
 
 
 def measure_index(blob: bytes, settings: index.IndexSettings, user_vecs: np.ndarray, item_vecs: np.ndarray,
-                  k: int = 100) -> IndexQuality:
+                  k: int = 100, max_queries: int = 10_000, seed: int = 0) -> IndexQuality:
+    """Recall and speed of the index against exact search, on the users' vectors as queries (a
+    uniform sample of ``max_queries`` of them on large data: Annoy takes one query at a time)."""
+    if len(user_vecs) > max_queries:
+        user_vecs = user_vecs[np.sort(np.random.default_rng(seed).choice(len(user_vecs), max_queries, replace=False))]
     t0 = time.perf_counter()
     exact = index.exact_top_k(user_vecs, item_vecs, k)
     t1 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,17 @@ import torch
 from torch import nn
 
 from movierec.features import Encoded
-from movierec.nn import ItemEncoder, UserEncoder, batches, feature_tensors, features_from_state, mlp, state_from_bytes
+from movierec.nn import (
+    ItemEncoder,
+    UserEncoder,
+    batches,
+    feature_tensors,
+    features_from_state,
+    index_tensor,
+    mlp,
+    state_from_bytes,
+)
+from movierec.progress import Progress
 from movierec.split import holdout
 
 
@@ -48,12 +59,29 @@ class RatingModel(nn.Module):
         self.dim = dim
         self.head = mlp([self.user.out_dim + self.item.out_dim, hidden, 1], dropout)
 
+    def user_side(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """What a user contributes to every score: their embedding, their share of the head's first
+        layer (with its bias) and their bias. The head's first layer acts on [user; movie], so it
+        splits into a user part and a movie part: scoring many pairs then needs each user and each
+        movie encoded once, and per pair only an add, a ReLU and the last layer."""
+        u = self.user(users, exclude)
+        first = self.head[0]
+        hidden = u @ first.weight[:, : self.user.out_dim].T + first.bias
+        return u[:, : self.dim], hidden, self.global_mean + self.user_bias(users)[:, 0]
+
+    def item_side(self, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        v = self.item(items)
+        hidden = v @ self.head[0].weight[:, self.user.out_dim :].T
+        return v[:, : self.dim], hidden, self.item_bias(items)[:, 0]
+
+    def combine(self, user: tuple[torch.Tensor, ...], item: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Predicted ratings of aligned rows of ``user_side`` and ``item_side`` outputs."""
+        (u, hu, bu), (v, hv, bv) = user, item
+        return bu + bv + (u * v).sum(-1) + self.head[1:](hu + hv)[:, 0]
+
     def forward(self, users: torch.Tensor, items: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted ratings; in training ``exclude=items`` keeps the rated movie out of the history."""
-        u, v = self.user(users, exclude), self.item(items)
-        dot = (u[:, : self.dim] * v[:, : self.dim]).sum(-1)
-        out = self.global_mean + self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0] + dot
-        return out + self.head(torch.cat([u, v], dim=-1))[:, 0]
+        return self.combine(self.user_side(users, exclude), self.item_side(items))
 
     def item_baseline(self, items: torch.Tensor) -> torch.Tensor:
         """Expected rating of a movie for a user the model has never seen: global mean + movie bias."""
@@ -67,13 +95,21 @@ class RatingModel(nn.Module):
         return model.eval()
 
 
-def predict(model: RatingModel, users: np.ndarray, items: np.ndarray, batch: int = 65536) -> np.ndarray:
-    """Predicted ratings clipped to the 0.5-5 star scale."""
+def predict(model: RatingModel, users: np.ndarray, items: np.ndarray, batch: int = 262_144) -> np.ndarray:
+    """Predicted ratings clipped to the 0.5-5 star scale. Each distinct user and movie is encoded
+    once (see ``RatingModel.user_side``), so millions of pairs cost little more than their users."""
     model.eval()
+    uniq_u, inv_u = np.unique(users, return_inverse=True)
+    uniq_i, inv_i = np.unique(items, return_inverse=True)
     out = []
     with torch.no_grad():
+        sides = []
+        for uniq, encode in ((uniq_u, model.user_side), (uniq_i, model.item_side)):
+            parts = [encode(index_tensor(uniq[i : i + batch])) for i in range(0, len(uniq), batch)]
+            sides.append([torch.cat(p) for p in zip(*parts)] if parts else [])
         for i in range(0, len(users), batch):
-            out.append(model(torch.tensor(users[i : i + batch]), torch.tensor(items[i : i + batch])))
+            ru, ri = index_tensor(inv_u[i : i + batch]), index_tensor(inv_i[i : i + batch])
+            out.append(model.combine([t[ru] for t in sides[0]], [t[ri] for t in sides[1]]))
     pred = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
     return np.clip(pred, 0.5, 5.0)
 
@@ -101,28 +137,33 @@ def _trainable(params: dict, data: dict) -> None:
     """
     from ray import tune
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(data["threads"])
     torch.manual_seed(data["seed"])
     model = RatingModel(data["sizes"], data["user_features"], data["item_features"], data["global_mean"],
                         params["dim"], params["hidden"], params["dropout"])
     opt = torch.optim.Adam(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
-    # Copies: arrays from Ray's object store are read-only.
-    users, items, ratings = (torch.tensor(data[k]) for k in ("users", "items", "ratings"))
+    users, items = index_tensor(data["users"]), index_tensor(data["items"])
+    ratings = torch.tensor(data["ratings"])  # a copy: arrays from Ray's object store are read-only
     gen = torch.Generator().manual_seed(data["seed"])
     best = float("inf")
+    trial = tune.get_context().get_trial_id()
     for epoch in range(data["max_epochs"]):
         model.train()
-        total = 0.0
+        total, start = 0.0, time.perf_counter()
+        progress = Progress(len(users), f"[tune_ranking] trial {trial} epoch {epoch + 1}/{data['max_epochs']}")
         for idx in batches(len(users), params["batch_size"], gen):
             loss = nn.functional.mse_loss(model(users[idx], items[idx], items[idx]), ratings[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+            progress.update(len(idx))
+        speed = len(users) / max(time.perf_counter() - start, 1e-9)
         val = _rmse(model, data["val_users"], data["val_items"], data["val_ratings"])
-        metrics = {"val_rmse": val, "train_rmse": float(np.sqrt(total / len(users))), "epoch": epoch + 1}
-        print(f"[tune_ranking] trial {tune.get_context().get_trial_id()} epoch {epoch + 1}/{data['max_epochs']} "
-              f"val_rmse {val:.4f}", flush=True)
+        metrics = {"val_rmse": val, "train_rmse": float(np.sqrt(total / len(users))), "epoch": epoch + 1,
+                   "examples_per_s": speed}
+        print(f"[tune_ranking] trial {trial} epoch {epoch + 1}/{data['max_epochs']} "
+              f"val_rmse {val:.4f} ({speed:,.0f} examples/s)", flush=True)
         if val < best:
             best = val
             with tempfile.TemporaryDirectory() as tmp:
@@ -147,45 +188,77 @@ class RankingResult:
         return RatingModel.from_state(self.sizes, self.params, state_from_bytes(self.state))
 
 
-def tune_ranking(enc: Encoded, train_idx: np.ndarray, storage_path: str, num_samples: int = 8,
-                 max_epochs: int = 10, val_fraction: float = 0.1, seed: int = 42,
-                 max_concurrent: int = 2) -> RankingResult:
-    """Search the rating model with Ray Tune + ASHA (call inside a Ray session)."""
+def _search(data: dict, space: dict, storage_path: str, name: str, num_samples: int, max_concurrent: int,
+            scheduler: object | None):
+    """One Tune run of ``_trainable`` over ``space``; every trial gets ``data['threads']`` CPUs."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    fit_idx, val_idx = holdout(train_idx, val_fraction, seed)
-    user_feats, item_feats = feature_tensors(enc, fit_idx)  # validation ratings stay out of the history
-    data = {
-        "users": enc.user_idx[fit_idx], "items": enc.item_idx[fit_idx], "ratings": enc.rating[fit_idx],
-        "val_users": enc.user_idx[val_idx], "val_items": enc.item_idx[val_idx], "val_ratings": enc.rating[val_idx],
-        "user_features": user_feats, "item_features": item_feats, "sizes": dict(enc.vocab_sizes),
-        "global_mean": float(enc.rating[fit_idx].mean()), "max_epochs": max_epochs, "seed": seed,
-    }
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trainable, data=data), {"cpu": 1}),
-        param_space=search_space(),
-        tune_config=tune.TuneConfig(
-            metric="val_rmse",
-            mode="min",
-            num_samples=num_samples,
-            max_concurrent_trials=max_concurrent,
-            scheduler=ASHAScheduler(max_t=max_epochs, grace_period=min(2, max_epochs), reduction_factor=2),
-        ),
-        run_config=tune.RunConfig(storage_path=storage_path, name="ranking", verbose=0),
+        tune.with_resources(tune.with_parameters(_trainable, data=data), {"cpu": data["threads"]}),
+        param_space=space,
+        tune_config=tune.TuneConfig(metric="val_rmse", mode="min", num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent, scheduler=scheduler),
+        run_config=tune.RunConfig(storage_path=storage_path, name=name, verbose=0),
     )
     grid = tuner.fit()
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} Tune trial(s) failed: {grid.errors[0]}")
+    return grid
+
+
+def _record(result, label: int | str, trials: list[dict], curves: list[dict]) -> None:
+    """Append a trial's settings and best score to ``trials`` and its learning curve to ``curves``."""
+    df = result.metrics_dataframe
+    trials.append({"trial": label, **{k: result.config[k] for k in sorted(result.config)},
+                   "epochs": int(df["epoch"].max()), "best_val_rmse": float(df["val_rmse"].min())})
+    curves += [{"trial": label, "epoch": int(e), "val_rmse": float(v), "examples_per_s": float(x)}
+               for e, v, x in zip(df["epoch"], df["val_rmse"], df["examples_per_s"])]
+
+
+def tune_ranking(enc: Encoded, train_idx: np.ndarray, storage_path: str, num_samples: int = 8,
+                 max_epochs: int = 10, val_fraction: float = 0.1, seed: int = 42, max_concurrent: int = 2,
+                 trial_ratings: int = 1_000_000, max_examples: int = 20_000_000) -> RankingResult:
+    """Search the rating model with Ray Tune + ASHA (call inside a Ray session).
+
+    Trials train on at most ``trial_ratings`` ratings (a uniform sample), so the search costs the
+    same at any data size; when that is a sample, the best settings are then trained once on all
+    the ratings, for as many epochs as the best trial needed but within ``max_examples``.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    fit_idx, val_idx = holdout(train_idx, val_fraction, seed)
+    val_idx = val_idx[:200_000]  # a stable validation RMSE at any data size, cheap every epoch
+    user_feats, item_feats = feature_tensors(enc, fit_idx)  # validation ratings stay out of the history
+    rng = np.random.default_rng(seed)
+    trial_idx = np.sort(rng.choice(fit_idx, trial_ratings, replace=False)) if len(fit_idx) > trial_ratings \
+        else fit_idx
+
+    def data(idx: np.ndarray, epochs: int, threads: int) -> dict:
+        return {
+            "users": enc.user_idx[idx], "items": enc.item_idx[idx], "ratings": enc.rating[idx],
+            "val_users": enc.user_idx[val_idx], "val_items": enc.item_idx[val_idx],
+            "val_ratings": enc.rating[val_idx], "user_features": user_feats, "item_features": item_feats,
+            "sizes": dict(enc.vocab_sizes), "global_mean": float(enc.rating[fit_idx].mean()),
+            "max_epochs": epochs, "seed": seed, "threads": threads,
+        }
+
+    scheduler = ASHAScheduler(max_t=max_epochs, grace_period=min(2, max_epochs), reduction_factor=2)
+    grid = _search(data(trial_idx, max_epochs, 1), search_space(), storage_path, "ranking", num_samples,
+                   max_concurrent, scheduler)
     best = grid.get_best_result(metric="val_rmse", mode="min", scope="all")
-    with best.checkpoint.as_directory() as d, open(os.path.join(d, "model.pt"), "rb") as f:
-        state = f.read()
     trials, curves = [], []
     for i, r in enumerate(grid):
-        df = r.metrics_dataframe
-        trials.append({"trial": i, **{k: r.config[k] for k in sorted(r.config)},
-                       "epochs": int(df["epoch"].max()), "best_val_rmse": float(df["val_rmse"].min())})
-        curves += [{"trial": i, "epoch": int(e), "val_rmse": float(v)} for e, v in zip(df["epoch"], df["val_rmse"])]
+        _record(r, i, trials, curves)
+    if len(trial_idx) < len(fit_idx):
+        df = best.metrics_dataframe
+        epochs = max(1, min(int(df["epoch"][df["val_rmse"].idxmin()]), max_examples // len(fit_idx)))
+        print(f"[tune_ranking] refitting the best settings on all {len(fit_idx):,} ratings for {epochs} epoch(s)",
+              flush=True)
+        best = _search(data(fit_idx, epochs, max_concurrent), dict(best.config), storage_path, "ranking-refit", 1,
+                       1, None).get_best_result(metric="val_rmse", mode="min", scope="all")
+        _record(best, "refit", trials, curves)
+    with best.checkpoint.as_directory() as d, open(os.path.join(d, "model.pt"), "rb") as f:
+        state = f.read()
     return RankingResult(state=state, params={k: best.config[k] for k in ("dim", "hidden", "dropout")},
                          sizes=dict(enc.vocab_sizes), val_rmse=float(best.metrics_dataframe["val_rmse"].min()),
                          trials=trials, curves=curves)

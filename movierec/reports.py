@@ -78,7 +78,10 @@ def evaluation_card(report: Report, protocol: str) -> list:
                 [p.description,
                  "top-K: share of test ratings whose movie is in the user's top K of all movies (TFRS "
                  f"categorical accuracy). NDCG/P/R@{report.ndcg_k}: two-stage recommendations of unseen movies "
-                 f"(retrieve {report.candidates}, re-rank), every held-out movie relevant. '—': not applicable."]),
+                 f"(retrieve {report.candidates}, re-rank), every held-out movie relevant. '—': not applicable.",
+                 f"Test users: {report.test_users:,}; the Annoy row is scored on "
+                 + ("all of them." if report.annoy_users >= report.test_users
+                    else f"a uniform sample of {report.annoy_users:,} (Annoy answers one query at a time).")]),
         table(report.rows, report.columns()),
     ]
     if p.published:

@@ -23,7 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from movierec.features import Encoded
-from movierec.nn import ItemEncoder, UserEncoder, batches, feature_tensors, features_from_state, mlp, state_from_bytes
+from movierec.nn import (
+    ItemEncoder,
+    UserEncoder,
+    batches,
+    feature_tensors,
+    features_from_state,
+    index_tensor,
+    mlp,
+    state_from_bytes,
+)
+from movierec.progress import Progress
 from movierec.split import holdout
 
 
@@ -41,6 +51,14 @@ class RetrievalConfig:
     workers: int = 2
     seed: int = 42
     history: bool = True  # the user tower also sees the movies the user rated in train
+    max_history: int = 50  # most recent rated movies per user in that history
+    # A budget of training examples over all epochs: epochs are cut to fit, so an ML-20M-sized
+    # run stays inside the flow's time budget while ML-100K trains for all its epochs.
+    max_examples: int = 20_000_000
+
+    def epochs_for(self, n_examples: int) -> int:
+        """Epochs to run over ``n_examples``: at most ``epochs``, at least one, within the budget."""
+        return max(1, min(self.epochs, self.max_examples // max(1, n_examples)))
 
 
 class TwoTower(nn.Module):
@@ -146,24 +164,26 @@ def _train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, config["threads"]))
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    user_feats = {k: torch.tensor(v) for k, v in data["user_features"].items()}
-    item_feats = {k: torch.tensor(v) for k, v in data["item_features"].items()}
+    user_feats = {k: index_tensor(v) for k, v in data["user_features"].items()}
+    item_feats = {k: index_tensor(v) for k, v in data["item_features"].items()}
     model = TwoTower(config["sizes"], user_feats, item_feats, cfg.dim, cfg.hidden)
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    users = torch.tensor(data["users"][rank::world])  # copies: object-store arrays are read-only
-    items = torch.tensor(data["items"][rank::world])
+    users = index_tensor(data["users"][rank::world])
+    items = index_tensor(data["items"][rank::world])
     counts = np.bincount(data["items"], minlength=config["sizes"]["item"]).astype(np.float64)
     log_q = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
     steps = len(data["items"]) // world // cfg.batch_size  # equal on every worker, as DDP needs
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     history = []
     inner = model.module if hasattr(model, "module") else model
-    val_users, val_items = torch.tensor(data["val_users"]), torch.tensor(data["val_items"])
+    val_users, val_items = index_tensor(data["val_users"]), index_tensor(data["val_items"])
     best, best_state, stale = -1.0, None, 0
-    for epoch in range(cfg.epochs):
+    epochs = cfg.epochs_for(len(data["items"]))
+    for epoch in range(epochs):
         start, total = time.perf_counter(), 0.0
         model.train()
+        progress = Progress(steps * cfg.batch_size * world, f"[train_retrieval] epoch {epoch + 1}/{epochs}")
         for idx in batches(len(users), cfg.batch_size, gen, drop_last=True)[:steps]:
             u, v = model(users[idx], items[idx])
             loss = in_batch_loss(u, v, items[idx], log_q, cfg.temperature)
@@ -171,6 +191,8 @@ def _train_loop(config: dict) -> None:
             loss.backward()
             opt.step()
             total += loss.item()
+            if rank == 0:
+                progress.update(cfg.batch_size * world)
         mean = torch.tensor([total / max(1, steps)])
         if world > 1:
             torch.distributed.all_reduce(mean)
@@ -187,9 +209,9 @@ def _train_loop(config: dict) -> None:
             best_state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
         else:
             stale += 1
-        stop = stale >= cfg.patience or epoch + 1 == cfg.epochs
+        stop = stale >= cfg.patience or epoch + 1 == epochs
         if rank == 0:
-            print(f"[train_retrieval] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} "
+            print(f"[train_retrieval] epoch {epoch + 1}/{epochs} loss {row['loss']:.4f} "
                   f"val DCG {score:.4f} ({row['examples_per_s']:,.0f} examples/s)"
                   + (f"; stopping, keeping epoch {epoch + 1 - stale}" if stop else ""), flush=True)
         if stop:
@@ -214,7 +236,7 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
 
     fit_idx, val_idx = holdout(train_idx, cfg.val_fraction, cfg.seed)
     val_idx = val_idx[:5000]  # enough pairs for a stable score at any data size
-    user_feats, item_feats = feature_tensors(enc, fit_idx if cfg.history else None)
+    user_feats, item_feats = feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
     data = {
         "users": enc.user_idx[fit_idx],
         "items": enc.item_idx[fit_idx],

@@ -19,9 +19,19 @@ OCCUPATIONS = ["student", "engineer", "educator", "artist", "writer", "programme
 ML20M_SHAPE = {"n_users": 138_493, "n_items": 26_744, "n_ratings": 20_000_263}
 
 
+def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
+    """np.unique by sorting: numpy 2's hash-based unique is several times slower on int64 keys."""
+    keys = np.sort(keys)
+    return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
+
+
 def generate(n_users: int = 1000, n_items: int = 500, n_ratings: int = 50_000, factors: int = 8,
-             zipf: float = 1.0, seed: int = 0) -> Dataset:
-    """A Dataset with about ``n_ratings`` distinct (user, item) ratings."""
+             zipf: float = 1.0, taste: float = 3.0, seed: int = 0) -> Dataset:
+    """A Dataset with exactly ``n_ratings`` distinct (user, item) ratings.
+
+    ``taste`` sharpens how strongly affinity decides which candidate movies a user rates: at 0
+    choices follow popularity alone and no model can beat a popularity list.
+    """
     if min(n_users, n_items, n_ratings) <= 0:
         raise ValueError("n_users, n_items and n_ratings must be positive")
     if n_ratings > n_users * n_items // 2:
@@ -33,20 +43,18 @@ def generate(n_users: int = 1000, n_items: int = 500, n_ratings: int = 50_000, f
     popularity = rng.permutation(popularity / popularity.sum())
     activity = rng.lognormal(0, 1.0, n_users)
     activity /= activity.sum()
-    users_chunks, items_chunks = [], []
-    have = 0
-    while have < n_ratings:
-        # Oversample candidates by popularity and keep each with a taste-dependent probability.
-        m = int((n_ratings - have) * 2.5) + 1000
+    key = np.zeros(0, dtype=np.int64)  # sorted distinct user * n_items + item
+    yield_rate = 0.4  # distinct kept pairs per candidate; re-estimated after each round
+    while len(key) < n_ratings:
+        # Oversample candidates by activity x popularity; keep each with a taste-dependent probability.
+        m = int((n_ratings - len(key)) / yield_rate * 1.1) + 1000
         u = rng.choice(n_users, m, p=activity)
         i = rng.choice(n_items, m, p=popularity)
         affinity = np.einsum("ij,ij->i", user_f[u], item_f[i]) / np.sqrt(factors)
-        keep = rng.random(m) < 1 / (1 + np.exp(-2 * affinity))
-        users_chunks.append(u[keep])
-        items_chunks.append(i[keep])
-        key = np.unique(np.concatenate(users_chunks).astype(np.int64) * n_items + np.concatenate(items_chunks))
-        have = len(key)
-        users_chunks, items_chunks = [key // n_items], [key % n_items]
+        keep = rng.random(m) < 1 / (1 + np.exp(-taste * affinity))
+        before = len(key)
+        key = _sorted_distinct(np.concatenate([key, u[keep].astype(np.int64) * n_items + i[keep]]))
+        yield_rate = max(0.01, (len(key) - before) / m)
     key = rng.permutation(key)[:n_ratings]
     u, i = key // n_items, key % n_items
     affinity = np.einsum("ij,ij->i", user_f[u], item_f[i]) / np.sqrt(factors)

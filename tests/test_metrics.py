@@ -30,6 +30,20 @@ def test_rmse_and_mae_by_hand():
     assert math.isclose(metrics.mae(pred, true), 1.0)
 
 
+def _hits(recs: np.ndarray, relevant: list[set[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Hit matrix and relevant counts of hand-written lists, through the evaluator's key lookup."""
+    pairs = [(u, i) for u, rel in enumerate(relevant) for i in rel]
+    users = np.array([u for u, _ in pairs], dtype=np.int32)
+    items = np.array([i for _, i in pairs], dtype=np.int32)
+    keys = metrics.relevant_keys(users, items, 100)
+    return metrics.hits(recs, np.arange(len(recs)), keys, 100), np.array([len(r) for r in relevant])
+
+
+def test_hits_find_relevant_pairs_and_ignore_padding():
+    hit, n_rel = _hits(np.array([[3, 1, -1], [3, 5, 6]]), [{1, 2}, {3}])
+    assert hit.tolist() == [[False, True, False], [True, False, False]] and n_rel.tolist() == [2, 1]
+
+
 def test_ndcg_by_hand():
     recs = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     relevant = [{2, 3}, set(), {7, 99, 98, 97}]
@@ -38,8 +52,8 @@ def test_ndcg_by_hand():
     # user 2: hit at position 1 of 3, four relevant items -> 1 / (1 + 1/log2(3) + 1/2)
     u2 = 1 / (1 + 1 / math.log2(3) + 0.5)
     # user 1 has nothing relevant and is left out of the mean.
-    assert math.isclose(metrics.ndcg_at_k(recs, relevant, k=3), (u0 + u2) / 2)
-    assert metrics.ndcg_at_k(np.array([[1, 2]]), [{1, 2}], k=2) == 1.0
+    assert math.isclose(metrics.ndcg_at_k(*_hits(recs, relevant), k=3), (u0 + u2) / 2)
+    assert metrics.ndcg_at_k(*_hits(np.array([[1, 2]]), [{1, 2}]), k=2) == 1.0
 
 
 def test_csr_and_top_k_excluding():
@@ -47,7 +61,9 @@ def test_csr_and_top_k_excluding():
     assert indptr.tolist() == [0, 1, 3, 4, 4]
     assert indices[indptr[1] : indptr[2]].tolist() == [7, 9]
     scores = np.array([[0.9, 0.1, 0.8, 0.5], [0.2, 0.3, 0.1, 0.0]])
-    top = metrics.top_k_excluding(scores, [np.array([0]), np.array([], dtype=int)], 2)
+    # Score rows are for users 0 and 3: user 0 has rated item 0, user 3 nothing.
+    seen_ptr, seen = metrics.csr(np.array([0]), np.array([0]), 4)
+    top = metrics.top_k_excluding(scores, np.array([0, 3]), seen_ptr, seen, 2)
     assert top.tolist() == [[2, 3], [1, 0]]
     assert metrics.top_k(scores, 10).shape == (2, 4)
 
@@ -55,6 +71,6 @@ def test_csr_and_top_k_excluding():
 def test_precision_recall_by_hand():
     recs = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
     relevant = [{2, 4, 99}, set(), {9}]
-    p, r = metrics.precision_recall_at_k(recs, relevant, k=4)
+    p, r = metrics.precision_recall_at_k(*_hits(recs, relevant), k=4)
     assert math.isclose(p, (2 / 4 + 1 / 4) / 2)
     assert math.isclose(r, (2 / 3 + 1 / 1) / 2)

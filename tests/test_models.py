@@ -74,6 +74,36 @@ def test_rating_model_round_trip_and_clipping(small_encoded):
     assert pred[0] == 5.0 and np.all((pred >= 0.5) & (pred <= 5.0))
 
 
+def test_predict_encodes_each_user_once_but_matches_forward(small_encoded):
+    enc = small_encoded
+    uf, itf = feature_tensors(enc, np.arange(len(enc.user_idx)))
+    model = ranking.RatingModel(enc.vocab_sizes, uf, itf, 3.5, dim=8, hidden=16, dropout=0.3).eval()
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, enc.n_users, 500), rng.integers(0, enc.n_items, 500)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.user_bias.weight, 0, 0.3)  # non-zero everywhere, so any mix-up shows
+        direct = model(torch.as_tensor(users), torch.as_tensor(items)).clamp(0.5, 5.0).numpy()
+    assert np.allclose(ranking.predict(model, users, items, batch=64), direct, atol=1e-5)
+
+
+def test_history_keeps_each_users_latest_ratings(small_encoded):
+    enc = small_encoded
+    users, _ = feature_tensors(enc, np.arange(len(enc.user_idx)), max_history=3)
+    indptr, items = users["history_indptr"].numpy(), users["history_items"].numpy()
+    u = int(np.argmax(np.bincount(enc.user_idx)))  # the heaviest rater
+    mine = np.flatnonzero(enc.user_idx == u)
+    latest = mine[np.argsort(-enc.timestamp[mine], kind="stable")[:3]]
+    assert indptr[u + 1] - indptr[u] == 3
+    assert sorted(items[indptr[u] : indptr[u + 1]]) == sorted(enc.item_idx[latest])
+
+
+def test_retrieval_epochs_fit_the_example_budget():
+    cfg = retrieval.RetrievalConfig(epochs=15, max_examples=20_000_000)
+    assert cfg.epochs_for(75_000) == 15
+    assert cfg.epochs_for(4_000_000) == 5
+    assert cfg.epochs_for(16_000_000) == 1 and cfg.epochs_for(50_000_000) == 1
+
+
 def test_two_stage_scores_prefer_likely_then_liked():
     logits = np.array([2.0, 2.0, 0.0])
     scores = ranking.two_stage_scores(logits, np.array([3.0, 4.5, 5.0]))
@@ -92,11 +122,13 @@ def ray_trained(small_encoded):
         ret = retrieval.train(enc, split.train, retrieval.RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2,
                                                                           batch_size=256, patience=10), store)
         rank = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3)
-    return enc, split, ret, rank
+        sampled = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3, trial_ratings=500,
+                                       max_examples=len(split.train))
+    return enc, split, ret, rank, sampled
 
 
 def test_ray_train_two_workers_learns(ray_trained):
-    enc, split, ret, _ = ray_trained
+    enc, split, ret, _, _ = ray_trained
     losses = [h["loss"] for h in ret.history]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert all(0 < h["val_dcg"] <= 1 for h in ret.history)
@@ -109,7 +141,7 @@ def test_ray_train_two_workers_learns(ray_trained):
 
 
 def test_tune_keeps_best_trial_weights(ray_trained):
-    enc, split, _, rank = ray_trained
+    enc, split, _, rank, _ = ray_trained
     assert len(rank.trials) == 2
     assert rank.val_rmse == min(t["best_val_rmse"] for t in rank.trials)
     # The kept weights reproduce the best validation RMSE on the same validation split.
@@ -119,3 +151,13 @@ def test_tune_keeps_best_trial_weights(ray_trained):
     pred = ranking.predict(rank.model(), enc.user_idx[val], enc.item_idx[val])
     assert math.isclose(np.sqrt(np.mean((pred - enc.rating[val]) ** 2)), rank.val_rmse, rel_tol=1e-4)
     assert {row["trial"] for row in rank.curves} == {0, 1}
+
+
+def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(ray_trained):
+    *_, sampled = ray_trained
+    searched, refit = sampled.trials[:2], sampled.trials[2]
+    assert [t["trial"] for t in sampled.trials] == [0, 1, "refit"]
+    best = min(searched, key=lambda t: t["best_val_rmse"])
+    assert {k: refit[k] for k in ranking.search_space()} == {k: best[k] for k in ranking.search_space()}
+    # The budget of one pass over the ratings allows a single refit epoch.
+    assert refit["epochs"] == 1 and sampled.val_rmse == refit["best_val_rmse"]

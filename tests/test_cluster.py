@@ -1,0 +1,77 @@
+"""The --ray-address path: training on an existing multi-node Ray cluster (head + worker on loopback)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from movierec import pipeline
+from movierec.retrieval import RetrievalConfig
+from movierec.split import split_ratings
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cluster_cpus(address: str) -> float:
+    out = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True,
+                         timeout=60).stdout
+    for line in out.splitlines():  # e.g. " 0.0/2.0 CPU"
+        if line.strip().endswith(" CPU") and "/" in line:
+            return float(line.split("/")[1].split()[0])
+    return 0.0
+
+
+@pytest.fixture()
+def two_node_cluster(monkeypatch):
+    """`ray start --head` plus a second node joining it, each with one CPU.
+
+    Ray 2.60 clusters require a token (``ray start`` writes ~/.ray/auth_token); every client,
+    this test's driver included, must be told to present it with RAY_AUTH_MODE=token.
+    """
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    procs = [head]
+    try:
+        deadline = time.monotonic() + 60
+        while _cluster_cpus(address) < 1 and time.monotonic() < deadline:
+            time.sleep(1)
+        procs.append(subprocess.Popen([RAY, "start", f"--address={address}", *common], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        while _cluster_cpus(address) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _cluster_cpus(address) == 2, "the two-node Ray cluster did not come up"
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_retrieval_trains_across_a_two_node_cluster(two_node_cluster, small_encoded, tmp_path):
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+    # Two workers of one CPU each can only be placed with one on each node.
+    cfg = RetrievalConfig(dim=8, hidden=16, epochs=2, workers=2, batch_size=256, patience=5)
+    result = pipeline.run_retrieval(enc, split, cfg, str(tmp_path), ray_address=two_node_cluster, num_cpus=2)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    users, items = result.embeddings()
+    assert users.shape == (enc.n_users, 8) and items.shape == (enc.n_items, 8)
