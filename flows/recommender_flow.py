@@ -41,8 +41,11 @@ class RecommenderFlow(FlowSpec):
     retrieval_epochs = Parameter("retrieval-epochs", default=RetrievalConfig.epochs,
                                  help="most two-tower epochs (stops early when validation quality stalls)")
     embedding_dim = Parameter("embedding-dim", default=64, help="two-tower embedding size")
-    tune_samples = Parameter("tune-samples", default=10, help="Ray Tune trials for the rating model")
-    tune_epochs = Parameter("tune-epochs", default=15, help="most epochs a Tune trial may train (ASHA stops early)")
+    history = Parameter("history", default=False, type=bool,
+                        help="both models also see each user's 50 latest rated movies (SVD++-style): "
+                             "about +0.002 NDCG@10 on ML-100K for half the training speed")
+    tune_samples = Parameter("tune-samples", default=6, help="Ray Tune trials for the rating model")
+    tune_epochs = Parameter("tune-epochs", default=8, help="most epochs a Tune trial may train (ASHA stops early)")
     train_budget = Parameter("train-budget", default=RetrievalConfig.max_examples,
                              help="most training examples each model sees over all its epochs (epochs are cut to fit): "
                                   "keeps ML-20M-sized data inside ~20 minutes on 2 cores; ML-100K is far below it")
@@ -89,7 +92,8 @@ class RecommenderFlow(FlowSpec):
     def train_retrieval(self):
         faults.maybe_fail("train_retrieval")
         cfg = RetrievalConfig(dim=self.embedding_dim, epochs=self.retrieval_epochs,
-                              workers=self.retrieval_workers, seed=self.seed, max_examples=self.train_budget)
+                              workers=self.retrieval_workers, seed=self.seed, max_examples=self.train_budget,
+                              history=self.history)
         self.retrieval = pipeline.run_retrieval(self.encoded, self.split_data, cfg, self._ray_storage(),
                                                 self.ray_address, self.num_cpus)
         current.card.extend(reports.retrieval_card(self.retrieval))
@@ -101,7 +105,7 @@ class RecommenderFlow(FlowSpec):
         faults.maybe_fail("tune_ranking")
         self.ranking = pipeline.run_tuning(self.encoded, self.split_data, self._ray_storage(), self.tune_samples,
                                            self.tune_epochs, self.seed, self.ray_address, self.num_cpus,
-                                           self.tune_trial_ratings, self.train_budget)
+                                           self.tune_trial_ratings, self.train_budget, self.history)
         current.card.extend(reports.ranking_card(self.ranking))
         self.next(self.build_index)
 

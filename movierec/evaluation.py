@@ -103,7 +103,7 @@ class Evaluator:
     """
 
     def __init__(self, enc: Encoded, split: Split, ks: tuple[int, ...] = metrics.KS, candidates: int = 100,
-                 ndcg_k: int = 10, annoy_users: int = 20_000, seed: int = 0):
+                 ndcg_k: int = 10, annoy_users: int = 10_000, seed: int = 0):
         self.enc, self.ks, self.candidates, self.ndcg_k = enc, ks, candidates, ndcg_k
         self.test_users = enc.user_idx[split.test]
         self.test_items = enc.item_idx[split.test]
@@ -164,14 +164,18 @@ class Evaluator:
         return out
 
     def rerank(self, ranker: RatingModel, cands: np.ndarray, users: np.ndarray, user_vecs: np.ndarray,
-               item_vecs: np.ndarray, temperature: float) -> np.ndarray:
-        """Order each user's candidates (row r is for ``users[r]``) by the two-stage score; keep ``ndcg_k``."""
-        pair_users = np.repeat(users, cands.shape[1])
-        flat = np.maximum(cands.reshape(-1), 0)
-        logits = np.einsum("ij,ij->i", user_vecs[pair_users], item_vecs[flat]) / temperature
-        scores = two_stage_scores(logits, predict(ranker, pair_users, flat)).reshape(cands.shape).astype(np.float64)
-        scores[cands < 0] = -np.inf
-        return np.take_along_axis(cands, metrics.top_k(scores, self.ndcg_k), axis=1)
+               item_vecs: np.ndarray, temperature: float, chunk: int = 8192) -> np.ndarray:
+        """Order each user's candidates (row r is for ``users[r]``) by the two-stage score; keep
+        ``ndcg_k``. In chunks of users: all pairs at once would need gigabytes at ML-20M size."""
+        out = []
+        for i in range(0, len(cands), chunk):
+            part, pair_users = cands[i : i + chunk], np.repeat(users[i : i + chunk], cands.shape[1])
+            flat = np.maximum(part.reshape(-1), 0)
+            logits = np.einsum("ij,ij->i", user_vecs[pair_users], item_vecs[flat]) / temperature
+            scores = two_stage_scores(logits, predict(ranker, pair_users, flat)).reshape(part.shape)
+            scores[part < 0] = -np.inf
+            out.append(np.take_along_axis(part, metrics.top_k(scores, self.ndcg_k), axis=1))
+        return np.concatenate(out) if out else cands[:, : self.ndcg_k]
 
     def run(self, user_vecs: np.ndarray, item_vecs: np.ndarray, temperature: float, index: Index,
             ranker: RatingModel) -> Report:

@@ -13,22 +13,29 @@ KS = (1, 5, 10, 50, 100)
 
 
 def target_ranks(user_vecs: np.ndarray, item_vecs: np.ndarray, users: np.ndarray, items: np.ndarray,
-                 chunk: int = 1024) -> np.ndarray:
-    """0-based rank of each (user, item) pair's item among all items by dot product.
+                 cap: int = max(KS), chunk: int = 1024) -> np.ndarray:
+    """0-based rank of each (user, item) pair's item among all items by dot product; ranks of
+    ``cap`` or more are reported as ``cap`` (top-K accuracy needs nothing beyond the largest K).
 
-    Computed in batches of distinct users (one matrix product each), never per interaction.
-    The rank counts items scoring strictly higher, so ties favour the target.
+    Computed in chunks of distinct users, never per interaction: one matrix product and one
+    top-``cap`` per chunk, then each target is compared with its user's ``cap`` best scores only
+    (comparing it with all scores costs minutes at ML-20M size). The rank counts items scoring
+    strictly higher, so ties favour the target; fewer than ``cap`` such items are all in the top.
     """
+    import torch
+
     ranks = np.empty(len(users), dtype=np.int64)
     uniq, inverse = np.unique(users, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(0, len(uniq) + chunk, chunk))
+    cap = min(cap, item_vecs.shape[0])
     for c in range(0, len(uniq), chunk):
-        scores = user_vecs[uniq[c : c + chunk]] @ item_vecs.T
+        scores = torch.from_numpy(np.ascontiguousarray(user_vecs[uniq[c : c + chunk]] @ item_vecs.T))
+        best = torch.topk(scores, cap, dim=1).values
         sel = order[bounds[c // chunk] : bounds[c // chunk + 1]]
-        rows = scores[inverse[sel] - c]
-        target = rows[np.arange(len(sel)), items[sel]]
-        ranks[sel] = (rows > target[:, None]).sum(axis=1)
+        rows = torch.from_numpy(inverse[sel] - c)
+        targets = scores[rows, torch.from_numpy(np.asarray(items[sel], dtype=np.int64))]
+        ranks[sel] = (best[rows] > targets[:, None]).sum(1).numpy()
     return ranks
 
 
@@ -106,14 +113,15 @@ def top_k_excluding(scores: np.ndarray, rows: np.ndarray, indptr: np.ndarray, in
                     k: int) -> np.ndarray:
     """Top-``k`` columns of each score row, best first, never returning the columns that the CSR
     ``indptr``/``indices`` lists for that row's entry in ``rows`` (e.g. a user's rated movies)."""
-    scores = scores.astype(np.float64, copy=True)
+    scores = np.array(scores, copy=True)
     scores[csr_rows(indptr, indices, rows)] = -np.inf
     return top_k(scores, k)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Top-``k`` columns of each score row, best first (argpartition, then a sort of k only)."""
+    """Top-``k`` columns of each score row, best first (torch.topk: several times faster than
+    numpy's argpartition + sort on CPU, which dominated evaluation at ML-20M size)."""
+    import torch
+
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    return torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1).indices.numpy()

@@ -44,7 +44,7 @@ class UserEncoder(nn.Module):
 
     def __init__(self, sizes: dict[str, int], features: dict[str, torch.Tensor], dim: int, feat_dim: int = 8):
         super().__init__()
-        self.id = nn.Embedding(sizes["user"], dim)
+        self.id = nn.Embedding(sizes["user"], dim, sparse=True)  # see SparseDenseAdam
         self.names = ("age", "gender", "occupation")
         self.feats = nn.ModuleDict({n: nn.Embedding(sizes[n], feat_dim) for n in self.names})
         for n in self.names:
@@ -95,7 +95,7 @@ class ItemEncoder(nn.Module):
 
     def __init__(self, sizes: dict[str, int], features: dict[str, torch.Tensor], dim: int, feat_dim: int = 16):
         super().__init__()
-        self.id = nn.Embedding(sizes["item"], dim)
+        self.id = nn.Embedding(sizes["item"], dim, sparse=True)
         self.genres = nn.EmbeddingBag(sizes["genres"], feat_dim, mode="mean", padding_idx=0)
         self.title = nn.EmbeddingBag(sizes["title"], feat_dim, mode="mean", padding_idx=0)
         self.year = nn.Embedding(sizes["year"], feat_dim // 2)
@@ -145,6 +145,33 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers += [nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
     return nn.Sequential(*layers)
+
+
+class SparseDenseAdam:
+    """Adam for the dense parameters and lazy Adam (SparseAdam) for the id tables.
+
+    A batch touches a few thousand of ML-20M's 138k users, yet dense Adam updates every row of
+    every table each step: that was 90% of a step's time and capped training at a few thousand
+    examples/s. Tables built with ``sparse=True`` get sparse gradients, and only their touched
+    rows are updated. Lazy updates skip weight decay on untouched rows; models that want the id
+    rows regularised add an L2 term for the rows in the batch to their loss.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0):
+        sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+        ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        self.optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)]
+        if sparse:
+            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad()
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
 
 
 def state_to_bytes(module: nn.Module) -> bytes:

@@ -63,10 +63,11 @@ def run_retrieval(enc: Encoded, split: Split, cfg: RetrievalConfig, storage: str
 
 def run_tuning(enc: Encoded, split: Split, storage: str, samples: int, epochs: int, seed: int,
                ray_address: str = "", num_cpus: int = 2, trial_ratings: int = 1_000_000,
-               train_budget: int = 20_000_000) -> RankingResult:
+               train_budget: int = 20_000_000, history: bool = False) -> RankingResult:
     with ray_session(ray_address, num_cpus):
         return tune_ranking(enc, split.train, storage, num_samples=samples, max_epochs=epochs, seed=seed,
-                            max_concurrent=num_cpus, trial_ratings=trial_ratings, max_examples=train_budget)
+                            max_concurrent=num_cpus, trial_ratings=trial_ratings, max_examples=train_budget,
+                            history=history)
 
 
 @dataclass

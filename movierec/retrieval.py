@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from movierec.features import Encoded
+from movierec.metrics import csr, csr_rows
 from movierec.nn import (
     ItemEncoder,
+    SparseDenseAdam,
     UserEncoder,
     batches,
     feature_tensors,
@@ -50,7 +52,9 @@ class RetrievalConfig:
     val_fraction: float = 0.05  # of train, never test
     workers: int = 2
     seed: int = 42
-    history: bool = True  # the user tower also sees the movies the user rated in train
+    # The user tower also sees the movies the user rated in train (SVD++-style). Off by default:
+    # on ML-100K it moved NDCG@10 by +0.002, and it halves training throughput.
+    history: bool = False
     max_history: int = 50  # most recent rated movies per user in that history
     # A budget of training examples over all epochs: epochs are cut to fit, so an ML-20M-sized
     # run stays inside the flow's time budget while ML-100K trains for all its epochs.
@@ -120,20 +124,22 @@ class RetrievalResult:
         return torch.cat(users).numpy(), torch.cat(items).numpy()
 
 
-def validation_dcg(model: TwoTower, users: torch.Tensor, items: torch.Tensor, n_items: int) -> float:
+def validation_dcg(model: TwoTower, users: torch.Tensor, items: torch.Tensor, n_items: int,
+                   seen_rows: np.ndarray, seen_items: np.ndarray) -> float:
     """Mean 1/log2(rank + 2) of each held-out (user, movie) pair's movie among the movies the user
     has not rated (as recommendations are made): a cutoff-free, top-weighted ranking score for
-    early stopping (1.0 = always ranked first)."""
+    early stopping (1.0 = always ranked first). ``seen_rows``/``seen_items`` (rows ascending) say
+    which movies pair ``row``'s user rated in training; scoring those too stops training far too
+    early, as the model rightly ranks watched movies high."""
     model.eval()
     with torch.no_grad():
         item_vecs = model.item_vectors(torch.arange(n_items))
         total = 0.0
-        for i in range(0, len(users), 1024):
-            batch = users[i : i + 1024]
-            scores = model.user_vectors(batch) @ item_vecs.T
-            if model.user.history is not None:
-                rated, lengths = model.user.rated(batch)
-                scores[torch.repeat_interleave(torch.arange(len(batch)), lengths), rated] = float("-inf")
+        bounds = np.searchsorted(seen_rows, np.arange(0, len(users) + 1024, 1024))
+        for c, i in enumerate(range(0, len(users), 1024)):
+            scores = model.user_vectors(users[i : i + 1024]) @ item_vecs.T
+            a, b = bounds[c], bounds[c + 1]
+            scores[index_tensor(seen_rows[a:b] - i), index_tensor(seen_items[a:b])] = float("-inf")
             target = scores.gather(1, items[i : i + 1024, None])
             ranks = (scores > target).sum(1).to(torch.float64)
             total += float((1.0 / torch.log2(ranks + 2)).sum())
@@ -168,7 +174,7 @@ def _train_loop(config: dict) -> None:
     item_feats = {k: index_tensor(v) for k, v in data["item_features"].items()}
     model = TwoTower(config["sizes"], user_feats, item_feats, cfg.dim, cfg.hidden)
     model = ray.train.torch.prepare_model(model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = SparseDenseAdam(model, cfg.lr, cfg.weight_decay)
     users = index_tensor(data["users"][rank::world])
     items = index_tensor(data["items"][rank::world])
     counts = np.bincount(data["items"], minlength=config["sizes"]["item"]).astype(np.float64)
@@ -200,7 +206,7 @@ def _train_loop(config: dict) -> None:
         seconds = time.perf_counter() - start
         # Every worker holds the same weights after DDP's all-reduce and scores the same
         # validation pairs, so all of them reach the same stopping decision.
-        score = validation_dcg(inner, val_users, val_items, config["sizes"]["item"])
+        score = validation_dcg(inner, val_users, val_items, config["sizes"]["item"], *data["val_seen"])
         row = {"epoch": epoch + 1, "loss": float(mean), "val_dcg": score, "seconds": seconds,
                "examples_per_s": steps * cfg.batch_size * world / max(seconds, 1e-9)}
         history.append(row)
@@ -237,11 +243,13 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
     fit_idx, val_idx = holdout(train_idx, cfg.val_fraction, cfg.seed)
     val_idx = val_idx[:5000]  # enough pairs for a stable score at any data size
     user_feats, item_feats = feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
+    seen_ptr, seen = csr(enc.user_idx[fit_idx], enc.item_idx[fit_idx], enc.n_users)
     data = {
         "users": enc.user_idx[fit_idx],
         "items": enc.item_idx[fit_idx],
         "val_users": enc.user_idx[val_idx],
         "val_items": enc.item_idx[val_idx],
+        "val_seen": csr_rows(seen_ptr, seen, enc.user_idx[val_idx]),
         "user_features": {k: v.numpy() for k, v in user_feats.items()},
         "item_features": {k: v.numpy() for k, v in item_feats.items()},
     }

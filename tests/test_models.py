@@ -97,6 +97,22 @@ def test_history_keeps_each_users_latest_ratings(small_encoded):
     assert sorted(items[indptr[u] : indptr[u + 1]]) == sorted(enc.item_idx[latest])
 
 
+def test_validation_dcg_ranks_among_each_users_unseen_movies(small_encoded):
+    enc = small_encoded
+    uf, itf = feature_tensors(enc)
+    model = retrieval.TwoTower(enc.vocab_sizes, uf, itf, 8, 16).eval()
+    users, items = np.array([0, 1, 1]), np.array([3, 4, 5])
+    # Pair 0's user rated movies 7 and 9 in training, pair 2's user movie 4 (pair 1's target).
+    seen_rows, seen_items = np.array([0, 0, 2]), np.array([7, 9, 4])
+    got = retrieval.validation_dcg(model, torch.as_tensor(users), torch.as_tensor(items), enc.n_items,
+                                   seen_rows, seen_items)
+    with torch.no_grad():
+        scores = (model.user_vectors(torch.as_tensor(users)) @ model.item_vectors(torch.arange(enc.n_items)).T).numpy()
+    scores[seen_rows, seen_items] = -np.inf
+    ranks = (scores > scores[np.arange(3), items][:, None]).sum(1)
+    assert math.isclose(got, float(np.mean(1 / np.log2(ranks + 2))), rel_tol=1e-6)
+
+
 def test_retrieval_epochs_fit_the_example_budget():
     cfg = retrieval.RetrievalConfig(epochs=15, max_examples=20_000_000)
     assert cfg.epochs_for(75_000) == 15
@@ -120,7 +136,7 @@ def ray_trained(small_encoded):
     store = tempfile.mkdtemp()
     with cluster.ray_session(num_cpus=2):
         ret = retrieval.train(enc, split.train, retrieval.RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2,
-                                                                          batch_size=256, patience=10), store)
+                                                                          batch_size=256, patience=10, history=True), store)
         rank = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3)
         sampled = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3, trial_ratings=500,
                                        max_examples=len(split.train))
