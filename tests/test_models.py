@@ -135,8 +135,9 @@ def ray_trained(small_encoded):
 
     store = tempfile.mkdtemp()
     with cluster.ray_session(num_cpus=2):
-        ret = retrieval.train(enc, split.train, retrieval.RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2,
-                                                                          batch_size=256, patience=10, history=True), store)
+        cfg = retrieval.RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2, batch_size=256, patience=10,
+                                        history=True)  # the optional history path, through DDP
+        ret = retrieval.train(enc, split.train, cfg, store)
         rank = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3)
         sampled = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3, trial_ratings=500,
                                        max_examples=len(split.train))
