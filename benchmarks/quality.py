@@ -17,8 +17,9 @@ from results import emit, markdown_table, mean_std
 
 from movierec import baselines, data, index, pipeline
 from movierec.cluster import ray_session
-from movierec.evaluation import PROTOCOLS, Evaluator
+from movierec.evaluation import Evaluator
 from movierec.features import encode
+from movierec.protocols import PROTOCOLS
 from movierec.ranking import tune_ranking
 from movierec.retrieval import RetrievalConfig, train
 

@@ -19,11 +19,11 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
 from metaflow import FlowSpec, Parameter, card, current, step  # noqa: E402
 
 from movierec import faults, index, pipeline, reports  # noqa: E402
+from movierec.config import RetrievalConfig  # noqa: E402
 from movierec.data import Dataset  # noqa: E402
 from movierec.features import encode  # noqa: E402
 from movierec.packaging import DEFAULT_INDEX_DIR, publish  # noqa: E402
 from movierec.publish import make_bundle  # noqa: E402
-from movierec.retrieval import RetrievalConfig  # noqa: E402
 
 
 class RecommenderFlow(FlowSpec):

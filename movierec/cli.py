@@ -5,6 +5,7 @@
     movierec similar --movie 1
     movierec predict --user 1 --movie 50
     movierec info
+    movierec serve --host 127.0.0.1 --port 8000     # the REST API (see movierec.api)
 
 Unknown ids and bad arguments print one line to stderr and exit with code 2.
 """
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", type=int, required=True)
     p.add_argument("--movie", type=int, required=True)
     sub.add_parser("info", help="which run, data and metrics the model comes from")
+    v = sub.add_parser("serve", help="serve the REST API (OpenAPI at /docs) until interrupted")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
     return parser
 
 
@@ -77,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             _print(rec.recommend_for_history(_parse_history(args.movies), args.k), args.json)
         elif args.command == "similar":
             _print(rec.similar_movies(args.movie, args.k), args.json, score_label="similarity")
+        elif args.command == "serve":
+            try:
+                from movierec.api import serve
+            except ImportError as exc:
+                raise RecommenderError(f"serving needs the 'serve' extra: pip install 'movierec[serve]' ({exc})") \
+                    from exc
+
+            print(f"movierec: serving {rec.info.get('run_id', 'the model')} on http://{args.host}:{args.port} "
+                  "(API description: /docs)", file=sys.stderr, flush=True)
+            serve(rec, args.host, args.port)
         elif args.command == "predict":
             print(f"{rec.predict_rating(args.user, args.movie):.2f}")
         else:

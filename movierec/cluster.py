@@ -17,6 +17,9 @@ import movierec
 
 @contextlib.contextmanager
 def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
+    # Ray folds log lines that differ only in numbers into "[repeated Nx across cluster]": our
+    # per-epoch lines are exactly that, and each one matters. Ray reads this when imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
     # Ray's own INFO/WARNING chatter from workers (checkpoint notices, and state-API warnings that
@@ -24,9 +27,6 @@ def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
     # Ray Train also re-logs every worker print, which would show each progress line twice.
     quiet = {"logging_level": "WARNING", "logging_config": ray.LoggingConfig(log_level="ERROR")}
     env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
-    # Ray folds log lines that differ only in numbers into "[repeated Nx across cluster]": our
-    # per-epoch lines are exactly that, and each one matters.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if address:
         pkg = str(Path(movierec.__file__).resolve().parent)
         ray.init(address=address, runtime_env={"py_modules": [pkg], **env}, **quiet)

@@ -112,8 +112,9 @@ def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple
 def top_k_excluding(scores: np.ndarray, rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
                     k: int) -> np.ndarray:
     """Top-``k`` columns of each score row, best first, never returning the columns that the CSR
-    ``indptr``/``indices`` lists for that row's entry in ``rows`` (e.g. a user's rated movies)."""
-    scores = np.array(scores, copy=True)
+    ``indptr``/``indices`` lists for that row's entry in ``rows`` (e.g. a user's rated movies).
+    Excluded entries of ``scores`` are overwritten with -inf in place: callers pass a fresh
+    product, and copying a chunk of ML-20M scores (110 MB) took longer than searching it."""
     scores[csr_rows(indptr, indices, rows)] = -np.inf
     return top_k(scores, k)
 

@@ -9,16 +9,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from movierec import data, index, synthetic
 from movierec.cluster import ray_session
-from movierec.evaluation import PROTOCOLS, Evaluator, Report, get_protocol
+from movierec.config import RetrievalConfig
 from movierec.features import Encoded
-from movierec.ranking import RankingResult, tune_ranking
-from movierec.retrieval import RetrievalConfig, RetrievalResult, train
+from movierec.protocols import PROTOCOLS, get_protocol
 from movierec.split import Split, split_ratings
+
+# The model modules import torch (1.5 s): steps that only load, split or report skip it.
+if TYPE_CHECKING:
+    from movierec.evaluation import Report
+    from movierec.ranking import RankingResult
+    from movierec.retrieval import RetrievalResult
 
 
 def check_parameters(protocol: str, retrieval_workers: int, retrieval_epochs: int, tune_samples: int,
@@ -57,6 +63,8 @@ def split_for(enc: Encoded, protocol: str, seed: int) -> Split:
 
 def run_retrieval(enc: Encoded, split: Split, cfg: RetrievalConfig, storage: str, ray_address: str = "",
                   num_cpus: int = 2) -> RetrievalResult:
+    from movierec.retrieval import train
+
     with ray_session(ray_address, num_cpus):
         return train(enc, split.train, cfg, storage, cpus_per_worker=max(1, num_cpus // cfg.workers))
 
@@ -64,6 +72,8 @@ def run_retrieval(enc: Encoded, split: Split, cfg: RetrievalConfig, storage: str
 def run_tuning(enc: Encoded, split: Split, storage: str, samples: int, epochs: int, seed: int,
                ray_address: str = "", num_cpus: int = 2, trial_ratings: int = 1_000_000,
                train_budget: int = 20_000_000, history: bool = False) -> RankingResult:
+    from movierec.ranking import tune_ranking
+
     with ray_session(ray_address, num_cpus):
         return tune_ranking(enc, split.train, storage, num_samples=samples, max_epochs=epochs, seed=seed,
                             max_concurrent=num_cpus, trial_ratings=trial_ratings, max_examples=train_budget,
@@ -100,5 +110,7 @@ def measure_index(blob: bytes, settings: index.IndexSettings, user_vecs: np.ndar
 
 def evaluate(enc: Encoded, split: Split, retrieval: RetrievalResult, ranking: RankingResult,
              user_vecs: np.ndarray, item_vecs: np.ndarray, blob: bytes, settings: index.IndexSettings) -> Report:
+    from movierec.evaluation import Evaluator
+
     with index.Index(blob, item_vecs.shape[1], settings) as ix:
         return Evaluator(enc, split).run(user_vecs, item_vecs, retrieval.config.temperature, ix, ranking.model())

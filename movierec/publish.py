@@ -18,14 +18,17 @@ import io
 import json
 import zipfile
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from movierec.features import Encoded
 from movierec.index import IndexSettings
 from movierec.metrics import csr
-from movierec.ranking import RankingResult
-from movierec.retrieval import RetrievalResult
+
+if TYPE_CHECKING:  # packaging imports this module and must stay free of torch
+    from movierec.features import Encoded
+    from movierec.ranking import RankingResult
+    from movierec.retrieval import RetrievalResult
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILES = ("model.json", "ranking.pt", "retrieval.pt", "vectors.npz", "items.ann", "ids.npz", "items.json")

@@ -28,6 +28,7 @@ from movierec.nn import (
     index_tensor,
     mlp,
     state_from_bytes,
+    training_threads,
 )
 from movierec.progress import Progress
 from movierec.split import holdout
@@ -145,7 +146,7 @@ def _trainable(params: dict, data: dict) -> None:
     """
     from ray import tune
 
-    torch.set_num_threads(data["threads"])
+    training_threads(data["threads"])
     torch.manual_seed(data["seed"])
     model = RatingModel(data["sizes"], data["user_features"], data["item_features"], data["global_mean"],
                         params["dim"], params["hidden"], params["dropout"])

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from movierec.cards import bar_chart, heading, key_values, line_chart, table
-from movierec.data import Dataset
-from movierec.evaluation import Report, get_protocol
-from movierec.features import Encoded
-from movierec.index import IndexSettings
-from movierec.pipeline import IndexQuality
-from movierec.ranking import RankingResult
-from movierec.retrieval import RetrievalResult
-from movierec.split import Split
+from movierec.protocols import get_protocol
+
+if TYPE_CHECKING:  # the types only: the cards of light steps must not import torch
+    from movierec.data import Dataset
+    from movierec.evaluation import Report
+    from movierec.features import Encoded
+    from movierec.index import IndexSettings
+    from movierec.pipeline import IndexQuality
+    from movierec.ranking import RankingResult
+    from movierec.retrieval import RetrievalResult
+    from movierec.split import Split
 
 
 def data_card(dataset: Dataset, source: str) -> list:

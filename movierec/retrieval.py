@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movierec.config import RetrievalConfig
 from movierec.features import Encoded
 from movierec.metrics import csr, csr_rows
 from movierec.nn import (
@@ -34,35 +35,10 @@ from movierec.nn import (
     index_tensor,
     mlp,
     state_from_bytes,
+    training_threads,
 )
 from movierec.progress import Progress
 from movierec.split import holdout
-
-
-@dataclass
-class RetrievalConfig:
-    dim: int = 64
-    hidden: int = 128
-    temperature: float = 0.2
-    lr: float = 3e-3
-    weight_decay: float = 1e-6
-    batch_size: int = 1024
-    epochs: int = 15  # at most: training stops when validation quality stops improving
-    patience: int = 2  # epochs without improvement before stopping; the best epoch's weights are kept
-    val_fraction: float = 0.05  # of train, never test
-    workers: int = 2
-    seed: int = 42
-    # The user tower also sees the movies the user rated in train (SVD++-style). Off by default:
-    # on ML-100K it moved NDCG@10 by +0.002, and it halves training throughput.
-    history: bool = False
-    max_history: int = 50  # most recent rated movies per user in that history
-    # A budget of training examples over all epochs: epochs are cut to fit, so an ML-20M-sized
-    # run stays inside the flow's time budget while ML-100K trains for all its epochs.
-    max_examples: int = 20_000_000
-
-    def epochs_for(self, n_examples: int) -> int:
-        """Epochs to run over ``n_examples``: at most ``epochs``, at least one, within the budget."""
-        return max(1, min(self.epochs, self.max_examples // max(1, n_examples)))
 
 
 class TwoTower(nn.Module):
@@ -168,7 +144,7 @@ def _train_loop(config: dict) -> None:
     data = ray.get(config["data"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, config["threads"]))
+    training_threads(config["threads"])
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
     user_feats = {k: index_tensor(v) for k, v in data["user_features"].items()}
     item_feats = {k: index_tensor(v) for k, v in data["item_features"].items()}

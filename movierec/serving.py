@@ -203,7 +203,13 @@ class Recommender:
 
     def predict_rating(self, user_id: int, movie_id: int) -> float:
         """The rating model's star rating (0.5–5) of a movie for a known user."""
-        return float(predict(self.ranker, np.array([self._user(user_id)]), np.array([self._movie(movie_id)]))[0])
+        return self.predict_ratings([user_id], [movie_id])[0]
+
+    def predict_ratings(self, user_ids: list[int], movie_ids: list[int]) -> list[float]:
+        """Star ratings (0.5–5) of many (user, movie) pairs in one batch."""
+        users = np.array([self._user(u) for u in user_ids], dtype=np.int64)
+        movies = np.array([self._movie(m) for m in movie_ids], dtype=np.int64)
+        return predict(self.ranker, users, movies).tolist()
 
     def similar_movies(self, movie_id: int, k: int = 10) -> list[Recommendation]:
         """The ``k`` movies whose vectors are nearest to this one's (the movie itself left out)."""

@@ -4,9 +4,16 @@ Metaflow reads its configuration when first imported, so the environment is set 
 any test module imports it.
 """
 
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +107,51 @@ def runs(metaflow_root, ml100k_dir):
         resumed_status, resumed_run = resumed.status, resumed.run
         stdout = resumed.stdout + resumed.stderr
     return failed_status, failed_run, resumed_status, resumed_run, stdout
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(base: str, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, object]:
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_bundle):
+    """A real `movierec serve` process on loopback over the tiny bundle: (base URL, the same model
+    loaded in-process, to compare answers with)."""
+    from movierec.serving import Recommender
+
+    path = tmp_path_factory.mktemp("api") / "model.zip"
+    path.write_bytes(tiny_bundle)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "movierec.cli", "--model", str(path), "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if call(base, "GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"movierec serve did not come up: {proc.stdout.read()}")
+            time.sleep(0.2)
+        yield base, Recommender.load(str(path))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+

@@ -1,25 +1,19 @@
 """The --ray-address path: training on an existing multi-node Ray cluster (head + worker on loopback)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from movierec import pipeline
 from movierec.retrieval import RetrievalConfig
 from movierec.split import split_ratings
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cluster_cpus(address: str) -> float:
@@ -39,7 +33,7 @@ def two_node_cluster(monkeypatch):
     this test's driver included, must be told to present it with RAY_AUTH_MODE=token.
     """
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]

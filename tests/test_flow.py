@@ -69,3 +69,18 @@ def test_every_step_has_a_card(runs):
 
 def test_latest_run_is_the_resumed_one(runs):
     assert Flow("RecommenderFlow").latest_run.id == runs[3].id
+
+
+def test_light_steps_do_not_import_torch():
+    """Every step and every card runs in a fresh process that imports the flow file; torch costs
+    each of them 1.5 s, so only the steps that train or score may pull it in."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    flows = Path(__file__).resolve().parents[1] / "flows"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import recommender_flow; "
+            "from movierec import pipeline, reports; pipeline.load_data(synthetic_ratings=500); "
+            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(flows)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

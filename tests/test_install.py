@@ -65,10 +65,12 @@ def test_pypiserver_twine_fresh_venv_recommends(published, tmp_path, monkeypatch
     lines = cli.stdout.strip().splitlines()
     assert len(lines) == 5 and all("predicted" in line for line in lines)
 
-    probe = ("import json, movierec; from movierec import Recommender; r = Recommender.load(); "
+    probe = ("import json, movierec; from importlib import resources; from movierec import Recommender; "
+             "r = Recommender.load(); "
              "print(json.dumps({'file': movierec.__file__, 'version': movierec.__version__, "
              "'titles': [x.title for x in r.recommend(1, k=5)], 'run': r.info['run_id'], "
-             "'similar': [x.title for x in r.similar_movies(50, k=3)]}))")
+             "'similar': [x.title for x in r.similar_movies(50, k=3)], "
+             "'page': (resources.files('movierec') / 'web' / 'index.html').is_file()}))")
     out = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
                                     cwd=cwd, env=env, check=True).stdout)
     assert Path(out["file"]).is_relative_to(venv) and not Path(out["file"]).is_relative_to(REPO)
@@ -76,6 +78,11 @@ def test_pypiserver_twine_fresh_venv_recommends(published, tmp_path, monkeypatch
     assert out["titles"] == [line.split("] ", 1)[1].split(" (")[0] for line in lines]
     assert out["run"] in publication["version"]
     assert len(out["similar"]) == 3  # movie 50 is Star Wars in ML-100K
+    assert out["page"]  # the web page ships with the wheel for `movierec serve`
+
+    no_extra = subprocess.run([str(venv / "bin" / "movierec"), "serve"], capture_output=True, text=True, cwd=cwd,
+                              env=env)
+    assert no_extra.returncode == 2 and "pip install 'movierec[serve]'" in no_extra.stderr
 
     bad = subprocess.run([str(venv / "bin" / "movierec"), "recommend", "--user", "999999"],
                          capture_output=True, text=True, cwd=cwd, env=env)
