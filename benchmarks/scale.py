@@ -19,6 +19,7 @@ Parts:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -40,6 +41,7 @@ from movierec.split import split_ratings
 
 REPO = Path(__file__).resolve().parents[1]
 ML20M = synthetic.ML20M_SHAPE["n_ratings"]
+MEASURED = "measured.json"  # wall time and memory of a kept run, so --keep can resume an interrupted benchmark
 STEPS = ("start", "split", "train_retrieval", "tune_ranking", "build_index", "evaluate", "publish")
 
 
@@ -187,11 +189,25 @@ def run_flow(n: int, root: Path, log: Path) -> dict:
     wall = time.perf_counter() - t0
     if code != 0:
         raise SystemExit(f"the flow failed on {n:,} ratings (exit {code}); see {log}")
-    return {"wall": wall, "peak_process": mem.peak_process, "peak_name": mem.peak_name, "peak_total": mem.peak_total}
+    measured = {"wall": wall, "peak_process": mem.peak_process, "peak_name": mem.peak_name,
+                "peak_total": mem.peak_total}
+    (root / MEASURED).write_text(json.dumps(measured))
+    return measured
 
 
 def flow_figures(root: Path) -> dict:
-    """Step times, throughput and quality of the latest run in the datastore at ``root``."""
+    """Step times, throughput and quality of the latest run in the datastore at ``root``.
+
+    Read in a child process: the Metaflow client fixes its datastore root at first use, so one
+    process cannot read several isolated datastores.
+    """
+    out = subprocess.run([sys.executable, __file__, "--figures-of", str(root)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def read_figures(root: Path) -> dict:
+    """The body of :func:`flow_figures`, run in the child process."""
     os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(root)
     from metaflow import Flow, namespace
 
@@ -244,7 +260,11 @@ def flow_part(sizes: list[int], keep: Path | None) -> str:
         for n in sizes:
             root = base / f"flow-{n}"
             root.mkdir(parents=True, exist_ok=True)
-            run = run_flow(n, root, root / "flow.log")
+            if (root / MEASURED).exists():
+                print(f"[scale] {n:,} ratings: reusing the run kept in {root}", flush=True)
+                run = json.loads((root / MEASURED).read_text())
+            else:
+                run = run_flow(n, root, root / "flow.log")
             rows.append({"n": n, **run, **flow_figures(root)})
             print(f"[scale] {n:,} ratings: {run['wall']:.0f} s, peak {run['peak_process'] / 2**30:.2f} GiB", flush=True)
     table = []
@@ -277,9 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[1_000_000, 5_000_000, ML20M],
                         help="ratings per flow run")
     parser.add_argument("--ratings", type=int, default=ML20M, help="size of the data and eval parts")
-    parser.add_argument("--keep", type=Path, help="keep the flow runs' datastores and logs here")
+    parser.add_argument("--keep", type=Path, help="keep the flow runs' datastores and logs here; sizes already "
+                        "measured there are reused, so an interrupted benchmark resumes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--figures-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.figures_of:
+        print(json.dumps(read_figures(args.figures_of)))
+        return 0
     if "data" in args.parts:
         emit("scale-data", data_part(args.ratings), not args.no_write)
     if "eval" in args.parts:
