@@ -6,7 +6,8 @@
 In process: p50/p99 of each Recommender query over 2,000 calls for random known users/movies.
 Over HTTP: `movierec serve` in its own process on loopback, loaded by wrk (Debian's `wrk`
 package) for ``--duration`` seconds over ``--connections`` connections, every request for a
-random known user. Writes its section of benchmarks/RESULTS.md.
+random known user. Both with the rating model on onnxruntime and on torch, side by side.
+Writes its section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ from movierec.serving import Recommender
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load(source: str | None) -> tuple[Recommender, str]:
+def load(source: str | None, backend: str) -> tuple[Recommender, str]:
     """The model, and a --model argument that loads the same one in another process."""
-    if source:
-        return Recommender.load(source), source
-    from metaflow import Flow, namespace
+    if not source:
+        from metaflow import Flow, namespace
 
-    namespace(None)
-    run = Flow("RecommenderFlow").latest_successful_run
-    return Recommender.from_run(run.id), run.id
+        namespace(None)
+        source = Flow("RecommenderFlow").latest_successful_run.id
+    return Recommender.load(source, backend), source
 
 
 def latency_row(name: str, fn, args: list) -> dict:
@@ -58,12 +58,13 @@ def in_process(rec: Recommender, n: int = 2000) -> list[dict]:
     users = [int(u) for u in rng.choice(rec.user_ids, n)]
     movies = [int(m) for m in rng.choice(rec.item_ids, n)]
     histories = [[int(m) for m in rng.choice(rec.item_ids, 5, replace=False)] for _ in range(n)]
-    return [
+    rows = [
         latency_row("recommend(user, k=10)", rec.recommend, [(u, 10) for u in users]),
         latency_row("recommend_for_history(5 movies, k=10)", rec.recommend_for_history, [(h, 10) for h in histories]),
         latency_row("similar_movies(movie, k=10)", rec.similar_movies, [(m, 10) for m in movies]),
         latency_row("predict_rating(user, movie)", rec.predict_rating, list(zip(users, movies))),
     ]
+    return [{"backend": rec.backend, **r} for r in rows]
 
 
 WRK_SCRIPT = """
@@ -88,7 +89,8 @@ def over_http(rec: Recommender, model_arg: str, duration: int, connections: int)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "movierec.cli", "--model", model_arg, "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "movierec.cli", "--model", model_arg, "--backend", rec.backend, "serve",
+           "--port", str(port)]
     server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -127,20 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8, help="concurrent HTTP connections (default 8)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    rec, model_arg = load(args.model)
-    rows = in_process(rec)
-    http = over_http(rec, model_arg, args.duration, args.connections)
-    print(http.pop("raw"))
-    http_row = {"load": f"wrk, 1 thread, {args.connections} connections, {args.duration} s",
-                "requests/s": f"{http['requests/s']:,.0f}", "p50 ms": f"{http['p50 ms']:.2f}",
-                "p99 ms": f"{http['p99 ms']:.2f}", "requests": f"{http['requests']:,}",
-                "errors (non-2xx)": http["errors"], "socket errors": http["socket errors"]}
+    rows, http_rows = [], []
+    for backend in ("onnx", "torch"):
+        rec, model_arg = load(args.model, backend)
+        rows += in_process(rec)
+        http = over_http(rec, model_arg, args.duration, args.connections)
+        print(http.pop("raw"))
+        http_rows.append({"backend": backend,
+                          "load": f"wrk, 1 thread, {args.connections} connections, {args.duration} s",
+                          "requests/s": f"{http['requests/s']:,.0f}", "p50 ms": f"{http['p50 ms']:.2f}",
+                          "p99 ms": f"{http['p99 ms']:.2f}", "requests": f"{http['requests']:,}",
+                          "errors (non-2xx)": http["errors"], "socket errors": http["socket errors"]})
+    rows.sort(key=lambda r: r["query"])  # each query's two backends side by side
     info = rec.info.get("dataset") or {}
     text = (f"## Serving (`benchmarks/serve.py`)\n\nModel: run {rec.info.get('run_id')}, "
             f"{info.get('ratings', '?'):,} ratings, {len(rec.user_ids):,} users, {len(rec.item_ids):,} movies.\n\n"
-            "In process, one thread:\n\n" + markdown_table(rows, ["query", "calls", "p50 ms", "p99 ms", "mean ms"])
+            "In process, one thread:\n\n"
+            + markdown_table(rows, ["query", "backend", "calls", "p50 ms", "p99 ms", "mean ms"])
             + "\n\nOver HTTP on loopback (`movierec serve`, one process; "
-            "GET /users/{random user}/recommendations?k=10):\n\n" + markdown_table([http_row], list(http_row))
+            "GET /users/{random user}/recommendations?k=10):\n\n" + markdown_table(http_rows, list(http_rows[0]))
             + "\n\nGoals: in process p50 <= 2 ms and p99 <= 10 ms; over HTTP >= 500 requests/s with p99 <= 50 ms and "
             "no errors.\n")
     emit("serve", text, not args.no_write)

@@ -37,10 +37,13 @@ class RecommenderFlow(FlowSpec):
     protocol = Parameter("protocol", default="tfrs",
                          help="evaluation protocol: tfrs (80/20 random), msr (per-user 75/25), temporal (time cutoff)")
     seed = Parameter("seed", default=42, help="seed for the split, initialisation and data order")
+    retrieval_model = Parameter("retrieval-model", default="two_tower",
+                                help="retrieval model: two_tower (id + feature towers) or lightgcn (graph "
+                                     "propagation over the user-movie interactions)")
     retrieval_workers = Parameter("retrieval-workers", default=2, help="Ray Train workers (DDP over gloo)")
     retrieval_epochs = Parameter("retrieval-epochs", default=RetrievalConfig.epochs,
-                                 help="most two-tower epochs (stops early when validation quality stalls)")
-    embedding_dim = Parameter("embedding-dim", default=64, help="two-tower embedding size")
+                                 help="most retrieval epochs (stops early when validation quality stalls)")
+    embedding_dim = Parameter("embedding-dim", default=64, help="retrieval embedding size")
     history = Parameter("history", default=False, type=bool,
                         help="both models also see each user's 50 latest rated movies (SVD++-style): "
                              "about +0.002 NDCG@10 on ML-100K for half the training speed")
@@ -68,7 +71,7 @@ class RecommenderFlow(FlowSpec):
         faults.maybe_fail("start")
         pipeline.check_parameters(self.protocol, self.retrieval_workers, self.retrieval_epochs, self.tune_samples,
                                   self.tune_epochs, self.n_trees, self.num_cpus, self.train_budget,
-                                  self.tune_trial_ratings)
+                                  self.tune_trial_ratings, self.retrieval_model)
         dataset = pipeline.load_data(self.data_dir, self.synthetic_ratings, self.max_ratings, self.seed)
         self.dataset = dataset.to_bytes()
         self.data_stats = dataset.stats()
@@ -91,7 +94,7 @@ class RecommenderFlow(FlowSpec):
     @step
     def train_retrieval(self):
         faults.maybe_fail("train_retrieval")
-        cfg = RetrievalConfig(dim=self.embedding_dim, epochs=self.retrieval_epochs,
+        cfg = RetrievalConfig(model=self.retrieval_model, dim=self.embedding_dim, epochs=self.retrieval_epochs,
                               workers=self.retrieval_workers, seed=self.seed, max_examples=self.train_budget,
                               history=self.history)
         self.retrieval = pipeline.run_retrieval(self.encoded, self.split_data, cfg, self._ray_storage(),

@@ -128,8 +128,8 @@ def create_app(rec: Recommender) -> FastAPI:
 
     @app.get("/model")
     async def model() -> dict:
-        """Which run, data and metrics the served model comes from."""
-        return {"version": __version__, **{k: rec.info.get(k) for k in ("flow", "run_id", "dataset", "metrics")}}
+        """Which run, data and metrics the served model comes from, and what runs its rating model."""
+        return rec.describe()
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
     async def recommend(user_id: ID, k: K = 10, exclude_rated: bool = True) -> Recommendations:

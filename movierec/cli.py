@@ -16,8 +16,7 @@ import argparse
 import json
 import sys
 
-from movierec import __version__
-from movierec.serving import Recommendation, Recommender, RecommenderError
+from movierec.serving import BACKENDS, Recommendation, Recommender, RecommenderError
 
 
 def _parse_history(items: list[str]) -> list[int | tuple[int, float]]:
@@ -47,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Movie recommendations from a trained movierec model.")
     parser.add_argument("--model", default=None,
                         help="bundle folder or zip, or a Metaflow run id (default: the model packaged in this wheel)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="what runs the rating model: onnx (onnxruntime, pip install 'movierec[onnx]'), torch, "
+                             "or auto (default: onnx when installed and the model has an ONNX graph)")
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("recommend", help="top movies for a known user")
     r.add_argument("--user", type=int, required=True)
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rec = Recommender.load(args.model)
+        rec = Recommender.load(args.model, args.backend)
         if args.command == "recommend":
             _print(rec.recommend(args.user, args.k, exclude_rated=not args.include_rated), args.json)
         elif args.command == "history":
@@ -94,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             print(f"{rec.predict_rating(args.user, args.movie):.2f}")
         else:
-            info = {"version": __version__, **{k: rec.info.get(k) for k in ("flow", "run_id", "dataset", "metrics")}}
-            print(json.dumps(info, indent=2, default=str))
+            print(json.dumps(rec.describe(), indent=2, default=str))
     except RecommenderError as exc:
         print(f"movierec: error: {exc}", file=sys.stderr)
         return 2

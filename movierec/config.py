@@ -5,13 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+RETRIEVAL_MODELS = ("two_tower", "lightgcn")
+RETRIEVAL_NAMES = {"two_tower": "two-tower", "lightgcn": "LightGCN"}  # as reports print them
+DEFAULT_LR = {"two_tower": 3e-3, "lightgcn": 1e-2}  # LightGCN's free embeddings take larger steps
+
 
 @dataclass
 class RetrievalConfig:
+    model: str = "two_tower"  # or "lightgcn" (movierec.graph)
     dim: int = 64
-    hidden: int = 128
+    hidden: int = 128  # two-tower MLP width
+    layers: int = 3  # LightGCN propagation steps
     temperature: float = 0.2
-    lr: float = 3e-3
+    lr: float | None = None  # None: DEFAULT_LR of the model
     weight_decay: float = 1e-6
     batch_size: int = 1024
     epochs: int = 15  # at most: training stops when validation quality stops improving
@@ -26,6 +32,13 @@ class RetrievalConfig:
     # A budget of training examples over all epochs: epochs are cut to fit, so an ML-20M-sized
     # run stays inside the flow's time budget while ML-100K trains for all its epochs.
     max_examples: int = 20_000_000
+
+    def __post_init__(self) -> None:
+        if self.model not in RETRIEVAL_MODELS:
+            raise ValueError(f"retrieval model must be one of {', '.join(RETRIEVAL_MODELS)}, got {self.model!r}")
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.model]
 
     def epochs_for(self, n_examples: int) -> int:
         """Epochs to run over ``n_examples``: at most ``epochs``, at least one, within the budget."""

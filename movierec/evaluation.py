@@ -142,7 +142,7 @@ class Evaluator:
         return np.concatenate(out) if out else cands[:, : self.ndcg_k]
 
     def run(self, user_vecs: np.ndarray, item_vecs: np.ndarray, temperature: float, index: Index,
-            ranker: RatingModel) -> Report:
+            ranker: RatingModel, retrieval_name: str = "two-tower") -> Report:
         """Score every row of the report; ``temperature`` turns dot products into retrieval logits."""
 
         def rerank(cands: np.ndarray, users: np.ndarray) -> np.ndarray:
@@ -165,7 +165,7 @@ class Evaluator:
              **self.ranking(rerank(exact_cands, self.users))},
             {"model": "two-stage (Annoy retrieval)", **self.accuracy(annoy_ranks), **rating,
              **self.ranking(rerank(annoy_cands, self.annoy_users), self.annoy_users)},
-            {"model": "two-tower retrieval only", **self.accuracy(exact_ranks), "rmse": None, "mae": None,
+            {"model": f"{retrieval_name} retrieval only", **self.accuracy(exact_ranks), "rmse": None, "mae": None,
              **self.ranking(exact_cands[:, : self.ndcg_k])},
             self.factorized_row("popularity baseline", np.ones((self.enc.n_users, 1), np.float32),
                                 self.popularity[:, None], self.item_mean[self.test_items]),

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import movierec
-from movierec.publish import BUNDLE_FILES
+from movierec.publish import BUNDLE_FILES, ONNX_FILES
 
 SOURCE_ROOT = Path(movierec.__file__).resolve().parent.parent
 DEFAULT_INDEX_DIR = SOURCE_ROOT / "dist" / "pypi"
@@ -96,7 +96,7 @@ def build_wheel(bundle: bytes, version: str, out_dir: Path, source_root: Path = 
         bundle_dir = stage / "movierec" / "bundle"
         bundle_dir.mkdir()
         with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
-            for name in BUNDLE_FILES:
+            for name in (*BUNDLE_FILES, *(f for f in ONNX_FILES if f in zf.namelist())):
                 (bundle_dir / name).write_bytes(zf.read(name))
         built = Path(tmp) / "dist"
         print(f"[publish] building movierec {version} ...", flush=True)

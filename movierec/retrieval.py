@@ -1,11 +1,11 @@
-"""The two-tower retrieval model and its distributed training with Ray Train.
+"""The retrieval models' distributed training with Ray Train, and the two-tower model.
 
 Each tower maps a user (id + demographics) or a movie (id + genres + title + year) to a unit
 vector; a user's affinity for a movie is their dot product, so retrieval is a nearest-neighbour
 search. Training uses in-batch softmax: the other movies in a batch are the negatives. Because
 popular movies appear as in-batch negatives more often, their logits are corrected by the log of
 their sampling probability (logQ correction, Yi et al. 2019); without it the model learns to
-under-rank popular movies.
+under-rank popular movies. The LightGCN model (``movierec.graph``) trains in the same loop.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 
 from movierec.config import RetrievalConfig
 from movierec.features import Encoded
+from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
 from movierec.metrics import csr, csr_rows
 from movierec.nn import (
     ItemEncoder,
@@ -86,8 +87,11 @@ class RetrievalResult:
     sizes: dict[str, int]
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def model(self) -> TwoTower:
-        return TwoTower.from_state(self.sizes, self.config, state_from_bytes(self.state))
+    def model(self) -> TwoTower | EmbeddingTables:
+        state = state_from_bytes(self.state)
+        if self.config.model == "lightgcn":
+            return EmbeddingTables.from_state(state)
+        return TwoTower.from_state(self.sizes, self.config, state)
 
     def embeddings(self, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
         """(user vectors, item vectors) for every user and item, float32."""
@@ -100,7 +104,7 @@ class RetrievalResult:
         return torch.cat(users).numpy(), torch.cat(items).numpy()
 
 
-def validation_dcg(model: TwoTower, users: torch.Tensor, items: torch.Tensor, n_items: int,
+def validation_dcg(model: TwoTower | LightGCN, users: torch.Tensor, items: torch.Tensor, n_items: int,
                    seen_rows: np.ndarray, seen_items: np.ndarray) -> float:
     """Mean 1/log2(rank + 2) of each held-out (user, movie) pair's movie among the movies the user
     has not rated (as recommendations are made): a cutoff-free, top-weighted ranking score for
@@ -133,6 +137,21 @@ def _quiet_report_notices() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _build(cfg: RetrievalConfig, sizes: dict[str, int], data: dict) -> TwoTower | LightGCN:
+    """The untrained model ``cfg.model`` names; LightGCN's graph is every training pair (not a shard)."""
+    if cfg.model == "lightgcn":
+        graph = normalized_adjacency(data["users"], data["items"], sizes["user"], sizes["item"])
+        return LightGCN(sizes["user"], sizes["item"], graph, cfg.dim, cfg.layers)
+    user_feats = {k: index_tensor(v) for k, v in data["user_features"].items()}
+    item_feats = {k: index_tensor(v) for k, v in data["item_features"].items()}
+    return TwoTower(sizes, user_feats, item_feats, cfg.dim, cfg.hidden)
+
+
+def _serving_state(model: TwoTower | LightGCN) -> dict:
+    """What ``RetrievalResult.model`` rebuilds from: the towers' weights, or LightGCN's final tables."""
+    return model.tables().state_dict() if isinstance(model, LightGCN) else model.state_dict()
+
+
 def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: its shard of the data, DDP-synchronised gradients."""
     import ray
@@ -146,11 +165,8 @@ def _train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     training_threads(config["threads"])
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    user_feats = {k: index_tensor(v) for k, v in data["user_features"].items()}
-    item_feats = {k: index_tensor(v) for k, v in data["item_features"].items()}
-    model = TwoTower(config["sizes"], user_feats, item_feats, cfg.dim, cfg.hidden)
-    model = ray.train.torch.prepare_model(model)
-    opt = SparseDenseAdam(model, cfg.lr, cfg.weight_decay)
+    model = ray.train.torch.prepare_model(_build(cfg, config["sizes"], data))
+    opt = SparseDenseAdam(model, cfg.learning_rate(), cfg.weight_decay)
     users = index_tensor(data["users"][rank::world])
     items = index_tensor(data["items"][rank::world])
     counts = np.bincount(data["items"], minlength=config["sizes"]["item"]).astype(np.float64)
@@ -202,7 +218,8 @@ def _train_loop(config: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            torch.save(best_state, os.path.join(tmp, "model.pt"))
+            inner.load_state_dict(best_state)
+            torch.save(_serving_state(inner), os.path.join(tmp, "model.pt"))
             with open(os.path.join(tmp, "history.json"), "w") as f:
                 json.dump(history, f)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -211,7 +228,7 @@ def _train_loop(config: dict) -> None:
 
 def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_path: str, name: str = "retrieval",
           cpus_per_worker: int = 1) -> RetrievalResult:
-    """Train the two-tower model on ``train_idx`` with Ray Train (call inside a Ray session)."""
+    """Train the retrieval model ``cfg.model`` names on ``train_idx`` with Ray Train (inside a Ray session)."""
     import ray
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

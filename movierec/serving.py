@@ -5,6 +5,10 @@
     rec.recommend(1, k=10)               # Annoy retrieval of 100 unseen movies, re-ranked
     rec.recommend_for_history([(50, 5), (181, 4)], k=10)
     rec.predict_rating(1, 50); rec.similar_movies(50, k=10)
+
+Ratings come from the folded rating model (``RatingModel.fold``), run by onnxruntime when it is
+installed (``pip install 'movierec[onnx]'``) and the bundle holds ``ranking.onnx``, by torch
+otherwise; ``backend=`` forces one.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import io
 import json
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,9 +28,10 @@ import torch
 from movierec.index import Index, IndexSettings
 from movierec.nn import state_from_bytes
 from movierec.publish import BUNDLE_FILES
-from movierec.ranking import RatingModel, predict, two_stage_scores
+from movierec.ranking import FoldedRatingModel, RatingModel, two_stage_scores
 
 MAX_K = 1000
+BACKENDS = ("auto", "onnx", "torch")
 
 
 class RecommenderError(Exception):
@@ -67,10 +72,38 @@ def _lookup(ids: np.ndarray, raw: int, error: type[RecommenderError]) -> int:
     return pos
 
 
+def rating_backend(onnx_file: Path, folded: FoldedRatingModel, choice: str = "auto"
+                   ) -> tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """(name, rate) where ``rate(user indices, movie indices)`` gives star ratings: onnxruntime when
+    asked, or for ``"auto"`` when it is installed and the bundle has the graph; torch otherwise."""
+    if choice not in BACKENDS:
+        raise RecommenderError(f"backend must be one of {', '.join(BACKENDS)}, got {choice!r}")
+    if choice != "torch":
+        try:
+            from movierec.export import session
+
+            graph = session(onnx_file.read_bytes()) if onnx_file.is_file() else None
+        except ImportError:
+            graph = None
+            if choice == "onnx":
+                raise RecommenderError("backend 'onnx' needs onnxruntime: pip install 'movierec[onnx]'") from None
+        if graph is not None:
+            return "onnx", lambda u, i: graph.run(None, {"users": np.asarray(u, np.int64),
+                                                         "items": np.asarray(i, np.int64)})[0]
+        if choice == "onnx":
+            raise RecommenderError(f"{onnx_file.parent}: this bundle has no {onnx_file.name}")
+
+    def rate(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return folded(torch.as_tensor(users, dtype=torch.int64), torch.as_tensor(items, dtype=torch.int64)).numpy()
+
+    return "torch", rate
+
+
 class Recommender:
     """A loaded bundle. Thread-compatible for reads; load once, query many times."""
 
-    def __init__(self, directory: Path, _tmp: tempfile.TemporaryDirectory | None = None):
+    def __init__(self, directory: Path, _tmp: tempfile.TemporaryDirectory | None = None, backend: str = "auto"):
         self._tmp = _tmp  # keeps an extracted bundle alive as long as this object
         d = Path(directory)
         missing = [f for f in BUNDLE_FILES if not (d / f).is_file()]
@@ -87,7 +120,9 @@ class Recommender:
         self.temperature = float(self.info["retrieval"]["temperature"])
         torch.set_num_threads(1)  # single requests: thread start-up costs more than it saves
         state = state_from_bytes((d / "ranking.pt").read_bytes())
-        self.ranker = RatingModel.from_state(self.info["sizes"], self.info["ranking"], state)
+        folded = RatingModel.from_state(self.info["sizes"], self.info["ranking"], state).fold()
+        self.baselines = folded.item_baselines()
+        self.backend, self._rate = rating_backend(d / "ranking.onnx", folded, backend)
         self.index = Index((d / "items.ann").read_bytes(), self.item_vectors.shape[1],
                            IndexSettings(**self.info["index"]))
         self.candidates = 100
@@ -95,34 +130,35 @@ class Recommender:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, source: str | Path | None = None) -> Recommender:
+    def load(cls, source: str | Path | None = None, backend: str = "auto") -> Recommender:
         """Load a bundle: the one packaged in this installation (default), a bundle folder or zip,
-        or a Metaflow run (``"RecommenderFlow/<run id>"`` or a bare run id; needs metaflow)."""
+        or a Metaflow run (``"RecommenderFlow/<run id>"`` or a bare run id; needs metaflow).
+        ``backend`` runs the rating model on ``"onnx"`` or ``"torch"`` (``"auto"``: onnx if it can)."""
         if source is None:
             packaged = resources.files("movierec") / "bundle"
             if not packaged.is_dir():
                 raise BundleNotFoundError(
                     "no model is packaged with this installation of movierec (a source checkout has none): "
                     "install a published wheel, or pass a bundle path or a Metaflow run id")
-            return cls(Path(str(packaged)))
+            return cls(Path(str(packaged)), backend=backend)
         path = Path(source)
         if path.is_dir():
-            return cls(path)
+            return cls(path, backend=backend)
         if path.is_file():
-            return cls.from_bytes(path.read_bytes())
+            return cls.from_bytes(path.read_bytes(), backend)
         if str(source).replace("RecommenderFlow/", "").isalnum():
-            return cls.from_run(str(source))
+            return cls.from_run(str(source), backend)
         raise BundleNotFoundError(f"{source}: no such bundle file, folder or Metaflow run")
 
     @classmethod
-    def from_bytes(cls, bundle: bytes) -> Recommender:
+    def from_bytes(cls, bundle: bytes, backend: str = "auto") -> Recommender:
         tmp = tempfile.TemporaryDirectory(prefix="movierec-bundle-")
         with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
             zf.extractall(tmp.name)
-        return cls(Path(tmp.name), _tmp=tmp)
+        return cls(Path(tmp.name), _tmp=tmp, backend=backend)
 
     @classmethod
-    def from_run(cls, run: str) -> Recommender:
+    def from_run(cls, run: str, backend: str = "auto") -> Recommender:
         """The bundle published by a RecommenderFlow run (Metaflow must be installed)."""
         try:
             from metaflow import Run, namespace
@@ -131,9 +167,17 @@ class Recommender:
         namespace(None)
         pathspec = run if "/" in run else f"RecommenderFlow/{run}"
         try:
-            return cls.from_bytes(Run(pathspec)["publish"].task.data.bundle)
+            bundle = Run(pathspec)["publish"].task.data.bundle
         except Exception as exc:  # metaflow raises several types for missing runs/steps
             raise BundleNotFoundError(f"{pathspec}: no published bundle ({exc})") from exc
+        return cls.from_bytes(bundle, backend)
+
+    def describe(self) -> dict:
+        """Which run, data and metrics the model comes from, and what runs its rating model."""
+        import movierec
+
+        return {"version": movierec.__version__, "backend": self.backend,
+                **{k: self.info.get(k) for k in ("flow", "run_id", "dataset", "metrics", "onnx")}}
 
     # ------------------------------------------------------------------ queries
 
@@ -175,7 +219,7 @@ class Recommender:
         k, u = self._check_k(k), self._user(user_id)
         seen = self._rated[self._rated_indptr[u] : self._rated_indptr[u + 1]] if exclude_rated else np.empty(0, int)
         cands = self._retrieve(self.user_vectors[u], seen)
-        ratings = predict(self.ranker, np.full(len(cands), u), cands)
+        ratings = self._rate(np.full(len(cands), u), cands)
         return self._rank(self.user_vectors[u], cands, ratings, k)
 
     def recommend_for_history(self, history: Iterable[int | tuple[int, float]], k: int = 10
@@ -197,9 +241,7 @@ class Recommender:
         query = (weights[weights > 0, None] * self.item_vectors[idx[weights > 0]]).sum(axis=0)
         query /= np.linalg.norm(query) or 1.0
         cands = self._retrieve(query, idx)
-        with torch.no_grad():
-            ratings = self.ranker.item_baseline(torch.as_tensor(cands)).clamp(0.5, 5.0).numpy()
-        return self._rank(query, cands, ratings, k)
+        return self._rank(query, cands, self.baselines[cands], k)
 
     def predict_rating(self, user_id: int, movie_id: int) -> float:
         """The rating model's star rating (0.5–5) of a movie for a known user."""
@@ -209,7 +251,7 @@ class Recommender:
         """Star ratings (0.5–5) of many (user, movie) pairs in one batch."""
         users = np.array([self._user(u) for u in user_ids], dtype=np.int64)
         movies = np.array([self._movie(m) for m in movie_ids], dtype=np.int64)
-        return predict(self.ranker, users, movies).tolist()
+        return self._rate(users, movies).tolist()
 
     def similar_movies(self, movie_id: int, k: int = 10) -> list[Recommendation]:
         """The ``k`` movies whose vectors are nearest to this one's (the movie itself left out)."""

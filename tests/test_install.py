@@ -87,3 +87,16 @@ def test_pypiserver_twine_fresh_venv_recommends(published, tmp_path, monkeypatch
     bad = subprocess.run([str(venv / "bin" / "movierec"), "recommend", "--user", "999999"],
                          capture_output=True, text=True, cwd=cwd, env=env)
     assert bad.returncode == 2 and "unknown user id 999999" in bad.stderr and "Traceback" not in bad.stderr
+
+    # The onnx extra: the same wheel with onnxruntime runs its rating model there, answering alike.
+    extra = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--find-links", str(tmp_path),
+                            f"movierec[onnx]=={publication['version']}"],
+                           capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+    assert extra.returncode == 0, extra.stderr[-3000:]
+    info = json.loads(subprocess.run([str(venv / "bin" / "movierec"), "info"], capture_output=True, text=True,
+                                     cwd=cwd, env=env, check=True).stdout)
+    assert info["backend"] == "onnx" and info["onnx"]["max_abs_diff"]["ranking.onnx"] <= 1e-4
+    onnx_cli = subprocess.run([str(venv / "bin" / "movierec"), "recommend", "--user", "1", "-k", "5"],
+                              capture_output=True, text=True, cwd=cwd, env=env, check=True)
+    assert [line.split("]")[0] for line in onnx_cli.stdout.strip().splitlines()] == [
+        line.split("]")[0] for line in lines]

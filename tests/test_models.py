@@ -138,18 +138,23 @@ def ray_trained(small_encoded):
         cfg = retrieval.RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2, batch_size=256, patience=10,
                                         history=True)  # the optional history path, through DDP
         ret = retrieval.train(enc, split.train, cfg, store)
+        graph = retrieval.train(enc, split.train, retrieval.RetrievalConfig(
+            model="lightgcn", dim=16, epochs=4, workers=2, batch_size=256, patience=10), store, name="lightgcn")
         rank = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3)
         sampled = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3, trial_ratings=500,
                                        max_examples=len(split.train))
-    return enc, split, ret, rank, sampled
+    return enc, split, ret, rank, sampled, graph
 
 
-def test_ray_train_two_workers_learns(ray_trained):
-    enc, split, ret, _, _ = ray_trained
+@pytest.mark.parametrize("model", ["two_tower", "lightgcn"])
+def test_ray_train_two_workers_learns(ray_trained, model):
+    enc, split, two_tower, *_, lightgcn = ray_trained
+    ret = {"two_tower": two_tower, "lightgcn": lightgcn}[model]
     losses = [h["loss"] for h in ret.history]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert all(0 < h["val_dcg"] <= 1 for h in ret.history)
     users, items = ret.embeddings()
+    np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1, atol=1e-5)
     from movierec import metrics
 
     ranks = metrics.target_ranks(users, items, enc.user_idx[split.test], enc.item_idx[split.test])
@@ -158,7 +163,7 @@ def test_ray_train_two_workers_learns(ray_trained):
 
 
 def test_tune_keeps_best_trial_weights(ray_trained):
-    enc, split, _, rank, _ = ray_trained
+    enc, split, _, rank, *_ = ray_trained
     assert len(rank.trials) == 2
     assert rank.val_rmse == min(t["best_val_rmse"] for t in rank.trials)
     # The kept weights reproduce the best validation RMSE on the same validation split.
@@ -171,7 +176,7 @@ def test_tune_keeps_best_trial_weights(ray_trained):
 
 
 def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(ray_trained):
-    *_, sampled = ray_trained
+    *_, sampled, _ = ray_trained
     searched, refit = sampled.trials[:2], sampled.trials[2]
     assert [t["trial"] for t in sampled.trials] == [0, 1, "refit"]
     best = min(searched, key=lambda t: t["best_val_rmse"])

@@ -1,0 +1,95 @@
+"""ONNX export: the folded rating model and the user tower answer as torch does, in onnxruntime."""
+
+import io
+import json
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from movierec import export
+from movierec.nn import feature_tensors
+from movierec.ranking import RatingModel, predict
+from movierec.retrieval import TwoTower
+from movierec.serving import Recommender, RecommenderError
+
+
+@pytest.fixture(scope="module")
+def models(small_encoded):
+    enc = small_encoded
+    torch.manual_seed(1)
+    uf, itf = feature_tensors(enc)
+    ranker = RatingModel(enc.vocab_sizes, uf, itf, float(enc.rating.mean()), dim=8, hidden=8)
+    for p in ranker.parameters():  # spread the weights so ratings vary across the 0.5-5 range
+        p.data.normal_(0, 0.5)
+    return ranker.eval(), TwoTower(enc.vocab_sizes, uf, itf, dim=8, hidden=16).eval()
+
+
+def test_folded_model_is_the_model(models, small_encoded, rng):
+    ranker, _ = models
+    users = rng.integers(0, small_encoded.n_users, 500)
+    items = rng.integers(0, small_encoded.n_items, 500)
+    with torch.no_grad():
+        direct = ranker(torch.as_tensor(users), torch.as_tensor(items)).clamp(0.5, 5).numpy()
+    np.testing.assert_allclose(predict(ranker, users, items), direct, atol=1e-5)
+    assert direct.min() == 0.5 and direct.max() == 5.0  # the clipping is exercised
+    baselines = ranker.fold().item_baselines()
+    expected = (ranker.global_mean + ranker.item_bias.weight[:, 0]).clamp(0.5, 5).detach().numpy()
+    np.testing.assert_allclose(baselines, expected)
+
+
+def test_onnx_graphs_match_torch_at_any_batch_size(models, small_encoded, rng):
+    ranker, towers = models
+    folded = ranker.fold()
+    files, info = export.export_serving_models(folded, towers, small_encoded.n_users, small_encoded.n_items)
+    assert set(files) == {"ranking.onnx", "user_tower.onnx"} and info["opset"] == export.OPSET
+    assert all(d <= export.TOLERANCE for d in info["max_abs_diff"].values())
+    ranking, tower = export.session(files["ranking.onnx"]), export.session(files["user_tower.onnx"])
+    for n in (1, 3000):  # exported with a batch of 8: the batch dimension must be dynamic
+        users = rng.integers(0, small_encoded.n_users, n)
+        items = rng.integers(0, small_encoded.n_items, n)
+        got = ranking.run(None, {"users": users, "items": items})[0]
+        np.testing.assert_allclose(got, predict(ranker, users, items), atol=1e-4)
+        vectors = tower.run(None, {"users": users})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(vectors, towers.user_vectors(torch.as_tensor(users)).numpy(), atol=1e-4)
+
+
+def test_a_graph_that_disagrees_is_not_shipped(models, small_encoded, monkeypatch):
+    ranker, towers = models
+    monkeypatch.setattr(export, "max_difference", lambda *a: 0.5)
+    with pytest.raises(export.ExportError, match="differs from torch by 5.00e-01"):
+        export.export_serving_models(ranker.fold(), towers, small_encoded.n_users, small_encoded.n_items)
+
+
+def test_history_tower_is_left_out_with_the_reason(small_encoded, models):
+    enc = small_encoded
+    uf, itf = feature_tensors(enc, np.arange(len(enc.user_idx)))
+    towers = TwoTower(enc.vocab_sizes, uf, itf, dim=8, hidden=16).eval()
+    files, info = export.export_serving_models(models[0].fold(), towers, enc.n_users, enc.n_items)
+    assert list(files) == ["ranking.onnx"]
+    assert "sparse" in info["left_out"]["user_tower.onnx"]
+
+
+def test_bundle_carries_onnx_and_both_backends_agree(tiny_bundle):
+    with zipfile.ZipFile(io.BytesIO(tiny_bundle)) as zf:
+        assert {"ranking.onnx", "user_tower.onnx"} <= set(zf.namelist())
+        assert json.loads(zf.read("model.json"))["onnx"]["files"] == ["ranking.onnx", "user_tower.onnx"]
+    onnx, torch_ = Recommender.from_bytes(tiny_bundle, "onnx"), Recommender.from_bytes(tiny_bundle, "torch")
+    assert (onnx.backend, torch_.backend) == ("onnx", "torch")
+    assert Recommender.from_bytes(tiny_bundle).backend == "onnx"  # auto, onnxruntime installed
+    for user in onnx.user_ids[:20]:
+        a, b = onnx.recommend(int(user), k=10), torch_.recommend(int(user), k=10)
+        assert [r.movie_id for r in a] == [r.movie_id for r in b]
+        np.testing.assert_allclose([r.predicted_rating for r in a], [r.predicted_rating for r in b], atol=1e-4)
+
+
+def test_without_onnxruntime_auto_falls_back_to_torch(tiny_bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    assert Recommender.from_bytes(tiny_bundle).backend == "torch"
+    with pytest.raises(RecommenderError, match=r"pip install 'movierec\[onnx\]'"):
+        Recommender.from_bytes(tiny_bundle, "onnx")
+    with pytest.raises(RecommenderError, match="backend must be one of"):
+        Recommender.from_bytes(tiny_bundle, "tensorrt")
