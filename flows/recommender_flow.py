@@ -1,6 +1,7 @@
 """RecommenderFlow: a two-stage movie recommender, trained, evaluated and versioned end to end.
 
     python flows/recommender_flow.py run                       # ML-100K, default budgets
+    python flows/recommender_flow.py --config config flows/configs/lightgcn.json run --tune-samples 2
     python flows/recommender_flow.py run --data-dir ~/ml-25m   # a GroupLens download
     python flows/recommender_flow.py resume                    # continue a failed run
     python flows/recommender_flow.py card view evaluate        # the metrics report
@@ -16,9 +17,9 @@ from pathlib import Path
 if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
     os.environ["METAFLOW_USER"] = "movierec"
 
-from metaflow import FlowSpec, Parameter, card, current, step  # noqa: E402
+from metaflow import Config, FlowSpec, Parameter, card, current, step  # noqa: E402
 
-from movierec import faults, index, pipeline, reports  # noqa: E402
+from movierec import faults, flowconfig, index, pipeline, reports  # noqa: E402
 from movierec.config import RetrievalConfig  # noqa: E402
 from movierec.data import Dataset  # noqa: E402
 from movierec.features import encode  # noqa: E402
@@ -29,35 +30,25 @@ from movierec.publish import make_bundle  # noqa: E402
 class RecommenderFlow(FlowSpec):
     """Load → split → (train retrieval ∥ tune ranking) → build Annoy index → evaluate → publish."""
 
-    data_dir = Parameter("data-dir", default="",
-                         help="MovieLens folder (ratings.csv+movies.csv, ml-1m .dat, or recbole ml-100k files); "
-                              "default: ML-100K, downloaded once into data/ml-100k")
-    synthetic_ratings = Parameter("synthetic-ratings", default=0, help="use N synthetic ML-20M-shaped ratings")
-    max_ratings = Parameter("max-ratings", default=0, help="keep only the first N ratings by time (0: all)")
-    protocol = Parameter("protocol", default="tfrs",
-                         help="evaluation protocol: tfrs (80/20 random), msr (per-user 75/25), temporal (time cutoff)")
-    seed = Parameter("seed", default=42, help="seed for the split, initialisation and data order")
-    retrieval_model = Parameter("retrieval-model", default="two_tower",
-                                help="retrieval model: two_tower (id + feature towers) or lightgcn (graph "
-                                     "propagation over the user-movie interactions)")
-    retrieval_workers = Parameter("retrieval-workers", default=2, help="Ray Train workers (DDP over gloo)")
-    retrieval_epochs = Parameter("retrieval-epochs", default=RetrievalConfig.epochs,
-                                 help="most retrieval epochs (stops early when validation quality stalls)")
-    embedding_dim = Parameter("embedding-dim", default=64, help="retrieval embedding size")
-    history = Parameter("history", default=False, type=bool,
-                        help="both models also see each user's 50 latest rated movies (SVD++-style): "
-                             "about +0.002 NDCG@10 on ML-100K for half the training speed")
-    tune_samples = Parameter("tune-samples", default=6, help="Ray Tune trials for the rating model")
-    tune_epochs = Parameter("tune-epochs", default=8, help="most epochs a Tune trial may train (ASHA stops early)")
-    train_budget = Parameter("train-budget", default=RetrievalConfig.max_examples,
-                             help="most training examples each model sees over all its epochs (epochs are cut to fit): "
-                                  "keeps ML-20M-sized data inside ~20 minutes on 2 cores; ML-100K is far below it")
-    tune_trial_ratings = Parameter("tune-trial-ratings", default=1_000_000,
-                                   help="Tune trials train on a sample of at most this many ratings; on larger data "
-                                        "the best settings are then refitted once on all of them")
-    n_trees = Parameter("n-trees", default=50, help="Annoy trees (more: better recall, bigger index)")
-    ray_address = Parameter("ray-address", default="", help="join this Ray cluster instead of starting one")
-    num_cpus = Parameter("num-cpus", default=2, help="CPUs for the local Ray instance")
+    config = Config("config", default=str(flowconfig.DEFAULT_FILE), parser="movierec.flowconfig.parse",
+                    help="settings file (JSON or YAML, see flows/configs/); each setting below overrides its value")
+    data_dir = flowconfig.parameter("data.dir")
+    synthetic_ratings = flowconfig.parameter("data.synthetic_ratings")
+    max_ratings = flowconfig.parameter("data.max_ratings")
+    protocol = flowconfig.parameter("protocol")
+    seed = flowconfig.parameter("seed")
+    retrieval_model = flowconfig.parameter("retrieval.model")
+    retrieval_epochs = flowconfig.parameter("retrieval.epochs")
+    embedding_dim = flowconfig.parameter("retrieval.dim")
+    retrieval_workers = flowconfig.parameter("retrieval.workers")
+    history = flowconfig.parameter("retrieval.history")
+    tune_samples = flowconfig.parameter("tune.samples")
+    tune_epochs = flowconfig.parameter("tune.epochs")
+    tune_trial_ratings = flowconfig.parameter("tune.trial_ratings")
+    train_budget = flowconfig.parameter("train_budget")
+    n_trees = flowconfig.parameter("index.n_trees")
+    ray_address = flowconfig.parameter("ray.address")
+    num_cpus = flowconfig.parameter("ray.num_cpus")
     repository_url = Parameter("repository-url", default="",
                                help="package index to upload the wheel to with twine (credentials: TWINE_USERNAME/"
                                     "TWINE_PASSWORD); default: the local PEP 503 index in --index-dir")
@@ -69,14 +60,14 @@ class RecommenderFlow(FlowSpec):
     @step
     def start(self):
         faults.maybe_fail("start")
-        pipeline.check_parameters(self.protocol, self.retrieval_workers, self.retrieval_epochs, self.tune_samples,
-                                  self.tune_epochs, self.n_trees, self.num_cpus, self.train_budget,
-                                  self.tune_trial_ratings, self.retrieval_model)
+        self.settings = flowconfig.effective(self)
+        flowconfig.check(self.settings)
         dataset = pipeline.load_data(self.data_dir, self.synthetic_ratings, self.max_ratings, self.seed)
         self.dataset = dataset.to_bytes()
         self.data_stats = dataset.stats()
         print(f"[start] {dataset.name}: {self.data_stats}")
         current.card.extend(reports.data_card(dataset, self.data_dir or dataset.name))
+        current.card.extend(reports.settings_card(flowconfig.sources(self.settings, self.config)))
         self.next(self.split)
 
     @card

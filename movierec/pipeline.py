@@ -15,9 +15,9 @@ import numpy as np
 
 from movierec import data, index, synthetic
 from movierec.cluster import ray_session
-from movierec.config import RETRIEVAL_MODELS, RETRIEVAL_NAMES, RetrievalConfig
+from movierec.config import RETRIEVAL_NAMES, RetrievalConfig
 from movierec.features import Encoded
-from movierec.protocols import PROTOCOLS, get_protocol
+from movierec.protocols import get_protocol
 from movierec.split import Split, split_ratings
 
 # The model modules import torch (1.5 s): steps that only load, split or report skip it.
@@ -27,25 +27,6 @@ if TYPE_CHECKING:
     from movierec.retrieval import RetrievalResult
 
 
-def check_parameters(protocol: str, retrieval_workers: int, retrieval_epochs: int, tune_samples: int,
-                     tune_epochs: int, n_trees: int, num_cpus: int, train_budget: int = 1,
-                     tune_trial_ratings: int = 1, retrieval_model: str = "two_tower") -> None:
-    """Fail in the first step, with the option's name, rather than minutes later inside Ray."""
-    problems = []
-    if protocol not in PROTOCOLS:
-        problems.append(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if retrieval_model not in RETRIEVAL_MODELS:
-        problems.append(f"--retrieval-model must be one of {', '.join(RETRIEVAL_MODELS)}, got {retrieval_model!r}")
-    for name, value in [("--retrieval-workers", retrieval_workers), ("--retrieval-epochs", retrieval_epochs),
-                        ("--tune-samples", tune_samples), ("--tune-epochs", tune_epochs), ("--n-trees", n_trees),
-                        ("--num-cpus", num_cpus), ("--train-budget", train_budget),
-                        ("--tune-trial-ratings", tune_trial_ratings)]:
-        if value < 1:
-            problems.append(f"{name} must be at least 1, got {value}")
-    if problems:
-        raise ValueError("invalid parameters: " + "; ".join(problems))
-
-
 def load_data(data_dir: str = "", synthetic_ratings: int = 0, max_ratings: int = 0, seed: int = 42) -> data.Dataset:
     """A user's ``--data-dir``, a synthetic ML-20M-shaped set, or by default ML-100K (fetched on demand)."""
     if data_dir and synthetic_ratings:
@@ -53,7 +34,7 @@ def load_data(data_dir: str = "", synthetic_ratings: int = 0, max_ratings: int =
     if synthetic_ratings:
         dataset = synthetic.ml20m_like(synthetic_ratings, seed=seed)
     else:
-        dataset = data.load_dataset(Path(data_dir) if data_dir else data.fetch_ml100k())
+        dataset = data.load_dataset(Path(data_dir).expanduser() if data_dir else data.fetch_ml100k())
     return dataset.head(max_ratings)
 
 

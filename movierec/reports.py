@@ -21,6 +21,13 @@ if TYPE_CHECKING:  # the types only: the cards of light steps must not import to
     from movierec.split import Split
 
 
+def settings_card(rows: list[dict[str, object]]) -> list:
+    """The run's settings, and which came from the configuration file or the command line."""
+    return [heading("Settings", ["From the `--config` file (default `flows/configs/default.json`), "
+                                 "overridden by command-line options where `from` names one."]),
+            table(rows, ["setting", "value", "from"])]
+
+
 def data_card(dataset: Dataset, source: str) -> list:
     stats = dataset.stats()
     values, counts = np.unique(dataset.ratings["rating"].to_numpy(), return_counts=True)

@@ -1,0 +1,96 @@
+"""The flow's configuration file: parsed and checked before any step, overridable per setting."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FLOW, ML100K
+from metaflow.exception import MetaflowException
+
+from movierec import flowconfig
+
+CONFIGS = Path(FLOW).parent / "configs"
+
+
+def test_shipped_files_parse_and_default_json_is_the_defaults():
+    defaults = flowconfig.nest({s.key: s.default for s in flowconfig.SETTINGS})
+    assert flowconfig.parse((CONFIGS / "default.json").read_text()) == defaults
+    lightgcn = flowconfig.parse((CONFIGS / "lightgcn.json").read_text())
+    assert lightgcn["retrieval"]["model"] == "lightgcn" and lightgcn["retrieval"]["epochs"] == 15  # rest: defaults
+    yaml_file = flowconfig.parse((CONFIGS / "ml20m.yaml").read_text())
+    assert yaml_file["data"]["dir"] == "~/ml-20m" and yaml_file["protocol"] == "temporal"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"retrieval": {"modle": "lightgcn"}}', "unknown setting 'retrieval.modle'"),
+    ('{"tune": 5}', r"unknown setting 'tune' \(known:"),
+    ('{"retrieval": {"epochs": 0}}', r"retrieval.epochs \(--retrieval-epochs\) must be at least 1, got 0"),
+    ('{"retrieval": {"epochs": "ten"}}', 'retrieval.epochs .* must be an integer, got "ten"'),
+    ('{"retrieval": {"history": 1}}', "retrieval.history .* must be true or false, got 1"),
+    ('{"seed": true}', "seed .* must be an integer, got true"),
+    ('{"protocol": "loo"}', 'protocol .* must be one of tfrs, msr, temporal, got "loo"'),
+    ('{"seed": 1,\n "protocol": }', "not valid JSON: Expecting value at line 2, column 14"),
+    ("protocol: [msr", "neither JSON nor valid YAML"),
+    ("- a list", "must be a mapping of settings"),
+])
+def test_bad_configuration_names_the_setting(text, message):
+    with pytest.raises(MetaflowException, match=message):
+        flowconfig.parse(text)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(flowconfig.ConfigError) as err:
+        flowconfig.check({"tune.samples": 0, "index.n_trees": -1})
+    assert "tune.samples (--tune-samples)" in str(err.value) and "index.n_trees (--n-trees)" in str(err.value)
+
+
+def test_sources_tell_file_from_command_line():
+    config = flowconfig.parse('{"tune": {"samples": 3}}')
+    values = {"tune.samples": 3, "tune.epochs": 2, "protocol": "tfrs"}
+    rows = {r["setting"]: r["from"] for r in flowconfig.sources(values, config)}
+    assert rows == {"tune.samples": "config", "tune.epochs": "--tune-epochs", "protocol": "config"}
+
+
+def test_invalid_file_stops_the_flow_before_any_step(tmp_path, metaflow_root):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"retrieval": {"model": "graphsage"}}))
+    proc = subprocess.run([sys.executable, FLOW, "--no-pylint", "--config", "config", str(bad), "run"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert 'retrieval.model (--retrieval-model) must be one of two_tower, lightgcn, got "graphsage"' in proc.stderr
+    assert "Traceback" not in proc.stderr and "Task is starting" not in proc.stdout + proc.stderr
+
+
+def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
+    """The issue's acceptance run: the shipped LightGCN file, one value overridden on the command line."""
+    if not (ML100K / "ml-100k.inter").exists():
+        pytest.skip("ML-100K not fetched: run `make data`")
+    from metaflow import Runner, namespace
+
+    from movierec.publish import read_bundle_metadata
+
+    namespace(None)
+    with Runner(FLOW, show_output=False, pylint=False, cwd=metaflow_root,
+                config=[("config", str(CONFIGS / "lightgcn.json"))]).run(
+            retrieval_epochs=2, tune_samples=2, tune_epochs=1, n_trees=10,
+            index_dir=str(Path(metaflow_root) / "pypi-lightgcn")) as running:
+        assert running.status == "successful", (running.stdout + running.stderr)[-3000:]
+        run = running.run
+    settings = {r["setting"]: r for r in flowconfig.sources(run["start"].task.data.settings,
+                                                            run["start"].task.data.config)}
+    assert settings["retrieval.model"] == {"setting": "retrieval.model", "value": "lightgcn", "from": "config"}
+    assert settings["retrieval.epochs"]["from"] == "--retrieval-epochs"
+    assert settings["protocol"]["value"] == "msr"
+    rows = {r["model"] for r in run["evaluate"].task.data.metrics}
+    assert "LightGCN retrieval only" in rows
+    meta = read_bundle_metadata(run["publish"].task.data.bundle)
+    assert meta["retrieval"]["model"] == "lightgcn" and meta["onnx"]["files"] == ["ranking.onnx", "user_tower.onnx"]
+
+
+def test_bad_command_line_override_fails_in_start_naming_the_option(tmp_path):
+    proc = subprocess.run([sys.executable, FLOW, "--no-pylint", "run", "--tune-samples", "0"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "tune.samples (--tune-samples) must be at least 1, got 0" in proc.stdout + proc.stderr
