@@ -207,7 +207,7 @@ def _train_loop(config: dict) -> None:
             best_state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
         else:
             stale += 1
-        stop = stale >= cfg.patience or epoch + 1 == epochs
+        stop = stale >= cfg.stop_after() or epoch + 1 == epochs
         if rank == 0:
             print(f"[train_retrieval] epoch {epoch + 1}/{epochs} loss {row['loss']:.4f} "
                   f"val DCG {score:.4f} ({row['examples_per_s']:,.0f} examples/s)"

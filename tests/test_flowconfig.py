@@ -18,7 +18,8 @@ def test_shipped_files_parse_and_default_json_is_the_defaults():
     defaults = flowconfig.nest({s.key: s.default for s in flowconfig.SETTINGS})
     assert flowconfig.parse((CONFIGS / "default.json").read_text()) == defaults
     lightgcn = flowconfig.parse((CONFIGS / "lightgcn.json").read_text())
-    assert lightgcn["retrieval"]["model"] == "lightgcn" and lightgcn["retrieval"]["epochs"] == 15  # rest: defaults
+    assert lightgcn["retrieval"]["model"] == "lightgcn" and lightgcn["retrieval"]["epochs"] == 40
+    assert lightgcn["retrieval"]["dim"] == 64 and lightgcn["tune"]["samples"] == 6  # the rest: defaults
     yaml_file = flowconfig.parse((CONFIGS / "ml20m.yaml").read_text())
     assert yaml_file["data"]["dir"] == "~/ml-20m" and yaml_file["protocol"] == "temporal"
 
