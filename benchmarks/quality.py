@@ -93,11 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     order: dict[str, list[str]] = defaultdict(list)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as storage, ray_session(num_cpus=2):
+    with tempfile.TemporaryDirectory() as storage:
         for protocol in args.protocols:
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                for row in evaluate_once(enc, protocol, seed, args, storage):
+                # A Ray session per run, as the flow's steps have: in one session kept for all nine
+                # runs, a Ray Train worker twice died of a segfault in malloc after several runs.
+                with ray_session(num_cpus=2):
+                    rows = evaluate_once(enc, protocol, seed, args, storage)
+                for row in rows:
                     if row["model"] not in order[protocol]:
                         order[protocol].append(row["model"])
                     for c in COLUMNS:
