@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         for protocol in args.protocols:
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                # A Ray session per run, as the flow's steps have: in one session kept for all nine
-                # runs, a Ray Train worker twice died of a segfault in malloc after several runs.
+                # A Ray session per run, as the flow's steps have, so runs share no Ray state.
                 with ray_session(num_cpus=2):
                     rows = evaluate_once(enc, protocol, seed, args, storage)
                 for row in rows:
