@@ -8,10 +8,12 @@ same run and the published figures, as mean ± std over seeds. Writes benchmarks
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from results import emit, markdown_table, mean_std
 
@@ -28,6 +30,7 @@ COLUMNS = ["top10", "top50", "top100", "rmse", "mae", "ndcg@10", "p@10", "r@10"]
 OURS = "two-stage (exact retrieval)"
 GRAPH = "LightGCN retrieval only"
 LIGHTGCN_EPOCHS = 40
+RUNS_FILE = Path(__file__).resolve().parent / ".quality-runs.jsonl"
 GOALS = [  # (protocol, model row, metric, target, better)
     ("tfrs", OURS, "rmse", 0.90, "lower"),
     ("tfrs", OURS, "top100", 0.40, "higher"),
@@ -69,6 +72,14 @@ def evaluate_once(enc, protocol: str, seed: int, args: argparse.Namespace, stora
     return rows
 
 
+def finished_runs(path: Path, settings: dict) -> dict[tuple[str, int], list[dict]]:
+    """Rows of the runs in ``path`` made with ``settings``, by (protocol, seed)."""
+    if not path.exists():
+        return {}
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["protocol"], r["seed"]): r["rows"] for r in runs if r["settings"] == settings}
+
+
 def mean_of(values: list[float | None]) -> float:
     values = [v for v in values if v is not None]
     return sum(values) / len(values)
@@ -87,19 +98,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", action="store_true", help="models also see each user's rated movies (flow's "
                         "--history)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--runs-file", type=Path, default=RUNS_FILE,
+                        help="each finished protocol and seed is appended here, and runs with the same settings "
+                             "found there are reused, so an interrupted benchmark resumes (delete it to start over)")
     args = parser.parse_args(argv)
 
     enc = encode(data.load_dataset(data.fetch_ml100k()))
     results: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     order: dict[str, list[str]] = defaultdict(list)
     started = time.perf_counter()
+    settings = {k: v for k, v in vars(args).items() if k not in ("protocols", "seeds", "no_write", "runs_file")}
+    done = finished_runs(args.runs_file, settings)
     with tempfile.TemporaryDirectory() as storage:
         for protocol in args.protocols:
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                # A Ray session per run, as the flow's steps have, so runs share no Ray state.
-                with ray_session(num_cpus=2):
-                    rows = evaluate_once(enc, protocol, seed, args, storage)
+                if (protocol, seed) in done:
+                    rows = done[(protocol, seed)]
+                    print(f"[quality] {protocol} seed {seed}: kept from {args.runs_file}", flush=True)
+                else:
+                    # A Ray session per run, as the flow's steps have, so runs share no Ray state.
+                    with ray_session(num_cpus=2):
+                        rows = evaluate_once(enc, protocol, seed, args, storage)
+                    with open(args.runs_file, "a") as f:
+                        f.write(json.dumps({"settings": settings, "protocol": protocol, "seed": seed,
+                                            "rows": rows}, default=float) + "\n")
                 for row in rows:
                     if row["model"] not in order[protocol]:
                         order[protocol].append(row["model"])
