@@ -91,12 +91,12 @@ BY_KEY = {s.key: s for s in SETTINGS}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Nested settings as dotted keys; a mapping is descended into only where settings live below
+    it, so anything else stays one value for :func:`check` to report."""
     flat = {}
     for name, value in tree.items():
         key = f"{prefix}{name}"
-        if isinstance(value, dict) and not any(s.key == key for s in SETTINGS):
-            if not any(s.key.startswith(key + ".") for s in SETTINGS):
-                raise ConfigError(f"unknown setting {key!r} (known: {', '.join(BY_KEY)})")
+        if isinstance(value, dict) and any(s.key.startswith(key + ".") for s in SETTINGS):
             flat.update(_flatten(value, key + "."))
         else:
             flat[key] = value
@@ -177,10 +177,7 @@ def effective(flow: object) -> dict[str, object]:
 
 def sources(values: dict[str, object], config: dict) -> list[dict[str, object]]:
     """Rows for the start card: each setting, its value, and whether the file or the command line set it."""
-    rows = []
-    for key, value in values.items():
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        rows.append({"setting": key, "value": value, "from": "config" if node == value else f"--{BY_KEY[key].option}"})
-    return rows
+    from_file = _flatten(config)
+    return [{"setting": key, "value": value,
+             "from": "config" if from_file[key] == value else f"--{BY_KEY[key].option}"}
+            for key, value in values.items()]

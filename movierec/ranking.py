@@ -48,6 +48,13 @@ def search_space() -> dict:
     }
 
 
+def combine(user: tuple[torch.Tensor, ...], item: tuple[torch.Tensor, ...], rest: nn.Module) -> torch.Tensor:
+    """Predicted ratings of aligned rows of ``RatingModel.user_side`` and ``item_side`` outputs;
+    ``rest`` is the rating head after its first layer."""
+    (u, hu, bu), (v, hv, bv) = user, item
+    return bu + bv + (u * v).sum(-1) + rest(hu + hv)[:, 0]
+
+
 class RatingModel(nn.Module):
     def __init__(self, sizes: dict[str, int], user_feats, item_feats, global_mean: float,
                  dim: int = 32, hidden: int = 64, dropout: float = 0.1):
@@ -77,14 +84,9 @@ class RatingModel(nn.Module):
         hidden = v @ self.head[0].weight[:, self.user.out_dim :].T
         return v[:, : self.dim], hidden, self.item_bias(items)[:, 0]
 
-    def combine(self, user: tuple[torch.Tensor, ...], item: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Predicted ratings of aligned rows of ``user_side`` and ``item_side`` outputs."""
-        (u, hu, bu), (v, hv, bv) = user, item
-        return bu + bv + (u * v).sum(-1) + self.head[1:](hu + hv)[:, 0]
-
     def forward(self, users: torch.Tensor, items: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted ratings; in training ``exclude=items`` keeps the rated movie out of the history."""
-        return self.combine(self.user_side(users, exclude), self.item_side(items))
+        return combine(self.user_side(users, exclude), self.item_side(items), self.head[1:])
 
     def id_l2(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Mean squared norm of the batch's user and movie id embeddings and biases: the per-rating
@@ -126,8 +128,9 @@ class FoldedRatingModel(nn.Module):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Star ratings of aligned (user, movie) index pairs, clipped to 0.5-5 like ``predict``."""
-        out = self.bu[users] + self.bv[items] + (self.u[users] * self.v[items]).sum(-1)
-        return (out + self.rest(self.hu[users] + self.hv[items])[:, 0]).clamp(0.5, 5.0)
+        user = (self.u[users], self.hu[users], self.bu[users])
+        item = (self.v[items], self.hv[items], self.bv[items])
+        return combine(user, item, self.rest).clamp(0.5, 5.0)
 
     def item_baselines(self) -> np.ndarray:
         """Every movie's expected rating from a user the model has never seen: global mean + movie bias."""

@@ -235,7 +235,9 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
 
     fit_idx, val_idx = holdout(train_idx, cfg.val_fraction, cfg.seed)
     val_idx = val_idx[:5000]  # enough pairs for a stable score at any data size
-    user_feats, item_feats = feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
+    # LightGCN learns from the interactions alone: only the two-tower model takes features.
+    user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
+                              if cfg.model == "two_tower" else ({}, {}))
     seen_ptr, seen = csr(enc.user_idx[fit_idx], enc.item_idx[fit_idx], enc.n_users)
     data = {
         "users": enc.user_idx[fit_idx],
