@@ -70,7 +70,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retrieval.epochs", RetrievalConfig.epochs, "retrieval-epochs",
             "most retrieval epochs (stops early when validation quality stalls)", minimum=1),
     Setting("retrieval.dim", RetrievalConfig.dim, "embedding-dim", "retrieval embedding size", minimum=1),
-    Setting("retrieval.workers", RetrievalConfig.workers, "retrieval-workers", "Ray Train workers (DDP over gloo)",
+    Setting("retrieval.workers", RetrievalConfig.workers, "retrieval-workers", "Ray Train data-parallel workers",
             minimum=1),
     Setting("retrieval.history", RetrievalConfig.history, "history",
             "both models also see each user's 50 latest rated movies (SVD++-style): about +0.002 NDCG@10 on "

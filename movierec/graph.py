@@ -40,7 +40,7 @@ class LightGCN(nn.Module):
     """Trainable: free embeddings (``embedding``) and the fixed graph they are propagated over.
 
     The graph is a plain attribute, not a buffer: it is rebuilt from the training pairs, kept out
-    of checkpoints, and DDP does not try to broadcast a sparse tensor."""
+    of checkpoints and of the weights broadcast to the training workers."""
 
     def __init__(self, n_users: int, n_items: int, graph: torch.Tensor, dim: int = 64, layers: int = 3):
         super().__init__()

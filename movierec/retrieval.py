@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from movierec.config import RetrievalConfig
+from movierec.distributed import average_gradients, broadcast_parameters
 from movierec.features import Encoded
 from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
 from movierec.metrics import csr, csr_rows
@@ -153,10 +154,10 @@ def _serving_state(model: TwoTower | LightGCN) -> dict:
 
 
 def _train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: its shard of the data, DDP-synchronised gradients."""
+    """Runs on every Ray Train worker: its shard of the data, gradients averaged over the workers
+    (``movierec.distributed``, not DDP: see there why)."""
     import ray
     import ray.train
-    import ray.train.torch
 
     _quiet_report_notices()
     cfg = RetrievalConfig(**config["cfg"])
@@ -165,16 +166,16 @@ def _train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     training_threads(config["threads"])
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker
-    model = ray.train.torch.prepare_model(_build(cfg, config["sizes"], data))
+    model = _build(cfg, config["sizes"], data)
+    broadcast_parameters(model)
     opt = SparseDenseAdam(model, cfg.learning_rate(), cfg.weight_decay)
     users = index_tensor(data["users"][rank::world])
     items = index_tensor(data["items"][rank::world])
     counts = np.bincount(data["items"], minlength=config["sizes"]["item"]).astype(np.float64)
     log_q = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
-    steps = len(data["items"]) // world // cfg.batch_size  # equal on every worker, as DDP needs
+    steps = len(data["items"]) // world // cfg.batch_size  # equal on every worker: each step is a collective
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     history = []
-    inner = model.module if hasattr(model, "module") else model
     val_users, val_items = index_tensor(data["val_users"]), index_tensor(data["val_items"])
     best, best_state, stale = -1.0, None, 0
     epochs = cfg.epochs_for(len(data["items"]))
@@ -187,6 +188,7 @@ def _train_loop(config: dict) -> None:
             loss = in_batch_loss(u, v, items[idx], log_q, cfg.temperature)
             opt.zero_grad()
             loss.backward()
+            average_gradients(model)
             opt.step()
             total += loss.item()
             if rank == 0:
@@ -196,15 +198,15 @@ def _train_loop(config: dict) -> None:
             torch.distributed.all_reduce(mean)
             mean /= world
         seconds = time.perf_counter() - start
-        # Every worker holds the same weights after DDP's all-reduce and scores the same
+        # Every worker holds the same weights after the averaged steps and scores the same
         # validation pairs, so all of them reach the same stopping decision.
-        score = validation_dcg(inner, val_users, val_items, config["sizes"]["item"], *data["val_seen"])
+        score = validation_dcg(model, val_users, val_items, config["sizes"]["item"], *data["val_seen"])
         row = {"epoch": epoch + 1, "loss": float(mean), "val_dcg": score, "seconds": seconds,
                "examples_per_s": steps * cfg.batch_size * world / max(seconds, 1e-9)}
         history.append(row)
         if score > best:
             best, stale = score, 0
-            best_state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
         stop = stale >= cfg.stop_after() or epoch + 1 == epochs
@@ -218,8 +220,8 @@ def _train_loop(config: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            inner.load_state_dict(best_state)
-            torch.save(_serving_state(inner), os.path.join(tmp, "model.pt"))
+            model.load_state_dict(best_state)
+            torch.save(_serving_state(model), os.path.join(tmp, "model.pt"))
             with open(os.path.join(tmp, "history.json"), "w") as f:
                 json.dump(history, f)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)

@@ -136,7 +136,7 @@ def ray_trained(small_encoded):
     store = tempfile.mkdtemp()
     with cluster.ray_session(num_cpus=2):
         cfg = retrieval.RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2, batch_size=256, patience=10,
-                                        history=True)  # the optional history path, through DDP
+                                        history=True)  # the optional history path, on 2 workers
         ret = retrieval.train(enc, split.train, cfg, store)
         graph = retrieval.train(enc, split.train, retrieval.RetrievalConfig(
             model="lightgcn", dim=16, epochs=4, workers=2, batch_size=256, patience=10), store, name="lightgcn")

@@ -1,0 +1,136 @@
+"""Data-parallel gradient averaging: DistributedDataParallel vs ``movierec.distributed``.
+
+    .venv/bin/python benchmarks/gradients.py                     # 3 rounds x 120 s per mode
+    .venv/bin/python benchmarks/gradients.py --rounds 5 --seconds 60 --no-write
+
+Two worker processes in a gloo group train the two-tower retrieval model (sparse id tables,
+lazy Adam, in-batch softmax) on synthetic ML-100K-sized ratings, as ``retrieval._train_loop``
+does, with the gradients averaged either by DDP (its sparse all-reduce) or by
+``movierec.distributed.average_gradients``. The modes alternate for ``--rounds`` rounds of
+``--seconds`` each. Reported: how each run ended (a worker killed by a signal, or not), when,
+and steps per second. DDP's runs are expected to crash: this is the reproduction of the worker
+segfaults that moved training off DDP. Writes its section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from results import emit, markdown_table
+
+MODES = ("ddp", "movierec")
+
+
+def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
+    """One training process; rank 0 appends ``[elapsed, steps]`` to ``progress`` every second."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from movierec import synthetic
+    from movierec.distributed import average_gradients, broadcast_parameters
+    from movierec.features import encode
+    from movierec.nn import SparseDenseAdam, batches, feature_tensors, index_tensor, training_threads
+    from movierec.retrieval import TwoTower, in_batch_loss
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    training_threads(1)
+    enc = encode(synthetic.generate(n_users=943, n_items=1682, n_ratings=100_000, seed=0))
+    user_feats, item_feats = feature_tensors(enc)
+    torch.manual_seed(0)
+    model = TwoTower(enc.vocab_sizes, user_feats, item_feats, 64, 128)
+    net = DistributedDataParallel(model) if mode == "ddp" else model
+    broadcast_parameters(model)
+    opt = SparseDenseAdam(model, 3e-3)
+    users, items = index_tensor(enc.user_idx[rank::2]), index_tensor(enc.item_idx[rank::2])
+    counts = np.bincount(enc.item_idx, minlength=enc.n_items)
+    log_q = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(rank)
+    start, steps, last = time.perf_counter(), 0, 0.0
+    progress = Path(folder, "progress")
+    while True:
+        for idx in batches(len(users) // 256 * 256, 256, gen, drop_last=True):
+            elapsed = time.perf_counter() - start
+            done = torch.tensor([float(elapsed > seconds)])
+            dist.all_reduce(done)  # both workers stop after the same step
+            if done.item():
+                dist.destroy_process_group()
+                return
+            u, v = net(users[idx], items[idx])
+            loss = in_batch_loss(u, v, items[idx], log_q, 0.2)
+            opt.zero_grad()
+            loss.backward()
+            if mode == "movierec":
+                average_gradients(model)
+            opt.step()
+            steps += 1
+            if rank == 0 and elapsed - last >= 1:
+                last = elapsed
+                with open(progress, "a") as f:
+                    f.write(json.dumps([elapsed, steps]) + "\n")
+
+
+def run(mode: str, seconds: float) -> dict:
+    """One 2-worker run; how it ended, when, and its steps per second."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as folder:
+        ctx = mp.start_processes(_worker, args=(mode, seconds, folder), nprocs=2, join=False, start_method="spawn")
+        ended = "ran to the end"
+        try:
+            while not ctx.join():
+                pass
+        except mp.ProcessExitedException as e:
+            ended = f"worker {e.error_index} killed by {signal.Signals(-e.exit_code).name}" if e.exit_code < 0 \
+                else f"worker {e.error_index} exited with {e.exit_code}"
+            for p in ctx.processes:  # the survivor waits forever in a collective
+                p.kill()
+        lines = Path(folder, "progress").read_text().splitlines() if Path(folder, "progress").exists() else []
+    elapsed, steps = json.loads(lines[-1]) if lines else (0.0, 0)
+    return {"mode": mode, "ended": ended, "seconds": elapsed, "steps": steps, "steps_per_s": steps / max(elapsed, 1e-9)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each mode, alternating")
+    parser.add_argument("--seconds", type=float, default=120, help="length of each run")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    runs = []
+    for r in range(args.rounds):
+        for mode in MODES:
+            runs.append(run(mode, args.seconds))
+            row = runs[-1]
+            print(f"[gradients] round {r + 1}/{args.rounds} {mode}: {row['ended']} after {row['seconds']:.0f} s, "
+                  f"{row['steps']:,} steps ({row['steps_per_s']:.0f}/s)", flush=True)
+    table = []
+    for mode in MODES:
+        mine = [r for r in runs if r["mode"] == mode]
+        crashed = [r for r in mine if r["ended"] != "ran to the end"]
+        table.append({
+            "gradients averaged by": {"ddp": "DistributedDataParallel (gloo sparse all-reduce)",
+                                      "movierec": "`movierec.distributed` (dense all-gathers)"}[mode],
+            "runs": len(mine),
+            "crashed": len(crashed),
+            "crashes after (s)": ", ".join(f"{r['seconds']:.0f}" for r in crashed) or "—",
+            "steps": f"{sum(r['steps'] for r in mine):,}",
+            "steps/s (median of runs)": f"{statistics.median(r['steps_per_s'] for r in mine):.0f}",
+        })
+    body = (f"Two gloo workers training the two-tower model (batch 256, ML-100K-sized synthetic data), "
+            f"{args.rounds} alternating rounds of {args.seconds:.0f} s per mode; a crashed run's steps/s "
+            f"counts up to its last progress line.\n\n"
+            + markdown_table(table, list(table[0])))
+    emit("gradients", "## Data-parallel gradients (`benchmarks/gradients.py`)\n\n" + body, not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
