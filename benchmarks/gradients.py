@@ -27,10 +27,12 @@ import numpy as np
 from results import emit, markdown_table
 
 MODES = ("ddp", "movierec")
+FINISHED = "ran to the end"
 
 
 def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
-    """One training process; rank 0 appends ``[elapsed, steps]`` to ``progress`` every second."""
+    """One training process; rank 0 writes the wall-clock time training starts to ``started`` and
+    appends ``[elapsed, steps]`` to ``progress`` every second."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -56,6 +58,8 @@ def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
     gen = torch.Generator().manual_seed(rank)
     start, steps, last = time.perf_counter(), 0, 0.0
     progress = Path(folder, "progress")
+    if rank == 0:
+        Path(folder, "started").write_text(str(time.time()))
     while True:
         for idx in batches(len(users) // 256 * 256, 256, gen, drop_last=True):
             elapsed = time.perf_counter() - start
@@ -79,23 +83,28 @@ def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
 
 
 def run(mode: str, seconds: float) -> dict:
-    """One 2-worker run; how it ended, when, and its steps per second."""
+    """One 2-worker run: how it ended, after how many seconds of training (the parent's clock for
+    a crash, so a crash in the first second is not lost), and steps per second (from progress)."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as folder:
         ctx = mp.start_processes(_worker, args=(mode, seconds, folder), nprocs=2, join=False, start_method="spawn")
-        ended = "ran to the end"
+        ended, trained = FINISHED, seconds
         try:
             while not ctx.join():
                 pass
         except mp.ProcessExitedException as e:
+            crashed_at = time.time()
             ended = f"worker {e.error_index} killed by {signal.Signals(-e.exit_code).name}" if e.exit_code < 0 \
                 else f"worker {e.error_index} exited with {e.exit_code}"
             for p in ctx.processes:  # the survivor waits forever in a collective
                 p.kill()
+            started = Path(folder, "started")
+            trained = crashed_at - float(started.read_text()) if started.exists() else 0.0
         lines = Path(folder, "progress").read_text().splitlines() if Path(folder, "progress").exists() else []
     elapsed, steps = json.loads(lines[-1]) if lines else (0.0, 0)
-    return {"mode": mode, "ended": ended, "seconds": elapsed, "steps": steps, "steps_per_s": steps / max(elapsed, 1e-9)}
+    return {"mode": mode, "ended": ended, "seconds": trained, "steps": steps,
+            "steps_per_s": steps / elapsed if lines else None}
 
 
 def main() -> None:
@@ -110,24 +119,27 @@ def main() -> None:
         for mode in MODES:
             runs.append(run(mode, args.seconds))
             row = runs[-1]
-            print(f"[gradients] round {r + 1}/{args.rounds} {mode}: {row['ended']} after {row['seconds']:.0f} s, "
-                  f"{row['steps']:,} steps ({row['steps_per_s']:.0f}/s)", flush=True)
+            rate = f"{row['steps_per_s']:.0f}/s" if row["steps_per_s"] else "no progress line yet"
+            print(f"[gradients] round {r + 1}/{args.rounds} {mode}: {row['ended']} after {row['seconds']:.1f} s "
+                  f"of training, {row['steps']:,} steps ({rate})", flush=True)
     table = []
     for mode in MODES:
         mine = [r for r in runs if r["mode"] == mode]
-        crashed = [r for r in mine if r["ended"] != "ran to the end"]
+        crashed = [r for r in mine if r["ended"] != FINISHED]
+        rates = [r["steps_per_s"] for r in mine if r["steps_per_s"]]
         table.append({
             "gradients averaged by": {"ddp": "DistributedDataParallel (gloo sparse all-reduce)",
                                       "movierec": "`movierec.distributed` (dense all-gathers)"}[mode],
             "runs": len(mine),
             "crashed": len(crashed),
-            "crashes after (s)": ", ".join(f"{r['seconds']:.0f}" for r in crashed) or "—",
+            "crashes after (s of training)": ", ".join(f"{r['seconds']:.1f}" for r in crashed) or "—",
             "steps": f"{sum(r['steps'] for r in mine):,}",
-            "steps/s (median of runs)": f"{statistics.median(r['steps_per_s'] for r in mine):.0f}",
+            "steps/s (median of runs)": f"{statistics.median(rates):.0f}" if rates else "—",
         })
     body = (f"Two gloo workers training the two-tower model (batch 256, ML-100K-sized synthetic data), "
             f"{args.rounds} alternating rounds of {args.seconds:.0f} s per mode; a crashed run's steps/s "
-            f"counts up to its last progress line.\n\n"
+            f"counts up to its last progress line (one a second), a run that crashed before its first "
+            f"has none.\n\n"
             + markdown_table(table, list(table[0])))
     emit("gradients", "## Data-parallel gradients (`benchmarks/gradients.py`)\n\n" + body, not args.no_write)
 

@@ -52,13 +52,14 @@ def average_gradients(model: nn.Module) -> None:
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
     if dense:
-        # A parameter this worker's batch did not reach still takes part, with a zero gradient.
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in dense]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        for p in dense:  # a parameter this worker's batch did not reach takes part with a zero gradient
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in dense])
         dist.all_reduce(flat)
         flat /= world
-        for p, chunk in zip(dense, flat.split([g.numel() for g in grads])):
-            p.grad = chunk.view_as(p).clone()
+        for p, chunk in zip(dense, flat.split([p.numel() for p in dense])):
+            p.grad.copy_(chunk.view_as(p))
     for p in sparse:
         p.grad = _mean_rows(p.grad, p.shape, world)
 
