@@ -14,6 +14,8 @@ from pathlib import Path
 
 import movierec
 
+NO_STATE_API = "http://127.0.0.1:0"
+
 
 @contextlib.contextmanager
 def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
@@ -26,12 +28,21 @@ def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
     # come from running without a dashboard) buries the progress lines our steps print.
     # Ray Train also re-logs every worker print, which would show each progress line twice.
     quiet = {"logging_level": "WARNING", "logging_config": ray.LoggingConfig(log_level="ERROR")}
-    env = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    env_vars = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     if address:
         pkg = str(Path(movierec.__file__).resolve().parent)
-        ray.init(address=address, runtime_env={"py_modules": [pkg], **env}, **quiet)
+        ray.init(address=address, runtime_env={"py_modules": [pkg], "env_vars": env_vars}, **quiet)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env, **quiet)
+        # Ray Train's placement-group cleaner polls the State API, which is served by the dashboard
+        # this session does not start. Left to find the API itself, it looks up the cluster in
+        # /tmp/ray/ray_current_cluster, which any earlier `ray start` leaves pointing at a dead
+        # cluster: its thread then dies with a "Timed out while waiting for GCS" traceback in the
+        # middle of training. An address where nothing can listen (port 0) makes each poll fail at
+        # once with the "State API unavailable" error the cleaner expects and skips. (It only
+        # matters when a driver dies without cleaning up; this session's cluster dies with it.)
+        env_vars["RAY_API_SERVER_ADDRESS"] = NO_STATE_API
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": env_vars}, **quiet)
     try:
         yield
     finally:

@@ -1,19 +1,27 @@
-"""The --ray-address path: training on an existing multi-node Ray cluster (head + worker on loopback)."""
+"""Ray sessions: a local one, and the --ray-address path (training on an existing multi-node
+cluster, head + worker on loopback)."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from conftest import free_port
 
-from movierec import pipeline
+from movierec import cluster, pipeline
 from movierec.retrieval import RetrievalConfig
 from movierec.split import split_ratings
 
 RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _short_tmp() -> str:
+    """A temp dir under /tmp: Ray's socket paths below it must stay within 107 bytes."""
+    return tempfile.mkdtemp(prefix="mr-ray-", dir="/tmp")
 
 
 def _cluster_cpus(address: str) -> float:
@@ -35,7 +43,11 @@ def two_node_cluster(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # `ray start` records its address in <temp dir>/ray/ray_current_cluster for later ray.init()
+    # calls; in the default /tmp/ray that file would outlive the test and send the user's next
+    # `ray status` to a dead cluster.
+    ray_tmp = _short_tmp()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
     common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -58,6 +70,7 @@ def two_node_cluster(monkeypatch):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_retrieval_trains_across_a_two_node_cluster(two_node_cluster, small_encoded, tmp_path):
@@ -69,3 +82,35 @@ def test_retrieval_trains_across_a_two_node_cluster(two_node_cluster, small_enco
     assert [h["epoch"] for h in result.history] == [1, 2]
     users, items = result.embeddings()
     assert users.shape == (enc.n_users, 8) and items.shape == (enc.n_items, 8)
+
+
+def test_local_session_state_api_fails_fast_despite_a_stale_cluster_file(monkeypatch):
+    """Ray Train's placement-group cleaner polls the State API during training. In a local session
+    every poll must fail at once with the error it skips (RayStateApiException), even when
+    ray_current_cluster names a dead cluster, as any earlier `ray start` leaves it: an unset API
+    address made it wait on that cluster and die with a traceback mid-training."""
+    import ray
+
+    ray_tmp = _short_tmp()
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    Path(ray_tmp, "ray").mkdir()
+    Path(ray_tmp, "ray", "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+
+    @ray.remote
+    def state_api_error() -> str:
+        from ray.util.state import get_actor
+        from ray.util.state.exception import RayStateApiException
+
+        try:
+            get_actor("ff" * 16, timeout=5)
+        except RayStateApiException as e:
+            return type(e).__name__
+        except Exception as e:  # what killed the cleaner's thread
+            return f"unexpected {type(e).__name__}: {e}"
+        return "no error"
+
+    try:
+        with cluster.ray_session(num_cpus=1):
+            assert ray.get(state_api_error.remote()) == "ServerUnavailable"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
