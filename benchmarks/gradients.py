@@ -49,8 +49,9 @@ def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
     user_feats, item_feats = feature_tensors(enc)
     torch.manual_seed(0)
     model = TwoTower(enc.vocab_sizes, user_feats, item_feats, 64, 128)
-    net = DistributedDataParallel(model) if mode == "ddp" else model
-    broadcast_parameters(model)
+    net = DistributedDataParallel(model) if mode == "ddp" else model  # DDP broadcasts rank 0's weights itself
+    if mode == "movierec":
+        broadcast_parameters(model)
     opt = SparseDenseAdam(model, 3e-3)
     users, items = index_tensor(enc.user_idx[rank::2]), index_tensor(enc.item_idx[rank::2])
     counts = np.bincount(enc.item_idx, minlength=enc.n_items)
@@ -93,12 +94,12 @@ def run(mode: str, seconds: float) -> dict:
         try:
             while not ctx.join():
                 pass
-        except mp.ProcessExitedException as e:
+        except mp.ProcessException as e:  # join() has already stopped the other worker
             crashed_at = time.time()
-            ended = f"worker {e.error_index} killed by {signal.Signals(-e.exit_code).name}" if e.exit_code < 0 \
-                else f"worker {e.error_index} exited with {e.exit_code}"
-            for p in ctx.processes:  # the survivor waits forever in a collective
-                p.kill()
+            if isinstance(e, mp.ProcessExitedException) and e.exit_code < 0:
+                ended = f"worker {e.error_index} killed by {signal.Signals(-e.exit_code).name}"
+            else:
+                ended = f"worker {e.error_index} failed: {str(e).strip().splitlines()[-1]}"
             started = Path(folder, "started")
             trained = crashed_at - float(started.read_text()) if started.exists() else 0.0
         lines = Path(folder, "progress").read_text().splitlines() if Path(folder, "progress").exists() else []

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import movierec
 
+# The State API address local sessions give their workers: nothing can listen on port 0 (why: ray_session).
 NO_STATE_API = "http://127.0.0.1:0"
 
 

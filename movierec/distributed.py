@@ -26,11 +26,13 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def sparse_tables(model: nn.Module) -> list[nn.Parameter]:
-    """Weights of the embedding tables built with ``sparse=True``, in a fixed order.
-
-    Decided by the model's structure, not by which gradients exist, so every worker agrees."""
-    return [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse and m.weight.requires_grad]
+def _sparse_tables(model: nn.Module) -> list[nn.Parameter]:
+    """Weights of the embedding tables built with ``sparse=True``, each once (tied tables share
+    one), in a fixed order. Decided by the model's structure, not by which gradients exist, so
+    every worker agrees."""
+    tables = {id(m.weight): m.weight for m in model.modules()
+              if isinstance(m, nn.Embedding) and m.sparse and m.weight.requires_grad}
+    return list(tables.values())
 
 
 def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
@@ -39,20 +41,23 @@ def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
         return
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
-            if not t.is_sparse and t.layout == torch.strided:
-                dist.broadcast(t.data, src)
+            if t.layout == torch.strided:
+                dist.broadcast(t, src)
 
 
 def average_gradients(model: nn.Module) -> None:
-    """Replace every gradient by its mean over the workers; call between ``backward`` and ``step``."""
+    """Replace every gradient by its mean over the workers; call between ``backward`` and ``step``.
+
+    A parameter that no worker's batch reached ends with a zero gradient rather than none (DDP
+    would raise); none of our models has one, and a zero gradient keeps the collectives aligned."""
     world = world_size()
     if world == 1:
         return
-    sparse = sparse_tables(model)
+    sparse = _sparse_tables(model)
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
     if dense:
-        for p in dense:  # a parameter this worker's batch did not reach takes part with a zero gradient
+        for p in dense:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         flat = torch.cat([p.grad.reshape(-1) for p in dense])
@@ -61,13 +66,18 @@ def average_gradients(model: nn.Module) -> None:
         for p, chunk in zip(dense, flat.split([p.numel() for p in dense])):
             p.grad.copy_(chunk.view_as(p))
     for p in sparse:
-        p.grad = _mean_rows(p.grad, p.shape, world)
+        p.grad = _mean_rows(p, world)
 
 
-def _mean_rows(grad: torch.Tensor | None, shape: torch.Size, world: int) -> torch.Tensor:
-    """The mean over workers of a sparse row gradient of a ``shape`` table (``None``: no rows touched)."""
+def _mean_rows(table: nn.Parameter, world: int) -> torch.Tensor:
+    """The mean over workers of ``table``'s sparse row gradient (none: this worker touched no row)."""
+    grad = table.grad
     if grad is None:
-        grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.long), torch.zeros((0, *shape[1:])), shape)
+        grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.long),
+                                       table.new_zeros((0, *table.shape[1:])), table.shape)
+    elif not grad.is_sparse:
+        raise ValueError(f"embedding table of shape {tuple(table.shape)} was built with sparse=True but got a "
+                         "dense gradient: its weight is used outside the embedding lookup")
     grad = grad.coalesce()
     rows, values = grad.indices()[0], grad.values()
     counts = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
@@ -84,4 +94,4 @@ def _mean_rows(grad: torch.Tensor | None, shape: torch.Size, world: int) -> torc
     dist.all_gather(all_values, padded_values)
     rows = torch.cat([r[:n] for r, n in zip(all_rows, counts_list)])
     values = torch.cat([v[:n] for v, n in zip(all_values, counts_list)]) / world
-    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, shape, check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, table.shape, check_invariants=True).coalesce()

@@ -15,6 +15,7 @@ class _Model(nn.Module):
     def __init__(self):
         super().__init__()
         self.table = nn.Embedding(5, 2, sparse=True)
+        self.other = nn.Embedding(3, 2, sparse=True)  # only rank 0 looks it up
         self.linear = nn.Linear(2, 1, bias=False)
         self.unused = nn.Linear(1, 1, bias=False)  # no gradient on any worker
 
@@ -26,13 +27,18 @@ def _worker(rank: int, folder: str) -> None:
         model = _Model()
         broadcast_parameters(model)
         weights = {k: v.tolist() for k, v in model.state_dict().items()}
-        # Rank 0 looks up rows 0 and 2 (row 2 twice), rank 1 rows 2 and 4; the sums of the looked-up
-        # rows are the loss, so each lookup adds a row of ones, and the linear weight gets rank + 1.
-        rows = [torch.tensor([0, 2, 2]), torch.tensor([2, 4])][rank]
-        model.table(rows).sum().backward()
+        # Rank 0 looks up rows 0 and 2 (row 2 twice), rank 1 rows 1, 2 and 4 (so the shorter list is
+        # padded); the loss sums the looked-up rows, so each lookup adds a row of ones. Only rank 0
+        # touches `other`; the linear weight gets rank + 1.
+        rows = [torch.tensor([0, 2, 2]), torch.tensor([1, 2, 4])][rank]
+        loss = model.table(rows).sum()
+        if rank == 0:
+            loss = loss + model.other(torch.tensor([1])).sum()
+        loss.backward()
         model.linear.weight.grad = torch.full((1, 2), float(rank + 1))
         average_gradients(model)
         out = {"weights": weights, "table": model.table.weight.grad.to_dense().tolist(),
+               "other": model.other.weight.grad.to_dense().tolist(),
                "linear": model.linear.weight.grad.tolist(), "unused": model.unused.weight.grad.tolist()}
         Path(folder, f"rank{rank}.json").write_text(json.dumps(out))
     finally:
@@ -44,10 +50,11 @@ def test_workers_end_with_rank_zeros_weights_and_the_mean_gradient(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     torch.manual_seed(0)
     assert ranks[0]["weights"] == ranks[1]["weights"] == {k: v.tolist() for k, v in _Model().state_dict().items()}
-    # Row counts: rank 0 {0: 1, 2: 2}, rank 1 {2: 1, 4: 1}; mean over 2 workers, rows untouched stay 0.
-    expected_table = [[0.5, 0.5], [0, 0], [1.5, 1.5], [0, 0], [0.5, 0.5]]
+    # Row counts: rank 0 {0: 1, 2: 2}, rank 1 {1: 1, 2: 1, 4: 1}; mean over 2 workers, rows untouched stay 0.
+    expected_table = [[0.5, 0.5], [0.5, 0.5], [1.5, 1.5], [0, 0], [0.5, 0.5]]
     for r in ranks:
         assert r["table"] == expected_table
+        assert r["other"] == [[0, 0], [0.5, 0.5], [0, 0]]
         assert r["linear"] == [[1.5, 1.5]]
         assert r["unused"] == [[0.0]]
 
