@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from results import emit, markdown_table
 
 MODES = ("ddp", "movierec")
@@ -41,7 +40,7 @@ def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
     from movierec.distributed import average_gradients, broadcast_parameters
     from movierec.features import encode
     from movierec.nn import SparseDenseAdam, batches, feature_tensors, index_tensor, training_threads
-    from movierec.retrieval import TwoTower, in_batch_loss
+    from movierec.retrieval import TwoTower, in_batch_loss, popularity_log_q
 
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
     training_threads(1)
@@ -54,15 +53,14 @@ def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
         broadcast_parameters(model)
     opt = SparseDenseAdam(model, 3e-3)
     users, items = index_tensor(enc.user_idx[rank::2]), index_tensor(enc.item_idx[rank::2])
-    counts = np.bincount(enc.item_idx, minlength=enc.n_items)
-    log_q = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
+    log_q = popularity_log_q(enc.item_idx, enc.n_items)
     gen = torch.Generator().manual_seed(rank)
     start, steps, last = time.perf_counter(), 0, 0.0
     progress = Path(folder, "progress")
     if rank == 0:
         Path(folder, "started").write_text(str(time.time()))
     while True:
-        for idx in batches(len(users) // 256 * 256, 256, gen, drop_last=True):
+        for idx in batches(len(users), 256, gen, drop_last=True):
             elapsed = time.perf_counter() - start
             done = torch.tensor([float(elapsed > seconds)])
             dist.all_reduce(done)  # both workers stop after the same step

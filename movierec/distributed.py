@@ -26,6 +26,15 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def mean_over_workers(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (dense, the same shape on every worker) replaced in place by its mean over the workers."""
+    world = world_size()
+    if world > 1:
+        dist.all_reduce(t)
+        t /= world
+    return t
+
+
 def _sparse_tables(model: nn.Module) -> list[nn.Parameter]:
     """Weights of the embedding tables built with ``sparse=True``, each once (tied tables share
     one), in a fixed order. Decided by the model's structure, not by which gradients exist, so
@@ -60,9 +69,7 @@ def average_gradients(model: nn.Module) -> None:
         for p in dense:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in dense])
-        dist.all_reduce(flat)
-        flat /= world
+        flat = mean_over_workers(torch.cat([p.grad.reshape(-1) for p in dense]))
         for p, chunk in zip(dense, flat.split([p.numel() for p in dense])):
             p.grad.copy_(chunk.view_as(p))
     for p in sparse:

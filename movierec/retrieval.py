@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from movierec.config import RetrievalConfig
-from movierec.distributed import average_gradients, broadcast_parameters
+from movierec.distributed import average_gradients, broadcast_parameters, mean_over_workers
 from movierec.features import Encoded
 from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
 from movierec.metrics import csr, csr_rows
@@ -67,6 +67,13 @@ class TwoTower(nn.Module):
         model = cls(sizes, user_feats, item_feats, cfg.dim, cfg.hidden)
         model.load_state_dict(state)
         return model.eval()
+
+
+def popularity_log_q(items: np.ndarray, n_items: int) -> torch.Tensor:
+    """Log of each movie's share of the training pairs: the sampling probability that
+    :func:`in_batch_loss` corrects for (movies never seen count as seen once)."""
+    counts = np.bincount(items, minlength=n_items).astype(np.float64)
+    return torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
 
 
 def in_batch_loss(
@@ -171,8 +178,7 @@ def _train_loop(config: dict) -> None:
     opt = SparseDenseAdam(model, cfg.learning_rate(), cfg.weight_decay)
     users = index_tensor(data["users"][rank::world])
     items = index_tensor(data["items"][rank::world])
-    counts = np.bincount(data["items"], minlength=config["sizes"]["item"]).astype(np.float64)
-    log_q = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
+    log_q = popularity_log_q(data["items"], config["sizes"]["item"])
     steps = len(data["items"]) // world // cfg.batch_size  # equal on every worker: each step is a collective
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     history = []
@@ -193,10 +199,7 @@ def _train_loop(config: dict) -> None:
             total += loss.item()
             if rank == 0:
                 progress.update(cfg.batch_size * world)
-        mean = torch.tensor([total / max(1, steps)])
-        if world > 1:
-            torch.distributed.all_reduce(mean)
-            mean /= world
+        mean = mean_over_workers(torch.tensor([total / max(1, steps)]))
         seconds = time.perf_counter() - start
         # Every worker holds the same weights after the averaged steps and scores the same
         # validation pairs, so all of them reach the same stopping decision.
