@@ -1,12 +1,15 @@
 """Ray sessions: a local one, and the --ray-address path (training on an existing multi-node
 cluster, head + worker on loopback)."""
 
+import multiprocessing
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,8 @@ def two_node_cluster(monkeypatch):
     this test's driver included, must be told to present it with RAY_AUTH_MODE=token.
     """
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    # A token of this test's own: without one (no ~/.ray/auth_token on a fresh machine) `ray start` refuses.
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port = free_port()
     address = f"127.0.0.1:{port}"
     # `ray start` records its address in <temp dir>/ray/ray_current_cluster for later ray.init()
@@ -73,15 +78,22 @@ def two_node_cluster(monkeypatch):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_retrieval_trains_across_a_two_node_cluster(two_node_cluster, small_encoded, tmp_path):
-    enc = small_encoded
+def _train_on(address: str, enc, storage: str) -> tuple[list[int], tuple, tuple]:
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     # Two workers of one CPU each can only be placed with one on each node.
     cfg = RetrievalConfig(dim=8, hidden=16, epochs=2, workers=2, batch_size=256, patience=5)
-    result = pipeline.run_retrieval(enc, split, cfg, str(tmp_path), ray_address=two_node_cluster, num_cpus=2)
-    assert [h["epoch"] for h in result.history] == [1, 2]
+    result = pipeline.run_retrieval(enc, split, cfg, storage, ray_address=address, num_cpus=2)
     users, items = result.embeddings()
-    assert users.shape == (enc.n_users, 8) and items.shape == (enc.n_items, 8)
+    return [h["epoch"] for h in result.history], users.shape, items.shape
+
+
+def test_retrieval_trains_across_a_two_node_cluster(two_node_cluster, small_encoded, tmp_path):
+    """The driver runs in a process of its own: a process that joined a token-authenticated
+    cluster keeps presenting the token, and the local Ray sessions of later tests then fail."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        epochs, users, items = pool.submit(_train_on, two_node_cluster, small_encoded, str(tmp_path)).result()
+    assert epochs == [1, 2]
+    assert users == (small_encoded.n_users, 8) and items == (small_encoded.n_items, 8)
 
 
 def test_local_session_state_api_fails_fast_despite_a_stale_cluster_file(monkeypatch):
