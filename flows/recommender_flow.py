@@ -49,12 +49,10 @@ class RecommenderFlow(FlowSpec):
     n_trees = flowconfig.parameter("index.n_trees")
     ray_address = flowconfig.parameter("ray.address")
     num_cpus = flowconfig.parameter("ray.num_cpus")
-    repository_url = Parameter("repository-url", default="",
-                               help="package index to upload the wheel to with twine (credentials: TWINE_USERNAME/"
-                                    "TWINE_PASSWORD); default: the local PEP 503 index in --index-dir")
+    publish_user_data = flowconfig.parameter("publish.user_data")
+    repository_url = flowconfig.repository_url_parameter()
     index_dir = Parameter("index-dir", default=str(DEFAULT_INDEX_DIR),
-                          help="local package index folder "
-                               "(pip install --extra-index-url file://<dir>/simple movierec)")
+                          help="local package index folder (a PEP 503 index: packages/ and simple/)")
 
     @card
     @step
@@ -134,9 +132,10 @@ class RecommenderFlow(FlowSpec):
         self.bundle = make_bundle(self.encoded, self.split_data.train, self.retrieval, self.ranking,
                                   self.user_vectors, self.item_vectors, self.index_blob, self.index_settings,
                                   {"flow": current.flow_name, "run_id": current.run_id,
-                                   "dataset": self.data_stats, "metrics": self.metrics})
-        publication, wheel = publish(self.bundle, current.run_id, self.repository_url, Path(self.index_dir))
-        self.publication, self.wheel = publication.to_dict(), wheel.read_bytes()
+                                   "dataset": self.data_stats, "metrics": self.metrics},
+                                  user_data=self.publish_user_data)
+        publication, self.wheel = publish(self.bundle, current.run_id, self.repository_url, Path(self.index_dir))
+        self.publication = publication.to_dict()
         current.card.extend(reports.publish_card(self.publication, len(self.bundle)))
         self.next(self.end)
 

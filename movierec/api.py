@@ -7,31 +7,43 @@ Handlers are ``async`` and run on the event loop: each request is a millisecond 
 thread pool would add switching and lock contention without adding throughput.
 
 Input limits are in ``LIMITS`` (and the OpenAPI description): bad input is a 4xx with a JSON
-``{"error": ...}`` naming the problem, and the server keeps serving.
+``{"error": ...}`` naming the problem, never echoing the input, and the server keeps serving.
+Bodies are read by :class:`BodyGuard` before any handler sees them: at most ``MAX_BODY`` bytes
+counted as they arrive (a chunked upload has no Content-Length to check), JSON only, and within
+``body_timeout`` seconds, so neither a large nor a stalled upload ties up memory or connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from typing import Annotated
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Discriminator, Field, Tag
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from movierec import __version__
+from movierec.ids import MAX_ID
 from movierec.serving import Recommendation, Recommender, RecommenderError, UnknownMovieError, UnknownUserError
 
 MAX_K = 100  # the retrieval stage keeps 100 candidates per request
 MAX_ITEMS = 1000
 MAX_BODY = 256 * 1024
-LIMITS = (f"Limits: k 1-{MAX_K}; a history of at most {MAX_ITEMS} movies; at most {MAX_ITEMS} (user, movie) pairs "
-          f"per prediction request; title queries of 1-100 characters; request bodies of at most {MAX_BODY:,} bytes "
-          "(413 beyond). Unknown ids: 404; invalid fields: 422; requests the model cannot answer: 400.")
+BODY_TIMEOUT = 10.0  # seconds a client may take to send its body
+LIMITS = (f"Limits: k 1-{MAX_K}; ids 0-{MAX_ID} (integers; true/false are not ids); a history of at most {MAX_ITEMS} "
+          f"movies; at most {MAX_ITEMS} (user, movie) pairs per prediction request; title queries of 1-100 "
+          f"characters; request bodies JSON (415 otherwise), at most {MAX_BODY:,} bytes (413 beyond), sent within "
+          f"{BODY_TIMEOUT:g} s (408 beyond). Unknown ids: 404; invalid fields: 422; requests the model cannot "
+          "answer: 400.")
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many movies (1-{MAX_K})")]
-ID = Annotated[int, Path(ge=0, le=2**62, description="the MovieLens id")]
+ID = Annotated[int, Path(ge=0, le=MAX_ID, description="the MovieLens id")]
+# strict: JSON true is not movie 1, and 3.0 or "3" is not an id
+BodyId = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
 
 
 class Movie(BaseModel):
@@ -50,19 +62,27 @@ class Recommendations(BaseModel):
 
 
 class Rated(BaseModel):
-    movie_id: int = Field(ge=0, le=2**62)
-    rating: float = Field(5.0, ge=0.5, le=5.0)
+    movie_id: BodyId
+    rating: float = Field(5.0, ge=0.5, le=5.0, strict=True, allow_inf_nan=False)
+
+
+def _history_entry(value: object) -> str:
+    return "rated" if isinstance(value, dict | Rated) else "id"
+
+
+# A movie id or a {movie_id, rating} object, told apart by shape, so an error names one of them.
+HistoryEntry = Annotated[Annotated[BodyId, Tag("id")] | Annotated[Rated, Tag("rated")], Discriminator(_history_entry)]
 
 
 class HistoryRequest(BaseModel):
-    history: list[int | Rated] = Field(min_length=1, max_length=MAX_ITEMS,
+    history: list[HistoryEntry] = Field(min_length=1, max_length=MAX_ITEMS,
                                        description="movie ids, or {movie_id, rating} objects (0.5-5 stars)")
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: int = Field(10, ge=1, le=MAX_K, strict=True)
 
 
 class Pair(BaseModel):
-    user_id: int = Field(ge=0, le=2**62)
-    movie_id: int = Field(ge=0, le=2**62)
+    user_id: BodyId
+    movie_id: BodyId
 
 
 class PredictionRequest(BaseModel):
@@ -85,36 +105,94 @@ def _movies(recs: list[Recommendation]) -> list[Movie]:
     return [Movie(**r.to_dict()) for r in recs]
 
 
-def create_app(rec: Recommender) -> FastAPI:
+def _error(status: int, message: str, close: bool = False) -> JSONResponse:
+    """The JSON error response; ``close`` ends the connection after it (the body was not read
+    to its end, so the connection cannot carry another request)."""
+    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"} if close else None)
+
+
+class BodyGuard:
+    """ASGI middleware that reads each request's body before the app does (see the module
+    docstring) and replays it to the app; answers 413, 415 or 408 itself."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY, timeout: float = BODY_TIMEOUT):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        declared = headers.get("content-length")
+        too_large = _error(413, f"request body over {self.max_bytes} bytes", close=True)
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await too_large(scope, receive, send)
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self.timeout):
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > self.max_bytes:
+                        return await too_large(scope, receive, send)
+        except TimeoutError:
+            return await _error(408, f"request body not received within {self.timeout:g} s", close=True)(
+                scope, receive, send)
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if body and not (media == "application/json" or media.endswith("+json")):
+            return await _error(415, "the request body must be JSON (Content-Type: application/json)")(
+                scope, receive, send)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # e.g. the client disconnecting while the app works
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict]:
+    """Where and what, never the input: the input may be bytes, NaN or megabytes, none of which a
+    JSON error response can or should carry."""
+    return [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "invalid")), "type": str(e.get("type"))}
+            for e in exc.errors()]
+
+
+def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     """The API over one loaded model."""
     app = FastAPI(title="movierec", version=__version__,
                   description="Two-stage movie recommendations (two-tower retrieval + rating model). " + LIMITS)
     errors = {404: {"model": Error, "description": "unknown user or movie id"},
               400: {"model": Error, "description": "a request the model cannot answer"}}
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-            return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyGuard, timeout=body_timeout)
 
     @app.exception_handler(UnknownUserError)
     @app.exception_handler(UnknownMovieError)
     async def unknown(_: Request, exc: RecommenderError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+        return _error(404, str(exc))
 
     @app.exception_handler(RecommenderError)
     async def bad_request(_: Request, exc: RecommenderError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return _error(400, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # For a field that may take several shapes (a movie id or {movie_id, rating}) pydantic
         # reports every shape's failure; the deepest one is the one the client meant.
-        first = max(exc.errors(), key=lambda e: len(e.get("loc", ())), default={})
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}", "detail": exc.errors()},
+        detail = _validation_errors(exc)
+        first = max(detail, key=lambda e: len(e["loc"]), default={"loc": [], "msg": "invalid request"})
+        return JSONResponse({"error": f"{'.'.join(first['loc'])}: {first['msg']}", "detail": detail},
                             status_code=422)
 
     @app.get("/", include_in_schema=False)
@@ -164,7 +242,7 @@ def create_app(rec: Recommender) -> FastAPI:
     return app
 
 
-def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = BODY_TIMEOUT) -> None:
     """Serve until interrupted. The loaded model and app are moved out of the garbage collector's
     sight first (``gc.freeze``): otherwise every full collection walks them again, which showed up
     as 30-40 ms stalls in the slowest 1% of requests under load."""
@@ -172,7 +250,7 @@ def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000) -> None:
 
     import uvicorn
 
-    app = create_app(rec)
+    app = create_app(rec, body_timeout)
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

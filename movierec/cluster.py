@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,12 +43,29 @@ def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
         # once with the "State API unavailable" error the cleaner expects and skips. (It only
         # matters when a driver dies without cleaning up; this session's cluster dies with it.)
         env_vars["RAY_API_SERVER_ADDRESS"] = NO_STATE_API
+        _private_to_this_process()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": env_vars}, **quiet)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _private_to_this_process() -> None:
+    """A local session serves this process alone, but Ray 2.60's servers listen on every interface
+    with no setting to change it (it even turns a node address of 127.0.0.1 into the machine's
+    address): so every local session requires a token that only this process (and the Ray
+    processes it starts, which inherit the environment) knows. One token per process, kept for its lifetime:
+    Ray caches the token a process first used, and a later session with another would be refused.
+    Ray reads its settings from the environment once, when imported; re-reading them is how Ray's
+    own ``ray start`` switches token mode on after import."""
+    from ray._raylet import Config
+
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")
 
 
 def storage_path(flow: str, run_id: str, step: str) -> str:

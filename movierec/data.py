@@ -5,6 +5,10 @@ ml-1m's ``::`` files, the synthetic generator) ends up as a :class:`Dataset` of 
 tables with fixed schemas, so the rest of the pipeline never cares where the data came from.
 Files are parsed with pyarrow (fast path) and cached as Parquet; only when pyarrow rejects a file
 do we re-scan it line by line, to tell the user the exact file, line and problem.
+
+Every loaded folder is also tidied the same way (:func:`tidy`): a (user, movie) pair rated more
+than once keeps its latest rating (duplicates would land on both sides of a train/test split),
+duplicate movie rows keep the first, and what was dropped or is odd is reported, never silent.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from movierec.ids import MAX_ID
 
 RATINGS_SCHEMA = pa.schema(
     [("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float32()), ("timestamp", pa.int64())]
@@ -59,18 +66,28 @@ class DataError(ValueError):
     """Bad input data; the message names the file, the line where known, and what was expected."""
 
 
+class DataWarning(UserWarning):
+    """Input that loads, but not as written (another encoding, dropped rows): said, never silent."""
+
+
 @dataclass
 class Dataset:
-    """Ratings plus item and user side information, in the fixed schemas above."""
+    """Ratings plus item and user side information, in the fixed schemas above, and what loading
+    had to drop or work around (``duplicates_dropped``, ``warnings``), for logs and cards."""
 
     name: str
     ratings: pa.Table
     items: pa.Table
     users: pa.Table
+    duplicates_dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def _meta(self) -> dict:
+        return {"name": self.name, "duplicates_dropped": self.duplicates_dropped, "warnings": self.warnings}
 
     def to_bytes(self) -> dict[str, bytes]:
         """Parquet bytes per table: a compact, library-independent Metaflow artifact."""
-        out = {"name": self.name.encode()}
+        out = {"meta": json.dumps(self._meta()).encode()}
         for key in ("ratings", "items", "users"):
             sink = pa.BufferOutputStream()
             pq.write_table(getattr(self, key), sink)
@@ -80,14 +97,15 @@ class Dataset:
     @classmethod
     def from_bytes(cls, blobs: dict[str, bytes]) -> Dataset:
         tables = {k: pq.read_table(pa.BufferReader(blobs[k])) for k in ("ratings", "items", "users")}
-        return cls(name=blobs["name"].decode(), **tables)
+        return cls(**tables, **json.loads(blobs["meta"]))
 
     def head(self, n: int) -> Dataset:
         """The first ``n`` ratings by time, with side tables kept whole: a small, realistic slice."""
         if n <= 0 or n >= self.ratings.num_rows:
             return self
         order = pc.sort_indices(self.ratings, sort_keys=[("timestamp", "ascending"), ("user_id", "ascending")])
-        return Dataset(self.name + f"[:{n}]", self.ratings.take(order[:n]), self.items, self.users)
+        return Dataset(self.name + f"[:{n}]", self.ratings.take(order[:n]), self.items, self.users,
+                       self.duplicates_dropped, self.warnings)
 
     def stats(self) -> dict[str, float]:
         """Headline statistics for cards and logs."""
@@ -105,6 +123,7 @@ class Dataset:
             "last_timestamp": int(pc.max(ts).as_py() or 0),
             "items_with_metadata": self.items.num_rows,
             "users_with_features": self.users.num_rows,
+            "duplicate_ratings_dropped": self.duplicates_dropped,
         }
 
 
@@ -164,22 +183,36 @@ def _locate_bad_line(
     return f"{path}: could not be parsed"
 
 
+def _first_undecodable(data: bytes, encoding: str) -> tuple[int, int]:
+    """(1-based line, byte value) of the first byte that ``encoding`` cannot decode."""
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        return data.count(b"\n", 0, exc.start) + 1, data[exc.start]
+    return 0, 0
+
+
 def read_table(
     path: Path,
     types: dict[str, pa.DataType],
     *,
     delimiter: str = ",",
     names: list[str] | None = None,
-    encoding: str = "utf8",
+    encodings: tuple[str, ...] = ("utf8", "latin-1"),
     separator: str | None = None,
     typed_header: bool = False,
+    warn_fallback: bool = True,
 ) -> pa.Table:
     """Read a delimited file into Arrow with the given column types, or fail with a precise DataError.
 
     ``names`` gives column names for headerless files; otherwise the header must contain every
     column in ``types``. ``separator`` is a multi-character field separator (ml-1m's ``::``),
     rewritten to ``delimiter`` before parsing because pyarrow takes single characters only.
-    ``typed_header`` drops recbole's ``:type`` suffixes from header names.
+    ``typed_header`` drops recbole's ``:type`` suffixes from header names. Text is read in the
+    first of ``encodings`` it is valid in (UTF-8, then latin-1, which every byte string is): a
+    fallback is reported as a DataWarning naming the first line that is not UTF-8, unless
+    ``warn_fallback`` is off (a layout whose files are documented as latin-1). Only an
+    empty field is a missing value: ``nan`` or ``NULL`` in a number column is reported as such.
     """
     _check_file(path)
     if separator:  # small files only (ml-1m): rewrite in memory
@@ -189,7 +222,7 @@ def read_table(
     skip = 0
     if names is None:
         with open(path, "rb") as f:
-            header = f.readline().decode(encoding, errors="replace").rstrip("\r\n").lstrip("\ufeff")
+            header = f.readline().decode(encodings[0], errors="replace").rstrip("\r\n").lstrip("\ufeff")
         if separator:
             header = header.replace(separator, delimiter)
         names = [h.strip().strip('"') for h in header.split(delimiter)]
@@ -203,21 +236,31 @@ def read_table(
             )
         skip = 1
     quote = '"' if delimiter == "," else False
-    try:
-        table = pacsv.read_csv(
-            source,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip, block_size=16 << 20,
-                                           encoding=encoding),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=quote),
-            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
-        )
-    except pa.ArrowInvalid as exc:
-        # Slow path, only for broken files: find the first offending line and say why.
-        text = (source.to_pybytes() if separator else path.read_bytes()).decode(encoding, errors="replace")
-        body = text.split("\n", 1)[1] if skip and "\n" in text else "" if skip else text
-        if not body.strip():
-            raise DataError(f"{path}: no data rows") from exc
-        raise DataError(_locate_bad_line(path, body, delimiter, names, types, skip + 1)) from exc
+    for attempt, encoding in enumerate(encodings):
+        try:
+            table = pacsv.read_csv(
+                source,
+                read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip, block_size=16 << 20,
+                                               encoding=encoding),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=quote),
+                convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
+                                                     null_values=[""], true_values=[], false_values=[]),
+            )
+            break
+        except pa.ArrowInvalid as exc:
+            raw = source.to_pybytes() if separator else path.read_bytes()
+            line, byte = _first_undecodable(raw, encoding)
+            if line and attempt + 1 < len(encodings):
+                if warn_fallback:
+                    warnings.warn(DataWarning(f"{path}, line {line}: not valid {encoding} (byte 0x{byte:02x}); "
+                                              f"read as {encodings[attempt + 1]}"), stacklevel=2)
+                continue
+            # Slow path, only for broken files: find the first offending line and say why.
+            text = raw.decode(encoding, errors="replace")
+            body = text.split("\n", 1)[1] if skip and "\n" in text else "" if skip else text
+            if not body.strip():
+                raise DataError(f"{path}: no data rows") from exc
+            raise DataError(_locate_bad_line(path, body, delimiter, names, types, skip + 1)) from exc
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     for name in types:
@@ -229,14 +272,32 @@ def read_table(
     return table
 
 
+def _line_of(path: Path, rows: np.ndarray, header: bool) -> int:
+    return _line_of_row(path, int(np.flatnonzero(rows)[0]), header)
+
+
+def check_ids(path: Path, table: pa.Table, columns: tuple[str, ...], header: bool = True) -> None:
+    """Every id in ``columns`` must be in the range every entry point accepts (``movierec.ids``)."""
+    for column in columns:
+        ids = table[column].to_numpy()
+        bad = (ids < 0) | (ids > MAX_ID)
+        if bad.any():
+            raise DataError(f"{path}, line {_line_of(path, bad, header)}: {column} {ids[bad][0]} out of range, "
+                            f"expected an integer from 0 to {MAX_ID}")
+
+
 def _validate_ratings(path: Path, table: pa.Table, header: bool = True) -> pa.Table:
     ratings = table["rating"].to_numpy()
-    bad = np.flatnonzero(~((ratings >= 0.5) & (ratings <= 5.0)))
-    if len(bad):
+    if np.isnan(ratings).any():
+        raise DataError(f"{path}, line {_line_of(path, np.isnan(ratings), header)}: rating is not a number "
+                        "(nan), expected a number from 0.5 to 5")
+    bad = ~((ratings >= 0.5) & (ratings <= 5.0))
+    if bad.any():
         raise DataError(
-            f"{path}, line {_line_of_row(path, int(bad[0]), header)}: rating {ratings[bad[0]]!r} out of range, "
+            f"{path}, line {_line_of(path, bad, header)}: rating {ratings[bad][0]!r} out of range, "
             "expected a number from 0.5 to 5"
         )
+    check_ids(path, table, ("user_id", "item_id"), header)
     return table.select(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA)
 
 
@@ -287,6 +348,7 @@ def load_recbole_ml100k(directory: Path) -> Dataset:
         delimiter="\t",
         typed_header=True,
     )
+    check_ids(d / "ml-100k.item", item, ("item_id",))
     # A few titles carry the year inside the title instead of the release_year column.
     titles, title_years = split_title_year(item["movie_title"].to_pylist())
     years = [int(y) if y.isdigit() else ty for y, ty in zip(item["release_year"].to_pylist(), title_years)]
@@ -308,13 +370,15 @@ def load_grouplens_csv(directory: Path) -> Dataset:
         {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
     ).rename_columns(["user_id", "item_id", "rating", "timestamp"])
     movies = read_table(d / "movies.csv", {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()})
+    check_ids(d / "movies.csv", movies, ("movieId",))
     titles, years = split_title_year(movies["title"].to_pylist())
     items = _items_table(movies["movieId"], titles, years, _clean_genres(movies["genres"].to_pylist(), "|"))
     return Dataset(d.name, _validate_ratings(d / "ratings.csv", ratings), items, USERS_SCHEMA.empty_table())
 
 
 def load_ml1m(directory: Path) -> Dataset:
-    """ml-1m: headerless ``::``-separated ``ratings.dat``, ``movies.dat`` (latin-1) and ``users.dat``."""
+    """ml-1m: headerless ``::``-separated ``ratings.dat``, ``movies.dat`` (latin-1 in GroupLens' copy,
+    UTF-8 in some re-distributions: both read right) and ``users.dat``."""
     d = Path(directory)
     dat = {"delimiter": "\t", "separator": "::"}
     ratings = read_table(
@@ -327,9 +391,10 @@ def load_ml1m(directory: Path) -> Dataset:
         d / "movies.dat",
         {"item_id": pa.int64(), "title": pa.string(), "genres": pa.string()},
         names=["item_id", "title", "genres"],
-        encoding="latin-1",
+        warn_fallback=False,
         **dat,
     )
+    check_ids(d / "movies.dat", movies, ("item_id",), header=False)
     titles, years = split_title_year(movies["title"].to_pylist())
     items = _items_table(movies["item_id"], titles, years, _clean_genres(movies["genres"].to_pylist(), "|"))
     users = USERS_SCHEMA.empty_table()
@@ -364,8 +429,12 @@ def detect_layout(directory: Path) -> str:
     raise DataError(f"{d}: no supported MovieLens layout found (expected one of: {expected})")
 
 
+# Part of every cache key: a cache written by an older loader (other columns, no tidying) is never read.
+CACHE_FORMAT = 2
+
+
 def _fingerprint(directory: Path, files: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"format {CACHE_FORMAT};".encode())
     for f in files:
         if (directory / f).exists():
             st = (directory / f).stat()
@@ -373,30 +442,85 @@ def _fingerprint(directory: Path, files: tuple[str, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_dataset(directory: Path, cache: bool = True) -> Dataset:
-    """Load any supported layout, through a Parquet cache keyed by the source files' size and mtime.
+def drop_duplicate_ratings(ratings: pa.Table) -> tuple[pa.Table, int]:
+    """Each (user, movie) pair once, with its latest rating (by timestamp, then by position in the
+    file), rows otherwise in their order; and how many rows were dropped. A pair rated twice
+    would otherwise land on both sides of a random split, and the test set would leak."""
+    if ratings.group_by(["user_id", "item_id"]).aggregate([]).num_rows == ratings.num_rows:
+        return ratings, 0  # the usual case, found without sorting
+    user, item, ts = (ratings[c].to_numpy() for c in ("user_id", "item_id", "timestamp"))
+    order = np.lexsort((np.arange(len(user)), ts, item, user))
+    u, i = user[order], item[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+    keep = np.sort(order[last])
+    return ratings.take(keep), ratings.num_rows - len(keep)
 
-    The cache lives in ``<directory>/.parquet-cache``; it is written atomically (temporary folder,
-    then rename) so an interrupted load never leaves a half-written cache behind.
-    """
+
+def tidy(dataset: Dataset) -> Dataset:
+    """The loaded data with duplicate ratings and movie rows dropped, and every oddity as a warning
+    (see the module docstring)."""
+    notes = list(dataset.warnings)
+    ratings, dropped = drop_duplicate_ratings(dataset.ratings)
+    if dropped:
+        notes.append(f"{dropped:,} duplicate (user, movie) ratings dropped, keeping each pair's latest")
+    items = dataset.items
+    ids = items["item_id"].to_numpy()
+    first = np.unique(ids, return_index=True)[1]
+    if len(first) < len(ids):
+        notes.append(f"{len(ids) - len(first):,} movie rows repeat an earlier movie id: the first of each is kept")
+        items = items.take(np.sort(first))
+    rated = np.unique(ratings["item_id"].to_numpy())
+    unknown = int((~np.isin(rated, ids)).sum())
+    if unknown:
+        notes.append(f"{unknown:,} of {len(rated):,} rated movies have no row in the movies file: they are "
+                     "recommended without title, genres or year")
+    return Dataset(dataset.name, ratings, items, dataset.users, dataset.duplicates_dropped + dropped, notes)
+
+
+def _write_cache(d: Path, cache_dir: Path, dataset: Dataset, layout: str) -> None:
+    """Write the cache atomically (a temporary folder, then one rename): readers see a whole cache
+    or none. Concurrent first loads of one folder race to the rename; a cache another process
+    put there first is just as good, so losing the race is success, and no temporary is left."""
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d))
+    try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the cache from others sharing the data folder
+        for key in ("ratings", "items", "users"):
+            pq.write_table(getattr(dataset, key), tmp / f"{key}.parquet")
+        (tmp / "meta.json").write_text(json.dumps({**dataset._meta(), "layout": layout}))
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.parent.iterdir():  # caches of earlier versions of the files
+            if stale.name != cache_dir.name:
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, cache_dir)
+        except OSError:
+            if not (cache_dir / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_dataset(directory: Path, cache: bool = True) -> Dataset:
+    """Load any supported layout, tidied (:func:`tidy`), through a Parquet cache keyed by the source
+    files' size and mtime. The cache lives in ``<directory>/.parquet-cache`` (see
+    :func:`_write_cache`); what tidying found is kept with it and reported again on every load."""
     d = Path(directory).resolve()
     layout = detect_layout(d)
     files, optional, loader = LAYOUTS[layout]
     cache_dir = d / ".parquet-cache" / _fingerprint(d, files + optional)
     if cache and (cache_dir / "meta.json").is_file():
-        name = json.loads((cache_dir / "meta.json").read_text())["name"]
+        meta = json.loads((cache_dir / "meta.json").read_text())
         tables = {k: pq.read_table(cache_dir / f"{k}.parquet") for k in ("ratings", "items", "users")}
-        return Dataset(name, **tables)
-    dataset = loader(d)
+        return Dataset(meta["name"], **tables, duplicates_dropped=meta["duplicates_dropped"],
+                       warnings=meta["warnings"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        dataset = loader(d)
+    dataset.warnings += [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    dataset = tidy(dataset)
     if cache and os.access(d, os.W_OK):
-        shutil.rmtree(d / ".parquet-cache", ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d))
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the cache from others sharing the data folder
-        for key in ("ratings", "items", "users"):
-            pq.write_table(getattr(dataset, key), tmp / f"{key}.parquet")
-        (tmp / "meta.json").write_text(json.dumps({"name": dataset.name, "layout": layout}))
-        cache_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, cache_dir)
+        _write_cache(d, cache_dir, dataset, layout)
     return dataset
 
 
@@ -483,7 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             print(f"ML-100K ready in {fetch_ml100k(args.dest, args.index_url)}")
         else:
-            print(json.dumps(load_dataset(args.data_dir).stats(), indent=2))
+            dataset = load_dataset(args.data_dir)
+            for note in dataset.warnings:
+                print(f"warning: {note}", file=sys.stderr)
+            print(json.dumps(dataset.stats(), indent=2))
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,6 +86,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("index.n_trees", 50, "n-trees", "Annoy trees (more: better recall, bigger index)", minimum=1),
     Setting("ray.address", "", "ray-address", "join this Ray cluster instead of starting one (empty: start one)"),
     Setting("ray.num_cpus", 2, "num-cpus", "CPUs for the local Ray instance", minimum=1),
+    Setting("publish.user_data", True, "publish-user-data",
+            "put every user's rated movies, vectors and model rows into the published wheel; false: it answers "
+            "history-based requests only (for data whose users must not travel with the model)"),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -103,15 +106,34 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def _named(key: str) -> str:
+    return f"{key} (--{BY_KEY[key].option})"
+
+
+def _combinations(values: dict[str, object]) -> list[str]:
+    """What is wrong with settings that are each fine alone (``values``: every setting)."""
+    problems = []
+    workers, cpus = values["retrieval.workers"], values["ray.num_cpus"]
+    if not values["ray.address"] and workers > cpus:
+        # Ray Train would wait for CPUs that never come: each worker needs one of the local instance's.
+        problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.num_cpus')} is {cpus}: each "
+                        "retrieval worker needs a CPU of the local Ray instance (or join a larger cluster with "
+                        "--ray-address)")
+    return problems
+
+
 def check(values: dict[str, object]) -> None:
-    """Raise ConfigError naming every bad setting in ``values`` (dotted keys)."""
+    """Raise ConfigError naming every bad setting in ``values`` (dotted keys; settings left out
+    keep their defaults), alone and in combination."""
     problems = []
     for key, value in values.items():
         setting = BY_KEY.get(key)
         if setting is None:
             problems.append(f"unknown setting {key!r} (known: {', '.join(BY_KEY)})")
         elif (why := setting.check(value)) is not None:
-            problems.append(f"{key} (--{setting.option}) {why}")
+            problems.append(f"{_named(key)} {why}")
+    if not problems:
+        problems = _combinations({**{s.key: s.default for s in SETTINGS}, **values})
     if problems:
         raise ConfigError("invalid flow configuration: " + "; ".join(problems))
 
@@ -168,6 +190,28 @@ def parameter(key: str):
 
     s = BY_KEY[key]
     return Parameter(s.option, default=config_expr(f"config.{key}"), type=type(s.default), help=s.help)
+
+
+def repository_url_parameter():
+    """The ``--repository-url`` Parameter, checked as the command line is parsed: Metaflow stores
+    every parameter value with the run (and prints it), so a URL with credentials in it must be
+    refused before a run exists, not in a step. (A click callback rather than a click type: the
+    Runner API only knows Metaflow's own parameter types.)"""
+    from metaflow import Parameter
+    from metaflow._vendor import click  # Metaflow parses its command line with its own copy of click
+
+    from movierec.packaging import PublishError, check_repository_url
+
+    def check_url(ctx: object, param: object, value: str | None) -> str | None:
+        try:
+            return check_repository_url(value) if value else value
+        except PublishError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return Parameter("repository-url", default="", type=str, callback=check_url,
+                     help="package index to upload the wheel to with twine: https (http on loopback only), "
+                          "credentials in TWINE_USERNAME/TWINE_PASSWORD, never in the URL; default: the local PEP 503 "
+                          "index in --index-dir")
 
 
 def effective(flow: object) -> dict[str, object]:

@@ -2,7 +2,10 @@
 
 The towers emit unit vectors, so Annoy's angular distance orders items exactly as the dot
 product does. The index is kept as the bytes of Annoy's file, which is what Metaflow versions
-and what the published bundle ships; loading writes them to a file Annoy can memory-map.
+and what the published bundle ships. Annoy loads only from a path (it memory-maps the file), so
+loading hands it an anonymous in-memory file (``memfd``) where the OS has one: nothing is ever
+written to disk, so nothing is left behind however the process ends. Elsewhere a temporary file
+is removed as soon as Annoy has mapped it.
 """
 
 from __future__ import annotations
@@ -41,16 +44,39 @@ def build(vectors: np.ndarray, settings: IndexSettings, seed: int = 42) -> bytes
             return f.read()
 
 
-class Index:
-    """A loaded Annoy index; owns the temporary file Annoy maps, removed on close."""
-
-    def __init__(self, blob: bytes, dim: int, settings: IndexSettings):
-        fd, self._path = tempfile.mkstemp(suffix=".ann")
+def _load(index: AnnoyIndex, blob: bytes) -> None:
+    """Have Annoy map ``blob`` without leaving a file behind (see the module docstring)."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("movierec-index")
+        try:
+            _write_all(fd, blob)
+            index.load(f"/proc/self/fd/{fd}")  # Annoy opens, maps and closes its own descriptor
+        finally:
+            os.close(fd)
+        return
+    fd, path = tempfile.mkstemp(suffix=".ann")
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
+        index.load(path)
+    finally:
+        os.remove(path)  # the mapping outlives the name
+
+
+def _write_all(fd: int, blob: bytes) -> None:
+    """os.write writes at most about 2 GiB per call."""
+    view = memoryview(blob)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Index:
+    """A loaded Annoy index over ``blob`` (the bytes of an Annoy file); unmapped on close."""
+
+    def __init__(self, blob: bytes, dim: int, settings: IndexSettings):
         self.settings = settings
         self._index = AnnoyIndex(dim, settings.metric)
-        self._index.load(self._path)
+        _load(self._index, blob)
 
     def query(self, vector: np.ndarray, k: int) -> np.ndarray:
         """Indices of the ``k`` nearest items, nearest first."""
@@ -64,10 +90,11 @@ class Index:
             out[row, : len(found)] = found
         return out
 
+    def __len__(self) -> int:
+        return self._index.get_n_items()
+
     def close(self) -> None:
         self._index.unload()
-        if os.path.exists(self._path):
-            os.remove(self._path)
 
     def __enter__(self) -> Index:
         return self

@@ -3,15 +3,21 @@
 The wheel is built with ``python -m build`` from a staging copy of the package (the repository
 is never modified), checked with ``twine check``, and uploaded:
 
-- to ``repository_url`` (any PyPI-compatible server, CodeArtifact included; credentials from the
-  usual ``TWINE_USERNAME``/``TWINE_PASSWORD`` variables), or by default
-- to a local PEP 503 index folder, so ``pip install --index-url file://<folder>/simple movierec``
-  works. twine needs a server to talk to, so a pypiserver is started on loopback over an empty
-  incoming folder for the upload; the received file is checked against the built one, then moved
-  into ``packages/`` and the static ``simple/`` pages are rewritten.
+- to ``repository_url`` (any PyPI-compatible server, CodeArtifact included; https, or http on
+  loopback only; credentials from the usual ``TWINE_USERNAME``/``TWINE_PASSWORD`` variables, never
+  in the URL, which Metaflow stores and prints), or by default
+- to a local PEP 503 index folder. twine needs a server to talk to, so a pypiserver is started on
+  loopback over an empty incoming folder for the upload; the received file is checked against the
+  built one, then moved into ``packages/`` and the static ``simple/`` pages are rewritten.
 
 Publishing is atomic (a failure leaves the index as it was) and idempotent (a version already
 in the index is not uploaded again).
+
+The install command it prints never lets another index supply ``movierec`` (dependency
+confusion: the name is not ours on PyPI, and pip takes the highest version from any index it is
+given): from the local index it names the wheel file itself with its sha256; from a repository
+it uses that repository as the only index (which must mirror PyPI for the dependencies, as
+CodeArtifact's upstreams and devpi do).
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import movierec
-from movierec.publish import BUNDLE_FILES, ONNX_FILES
+from movierec.publish import KNOWN_FILES, sha256
 
 SOURCE_ROOT = Path(movierec.__file__).resolve().parent.parent
 DEFAULT_INDEX_DIR = SOURCE_ROOT / "dist" / "pypi"
@@ -66,10 +73,6 @@ def run_version(run_id: str, base: str = movierec.__version__) -> str:
     return f"{base}.post{int(number)}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -96,8 +99,9 @@ def build_wheel(bundle: bytes, version: str, out_dir: Path, source_root: Path = 
         bundle_dir = stage / "movierec" / "bundle"
         bundle_dir.mkdir()
         with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
-            for name in (*BUNDLE_FILES, *(f for f in ONNX_FILES if f in zf.namelist())):
-                (bundle_dir / name).write_bytes(zf.read(name))
+            for name in KNOWN_FILES:
+                if name in zf.namelist():
+                    (bundle_dir / name).write_bytes(zf.read(name))
         built = Path(tmp) / "dist"
         print(f"[publish] building movierec {version} ...", flush=True)
         _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(built), str(stage)],
@@ -117,25 +121,54 @@ def _twine_upload(wheel: Path, url: str, env: dict[str, str]) -> None:
           "--repository-url", url, str(wheel)], f"twine upload to {url}", env=env)
 
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def check_repository_url(url: str) -> str:
+    """``url`` if it is fit to upload to: no credentials inside it (Metaflow stores and prints
+    parameter values; they belong in TWINE_USERNAME/TWINE_PASSWORD), and https unless the server
+    is on this machine. Raises PublishError saying which rule it breaks."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise PublishError("the repository URL must not hold credentials (they would be stored with the run and "
+                           "printed): set TWINE_USERNAME and TWINE_PASSWORD instead")
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
+        raise PublishError(f"{url}: the repository URL must be https:// (plain http only on loopback)")
+    return url
+
+
+def simple_url(repository_url: str) -> str:
+    """The PEP 503 index beside an upload URL (``.../legacy/`` on PyPI-like servers)."""
+    return repository_url.rstrip("/").removesuffix("/legacy") + "/simple/"
+
+
 def upload(wheel: Path, repository_url: str) -> bool:
     """twine-upload ``wheel`` to a server unless it already has it; True if uploaded."""
+    check_repository_url(repository_url)
     if already_on_server(repository_url, wheel.name):
         return False
     _twine_upload(wheel, repository_url, dict(os.environ))
     return True
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib keeps an Authorization header across a redirect to another host; don't follow any."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise PublishError(f"{req.full_url} redirected ({code}) to {newurl}: not followed, so the credentials "
+                           "stay with the repository they are for; give the final URL as --repository-url")
+
+
 def already_on_server(repository_url: str, wheel_name: str) -> bool:
     """Whether the server's simple index already lists ``wheel_name`` (twine's --skip-existing
     works with PyPI only). Uses TWINE_USERNAME/TWINE_PASSWORD as basic auth when set."""
-    base = repository_url.rstrip("/").removesuffix("/legacy")
-    request = urllib.request.Request(f"{base}/simple/{PROJECT}/")
+    request = urllib.request.Request(f"{simple_url(check_repository_url(repository_url))}{PROJECT}/")
     user, password = os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")
     if user and password:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        with urllib.request.build_opener(_NoRedirects).open(request, timeout=30) as resp:
             return wheel_name in resp.read().decode(errors="replace")
     except OSError:  # 404 for a first upload, or no simple index: let twine decide
         return False
@@ -192,7 +225,7 @@ def write_simple_index(index_dir: Path) -> None:
     """Rewrite the static PEP 503 pages for every wheel in ``packages/`` (each page atomically)."""
     packages = sorted((index_dir / "packages").glob(f"{PROJECT}-*.whl"))
     links = "\n".join(
-        f'<a href="../../packages/{html.escape(p.name)}#sha256={_sha256(p)}">{html.escape(p.name)}</a><br>'
+        f'<a href="../../packages/{html.escape(p.name)}#sha256={sha256(p.read_bytes())}">{html.escape(p.name)}</a><br>'
         for p in packages
     )
     pages = {
@@ -220,7 +253,7 @@ def publish_to_directory(wheel: Path, index_dir: Path) -> bool:
             env = {**os.environ, "TWINE_USERNAME": "movierec", "TWINE_PASSWORD": "local"}
             _twine_upload(wheel, server.url + "/", env)
         received = incoming / wheel.name
-        if not received.is_file() or _sha256(received) != _sha256(wheel):
+        if not received.is_file() or sha256(received.read_bytes()) != sha256(wheel.read_bytes()):
             raise PublishError(f"{received}: upload did not arrive intact")
         os.replace(received, packages / wheel.name)
     finally:
@@ -229,21 +262,34 @@ def publish_to_directory(wheel: Path, index_dir: Path) -> bool:
     return True
 
 
-def publish(bundle: bytes, run_id: str, repository_url: str = "", index_dir: Path = DEFAULT_INDEX_DIR,
-            out_dir: Path | None = None) -> tuple[Publication, Path]:
-    """Build the run's wheel and upload it; returns what was published and the wheel's path."""
-    version = run_version(run_id)
-    out_dir = out_dir or Path(tempfile.mkdtemp(prefix="movierec-wheel-"))
-    wheel = build_wheel(bundle, version, out_dir)
+def install_command(version: str, wheel: Path, repository_url: str = "", index_dir: Path | None = None) -> str:
+    """The pip command that installs exactly this release and cannot take ``movierec`` from
+    another index (see the module docstring): the repository as the only index, or the local
+    index's wheel file by path and sha256 (pip checks the ``#sha256=`` of a direct reference)."""
     if repository_url:
-        uploaded, where = upload(wheel, repository_url), repository_url
-        install = f"pip install --extra-index-url {repository_url.rstrip('/')}/simple movierec=={version}"
-    else:
-        index_dir = Path(index_dir).resolve()
-        uploaded, where = publish_to_directory(wheel, index_dir), str(index_dir)
-        install = f"pip install --extra-index-url file://{index_dir}/simple movierec=={version}"
-    print(f"[publish] movierec {version} {'uploaded to' if uploaded else 'already in'} {where}", flush=True)
-    return Publication(version, wheel.name, _sha256(wheel), wheel.stat().st_size, where, install, uploaded), wheel
+        return f"pip install --index-url {simple_url(repository_url)} {PROJECT}=={version}"
+    url = (Path(index_dir).resolve() / "packages" / wheel.name).as_uri()
+    return f"pip install '{PROJECT} @ {url}#sha256={sha256(wheel.read_bytes())}'"
+
+
+def publish(bundle: bytes, run_id: str, repository_url: str = "", index_dir: Path = DEFAULT_INDEX_DIR
+            ) -> tuple[Publication, bytes]:
+    """Build the run's wheel and upload it; returns what was published and the wheel's bytes.
+    The build happens in a temporary folder that is gone when this returns, whatever happens."""
+    version = run_version(run_id)
+    if repository_url:
+        check_repository_url(repository_url)
+    with tempfile.TemporaryDirectory(prefix="movierec-wheel-") as out_dir:
+        wheel = build_wheel(bundle, version, Path(out_dir))
+        if repository_url:
+            uploaded, where = upload(wheel, repository_url), repository_url
+        else:
+            index_dir = Path(index_dir).resolve()
+            uploaded, where = publish_to_directory(wheel, index_dir), str(index_dir)
+        install = install_command(version, wheel, repository_url, index_dir)
+        print(f"[publish] movierec {version} {'uploaded to' if uploaded else 'already in'} {where}", flush=True)
+        blob = wheel.read_bytes()
+    return Publication(version, wheel.name, sha256(blob), len(blob), where, install, uploaded), blob
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,8 @@ def load_data(data_dir: str = "", synthetic_ratings: int = 0, max_ratings: int =
         dataset = synthetic.ml20m_like(synthetic_ratings, seed=seed)
     else:
         dataset = data.load_dataset(Path(data_dir).expanduser() if data_dir else data.fetch_ml100k())
+    for note in dataset.warnings:
+        print(f"[start] warning: {note}", flush=True)
     return dataset.head(max_ratings)
 
 

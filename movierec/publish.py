@@ -1,40 +1,58 @@
 """The model bundle: everything serving needs, as files of bytes and plain data, nothing from Metaflow.
 
-A bundle is a zip holding:
+A bundle is a zip (or, inside an installed wheel, a folder) holding:
 
-- ``model.json``: format, sizes, model settings, the index settings, run metadata and metrics
-- ``ranking.pt``: the rating model's state_dict; ``retrieval.pt``: the two-tower state_dict
-- ``vectors.npz``: every user's and movie's tower output (serving needs no tower at query time)
+- ``model.json``: format, sizes, model settings, the index settings, run metadata and metrics,
+  and the sha256 of every other file (checked on every load: a damaged file is refused by name
+  instead of crashing Annoy or numpy)
+- ``vectors.npz``: every movie's retrieval vector and baseline rating (global mean + movie bias),
+  and, with per-user data, every user's vector
 - ``items.ann``: the Annoy index over movie vectors
-- ``ids.npz``: raw user and movie ids by dense index, release years, and each user's rated movies
+- ``ids.npz``: raw movie ids and release years by dense index; with per-user data also raw user
+  ids and each user's rated movies
 - ``items.json``: titles and genres by dense index
-- ``ranking.onnx``, ``user_tower.onnx``: the same models for onnxruntime (``movierec.export``),
-  parity with torch checked; serving uses them when onnxruntime is installed
+- with per-user data only: ``ranking.pt`` (the rating model's state_dict), ``retrieval.pt`` (the
+  retrieval model's) and the ONNX graphs ``ranking.onnx``/``user_tower.onnx`` (``movierec.export``,
+  parity with torch checked). Each of them holds a row per user.
+
+A bundle made with ``user_data=False`` has no user rows at all (no ids, vectors, rated lists or
+models with user tables): it answers history-based requests only, for data whose users must not
+travel inside a published wheel.
 
 The publish step keeps the zip as an artifact and packages it into the wheel (``movierec.packaging``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from movierec.errors import BundleError
 from movierec.index import IndexSettings
 from movierec.metrics import csr
 
-if TYPE_CHECKING:  # packaging imports this module and must stay free of torch
+if TYPE_CHECKING:  # packaging and serving import this module and must stay free of torch
     from movierec.features import Encoded
     from movierec.ranking import RankingResult
     from movierec.retrieval import RetrievalResult
 
-BUNDLE_FORMAT = 1
-BUNDLE_FILES = ("model.json", "ranking.pt", "retrieval.pt", "vectors.npz", "items.ann", "ids.npz", "items.json")
-ONNX_FILES = ("ranking.onnx", "user_tower.onnx")  # optional: a model may not export (see movierec.export)
+BUNDLE_FORMAT = 2  # 2: sha256 of every file in model.json; per-user data optional
+CORE_FILES = ("model.json", "vectors.npz", "items.ann", "ids.npz", "items.json")
+USER_FILES = ("ranking.pt", "retrieval.pt")  # present when the bundle carries per-user data
+ONNX_FILES = ("ranking.onnx", "user_tower.onnx")  # with per-user data, where the model exports (movierec.export)
+KNOWN_FILES = (*CORE_FILES, *USER_FILES, *ONNX_FILES)
+# Reading caps: a bundle is a file from somewhere else, so a zip bomb or a runaway file must not
+# exhaust memory. ML-20M's largest file (ids.npz, 20M rated movies) is about 0.2 GB.
+MAX_FILE_BYTES = 4 << 30
+MAX_BUNDLE_BYTES = 8 << 30
+MAX_JSON_BYTES = 256 << 20
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
@@ -43,40 +61,122 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def make_bundle(enc: Encoded, train_idx: np.ndarray, retrieval: RetrievalResult, ranking: RankingResult,
                 user_vecs: np.ndarray, item_vecs: np.ndarray, index_blob: bytes, index_settings: IndexSettings,
-                metadata: dict) -> bytes:
-    """Zip the trained models, vectors, index and vocabularies (see the module docstring)."""
+                metadata: dict, user_data: bool = True) -> bytes:
+    """Zip the trained models, vectors, index and vocabularies (see the module docstring);
+    ``user_data=False`` leaves out everything that has a row per user."""
     from movierec.export import export_serving_models
 
-    indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
-    onnx_files, onnx_info = export_serving_models(ranking.model().fold(), retrieval.model(), enc.n_users, enc.n_items)
-    files = {
-        "model.json": json.dumps({
-            "format": BUNDLE_FORMAT,
-            "sizes": enc.vocab_sizes,
-            "retrieval": asdict(retrieval.config),
-            "ranking": ranking.params,
-            "index": asdict(index_settings),
-            "onnx": onnx_info,
-            **metadata,
-        }, indent=2, default=str).encode(),
-        "ranking.pt": ranking.state,
-        "retrieval.pt": retrieval.state,
-        "vectors.npz": _npz(users=user_vecs.astype(np.float32), items=item_vecs.astype(np.float32)),
+    folded = ranking.model().fold()
+    ids = {"item_ids": enc.item_ids, "years": enc.years}
+    vectors = {"items": item_vecs.astype(np.float32), "item_baselines": folded.item_baselines()}
+    files: dict[str, bytes] = {}
+    onnx_info: dict = {"left_out": "published without per-user data"}
+    if user_data:
+        indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
+        ids.update(user_ids=enc.user_ids, rated_indptr=indptr, rated=rated)
+        vectors["users"] = user_vecs.astype(np.float32)
+        onnx_files, onnx_info = export_serving_models(folded, retrieval.model(), enc.n_users, enc.n_items)
+        files.update({"ranking.pt": ranking.state, "retrieval.pt": retrieval.state, **onnx_files})
+    sizes = dict(enc.vocab_sizes) if user_data else {k: v for k, v in enc.vocab_sizes.items() if k == "item"}
+    files.update({
+        "vectors.npz": _npz(**vectors),
         "items.ann": index_blob,
-        "ids.npz": _npz(user_ids=enc.user_ids, item_ids=enc.item_ids, years=enc.years,
-                        rated_indptr=indptr, rated=rated),
+        "ids.npz": _npz(**ids),
         "items.json": json.dumps({"titles": enc.titles, "genres": enc.genres}).encode(),
-        **onnx_files,
+    })
+    model = {
+        "format": BUNDLE_FORMAT,
+        "user_data": user_data,
+        "sizes": sizes,
+        "retrieval": asdict(retrieval.config),
+        "ranking": ranking.params,
+        "index": asdict(index_settings),
+        "onnx": onnx_info,
+        **metadata,
+        "files": {name: sha256(blob) for name, blob in files.items()},
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in (*BUNDLE_FILES, *onnx_files):
-            zf.writestr(name, files[name])
+        zf.writestr("model.json", json.dumps(model, indent=2, default=str).encode())
+        for name in KNOWN_FILES:
+            if name in files:
+                zf.writestr(name, files[name])
     return buf.getvalue()
 
 
 def read_bundle_metadata(bundle: bytes) -> dict:
     with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
         return json.loads(zf.read("model.json"))
+
+
+def _from_zip(source: str, zf: zipfile.ZipFile) -> dict[str, bytes]:
+    """The known members of a bundle zip, within the size caps (nothing else is extracted)."""
+    present = {info.filename: info for info in zf.infolist() if info.filename in KNOWN_FILES}
+    total = sum(info.file_size for info in present.values())
+    if total > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{source}: {total:,} bytes unpacked, more than the {MAX_BUNDLE_BYTES:,} a bundle may hold")
+    files = {}
+    for name, info in present.items():
+        cap = MAX_JSON_BYTES if name.endswith(".json") else MAX_FILE_BYTES
+        with zf.open(info) as f:  # the header's size may lie: read one byte past the cap to tell
+            data = f.read(cap + 1)
+        if len(data) > cap:
+            raise BundleError(f"{source}: {name}: larger than {cap:,} bytes")
+        files[name] = data
+    return files
+
+
+def _from_folder(source: str, folder: Path) -> dict[str, bytes]:
+    files = {}
+    for name in KNOWN_FILES:
+        path = folder / name
+        if path.is_file():
+            cap = MAX_JSON_BYTES if name.endswith(".json") else MAX_FILE_BYTES
+            if path.stat().st_size > cap:
+                raise BundleError(f"{source}: {name}: larger than {cap:,} bytes")
+            files[name] = path.read_bytes()
+    return files
+
+
+def read_bundle(source: str | Path | bytes) -> tuple[dict, dict[str, bytes]]:
+    """(model.json, {file name: bytes}) of a bundle zip (a path or its bytes) or folder, every
+    file checked against the sha256 that model.json records. Raises BundleError naming the
+    bundle and the file for anything missing, damaged, oversized or of another format."""
+    where = "bundle" if isinstance(source, bytes) else str(source)
+    try:
+        if isinstance(source, bytes) or Path(source).is_file():
+            with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as zf:
+                files = _from_zip(where, zf)
+        else:
+            files = _from_folder(where, Path(source))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise BundleError(f"{where}: not a readable bundle ({exc})") from None
+    if "model.json" not in files:
+        raise BundleError(f"{where}: not a movierec bundle (no model.json)")
+    try:
+        info = json.loads(files.pop("model.json"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{where}: model.json: not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else None
+        raise BundleError(f"{where}: model.json: bundle format {found!r}, this movierec reads format "
+                          f"{BUNDLE_FORMAT} (publish the model again with this version)")
+    expected = info.get("files")
+    if not isinstance(expected, dict):
+        raise BundleError(f"{where}: model.json: no file checksums")
+    required = [*CORE_FILES[1:], *(USER_FILES if info.get("user_data") else ())]
+    for name in sorted(set(required) | set(expected)):
+        if name not in files:
+            raise BundleError(f"{where}: {name}: missing")
+        if sha256(files[name]) != expected.get(name):
+            raise BundleError(f"{where}: {name}: checksum mismatch, the file is damaged or was changed")
+    unexpected = sorted(set(files) - set(expected))
+    if unexpected:
+        raise BundleError(f"{where}: {', '.join(unexpected)}: not recorded in model.json")
+    return info, files

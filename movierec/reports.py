@@ -38,7 +38,8 @@ def data_card(dataset: Dataset, source: str) -> list:
         for g in gs or []:
             top_genres[g] = top_genres.get(g, 0) + 1
     return [
-        heading(f"Data: {dataset.name}", [f"Source: `{source}`"]),
+        heading(f"Data: {dataset.name}", [f"Source: `{source}`",
+                                          *(f"**Warning:** {note}" for note in dataset.warnings)]),
         key_values({**stats, "median ratings per user": float(np.median(per_user)) if len(per_user) else 0.0}),
         bar_chart([{"stars": float(v), "ratings": int(c)} for v, c in zip(values, counts)], "stars", "ratings",
                   "Rating distribution"),

@@ -235,7 +235,7 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
           cpus_per_worker: int = 1) -> RetrievalResult:
     """Train the retrieval model ``cfg.model`` names on ``train_idx`` with Ray Train (inside a Ray session)."""
     import ray
-    from ray.train import LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     fit_idx, val_idx = holdout(train_idx, cfg.val_fraction, cfg.seed)
@@ -259,10 +259,23 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
                            "threads": cpus_per_worker},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=False,
                                      resources_per_worker={"CPU": cpus_per_worker}),
-        # Per-report INFO notices would drown the one progress line per epoch printed above.
-        run_config=RunConfig(storage_path=storage_path, name=name, logging_config=LoggingConfig("WARNING")),
+        # Per-report INFO notices would drown the one progress line per epoch printed above, and on
+        # a busy machine the controller's autoscaling requests time out with a WARNING traceback
+        # (GetTimeoutError) that is harmless on a fixed-size cluster: Ray Train says only errors.
+        # A worker group that cannot start (more workers than the cluster has CPUs) is retried by
+        # Ray Train for ever by default; fail on the first time-out instead, saying why.
+        run_config=RunConfig(storage_path=storage_path, name=name, logging_config=LoggingConfig("ERROR"),
+                             failure_config=FailureConfig(controller_failure_limit=0)),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ControllerError as exc:
+        if type(exc.controller_failure).__name__ != "WorkerGroupStartupTimeoutError":
+            raise
+        cpus = ray.cluster_resources().get("CPU", 0)
+        raise RuntimeError(f"Ray Train could not start {cfg.workers} retrieval workers of {cpus_per_worker} CPU each "
+                           f"on a Ray cluster with {cpus:g} CPUs: lower retrieval.workers (--retrieval-workers) or "
+                           "give Ray more CPUs (--num-cpus, or more nodes with --ray-address)") from None
     with result.checkpoint.as_directory() as d:
         with open(os.path.join(d, "model.pt"), "rb") as f:
             state = f.read()

@@ -13,11 +13,10 @@ otherwise; ``backend=`` forces one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import tempfile
-import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,31 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from movierec.errors import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
 from movierec.index import Index, IndexSettings
 from movierec.nn import state_from_bytes
-from movierec.publish import BUNDLE_FILES
+from movierec.publish import read_bundle
 from movierec.ranking import FoldedRatingModel, RatingModel, two_stage_scores
 
+__all__ = ["BundleError", "NoUserDataError", "Recommendation", "Recommender", "RecommenderError",
+           "UnknownMovieError", "UnknownUserError"]
 MAX_K = 1000
 BACKENDS = ("auto", "onnx", "torch")
-
-
-class RecommenderError(Exception):
-    """Base class for errors a caller can act on (bad ids, bad arguments, missing bundle)."""
-
-
-class UnknownUserError(RecommenderError, KeyError):
-    def __str__(self) -> str:
-        return f"unknown user id {self.args[0]}: the model was not trained on this user"
-
-
-class UnknownMovieError(RecommenderError, KeyError):
-    def __str__(self) -> str:
-        return f"unknown movie id {self.args[0]}: not in the model's catalogue"
-
-
-class BundleNotFoundError(RecommenderError):
-    pass
+FLOW = "RecommenderFlow"
 
 
 @dataclass
@@ -72,7 +57,7 @@ def _lookup(ids: np.ndarray, raw: int, error: type[RecommenderError]) -> int:
     return pos
 
 
-def rating_backend(onnx_file: Path, folded: FoldedRatingModel, choice: str = "auto"
+def rating_backend(onnx_graph: bytes | None, folded: FoldedRatingModel, choice: str = "auto"
                    ) -> tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     """(name, rate) where ``rate(user indices, movie indices)`` gives star ratings: onnxruntime when
     asked, or for ``"auto"`` when it is installed and the bundle has the graph; torch otherwise."""
@@ -82,7 +67,7 @@ def rating_backend(onnx_file: Path, folded: FoldedRatingModel, choice: str = "au
         try:
             from movierec.export import session
 
-            graph = session(onnx_file.read_bytes()) if onnx_file.is_file() else None
+            graph = session(onnx_graph) if onnx_graph is not None else None
         except ImportError:
             graph = None
             if choice == "onnx":
@@ -91,7 +76,7 @@ def rating_backend(onnx_file: Path, folded: FoldedRatingModel, choice: str = "au
             return "onnx", lambda u, i: graph.run(None, {"users": np.asarray(u, np.int64),
                                                          "items": np.asarray(i, np.int64)})[0]
         if choice == "onnx":
-            raise RecommenderError(f"{onnx_file.parent}: this bundle has no {onnx_file.name}")
+            raise RecommenderError("this bundle has no ranking.onnx")
 
     def rate(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -100,88 +85,131 @@ def rating_backend(onnx_file: Path, folded: FoldedRatingModel, choice: str = "au
     return "torch", rate
 
 
+@contextlib.contextmanager
+def _reading(origin: str, name: str) -> Iterator[None]:
+    """Any failure while one bundle file is parsed becomes a BundleError naming that file: a
+    checksum cannot vouch for a file the publisher wrote wrong, and a user should see which file
+    of which bundle is at fault, not a numpy or torch traceback."""
+    try:
+        yield
+    except RecommenderError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"{origin}: {name}: cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _same_length(values: object, n: int, what: str) -> None:
+    if len(values) != n:
+        raise ValueError(f"{len(values)} {what} for {n} movie vectors")
+
+
 class Recommender:
     """A loaded bundle. Thread-compatible for reads; load once, query many times."""
 
-    def __init__(self, directory: Path, _tmp: tempfile.TemporaryDirectory | None = None, backend: str = "auto"):
-        self._tmp = _tmp  # keeps an extracted bundle alive as long as this object
-        d = Path(directory)
-        missing = [f for f in BUNDLE_FILES if not (d / f).is_file()]
-        if missing:
-            raise BundleNotFoundError(f"{d}: not a movierec bundle (missing {', '.join(missing)})")
-        self.info = json.loads((d / "model.json").read_text())
-        vectors = np.load(d / "vectors.npz")
-        self.user_vectors, self.item_vectors = vectors["users"], vectors["items"]
-        ids = np.load(d / "ids.npz")
-        self.user_ids, self.item_ids, self.years = ids["user_ids"], ids["item_ids"], ids["years"]
-        self._rated_indptr, self._rated = ids["rated_indptr"], ids["rated"]
-        items = json.loads((d / "items.json").read_text())
-        self.titles, self.genres = items["titles"], items["genres"]
-        self.temperature = float(self.info["retrieval"]["temperature"])
-        torch.set_num_threads(1)  # single requests: thread start-up costs more than it saves
-        state = state_from_bytes((d / "ranking.pt").read_bytes())
-        folded = RatingModel.from_state(self.info["sizes"], self.info["ranking"], state).fold()
-        self.baselines = folded.item_baselines()
-        self.backend, self._rate = rating_backend(d / "ranking.onnx", folded, backend)
-        self.index = Index((d / "items.ann").read_bytes(), self.item_vectors.shape[1],
-                           IndexSettings(**self.info["index"]))
+    def __init__(self, info: dict, files: dict[str, bytes], origin: str = "bundle", backend: str = "auto"):
+        """``info`` and ``files`` as :func:`movierec.publish.read_bundle` returns them (checked)."""
+        with _reading(origin, "model.json"):
+            self.info = info
+            self.temperature = float(info["retrieval"]["temperature"])
+            self.user_data = bool(info["user_data"])
+            settings = IndexSettings(**info["index"])
+        with _reading(origin, "vectors.npz"):
+            vectors = np.load(io.BytesIO(files["vectors.npz"]), allow_pickle=False)
+            self.item_vectors, self.baselines = vectors["items"], vectors["item_baselines"]
+            self.user_vectors = vectors["users"] if self.user_data else None
+        n_items = len(self.item_vectors)
+        with _reading(origin, "ids.npz"):
+            ids = np.load(io.BytesIO(files["ids.npz"]), allow_pickle=False)
+            self.item_ids, self.years = ids["item_ids"], ids["years"]
+            if self.user_data:
+                self.user_ids, self._rated_indptr, self._rated = ids["user_ids"], ids["rated_indptr"], ids["rated"]
+            _same_length(self.item_ids, n_items, "movie ids")
+        with _reading(origin, "items.json"):
+            items = json.loads(files["items.json"])
+            self.titles, self.genres = items["titles"], items["genres"]
+            _same_length(self.titles, n_items, "titles")
+        self.backend, self._rate = "none", None
+        if self.user_data:
+            with _reading(origin, "ranking.pt"):
+                torch.set_num_threads(1)  # single requests: thread start-up costs more than it saves
+                state = state_from_bytes(files["ranking.pt"])
+                folded = RatingModel.from_state(info["sizes"], info["ranking"], state).fold()
+            with _reading(origin, "ranking.onnx"):
+                self.backend, self._rate = rating_backend(files.get("ranking.onnx"), folded, backend)
+        with _reading(origin, "items.ann"):
+            self.index = Index(files["items.ann"], self.item_vectors.shape[1], settings)
+            _same_length(range(len(self.index)), n_items, "indexed movies")
         self.candidates = 100
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def load(cls, source: str | Path | None = None, backend: str = "auto") -> Recommender:
-        """Load a bundle: the one packaged in this installation (default), a bundle folder or zip,
-        or a Metaflow run (``"RecommenderFlow/<run id>"`` or a bare run id; needs metaflow).
+        """Load a bundle: the one packaged in this installation (default; in a source checkout,
+        the latest successful local flow run), a bundle folder or zip, or a Metaflow run
+        (``"RecommenderFlow/<run id>"`` or a bare run id; needs metaflow).
         ``backend`` runs the rating model on ``"onnx"`` or ``"torch"`` (``"auto"``: onnx if it can)."""
         if source is None:
             packaged = resources.files("movierec") / "bundle"
-            if not packaged.is_dir():
-                raise BundleNotFoundError(
-                    "no model is packaged with this installation of movierec (a source checkout has none): "
-                    "install a published wheel, or pass a bundle path or a Metaflow run id")
-            return cls(Path(str(packaged)), backend=backend)
+            if packaged.is_dir():
+                return cls.from_source(Path(str(packaged)), backend)
+            return cls.from_run(None, backend)
         path = Path(source)
-        if path.is_dir():
-            return cls(path, backend=backend)
-        if path.is_file():
-            return cls.from_bytes(path.read_bytes(), backend)
-        if str(source).replace("RecommenderFlow/", "").isalnum():
+        if path.exists():
+            return cls.from_source(path, backend)
+        if str(source).replace(f"{FLOW}/", "").isalnum():
             return cls.from_run(str(source), backend)
-        raise BundleNotFoundError(f"{source}: no such bundle file, folder or Metaflow run")
+        raise BundleError(f"{source}: no such bundle file, folder or Metaflow run")
+
+    @classmethod
+    def from_source(cls, source: Path | bytes, backend: str = "auto") -> Recommender:
+        """A bundle zip (path or bytes) or folder, every file checked against its recorded sha256."""
+        info, files = read_bundle(source)
+        return cls(info, files, "bundle" if isinstance(source, bytes) else str(source), backend)
 
     @classmethod
     def from_bytes(cls, bundle: bytes, backend: str = "auto") -> Recommender:
-        tmp = tempfile.TemporaryDirectory(prefix="movierec-bundle-")
-        with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
-            zf.extractall(tmp.name)
-        return cls(Path(tmp.name), _tmp=tmp, backend=backend)
+        return cls.from_source(bundle, backend)
 
     @classmethod
-    def from_run(cls, run: str, backend: str = "auto") -> Recommender:
-        """The bundle published by a RecommenderFlow run (Metaflow must be installed)."""
+    def from_run(cls, run: str | None, backend: str = "auto") -> Recommender:
+        """The bundle published by a RecommenderFlow run (Metaflow must be installed); ``None``:
+        the latest successful run in the Metaflow datastore this directory uses."""
         try:
-            from metaflow import Run, namespace
-        except ImportError as exc:
-            raise BundleNotFoundError("loading from a Metaflow run needs metaflow installed") from exc
+            from metaflow import Flow, Run, namespace
+            from metaflow.exception import MetaflowException
+        except ImportError:
+            if run is None:
+                raise BundleError(
+                    "no model is packaged with this installation of movierec: install a published wheel, or pass "
+                    "--model with a bundle path") from None
+            raise BundleError(f"{run}: loading a Metaflow run needs metaflow installed") from None
         namespace(None)
-        pathspec = run if "/" in run else f"RecommenderFlow/{run}"
         try:
-            bundle = Run(pathspec)["publish"].task.data.bundle
-        except Exception as exc:  # metaflow raises several types for missing runs/steps
-            raise BundleNotFoundError(f"{pathspec}: no published bundle ({exc})") from exc
-        return cls.from_bytes(bundle, backend)
+            found = Flow(FLOW).latest_successful_run if run is None else Run(run if "/" in run else f"{FLOW}/{run}")
+            if found is None:
+                raise MetaflowException("none finished successfully")
+            bundle = found["publish"].task.data.bundle
+        except (MetaflowException, KeyError, AttributeError) as exc:
+            what = run or "the latest successful run"
+            raise BundleError(
+                f"no model: this installation packages none and {what} of {FLOW} has no published bundle ({exc}); "
+                "run the flow (make run), install a published wheel, or pass --model with a bundle path or run id"
+            ) from None
+        return cls(*read_bundle(bundle), found.pathspec, backend)
 
     def describe(self) -> dict:
         """Which run, data and metrics the model comes from, and what runs its rating model."""
         import movierec
 
         return {"version": movierec.__version__, "backend": self.backend,
-                **{k: self.info.get(k) for k in ("flow", "run_id", "dataset", "metrics", "onnx")}}
+                **{k: self.info.get(k) for k in ("flow", "run_id", "user_data", "dataset", "metrics", "onnx")}}
 
     # ------------------------------------------------------------------ queries
 
     def _user(self, user_id: int) -> int:
+        if not self.user_data:
+            raise NoUserDataError()
         return _lookup(self.user_ids, int(user_id), UnknownUserError)
 
     def _movie(self, movie_id: int) -> int:

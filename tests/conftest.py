@@ -56,8 +56,7 @@ def ml100k_dir() -> Path:
     return ML100K
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(small_encoded) -> bytes:
+def _tiny_bundle(enc, user_data: bool) -> bytes:
     """A real bundle from briefly fitted models on the toy data (no Ray: fast)."""
     import torch
 
@@ -68,7 +67,6 @@ def tiny_bundle(small_encoded) -> bytes:
     from movierec.retrieval import RetrievalConfig, RetrievalResult, TwoTower
     from movierec.split import split_ratings
 
-    enc = small_encoded
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     uf, itf = feature_tensors(enc)
     torch.manual_seed(0)
@@ -81,7 +79,19 @@ def tiny_bundle(small_encoded) -> bytes:
     users, items = retrieval.embeddings()
     settings = index.IndexSettings(n_trees=10)
     return make_bundle(enc, split.train, retrieval, ranking, users, items, index.build(items, settings), settings,
-                       {"flow": "RecommenderFlow", "run_id": "test", "metrics": []})
+                       {"flow": "RecommenderFlow", "run_id": "test", "metrics": []}, user_data=user_data)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(small_encoded) -> bytes:
+    """A real bundle, with per-user data, from briefly fitted models on the toy data."""
+    return _tiny_bundle(small_encoded, user_data=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_private_bundle(small_encoded) -> bytes:
+    """The same models published without per-user data."""
+    return _tiny_bundle(small_encoded, user_data=False)
 
 
 @pytest.fixture
@@ -109,6 +119,9 @@ def runs(metaflow_root, ml100k_dir):
     return failed_status, failed_run, resumed_status, resumed_run, stdout
 
 
+BODY_TIMEOUT = 2.0  # the test server's: stalled uploads are cut off after this many seconds
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket() as s:
@@ -116,9 +129,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(base: str, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, object]:
+def call(base: str, method: str, path: str, body: object = None, raw: bytes | None = None,
+         content_type: str | None = "application/json") -> tuple[int, object]:
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={} if content_type is None else {"Content-Type": content_type})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -135,7 +150,8 @@ def server(tmp_path_factory, tiny_bundle):
     path = tmp_path_factory.mktemp("api") / "model.zip"
     path.write_bytes(tiny_bundle)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "movierec.cli", "--model", str(path), "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "movierec.cli", "--model", str(path), "serve", "--port", str(port),
+                             "--body-timeout", str(BODY_TIMEOUT)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

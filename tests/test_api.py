@@ -1,11 +1,16 @@
 """The REST API in a real `movierec serve` process on loopback, against the in-process Recommender."""
 
+import http.client
+import json
 import shutil
+import socket
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import call
+from conftest import BODY_TIMEOUT, call
 
 
 def test_health_and_model(server):
@@ -62,6 +67,18 @@ def test_history_similar_search_and_predictions(server):
     ("POST", "/recommendations", {"history": [999999]}, None, 404, "unknown movie id"),
     ("POST", "/predictions", {"pairs": [{"user_id": 999999, "movie_id": 1}]}, None, 404, "unknown user id"),
     ("POST", "/predictions", None, b"x" * 300_000, 413, "bytes"),
+    # JSON true was taken as movie or user id 1
+    ("POST", "/recommendations", {"history": [True]}, None, 422, "valid integer"),
+    ("POST", "/recommendations", {"history": [1], "k": True}, None, 422, "k"),
+    ("POST", "/predictions", {"pairs": [{"user_id": True, "movie_id": 1}]}, None, 422, "user_id"),
+    ("POST", "/predictions", {"pairs": [{"user_id": 1, "movie_id": 1.0}]}, None, 422, "movie_id"),
+    # NaN and Infinity (Python's json writes and reads them) crashed the error handler: 500
+    ("POST", "/recommendations", None, b'{"history": [{"movie_id": 1, "rating": NaN}]}', 422, "finite number"),
+    ("POST", "/recommendations", None, b'{"history": [{"movie_id": 1, "rating": Infinity}]}', 422, "finite number"),
+    ("POST", "/recommendations", None, b'{"history": [1e400]}', 422, "valid integer"),
+    ("POST", "/recommendations", {"history": [10**30]}, None, 422, "less than or equal to 4611686018427387904"),
+    ("POST", "/recommendations", {"history": [-1]}, None, 422, "greater than or equal to 0"),
+    ("GET", "/no/such/path", None, None, 404, "not found"),
 ])
 def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(server, method, path, body, raw, status, words):
     base, rec = server
@@ -69,6 +86,85 @@ def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(server, method, p
     got, payload = call(base, method, path, body, raw)
     assert got == status
     assert words.lower() in payload["error"].lower()
+    assert call(base, "GET", "/health")[0] == 200
+
+
+def _raw(base: str, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """A request exactly as given: urllib would add a Content-Type of its own."""
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.putrequest(method, path)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+def test_non_json_bodies_get_415_not_500(server, content_type):
+    """Bodies that are not JSON reached the 422 handler, which crashed on their bytes (500)."""
+    base, _ = server
+    body = b'{"history": [1]}' if content_type != "application/x-www-form-urlencoded" else b"history=1&k=3"
+    status, payload = _raw(base, "POST", "/recommendations", body,
+                           {} if content_type is None else {"Content-Type": content_type})
+    assert status == 415 and "application/json" in json.loads(payload)["error"]
+
+
+def test_errors_never_echo_the_input(server):
+    base, _ = server
+    marker = "Z" * 5000
+    for body in ({"history": [marker]}, {"pairs": [{"user_id": marker, "movie_id": 1}]}):
+        status, payload = call(base, "POST", "/predictions" if "pairs" in body else "/recommendations", body)
+        assert status == 422 and marker[:50] not in json.dumps(payload)
+
+
+def test_chunked_body_over_the_limit_is_cut_off_and_not_echoed(server):
+    """Only Content-Length was checked: a chunked 20 MB body got through and came back in the 422."""
+    base, _ = server
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request("POST", "/predictions", body=(b"x" * 65536 for _ in range(320)),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        response = conn.getresponse()
+        payload = response.read()
+    except (BrokenPipeError, ConnectionResetError):  # the server may close while we still send
+        payload, response = b"", None
+    finally:
+        conn.close()
+    if response is not None:
+        assert response.status == 413 and len(payload) < 200 and b"xxxx" not in payload
+    assert call(base, "GET", "/health")[0] == 200
+
+
+def test_stalled_uploads_time_out(server):
+    """100 of 100 uploads that stopped half-way were still open after 12 s: each now gets a 408
+    and its connection is closed once the body timeout has passed."""
+    base, _ = server
+    url = urllib.parse.urlsplit(base)
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection((url.hostname, url.port), timeout=BODY_TIMEOUT + 10)
+        s.sendall(b"POST /predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"pairs\": [")
+        socks.append(s)
+    started = time.monotonic()
+    try:
+        for s in socks:
+            received = b""
+            while chunk := s.recv(65536):  # until the server closes the connection
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < BODY_TIMEOUT + 5
+    finally:
+        for s in socks:
+            s.close()
     assert call(base, "GET", "/health")[0] == 200
 
 

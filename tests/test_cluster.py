@@ -126,3 +126,29 @@ def test_local_session_state_api_fails_fast_despite_a_stale_cluster_file(monkeyp
             assert ray.get(state_api_error.remote()) == "ServerUnavailable"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_workers_that_cannot_be_placed_fail_the_training_with_a_reason(small_encoded, tmp_path, monkeypatch):
+    """More workers than CPUs made Ray Train retry the worker group's start-up for ever."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3")  # read by Ray Train's controller
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+    cfg = RetrievalConfig(dim=8, hidden=16, epochs=1, workers=3, batch_size=256)
+    with pytest.raises(RuntimeError, match=r"could not start 3 retrieval workers of 1 CPU each on a Ray cluster "
+                                           r"with 2 CPUs: lower retrieval.workers"):
+        pipeline.run_retrieval(enc, split, cfg, str(tmp_path), num_cpus=2)
+
+
+def test_a_local_session_refuses_clients_without_its_token():
+    """Local sessions listened on every interface, open to anyone on the network; Ray cannot bind
+    them to loopback alone, so each now requires this process's own token."""
+    import ray
+
+    with cluster.ray_session(num_cpus=1):
+        address = ray.get_runtime_context().gcs_address
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        outsider = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, env=env,
+                                  timeout=120)
+        insider = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, timeout=120)
+    assert outsider.returncode != 0 and "token" in (outsider.stdout + outsider.stderr).lower()
+    assert insider.returncode == 0 and "token" not in (insider.stdout + insider.stderr).lower()

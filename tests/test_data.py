@@ -302,10 +302,11 @@ def test_parquet_cache_reused_and_invalidated(csv_dir: Path, monkeypatch: pytest
 def test_to_bytes_from_bytes_round_trip(ml1m_dir: Path):
     ds = data.load_ml1m(ml1m_dir)
     blobs = ds.to_bytes()
-    assert set(blobs) == {"name", "ratings", "items", "users"}
+    assert set(blobs) == {"meta", "ratings", "items", "users"}
     assert all(isinstance(b, bytes) for b in blobs.values())
     back = data.Dataset.from_bytes(blobs)
     _assert_same(back, ds)
+    assert (back.name, back.duplicates_dropped, back.warnings) == (ds.name, ds.duplicates_dropped, ds.warnings)
     assert back.items.column("title").to_pylist()[2] == "Café"
 
 
@@ -560,3 +561,106 @@ def test_cache_invalidated_by_users_dat(ml1m_dir: Path):
 def test_ml20m_like_rejects_negative_size():
     with pytest.raises(ValueError):
         synthetic.ml20m_like(-5)
+
+
+# --------------------------------------------------------------------------- hardening (issue 13)
+
+
+def test_doubled_ml100k_keeps_each_pairs_latest_rating_and_no_pair_crosses_the_split(ml100k_dir, tmp_path):
+    """ML-100K with every row written twice loaded silently, and 80% of test pairs were also in
+    train. The second copies here are one second later with another rating for half the rows and
+    identical otherwise: the later (or, on a tie, the second) row must win."""
+    from movierec import pipeline
+    from movierec.features import encode
+
+    lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    copies = []
+    for n, row in enumerate(rows):
+        user, item, rating, ts = row.split("\t")
+        copies.append(f"{user}\t{item}\t{6 - float(rating)}\t{int(float(ts)) + n % 2}")
+    d = tmp_path / "doubled"
+    d.mkdir()
+    (d / "ml-100k.inter").write_text("\n".join([header, *rows, *copies]) + "\n")
+    for name in ("ml-100k.item", "ml-100k.user"):
+        (d / name).write_bytes((ml100k_dir / name).read_bytes())
+    ds = data.load_dataset(d)
+    assert ds.ratings.num_rows == 100_000 and ds.duplicates_dropped == 100_000
+    assert ds.stats()["duplicate_ratings_dropped"] == 100_000
+    assert "100,000 duplicate (user, movie) ratings dropped" in ds.warnings[0]
+    kept = {(r["user_id"], r["item_id"]): r["rating"] for r in ds.ratings.to_pylist()}
+    original = [row.split("\t") for row in rows[:6]]
+    assert [kept[(int(u), int(i))] for u, i, _, _ in original] == [6 - float(r) for _, _, r, _ in original]
+    enc = encode(ds)
+    for protocol in ("tfrs", "msr", "temporal"):
+        split = pipeline.split_for(enc, protocol, 42)
+        pairs = enc.user_idx.astype(np.int64) * enc.n_items + enc.item_idx
+        assert not np.intersect1d(pairs[split.train], pairs[split.test]).size, protocol
+    assert data.load_dataset(d).warnings == ds.warnings  # from the cache, reported again
+
+
+def test_a_latin1_movies_csv_loads_with_a_warning_naming_the_line(tmp_path: Path):
+    """It said only 'could not be parsed'."""
+    d = _write(tmp_path / "latin", {"ratings.csv": RATINGS_CSV, "movies.csv": MOVIES_CSV.replace(
+        "Untitled Short", "Café Short").encode("latin-1")})
+    ds = data.load_dataset(d)
+    assert "Café Short" in ds.items["title"].to_pylist()
+    assert ds.warnings == [f"{d / 'movies.csv'}, line 4: not valid utf8 (byte 0xe9); read as latin-1"]
+
+
+def test_a_utf8_movies_dat_is_not_garbled(ml1m_dir: Path):
+    """ml-1m's movies.dat was always read as latin-1: a UTF-8 copy came out as 'CafÃ©'."""
+    (ml1m_dir / "movies.dat").write_text(MOVIES_DAT, encoding="utf-8")
+    ds = data.load_dataset(ml1m_dir)
+    assert ds.items["title"].to_pylist()[2] == "Café" and ds.warnings == []
+
+
+@pytest.mark.parametrize("row, fragments", [
+    ("1,2,nan,11", ["line 3", "rating is not a number (nan)"]),  # said "column is empty"
+    ("1,2,NULL,11", ["line 3", "column 'rating' expected float, got 'NULL'"]),
+    ("-1,2,3.0,11", ["line 3", "user_id -1 out of range", "0 to 4611686018427387904"]),
+    ("1,4611686018427387905,3.0,11", ["line 3", "item_id 4611686018427387905 out of range"]),
+])
+def test_values_the_api_would_refuse_are_refused_when_loading(tmp_path: Path, row, fragments):
+    d = _write(tmp_path / "bad", {"ratings.csv": HEADER + "1,1,4.0,10\n" + row + "\n", "movies.csv": MOVIES_CSV})
+    with pytest.raises(DataError) as info:
+        data.load_dataset(d)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_movies_missing_or_repeated_in_the_movies_file_are_counted(tmp_path: Path):
+    movies = MOVIES_CSV + "1,Toy Story again (1995),Comedy\n"
+    ratings = RATINGS_CSV + "3,500,4.0,964990000\n3,501,4.0,964990001\n"
+    ds = data.load_dataset(_write(tmp_path / "odd", {"ratings.csv": ratings, "movies.csv": movies}))
+    assert "1 movie rows repeat an earlier movie id: the first of each is kept" in ds.warnings
+    assert "2 of 5 rated movies have no row in the movies file: they are recommended without title, genres or " \
+        "year" in ds.warnings
+    assert ds.items.num_rows == 3 and "Toy Story" in ds.items["title"].to_pylist()
+
+
+def _load_in_child(directory: str) -> int:
+    return data.load_dataset(Path(directory)).ratings.num_rows
+
+
+def test_concurrent_first_loads_all_succeed_and_leave_one_cache(csv_dir: Path):
+    """12 of 50 concurrent first loads failed with 'Directory not empty' and left .tmp-* folders."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(8) as pool:
+        counts = list(pool.map(_load_in_child, [str(csv_dir)] * 24))
+    assert counts == [4] * 24
+    assert len(list((csv_dir / ".parquet-cache").iterdir())) == 1
+    assert not list(csv_dir.glob(".tmp-*"))
+
+
+def test_a_cache_written_by_an_older_loader_is_not_read(csv_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A cache of the format before duplicates were dropped broke every load (KeyError in meta.json):
+    the format is part of the cache key, so an older format's cache is never read."""
+    monkeypatch.setattr(data, "CACHE_FORMAT", 1)
+    data.load_dataset(csv_dir)
+    (old,) = (csv_dir / ".parquet-cache").iterdir()
+    (old / "meta.json").write_text('{"name": "ml-tiny", "layout": "grouplens-csv"}')  # as format 1 wrote it
+    monkeypatch.undo()
+    assert data.load_dataset(csv_dir).duplicates_dropped == 0
+    assert [p.name for p in (csv_dir / ".parquet-cache").iterdir()] != [old.name]

@@ -84,3 +84,16 @@ def test_light_steps_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(flows)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_in_a_checkout_serves_the_latest_successful_run(runs, metaflow_root):
+    """After `make run`, `movierec serve` in the checkout said "no model": it now takes the latest
+    successful run of the local datastore."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "movierec.cli", "info"], capture_output=True, text=True,
+                          cwd=metaflow_root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["run_id"] == Flow("RecommenderFlow").latest_successful_run.id

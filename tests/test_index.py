@@ -1,4 +1,8 @@
+import os
+import tempfile
+
 import numpy as np
+import pytest
 
 from movierec import index
 
@@ -21,18 +25,25 @@ def test_recall_by_hand():
     assert index.recall_at_k(approx, exact) == 4 / 6
 
 
-def test_annoy_round_trip_and_recall(rng):
+@pytest.mark.parametrize("memfd", [True, False])
+def test_annoy_round_trip_and_recall_leaves_no_file(rng, tmp_path, monkeypatch, memfd):
+    """Every Recommender load used to leave its Annoy file in the temp folder: now none is ever
+    left there, with memfd or, where the OS has none, a file removed once Annoy has mapped it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    if not memfd:
+        monkeypatch.delattr(os, "memfd_create", raising=False)
     items, users = _unit(rng, 500, 16), _unit(rng, 50, 16)
     settings = index.IndexSettings(n_trees=30)
     blob = index.build(items, settings)
     assert isinstance(blob, bytes) and len(blob) > 0
     with index.Index(blob, 16, settings) as ix:
+        assert list(tmp_path.iterdir()) == []
         approx = ix.query_many(users, 20)
         first = ix.query(items[7], 1)
-        path = ix._path
+        assert len(ix) == 500
     assert first.tolist() == [7]  # an item's nearest neighbour is itself
     assert index.recall_at_k(approx, index.exact_top_k(users, items, 20)) > 0.9
-    assert not __import__("os").path.exists(path)  # the temporary file is cleaned up
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_build_is_deterministic_for_a_seed(rng):

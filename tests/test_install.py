@@ -2,10 +2,14 @@
 pypiserver on loopback, installed into a fresh virtual environment, and asked for recommendations
 from a process that cannot see the source tree."""
 
+import base64
+import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -39,7 +43,54 @@ def test_flow_published_to_a_pip_readable_local_index(published, tmp_path):
     assert (tmp_path / publication["wheel"]).read_bytes() == wheel_bytes
 
 
-def test_pypiserver_twine_fresh_venv_recommends(published, tmp_path, monkeypatch):
+def _attacker_wheel(folder: Path, version: str) -> Path:
+    """A wheel named movierec, as anyone could register on PyPI: it marks itself when imported."""
+    name = f"movierec-{version}"
+    files = {
+        "movierec/__init__.py": f'__version__ = "{version}"\nPWNED = True\n',
+        f"{name}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: movierec\nVersion: {version}\n",
+        f"{name}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+
+    def digest(text: str) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{n},sha256={digest(t)},{len(t.encode())}\n" for n, t in files.items())
+    files[f"{name}.dist-info/RECORD"] = record + f"{name}.dist-info/RECORD,,\n"
+    path = folder / f"{name}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, t in files.items():
+            zf.writestr(n, t)
+    return path
+
+
+def test_printed_install_command_cannot_be_hijacked_and_recommends(published, tmp_path):
+    """Installs with exactly the command the flow printed, while another index pip consults (as it
+    would PyPI) offers a movierec of a higher version and one of the very same version: the
+    command's wheel must win. The old `--extra-index-url ... movierec` took the highest version."""
+    publication, wheel_bytes = published
+    attacker = tmp_path / "public-index"
+    attacker.mkdir()
+    for version in ("99.0.0", publication["version"]):
+        _attacker_wheel(attacker, version)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    command = shlex.split(publication["install_command"])
+    assert command[:2] == ["pip", "install"]
+    links = " ".join(filter(None, [str(attacker), os.environ.get("PIP_FIND_LINKS", "")]))
+    install = subprocess.run([str(venv / "bin" / "pip"), *command[1:], "-q"], capture_output=True, text=True,
+                             cwd=tmp_path, env={**_clean_env(), "PIP_FIND_LINKS": links}, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import movierec; print(movierec.__version__, hasattr(movierec, 'PWNED'))"],
+                           capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), check=True)
+    assert probe.stdout.split() == [publication["version"], "False"]
+    _check_installed(venv, publication, tmp_path)
+
+
+def test_twine_upload_to_a_repository_and_its_printed_command(published, tmp_path, monkeypatch):
+    """The --repository-url path: twine uploads to a real pypiserver (idempotently), and the
+    command printed for it resolves movierec from that repository alone."""
     publication, wheel_bytes = published
     monkeypatch.setenv("TWINE_USERNAME", "ci")  # as for any server; this one does not check them
     monkeypatch.setenv("TWINE_PASSWORD", "unused")
@@ -49,14 +100,17 @@ def test_pypiserver_twine_fresh_venv_recommends(published, tmp_path, monkeypatch
     with packaging.LocalPypiServer(tmp_path / "server") as server:
         assert packaging.upload(wheel, server.url + "/") is True
         assert packaging.upload(wheel, server.url + "/") is False  # idempotent
-        venv = tmp_path / "venv"
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        install = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", "--extra-index-url", f"{server.url}/simple/",
-             f"movierec=={publication['version']}"],
-            capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), timeout=900,
-        )
-        assert install.returncode == 0, install.stderr[-3000:]
+        command = shlex.split(packaging.install_command(publication["version"], wheel, server.url + "/"))
+        assert command[:2] == ["pip", "install"] and "--extra-index-url" not in command
+        download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                                   str(tmp_path / "got"), *command[2:]], capture_output=True, text=True,
+                                  env={**_clean_env(), "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""})
+    assert download.returncode == 0, download.stderr
+    assert (tmp_path / "got" / publication["wheel"]).read_bytes() == wheel_bytes
+
+
+def _check_installed(venv: Path, publication: dict, tmp_path: Path) -> None:
+    """The installed wheel recommends from outside the checkout, through the CLI and the library."""
     env, cwd = _clean_env(), tmp_path  # the checkout is neither on the path nor the working directory
 
     cli = subprocess.run([str(venv / "bin" / "movierec"), "recommend", "--user", "1", "-k", "5"],
@@ -89,8 +143,8 @@ def test_pypiserver_twine_fresh_venv_recommends(published, tmp_path, monkeypatch
     assert bad.returncode == 2 and "unknown user id 999999" in bad.stderr and "Traceback" not in bad.stderr
 
     # The onnx extra: the same wheel with onnxruntime runs its rating model there, answering alike.
-    extra = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--find-links", str(tmp_path),
-                            f"movierec[onnx]=={publication['version']}"],
+    onnx_command = shlex.split(publication["install_command"].replace("movierec @", "movierec[onnx] @"))
+    extra = subprocess.run([str(venv / "bin" / "pip"), *onnx_command[1:], "-q"],
                            capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
     assert extra.returncode == 0, extra.stderr[-3000:]
     info = json.loads(subprocess.run([str(venv / "bin" / "movierec"), "info"], capture_output=True, text=True,

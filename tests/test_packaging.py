@@ -1,12 +1,19 @@
 """Building and publishing wheels: versions, contents, atomic and idempotent uploads."""
 
+import hashlib
+import http.server
+import subprocess
+import sys
+import tempfile
+import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 from packaging.version import Version
 
 from movierec import packaging
-from movierec.publish import BUNDLE_FILES
+from movierec.publish import KNOWN_FILES
 
 
 def test_run_version_is_pep440_and_uploadable():
@@ -26,7 +33,7 @@ def wheel(tmp_path_factory, tiny_bundle):
 def test_wheel_holds_code_bundle_and_console_script(wheel):
     assert wheel.name == "movierec-0.1.0.post7-py3-none-any.whl"
     names = zipfile.ZipFile(wheel).namelist()
-    for f in BUNDLE_FILES:
+    for f in KNOWN_FILES:  # the tiny bundle carries per-user data and both ONNX graphs
         assert f"movierec/bundle/{f}" in names
     assert "movierec/serving.py" in names and "movierec/cli.py" in names
     assert not [n for n in names if "__pycache__" in n]
@@ -45,7 +52,7 @@ def test_local_index_publish_is_idempotent(wheel, tmp_path):
     assert packaging.publish_to_directory(wheel, index) is False
     assert [p.name for p in (index / "packages").iterdir()] == [wheel.name]
     page = (index / "simple" / "movierec" / "index.html").read_text()
-    assert f"../../packages/{wheel.name}#sha256={packaging._sha256(wheel)}" in page
+    assert f"../../packages/{wheel.name}#sha256={hashlib.sha256(wheel.read_bytes()).hexdigest()}" in page
     assert not list(index.glob(".incoming-*"))
 
 
@@ -64,3 +71,88 @@ def test_failed_upload_leaves_no_partial_package(wheel, tmp_path, monkeypatch):
 def test_build_refuses_a_tree_without_packaging_files(tiny_bundle, tmp_path):
     with pytest.raises(packaging.PublishError, match="setup.cfg missing"):
         packaging.build_wheel(tiny_bundle, "0.1.0.post1", tmp_path, source_root=tmp_path)
+
+
+def test_publish_leaves_no_temporary_folder_and_prints_a_pinned_command(tiny_bundle, tmp_path, monkeypatch):
+    """publish() left its /tmp/movierec-wheel-* folder behind after every run."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    publication, wheel = packaging.publish(tiny_bundle, "5", index_dir=tmp_path / "idx")
+    assert list(tmp.iterdir()) == []
+    assert publication.version == "0.1.0.post5" and publication.sha256 == hashlib.sha256(wheel).hexdigest()
+    on_disk = tmp_path / "idx" / "packages" / publication.wheel
+    assert on_disk.read_bytes() == wheel
+    assert publication.install_command == f"pip install 'movierec @ {on_disk.as_uri()}#sha256={publication.sha256}'"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("https://aws:s3cr3t@example.com/pypi/", "must not hold credentials"),
+    ("https://token@example.com/pypi/", "must not hold credentials"),
+    ("http://example.com/pypi/", "must be https"),
+    ("ftp://127.0.0.1/", "must be https"),
+])
+def test_repository_urls_without_https_or_with_credentials_are_refused(url, message):
+    with pytest.raises(packaging.PublishError, match=message):
+        packaging.check_repository_url(url)
+
+
+def test_loopback_http_and_https_repositories_are_accepted():
+    for url in ("https://example.com/pypi/", "http://127.0.0.1:8080/", "http://localhost/", "http://[::1]:1/"):
+        assert packaging.check_repository_url(url) == url
+    assert packaging.install_command("1.0", Path("x.whl"), "https://example.com/pypi/legacy/") == \
+        "pip install --index-url https://example.com/pypi/simple/ movierec==1.0"
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers 302 to ``target`` when it has one, else 404; records the headers it was sent."""
+
+    target: str = ""
+    seen: list = []
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        type(self).seen.append(dict(self.headers))
+        if self.target:
+            self.send_response(302)
+            self.send_header("Location", self.target + self.path)
+        else:
+            self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve(handler: type) -> tuple[http.server.HTTPServer, str]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+def test_credentials_do_not_follow_a_redirect_to_another_origin(monkeypatch):
+    """The index check sent TWINE_* as basic auth and followed a 302 to another host, token and all."""
+    other = type("Other", (_Recorder,), {"seen": []})
+    repo = type("Repo", (_Recorder,), {"seen": []})
+    other_server, other_url = _serve(other)
+    repo.target = other_url
+    repo_server, repo_url = _serve(repo)
+    monkeypatch.setenv("TWINE_USERNAME", "aws")
+    monkeypatch.setenv("TWINE_PASSWORD", "secret-token")
+    try:
+        with pytest.raises(packaging.PublishError, match="redirected .302. to http://127.0.0.1"):
+            packaging.already_on_server(repo_url + "/", "movierec-1.0-py3-none-any.whl")
+    finally:
+        repo_server.shutdown()
+        other_server.shutdown()
+    assert repo.seen and repo.seen[0]["Authorization"].startswith("Basic ")
+    assert other.seen == []  # nothing, let alone the token, reached the other origin
+
+
+def test_a_url_with_credentials_is_refused_before_the_run_starts(metaflow_root):
+    """Metaflow stores and prints parameter values: the URL is refused while parsing the command line."""
+    from conftest import FLOW
+
+    proc = subprocess.run([sys.executable, FLOW, "--no-pylint", "run", "--repository-url", "https://u:tok@x.org/"],
+                          capture_output=True, text=True, cwd=metaflow_root, timeout=120)
+    assert proc.returncode != 0 and "must not hold credentials" in proc.stderr
+    assert "tok@" not in proc.stdout and "Workflow starting" not in proc.stdout + proc.stderr

@@ -1,11 +1,18 @@
 """The Recommender API over a real bundle: ids in, titled and scored recommendations out."""
 
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
 import numpy as np
 import pytest
 
-from movierec import Recommender
+from movierec import Recommender, publish
 from movierec.publish import read_bundle_metadata
-from movierec.serving import BundleNotFoundError, RecommenderError, UnknownMovieError, UnknownUserError
+from movierec.serving import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +77,160 @@ def test_load_from_folder_and_zip(tmp_path, tiny_bundle):
 
     zipfile.ZipFile(tmp_path / "b.zip").extractall(tmp_path / "dir")
     assert Recommender.load(tmp_path / "dir").info == read_bundle_metadata(tiny_bundle)
-    with pytest.raises(BundleNotFoundError, match="missing"):
+    with pytest.raises(BundleError, match="not a movierec bundle"):
         Recommender.load(tmp_path)  # a folder that is not a bundle
-    with pytest.raises(BundleNotFoundError):
-        Recommender.load()  # a source checkout packages no model
+    (tmp_path / "dir" / "ids.npz").unlink()
+    with pytest.raises(BundleError, match=r"dir: ids.npz: missing"):
+        Recommender.load(tmp_path / "dir")
 
 
 def test_title_search(rec):
     hits = rec.search(rec.titles[7])
     assert int(rec.item_ids[7]) in [h.movie_id for h in hits]
+
+
+def _rezip(bundle: bytes, changes: dict[str, bytes | None], keep_checksums: bool = True) -> bytes:
+    """The bundle with files replaced (None: removed); model.json's checksums follow the new
+    files unless ``keep_checksums``, as a damaged download would leave them."""
+    with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    info = json.loads(files["model.json"])
+    for name, blob in changes.items():
+        if blob is None:
+            files.pop(name)
+            info["files"].pop(name, None)
+        else:
+            files[name] = blob
+            if not keep_checksums and name != "model.json":
+                info["files"][name] = publish.sha256(blob)
+    if "model.json" not in changes:
+        files["model.json"] = json.dumps(info).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, blob in files.items():
+            zf.writestr(name, blob)
+    return buf.getvalue()
+
+
+def _cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "movierec.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp_path):
+    """Random bytes in items.ann made Annoy segfault the process; the checksum in model.json now
+    stops the load with one line naming the file (a subprocess: a crash would kill pytest)."""
+    ann = zipfile.ZipFile(io.BytesIO(tiny_bundle)).read("items.ann")
+    path = tmp_path / "damaged.zip"
+    path.write_bytes(_rezip(tiny_bundle, {"items.ann": np.random.default_rng(0).bytes(len(ann))}))
+    proc = _cli("--model", str(path), "recommend", "--user", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"movierec: error: {path}: items.ann: checksum mismatch, the file is damaged or was changed"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b[: len(b) // 2], "not a readable bundle"),  # a truncated download
+    (lambda b: _rezip(b, {"vectors.npz": b"\x93NUMPY garbage"}, keep_checksums=False),
+     "vectors.npz: cannot be read"),  # written wrong by the publisher, checksum and all
+    (lambda b: _rezip(b, {"items.json": b'{"titles": ["one"], "genres": [[]]}'}, keep_checksums=False),
+     "items.json: cannot be read .*1 titles for 150 movie vectors"),
+    (lambda b: _rezip(b, {"ids.npz": None}), "ids.npz: missing"),
+    (lambda b: _rezip(b, {"model.json": b"{not json"}), "model.json: not valid JSON"),
+    (lambda b: _rezip(b, {"model.json": json.dumps({"format": 1}).encode()}),
+     "bundle format 1, this movierec reads format 2"),
+    (lambda b: _rezip(b, {"ranking.onnx": b"not onnx"}, keep_checksums=False), "ranking.onnx: cannot be read"),
+])
+def test_every_load_failure_is_one_bundle_error_naming_the_file(tiny_bundle, change, message):
+    with pytest.raises(BundleError, match=message):
+        Recommender.from_bytes(change(tiny_bundle), backend="onnx")
+
+
+def test_only_known_files_are_read_and_sizes_are_capped(tiny_bundle, monkeypatch):
+    extra = _rezip(tiny_bundle, {"../../evil.sh": b"rm -rf /", "model.json.bak": b"{}"})
+    opened, real_open = [], zipfile.ZipFile.open
+
+    def recording_open(self, name, *args, **kwargs):
+        opened.append(getattr(name, "filename", name))
+        return real_open(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", recording_open)
+    Recommender.from_bytes(extra)
+    assert set(publish.KNOWN_FILES) <= set(opened)
+    assert not {"../../evil.sh", "model.json.bak"} & set(opened)  # never read, let alone unpacked
+    monkeypatch.setattr(publish, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(BundleError, match="larger than 1,000 bytes"):
+        Recommender.from_bytes(tiny_bundle)
+    monkeypatch.setattr(publish, "MAX_BUNDLE_BYTES", 1000)
+    with pytest.raises(BundleError, match="bytes unpacked, more than the 1,000"):
+        Recommender.from_bytes(tiny_bundle)
+
+
+def test_loads_leave_no_temporary_files(tiny_bundle, tmp_path):
+    """Each CLI call used to leave its Annoy file (and a zip bundle its unpacked folder) in TMPDIR."""
+    path, tmp = tmp_path / "model.zip", tmp_path / "tmp"
+    path.write_bytes(tiny_bundle)
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    for _ in range(3):
+        proc = _cli("--model", str(path), "similar", "--movie", "1", env=env)
+        assert proc.returncode == 0, proc.stderr
+    # onnxruntime's telemetry keeps one session record per temp folder, rewritten in place on import.
+    assert [p.name for p in tmp.iterdir() if p.name != ".ses"] == []
+
+
+def test_without_a_model_or_a_run_the_error_says_what_to_do(tmp_path):
+    """A source checkout packages no model; with no finished flow run either, one line says so."""
+    env = {**os.environ, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    proc = _cli("info", env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no model" in proc.stderr and "make run" in proc.stderr
+
+
+def test_private_bundle_carries_no_user_and_answers_history_requests(tiny_private_bundle, tiny_bundle):
+    with zipfile.ZipFile(io.BytesIO(tiny_private_bundle)) as zf:
+        names = set(zf.namelist())
+        assert names == {"model.json", "vectors.npz", "items.ann", "ids.npz", "items.json"}
+        assert set(np.load(io.BytesIO(zf.read("ids.npz")))) == {"item_ids", "years"}
+        assert set(np.load(io.BytesIO(zf.read("vectors.npz")))) == {"items", "item_baselines"}
+        assert "user" not in json.loads(zf.read("model.json"))["sizes"]
+    private, full = Recommender.from_bytes(tiny_private_bundle), Recommender.from_bytes(tiny_bundle)
+    assert private.describe()["user_data"] is False and private.backend == "none"
+    movies = [int(m) for m in full.item_ids[:3]]
+    assert [r.movie_id for r in private.recommend_for_history(movies, 5)] == \
+        [r.movie_id for r in full.recommend_for_history(movies, 5)]
+    assert [r.movie_id for r in private.similar_movies(movies[0], 3)] == \
+        [r.movie_id for r in full.similar_movies(movies[0], 3)]
+    for ask in (lambda: private.recommend(int(full.user_ids[0])), lambda: private.predict_rating(1, movies[0])):
+        with pytest.raises(NoUserDataError, match="without per-user data"):
+            ask()
+
+
+def test_serve_stopped_by_sigterm_leaves_nothing_behind(tiny_bundle, tmp_path):
+    """`movierec serve` unpacked a zip bundle into TMPDIR and left it there when stopped with SIGTERM."""
+    import signal
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    path, tmp = tmp_path / "model.zip", tmp_path / "tmp"
+    path.write_bytes(tiny_bundle)
+    tmp.mkdir()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "movierec.cli", "--model", str(path), "serve", "--port", str(port)],
+                            env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert [p.name for p in tmp.iterdir() if p.name != ".ses"] == []  # .ses: see test_loads_leave_no_...

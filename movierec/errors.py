@@ -1,0 +1,29 @@
+"""The errors a caller of the installed package can act on, importable without any model code."""
+
+from __future__ import annotations
+
+
+class RecommenderError(Exception):
+    """Base class for errors a caller can act on (bad ids, bad arguments, an unusable bundle)."""
+
+
+class UnknownUserError(RecommenderError, KeyError):
+    def __str__(self) -> str:
+        return f"unknown user id {self.args[0]}: the model was not trained on this user"
+
+
+class UnknownMovieError(RecommenderError, KeyError):
+    def __str__(self) -> str:
+        return f"unknown movie id {self.args[0]}: not in the model's catalogue"
+
+
+class NoUserDataError(RecommenderError):
+    """The bundle was published without per-user data: only history-based requests work."""
+
+    def __init__(self) -> None:
+        super().__init__("this model was published without per-user data (publish.user_data=false): it knows no "
+                         "users; ask for recommendations from a history of rated movies instead")
+
+
+class BundleError(RecommenderError):
+    """A bundle that is missing or cannot be read; the message names the bundle and the file."""
