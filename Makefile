@@ -8,17 +8,18 @@ DATA := data/ml-100k/ml-100k.inter
 export USERNAME ?= $(or $(USER),movierec)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data run test lint clean help
+.PHONY: setup data run test lint lock audit clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
+# Every package (pip and setuptools included) comes from the hash-pinned lock; movierec itself is
+# installed from this checkout without an isolated build, so no unpinned build tool is fetched.
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --require-hashes -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies and movierec
@@ -36,6 +37,15 @@ test: setup data  ## the test suite
 
 lint: setup  ## ruff
 	$(BIN)/ruff check movierec flows tests $(wildcard benchmarks)
+
+lock: setup  ## re-pin requirements/runtime.txt and requirements.txt from requirements/*.in (hashes included)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o requirements/runtime.txt requirements/runtime.in
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o requirements.txt requirements/dev.in
+
+audit: setup  ## pip-audit the pinned lock against PyPI's vulnerability data
+	$(BIN)/python .ci/audit.py requirements.txt
 
 clean:  ## remove the venv, caches and local Metaflow/Ray runs (keeps downloaded data)
 	rm -rf $(VENV) .metaflow .movierec_ray .pytest_cache .ruff_cache build dist *.egg-info
