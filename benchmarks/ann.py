@@ -16,31 +16,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from results import emit, markdown_table
+from results import emit, markdown_table, median_seconds
 
 from movierec import index
+from movierec.settings import IndexSettings
 
 
 def clustered_unit_vectors(n: int, dim: int, rng: np.random.Generator, clusters: int = 200) -> np.ndarray:
     centres = rng.normal(size=(clusters, dim))
     x = centres[rng.integers(0, clusters, n)] + rng.normal(scale=0.6, size=(n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def timed(fn, repeats: int = 3) -> float:
-    """Median seconds of ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def trained_vectors(root: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -50,8 +40,8 @@ def trained_vectors(root: Path) -> tuple[np.ndarray, np.ndarray, str]:
 
     namespace(None)
     run = Flow("RecommenderFlow").latest_successful_run
-    task = run["build_index"].task
-    return task.data.item_vectors, task.data.user_vectors, run.id
+    index = run["build_index"].task.data.retrieval_index
+    return index.item_vectors, index.user_vectors, run.id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,20 +66,20 @@ def main(argv: list[str] | None = None) -> int:
         source, section = "clustered unit vectors", "ann"
     exact = index.exact_top_k(queries, items, args.k)
 
-    one_by_one = timed(lambda: [index.exact_top_k(q[None], items, args.k) for q in queries[:200]]) / 200
-    batched = timed(lambda: index.exact_top_k(queries, items, args.k)) / len(queries)
+    one_by_one = median_seconds(lambda: [index.exact_top_k(q[None], items, args.k) for q in queries[:200]]) / 200
+    batched = median_seconds(lambda: index.exact_top_k(queries, items, args.k)) / len(queries)
     rows = [{"method": "exact numpy, one query at a time", "recall@100": "1.0000", "QPS": f"{1 / one_by_one:,.0f}"},
             {"method": "exact numpy, batched (chunks of 2048)", "recall@100": "1.0000", "QPS": f"{1 / batched:,.0f}"}]
     best = None
     for n_trees in (10, 25, 50, 100):
         t0 = time.perf_counter()
-        blob = index.build(items, index.IndexSettings(n_trees=n_trees))
+        blob = index.build(items, IndexSettings(n_trees=n_trees))
         build_s = time.perf_counter() - t0
         for search_k in (-1, 2_000, 5_000, 20_000, 50_000):
-            settings = index.IndexSettings(n_trees=n_trees, search_k=search_k)
+            settings = IndexSettings(n_trees=n_trees, search_k=search_k)
             with index.Index(blob, args.dim, settings) as ix:
                 approx = ix.query_many(queries, args.k)
-                per_query = timed(lambda ix=ix: ix.query_many(queries, args.k)) / len(queries)
+                per_query = median_seconds(lambda ix=ix: ix.query_many(queries, args.k)) / len(queries)
             recall = index.recall_at_k(approx, exact)
             qps = 1 / per_query
             rows.append({"method": f"Annoy n_trees={n_trees} search_k={search_k}", "recall@100": f"{recall:.4f}",

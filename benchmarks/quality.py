@@ -13,18 +13,19 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from results import emit, markdown_table, mean_std
 
-from movierec import baselines, data, index, pipeline
+from movierec import baselines, data, pipeline
 from movierec.cluster import ray_session
-from movierec.config import RETRIEVAL_NAMES
 from movierec.evaluation import Evaluator
 from movierec.features import encode
 from movierec.protocols import PROTOCOLS
 from movierec.ranking import tune_ranking
-from movierec.retrieval import RetrievalConfig, train
+from movierec.retrieval import train
+from movierec.settings import RaySettings, RetrievalConfig, Settings, TuneConfig
 
 COLUMNS = ["top10", "top50", "top100", "rmse", "mae", "ndcg@10", "p@10", "r@10"]
 OURS = "two-stage (exact retrieval)"
@@ -45,19 +46,17 @@ def evaluate_once(enc, protocol: str, seed: int, args: argparse.Namespace, stora
     """Every row for one protocol and seed: the flow's report for the two-tower model, LightGCN's
     two-stage and retrieval-only rows (same rating model), and the baselines."""
     split = pipeline.split_for(enc, protocol, seed)
-    ranking = tune_ranking(enc, split.train, storage, num_samples=args.tune_samples, max_epochs=args.tune_epochs,
-                           seed=seed, history=args.history)
+    settings = Settings(protocol=protocol, seed=seed, retrieval=RetrievalConfig(history=args.history),
+                        tune=TuneConfig(samples=args.tune_samples, epochs=args.tune_epochs))
+    ranking = tune_ranking(enc, split.train, settings, storage)
     evaluator = Evaluator(enc, split)
     rows = []
     for model in ("two_tower", "lightgcn"):
         epochs = args.lightgcn_epochs if model == "lightgcn" else args.retrieval_epochs
-        cfg = RetrievalConfig(model=model, epochs=epochs, seed=seed, workers=2, history=args.history,
-                              temperature=args.temperature)
-        retrieval = train(enc, split.train, cfg, storage, name=f"{model}-{protocol}-{seed}")
-        users, items = retrieval.embeddings()
-        settings = index.IndexSettings()
-        with index.Index(index.build(items, settings, seed), items.shape[1], settings) as ix:
-            report = evaluator.run(users, items, cfg.temperature, ix, ranking.model(), RETRIEVAL_NAMES[model]).rows
+        run = replace(settings, retrieval=RetrievalConfig(model=model, epochs=epochs, workers=2, history=args.history,
+                                                          temperature=args.temperature))
+        retrieval = train(enc, split.train, run, storage, name=f"{model}-{protocol}-{seed}")
+        report = evaluator.run(pipeline.build_index(retrieval, run), retrieval.config, ranking.model()).rows
         if model == "two_tower":
             rows += report
         else:  # its two-stage row by name, and its retrieval-only row
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[quality] {protocol} seed {seed}: kept from {args.runs_file}", flush=True)
                 else:
                     # A Ray session per run, as the flow's steps have, so runs share no Ray state.
-                    with ray_session(num_cpus=2):
+                    with ray_session(RaySettings(num_cpus=2)):
                         rows = evaluate_once(enc, protocol, seed, args, storage)
                     with open(args.runs_file, "a") as f:
                         f.write(json.dumps({"settings": settings, "protocol": protocol, "seed": seed,

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from results import RESULTS, emit, markdown_table
+from results import RESULTS, emit, markdown_table, median_seconds
 
-from movierec import data, metrics, synthetic
+from movierec import arrays, data, synthetic
 from movierec.evaluation import Evaluator
 from movierec.features import encode
 from movierec.split import split_ratings
@@ -44,15 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 ML20M = synthetic.ML20M_SHAPE["n_ratings"]
 MEASURED = "measured.json"  # wall time and memory of a kept run, so --keep can resume an interrupted benchmark
 STEPS = ("start", "split", "train_retrieval", "tune_ranking", "build_index", "evaluate", "publish")
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def write_grouplens(dataset: data.Dataset, folder: Path) -> None:
@@ -71,11 +62,11 @@ def data_part(n: int) -> str:
         folder.mkdir()
         write_grouplens(synthetic.ml20m_like(n), folder)
         size = (folder / "ratings.csv").stat().st_size
-        parse = median_time(lambda: data.load_dataset(folder, cache=False), 3)
+        parse = median_seconds(lambda: data.load_dataset(folder, cache=False), 3)
         t0 = time.perf_counter()
         data.load_dataset(folder)  # parse, validate, write the Parquet cache
         first = time.perf_counter() - t0
-        reload = median_time(lambda: data.load_dataset(folder), 5)
+        reload = median_seconds(lambda: data.load_dataset(folder), 5)
     rows = [
         {"what": "CSV -> Arrow (parse + validate)", "seconds": f"{parse:.2f}", "rows/s": f"{n / parse / 1e6:.1f}M"},
         {"what": "CSV -> Parquet cache (first load)", "seconds": f"{first:.2f}", "rows/s": f"{n / first / 1e6:.1f}M"},
@@ -103,7 +94,7 @@ def eval_part(n: int, loop_users: int = 2000, dim: int = 64) -> str:
         for row, u in enumerate(sample):
             scores = user_vecs[u] @ item_vecs.T
             scores[ev.seen[ev.seen_ptr[u] : ev.seen_ptr[u + 1]]] = -np.inf
-            out[row] = metrics.top_k(scores[None, :], ev.candidates)[0]
+            out[row] = arrays.top_k(scores[None, :], ev.candidates)[0]
         return out
 
     def per_user_numpy() -> None:

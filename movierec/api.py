@@ -29,8 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from movierec import __version__
 from movierec.ids import MAX_ID
 from movierec.serving import Recommendation, Recommender, RecommenderError, UnknownMovieError, UnknownUserError
+from movierec.settings import CANDIDATES
 
-MAX_K = 100  # the retrieval stage keeps 100 candidates per request
+MAX_K = CANDIDATES  # answers are at most as long as the candidate lists the ranking stage was evaluated on
 MAX_ITEMS = 1000
 MAX_BODY = 256 * 1024
 BODY_TIMEOUT = 10.0  # seconds a client may take to send its body

@@ -33,7 +33,7 @@ class Factorized:
         return np.clip(pred, 0.5, 5.0)
 
 
-def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int,
+def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int, *,
            reg: float = 10.0, iterations: int = 10) -> Factorized:
     """Global mean + regularised user and item biases, fitted by alternating least squares
     (Koren's baseline predictor). Ranks movies by item bias: popularity by quality."""
@@ -48,7 +48,7 @@ def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: i
 
 
 def matrix_factorization(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int,
-                         dim: int = 32, epochs: int = 20, lr: float = 5e-3, weight_decay: float = 0.1,
+                         *, dim: int = 32, epochs: int = 20, lr: float = 5e-3, weight_decay: float = 0.1,
                          batch_size: int = 1024, seed: int = 42) -> Factorized:
     """Biased matrix factorisation (Funk SVD) trained on squared error with Adam and L2 on the
     parameters a batch touches. Ranks movies by item bias + factor dot product."""

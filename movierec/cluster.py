@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import movierec
+from movierec.settings import RaySettings
 
 # The State API address local sessions give their workers: nothing can listen on port 0 (why: ray_session).
 NO_STATE_API = "http://127.0.0.1:0"
 
 
 @contextlib.contextmanager
-def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
+def ray_session(settings: RaySettings) -> Iterator[None]:
+    """Ray for the duration of the block: joining ``settings.address``, or a local instance with
+    ``settings.num_cpus`` CPUs."""
     # Ray folds log lines that differ only in numbers into "[repeated Nx across cluster]": our
     # per-epoch lines are exactly that, and each one matters. Ray reads this when imported.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -31,9 +34,9 @@ def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
     # Ray Train also re-logs every worker print, which would show each progress line twice.
     quiet = {"logging_level": "WARNING", "logging_config": ray.LoggingConfig(log_level="ERROR")}
     env_vars = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    if address:
+    if settings.address:
         pkg = str(Path(movierec.__file__).resolve().parent)
-        ray.init(address=address, runtime_env={"py_modules": [pkg], "env_vars": env_vars}, **quiet)
+        ray.init(address=settings.address, runtime_env={"py_modules": [pkg], "env_vars": env_vars}, **quiet)
     else:
         # Ray Train's placement-group cleaner polls the State API, which is served by the dashboard
         # this session does not start. Left to find the API itself, it looks up the cluster in
@@ -44,7 +47,7 @@ def ray_session(address: str = "", num_cpus: int = 2) -> Iterator[None]:
         # matters when a driver dies without cleaning up; this session's cluster dies with it.)
         env_vars["RAY_API_SERVER_ADDRESS"] = NO_STATE_API
         _private_to_this_process()
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+        ray.init(address="local", num_cpus=settings.num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": env_vars}, **quiet)
     try:
         yield

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from movierec.checksums import sha256
 from movierec.ids import MAX_ID
 
 RATINGS_SCHEMA = pa.schema(
@@ -527,14 +528,6 @@ def load_dataset(directory: Path, cache: bool = True) -> Dataset:
 # --------------------------------------------------------------------------- fetching ML-100K
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def extract_ml100k(wheel: Path, dest: Path, checksums: dict[str, str] = ML100K_SHA256) -> Path:
     """Take the ML-100K files out of a recbole wheel into ``dest``, verifying each one's sha256.
 
@@ -551,7 +544,7 @@ def extract_ml100k(wheel: Path, dest: Path, checksums: dict[str, str] = ML100K_S
                     data = zf.read(member)
                 except KeyError:
                     raise DataError(f"{wheel}: member {member} missing") from None
-                actual = hashlib.sha256(data).hexdigest()
+                actual = sha256(data)
                 if actual != expected:
                     raise DataError(f"{wheel}: {member} sha256 {actual}, expected {expected}")
                 (Path(tmp) / name).write_bytes(data)
@@ -575,7 +568,7 @@ def fetch_ml100k(
     (tests use a local one).
     """
     dest = Path(dest)
-    if all((dest / n).is_file() and _sha256(dest / n) == s for n, s in checksums.items()):
+    if all((dest / n).is_file() and sha256(dest / n) == s for n, s in checksums.items()):
         return dest
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp]
@@ -586,8 +579,8 @@ def fetch_ml100k(
         wheels = list(Path(tmp).glob("recbole-*.whl"))
         if proc.returncode != 0 or not wheels:
             raise DataError(f"pip download {RECBOLE_REQUIREMENT} failed: {proc.stderr.strip()[-500:]}")
-        if wheel_sha256 and _sha256(wheels[0]) != wheel_sha256:
-            raise DataError(f"{wheels[0].name}: sha256 {_sha256(wheels[0])}, expected {wheel_sha256}")
+        if wheel_sha256 and sha256(wheels[0]) != wheel_sha256:
+            raise DataError(f"{wheels[0].name}: sha256 {sha256(wheels[0])}, expected {wheel_sha256}")
         return extract_ml100k(wheels[0], dest, checksums)
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from movierec import metrics
+from movierec import arrays, metrics
 from movierec.features import Encoded
-from movierec.index import Index
+from movierec.index import Index, RetrievalIndex
 from movierec.ranking import RatingModel, predict, two_stage_scores
+from movierec.settings import CANDIDATES, RetrievalConfig
 from movierec.split import Split
 
 
@@ -33,7 +34,7 @@ class Report:
     samples: list[dict[str, object]] = field(default_factory=list)
     ks: tuple[int, ...] = metrics.KS
     ndcg_k: int = 10
-    candidates: int = 100
+    candidates: int = CANDIDATES
     annoy_users: int = 0  # test users behind the Annoy row (a sample on large data)
     test_users: int = 0
 
@@ -66,13 +67,13 @@ class Evaluator:
     test users (all of them on ML-100K-sized data).
     """
 
-    def __init__(self, enc: Encoded, split: Split, ks: tuple[int, ...] = metrics.KS, candidates: int = 100,
+    def __init__(self, enc: Encoded, split: Split, *, ks: tuple[int, ...] = metrics.KS, candidates: int = CANDIDATES,
                  ndcg_k: int = 10, annoy_users: int = 10_000, seed: int = 0):
         self.enc, self.ks, self.candidates, self.ndcg_k = enc, ks, candidates, ndcg_k
         self.test_users = enc.user_idx[split.test]
         self.test_items = enc.item_idx[split.test]
         self.test_ratings = enc.rating[split.test]
-        self.seen_ptr, self.seen = metrics.csr(enc.user_idx[split.train], enc.item_idx[split.train], enc.n_users)
+        self.seen_ptr, self.seen = arrays.csr(enc.user_idx[split.train], enc.item_idx[split.train], enc.n_users)
         self.users = np.unique(self.test_users)
         self.keys = metrics.relevant_keys(self.test_users, self.test_items, enc.n_items)
         self.n_relevant = np.bincount(self.keys // enc.n_items, minlength=enc.n_users)
@@ -112,18 +113,16 @@ class Evaluator:
         """Each test user's ``candidates`` best unseen items by exact dot product: one matrix
         product and one partial sort per chunk of users (no per-user loop)."""
         return np.concatenate([
-            metrics.top_k_excluding(user_vecs[us] @ item_vecs.T, us, self.seen_ptr, self.seen, self.candidates)
+            arrays.top_k_excluding(user_vecs[us] @ item_vecs.T, us, self.seen_ptr, self.seen, self.candidates)
             for us in np.array_split(self.users, max(1, -(-len(self.users) // chunk)))
         ])
 
     def candidates_annoy(self, user_vecs: np.ndarray, index: Index) -> np.ndarray:
-        """The same from Annoy for ``annoy_users``: ask for enough neighbours to survive removing
-        seen items. Annoy's API takes one query at a time, hence the loop."""
+        """The same from Annoy for ``annoy_users``. Annoy's API takes one query at a time, hence the loop."""
         out = np.full((len(self.annoy_users), self.candidates), -1, dtype=np.int64)
         for row, u in enumerate(self.annoy_users):
             seen = self.seen[self.seen_ptr[u] : self.seen_ptr[u + 1]]
-            found = index.query(user_vecs[u], self.candidates + len(seen))
-            found = found[~np.isin(found, seen)][: self.candidates]
+            found = index.query_excluding(user_vecs[u], self.candidates, seen)
             out[row, : len(found)] = found
         return out
 
@@ -138,15 +137,20 @@ class Evaluator:
             logits = np.einsum("ij,ij->i", user_vecs[pair_users], item_vecs[flat]) / temperature
             scores = two_stage_scores(logits, predict(ranker, pair_users, flat)).reshape(part.shape)
             scores[part < 0] = -np.inf
-            out.append(np.take_along_axis(part, metrics.top_k(scores, self.ndcg_k), axis=1))
+            out.append(np.take_along_axis(part, arrays.top_k(scores, self.ndcg_k), axis=1))
         return np.concatenate(out) if out else cands[:, : self.ndcg_k]
 
-    def run(self, user_vecs: np.ndarray, item_vecs: np.ndarray, temperature: float, index: Index,
-            ranker: RatingModel, retrieval_name: str = "two-tower") -> Report:
-        """Score every row of the report; ``temperature`` turns dot products into retrieval logits."""
+    def run(self, retrieval: RetrievalIndex, config: RetrievalConfig, ranker: RatingModel) -> Report:
+        """Score every row of the report: the two-stage pipeline (retrieval's vectors and Annoy
+        index, ``config``'s temperature turning dot products into logits, ``ranker`` re-ranking),
+        retrieval alone and the baselines."""
+        with retrieval.open() as index:
+            return self._run(retrieval.user_vectors, retrieval.item_vectors, config, index, ranker)
 
+    def _run(self, user_vecs: np.ndarray, item_vecs: np.ndarray, config: RetrievalConfig, index: Index,
+             ranker: RatingModel) -> Report:
         def rerank(cands: np.ndarray, users: np.ndarray) -> np.ndarray:
-            return self.rerank(ranker, cands, users, user_vecs, item_vecs, temperature)
+            return self.rerank(ranker, cands, users, user_vecs, item_vecs, config.temperature)
 
         pred = predict(ranker, self.test_users, self.test_items)
         rating = {"rmse": metrics.rmse(pred, self.test_ratings), "mae": metrics.mae(pred, self.test_ratings)}
@@ -165,7 +169,7 @@ class Evaluator:
              **self.ranking(rerank(exact_cands, self.users))},
             {"model": "two-stage (Annoy retrieval)", **self.accuracy(annoy_ranks), **rating,
              **self.ranking(rerank(annoy_cands, self.annoy_users), self.annoy_users)},
-            {"model": f"{retrieval_name} retrieval only", **self.accuracy(exact_ranks), "rmse": None, "mae": None,
+            {"model": f"{config.name} retrieval only", **self.accuracy(exact_ranks), "rmse": None, "mae": None,
              **self.ranking(exact_cands[:, : self.ndcg_k])},
             self.factorized_row("popularity baseline", np.ones((self.enc.n_users, 1), np.float32),
                                 self.popularity[:, None], self.item_mean[self.test_items]),

@@ -59,13 +59,6 @@ class Encoded:
     def n_items(self) -> int:
         return len(self.item_ids)
 
-    def user_index(self, raw_id: int) -> int:
-        """Dense index of a raw user id; KeyError when the user is unknown."""
-        pos = np.searchsorted(self.user_ids, raw_id)
-        if pos >= len(self.user_ids) or self.user_ids[pos] != raw_id:
-            raise KeyError(f"unknown user id {raw_id}")
-        return int(pos)
-
 
 def encode(dataset: Dataset, max_title_tokens: int = 8) -> Encoded:
     """Map ids to dense indices (sorted raw ids, so lookups are a binary search) and encode features."""

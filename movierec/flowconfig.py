@@ -1,109 +1,35 @@
-"""The flow's settings: one table of every setting, read from a configuration file and overridable
-one by one on the command line.
+"""The flow's configuration: a Metaflow ``Config`` file, one ``Parameter`` per setting, both checked,
+and the typed :class:`~movierec.settings.Settings` built from them once per run.
 
 A configuration file (JSON or YAML, ``flows/configs/``) is a Metaflow ``Config``: it is read and
 checked by :func:`parse` before any step runs, and versioned with the run. Every setting is also a
-flow ``Parameter`` whose default comes from the file (:func:`parameter`), so
-``--config config flows/configs/lightgcn.json run --tune-samples 2`` takes the file and changes
-one value. A file may hold only the settings it changes; the rest keep their defaults here.
+flow ``Parameter`` whose default comes from the file, so ``--config config
+flows/configs/lightgcn.json run --tune-samples 2`` takes the file and changes one value. A file may
+hold only the settings it changes; the rest keep their defaults (``movierec.settings``, the one
+place defaults live; ``python -m movierec.flowconfig`` prints them all as a file).
 
-Every value, from the file or the command line, passes the same checks (:func:`check`), and an
-error names the setting (and its command-line option): ``retrieval.epochs (--retrieval-epochs)
-must be at least 1, got 0``.
+The Parameters are not written out in the flow: :class:`configured` (a Metaflow ``FlowMutator``)
+adds one per setting, each checked as the command line is parsed, before a run exists (Metaflow
+stores and prints parameter values, so a bad value, or a repository URL with a password in it,
+must never reach a run), and wraps every step in :func:`step_frame`: fault injection for tests
+and a timing line, in one place. An error names the setting and its option:
+``retrieval.epochs (--retrieval-epochs) must be at least 1, got 0``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
-from pathlib import Path
+import sys
+import time
+from collections.abc import Iterator
 
-from movierec.config import RETRIEVAL_MODELS, RetrievalConfig
-from movierec.protocols import PROTOCOLS
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "flows" / "configs"
-DEFAULT_FILE = CONFIG_DIR / "default.json"
+from movierec import faults
+from movierec.settings import BY_KEY, SETTINGS, Setting, Settings, from_values, to_values
 
 
 class ConfigError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class Setting:
-    key: str  # dotted path in the configuration file
-    default: str | int | bool
-    option: str  # the flow's command-line option (without --)
-    help: str
-    minimum: int | None = None
-    choices: tuple[str, ...] = ()
-
-    @property
-    def attribute(self) -> str:
-        """The flow attribute holding the effective value."""
-        return self.option.replace("-", "_")
-
-    def check(self, value: object) -> str | None:
-        """What is wrong with ``value`` for this setting, or None."""
-        expected = type(self.default)
-        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-            names = {str: "a string", int: "an integer", bool: "true or false"}
-            return f"must be {names[expected]}, got {json.dumps(value)}"
-        if self.choices and value not in self.choices:
-            return f"must be one of {', '.join(self.choices)}, got {json.dumps(value)}"
-        if self.minimum is not None and value < self.minimum:
-            return f"must be at least {self.minimum}, got {value}"
-        return None
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("data.dir", "", "data-dir", "MovieLens folder (ratings.csv+movies.csv, ml-1m .dat, or recbole ml-100k "
-            "files); empty: ML-100K, downloaded once into data/ml-100k"),
-    Setting("data.synthetic_ratings", 0, "synthetic-ratings", "use N synthetic ML-20M-shaped ratings (0: off)",
-            minimum=0),
-    Setting("data.max_ratings", 0, "max-ratings", "keep only the first N ratings by time (0: all)", minimum=0),
-    Setting("protocol", "tfrs", "protocol", "evaluation protocol: tfrs (80/20 random), msr (per-user 75/25), "
-            "temporal (time cutoff)", choices=tuple(PROTOCOLS)),
-    Setting("seed", 42, "seed", "seed for the split, initialisation and data order"),
-    Setting("retrieval.model", "two_tower", "retrieval-model", "retrieval model: two_tower (id + feature towers) "
-            "or lightgcn (graph propagation over the user-movie interactions)", choices=RETRIEVAL_MODELS),
-    Setting("retrieval.epochs", RetrievalConfig.epochs, "retrieval-epochs",
-            "most retrieval epochs (stops early when validation quality stalls)", minimum=1),
-    Setting("retrieval.dim", RetrievalConfig.dim, "embedding-dim", "retrieval embedding size", minimum=1),
-    Setting("retrieval.workers", RetrievalConfig.workers, "retrieval-workers", "Ray Train data-parallel workers",
-            minimum=1),
-    Setting("retrieval.history", RetrievalConfig.history, "history",
-            "both models also see each user's 50 latest rated movies (SVD++-style): about +0.002 NDCG@10 on "
-            "ML-100K for half the training speed"),
-    Setting("tune.samples", 6, "tune-samples", "Ray Tune trials for the rating model", minimum=1),
-    Setting("tune.epochs", 8, "tune-epochs", "most epochs a Tune trial may train (ASHA stops early)", minimum=1),
-    Setting("tune.trial_ratings", 1_000_000, "tune-trial-ratings",
-            "Tune trials train on a sample of at most this many ratings; on larger data the best settings are "
-            "then refitted once on all of them", minimum=1),
-    Setting("train_budget", RetrievalConfig.max_examples, "train-budget",
-            "most training examples each model sees over all its epochs (epochs are cut to fit): keeps "
-            "ML-20M-sized data inside ~20 minutes on 2 cores; ML-100K is far below it", minimum=1),
-    Setting("index.n_trees", 50, "n-trees", "Annoy trees (more: better recall, bigger index)", minimum=1),
-    Setting("ray.address", "", "ray-address", "join this Ray cluster instead of starting one (empty: start one)"),
-    Setting("ray.num_cpus", 2, "num-cpus", "CPUs for the local Ray instance", minimum=1),
-    Setting("publish.user_data", True, "publish-user-data",
-            "put every user's rated movies, vectors and model rows into the published wheel; false: it answers "
-            "history-based requests only (for data whose users must not travel with the model)"),
-)
-BY_KEY = {s.key: s for s in SETTINGS}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    """Nested settings as dotted keys; a mapping is descended into only where settings live below
-    it, so anything else stays one value for :func:`check` to report."""
-    flat = {}
-    for name, value in tree.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict) and any(s.key.startswith(key + ".") for s in SETTINGS):
-            flat.update(_flatten(value, key + "."))
-        else:
-            flat[key] = value
-    return flat
 
 
 def _named(key: str) -> str:
@@ -130,12 +56,25 @@ def check(values: dict[str, object]) -> None:
         setting = BY_KEY.get(key)
         if setting is None:
             problems.append(f"unknown setting {key!r} (known: {', '.join(BY_KEY)})")
-        elif (why := setting.check(value)) is not None:
+        elif (why := setting.problem(value)) is not None:
             problems.append(f"{_named(key)} {why}")
     if not problems:
         problems = _combinations({**{s.key: s.default for s in SETTINGS}, **values})
     if problems:
         raise ConfigError("invalid flow configuration: " + "; ".join(problems))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Nested settings as dotted keys; a mapping is descended into only where settings live below
+    it, so anything else stays one value for :func:`check` to report."""
+    flat = {}
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and any(s.key.startswith(key + ".") for s in SETTINGS):
+            flat.update(_flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
 
 
 def _read(text: str) -> dict:
@@ -171,57 +110,106 @@ def nest(flat: dict[str, object]) -> dict:
     return tree
 
 
+def defaults() -> dict:
+    """Every setting's default, nested as a configuration file holds them."""
+    return nest({s.key: s.default for s in SETTINGS})
+
+
 def parse(text: str) -> dict:
     """The Metaflow ``Config`` parser: the file's settings over the defaults, all checked. Errors
     are raised as MetaflowException, which Metaflow prints as a message rather than a traceback."""
     try:
         flat = _flatten(_read(text))
-        check(flat)
     except ConfigError as exc:
         from metaflow.exception import MetaflowException
 
         raise MetaflowException(str(exc)) from None
+    _checked(flat)
     return nest({**{s.key: s.default for s in SETTINGS}, **flat})
 
 
-def parameter(key: str):
-    """The flow ``Parameter`` for setting ``key``, its default read from the ``config`` Config."""
+def _parameter(s: Setting):
+    """The flow ``Parameter`` for setting ``s``: its default read from the ``config`` Config, its
+    value checked while the command line is parsed (a click callback: the Runner API knows only
+    Metaflow's own parameter types)."""
     from metaflow import Parameter, config_expr
-
-    s = BY_KEY[key]
-    return Parameter(s.option, default=config_expr(f"config.{key}"), type=type(s.default), help=s.help)
-
-
-def repository_url_parameter():
-    """The ``--repository-url`` Parameter, checked as the command line is parsed: Metaflow stores
-    every parameter value with the run (and prints it), so a URL with credentials in it must be
-    refused before a run exists, not in a step. (A click callback rather than a click type: the
-    Runner API only knows Metaflow's own parameter types.)"""
-    from metaflow import Parameter
     from metaflow._vendor import click  # Metaflow parses its command line with its own copy of click
 
-    from movierec.packaging import PublishError, check_repository_url
+    def checked(ctx: object, param: object, value: object) -> object:
+        if value is not None and (why := s.problem(value)) is not None:
+            raise click.BadParameter(f"{s.key} (--{s.option}) {why}")
+        return value
 
-    def check_url(ctx: object, param: object, value: str | None) -> str | None:
-        try:
-            return check_repository_url(value) if value else value
-        except PublishError as exc:
-            raise click.BadParameter(str(exc)) from None
-
-    return Parameter("repository-url", default="", type=str, callback=check_url,
-                     help="package index to upload the wheel to with twine: https (http on loopback only), "
-                          "credentials in TWINE_USERNAME/TWINE_PASSWORD, never in the URL; default: the local PEP 503 "
-                          "index in --index-dir")
+    return Parameter(s.option, default=config_expr(f"config.{s.key}"), type=type(s.default), help=s.help,
+                     callback=checked)
 
 
-def effective(flow: object) -> dict[str, object]:
-    """Every setting's value in a running flow (command line over file), by dotted key."""
-    return {s.key: getattr(flow, s.attribute) for s in SETTINGS}
+def _checked(values: dict[str, object]) -> None:
+    """:func:`check`, its error raised as a MetaflowException: Metaflow prints that as a message,
+    where any other exception comes with a traceback that buries it."""
+    try:
+        check(values)
+    except ConfigError as exc:
+        from metaflow.exception import MetaflowException
+
+        raise MetaflowException(str(exc)) from None
 
 
-def sources(values: dict[str, object], config: dict) -> list[dict[str, object]]:
+def settings_of(flow: object) -> Settings:
+    """The run's settings from the flow's parameters (command line over file), checked together."""
+    values = {s.key: getattr(flow, s.attribute) for s in SETTINGS}
+    _checked(values)
+    return from_values(values)
+
+
+def sources(settings: Settings, config: dict) -> list[dict[str, object]]:
     """Rows for the start card: each setting, its value, and whether the file or the command line set it."""
     from_file = _flatten(config)
     return [{"setting": key, "value": value,
              "from": "config" if from_file[key] == value else f"--{BY_KEY[key].option}"}
-            for key, value in values.items()]
+            for key, value in to_values(settings).items()]
+
+
+def step_frame(step_name: str, flow: object, inputs: object = None) -> Iterator[None]:
+    """What every step does around its own code: an injected fault when a test asks for one
+    (``movierec.faults``), and a line saying how long the step took."""
+    faults.maybe_fail(step_name)
+    start = time.perf_counter()
+    yield
+    print(f"[{step_name}] finished in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+@functools.cache
+def _mutator() -> type:
+    from metaflow import FlowMutator, user_step_decorator
+
+    frame = user_step_decorator(step_frame)
+
+    class configured(FlowMutator):  # noqa: N801 (used as a lower-case class decorator, as Metaflow's own)
+        """Adds a Parameter per setting and wraps every step in :func:`step_frame`."""
+
+        def pre_mutate(self, mutable_flow) -> None:
+            for s in SETTINGS:
+                mutable_flow.add_parameter(s.attribute, _parameter(s))
+            for _, step in mutable_flow.steps:
+                step.add_decorator(frame)
+
+    return configured
+
+
+def __getattr__(name: str):
+    # Built on first use: importing Metaflow costs the processes that only read settings.
+    if name == "configured":
+        return _mutator()
+    raise AttributeError(f"module 'movierec.flowconfig' has no attribute {name!r}")
+
+
+def main() -> int:
+    """``python -m movierec.flowconfig``: every setting's default, as a configuration file."""
+    json.dump(defaults(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -125,7 +125,7 @@ def feature_tensors(enc: Encoded, history_idx: np.ndarray | None = None, max_his
     say most about current taste."""
     users = {k: index_tensor(v) for k, v in enc.user_features.items()}
     if history_idx is not None:
-        from movierec.metrics import csr
+        from movierec.arrays import csr
 
         u = enc.user_idx[history_idx]
         order = np.lexsort((-enc.timestamp[history_idx], u))  # by user, newest first
@@ -181,15 +181,6 @@ def training_threads(n: int) -> None:
     flush, rating-model trials slowed from ~80k to ~8k examples/s after ~1,500 steps."""
     torch.set_num_threads(max(1, n))
     torch.set_flush_denormal(True)
-
-
-def state_to_bytes(module: nn.Module) -> bytes:
-    """A state_dict as bytes: artifacts hold weights, never live objects."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return buf.getvalue()
 
 
 def state_from_bytes(blob: bytes) -> dict[str, torch.Tensor]:

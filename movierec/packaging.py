@@ -23,7 +23,6 @@ CodeArtifact's upstreams and devpi do).
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import os
@@ -33,14 +32,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import movierec
-from movierec.publish import KNOWN_FILES, sha256
+from movierec.bundle import KNOWN_FILES, bundle_of_run
+from movierec.checksums import sha256
+from movierec.errors import BundleError
+from movierec.settings import PublishSettings, repository_url_problem
 
 SOURCE_ROOT = Path(movierec.__file__).resolve().parent.parent
 DEFAULT_INDEX_DIR = SOURCE_ROOT / "dist" / "pypi"
@@ -69,7 +70,7 @@ def run_version(run_id: str, base: str = movierec.__version__) -> str:
     """PEP 440 version of a run's wheel: ``<base>.post<run number>`` (no local ``+`` part, so any
     index accepts it, and pip installs it without ``--pre``). Metaflow's local run ids are
     increasing integers, so later runs sort as newer; other ids are hashed to a number."""
-    number = run_id if run_id.isdigit() else str(int(hashlib.sha256(run_id.encode()).hexdigest()[:12], 16))
+    number = run_id if run_id.isdigit() else str(int(sha256(run_id.encode())[:12], 16))
     return f"{base}.post{int(number)}"
 
 
@@ -121,19 +122,10 @@ def _twine_upload(wheel: Path, url: str, env: dict[str, str]) -> None:
           "--repository-url", url, str(wheel)], f"twine upload to {url}", env=env)
 
 
-LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
-
 def check_repository_url(url: str) -> str:
-    """``url`` if it is fit to upload to: no credentials inside it (Metaflow stores and prints
-    parameter values; they belong in TWINE_USERNAME/TWINE_PASSWORD), and https unless the server
-    is on this machine. Raises PublishError saying which rule it breaks."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        raise PublishError("the repository URL must not hold credentials (they would be stored with the run and "
-                           "printed): set TWINE_USERNAME and TWINE_PASSWORD instead")
-    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
-        raise PublishError(f"{url}: the repository URL must be https:// (plain http only on loopback)")
+    """``url`` if it is fit to upload to (``movierec.settings.repository_url_problem``), else PublishError."""
+    if not url or (why := repository_url_problem(url)) is not None:
+        raise PublishError(f"the repository URL {why or 'is empty'}")
     return url
 
 
@@ -225,7 +217,7 @@ def write_simple_index(index_dir: Path) -> None:
     """Rewrite the static PEP 503 pages for every wheel in ``packages/`` (each page atomically)."""
     packages = sorted((index_dir / "packages").glob(f"{PROJECT}-*.whl"))
     links = "\n".join(
-        f'<a href="../../packages/{html.escape(p.name)}#sha256={sha256(p.read_bytes())}">{html.escape(p.name)}</a><br>'
+        f'<a href="../../packages/{html.escape(p.name)}#sha256={sha256(p)}">{html.escape(p.name)}</a><br>'
         for p in packages
     )
     pages = {
@@ -253,7 +245,7 @@ def publish_to_directory(wheel: Path, index_dir: Path) -> bool:
             env = {**os.environ, "TWINE_USERNAME": "movierec", "TWINE_PASSWORD": "local"}
             _twine_upload(wheel, server.url + "/", env)
         received = incoming / wheel.name
-        if not received.is_file() or sha256(received.read_bytes()) != sha256(wheel.read_bytes()):
+        if not received.is_file() or sha256(received) != sha256(wheel):
             raise PublishError(f"{received}: upload did not arrive intact")
         os.replace(received, packages / wheel.name)
     finally:
@@ -269,14 +261,16 @@ def install_command(version: str, wheel: Path, repository_url: str = "", index_d
     if repository_url:
         return f"pip install --index-url {simple_url(repository_url)} {PROJECT}=={version}"
     url = (Path(index_dir).resolve() / "packages" / wheel.name).as_uri()
-    return f"pip install '{PROJECT} @ {url}#sha256={sha256(wheel.read_bytes())}'"
+    return f"pip install '{PROJECT} @ {url}#sha256={sha256(wheel)}'"
 
 
-def publish(bundle: bytes, run_id: str, repository_url: str = "", index_dir: Path = DEFAULT_INDEX_DIR
-            ) -> tuple[Publication, bytes]:
-    """Build the run's wheel and upload it; returns what was published and the wheel's bytes.
-    The build happens in a temporary folder that is gone when this returns, whatever happens."""
-    version = run_version(run_id)
+def publish(bundle: bytes, run_id: str, settings: PublishSettings) -> tuple[Publication, bytes]:
+    """Build the run's wheel and upload it to ``settings.repository_url``, or else the local index
+    ``settings.index_dir`` (default ``dist/pypi`` beside the source); returns what was published
+    and the wheel's bytes. The build happens in a temporary folder that is gone when this
+    returns, whatever happens."""
+    version, repository_url = run_version(run_id), settings.repository_url
+    index_dir = Path(settings.index_dir or DEFAULT_INDEX_DIR)
     if repository_url:
         check_repository_url(repository_url)
     with tempfile.TemporaryDirectory(prefix="movierec-wheel-") as out_dir:
@@ -300,16 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m movierec.packaging", description=main.__doc__)
     parser.add_argument("--run", required=True, help="Metaflow run: RecommenderFlow/<run id> or a run id")
     parser.add_argument("--repository-url", default="", help="upload here with twine (TWINE_* credentials)")
-    parser.add_argument("--index-dir", type=Path, default=DEFAULT_INDEX_DIR, help="local index otherwise")
+    parser.add_argument("--index-dir", default="", help=f"local index otherwise (default {DEFAULT_INDEX_DIR})")
     args = parser.parse_args(argv)
-    from metaflow import Run, namespace
-
-    namespace(None)
-    pathspec = args.run if "/" in args.run else f"RecommenderFlow/{args.run}"
     try:
-        bundle = Run(pathspec)["publish"].task.data.bundle
-        publication, _ = publish(bundle, pathspec.split("/")[1], args.repository_url, args.index_dir)
-    except PublishError as exc:
+        pathspec, bundle = bundle_of_run(args.run)
+        publication, _ = publish(bundle, pathspec.split("/")[1],
+                                 PublishSettings(repository_url=args.repository_url, index_dir=args.index_dir))
+    except (PublishError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(publication.install_command)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    split: str  # a movierec.split protocol
+    split_method: str  # one of movierec.split.METHODS
     test_fraction: float
     description: str
     published: tuple[tuple[str, str], ...] = ()  # (model, figures) as published, for reports

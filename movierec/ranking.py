@@ -31,6 +31,7 @@ from movierec.nn import (
     training_threads,
 )
 from movierec.progress import Progress
+from movierec.settings import Settings
 from movierec.split import holdout
 
 
@@ -162,7 +163,16 @@ def _rmse(model: RatingModel, users: np.ndarray, items: np.ndarray, ratings: np.
     return float(np.sqrt(np.mean((predict(model, users, items) - ratings) ** 2)))
 
 
-def _trainable(params: dict, data: dict) -> None:
+@dataclass(frozen=True)
+class TrialPlan:
+    """How a Tune trial runs, apart from the hyper-parameters Tune chooses and the data."""
+
+    max_epochs: int
+    seed: int
+    threads: int  # CPUs Ray gives the trial
+
+
+def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
     """One Tune trial: train, report validation RMSE every epoch, checkpoint only on improvement.
 
     Checkpointing only improvements makes a trial's latest checkpoint its best one, which is what
@@ -170,20 +180,20 @@ def _trainable(params: dict, data: dict) -> None:
     """
     from ray import tune
 
-    training_threads(data["threads"])
-    torch.manual_seed(data["seed"])
+    training_threads(plan.threads)
+    torch.manual_seed(plan.seed)
     model = RatingModel(data["sizes"], data["user_features"], data["item_features"], data["global_mean"],
                         params["dim"], params["hidden"], params["dropout"])
     opt = SparseDenseAdam(model, params["lr"], params["weight_decay"])
     users, items = index_tensor(data["users"]), index_tensor(data["items"])
     ratings = torch.tensor(data["ratings"])  # a copy: arrays from Ray's object store are read-only
-    gen = torch.Generator().manual_seed(data["seed"])
+    gen = torch.Generator().manual_seed(plan.seed)
     best = float("inf")
     trial = tune.get_context().get_trial_id()
-    for epoch in range(data["max_epochs"]):
+    for epoch in range(plan.max_epochs):
         model.train()
         total, start = 0.0, time.perf_counter()
-        progress = Progress(len(users), f"[tune_ranking] trial {trial} epoch {epoch + 1}/{data['max_epochs']}")
+        progress = Progress(len(users), f"[tune_ranking] trial {trial} epoch {epoch + 1}/{plan.max_epochs}")
         for idx in batches(len(users), params["batch_size"], gen):
             u, i = users[idx], items[idx]
             mse = nn.functional.mse_loss(model(u, i, i), ratings[idx])
@@ -197,7 +207,7 @@ def _trainable(params: dict, data: dict) -> None:
         val = _rmse(model, data["val_users"], data["val_items"], data["val_ratings"])
         metrics = {"val_rmse": val, "train_rmse": float(np.sqrt(total / len(users))), "epoch": epoch + 1,
                    "examples_per_s": speed}
-        print(f"[tune_ranking] trial {trial} epoch {epoch + 1}/{data['max_epochs']} "
+        print(f"[tune_ranking] trial {trial} epoch {epoch + 1}/{plan.max_epochs} "
               f"val_rmse {val:.4f} ({speed:,.0f} examples/s)", flush=True)
         if val < best:
             best = val
@@ -223,13 +233,13 @@ class RankingResult:
         return RatingModel.from_state(self.sizes, self.params, state_from_bytes(self.state))
 
 
-def _search(data: dict, space: dict, storage_path: str, name: str, num_samples: int, max_concurrent: int,
-            scheduler: object | None):
-    """One Tune run of ``_trainable`` over ``space``; every trial gets ``data['threads']`` CPUs."""
+def _search(data: dict, plan: TrialPlan, space: dict, storage_path: str, *, name: str, num_samples: int,
+            max_concurrent: int, scheduler: object | None):
+    """One Tune run of ``_trainable`` over ``space``; every trial gets ``plan.threads`` CPUs."""
     from ray import tune
 
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trainable, data=data), {"cpu": data["threads"]}),
+        tune.with_resources(tune.with_parameters(_trainable, data=data, plan=plan), {"cpu": plan.threads}),
         param_space=space,
         tune_config=tune.TuneConfig(metric="val_rmse", mode="min", num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent, scheduler=scheduler),
@@ -250,51 +260,50 @@ def _record(result, label: int | str, trials: list[dict], curves: list[dict]) ->
                for e, v, x in zip(df["epoch"], df["val_rmse"], df["examples_per_s"])]
 
 
-def tune_ranking(enc: Encoded, train_idx: np.ndarray, storage_path: str, num_samples: int = 8,
-                 max_epochs: int = 10, val_fraction: float = 0.1, seed: int = 42, max_concurrent: int = 2,
-                 trial_ratings: int = 1_000_000, max_examples: int = 20_000_000, history: bool = False
-                 ) -> RankingResult:
-    """Search the rating model with Ray Tune + ASHA (call inside a Ray session).
+def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str) -> RankingResult:
+    """Search the rating model with Ray Tune + ASHA (call inside a Ray session): ``settings.tune``
+    trials, ``settings.ray.num_cpus`` of them at a time.
 
-    Trials train on at most ``trial_ratings`` ratings (a uniform sample), so the search costs the
-    same at any data size; when that is a sample, the best settings are then trained once on all
-    the ratings, for as many epochs as the best trial needed but within ``max_examples``.
-    ``history`` adds each user's rated movies to the user features (see UserEncoder; it halves
-    throughput for about 0.002 of RMSE on ML-100K).
+    Trials train on at most ``settings.tune.trial_ratings`` ratings (a uniform sample), so the
+    search costs the same at any data size; when that is a sample, the best settings are then
+    trained once on all the ratings, for as many epochs as the best trial needed but within
+    ``settings.train_budget``. ``settings.retrieval.history`` adds each user's rated movies to the
+    user features (see UserEncoder; it halves throughput for about 0.002 of RMSE on ML-100K).
     """
     from ray.tune.schedulers import ASHAScheduler
 
-    fit_idx, val_idx = holdout(train_idx, val_fraction, seed)
-    val_idx = val_idx[:200_000]  # a stable validation RMSE at any data size, cheap every epoch
+    search, seed, concurrency = settings.tune, settings.seed, settings.ray.num_cpus
+    fit_idx, val_idx = holdout(train_idx, search.val_fraction, seed)
+    val_idx = val_idx[: search.max_validation]
     # Validation ratings stay out of the history.
-    user_feats, item_feats = feature_tensors(enc, fit_idx if history else None)
+    user_feats, item_feats = feature_tensors(enc, fit_idx if settings.retrieval.history else None)
     rng = np.random.default_rng(seed)
-    trial_idx = np.sort(rng.choice(fit_idx, trial_ratings, replace=False)) if len(fit_idx) > trial_ratings \
-        else fit_idx
+    trial_idx = np.sort(rng.choice(fit_idx, search.trial_ratings, replace=False)) \
+        if len(fit_idx) > search.trial_ratings else fit_idx
 
-    def data(idx: np.ndarray, epochs: int, threads: int) -> dict:
+    def data(idx: np.ndarray) -> dict:
         return {
             "users": enc.user_idx[idx], "items": enc.item_idx[idx], "ratings": enc.rating[idx],
             "val_users": enc.user_idx[val_idx], "val_items": enc.item_idx[val_idx],
             "val_ratings": enc.rating[val_idx], "user_features": user_feats, "item_features": item_feats,
             "sizes": dict(enc.vocab_sizes), "global_mean": float(enc.rating[fit_idx].mean()),
-            "max_epochs": epochs, "seed": seed, "threads": threads,
         }
 
-    scheduler = ASHAScheduler(max_t=max_epochs, grace_period=min(2, max_epochs), reduction_factor=3)
-    grid = _search(data(trial_idx, max_epochs, 1), search_space(), storage_path, "ranking", num_samples,
-                   max_concurrent, scheduler)
+    scheduler = ASHAScheduler(max_t=search.epochs, grace_period=min(2, search.epochs), reduction_factor=3)
+    grid = _search(data(trial_idx), TrialPlan(search.epochs, seed, 1), search_space(), storage_path, name="ranking",
+                   num_samples=search.samples, max_concurrent=concurrency, scheduler=scheduler)
     best = grid.get_best_result(metric="val_rmse", mode="min", scope="all")
     trials, curves = [], []
     for i, r in enumerate(grid):
         _record(r, i, trials, curves)
     if len(trial_idx) < len(fit_idx):
         df = best.metrics_dataframe
-        epochs = max(1, min(int(df["epoch"][df["val_rmse"].idxmin()]), max_examples // len(fit_idx)))
+        epochs = settings.epochs_for(int(df["epoch"][df["val_rmse"].idxmin()]), len(fit_idx))
         print(f"[tune_ranking] refitting the best settings on all {len(fit_idx):,} ratings for {epochs} epoch(s)",
               flush=True)
-        best = _search(data(fit_idx, epochs, max_concurrent), dict(best.config), storage_path, "ranking-refit", 1,
-                       1, None).get_best_result(metric="val_rmse", mode="min", scope="all")
+        best = _search(data(fit_idx), TrialPlan(epochs, seed, concurrency), dict(best.config), storage_path,
+                       name="ranking-refit", num_samples=1, max_concurrent=1, scheduler=None,
+                       ).get_best_result(metric="val_rmse", mode="min", scope="all")
         _record(best, "refit", trials, curves)
     with best.checkpoint.as_directory() as d, open(os.path.join(d, "model.pt"), "rb") as f:
         state = f.read()

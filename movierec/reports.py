@@ -13,12 +13,10 @@ from movierec.protocols import get_protocol
 if TYPE_CHECKING:  # the types only: the cards of light steps must not import torch
     from movierec.data import Dataset
     from movierec.evaluation import Report
-    from movierec.features import Encoded
-    from movierec.index import IndexSettings
-    from movierec.pipeline import IndexQuality
+    from movierec.index import RetrievalIndex
     from movierec.ranking import RankingResult
     from movierec.retrieval import RetrievalResult
-    from movierec.split import Split
+    from movierec.split import DataSplit
 
 
 def settings_card(rows: list[dict[str, object]]) -> list:
@@ -47,7 +45,8 @@ def data_card(dataset: Dataset, source: str) -> list:
     ]
 
 
-def split_card(enc: Encoded, split: Split, protocol: str) -> list:
+def split_card(data_split: DataSplit, protocol: str) -> list:
+    enc, split = data_split.enc, data_split.split
     return [
         heading(f"Split: protocol {protocol}", [get_protocol(protocol).description,
                 f"Test ratings whose user or movie never occurs in train are dropped: **{split.dropped_test}**."]),
@@ -58,7 +57,7 @@ def split_card(enc: Encoded, split: Split, protocol: str) -> list:
 
 def retrieval_card(result: RetrievalResult) -> list:
     return [
-        heading("Two-tower retrieval (Ray Train, in-batch softmax + logQ correction)"),
+        heading(f"{result.config.name} retrieval (Ray Train, in-batch softmax + logQ correction)"),
         key_values(asdict(result.config)),
         line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
         line_chart(result.history, "epoch", "val_dcg",
@@ -76,10 +75,10 @@ def ranking_card(result: RankingResult) -> list:
     ]
 
 
-def index_card(settings: IndexSettings, quality: IndexQuality) -> list:
+def index_card(index: RetrievalIndex) -> list:
     return [
-        heading("Annoy index", [f"Recall@100 against exact dot-product search: **{quality.recall_at_100:.4f}**"]),
-        key_values({**asdict(settings), **asdict(quality)}),
+        heading("Annoy index", [f"Recall@100 against exact dot-product search: **{index.quality.recall_at_100:.4f}**"]),
+        key_values({**asdict(index.settings), **asdict(index.quality)}),
     ]
 
 

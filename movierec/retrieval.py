@@ -15,18 +15,17 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from movierec.config import RetrievalConfig
+from movierec.arrays import csr, csr_rows
 from movierec.distributed import average_gradients, broadcast_parameters, mean_over_workers
 from movierec.features import Encoded
 from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
-from movierec.metrics import csr, csr_rows
 from movierec.nn import (
     ItemEncoder,
     SparseDenseAdam,
@@ -40,6 +39,7 @@ from movierec.nn import (
     training_threads,
 )
 from movierec.progress import Progress
+from movierec.settings import RetrievalConfig, Settings
 from movierec.split import holdout
 
 
@@ -167,12 +167,12 @@ def _train_loop(config: dict) -> None:
     import ray.train
 
     _quiet_report_notices()
-    cfg = RetrievalConfig(**config["cfg"])
+    cfg, seed, epochs = RetrievalConfig(**config["cfg"]), config["seed"], config["epochs"]
     data = ray.get(config["data"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     training_threads(config["threads"])
-    torch.manual_seed(cfg.seed)  # identical initial weights on every worker
+    torch.manual_seed(seed)  # identical initial weights on every worker
     model = _build(cfg, config["sizes"], data)
     broadcast_parameters(model)
     opt = SparseDenseAdam(model, cfg.learning_rate(), cfg.weight_decay)
@@ -180,11 +180,10 @@ def _train_loop(config: dict) -> None:
     items = index_tensor(data["items"][rank::world])
     log_q = popularity_log_q(data["items"], config["sizes"]["item"])
     steps = len(data["items"]) // world // cfg.batch_size  # equal on every worker: each step is a collective
-    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    gen = torch.Generator().manual_seed(seed + rank)
     history = []
     val_users, val_items = index_tensor(data["val_users"]), index_tensor(data["val_items"])
     best, best_state, stale = -1.0, None, 0
-    epochs = cfg.epochs_for(len(data["items"]))
     for epoch in range(epochs):
         start, total = time.perf_counter(), 0.0
         model.train()
@@ -231,14 +230,18 @@ def _train_loop(config: dict) -> None:
         ray.train.report(history[-1] if history else {}, checkpoint=checkpoint)
 
 
-def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_path: str, name: str = "retrieval",
-          cpus_per_worker: int = 1) -> RetrievalResult:
-    """Train the retrieval model ``cfg.model`` names on ``train_idx`` with Ray Train (inside a Ray session)."""
+def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, name: str = "retrieval"
+          ) -> RetrievalResult:
+    """Train the retrieval model ``settings.retrieval`` describes on ``train_idx`` with Ray Train
+    (inside a Ray session), each worker on its share of ``settings.ray.num_cpus``, for as many
+    epochs as ``settings.train_budget`` allows."""
     import ray
     from ray.train import ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    fit_idx, val_idx = holdout(train_idx, cfg.val_fraction, cfg.seed)
+    cfg = settings.retrieval
+    cpus_per_worker = max(1, settings.ray.num_cpus // cfg.workers)
+    fit_idx, val_idx = holdout(train_idx, cfg.val_fraction, settings.seed)
     val_idx = val_idx[:5000]  # enough pairs for a stable score at any data size
     # LightGCN learns from the interactions alone: only the two-tower model takes features.
     user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
@@ -255,7 +258,8 @@ def train(enc: Encoded, train_idx: np.ndarray, cfg: RetrievalConfig, storage_pat
     }
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"cfg": cfg.__dict__, "data": ray.put(data), "sizes": enc.vocab_sizes,
+        train_loop_config={"cfg": asdict(cfg), "seed": settings.seed, "data": ray.put(data),
+                           "epochs": settings.epochs_for(cfg.epochs, len(fit_idx)), "sizes": enc.vocab_sizes,
                            "threads": cpus_per_worker},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=False,
                                      resources_per_worker={"CPU": cpus_per_worker}),

@@ -24,17 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from movierec.bundle import bundle_of_run, read_bundle
 from movierec.errors import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
-from movierec.index import Index, IndexSettings
+from movierec.index import Index
 from movierec.nn import state_from_bytes
-from movierec.publish import read_bundle
 from movierec.ranking import FoldedRatingModel, RatingModel, two_stage_scores
+from movierec.settings import IndexSettings
 
 __all__ = ["BundleError", "NoUserDataError", "Recommendation", "Recommender", "RecommenderError",
            "UnknownMovieError", "UnknownUserError"]
 MAX_K = 1000
 BACKENDS = ("auto", "onnx", "torch")
-FLOW = "RecommenderFlow"
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Recommender:
     """A loaded bundle. Thread-compatible for reads; load once, query many times."""
 
     def __init__(self, info: dict, files: dict[str, bytes], origin: str = "bundle", backend: str = "auto"):
-        """``info`` and ``files`` as :func:`movierec.publish.read_bundle` returns them (checked)."""
+        """``info`` and ``files`` as :func:`movierec.bundle.read_bundle` returns them (checked)."""
         with _reading(origin, "model.json"):
             self.info = info
             self.temperature = float(info["retrieval"]["temperature"])
@@ -139,7 +139,7 @@ class Recommender:
         with _reading(origin, "items.ann"):
             self.index = Index(files["items.ann"], self.item_vectors.shape[1], settings)
             _same_length(range(len(self.index)), n_items, "indexed movies")
-        self.candidates = 100
+        self.candidates = int(info["candidates"])  # what the ranking stage was evaluated with
 
     # ------------------------------------------------------------------ loading
 
@@ -157,7 +157,7 @@ class Recommender:
         path = Path(source)
         if path.exists():
             return cls.from_source(path, backend)
-        if str(source).replace(f"{FLOW}/", "").isalnum():
+        if str(source).replace("RecommenderFlow/", "").isalnum():
             return cls.from_run(str(source), backend)
         raise BundleError(f"{source}: no such bundle file, folder or Metaflow run")
 
@@ -175,28 +175,8 @@ class Recommender:
     def from_run(cls, run: str | None, backend: str = "auto") -> Recommender:
         """The bundle published by a RecommenderFlow run (Metaflow must be installed); ``None``:
         the latest successful run in the Metaflow datastore this directory uses."""
-        try:
-            from metaflow import Flow, Run, namespace
-            from metaflow.exception import MetaflowException
-        except ImportError:
-            if run is None:
-                raise BundleError(
-                    "no model is packaged with this installation of movierec: install a published wheel, or pass "
-                    "--model with a bundle path") from None
-            raise BundleError(f"{run}: loading a Metaflow run needs metaflow installed") from None
-        namespace(None)
-        try:
-            found = Flow(FLOW).latest_successful_run if run is None else Run(run if "/" in run else f"{FLOW}/{run}")
-            if found is None:
-                raise MetaflowException("none finished successfully")
-            bundle = found["publish"].task.data.bundle
-        except (MetaflowException, KeyError, AttributeError) as exc:
-            what = run or "the latest successful run"
-            raise BundleError(
-                f"no model: this installation packages none and {what} of {FLOW} has no published bundle ({exc}); "
-                "run the flow (make run), install a published wheel, or pass --model with a bundle path or run id"
-            ) from None
-        return cls(*read_bundle(bundle), found.pathspec, backend)
+        pathspec, blob = bundle_of_run(run)
+        return cls(*read_bundle(blob), pathspec, backend)
 
     def describe(self) -> dict:
         """Which run, data and metrics the model comes from, and what runs its rating model."""
@@ -233,9 +213,10 @@ class Recommender:
             for i, s, r in zip(idx, scores, ratings if ratings is not None else [None] * len(idx))
         ]
 
-    def _retrieve(self, query: np.ndarray, exclude: np.ndarray) -> np.ndarray:
-        found = self.index.query(query, self.candidates + len(exclude))
-        return found[~np.isin(found, exclude)][: self.candidates]
+    def _retrieve(self, query: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+        """Candidates for a top-``k``: as many as the ranking stage was evaluated with, or ``k``
+        if more are asked for (a top-200 needs 200 candidates)."""
+        return self.index.query_excluding(query, max(k, self.candidates), exclude)
 
     def _rank(self, query: np.ndarray, cands: np.ndarray, ratings: np.ndarray, k: int) -> list[Recommendation]:
         scores = two_stage_scores(self.item_vectors[cands] @ query / self.temperature, ratings)
@@ -246,7 +227,7 @@ class Recommender:
         """Top-``k`` movies for a known user: Annoy retrieves candidates, the rating model re-ranks."""
         k, u = self._check_k(k), self._user(user_id)
         seen = self._rated[self._rated_indptr[u] : self._rated_indptr[u + 1]] if exclude_rated else np.empty(0, int)
-        cands = self._retrieve(self.user_vectors[u], seen)
+        cands = self._retrieve(self.user_vectors[u], seen, k)
         ratings = self._rate(np.full(len(cands), u), cands)
         return self._rank(self.user_vectors[u], cands, ratings, k)
 
@@ -268,7 +249,7 @@ class Recommender:
             raise RecommenderError("history has no movie rated above 2.5 stars to learn a taste from")
         query = (weights[weights > 0, None] * self.item_vectors[idx[weights > 0]]).sum(axis=0)
         query /= np.linalg.norm(query) or 1.0
-        cands = self._retrieve(query, idx)
+        cands = self._retrieve(query, idx, k)
         return self._rank(query, cands, self.baselines[cands], k)
 
     def predict_rating(self, user_id: int, movie_id: int) -> float:

@@ -6,23 +6,28 @@ Splits are returned as index arrays into the encoded ratings, so the data itself
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-PROTOCOLS = ("random", "temporal", "stratified")
+if TYPE_CHECKING:
+    from movierec.features import Encoded
+
+# How a split is drawn; an evaluation protocol (``movierec.protocols``) names one of these.
+METHODS = ("random", "temporal", "stratified")
 
 
 @dataclass
 class Split:
     train: np.ndarray  # int64 indices into the ratings
     test: np.ndarray
-    protocol: str
+    method: str  # one of METHODS
     dropped_test: int  # test ratings removed because their user or item never occurs in train
-    cutoff_timestamp: int | None = None  # temporal protocol: test ratings are at or after this time
+    cutoff_timestamp: int | None = None  # temporal method: test ratings are at or after this time
 
     def summary(self) -> dict[str, object]:
         return {
-            "protocol": self.protocol,
+            "method": self.method,
             "train": len(self.train),
             "test": len(self.test),
             "dropped_test": self.dropped_test,
@@ -42,7 +47,7 @@ def split_ratings(
     user_idx: np.ndarray,
     item_idx: np.ndarray,
     timestamp: np.ndarray,
-    protocol: str = "random",
+    method: str = "random",
     test_fraction: float = 0.2,
     seed: int = 42,
 ) -> Split:
@@ -50,7 +55,7 @@ def split_ratings(
 
     - ``random``: a seeded permutation; the last ``test_fraction`` is test.
     - ``temporal``: one global time cutoff; everything at or after the ``1 - test_fraction``
-      quantile of timestamps is test (the honest production protocol: no peeking at the future).
+      quantile of timestamps is test (the honest production split: no peeking at the future).
     - ``stratified``: per user, a seeded shuffle of their ratings; the first
       ``round((1 - test_fraction) * n_user)`` are train (Microsoft Recommenders'
       ``python_stratified_split``), so every user is in both sides.
@@ -58,17 +63,17 @@ def split_ratings(
     Test ratings whose user or item is absent from train are dropped (and counted), because no
     model can score an id it has never seen.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown split protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown split method {method!r}; expected one of {', '.join(METHODS)}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     n = len(user_idx)
     cutoff = None
-    if protocol == "random":
+    if method == "random":
         perm = np.random.default_rng(seed).permutation(n)
         n_test = int(round(n * test_fraction))
         train, test = np.sort(perm[: n - n_test]), np.sort(perm[n - n_test :])
-    elif protocol == "stratified":
+    elif method == "stratified":
         rng = np.random.default_rng(seed)
         order = np.lexsort((rng.random(n), user_idx))  # users together, shuffled within each user
         counts = np.bincount(user_idx)
@@ -86,7 +91,7 @@ def split_ratings(
         is_test = timestamp >= cutoff
         train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     kept = _known_only(train, test, user_idx, item_idx)
-    return Split(train.astype(np.int64), kept.astype(np.int64), protocol, len(test) - len(kept), cutoff)
+    return Split(train.astype(np.int64), kept.astype(np.int64), method, len(test) - len(kept), cutoff)
 
 
 def holdout(indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,3 +99,11 @@ def holdout(indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
     perm = np.random.default_rng(seed).permutation(indices)
     n_val = max(1, int(round(len(indices) * fraction)))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@dataclass
+class DataSplit:
+    """The encoded ratings and the split a protocol drew over them: what every model step reads."""
+
+    enc: Encoded
+    split: Split

@@ -25,7 +25,7 @@ def _sorted_distinct(keys: np.ndarray) -> np.ndarray:
     return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
 
 
-def generate(n_users: int = 1000, n_items: int = 500, n_ratings: int = 50_000, factors: int = 8,
+def generate(n_users: int = 1000, n_items: int = 500, n_ratings: int = 50_000, *, factors: int = 8,
              zipf: float = 1.0, taste: float = 3.0, seed: int = 0) -> Dataset:
     """A Dataset with exactly ``n_ratings`` distinct (user, item) ratings.
 

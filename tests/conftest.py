@@ -56,16 +56,28 @@ def ml100k_dir() -> Path:
     return ML100K
 
 
+def state_to_bytes(module) -> bytes:
+    """A module's state_dict as the bytes the training code stores."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getvalue()
+
+
 def _tiny_bundle(enc, user_data: bool) -> bytes:
     """A real bundle from briefly fitted models on the toy data (no Ray: fast)."""
     import torch
 
-    from movierec import index
-    from movierec.nn import feature_tensors, state_to_bytes
-    from movierec.publish import make_bundle
+    from movierec.bundle import make_bundle
+    from movierec.index import build_index
+    from movierec.nn import feature_tensors
     from movierec.ranking import RankingResult, RatingModel
-    from movierec.retrieval import RetrievalConfig, RetrievalResult, TwoTower
-    from movierec.split import split_ratings
+    from movierec.retrieval import RetrievalResult, TwoTower
+    from movierec.settings import IndexSettings, RetrievalConfig
+    from movierec.split import DataSplit, split_ratings
 
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     uf, itf = feature_tensors(enc)
@@ -77,8 +89,8 @@ def _tiny_bundle(enc, user_data: bool) -> bytes:
     retrieval = RetrievalResult(state_to_bytes(towers), cfg, enc.vocab_sizes)
     ranking = RankingResult(state_to_bytes(ranker), params, enc.vocab_sizes, 1.0)
     users, items = retrieval.embeddings()
-    settings = index.IndexSettings(n_trees=10)
-    return make_bundle(enc, split.train, retrieval, ranking, users, items, index.build(items, settings), settings,
+    index = build_index(users, items, IndexSettings(n_trees=10))
+    return make_bundle(DataSplit(enc, split), retrieval, ranking, index,
                        {"flow": "RecommenderFlow", "run_id": "test", "metrics": []}, user_data=user_data)
 
 

@@ -16,8 +16,8 @@ import pytest
 from conftest import free_port
 
 from movierec import cluster, pipeline
-from movierec.retrieval import RetrievalConfig
-from movierec.split import split_ratings
+from movierec.settings import RaySettings, RetrievalConfig, Settings
+from movierec.split import DataSplit, split_ratings
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -82,7 +82,8 @@ def _train_on(address: str, enc, storage: str) -> tuple[list[int], tuple, tuple]
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     # Two workers of one CPU each can only be placed with one on each node.
     cfg = RetrievalConfig(dim=8, hidden=16, epochs=2, workers=2, batch_size=256, patience=5)
-    result = pipeline.run_retrieval(enc, split, cfg, storage, ray_address=address, num_cpus=2)
+    settings = Settings(retrieval=cfg, ray=RaySettings(address=address, num_cpus=2))
+    result = pipeline.train_retrieval(DataSplit(enc, split), settings, storage)
     users, items = result.embeddings()
     return [h["epoch"] for h in result.history], users.shape, items.shape
 
@@ -122,7 +123,7 @@ def test_local_session_state_api_fails_fast_despite_a_stale_cluster_file(monkeyp
         return "no error"
 
     try:
-        with cluster.ray_session(num_cpus=1):
+        with cluster.ray_session(RaySettings(num_cpus=1)):
             assert ray.get(state_api_error.remote()) == "ServerUnavailable"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -133,10 +134,11 @@ def test_workers_that_cannot_be_placed_fail_the_training_with_a_reason(small_enc
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3")  # read by Ray Train's controller
     enc = small_encoded
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
-    cfg = RetrievalConfig(dim=8, hidden=16, epochs=1, workers=3, batch_size=256)
+    settings = Settings(retrieval=RetrievalConfig(dim=8, hidden=16, epochs=1, workers=3, batch_size=256),
+                        ray=RaySettings(num_cpus=2))
     with pytest.raises(RuntimeError, match=r"could not start 3 retrieval workers of 1 CPU each on a Ray cluster "
                                            r"with 2 CPUs: lower retrieval.workers"):
-        pipeline.run_retrieval(enc, split, cfg, str(tmp_path), num_cpus=2)
+        pipeline.train_retrieval(DataSplit(enc, split), settings, str(tmp_path))
 
 
 def test_a_local_session_refuses_clients_without_its_token():
@@ -144,7 +146,7 @@ def test_a_local_session_refuses_clients_without_its_token():
     them to loopback alone, so each now requires this process's own token."""
     import ray
 
-    with cluster.ray_session(num_cpus=1):
+    with cluster.ray_session(RaySettings(num_cpus=1)):
         address = ray.get_runtime_context().gcs_address
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
         outsider = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, env=env,

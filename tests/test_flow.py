@@ -7,7 +7,7 @@ import re
 from metaflow import Flow
 from metaflow.cards import get_cards
 
-from movierec.publish import read_bundle_metadata
+from movierec.bundle import read_bundle
 
 FINISHED_BEFORE_FAULT = ("start", "split", "train_retrieval", "tune_ranking", "build_index")
 
@@ -46,11 +46,11 @@ def test_artifacts_and_metrics_beat_popularity(runs):
     assert ours["top100"] > pop["top100"]
     assert ours["ndcg@10"] > pop["ndcg@10"]
     assert ours["rmse"] < metrics["global-mean baseline"]["rmse"]
-    assert run["build_index"].task.data.index_quality.recall_at_100 > 0.9
+    assert run["build_index"].task.data.retrieval_index.quality.recall_at_100 > 0.9
     history = run["train_retrieval"].task.data.retrieval.history
     assert [h["epoch"] for h in history] == [1, 2, 3]
     bundle = run["publish"].task.data.bundle
-    meta = read_bundle_metadata(bundle)
+    meta = read_bundle(bundle)[0]
     assert meta["run_id"] == run.id and meta["sizes"]["item"] == 1682
 
 
@@ -80,7 +80,8 @@ def test_light_steps_do_not_import_torch():
 
     flows = Path(__file__).resolve().parents[1] / "flows"
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import recommender_flow; "
-            "from movierec import pipeline, reports; pipeline.load_data(synthetic_ratings=500); "
+            "from movierec import pipeline, reports, settings; "
+            "pipeline.load_data(settings.Settings(data=settings.DataSettings(synthetic_ratings=500))); "
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(flows)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,13 +10,18 @@ from conftest import FLOW, ML100K
 from metaflow.exception import MetaflowException
 
 from movierec import flowconfig
+from movierec.settings import BY_KEY, SETTINGS, RetrievalConfig, Settings, from_values, to_values
 
 CONFIGS = Path(FLOW).parent / "configs"
 
 
-def test_shipped_files_parse_and_default_json_is_the_defaults():
-    defaults = flowconfig.nest({s.key: s.default for s in flowconfig.SETTINGS})
-    assert flowconfig.parse((CONFIGS / "default.json").read_text()) == defaults
+def test_shipped_files_parse_and_the_defaults_are_the_dataclasses():
+    defaults = flowconfig.defaults()
+    assert flowconfig.parse("{}") == defaults == flowconfig.parse(json.dumps(defaults))
+    assert defaults["retrieval"]["epochs"] == RetrievalConfig.epochs == 15 and defaults["seed"] == Settings.seed
+    printed = subprocess.run([sys.executable, "-m", "movierec.flowconfig"], capture_output=True, text=True, check=True)
+    assert json.loads(printed.stdout) == defaults
+    assert to_values(from_values({})) == {s.key: s.default for s in SETTINGS}
     lightgcn = flowconfig.parse((CONFIGS / "lightgcn.json").read_text())
     assert lightgcn["retrieval"]["model"] == "lightgcn" and lightgcn["retrieval"]["epochs"] == 40
     assert lightgcn["retrieval"]["dim"] == 64 and lightgcn["tune"]["samples"] == 6  # the rest: defaults
@@ -49,9 +54,10 @@ def test_every_problem_is_reported_at_once():
 
 def test_sources_tell_file_from_command_line():
     config = flowconfig.parse('{"tune": {"samples": 3}}')
-    values = {"tune.samples": 3, "tune.epochs": 2, "protocol": "tfrs"}
-    rows = {r["setting"]: r["from"] for r in flowconfig.sources(values, config)}
-    assert rows == {"tune.samples": "config", "tune.epochs": "--tune-epochs", "protocol": "config"}
+    settings = from_values({"tune.samples": 3, "tune.epochs": 2, "protocol": "tfrs"})
+    rows = {r["setting"]: r["from"] for r in flowconfig.sources(settings, config)}
+    assert (rows["tune.samples"], rows["tune.epochs"], rows["protocol"]) == ("config", "--tune-epochs", "config")
+    assert set(rows) == set(BY_KEY)
 
 
 def test_invalid_file_stops_the_flow_before_any_step(tmp_path, metaflow_root):
@@ -70,7 +76,7 @@ def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
         pytest.skip("ML-100K not fetched: run `make data`")
     from metaflow import Runner, namespace
 
-    from movierec.publish import read_bundle_metadata
+    from movierec.bundle import read_bundle
 
     namespace(None)
     with Runner(FLOW, show_output=False, pylint=False, cwd=metaflow_root,
@@ -90,15 +96,24 @@ def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
     assert settings["protocol"]["value"] == "msr"
     rows = {r["model"] for r in run["evaluate"].task.data.metrics}
     assert "LightGCN retrieval only" in rows
-    meta = read_bundle_metadata(run["publish"].task.data.bundle)
+    meta = read_bundle(run["publish"].task.data.bundle)[0]
     assert meta["retrieval"]["model"] == "lightgcn" and meta["onnx"]["files"] == ["ranking.onnx", "user_tower.onnx"]
 
 
-def test_bad_command_line_override_fails_in_start_naming_the_option(tmp_path):
+def test_bad_command_line_value_is_refused_before_the_run_naming_the_option(tmp_path):
     proc = subprocess.run([sys.executable, FLOW, "--no-pylint", "run", "--tune-samples", "0"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0
     assert "tune.samples (--tune-samples) must be at least 1, got 0" in proc.stdout + proc.stderr
+    assert "Workflow starting" not in proc.stdout + proc.stderr
+
+
+def test_impossible_combination_on_the_command_line_fails_in_start(tmp_path):
+    proc = subprocess.run([sys.executable, FLOW, "--no-pylint", "run", "--retrieval-workers", "3"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    message = "retrieval.workers (--retrieval-workers) is 3 but ray.num_cpus (--num-cpus) is 2"
+    assert message in proc.stdout + proc.stderr
 
 
 def test_more_workers_than_cpus_is_refused_naming_both_settings():
@@ -109,3 +124,10 @@ def test_more_workers_than_cpus_is_refused_naming_both_settings():
     flowconfig.parse('{"retrieval": {"workers": 3}, "ray": {"address": "10.0.0.5:6379"}}')  # a cluster decides
     with pytest.raises(flowconfig.ConfigError, match="is 4 but ray.num_cpus"):
         flowconfig.check({s.key: s.default for s in flowconfig.SETTINGS} | {"retrieval.workers": 4})
+
+
+def test_the_readme_settings_table_lists_every_setting_with_its_default():
+    """The table a user reads is the one place besides the dataclass field that a new setting touches."""
+    readme = (Path(FLOW).parent.parent / "README.md").read_text()
+    for s in SETTINGS:
+        assert f"| `{s.key}` | `--{s.option}` | `{json.dumps(s.default)}` |" in readme, s.key

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from movierec import export
-from movierec.config import RetrievalConfig
 from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
+from movierec.settings import RetrievalConfig
 
 
 def test_adjacency_is_symmetric_degree_normalised_and_counts_repeats_once():

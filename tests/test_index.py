@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from movierec import index
+from movierec.settings import IndexSettings
 
 
 def _unit(rng, n, d):
@@ -33,7 +34,7 @@ def test_annoy_round_trip_and_recall_leaves_no_file(rng, tmp_path, monkeypatch, 
     if not memfd:
         monkeypatch.delattr(os, "memfd_create", raising=False)
     items, users = _unit(rng, 500, 16), _unit(rng, 50, 16)
-    settings = index.IndexSettings(n_trees=30)
+    settings = IndexSettings(n_trees=30)
     blob = index.build(items, settings)
     assert isinstance(blob, bytes) and len(blob) > 0
     with index.Index(blob, 16, settings) as ix:
@@ -48,5 +49,5 @@ def test_annoy_round_trip_and_recall_leaves_no_file(rng, tmp_path, monkeypatch, 
 
 def test_build_is_deterministic_for_a_seed(rng):
     items = _unit(rng, 100, 8)
-    s = index.IndexSettings(n_trees=5)
+    s = IndexSettings(n_trees=5)
     assert index.build(items, s, seed=1) == index.build(items, s, seed=1)

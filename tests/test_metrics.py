@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from movierec import metrics
+from movierec import arrays, metrics
 
 
 def test_target_ranks_by_hand():
@@ -57,15 +57,15 @@ def test_ndcg_by_hand():
 
 
 def test_csr_and_top_k_excluding():
-    indptr, indices = metrics.csr(np.array([1, 0, 1, 2]), np.array([7, 8, 9, 5]), 4)
+    indptr, indices = arrays.csr(np.array([1, 0, 1, 2]), np.array([7, 8, 9, 5]), 4)
     assert indptr.tolist() == [0, 1, 3, 4, 4]
     assert indices[indptr[1] : indptr[2]].tolist() == [7, 9]
     scores = np.array([[0.9, 0.1, 0.8, 0.5], [0.2, 0.3, 0.1, 0.0]])
     # Score rows are for users 0 and 3: user 0 has rated item 0, user 3 nothing.
-    seen_ptr, seen = metrics.csr(np.array([0]), np.array([0]), 4)
-    top = metrics.top_k_excluding(scores, np.array([0, 3]), seen_ptr, seen, 2)
+    seen_ptr, seen = arrays.csr(np.array([0]), np.array([0]), 4)
+    top = arrays.top_k_excluding(scores, np.array([0, 3]), seen_ptr, seen, 2)
     assert top.tolist() == [[2, 3], [1, 0]]
-    assert metrics.top_k(scores, 10).shape == (2, 4)
+    assert arrays.top_k(scores, 10).shape == (2, 4)
 
 
 def test_precision_recall_by_hand():

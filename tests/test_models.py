@@ -5,10 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import state_to_bytes
 
 from movierec import cluster, ranking, retrieval
 from movierec.features import encode
-from movierec.nn import feature_tensors, state_to_bytes
+from movierec.nn import feature_tensors
+from movierec.settings import RaySettings, RetrievalConfig, Settings, TuneConfig
 from movierec.split import split_ratings
 
 
@@ -16,10 +18,7 @@ def test_encode_maps_ids_densely(small_encoded):
     enc = small_encoded
     assert enc.user_idx.max() == enc.n_users - 1 and enc.item_idx.max() == enc.n_items - 1
     assert np.all(np.diff(enc.user_ids) > 0)  # sorted, so lookup is a binary search
-    raw = enc.user_ids[5]
-    assert enc.user_index(int(raw)) == 5
-    with pytest.raises(KeyError):
-        enc.user_index(10**9)
+    assert np.searchsorted(enc.user_ids, enc.user_ids[5]) == 5
     assert enc.item_features["genres"].shape[0] == enc.n_items
     assert enc.item_features["genres"].max() < enc.vocab_sizes["genres"]
 
@@ -50,7 +49,7 @@ def test_in_batch_loss_by_hand():
 def test_two_tower_vectors_are_unit_and_survive_bytes(small_encoded):
     enc = small_encoded
     uf, itf = feature_tensors(enc)
-    cfg = retrieval.RetrievalConfig(dim=8, hidden=16)
+    cfg = RetrievalConfig(dim=8, hidden=16)
     model = retrieval.TwoTower(enc.vocab_sizes, uf, itf, cfg.dim, cfg.hidden).eval()
     result = retrieval.RetrievalResult(state_to_bytes(model), cfg, enc.vocab_sizes)
     users, items = result.embeddings(batch=64)
@@ -113,11 +112,11 @@ def test_validation_dcg_ranks_among_each_users_unseen_movies(small_encoded):
     assert math.isclose(got, float(np.mean(1 / np.log2(ranks + 2))), rel_tol=1e-6)
 
 
-def test_retrieval_epochs_fit_the_example_budget():
-    cfg = retrieval.RetrievalConfig(epochs=15, max_examples=20_000_000)
-    assert cfg.epochs_for(75_000) == 15
-    assert cfg.epochs_for(4_000_000) == 5
-    assert cfg.epochs_for(16_000_000) == 1 and cfg.epochs_for(50_000_000) == 1
+def test_epochs_fit_the_example_budget():
+    settings = Settings(train_budget=20_000_000)
+    assert settings.epochs_for(15, 75_000) == 15
+    assert settings.epochs_for(15, 4_000_000) == 5
+    assert settings.epochs_for(15, 16_000_000) == 1 and settings.epochs_for(15, 50_000_000) == 1
 
 
 def test_two_stage_scores_prefer_likely_then_liked():
@@ -134,15 +133,18 @@ def ray_trained(small_encoded):
     import tempfile
 
     store = tempfile.mkdtemp()
-    with cluster.ray_session(num_cpus=2):
-        cfg = retrieval.RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2, batch_size=256, patience=10,
-                                        history=True)  # the optional history path, on 2 workers
-        ret = retrieval.train(enc, split.train, cfg, store)
-        graph = retrieval.train(enc, split.train, retrieval.RetrievalConfig(
-            model="lightgcn", dim=16, epochs=4, workers=2, batch_size=256, patience=10), store, name="lightgcn")
-        rank = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3)
-        sampled = ranking.tune_ranking(enc, split.train, store, num_samples=2, max_epochs=3, trial_ratings=500,
-                                       max_examples=len(split.train))
+    ray, tune = RaySettings(num_cpus=2), TuneConfig(samples=2, epochs=3)
+    with cluster.ray_session(ray):
+        cfg = RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2, batch_size=256, patience=10,
+                              history=True)  # the optional history path, on 2 workers
+        ret = retrieval.train(enc, split.train, Settings(retrieval=cfg, ray=ray), store)
+        graph = retrieval.train(enc, split.train, Settings(retrieval=RetrievalConfig(
+            model="lightgcn", dim=16, epochs=4, workers=2, batch_size=256, patience=10), ray=ray), store,
+            name="lightgcn")
+        rank = ranking.tune_ranking(enc, split.train, Settings(tune=tune, ray=ray), store)
+        budget = Settings(tune=TuneConfig(samples=2, epochs=3, trial_ratings=500), train_budget=len(split.train),
+                          ray=ray)
+        sampled = ranking.tune_ranking(enc, split.train, budget, store)
     return enc, split, ret, rank, sampled, graph
 
 

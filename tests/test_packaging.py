@@ -13,7 +13,8 @@ import pytest
 from packaging.version import Version
 
 from movierec import packaging
-from movierec.publish import KNOWN_FILES
+from movierec.bundle import KNOWN_FILES
+from movierec.settings import PublishSettings
 
 
 def test_run_version_is_pep440_and_uploadable():
@@ -78,7 +79,7 @@ def test_publish_leaves_no_temporary_folder_and_prints_a_pinned_command(tiny_bun
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    publication, wheel = packaging.publish(tiny_bundle, "5", index_dir=tmp_path / "idx")
+    publication, wheel = packaging.publish(tiny_bundle, "5", PublishSettings(index_dir=str(tmp_path / "idx")))
     assert list(tmp.iterdir()) == []
     assert publication.version == "0.1.0.post5" and publication.sha256 == hashlib.sha256(wheel).hexdigest()
     on_disk = tmp_path / "idx" / "packages" / publication.wheel

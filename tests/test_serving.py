@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from movierec import Recommender, publish
-from movierec.publish import read_bundle_metadata
+from movierec import Recommender, bundle
+from movierec.checksums import sha256
 from movierec.serving import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
 
 
@@ -76,7 +76,7 @@ def test_load_from_folder_and_zip(tmp_path, tiny_bundle):
     import zipfile
 
     zipfile.ZipFile(tmp_path / "b.zip").extractall(tmp_path / "dir")
-    assert Recommender.load(tmp_path / "dir").info == read_bundle_metadata(tiny_bundle)
+    assert Recommender.load(tmp_path / "dir").info == bundle.read_bundle(tiny_bundle)[0]
     with pytest.raises(BundleError, match="not a movierec bundle"):
         Recommender.load(tmp_path)  # a folder that is not a bundle
     (tmp_path / "dir" / "ids.npz").unlink()
@@ -102,7 +102,7 @@ def _rezip(bundle: bytes, changes: dict[str, bytes | None], keep_checksums: bool
         else:
             files[name] = blob
             if not keep_checksums and name != "model.json":
-                info["files"][name] = publish.sha256(blob)
+                info["files"][name] = sha256(blob)
     if "model.json" not in changes:
         files["model.json"] = json.dumps(info).encode()
     buf = io.BytesIO()
@@ -156,12 +156,12 @@ def test_only_known_files_are_read_and_sizes_are_capped(tiny_bundle, monkeypatch
 
     monkeypatch.setattr(zipfile.ZipFile, "open", recording_open)
     Recommender.from_bytes(extra)
-    assert set(publish.KNOWN_FILES) <= set(opened)
+    assert set(bundle.KNOWN_FILES) <= set(opened)
     assert not {"../../evil.sh", "model.json.bak"} & set(opened)  # never read, let alone unpacked
-    monkeypatch.setattr(publish, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(bundle, "MAX_FILE_BYTES", 1000)
     with pytest.raises(BundleError, match="larger than 1,000 bytes"):
         Recommender.from_bytes(tiny_bundle)
-    monkeypatch.setattr(publish, "MAX_BUNDLE_BYTES", 1000)
+    monkeypatch.setattr(bundle, "MAX_BUNDLE_BYTES", 1000)
     with pytest.raises(BundleError, match="bytes unpacked, more than the 1,000"):
         Recommender.from_bytes(tiny_bundle)
 

@@ -25,8 +25,8 @@ def test_no_unknown_users_or_items_in_test():
     # User 99 and item 99 occur once each: wherever they land, they must never be tested on.
     u, i, t = _toy()
     u, i, t = np.append(u, 99), np.append(i, 98), np.append(t, 5)
-    for protocol in ("random", "temporal"):
-        s = split_ratings(u, i, t, protocol, 0.3, seed=1)
+    for method in ("random", "temporal"):
+        s = split_ratings(u, i, t, method, 0.3, seed=1)
         assert set(u[s.test]) <= set(u[s.train])
         assert set(i[s.test]) <= set(i[s.train])
 
@@ -52,7 +52,7 @@ def test_temporal_split_never_trains_on_the_future():
 
 def test_bad_arguments():
     u, i, t = _toy(10)
-    with pytest.raises(ValueError, match="protocol"):
+    with pytest.raises(ValueError, match="split method"):
         split_ratings(u, i, t, "leave-one-out")
     with pytest.raises(ValueError, match="test_fraction"):
         split_ratings(u, i, t, "random", 1.5)

@@ -24,7 +24,6 @@ The publish step keeps the zip as an artifact and packages it into the wheel (``
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -34,14 +33,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from movierec.arrays import csr
+from movierec.checksums import sha256
 from movierec.errors import BundleError
-from movierec.index import IndexSettings
-from movierec.metrics import csr
+from movierec.settings import CANDIDATES
 
 if TYPE_CHECKING:  # packaging and serving import this module and must stay free of torch
-    from movierec.features import Encoded
+    from movierec.index import RetrievalIndex
     from movierec.ranking import RankingResult
     from movierec.retrieval import RetrievalResult
+    from movierec.split import DataSplit
 
 BUNDLE_FORMAT = 2  # 2: sha256 of every file in model.json; per-user data optional
 CORE_FILES = ("model.json", "vectors.npz", "items.ann", "ids.npz", "items.json")
@@ -61,32 +62,28 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def make_bundle(enc: Encoded, train_idx: np.ndarray, retrieval: RetrievalResult, ranking: RankingResult,
-                user_vecs: np.ndarray, item_vecs: np.ndarray, index_blob: bytes, index_settings: IndexSettings,
+def make_bundle(data: DataSplit, retrieval: RetrievalResult, ranking: RankingResult, index: RetrievalIndex,
                 metadata: dict, user_data: bool = True) -> bytes:
     """Zip the trained models, vectors, index and vocabularies (see the module docstring);
     ``user_data=False`` leaves out everything that has a row per user."""
     from movierec.export import export_serving_models
 
+    enc, train_idx = data.enc, data.split.train
     folded = ranking.model().fold()
     ids = {"item_ids": enc.item_ids, "years": enc.years}
-    vectors = {"items": item_vecs.astype(np.float32), "item_baselines": folded.item_baselines()}
+    vectors = {"items": index.item_vectors.astype(np.float32), "item_baselines": folded.item_baselines()}
     files: dict[str, bytes] = {}
     onnx_info: dict = {"left_out": "published without per-user data"}
     if user_data:
         indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
         ids.update(user_ids=enc.user_ids, rated_indptr=indptr, rated=rated)
-        vectors["users"] = user_vecs.astype(np.float32)
+        vectors["users"] = index.user_vectors.astype(np.float32)
         onnx_files, onnx_info = export_serving_models(folded, retrieval.model(), enc.n_users, enc.n_items)
         files.update({"ranking.pt": ranking.state, "retrieval.pt": retrieval.state, **onnx_files})
     sizes = dict(enc.vocab_sizes) if user_data else {k: v for k, v in enc.vocab_sizes.items() if k == "item"}
     files.update({
         "vectors.npz": _npz(**vectors),
-        "items.ann": index_blob,
+        "items.ann": index.blob,
         "ids.npz": _npz(**ids),
         "items.json": json.dumps({"titles": enc.titles, "genres": enc.genres}).encode(),
     })
@@ -96,7 +93,8 @@ def make_bundle(enc: Encoded, train_idx: np.ndarray, retrieval: RetrievalResult,
         "sizes": sizes,
         "retrieval": asdict(retrieval.config),
         "ranking": ranking.params,
-        "index": asdict(index_settings),
+        "index": asdict(index.settings),
+        "candidates": CANDIDATES,
         "onnx": onnx_info,
         **metadata,
         "files": {name: sha256(blob) for name, blob in files.items()},
@@ -108,11 +106,6 @@ def make_bundle(enc: Encoded, train_idx: np.ndarray, retrieval: RetrievalResult,
             if name in files:
                 zf.writestr(name, files[name])
     return buf.getvalue()
-
-
-def read_bundle_metadata(bundle: bytes) -> dict:
-    with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
-        return json.loads(zf.read("model.json"))
 
 
 def _from_zip(source: str, zf: zipfile.ZipFile) -> dict[str, bytes]:
@@ -180,3 +173,30 @@ def read_bundle(source: str | Path | bytes) -> tuple[dict, dict[str, bytes]]:
     if unexpected:
         raise BundleError(f"{where}: {', '.join(unexpected)}: not recorded in model.json")
     return info, files
+
+
+FLOW = "RecommenderFlow"
+
+
+def bundle_of_run(run: str | None) -> tuple[str, bytes]:
+    """(pathspec, bundle zip) of a RecommenderFlow run's publish step. ``run`` is
+    ``"RecommenderFlow/<id>"`` or a bare run id; None: the latest successful run in the Metaflow
+    datastore this directory uses. Needs metaflow; raises BundleError saying what is missing."""
+    try:
+        from metaflow import Flow, Run, namespace
+        from metaflow.exception import MetaflowException
+    except ImportError:
+        raise BundleError("no model is packaged with this installation of movierec: install a published wheel, "
+                          "or pass --model with a bundle path (a Metaflow run id needs metaflow)") from None
+    namespace(None)
+    try:
+        found = Flow(FLOW).latest_successful_run if run is None else Run(run if "/" in run else f"{FLOW}/{run}")
+        if found is None:
+            raise MetaflowException("none finished successfully")
+        return found.pathspec, found["publish"].task.data.bundle
+    except (MetaflowException, KeyError, AttributeError) as exc:
+        what = run or "the latest successful run"
+        raise BundleError(
+            f"no model: this installation packages none and {what} of {FLOW} has no published bundle ({exc}); "
+            "run the flow (make run), install a published wheel, or pass --model with a bundle path or run id"
+        ) from None

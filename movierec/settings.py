@@ -1,0 +1,241 @@
+"""Every setting of a run, as typed, frozen dataclasses: one per concern, all under :class:`Settings`.
+
+A field made with :func:`setting` is a user setting: it can be set in a configuration file
+(``retrieval.epochs``) and on the flow's command line (``--retrieval-epochs``), and its default,
+help, bounds and choices live here, next to the field, and nowhere else (``movierec.flowconfig``
+derives the Metaflow Config checks and Parameters from them). Other fields are model constants
+a user does not tune per run. Adding a setting is one field here (see the README).
+
+Importable without torch or Ray: every step process reads its settings, and importing torch costs
+each of them 1.5 s.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from movierec.protocols import PROTOCOLS
+
+RETRIEVAL_MODELS = ("two_tower", "lightgcn")
+RETRIEVAL_NAMES = {"two_tower": "two-tower", "lightgcn": "LightGCN"}  # as reports print them
+# Per-model defaults. LightGCN's free embeddings take larger steps, and its validation score
+# rises slowly and noisily, so it needs more patience (with 2 it stopped 2-6 epochs early).
+DEFAULT_LR = {"two_tower": 3e-3, "lightgcn": 1e-2}
+DEFAULT_PATIENCE = {"two_tower": 2, "lightgcn": 5}
+# Candidates the retrieval stage hands the ranking stage, in evaluation and in serving alike.
+CANDIDATES = 100
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def setting(default: Any, option: str, help: str, minimum: int | None = None, choices: tuple[str, ...] = (),
+            check: Callable[[Any], str | None] | None = None) -> Any:
+    """A dataclass field that is a user setting: its command-line ``option`` (without ``--``), a
+    ``help`` line, and what values it takes (an integer ``minimum``, ``choices``, or a ``check``
+    returning what is wrong with a value)."""
+    return field(default=default, metadata={"option": option, "help": help, "minimum": minimum,
+                                            "choices": choices, "check": check})
+
+
+def repository_url_problem(url: str) -> str | None:
+    """What is wrong with a package repository URL, or None: it must not hold credentials
+    (Metaflow stores and prints settings; they belong in TWINE_USERNAME/TWINE_PASSWORD), and must
+    be https unless the server is on this machine."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return ("must not hold credentials (they would be stored with the run and printed): set TWINE_USERNAME "
+                "and TWINE_PASSWORD instead")
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
+        return f"must be https:// (plain http only on loopback), got {url}"
+    return None
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    dir: str = setting("", "data-dir", "MovieLens folder (ratings.csv+movies.csv, ml-1m .dat, or recbole ml-100k "
+                       "files); empty: ML-100K, downloaded once into data/ml-100k")
+    synthetic_ratings: int = setting(0, "synthetic-ratings", "use N synthetic ML-20M-shaped ratings (0: off)",
+                                     minimum=0)
+    max_ratings: int = setting(0, "max-ratings", "keep only the first N ratings by time (0: all)", minimum=0)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """The retrieval model and how it trains (``movierec.retrieval``); kept in the model bundle."""
+
+    model: str = setting("two_tower", "retrieval-model", "retrieval model: two_tower (id + feature towers) or "
+                         "lightgcn (graph propagation over the user-movie interactions)", choices=RETRIEVAL_MODELS)
+    dim: int = setting(64, "embedding-dim", "retrieval embedding size", minimum=1)
+    hidden: int = 128  # two-tower MLP width
+    layers: int = 3  # LightGCN propagation steps
+    temperature: float = 0.2
+    lr: float | None = None  # None: DEFAULT_LR of the model
+    weight_decay: float = 1e-6
+    batch_size: int = 1024
+    epochs: int = setting(15, "retrieval-epochs", "most retrieval epochs (stops early when validation quality "
+                          "stalls)", minimum=1)
+    patience: int | None = None  # epochs without improvement before stopping (None: DEFAULT_PATIENCE);
+    # the best epoch's weights are kept
+    val_fraction: float = 0.05  # of train, never test
+    workers: int = setting(2, "retrieval-workers", "Ray Train data-parallel workers", minimum=1)
+    # The user tower (and the rating model) also see the movies the user rated in train
+    # (SVD++-style). Off by default: on ML-100K it moved NDCG@10 by +0.002, and it halves throughput.
+    history: bool = setting(False, "history", "both models also see each user's 50 latest rated movies "
+                            "(SVD++-style): about +0.002 NDCG@10 on ML-100K for half the training speed")
+    max_history: int = 50  # most recent rated movies per user in that history
+
+    def __post_init__(self) -> None:
+        if self.model not in RETRIEVAL_MODELS:
+            raise ValueError(f"retrieval model must be one of {', '.join(RETRIEVAL_MODELS)}, got {self.model!r}")
+
+    @property
+    def name(self) -> str:
+        """The model's name as reports print it."""
+        return RETRIEVAL_NAMES[self.model]
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.model]
+
+    def stop_after(self) -> int:
+        """Epochs without improvement before training stops."""
+        return self.patience if self.patience is not None else DEFAULT_PATIENCE[self.model]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The rating model's hyper-parameter search with Ray Tune (``movierec.ranking``)."""
+
+    samples: int = setting(6, "tune-samples", "Ray Tune trials for the rating model", minimum=1)
+    epochs: int = setting(8, "tune-epochs", "most epochs a Tune trial may train (ASHA stops early)", minimum=1)
+    trial_ratings: int = setting(1_000_000, "tune-trial-ratings", "Tune trials train on a sample of at most this "
+                                 "many ratings; on larger data the best settings are then refitted once on all of "
+                                 "them", minimum=1)
+    val_fraction: float = 0.1  # of train, never test
+    max_validation: int = 200_000  # a stable validation RMSE at any data size, cheap every epoch
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """The Annoy index over movie vectors (``movierec.index``); kept in the model bundle."""
+
+    n_trees: int = setting(50, "n-trees", "Annoy trees (more: better recall, bigger index)", minimum=1)
+    search_k: int = -1  # Annoy's default: n_trees * k nodes inspected per query
+    metric: str = "angular"  # unit vectors: angular distance orders as the dot product does
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: str = setting("", "ray-address", "join this Ray cluster instead of starting one (empty: start one)")
+    num_cpus: int = setting(2, "num-cpus", "CPUs for the local Ray instance", minimum=1)
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    user_data: bool = setting(True, "publish-user-data", "put every user's rated movies, vectors and model rows "
+                              "into the published wheel; false: it answers history-based requests only (for data "
+                              "whose users must not travel with the model)")
+    repository_url: str = setting("", "repository-url", "package index to upload the wheel to with twine: https "
+                                  "(http on loopback only), credentials in TWINE_USERNAME/TWINE_PASSWORD, never in "
+                                  "the URL; empty: the local PEP 503 index in --index-dir",
+                                  check=repository_url_problem)
+    index_dir: str = setting("", "index-dir", "local package index folder (a PEP 503 index: packages/ and simple/); "
+                             "empty: dist/pypi beside the movierec source")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A run's settings, built once (``movierec.flowconfig``) and passed whole."""
+
+    data: DataSettings = field(default_factory=DataSettings)
+    protocol: str = setting("tfrs", "protocol", "evaluation protocol: tfrs (80/20 random), msr (per-user 75/25), "
+                            "temporal (time cutoff)", choices=tuple(PROTOCOLS))
+    seed: int = setting(42, "seed", "seed for the split, initialisation and data order")
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    train_budget: int = setting(20_000_000, "train-budget", "most training examples each model sees over all its "
+                                "epochs (epochs are cut to fit): keeps ML-20M-sized data inside ~20 minutes on 2 "
+                                "cores; ML-100K is far below it", minimum=1)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+
+    def epochs_for(self, max_epochs: int, n_examples: int) -> int:
+        """Epochs to run over ``n_examples``: at most ``max_epochs``, at least one, within the budget."""
+        return max(1, min(max_epochs, self.train_budget // max(1, n_examples)))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One user setting as the configuration file and the command line see it."""
+
+    key: str  # dotted path, e.g. "retrieval.epochs"
+    default: str | int | bool
+    option: str
+    help: str
+    minimum: int | None
+    choices: tuple[str, ...]
+    check_value: Callable[[Any], str | None] | None
+
+    @property
+    def attribute(self) -> str:
+        """The flow attribute holding the effective value."""
+        return self.option.replace("-", "_")
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value`` for this setting, or None."""
+        import json
+
+        expected = type(self.default)
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            names = {str: "a string", int: "an integer", bool: "true or false"}
+            return f"must be {names[expected]}, got {json.dumps(value)}"
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, got {json.dumps(value)}"
+        if self.minimum is not None and value < self.minimum:
+            return f"must be at least {self.minimum}, got {value}"
+        return self.check_value(value) if self.check_value else None
+
+
+def _walk(cls: type, prefix: str = "") -> Iterator[Setting]:
+    for f in fields(cls):
+        key = prefix + f.name
+        if "option" in f.metadata:
+            m = f.metadata
+            yield Setting(key, f.default, m["option"], m["help"], m["minimum"], m["choices"], m["check"])
+        elif isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
+            yield from _walk(f.default_factory, key + ".")
+
+
+SETTINGS: tuple[Setting, ...] = tuple(_walk(Settings))
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def from_values(values: dict[str, object]) -> Settings:
+    """Settings from dotted keys (``{"retrieval.epochs": 3}``); keys left out keep their defaults."""
+    return _build(Settings, values, "")
+
+
+def _build(cls: type, values: dict[str, object], prefix: str) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        key = prefix + f.name
+        if key in values:
+            kwargs[f.name] = values[key]
+        elif isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
+            kwargs[f.name] = _build(f.default_factory, values, key + ".")
+    return cls(**kwargs)
+
+
+def to_values(settings: Settings) -> dict[str, object]:
+    """The user settings of ``settings`` by dotted key (the inverse of :func:`from_values`)."""
+    out = {}
+    for s in SETTINGS:
+        node: Any = settings
+        for part in s.key.split("."):
+            node = getattr(node, part)
+        out[s.key] = node
+    return out
