@@ -16,13 +16,14 @@ counted as they arrive (a chunked upload has no Content-Length to check), JSON o
 from __future__ import annotations
 
 import asyncio
+import re
 from importlib import resources
 from typing import Annotated
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,8 +42,17 @@ LIMITS = (f"Limits: k 1-{MAX_K}; ids 0-{MAX_ID} (integers; true/false are not id
           f"{BODY_TIMEOUT:g} s (408 beyond). Unknown ids: 404; invalid fields: 422; requests the model cannot "
           "answer: 400.")
 
-K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many movies (1-{MAX_K})")]
-ID = Annotated[int, Path(ge=0, le=MAX_ID, description="the MovieLens id")]
+
+
+def _digits(value: object) -> object:
+    """Ids and counts in a URL are plain decimal digits: int() would also take "1_0", "+1" or " 1"."""
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{1,19}", value):
+        raise ValueError("must be written with the digits 0-9 only")
+    return value
+
+
+K = Annotated[int, Query(ge=1, le=MAX_K, description=f"how many movies (1-{MAX_K})"), BeforeValidator(_digits)]
+ID = Annotated[int, Path(ge=0, le=MAX_ID, description="the MovieLens id"), BeforeValidator(_digits)]
 # strict: JSON true is not movie 1, and 3.0 or "3" is not an id
 BodyId = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
 
@@ -112,9 +122,16 @@ def _error(status: int, message: str, close: bool = False) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"} if close else None)
 
 
+def _json_media(content_type: str) -> bool:
+    """``application/json`` or ``application/<something>+json``, parameters aside."""
+    main, _, sub = content_type.split(";")[0].strip().lower().partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
 class BodyGuard:
     """ASGI middleware that reads each request's body before the app does (see the module
-    docstring) and replays it to the app; answers 413, 415 or 408 itself."""
+    docstring) and replays it to the app; answers 413, 415 or 408 itself. A repeated header
+    counts by its first value, as Starlette reads it."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY, timeout: float = BODY_TIMEOUT):
         self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
@@ -122,30 +139,27 @@ class BodyGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
         declared = headers.get("content-length")
-        too_large = _error(413, f"request body over {self.max_bytes} bytes", close=True)
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await too_large(scope, receive, send)
-        body = bytearray()
-        try:
-            async with asyncio.timeout(self.timeout):
-                more = True
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return None
-                    body += message.get("body", b"")
-                    more = message.get("more_body", False)
-                    if len(body) > self.max_bytes:
-                        return await too_large(scope, receive, send)
-        except TimeoutError:
+        has_body = declared not in (None, "0") or "transfer-encoding" in headers
+        refusal = None
+        if has_body and not _json_media(headers.get("content-type", "")):
+            # before reading: a client waiting for "100 Continue" is answered without sending its body
+            refusal = _error(415, "the request body must be JSON (Content-Type: application/json)", close=True)
+        elif declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            refusal = _error(413, f"request body over {self.max_bytes} bytes", close=True)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        body, status = await self._read(receive)
+        if status == 413:
+            return await _error(413, f"request body over {self.max_bytes} bytes", close=True)(scope, receive, send)
+        if status == 408:
             return await _error(408, f"request body not received within {self.timeout:g} s", close=True)(
                 scope, receive, send)
-        media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if body and not (media == "application/json" or media.endswith("+json")):
-            return await _error(415, "the request body must be JSON (Content-Type: application/json)")(
-                scope, receive, send)
+        if body is None:  # the client went away
+            return None
         replayed = False
 
         async def replay() -> Message:
@@ -153,9 +167,27 @@ class BodyGuard:
             if replayed:
                 return await receive()  # e.g. the client disconnecting while the app works
             replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> tuple[bytes | None, int | None]:
+        """(the whole body, None), or (None, 413 or 408), or (None, None) when the client left.
+        Responses are sent by the caller, outside the time limit."""
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None, None
+                    body += message.get("body", b"")
+                    if len(body) > self.max_bytes:
+                        return None, 413
+                    if not message.get("more_body", False):
+                        return bytes(body), None
+        except TimeoutError:
+            return None, 408
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict]:
@@ -186,6 +218,11 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's doing: still JSON, and nothing of the input or the exception.
+        return _error(500, "internal error")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -228,7 +265,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
 
     @app.get("/movies", response_model=list[Movie])
     async def search(query: Annotated[str, Query(min_length=1, max_length=100)],
-                     limit: Annotated[int, Query(ge=1, le=MAX_K)] = 20) -> list[Movie]:
+                     limit: Annotated[int, Query(ge=1, le=MAX_K), BeforeValidator(_digits)] = 20) -> list[Movie]:
         """Movies whose title contains the query (case-insensitive)."""
         return _movies(rec.search(query, limit))
 

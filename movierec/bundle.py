@@ -108,33 +108,36 @@ def make_bundle(data: DataSplit, retrieval: RetrievalResult, ranking: RankingRes
     return buf.getvalue()
 
 
-def _from_zip(source: str, zf: zipfile.ZipFile) -> dict[str, bytes]:
-    """The known members of a bundle zip, within the size caps (nothing else is extracted)."""
-    present = {info.filename: info for info in zf.infolist() if info.filename in KNOWN_FILES}
-    total = sum(info.file_size for info in present.values())
+def _check_sizes(source: str, sizes: dict[str, int]) -> None:
+    """Refuse a bundle whose files (by unpacked size) pass the caps, before anything is read."""
+    total = sum(sizes.values())
     if total > MAX_BUNDLE_BYTES:
         raise BundleError(f"{source}: {total:,} bytes unpacked, more than the {MAX_BUNDLE_BYTES:,} a bundle may hold")
+    for name, size in sizes.items():
+        cap = MAX_JSON_BYTES if name.endswith(".json") else MAX_FILE_BYTES
+        if size > cap:
+            raise BundleError(f"{source}: {name}: larger than {cap:,} bytes")
+
+
+def _from_zip(source: str, zf: zipfile.ZipFile) -> dict[str, bytes]:
+    """The known members of a bundle zip, within the size caps (nothing else is read). zipfile
+    reads no more than a member's recorded size; a member it cannot unpack (damaged deflate data,
+    an unknown compression method, encryption) is named in a BundleError."""
+    present = {info.filename: info for info in zf.infolist() if info.filename in KNOWN_FILES}
+    _check_sizes(source, {name: info.file_size for name, info in present.items()})
     files = {}
     for name, info in present.items():
-        cap = MAX_JSON_BYTES if name.endswith(".json") else MAX_FILE_BYTES
-        with zf.open(info) as f:  # the header's size may lie: read one byte past the cap to tell
-            data = f.read(cap + 1)
-        if len(data) > cap:
-            raise BundleError(f"{source}: {name}: larger than {cap:,} bytes")
-        files[name] = data
+        try:
+            files[name] = zf.read(info)
+        except Exception as exc:  # zlib.error, NotImplementedError, RuntimeError, BadZipFile (CRC), ...
+            raise BundleError(f"{source}: {name}: cannot be unpacked ({type(exc).__name__}: {exc})") from None
     return files
 
 
 def _from_folder(source: str, folder: Path) -> dict[str, bytes]:
-    files = {}
-    for name in KNOWN_FILES:
-        path = folder / name
-        if path.is_file():
-            cap = MAX_JSON_BYTES if name.endswith(".json") else MAX_FILE_BYTES
-            if path.stat().st_size > cap:
-                raise BundleError(f"{source}: {name}: larger than {cap:,} bytes")
-            files[name] = path.read_bytes()
-    return files
+    present = {name: folder / name for name in KNOWN_FILES if (folder / name).is_file()}
+    _check_sizes(source, {name: path.stat().st_size for name, path in present.items()})
+    return {name: path.read_bytes() for name, path in present.items()}
 
 
 def read_bundle(source: str | Path | bytes) -> tuple[dict, dict[str, bytes]]:
@@ -180,23 +183,27 @@ FLOW = "RecommenderFlow"
 
 def bundle_of_run(run: str | None) -> tuple[str, bytes]:
     """(pathspec, bundle zip) of a RecommenderFlow run's publish step. ``run`` is
-    ``"RecommenderFlow/<id>"`` or a bare run id; None: the latest successful run in the Metaflow
-    datastore this directory uses. Needs metaflow; raises BundleError saying what is missing."""
+    ``"RecommenderFlow/<id>"`` or a bare run id, of any user; None: the latest successful run of
+    this user (Metaflow's default namespace: a shared datastore holds other people's runs too) in
+    the datastore this directory uses. Needs metaflow; raises BundleError saying what is missing."""
     try:
         from metaflow import Flow, Run, namespace
         from metaflow.exception import MetaflowException
     except ImportError:
         raise BundleError("no model is packaged with this installation of movierec: install a published wheel, "
                           "or pass --model with a bundle path (a Metaflow run id needs metaflow)") from None
-    namespace(None)
     try:
-        found = Flow(FLOW).latest_successful_run if run is None else Run(run if "/" in run else f"{FLOW}/{run}")
-        if found is None:
-            raise MetaflowException("none finished successfully")
+        if run is None:
+            found = Flow(FLOW).latest_successful_run
+            if found is None:
+                raise MetaflowException(f"no successful run of {FLOW} of yours")
+        else:
+            namespace(None)
+            found = Run(run if "/" in run else f"{FLOW}/{run}")
         return found.pathspec, found["publish"].task.data.bundle
     except (MetaflowException, KeyError, AttributeError) as exc:
-        what = run or "the latest successful run"
-        raise BundleError(
-            f"no model: this installation packages none and {what} of {FLOW} has no published bundle ({exc}); "
-            "run the flow (make run), install a published wheel, or pass --model with a bundle path or run id"
-        ) from None
+        if run is None:
+            raise BundleError(f"no model: this installation packages none, and the local Metaflow datastore has "
+                              f"no published run ({exc}); run the flow (make run), install a published wheel, or "
+                              "pass --model with a bundle path or run id") from None
+        raise BundleError(f"{run}: no published bundle of that {FLOW} run ({exc})") from None

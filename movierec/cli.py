@@ -41,6 +41,13 @@ def _print(recs: list[Recommendation], as_json: bool, score_label: str = "score"
               f"{score_label} {r.score:.3f}{rating}")
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movierec",
                                      description="Movie recommendations from a trained movierec model.")
@@ -70,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="serve the REST API (OpenAPI at /docs) until interrupted")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+    v.add_argument("--body-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="answer 408 to a client that has not sent its whole request body within this time (default 10)")
     return parser
 

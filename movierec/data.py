@@ -288,18 +288,19 @@ def check_ids(path: Path, table: pa.Table, columns: tuple[str, ...], header: boo
 
 
 def _validate_ratings(path: Path, table: pa.Table, header: bool = True) -> pa.Table:
-    ratings = table["rating"].to_numpy()
+    """``table``: a ratings file's user, movie, rating and timestamp columns, in that order and by
+    the file's own names (so messages name the columns the user sees), checked and renamed."""
+    user, item, rating, _ = table.column_names
+    ratings = table[rating].to_numpy()
     if np.isnan(ratings).any():
-        raise DataError(f"{path}, line {_line_of(path, np.isnan(ratings), header)}: rating is not a number "
+        raise DataError(f"{path}, line {_line_of(path, np.isnan(ratings), header)}: {rating} is not a number "
                         "(nan), expected a number from 0.5 to 5")
     bad = ~((ratings >= 0.5) & (ratings <= 5.0))
     if bad.any():
-        raise DataError(
-            f"{path}, line {_line_of(path, bad, header)}: rating {ratings[bad][0]!r} out of range, "
-            "expected a number from 0.5 to 5"
-        )
-    check_ids(path, table, ("user_id", "item_id"), header)
-    return table.select(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA)
+        raise DataError(f"{path}, line {_line_of(path, bad, header)}: {rating} {float(ratings[bad][0]):g} out of "
+                        "range, expected a number from 0.5 to 5")
+    check_ids(path, table, (user, item), header)
+    return table.rename_columns(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA)
 
 
 def split_title_year(titles: list[str]) -> tuple[list[str], list[int | None]]:
@@ -369,7 +370,7 @@ def load_grouplens_csv(directory: Path) -> Dataset:
     ratings = read_table(
         d / "ratings.csv",
         {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
-    ).rename_columns(["user_id", "item_id", "rating", "timestamp"])
+    )
     movies = read_table(d / "movies.csv", {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()})
     check_ids(d / "movies.csv", movies, ("movieId",))
     titles, years = split_title_year(movies["title"].to_pylist())

@@ -37,6 +37,37 @@ def build(vectors: np.ndarray, settings: IndexSettings, seed: int = 42) -> bytes
             return f.read()
 
 
+def check_structure(blob: bytes, dim: int) -> None:
+    """Raise ValueError unless ``blob`` is a well-formed angular Annoy file for ``dim``-dimensional
+    vectors. Annoy trusts its file: a child index pointing outside it is followed during a query
+    and crashes the process (a segfault, not an exception), so a bundle's index is checked here,
+    whatever its checksum says. The layout (annoylib.h, angular metric): nodes of ``12 + 4 * dim``
+    bytes, each an int32 descendant count, then either two int32 children (a split) or, when the
+    count is at most ``dim + 2``, that many item ids, then the float32 plane or vector. Items come
+    first (count 1); every split's children come before it (Annoy writes children first, which
+    also rules out cycles); the last node is a root, whose count Annoy takes as the number of items."""
+    width = 3 + dim  # int32 words a node holds
+    if not blob or len(blob) % (4 * width):
+        raise ValueError(f"{len(blob)} bytes are not a whole number of {4 * width}-byte nodes for {dim}-d vectors")
+    nodes = np.frombuffer(blob, dtype=np.int32).reshape(-1, width)
+    counts, n_nodes, listed_max = nodes[:, 0], len(nodes), dim + 2
+    n_items = int(counts[-1])
+    if not 0 < n_items <= n_nodes or (counts[:n_items] != 1).any():
+        raise ValueError(f"the file does not start with {n_items} items")
+    if ((counts < 1) | (counts > n_items)).any():
+        raise ValueError("a node counts fewer than 1 or more descendants than there are items")
+    inner = np.arange(n_nodes) >= n_items
+    lists = inner & (counts <= listed_max)
+    ids = nodes[lists, 1 : 1 + listed_max]
+    used = np.arange(listed_max)[None, :] < counts[lists, None]
+    if (((ids < 0) | (ids >= n_items)) & used).any():
+        raise ValueError("a leaf lists an item that is not in the index")
+    splits = np.flatnonzero(inner & (counts > listed_max))
+    children = nodes[splits, 1:3]
+    if ((children < 0) | (children >= splits[:, None])).any():
+        raise ValueError("a split node points to a node that does not come before it")
+
+
 def _load(index: AnnoyIndex, blob: bytes) -> None:
     """Have Annoy map ``blob`` without leaving a file behind (see the module docstring)."""
     if hasattr(os, "memfd_create"):
@@ -67,6 +98,9 @@ class Index:
     """A loaded Annoy index over ``blob`` (the bytes of an Annoy file); unmapped on close."""
 
     def __init__(self, blob: bytes, dim: int, settings: IndexSettings):
+        if settings.metric != "angular":
+            raise ValueError(f"only angular Annoy indexes can be checked and loaded, not {settings.metric!r}")
+        check_structure(blob, dim)
         self.settings = settings
         self._index = AnnoyIndex(dim, settings.metric)
         _load(self._index, blob)

@@ -15,9 +15,8 @@ in the index is not uploaded again).
 
 The install command it prints never lets another index supply ``movierec`` (dependency
 confusion: the name is not ours on PyPI, and pip takes the highest version from any index it is
-given): from the local index it names the wheel file itself with its sha256; from a repository
-it uses that repository as the only index (which must mirror PyPI for the dependencies, as
-CodeArtifact's upstreams and devpi do).
+given): it names the wheel file itself, by URL and sha256, in the local index or as the
+repository's simple index lists it.
 """
 
 from __future__ import annotations
@@ -26,19 +25,21 @@ import base64
 import html
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import movierec
-from movierec.bundle import KNOWN_FILES, bundle_of_run
+from movierec.bundle import KNOWN_FILES, bundle_of_run, read_bundle
 from movierec.checksums import sha256
 from movierec.errors import BundleError
 from movierec.settings import PublishSettings, repository_url_problem
@@ -82,7 +83,13 @@ def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
 
 
 def build_wheel(bundle: bytes, version: str, out_dir: Path, source_root: Path = SOURCE_ROOT) -> Path:
-    """Build ``movierec-<version>-py3-none-any.whl`` with the bundle inside ``movierec/bundle/``."""
+    """Build ``movierec-<version>-py3-none-any.whl`` with the bundle inside ``movierec/bundle/``.
+    The bundle is checked as serving will load it first: a bundle of an older format (an earlier
+    run published again) or a damaged one fails here, not in every installation."""
+    try:
+        read_bundle(bundle)
+    except BundleError as exc:
+        raise PublishError(f"not publishing: {exc}") from None
     for required in ("setup.cfg", "pyproject.toml", "README.md", "movierec/__init__.py"):
         if not (source_root / required).is_file():
             raise PublishError(f"{source_root}: {required} missing; publish from a movierec source checkout")
@@ -151,19 +158,32 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
                            "stay with the repository they are for; give the final URL as --repository-url")
 
 
-def already_on_server(repository_url: str, wheel_name: str) -> bool:
-    """Whether the server's simple index already lists ``wheel_name`` (twine's --skip-existing
-    works with PyPI only). Uses TWINE_USERNAME/TWINE_PASSWORD as basic auth when set."""
-    request = urllib.request.Request(f"{simple_url(check_repository_url(repository_url))}{PROJECT}/")
+def _published_links(repository_url: str) -> dict[str, str]:
+    """{file name: absolute URL} of the movierec files on the repository's simple index page
+    (empty when there is none yet). Sends TWINE_USERNAME/TWINE_PASSWORD as basic auth when set,
+    and follows no redirect."""
+    page = f"{simple_url(repository_url)}{PROJECT}/"
+    request = urllib.request.Request(page)
     user, password = os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")
     if user and password:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.build_opener(_NoRedirects).open(request, timeout=30) as resp:
-            return wheel_name in resp.read().decode(errors="replace")
-    except OSError:  # 404 for a first upload, or no simple index: let twine decide
-        return False
+            text = resp.read().decode(errors="replace")
+    except OSError:  # 404 for a first upload, or no simple index
+        return {}
+    links = {}
+    for href in re.findall(r'href="([^"]+)"', text):
+        url = urllib.parse.urljoin(page, html.unescape(href)).split("#")[0]
+        links[urllib.parse.unquote(url.rsplit("/", 1)[-1])] = url
+    return links
+
+
+def already_on_server(repository_url: str, wheel_name: str) -> bool:
+    """Whether the server's simple index already lists ``wheel_name`` (twine's --skip-existing
+    works with PyPI only)."""
+    return wheel_name in _published_links(repository_url)
 
 
 def _free_port() -> int:
@@ -255,12 +275,17 @@ def publish_to_directory(wheel: Path, index_dir: Path) -> bool:
 
 
 def install_command(version: str, wheel: Path, repository_url: str = "", index_dir: Path | None = None) -> str:
-    """The pip command that installs exactly this release and cannot take ``movierec`` from
-    another index (see the module docstring): the repository as the only index, or the local
-    index's wheel file by path and sha256 (pip checks the ``#sha256=`` of a direct reference)."""
+    """The pip command that installs exactly this release and cannot take ``movierec`` from any
+    other index (see the module docstring): the wheel itself by URL and sha256 (pip checks the
+    ``#sha256=`` of a direct reference), as the repository's simple index lists it or in the
+    local index's folder. Only if a repository does not list it (yet) does the command fall back
+    to that repository as the sole index, pinned to the version."""
     if repository_url:
-        return f"pip install --index-url {simple_url(repository_url)} {PROJECT}=={version}"
-    url = (Path(index_dir).resolve() / "packages" / wheel.name).as_uri()
+        url = _published_links(repository_url).get(wheel.name)
+        if url is None:
+            return f"pip install --isolated --index-url {simple_url(repository_url)} {PROJECT}=={version}"
+    else:
+        url = (Path(index_dir).resolve() / "packages" / wheel.name).as_uri()
     return f"pip install '{PROJECT} @ {url}#sha256={sha256(wheel)}'"
 
 
@@ -271,8 +296,6 @@ def publish(bundle: bytes, run_id: str, settings: PublishSettings) -> tuple[Publ
     returns, whatever happens."""
     version, repository_url = run_version(run_id), settings.repository_url
     index_dir = Path(settings.index_dir or DEFAULT_INDEX_DIR)
-    if repository_url:
-        check_repository_url(repository_url)
     with tempfile.TemporaryDirectory(prefix="movierec-wheel-") as out_dir:
         wheel = build_wheel(bundle, version, Path(out_dir))
         if repository_url:

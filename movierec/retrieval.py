@@ -277,9 +277,14 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
         if type(exc.controller_failure).__name__ != "WorkerGroupStartupTimeoutError":
             raise
         cpus = ray.cluster_resources().get("CPU", 0)
-        raise RuntimeError(f"Ray Train could not start {cfg.workers} retrieval workers of {cpus_per_worker} CPU each "
-                           f"on a Ray cluster with {cpus:g} CPUs: lower retrieval.workers (--retrieval-workers) or "
-                           "give Ray more CPUs (--num-cpus, or more nodes with --ray-address)") from None
+        if cfg.workers * cpus_per_worker > cpus:
+            why = (f"{cfg.workers} retrieval workers of {cpus_per_worker} CPU each do not fit a Ray cluster with "
+                   f"{cpus:g} CPUs: lower retrieval.workers (--retrieval-workers) or give Ray more CPUs "
+                   "(--num-cpus, or more nodes with --ray-address)")
+        else:
+            why = (f"its {cfg.workers} workers did not start within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s "
+                   "unless set): the cluster's CPUs are taken by other work, or its nodes are unreachable")
+        raise RuntimeError(f"Ray Train could not start the retrieval training: {why}") from None
     with result.checkpoint.as_directory() as d:
         with open(os.path.join(d, "model.pt"), "rb") as f:
             state = f.read()

@@ -98,9 +98,16 @@ def _reading(origin: str, name: str) -> Iterator[None]:
         raise BundleError(f"{origin}: {name}: cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
-def _same_length(values: object, n: int, what: str) -> None:
-    if len(values) != n:
-        raise ValueError(f"{len(values)} {what} for {n} movie vectors")
+def _require(ok: bool, what: str) -> None:
+    """Checks that a bundle's files agree with each other (inside ``_reading``, which names the
+    file): a bad length or index would otherwise surface as an IndexError at query time."""
+    if not ok:
+        raise ValueError(what)
+
+
+def _increasing(ids: np.ndarray) -> bool:
+    """Ids are looked up by binary search: they must be sorted and distinct."""
+    return bool(ids.ndim == 1 and (np.diff(ids) > 0).all())
 
 
 class Recommender:
@@ -116,29 +123,45 @@ class Recommender:
         with _reading(origin, "vectors.npz"):
             vectors = np.load(io.BytesIO(files["vectors.npz"]), allow_pickle=False)
             self.item_vectors, self.baselines = vectors["items"], vectors["item_baselines"]
+            n_items, dim = self.item_vectors.shape
+            _require(self.baselines.shape == (n_items,), f"{len(self.baselines)} baselines for {n_items} movies")
             self.user_vectors = vectors["users"] if self.user_data else None
-        n_items = len(self.item_vectors)
+            _require(not self.user_data or self.user_vectors.shape[1:] == (dim,), "user and movie vectors differ")
         with _reading(origin, "ids.npz"):
             ids = np.load(io.BytesIO(files["ids.npz"]), allow_pickle=False)
             self.item_ids, self.years = ids["item_ids"], ids["years"]
+            _require(self.item_ids.shape == self.years.shape == (n_items,), f"movie ids or years for other than "
+                     f"{n_items} movies")
+            _require(_increasing(self.item_ids), "movie ids are not sorted and distinct")
             if self.user_data:
                 self.user_ids, self._rated_indptr, self._rated = ids["user_ids"], ids["rated_indptr"], ids["rated"]
-            _same_length(self.item_ids, n_items, "movie ids")
+                n_users, ptr = len(self.user_vectors), self._rated_indptr
+                _require(self.user_ids.shape == (n_users,) and _increasing(self.user_ids),
+                         f"user ids are not {n_users} sorted, distinct ids")
+                _require(ptr.shape == (n_users + 1,) and ptr[0] == 0 and (np.diff(ptr) >= 0).all()
+                         and ptr[-1] == len(self._rated), "rated_indptr does not index the rated movies")
+                _require(((self._rated >= 0) & (self._rated < n_items)).all(), "a rated movie is not in the catalogue")
         with _reading(origin, "items.json"):
             items = json.loads(files["items.json"])
             self.titles, self.genres = items["titles"], items["genres"]
-            _same_length(self.titles, n_items, "titles")
+            _require(len(self.titles) == len(self.genres) == n_items, f"titles or genres for other than {n_items} "
+                     "movies")
         self.backend, self._rate = "none", None
         if self.user_data:
             with _reading(origin, "ranking.pt"):
                 torch.set_num_threads(1)  # single requests: thread start-up costs more than it saves
                 state = state_from_bytes(files["ranking.pt"])
                 folded = RatingModel.from_state(info["sizes"], info["ranking"], state).fold()
+                _require((len(folded.u), len(folded.v)) == (n_users, n_items), "the rating model is for another "
+                         "number of users or movies")
             with _reading(origin, "ranking.onnx"):
                 self.backend, self._rate = rating_backend(files.get("ranking.onnx"), folded, backend)
+                corners = self._rate(np.array([0, n_users - 1]), np.array([0, n_items - 1]))
+                _require(corners.shape == (2,) and np.isfinite(corners).all(), "the rating model does not rate the "
+                         "first and last user and movie")
         with _reading(origin, "items.ann"):
-            self.index = Index(files["items.ann"], self.item_vectors.shape[1], settings)
-            _same_length(range(len(self.index)), n_items, "indexed movies")
+            self.index = Index(files["items.ann"], dim, settings)
+            _require(len(self.index) == n_items, f"{len(self.index)} indexed movies for {n_items} movie vectors")
         self.candidates = int(info["candidates"])  # what the ranking stage was evaluated with
 
     # ------------------------------------------------------------------ loading
@@ -243,6 +266,9 @@ class Recommender:
         pairs = [(h, 5.0) if np.isscalar(h) else (h[0], float(h[1])) for h in history]
         if not pairs:
             raise RecommenderError("history is empty: give at least one movie id")
+        for movie, rating in pairs:
+            if not 0.5 <= rating <= 5.0:  # also false for nan
+                raise RecommenderError(f"rating {rating} of movie {movie} is not a number from 0.5 to 5")
         idx = np.array([self._movie(m) for m, _ in pairs])
         weights = np.array([r for _, r in pairs]) - 2.5
         if not (weights > 0).any():

@@ -79,6 +79,12 @@ def test_history_similar_search_and_predictions(server):
     ("POST", "/recommendations", {"history": [10**30]}, None, 422, "less than or equal to 4611686018427387904"),
     ("POST", "/recommendations", {"history": [-1]}, None, 422, "greater than or equal to 0"),
     ("GET", "/no/such/path", None, None, 404, "not found"),
+    # int() reads these as numbers; a URL's ids and counts are plain digits
+    ("GET", "/users/1_0/recommendations", None, None, 422, "digits"),
+    ("GET", "/users/+1/recommendations", None, None, 422, "digits"),
+    ("GET", "/users/%201/recommendations", None, None, 422, "digits"),
+    ("GET", "/movies/1.0/similar", None, None, 422, "digits"),
+    ("GET", "/users/1/recommendations?k=1.0", None, None, 422, "digits"),
 ])
 def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(server, method, path, body, raw, status, words):
     base, rec = server
@@ -116,6 +122,34 @@ def test_non_json_bodies_get_415_not_500(server, content_type):
     assert status == 415 and "application/json" in json.loads(payload)["error"]
 
 
+@pytest.mark.parametrize("content_types", [["text/x+json"], ["text/plain", "application/json"]])
+def test_the_guard_and_the_app_read_the_same_content_type(server, content_types):
+    """The guard took the last of repeated headers and any "+json" type, FastAPI the first header
+    and application types only: those bodies reached the app and got a confusing 422."""
+    base, _ = server
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/recommendations")
+        for value in content_types:
+            conn.putheader("Content-Type", value)
+        body = b'{"history": [1]}'
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        assert conn.getresponse().status == 415
+    finally:
+        conn.close()
+
+
+def test_a_client_expecting_100_continue_is_refused_before_sending_a_non_json_body(server):
+    base, _ = server
+    url = urllib.parse.urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+        s.sendall(b"POST /recommendations HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: 16\r\nExpect: 100-continue\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 415 ")  # no "100 Continue" first
+
+
 def test_errors_never_echo_the_input(server):
     base, _ = server
     marker = "Z" * 5000
@@ -138,8 +172,8 @@ def test_chunked_body_over_the_limit_is_cut_off_and_not_echoed(server):
         payload, response = b"", None
     finally:
         conn.close()
-    if response is not None:
-        assert response.status == 413 and len(payload) < 200 and b"xxxx" not in payload
+    # Either we read the 413 (small, no echo), or the server cut the upload off before we could.
+    assert response is None or (response.status == 413 and len(payload) < 200 and b"xxxx" not in payload)
     assert call(base, "GET", "/health")[0] == 200
 
 

@@ -42,8 +42,17 @@ def test_json_history_similar_predict_info(bundle_path, capsys):
     (["similar", "--movie", "424242"], "unknown movie id 424242"),
     (["recommend", "--user", "1", "-k", "0"], "k must be"),
     (["history", "abc"], "bad history entry"),
+    (["history", "1:inf"], "is not a number from 0.5 to 5"),  # scored nan before
+    (["history", "1:100"], "is not a number from 0.5 to 5"),
 ])
 def test_bad_input_exits_2_with_a_message(bundle_path, capsys, argv, message):
     assert cli.main(["--model", bundle_path, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_serve_refuses_a_body_timeout_that_is_not_positive(bundle_path, capsys):
+    for value in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["--model", bundle_path, "serve", "--body-timeout", value])
+        assert exit_.value.code == 2 and "positive number of seconds" in capsys.readouterr().err

@@ -90,21 +90,27 @@ def test_printed_install_command_cannot_be_hijacked_and_recommends(published, tm
 
 def test_twine_upload_to_a_repository_and_its_printed_command(published, tmp_path, monkeypatch):
     """The --repository-url path: twine uploads to a real pypiserver (idempotently), and the
-    command printed for it resolves movierec from that repository alone."""
+    command printed for it names that repository's file, so an index pip is configured with (as
+    CodeArtifact's PyPI upstream or a user's pip.conf would add) cannot supply movierec instead."""
     publication, wheel_bytes = published
     monkeypatch.setenv("TWINE_USERNAME", "ci")  # as for any server; this one does not check them
     monkeypatch.setenv("TWINE_PASSWORD", "unused")
     wheel = tmp_path / publication["wheel"]
     wheel.write_bytes(wheel_bytes)
     (tmp_path / "server").mkdir()
+    attacker = tmp_path / "public-index"
+    attacker.mkdir()
+    for version in ("99.0.0", publication["version"]):
+        _attacker_wheel(attacker, version)
     with packaging.LocalPypiServer(tmp_path / "server") as server:
         assert packaging.upload(wheel, server.url + "/") is True
         assert packaging.upload(wheel, server.url + "/") is False  # idempotent
         command = shlex.split(packaging.install_command(publication["version"], wheel, server.url + "/"))
-        assert command[:2] == ["pip", "install"] and "--extra-index-url" not in command
+        assert command[:2] == ["pip", "install"] and command[2].startswith(f"movierec @ {server.url}/packages/")
         download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
                                    str(tmp_path / "got"), *command[2:]], capture_output=True, text=True,
-                                  env={**_clean_env(), "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""})
+                                  env={**_clean_env(), "PIP_FIND_LINKS": str(attacker),
+                                       "PIP_EXTRA_INDEX_URL": attacker.as_uri()})
     assert download.returncode == 0, download.stderr
     assert (tmp_path / "got" / publication["wheel"]).read_bytes() == wheel_bytes
 

@@ -2,12 +2,12 @@
 
 import hashlib
 import http.server
+import io
 import subprocess
 import sys
 import tempfile
 import threading
 import zipfile
-from pathlib import Path
 
 import pytest
 from packaging.version import Version
@@ -101,8 +101,19 @@ def test_repository_urls_without_https_or_with_credentials_are_refused(url, mess
 def test_loopback_http_and_https_repositories_are_accepted():
     for url in ("https://example.com/pypi/", "http://127.0.0.1:8080/", "http://localhost/", "http://[::1]:1/"):
         assert packaging.check_repository_url(url) == url
-    assert packaging.install_command("1.0", Path("x.whl"), "https://example.com/pypi/legacy/") == \
-        "pip install --index-url https://example.com/pypi/simple/ movierec==1.0"
+
+
+def test_a_repository_that_does_not_list_the_wheel_gets_the_pinned_isolated_command(tmp_path):
+    """Without a link to name, the command still takes movierec from that repository alone
+    (--isolated: no extra index from the user's pip.conf or PIP_* variables) and pins the version."""
+    server, url = _serve(type("Empty", (_Recorder,), {"seen": []}))  # answers 404
+    wheel = tmp_path / "movierec-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"x")
+    try:
+        assert packaging.install_command("1.0", wheel, url + "/legacy/") == \
+            f"pip install --isolated --index-url {url}/simple/ movierec==1.0"
+    finally:
+        server.shutdown()
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -157,3 +168,14 @@ def test_a_url_with_credentials_is_refused_before_the_run_starts(metaflow_root):
                           capture_output=True, text=True, cwd=metaflow_root, timeout=120)
     assert proc.returncode != 0 and "must not hold credentials" in proc.stderr
     assert "tok@" not in proc.stdout and "Workflow starting" not in proc.stdout + proc.stderr
+
+
+def test_a_bundle_serving_would_refuse_is_not_published(tiny_bundle, tmp_path):
+    """`python -m movierec.packaging --run` on a run from before bundle format 2 built a wheel that
+    this version then refused to load in every installation."""
+    old = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(tiny_bundle)) as zf, zipfile.ZipFile(old, "w") as out:
+        for name in zf.namelist():
+            out.writestr(name, b'{"format": 1}' if name == "model.json" else zf.read(name))
+    with pytest.raises(packaging.PublishError, match="not publishing: bundle: model.json: bundle format 1"):
+        packaging.build_wheel(old.getvalue(), "0.1.0.post1", tmp_path)

@@ -112,6 +112,26 @@ def _rezip(bundle: bytes, changes: dict[str, bytes | None], keep_checksums: bool
     return buf.getvalue()
 
 
+def _member(bundle: bytes, name: str) -> bytes:
+    return zipfile.ZipFile(io.BytesIO(bundle)).read(name)
+
+
+def _cut_json(bundle: bytes, key: str, n: int) -> bytes:
+    items = json.loads(_member(bundle, "items.json"))
+    return json.dumps({**items, key: items[key][:n]}).encode()
+
+
+def _replace_npz(bundle: bytes, name: str, key: str, change) -> bytes:
+    arrays = dict(np.load(io.BytesIO(_member(bundle, name))))
+    buf = io.BytesIO()
+    np.savez(buf, **{**arrays, key: change(arrays[key])})
+    return buf.getvalue()
+
+
+def _cut_npz(bundle: bytes, name: str, key: str, n: int) -> bytes:
+    return _replace_npz(bundle, name, key, lambda a: a[:n])
+
+
 def _cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "movierec.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=120)
@@ -134,16 +154,50 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
     (lambda b: _rezip(b, {"vectors.npz": b"\x93NUMPY garbage"}, keep_checksums=False),
      "vectors.npz: cannot be read"),  # written wrong by the publisher, checksum and all
     (lambda b: _rezip(b, {"items.json": b'{"titles": ["one"], "genres": [[]]}'}, keep_checksums=False),
-     "items.json: cannot be read .*1 titles for 150 movie vectors"),
+     "items.json: cannot be read .*titles or genres for other than 150 movies"),
     (lambda b: _rezip(b, {"ids.npz": None}), "ids.npz: missing"),
     (lambda b: _rezip(b, {"model.json": b"{not json"}), "model.json: not valid JSON"),
     (lambda b: _rezip(b, {"model.json": json.dumps({"format": 1}).encode()}),
      "bundle format 1, this movierec reads format 2"),
     (lambda b: _rezip(b, {"ranking.onnx": b"not onnx"}, keep_checksums=False), "ranking.onnx: cannot be read"),
+    # files that each parse but do not agree (as a publisher bug would write them): IndexErrors at query time
+    (lambda b: _rezip(b, {"items.json": _cut_json(b, "genres", 10)}, keep_checksums=False),
+     "items.json: cannot be read .*titles or genres for other than 150 movies"),
+    (lambda b: _rezip(b, {"vectors.npz": _cut_npz(b, "vectors.npz", "users", 5)}, keep_checksums=False),
+     "ids.npz: cannot be read .*user ids are not 5 sorted, distinct ids"),
+    (lambda b: _rezip(b, {"ids.npz": _cut_npz(b, "ids.npz", "rated", 7)}, keep_checksums=False),
+     "ids.npz: cannot be read .*rated_indptr does not index the rated movies"),
+    (lambda b: _rezip(b, {"ids.npz": _replace_npz(b, "ids.npz", "item_ids", lambda a: a[::-1].copy())},
+                      keep_checksums=False), "ids.npz: cannot be read .*movie ids are not sorted and distinct"),
 ])
 def test_every_load_failure_is_one_bundle_error_naming_the_file(tiny_bundle, change, message):
     with pytest.raises(BundleError, match=message):
         Recommender.from_bytes(change(tiny_bundle), backend="onnx")
+
+
+def test_damaged_deflate_data_is_a_bundle_error(tiny_bundle):
+    """zlib.error (and NotImplementedError, RuntimeError for odd members) escaped as tracebacks."""
+    info = zipfile.ZipFile(io.BytesIO(tiny_bundle)).getinfo("vectors.npz")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)  # the member's compressed data
+    damaged = bytearray(tiny_bundle)
+    for offset in range(40, 200, 7):
+        damaged[start + offset] ^= 0xFF
+    with pytest.raises(BundleError, match="vectors.npz: cannot be unpacked"):
+        Recommender.from_bytes(bytes(damaged))
+
+
+def test_a_malformed_index_with_matching_checksums_is_refused_not_a_crash(tiny_bundle, tmp_path):
+    """A file written wrong by a publisher passes its checksum: Annoy then followed child indices
+    out of its file and the process died (30 of 30 damaged indexes: SIGSEGV or SIGABRT)."""
+    ann = bytearray(_member(tiny_bundle, "items.ann"))
+    node = 12 + 4 * 8  # an 8-d angular node; the last one is a root with two children
+    ann[-node + 4 : -node + 8] = (10**6).to_bytes(4, "little")
+    path = tmp_path / "malformed.zip"
+    path.write_bytes(_rezip(tiny_bundle, {"items.ann": bytes(ann)}, keep_checksums=False))
+    proc = _cli("--model", str(path), "similar", "--movie", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"movierec: error: {path}: items.ann: cannot be read (ValueError: "
+                                                "a split node points to a node that does not come before it)"]
 
 
 def test_only_known_files_are_read_and_sizes_are_capped(tiny_bundle, monkeypatch):
@@ -234,3 +288,10 @@ def test_serve_stopped_by_sigterm_leaves_nothing_behind(tiny_bundle, tmp_path):
     finally:
         proc.kill()
     assert [p.name for p in tmp.iterdir() if p.name != ".ses"] == []  # .ses: see test_loads_leave_no_...
+
+
+def test_an_unknown_run_id_is_named_in_one_line(tmp_path):
+    env = {**os.environ, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path)}
+    proc = _cli("--model", "999", "info", env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "999: no published bundle of that RecommenderFlow run" in proc.stderr
