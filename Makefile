@@ -8,7 +8,7 @@ DATA := data/ml-100k/ml-100k.inter
 export USERNAME ?= $(or $(USER),movierec)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data run test lint lock audit clean help
+.PHONY: setup data run test lint lock audit bench-setup clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -43,6 +43,11 @@ lock: setup  ## re-pin requirements/runtime.txt and requirements.txt from requir
 		--no-emit-index-url --no-emit-find-links -o requirements/runtime.txt requirements/runtime.in
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
 		--no-emit-index-url --no-emit-find-links -o requirements.txt requirements/dev.in
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o requirements/peers.txt requirements/peers.in
+
+bench-setup: setup  ## the peers benchmarks/peers.py compares with (cornac, Surprise), into .venv
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/peers.txt
 
 audit: setup  ## pip-audit the pinned lock against PyPI's vulnerability data
 	$(BIN)/python .ci/audit.py requirements.txt

@@ -19,13 +19,11 @@ from pathlib import Path
 from results import emit, markdown_table, mean_std
 
 from movierec import baselines, data, pipeline
-from movierec.cluster import ray_session
 from movierec.evaluation import Evaluator
 from movierec.features import encode
 from movierec.protocols import PROTOCOLS
-from movierec.ranking import tune_ranking
-from movierec.retrieval import train
-from movierec.settings import RaySettings, RetrievalConfig, Settings, TuneConfig
+from movierec.settings import RetrievalConfig, Settings, TuneConfig
+from movierec.split import DataSplit
 
 COLUMNS = ["top10", "top50", "top100", "rmse", "mae", "ndcg@10", "p@10", "r@10"]
 OURS = "two-stage (exact retrieval)"
@@ -44,19 +42,24 @@ VERSUS = ("r@10", "ndcg@10")
 
 def evaluate_once(enc, protocol: str, seed: int, args: argparse.Namespace, storage: str) -> list[dict]:
     """Every row for one protocol and seed: the flow's report for the two-tower model, LightGCN's
-    two-stage and retrieval-only rows (same rating model), and the baselines."""
+    two-stage and retrieval-only rows (same sources and rating model, its own ranker), and the
+    baselines."""
     split = pipeline.split_for(enc, protocol, seed)
+    data_split = DataSplit(enc, split)
     settings = Settings(protocol=protocol, seed=seed, retrieval=RetrievalConfig(history=args.history),
                         tune=TuneConfig(samples=args.tune_samples, epochs=args.tune_epochs))
-    ranking = tune_ranking(enc, split.train, settings, storage)
+    ranking = pipeline.tune_ranking(data_split, settings, storage)
+    sources = pipeline.fit_sources(data_split, settings)
     evaluator = Evaluator(enc, split)
     rows = []
     for model in ("two_tower", "lightgcn"):
         epochs = args.lightgcn_epochs if model == "lightgcn" else args.retrieval_epochs
         run = replace(settings, retrieval=RetrievalConfig(model=model, epochs=epochs, workers=2, history=args.history,
                                                           temperature=args.temperature))
-        retrieval = train(enc, split.train, run, storage, name=f"{model}-{protocol}-{seed}")
-        report = evaluator.run(pipeline.build_index(retrieval, run), retrieval.config, ranking.model()).rows
+        retrieval = pipeline.train_retrieval(data_split, run, storage)
+        stages = pipeline.stages(retrieval, pipeline.build_index(retrieval, run), sources, ranking)
+        stages.ranker = pipeline.train_ranker(data_split, stages, run, storage)
+        report = evaluator.run(stages).rows
         if model == "two_tower":
             rows += report
         else:  # its two-stage row by name, and its retrieval-only row
@@ -116,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows = done[(protocol, seed)]
                     print(f"[quality] {protocol} seed {seed}: kept from {args.runs_file}", flush=True)
                 else:
-                    # A Ray session per run, as the flow's steps have, so runs share no Ray state.
-                    with ray_session(RaySettings(num_cpus=2)):
-                        rows = evaluate_once(enc, protocol, seed, args, storage)
+                    rows = evaluate_once(enc, protocol, seed, args, storage)  # Ray sessions of its own
                     with open(args.runs_file, "a") as f:
                         f.write(json.dumps({"settings": settings, "protocol": protocol, "seed": seed,
                                             "rows": rows}, default=float) + "\n")

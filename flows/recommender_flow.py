@@ -25,7 +25,8 @@ from movierec import flowconfig, pipeline, reports  # noqa: E402
 
 @flowconfig.configured
 class RecommenderFlow(FlowSpec):
-    """Load → split → (train retrieval ∥ tune ranking) → build Annoy index → evaluate → publish."""
+    """Load → split → (train retrieval + sources ∥ tune rating model) → build Annoy index → train ranker →
+    evaluate → publish."""
 
     config = Config("config", default_value=flowconfig.defaults(), parser="movierec.flowconfig.parse",
                     help="settings file (JSON or YAML, see flows/configs/); each setting's option overrides its value")
@@ -53,7 +54,8 @@ class RecommenderFlow(FlowSpec):
     @step
     def train_retrieval(self):
         self.retrieval = pipeline.train_retrieval(self.data_split, self.settings, self._ray_storage())
-        current.card.extend(reports.retrieval_card(self.retrieval))
+        self.sources = pipeline.fit_sources(self.data_split, self.settings)
+        current.card.extend(reports.retrieval_card(self.retrieval, self.sources))
         self.next(self.build_index)
 
     @card
@@ -69,12 +71,19 @@ class RecommenderFlow(FlowSpec):
         self.merge_artifacts(inputs)
         self.retrieval_index = pipeline.build_index(self.retrieval, self.settings)
         current.card.extend(reports.index_card(self.retrieval_index))
+        self.next(self.train_ranker)
+
+    @card
+    @step
+    def train_ranker(self):
+        self.ranker = pipeline.train_ranker(self.data_split, self._stages(), self.settings, self._ray_storage())
+        current.card.extend(reports.ranker_card(self.ranker))
         self.next(self.evaluate)
 
     @card
     @step
     def evaluate(self):
-        report = pipeline.evaluate(self.data_split, self.retrieval, self.ranking, self.retrieval_index)
+        report = pipeline.evaluate(self.data_split, self._stages())
         self.metrics, self.samples = report.rows, report.samples
         print(report.to_text())
         current.card.extend(reports.evaluation_card(report, self.settings.protocol))
@@ -84,8 +93,7 @@ class RecommenderFlow(FlowSpec):
     @step
     def publish(self):
         run = {"flow": current.flow_name, "run_id": current.run_id, "dataset": self.data_stats, "metrics": self.metrics}
-        self.bundle, publication, self.wheel = pipeline.publish(self.data_split, self.retrieval, self.ranking,
-                                                                self.retrieval_index, self.settings, run)
+        self.bundle, publication, self.wheel = pipeline.publish(self.data_split, self._stages(), self.settings, run)
         self.publication = publication.to_dict()
         current.card.extend(reports.publish_card(self.publication, len(self.bundle)))
         self.next(self.end)
@@ -97,6 +105,11 @@ class RecommenderFlow(FlowSpec):
               f"  report:  python flows/recommender_flow.py card view evaluate --run-id {current.run_id}\n"
               f"  install: {self.publication['install_command']}\n"
               f"  then:    movierec recommend --user 1")
+
+    def _stages(self):
+        """Both stages' trained parts as one value (the ranker once it is trained)."""
+        return pipeline.stages(self.retrieval, self.retrieval_index, self.sources, self.ranking,
+                               getattr(self, "ranker", None))
 
     def _ray_storage(self) -> str:
         return pipeline.ray_storage(current.flow_name, current.run_id, current.step_name)

@@ -5,8 +5,11 @@ A bundle is a zip (or, inside an installed wheel, a folder) holding:
 - ``model.json``: format, sizes, model settings, the index settings, run metadata and metrics,
   and the sha256 of every other file (checked on every load: a damaged file is refused by name
   instead of crashing Annoy or numpy)
-- ``vectors.npz``: every movie's retrieval vector and baseline rating (global mean + movie bias),
-  and, with per-user data, every user's vector
+- ``vectors.npz``: every movie's retrieval vector, baseline rating (global mean + movie bias) and
+  training popularity, and, with per-user data, every user's retrieval and ALS vectors
+- ``sources.npz``: the other candidate sources (``movierec.sources``): EASEᴿ's item-item weights
+  over the movies it covers, ALS's movie factors; ``model.json`` holds the learned ranker's
+  standardisation and weights (``movierec.ranker``)
 - ``items.ann``: the Annoy index over movie vectors
 - ``ids.npz``: raw movie ids and release years by dense index; with per-user data also raw user
   ids and each user's rated movies
@@ -36,16 +39,13 @@ import numpy as np
 from movierec.arrays import csr
 from movierec.checksums import sha256
 from movierec.errors import BundleError
-from movierec.settings import CANDIDATES
 
 if TYPE_CHECKING:  # packaging and serving import this module and must stay free of torch
-    from movierec.index import RetrievalIndex
-    from movierec.ranking import RankingResult
-    from movierec.retrieval import RetrievalResult
     from movierec.split import DataSplit
+    from movierec.stages import TwoStage
 
-BUNDLE_FORMAT = 2  # 2: sha256 of every file in model.json; per-user data optional
-CORE_FILES = ("model.json", "vectors.npz", "items.ann", "ids.npz", "items.json")
+BUNDLE_FORMAT = 3  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker
+CORE_FILES = ("model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json")
 USER_FILES = ("ranking.pt", "retrieval.pt")  # present when the bundle carries per-user data
 ONNX_FILES = ("ranking.onnx", "user_tower.onnx")  # with per-user data, where the model exports (movierec.export)
 KNOWN_FILES = (*CORE_FILES, *USER_FILES, *ONNX_FILES)
@@ -62,27 +62,36 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_bundle(data: DataSplit, retrieval: RetrievalResult, ranking: RankingResult, index: RetrievalIndex,
-                metadata: dict, user_data: bool = True) -> bytes:
+def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bool = True) -> bytes:
     """Zip the trained models, vectors, index and vocabularies (see the module docstring);
     ``user_data=False`` leaves out everything that has a row per user."""
     from movierec.export import export_serving_models
 
     enc, train_idx = data.enc, data.split.train
-    folded = ranking.model().fold()
+    index, sources, ranker = stages.index, stages.sources.final, stages.ranker
+    folded = stages.ranking.model().fold()
     ids = {"item_ids": enc.item_ids, "years": enc.years}
-    vectors = {"items": index.item_vectors.astype(np.float32), "item_baselines": folded.item_baselines()}
+    vectors = {"items": index.item_vectors.astype(np.float32), "item_baselines": folded.item_baselines(),
+               "popularity": np.bincount(enc.item_idx[train_idx], minlength=enc.n_items).astype(np.float32)}
+    second = {}
+    if sources.ease is not None:
+        second.update(ease_items=sources.ease.items, ease_weights=sources.ease.weights)
+    if sources.als is not None:
+        second["als_items"] = sources.als.item_factors
     files: dict[str, bytes] = {}
     onnx_info: dict = {"left_out": "published without per-user data"}
     if user_data:
         indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
         ids.update(user_ids=enc.user_ids, rated_indptr=indptr, rated=rated)
         vectors["users"] = index.user_vectors.astype(np.float32)
-        onnx_files, onnx_info = export_serving_models(folded, retrieval.model(), enc.n_users, enc.n_items)
-        files.update({"ranking.pt": ranking.state, "retrieval.pt": retrieval.state, **onnx_files})
+        if sources.als is not None:
+            vectors["als_users"] = sources.als.user_factors
+        onnx_files, onnx_info = export_serving_models(folded, stages.retrieval.model(), enc.n_users, enc.n_items)
+        files.update({"ranking.pt": stages.ranking.state, "retrieval.pt": stages.retrieval.state, **onnx_files})
     sizes = dict(enc.vocab_sizes) if user_data else {k: v for k, v in enc.vocab_sizes.items() if k == "item"}
     files.update({
         "vectors.npz": _npz(**vectors),
+        "sources.npz": _npz(**second),
         "items.ann": index.blob,
         "ids.npz": _npz(**ids),
         "items.json": json.dumps({"titles": enc.titles, "genres": enc.genres}).encode(),
@@ -91,10 +100,14 @@ def make_bundle(data: DataSplit, retrieval: RetrievalResult, ranking: RankingRes
         "format": BUNDLE_FORMAT,
         "user_data": user_data,
         "sizes": sizes,
-        "retrieval": asdict(retrieval.config),
-        "ranking": ranking.params,
+        "retrieval": asdict(stages.retrieval.config),
+        "ranking": stages.ranking.params,
         "index": asdict(index.settings),
-        "candidates": CANDIDATES,
+        "sources": {**stages.sources.chosen,
+                    **({"als_fold_in": {"regularization": sources.als.regularization, "alpha": sources.als.alpha}}
+                       if sources.als is not None else {})},
+        "ranker": {"features": list(ranker.features), "mean": ranker.mean.tolist(), "scale": ranker.scale.tolist(),
+                   "weights": ranker.weights.tolist(), "candidates": ranker.candidates},
         "onnx": onnx_info,
         **metadata,
         "files": {name: sha256(blob) for name, blob in files.items()},

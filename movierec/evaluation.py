@@ -17,10 +17,13 @@ import numpy as np
 
 from movierec import arrays, metrics
 from movierec.features import Encoded
-from movierec.index import Index, RetrievalIndex
-from movierec.ranking import RatingModel, predict, two_stage_scores
-from movierec.settings import CANDIDATES, RetrievalConfig
+from movierec.index import Index
+from movierec.ranker import candidates, top
+from movierec.ranking import RatingModel, predict
+from movierec.settings import CANDIDATES
+from movierec.sources import interactions
 from movierec.split import Split
+from movierec.stages import TwoStage
 
 
 def report_columns(ks: tuple[int, ...], n: int) -> list[str]:
@@ -37,6 +40,8 @@ class Report:
     candidates: int = CANDIDATES
     annoy_users: int = 0  # test users behind the Annoy row (a sample on large data)
     test_users: int = 0
+    recall: dict[str, float] = field(default_factory=dict)  # candidate recall of each source and of the union
+    union_size: float = 0.0  # mean candidates per user in the union
 
     def row(self, model: str) -> dict[str, object]:
         return next(r for r in self.rows if r["model"] == model)
@@ -51,6 +56,10 @@ class Report:
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
         lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+        if self.recall:
+            lines.append(f"candidate recall (held-out movies among the candidates; {self.candidates} per source, "
+                         f"{self.union_size:.0f} in the union on average): "
+                         + ", ".join(f"{name} {value:.4f}" for name, value in self.recall.items()))
         return "\n".join(lines)
 
 
@@ -74,6 +83,7 @@ class Evaluator:
         self.test_items = enc.item_idx[split.test]
         self.test_ratings = enc.rating[split.test]
         self.seen_ptr, self.seen = arrays.csr(enc.user_idx[split.train], enc.item_idx[split.train], enc.n_users)
+        self.history = interactions(enc.user_idx[split.train], enc.item_idx[split.train], enc.n_users, enc.n_items)
         self.users = np.unique(self.test_users)
         self.keys = metrics.relevant_keys(self.test_users, self.test_items, enc.n_items)
         self.n_relevant = np.bincount(self.keys // enc.n_items, minlength=enc.n_users)
@@ -117,42 +127,51 @@ class Evaluator:
             for us in np.array_split(self.users, max(1, -(-len(self.users) // chunk)))
         ])
 
-    def candidates_annoy(self, user_vecs: np.ndarray, index: Index) -> np.ndarray:
-        """The same from Annoy for ``annoy_users``. Annoy's API takes one query at a time, hence the loop."""
-        out = np.full((len(self.annoy_users), self.candidates), -1, dtype=np.int64)
-        for row, u in enumerate(self.annoy_users):
+    def candidates_annoy(self, user_vecs: np.ndarray, index: Index, users: np.ndarray, n: int) -> np.ndarray:
+        """Each of ``users``' ``n`` best unseen movies from Annoy, which takes one query at a time."""
+        out = np.full((len(users), n), -1, dtype=np.int64)
+        for row, u in enumerate(users):
             seen = self.seen[self.seen_ptr[u] : self.seen_ptr[u + 1]]
-            found = index.query_excluding(user_vecs[u], self.candidates, seen)
+            found = index.query_excluding(user_vecs[u], n, seen)
             out[row, : len(found)] = found
         return out
 
-    def rerank(self, ranker: RatingModel, cands: np.ndarray, users: np.ndarray, user_vecs: np.ndarray,
-               item_vecs: np.ndarray, temperature: float, chunk: int = 8192) -> np.ndarray:
-        """Order each user's candidates (row r is for ``users[r]``) by the two-stage score; keep
-        ``ndcg_k``. In chunks of users: all pairs at once would need gigabytes at ML-20M size."""
-        out = []
-        for i in range(0, len(cands), chunk):
-            part, pair_users = cands[i : i + chunk], np.repeat(users[i : i + chunk], cands.shape[1])
-            flat = np.maximum(part.reshape(-1), 0)
-            logits = np.einsum("ij,ij->i", user_vecs[pair_users], item_vecs[flat]) / temperature
-            scores = two_stage_scores(logits, predict(ranker, pair_users, flat)).reshape(part.shape)
-            scores[part < 0] = -np.inf
-            out.append(np.take_along_axis(part, arrays.top_k(scores, self.ndcg_k), axis=1))
-        return np.concatenate(out) if out else cands[:, : self.ndcg_k]
+    def second_stage(self, stages: TwoStage, rating: RatingModel, users: np.ndarray, index: Index | None = None,
+                     chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """For ``users``: the two-stage top-``ndcg_k`` lists, each source's own top lists (the
+        retrieval model's from ``index`` when given, else exact), and the union of the candidates.
+        In chunks of users: all movies of all users at once would need gigabytes at ML-20M size."""
+        tops, lists, items = [], {}, []
+        for part in np.array_split(users, max(1, -(-len(users) // chunk))):
+            scores = {"retrieval": stages.logits(part), **stages.sources.final.scores(part, self.history[part])}
+            n = stages.ranker.candidates
+            given = {"retrieval": self.candidates_annoy(stages.index.user_vectors, index, part, n)} if index else None
+            cands = candidates(part, scores, (self.seen_ptr, self.seen), lambda u, i: predict(rating, u, i),
+                               self.popularity, n, given)
+            tops.append(top(stages.ranker, cands, self.ndcg_k))
+            items.append(cands.items)
+            for name, picked in cands.lists.items():
+                lists.setdefault(name, []).append(picked)
+        width = max(i.shape[1] for i in items)
+        padded = np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1])), constant_values=-1) for i in items])
+        return np.concatenate(tops), {n: np.concatenate(v) for n, v in lists.items()}, padded
 
-    def run(self, retrieval: RetrievalIndex, config: RetrievalConfig, ranker: RatingModel) -> Report:
-        """Score every row of the report: the two-stage pipeline (retrieval's vectors and Annoy
-        index, ``config``'s temperature turning dot products into logits, ``ranker`` re-ranking),
-        retrieval alone and the baselines."""
-        with retrieval.open() as index:
-            return self._run(retrieval.user_vectors, retrieval.item_vectors, config, index, ranker)
+    def recall(self, lists: np.ndarray, users: np.ndarray) -> float:
+        """Mean share of each user's held-out movies found anywhere in their list."""
+        found = metrics.hits(lists, users, self.keys, self.enc.n_items).sum(1)
+        n_relevant = self.n_relevant[users]
+        return float(np.mean(found[n_relevant > 0] / n_relevant[n_relevant > 0]))
 
-    def _run(self, user_vecs: np.ndarray, item_vecs: np.ndarray, config: RetrievalConfig, index: Index,
-             ranker: RatingModel) -> Report:
-        def rerank(cands: np.ndarray, users: np.ndarray) -> np.ndarray:
-            return self.rerank(ranker, cands, users, user_vecs, item_vecs, config.temperature)
+    def run(self, stages: TwoStage) -> Report:
+        """Score every row of the report: the two-stage pipeline (exact and Annoy retrieval),
+        each candidate source alone, and the baselines; and each source's candidate recall."""
+        with stages.index.open() as index:
+            return self._run(stages, index)
 
-        pred = predict(ranker, self.test_users, self.test_items)
+    def _run(self, stages: TwoStage, index: Index) -> Report:
+        user_vecs, item_vecs = stages.index.user_vectors, stages.index.item_vectors
+        rating_model = stages.ranking.model()
+        pred = predict(rating_model, self.test_users, self.test_items)
         rating = {"rmse": metrics.rmse(pred, self.test_ratings), "mae": metrics.mae(pred, self.test_ratings)}
         exact_ranks = metrics.target_ranks(user_vecs, item_vecs, self.test_users, self.test_items)
         # Annoy's top-K accuracy: the test pairs of the sampled users, against Annoy's lists.
@@ -160,25 +179,31 @@ class Evaluator:
         annoy_lists = index.query_many(user_vecs[self.annoy_users], max(self.ks))
         row_of = np.searchsorted(self.annoy_users, self.test_users[sampled])
         annoy_ranks = metrics.ranks_in_lists(annoy_lists[row_of], self.test_items[sampled])
-        exact_cands = self.candidates_exact(user_vecs, item_vecs)
-        annoy_cands = self.candidates_annoy(user_vecs, index)
+        exact_top, lists, union = self.second_stage(stages, rating_model, self.users)
+        annoy_top, _, _ = self.second_stage(stages, rating_model, self.annoy_users, index)
         na = {c: None for c in report_columns(self.ks, self.ndcg_k) if c != "model"}
         mean = np.full(len(self.test_ratings), self.global_mean)
+        names = {"retrieval": f"{stages.retrieval.config.name} retrieval only", "ease": "EASEᴿ source only",
+                 "als": "ALS source only"}
         rows = [
             {"model": "two-stage (exact retrieval)", **self.accuracy(exact_ranks), **rating,
-             **self.ranking(rerank(exact_cands, self.users))},
+             **self.ranking(exact_top)},
             {"model": "two-stage (Annoy retrieval)", **self.accuracy(annoy_ranks), **rating,
-             **self.ranking(rerank(annoy_cands, self.annoy_users), self.annoy_users)},
-            {"model": f"{config.name} retrieval only", **self.accuracy(exact_ranks), "rmse": None, "mae": None,
-             **self.ranking(exact_cands[:, : self.ndcg_k])},
+             **self.ranking(annoy_top, self.annoy_users)},
+            {"model": names["retrieval"], **self.accuracy(exact_ranks), "rmse": None, "mae": None,
+             **self.ranking(lists["retrieval"][:, : self.ndcg_k])},
+            *({"model": names[name], **na, **self.ranking(picked[:, : self.ndcg_k])}
+              for name, picked in lists.items() if name != "retrieval"),
             self.factorized_row("popularity baseline", np.ones((self.enc.n_users, 1), np.float32),
                                 self.popularity[:, None], self.item_mean[self.test_items]),
             {"model": "global-mean baseline", **na,
              "rmse": metrics.rmse(mean, self.test_ratings), "mae": metrics.mae(mean, self.test_ratings)},
         ]
-        return Report(rows=rows, samples=self.samples(rerank(exact_cands[:3], self.users[:3])), ks=self.ks,
-                      ndcg_k=self.ndcg_k, candidates=self.candidates,
-                      annoy_users=len(self.annoy_users), test_users=len(self.users))
+        recall = {names[name].removesuffix(" only"): self.recall(picked, self.users) for name, picked in lists.items()}
+        recall["union of all sources"] = self.recall(union, self.users)
+        return Report(rows=rows, samples=self.samples(exact_top[:3]), ks=self.ks, ndcg_k=self.ndcg_k,
+                      candidates=stages.ranker.candidates, annoy_users=len(self.annoy_users),
+                      test_users=len(self.users), recall=recall, union_size=float((union >= 0).sum(1).mean()))
 
     def samples(self, picks: np.ndarray) -> list[dict[str, object]]:
         """Two-stage recommendations with titles for the first test users, beside what they rated."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from movierec import data, synthetic
+import numpy as np
+
+from movierec import arrays, data, metrics, synthetic
 from movierec.cluster import ray_session, storage_path
 from movierec.features import Encoded, encode
 from movierec.protocols import get_protocol
@@ -23,11 +25,14 @@ if TYPE_CHECKING:
     from movierec.evaluation import Report
     from movierec.index import RetrievalIndex
     from movierec.packaging import Publication
+    from movierec.ranker import Ranker
     from movierec.ranking import RankingResult
     from movierec.retrieval import RetrievalResult
+    from movierec.sources import SourceModels
+    from movierec.stages import TwoStage
 
-__all__ = ["DataSplit", "build_index", "evaluate", "load_data", "publish", "ray_storage", "split_data", "split_for",
-           "train_retrieval", "tune_ranking"]
+__all__ = ["DataSplit", "build_index", "evaluate", "fit_sources", "load_data", "publish", "ray_storage", "split_data",
+           "split_for", "stages", "train_ranker", "train_retrieval", "tune_ranking"]
 
 
 def load_data(settings: Settings) -> data.Dataset:
@@ -70,6 +75,17 @@ def train_retrieval(data_split: DataSplit, settings: Settings, storage: str) -> 
         return train(data_split.enc, data_split.split.train, settings, storage)
 
 
+def fit_sources(data_split: DataSplit, settings: Settings) -> SourceModels:
+    """EASEᴿ and ALS (``settings.sources``), chosen on the retrieval model's validation pairs."""
+    from movierec.retrieval import validation_split
+    from movierec.sources import fit_sources as fit
+
+    enc = data_split.enc
+    fit_idx, val_idx = validation_split(data_split.split.train, settings)
+    return fit(enc.user_idx[fit_idx], enc.item_idx[fit_idx], enc.user_idx[val_idx], enc.item_idx[val_idx],
+               enc.n_users, enc.n_items, settings.sources, settings.seed)
+
+
 def tune_ranking(data_split: DataSplit, settings: Settings, storage: str) -> RankingResult:
     """The rating model, searched with Ray Tune on the training ratings."""
     from movierec.ranking import tune_ranking as search
@@ -86,21 +102,52 @@ def build_index(retrieval: RetrievalResult, settings: Settings) -> RetrievalInde
     return build(user_vecs, item_vecs, settings.index, settings.seed)
 
 
-def evaluate(data_split: DataSplit, retrieval: RetrievalResult, ranking: RankingResult, index: RetrievalIndex
-             ) -> Report:
-    """Every metric of the two-stage pipeline, retrieval alone and the baselines on the test split."""
+def stages(retrieval: RetrievalResult, index: RetrievalIndex, sources: SourceModels, ranking: RankingResult,
+           ranker: Ranker | None = None) -> TwoStage:
+    """The trained parts of both stages as one value (``movierec.stages``)."""
+    from movierec.stages import TwoStage
+
+    return TwoStage(retrieval, index, sources, ranking, ranker)
+
+
+def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, storage: str) -> Ranker:
+    """The second stage's weights, searched with Ray Tune on the retrieval model's validation
+    pairs, over candidates from the sources as they were before seeing those pairs."""
+    from movierec.ranker import candidates, search
+    from movierec.ranking import predict
+    from movierec.retrieval import validation_split
+    from movierec.sources import interactions
+
+    enc = data_split.enc
+    fit_idx, val_idx = validation_split(data_split.split.train, settings)
+    fit_users, fit_items = enc.user_idx[fit_idx], enc.item_idx[fit_idx]
+    users = np.unique(enc.user_idx[val_idx])
+    seen = arrays.csr(fit_users, fit_items, enc.n_users)
+    history = interactions(fit_users, fit_items, enc.n_users, enc.n_items)[users]
+    scores = {"retrieval": stages.logits(users), **stages.sources.tuning.scores(users, history)}
+    rating = stages.ranking.model()
+    cands = candidates(users, scores, seen, lambda u, i: predict(rating, u, i),
+                       np.bincount(fit_items, minlength=enc.n_items), settings.ranker.candidates)
+    keys = metrics.relevant_keys(enc.user_idx[val_idx], enc.item_idx[val_idx], enc.n_items)
+    with ray_session(settings.ray):
+        return search(cands, users, keys, enc.n_items, settings.ranker.candidates, settings.seed, storage,
+                      settings.ray.num_cpus)
+
+
+def evaluate(data_split: DataSplit, stages: TwoStage) -> Report:
+    """Every metric of the two-stage pipeline, each stage alone and the baselines on the test split."""
     from movierec.evaluation import Evaluator
 
-    return Evaluator(data_split.enc, data_split.split).run(index, retrieval.config, ranking.model())
+    return Evaluator(data_split.enc, data_split.split).run(stages)
 
 
-def publish(data_split: DataSplit, retrieval: RetrievalResult, ranking: RankingResult, index: RetrievalIndex,
-            settings: Settings, metadata: dict) -> tuple[bytes, Publication, bytes]:
+def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadata: dict
+            ) -> tuple[bytes, Publication, bytes]:
     """(bundle, publication, wheel): the models zipped into a bundle (``movierec.bundle``) with the
     run's ``metadata``, packaged into a wheel and uploaded (``movierec.packaging``)."""
     from movierec.bundle import make_bundle
     from movierec.packaging import publish as upload
 
-    bundle = make_bundle(data_split, retrieval, ranking, index, metadata, user_data=settings.publish.user_data)
+    bundle = make_bundle(data_split, stages, metadata, user_data=settings.publish.user_data)
     publication, wheel = upload(bundle, str(metadata["run_id"]), settings.publish)
     return bundle, publication, wheel

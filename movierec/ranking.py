@@ -148,17 +148,6 @@ def predict(model: RatingModel, users: np.ndarray, items: np.ndarray, batch: int
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
-def two_stage_scores(retrieval_logits: np.ndarray, predicted_ratings: np.ndarray) -> np.ndarray:
-    """Final ordering score of a candidate: log P(user picks movie) + log E[rating].
-
-    The retrieval logit (dot product / temperature) estimates how likely the user is to watch
-    the movie at all; the rating model says how much they would like it. Ordering by rating
-    alone promotes obscure, well-rated movies nobody watches; ordering by retrieval alone ignores
-    taste strength. Their sum in log space is the expected-rating-weighted relevance.
-    """
-    return retrieval_logits + np.log(np.clip(predicted_ratings, 0.5, 5.0))
-
-
 def _rmse(model: RatingModel, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> float:
     return float(np.sqrt(np.mean((predict(model, users, items) - ratings) ** 2)))
 

@@ -14,8 +14,10 @@ if TYPE_CHECKING:  # the types only: the cards of light steps must not import to
     from movierec.data import Dataset
     from movierec.evaluation import Report
     from movierec.index import RetrievalIndex
+    from movierec.ranker import Ranker
     from movierec.ranking import RankingResult
     from movierec.retrieval import RetrievalResult
+    from movierec.sources import SourceModels
     from movierec.split import DataSplit
 
 
@@ -55,8 +57,12 @@ def split_card(data_split: DataSplit, protocol: str) -> list:
     ]
 
 
-def retrieval_card(result: RetrievalResult) -> list:
+def retrieval_card(result: RetrievalResult, sources: SourceModels) -> list:
     return [
+        heading("Candidate sources", ["Each chosen on the retrieval model's validation pairs (nDCG@10 of the source "
+                                      "alone), then refitted on all training ratings."]),
+        table([{"source": name, **chosen["params"], "validation nDCG@10": chosen["val_ndcg"]}
+               for name, chosen in sources.chosen.items()]),
         heading(f"{result.config.name} retrieval (Ray Train, in-batch softmax + logQ correction)"),
         key_values(asdict(result.config)),
         line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
@@ -75,6 +81,17 @@ def ranking_card(result: RankingResult) -> list:
     ]
 
 
+def ranker_card(ranker: Ranker) -> list:
+    weights = dict(zip(ranker.features, (float(w) for w in ranker.weights)))
+    return [
+        heading("Second stage: learned ranker over the sources' candidates",
+                [f"Score = weighted sum of {', '.join(ranker.features)}; weights searched by Ray Tune on validation "
+                 f"nDCG@10 (best **{ranker.val_ndcg:.4f}**), {ranker.candidates} candidates per source."]),
+        key_values(weights),
+        table(ranker.trials[:20]),
+    ]
+
+
 def index_card(index: RetrievalIndex) -> list:
     return [
         heading("Annoy index", [f"Recall@100 against exact dot-product search: **{index.quality.recall_at_100:.4f}**"]),
@@ -88,12 +105,16 @@ def evaluation_card(report: Report, protocol: str) -> list:
         heading(f"Evaluation on the test split (protocol {protocol})",
                 [p.description,
                  "top-K: share of test ratings whose movie is in the user's top K of all movies (TFRS "
-                 f"categorical accuracy). NDCG/P/R@{report.ndcg_k}: two-stage recommendations of unseen movies "
-                 f"(retrieve {report.candidates}, re-rank), every held-out movie relevant. '—': not applicable.",
+                 f"categorical accuracy; of the retrieval model for the two-stage rows). NDCG/P/R@{report.ndcg_k}: "
+                 f"recommendations of unseen movies ({report.candidates} candidates per source, re-ranked by the "
+                 "learned ranker in the two-stage rows), every held-out movie relevant. '—': not applicable.",
                  f"Test users: {report.test_users:,}; the Annoy row is scored on "
                  + ("all of them." if report.annoy_users >= report.test_users
                     else f"a uniform sample of {report.annoy_users:,} (Annoy answers one query at a time).")]),
         table(report.rows, report.columns()),
+        heading("Candidate recall", [f"Share of each test user's held-out movies among the candidates "
+                                     f"({report.union_size:.0f} in the union on average)."]),
+        key_values(report.recall),
     ]
     if p.published:
         cards += [heading("Published figures on this protocol (other systems, not this run)"),

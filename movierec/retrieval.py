@@ -230,6 +230,18 @@ def _train_loop(config: dict) -> None:
         ray.train.report(history[-1] if history else {}, checkpoint=checkpoint)
 
 
+MAX_VALIDATION = 5000  # validation pairs: enough for a stable score at any data size
+
+
+def validation_split(train_idx: np.ndarray, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) ratings: what the retrieval model trains on, and the pairs it is early-
+    stopped on, which the second stage is also tuned on (``movierec.ranker``). Drawn like the
+    rating model's validation carve-out with a larger share (``holdout`` with the same seed), so
+    the rating model never trains on these pairs either."""
+    fit_idx, val_idx = holdout(train_idx, settings.retrieval.val_fraction, settings.seed)
+    return fit_idx, val_idx[:MAX_VALIDATION]
+
+
 def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, name: str = "retrieval"
           ) -> RetrievalResult:
     """Train the retrieval model ``settings.retrieval`` describes on ``train_idx`` with Ray Train
@@ -241,8 +253,7 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
 
     cfg = settings.retrieval
     cpus_per_worker = max(1, settings.ray.num_cpus // cfg.workers)
-    fit_idx, val_idx = holdout(train_idx, cfg.val_fraction, settings.seed)
-    val_idx = val_idx[:5000]  # enough pairs for a stable score at any data size
+    fit_idx, val_idx = validation_split(train_idx, settings)
     # LightGCN learns from the interactions alone: only the two-tower model takes features.
     user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
                               if cfg.model == "two_tower" else ({}, {}))

@@ -28,8 +28,10 @@ from movierec.bundle import bundle_of_run, read_bundle
 from movierec.errors import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
 from movierec.index import Index
 from movierec.nn import state_from_bytes
-from movierec.ranking import FoldedRatingModel, RatingModel, two_stage_scores
+from movierec.ranker import FEATURES, union
+from movierec.ranking import FoldedRatingModel, RatingModel
 from movierec.settings import IndexSettings
+from movierec.sources import AlsModel
 
 __all__ = ["BundleError", "NoUserDataError", "Recommendation", "Recommender", "RecommenderError",
            "UnknownMovieError", "UnknownUserError"]
@@ -125,8 +127,11 @@ class Recommender:
             self.item_vectors, self.baselines = vectors["items"], vectors["item_baselines"]
             n_items, dim = self.item_vectors.shape
             _require(self.baselines.shape == (n_items,), f"{len(self.baselines)} baselines for {n_items} movies")
+            self.popularity = vectors["popularity"]
+            _require(self.popularity.shape == (n_items,), f"popularity for other than {n_items} movies")
             self.user_vectors = vectors["users"] if self.user_data else None
             _require(not self.user_data or self.user_vectors.shape[1:] == (dim,), "user and movie vectors differ")
+            self.als_users = vectors["als_users"] if self.user_data and "als_users" in vectors else None
         with _reading(origin, "ids.npz"):
             ids = np.load(io.BytesIO(files["ids.npz"]), allow_pickle=False)
             self.item_ids, self.years = ids["item_ids"], ids["years"]
@@ -141,6 +146,29 @@ class Recommender:
                 _require(ptr.shape == (n_users + 1,) and ptr[0] == 0 and (np.diff(ptr) >= 0).all()
                          and ptr[-1] == len(self._rated), "rated_indptr does not index the rated movies")
                 _require(((self._rated >= 0) & (self._rated < n_items)).all(), "a rated movie is not in the catalogue")
+        with _reading(origin, "sources.npz"):
+            second = np.load(io.BytesIO(files["sources.npz"]), allow_pickle=False)
+            self.ease_items = second["ease_items"] if "ease_items" in second else None
+            self.ease_weights = second["ease_weights"] if "ease_items" in second else None
+            if self.ease_items is not None:
+                m = len(self.ease_items)
+                _require(self.ease_weights.shape == (m, m) and _increasing(self.ease_items)
+                         and (self.ease_items < n_items).all() and self.ease_items[0] >= 0,
+                         "EASE weights do not match the movies they cover")
+            self.als_items = second["als_items"] if "als_items" in second else None
+            if self.als_items is not None:
+                _require(len(self.als_items) == n_items, f"ALS factors for other than {n_items} movies")
+                _require(self.als_users is None or self.als_users.shape == (len(self.user_vectors),
+                                                                            self.als_items.shape[1]),
+                         "ALS user factors do not match the users")
+        with _reading(origin, "model.json"):
+            ranker = info["ranker"]
+            self.ranker_mean, self.ranker_scale, self.ranker_weights = (
+                np.asarray(ranker[key], np.float32) for key in ("mean", "scale", "weights"))
+            _require(tuple(ranker["features"]) == FEATURES and all(
+                v.shape == (len(FEATURES),) for v in (self.ranker_mean, self.ranker_scale, self.ranker_weights)),
+                "the ranker is not for this version's features")
+            self.candidates = int(ranker["candidates"])
         with _reading(origin, "items.json"):
             items = json.loads(files["items.json"])
             self.titles, self.genres = items["titles"], items["genres"]
@@ -162,7 +190,6 @@ class Recommender:
         with _reading(origin, "items.ann"):
             self.index = Index(files["items.ann"], dim, settings)
             _require(len(self.index) == n_items, f"{len(self.index)} indexed movies for {n_items} movie vectors")
-        self.candidates = int(info["candidates"])  # what the ranking stage was evaluated with
 
     # ------------------------------------------------------------------ loading
 
@@ -236,31 +263,57 @@ class Recommender:
             for i, s, r in zip(idx, scores, ratings if ratings is not None else [None] * len(idx))
         ]
 
-    def _retrieve(self, query: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
-        """Candidates for a top-``k``: as many as the ranking stage was evaluated with, or ``k``
-        if more are asked for (a top-200 needs 200 candidates)."""
-        return self.index.query_excluding(query, max(k, self.candidates), exclude)
+    def _unseen_top(self, scores: np.ndarray, n: int, exclude: np.ndarray) -> np.ndarray:
+        scores = scores.copy()
+        scores[exclude] = -np.inf
+        n = min(n, len(scores))
+        top = np.argpartition(-scores, n - 1)[:n]
+        return top[np.argsort(-scores[top], kind="stable")]
 
-    def _rank(self, query: np.ndarray, cands: np.ndarray, ratings: np.ndarray, k: int) -> list[Recommendation]:
-        scores = two_stage_scores(self.item_vectors[cands] @ query / self.temperature, ratings)
+    def _second_stage(self, query: np.ndarray, history: np.ndarray, exclude: np.ndarray, als: np.ndarray | None,
+                      ratings_of: Callable[[np.ndarray], np.ndarray], k: int) -> list[Recommendation]:
+        """Top-``k`` as evaluation orders them (``movierec.ranker``): the union of the retrieval
+        model's candidates (from Annoy, for ``query``), EASEᴿ's (from the ``history`` movies) and
+        ALS's (from the user's factors ``als``), ``max(k, candidates)`` from each, scored by the
+        learned ranker; ``ratings_of(movies)`` gives the rating model's stars."""
+        n = max(k, self.candidates)
+        lists = [self.index.query_excluding(query, n, exclude)]
+        ease = np.zeros(len(self.item_ids), np.float32)
+        if self.ease_weights is not None:
+            covered = np.searchsorted(self.ease_items, history)
+            covered = covered[(covered < len(self.ease_items)) & (self.ease_items[np.minimum(covered, len(
+                self.ease_items) - 1)] == history)]
+            ease[self.ease_items] = self.ease_weights[covered].sum(axis=0)
+            lists.append(self._unseen_top(ease, n, exclude))
+        als_scores = np.zeros(len(self.item_ids), np.float32) if als is None else self.als_items @ als
+        if als is not None:
+            lists.append(self._unseen_top(als_scores, n, exclude))
+        cands = union([np.asarray(x, np.int64)[None, :] for x in lists])[0]
+        cands = cands[cands >= 0]
+        ratings = np.asarray(ratings_of(cands), np.float32)
+        values = np.stack([self.item_vectors[cands] @ query / self.temperature, ease[cands], als_scores[cands],
+                           np.log(np.clip(ratings, 0.5, 5.0)), np.log1p(self.popularity[cands])], axis=1)
+        scores = ((values - self.ranker_mean) / self.ranker_scale) @ self.ranker_weights
         order = np.argsort(-scores, kind="stable")[:k]
         return self._result(cands[order], scores[order], ratings[order])
 
     def recommend(self, user_id: int, k: int = 10, exclude_rated: bool = True) -> list[Recommendation]:
-        """Top-``k`` movies for a known user: Annoy retrieves candidates, the rating model re-ranks."""
+        """Top-``k`` movies for a known user: the candidate sources' union, ordered by the learned
+        ranker (see :meth:`_second_stage`)."""
         k, u = self._check_k(k), self._user(user_id)
-        seen = self._rated[self._rated_indptr[u] : self._rated_indptr[u + 1]] if exclude_rated else np.empty(0, int)
-        cands = self._retrieve(self.user_vectors[u], seen, k)
-        ratings = self._rate(np.full(len(cands), u), cands)
-        return self._rank(self.user_vectors[u], cands, ratings, k)
+        rated = self._rated[self._rated_indptr[u] : self._rated_indptr[u + 1]]
+        als = self.als_users[u] if self.als_users is not None else None
+        return self._second_stage(self.user_vectors[u], rated, rated if exclude_rated else np.empty(0, np.int64),
+                                  als, lambda movies: self._rate(np.full(len(movies), u), movies), k)
 
     def recommend_for_history(self, history: Iterable[int | tuple[int, float]], k: int = 10
                               ) -> list[Recommendation]:
         """Top-``k`` for someone the model has never seen, from movie ids or (movie id, rating) pairs.
 
-        Their taste vector is the mean of the movie vectors they rated, weighted by how far each
-        rating is above 2.5 stars (disliked movies are left out); candidates are re-ranked with
-        the movie part of the rating model (global mean + movie bias), as there is no user to bias.
+        Their retrieval query is the mean of the movie vectors they rated, weighted by how far each
+        rating is above 2.5 stars (disliked movies are left out); EASEᴿ and ALS read every movie
+        they rated (ALS folds them in with its own user step); the rating feature is the movie
+        part of the rating model (global mean + movie bias), as there is no user to bias.
         """
         k = self._check_k(k)
         pairs = [(h, 5.0) if np.isscalar(h) else (h[0], float(h[1])) for h in history]
@@ -275,8 +328,12 @@ class Recommender:
             raise RecommenderError("history has no movie rated above 2.5 stars to learn a taste from")
         query = (weights[weights > 0, None] * self.item_vectors[idx[weights > 0]]).sum(axis=0)
         query /= np.linalg.norm(query) or 1.0
-        cands = self._retrieve(query, idx, k)
-        return self._rank(query, cands, self.baselines[cands], k)
+        movies = np.unique(idx)
+        als = None
+        if self.als_items is not None:
+            als = AlsModel(np.zeros((0, self.als_items.shape[1]), np.float32), self.als_items,
+                           **self.info["sources"]["als_fold_in"]).user_vector(movies)
+        return self._second_stage(query, movies, movies, als, lambda m: self.baselines[m], k)
 
     def predict_rating(self, user_id: int, movie_id: int) -> float:
         """The rating model's star rating (0.5–5) of a movie for a known user."""

@@ -106,6 +106,30 @@ class RetrievalConfig:
 
 
 @dataclass(frozen=True)
+class SourcesConfig:
+    """The candidate sources beside the retrieval model (``movierec.sources``); each grid is
+    searched on the retrieval model's validation pairs."""
+
+    ease: bool = setting(True, "ease", "EASE item-item model as a candidate source")
+    ease_max_items: int = setting(10_000, "ease-max-items", "EASE covers at most this many of the most-rated "
+                                  "movies (its weights are a dense square matrix of them)", minimum=1)
+    ease_lambdas: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0, 2000.0)
+    als: bool = setting(True, "als", "implicit-feedback ALS as a candidate source")
+    als_factors: tuple[int, ...] = (64, 128)
+    als_regularization: tuple[float, ...] = (0.01, 0.1, 1.0)
+    als_alpha: tuple[float, ...] = (1.0, 10.0)
+    als_iterations: int = 15
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """The second stage (``movierec.ranker``)."""
+
+    candidates: int = setting(CANDIDATES, "ranker-candidates", "candidates each source hands the ranker; it orders "
+                              "their union", minimum=1)
+
+
+@dataclass(frozen=True)
 class TuneConfig:
     """The rating model's hyper-parameter search with Ray Tune (``movierec.ranking``)."""
 
@@ -155,7 +179,9 @@ class Settings:
                             "temporal (time cutoff)", choices=tuple(PROTOCOLS))
     seed: int = setting(42, "seed", "seed for the split, initialisation and data order")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
     train_budget: int = setting(20_000_000, "train-budget", "most training examples each model sees over all its "
                                 "epochs (epochs are cut to fit): keeps ML-20M-sized data inside ~20 minutes on 2 "
                                 "cores; ML-100K is far below it", minimum=1)

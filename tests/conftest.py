@@ -12,18 +12,37 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+# Imported before any test loads Metaflow's Runner: once its vendored typing_extensions is loaded, importing torch
+# or onnxscript (the ONNX exporter) fails: they declare TypeVar defaults that the patched typing refuses.
+import onnxscript  # noqa: F401
 import pytest
+import torch
 
 _ROOT = tempfile.mkdtemp(prefix="movierec-tests-")
 os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = _ROOT
 os.environ["METAFLOW_HOME"] = _ROOT
 os.environ.setdefault("USERNAME", "movierec-tests")
 os.environ.pop("MOVIEREC_FAIL_STEP", None)
+
+# Metaflow's Runner loads Metaflow's vendored copy of typing_extensions, which replaces two functions of the
+# standard typing module with versions that do not know the real typing_extensions' TypeVar defaults: any
+# later import of torch.export or onnxscript (the ONNX exporter) then fails. Load it once, and put typing back.
+_PATCHED = ("_check_generic", "_collect_parameters", "_collect_type_vars")
+_TYPING = {name: getattr(typing, name, None) for name in _PATCHED}
+import metaflow.runner.click_api  # noqa: E402, F401
+
+for _name, _original in _TYPING.items():
+    if _original is None:
+        vars(typing).pop(_name, None)
+    else:
+        setattr(typing, _name, _original)
 
 ML100K = Path(__file__).resolve().parent.parent / "data" / "ml-100k"
 FLOW = str(Path(__file__).resolve().parent.parent / "flows" / "recommender_flow.py")
@@ -60,24 +79,24 @@ def state_to_bytes(module) -> bytes:
     """A module's state_dict as the bytes the training code stores."""
     import io
 
-    import torch
 
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
     return buf.getvalue()
 
 
-def _tiny_bundle(enc, user_data: bool) -> bytes:
-    """A real bundle from briefly fitted models on the toy data (no Ray: fast)."""
-    import torch
+def tiny_stages(enc):
+    """Briefly fitted models of both stages on the toy data (no Ray: fast), and the split."""
 
-    from movierec.bundle import make_bundle
     from movierec.index import build_index
     from movierec.nn import feature_tensors
+    from movierec.ranker import FEATURES, Ranker
     from movierec.ranking import RankingResult, RatingModel
     from movierec.retrieval import RetrievalResult, TwoTower
-    from movierec.settings import IndexSettings, RetrievalConfig
-    from movierec.split import DataSplit, split_ratings
+    from movierec.settings import IndexSettings, RetrievalConfig, SourcesConfig
+    from movierec.sources import fit_sources
+    from movierec.split import DataSplit, holdout, split_ratings
+    from movierec.stages import TwoStage
 
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     uf, itf = feature_tensors(enc)
@@ -90,20 +109,39 @@ def _tiny_bundle(enc, user_data: bool) -> bytes:
     ranking = RankingResult(state_to_bytes(ranker), params, enc.vocab_sizes, 1.0)
     users, items = retrieval.embeddings()
     index = build_index(users, items, IndexSettings(n_trees=10))
-    return make_bundle(DataSplit(enc, split), retrieval, ranking, index,
-                       {"flow": "RecommenderFlow", "run_id": "test", "metrics": []}, user_data=user_data)
+    fit, val = holdout(split.train, 0.1, 0)
+    sources = fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val], enc.n_users,
+                          enc.n_items, SourcesConfig(ease_lambdas=(10.0,), als_factors=(8,), als_regularization=(0.1,),
+                                                     als_alpha=(1.0,), als_iterations=5), seed=0)
+    second = Ranker(FEATURES, np.zeros(5, np.float32), np.ones(5, np.float32),
+                    np.array([1.0, 0.5, 0.2, 0.3, 0.1], np.float32), 20, 0.0)
+    return DataSplit(enc, split), TwoStage(retrieval, index, sources, ranking, second)
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(small_encoded) -> bytes:
-    """A real bundle, with per-user data, from briefly fitted models on the toy data."""
-    return _tiny_bundle(small_encoded, user_data=True)
+def tiny_models(small_encoded):
+    """(data split, both stages) of briefly fitted models on the toy data."""
+    return tiny_stages(small_encoded)
+
+
+def _tiny_bundle(tiny_models, user_data: bool) -> bytes:
+    from movierec.bundle import make_bundle
+
+    data_split, stages = tiny_models
+    return make_bundle(data_split, stages, {"flow": "RecommenderFlow", "run_id": "test", "metrics": []},
+                       user_data=user_data)
 
 
 @pytest.fixture(scope="session")
-def tiny_private_bundle(small_encoded) -> bytes:
+def tiny_bundle(tiny_models) -> bytes:
+    """A real bundle, with per-user data, of the tiny models."""
+    return _tiny_bundle(tiny_models, user_data=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_private_bundle(tiny_models) -> bytes:
     """The same models published without per-user data."""
-    return _tiny_bundle(small_encoded, user_data=False)
+    return _tiny_bundle(tiny_models, user_data=False)
 
 
 @pytest.fixture

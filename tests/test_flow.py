@@ -9,7 +9,7 @@ from metaflow.cards import get_cards
 
 from movierec.bundle import read_bundle
 
-FINISHED_BEFORE_FAULT = ("start", "split", "train_retrieval", "tune_ranking", "build_index")
+FINISHED_BEFORE_FAULT = ("start", "split", "train_retrieval", "tune_ranking", "build_index", "train_ranker")
 
 
 def card_text(task) -> str:
@@ -65,6 +65,9 @@ def test_every_step_has_a_card(runs):
     assert "Validation RMSE per epoch" in card_text(run["tune_ranking"].task)
     assert "Recall@100 against exact" in card_text(run["build_index"].task)
     assert "Training loss per epoch" in card_text(run["train_retrieval"].task)
+    assert "Candidate sources" in card_text(run["train_retrieval"].task)
+    assert "Second stage: learned ranker" in card_text(run["train_ranker"].task)
+    assert "Candidate recall" in card_text(run["evaluate"].task)
 
 
 def test_latest_run_is_the_resumed_one(runs):

@@ -128,14 +128,14 @@ def _check_installed(venv: Path, publication: dict, tmp_path: Path) -> None:
     probe = ("import json, movierec; from importlib import resources; from movierec import Recommender; "
              "r = Recommender.load(); "
              "print(json.dumps({'file': movierec.__file__, 'version': movierec.__version__, "
-             "'titles': [x.title for x in r.recommend(1, k=5)], 'run': r.info['run_id'], "
+             "'ids': [x.movie_id for x in r.recommend(1, k=5)], 'run': r.info['run_id'], "
              "'similar': [x.title for x in r.similar_movies(50, k=3)], "
              "'page': (resources.files('movierec') / 'web' / 'index.html').is_file()}))")
     out = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
                                     cwd=cwd, env=env, check=True).stdout)
     assert Path(out["file"]).is_relative_to(venv) and not Path(out["file"]).is_relative_to(REPO)
     assert out["version"] == publication["version"]
-    assert out["titles"] == [line.split("] ", 1)[1].split(" (")[0] for line in lines]
+    assert out["ids"] == [int(line.split("[", 1)[1].split("]", 1)[0]) for line in lines]  # titles hold " (" too
     assert out["run"] in publication["version"]
     assert len(out["similar"]) == 3  # movie 50 is Star Wars in ML-100K
     assert out["page"]  # the web page ships with the wheel for `movierec serve`

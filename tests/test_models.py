@@ -119,12 +119,6 @@ def test_epochs_fit_the_example_budget():
     assert settings.epochs_for(15, 16_000_000) == 1 and settings.epochs_for(15, 50_000_000) == 1
 
 
-def test_two_stage_scores_prefer_likely_then_liked():
-    logits = np.array([2.0, 2.0, 0.0])
-    scores = ranking.two_stage_scores(logits, np.array([3.0, 4.5, 5.0]))
-    assert np.argsort(-scores).tolist() == [1, 0, 2]
-
-
 @pytest.fixture(scope="module")
 def ray_trained(small_encoded):
     """One tiny Ray session running both distributed trainings on the toy data."""

@@ -34,13 +34,19 @@ def test_recommend_excludes_rated_and_is_sorted(rec):
     assert set(r.movie_id for r in with_rated) & set(rec.rated(user))
 
 
-def test_scores_agree_with_the_models(rec):
-    user = int(rec.user_ids[3])
-    top = rec.recommend(user, k=3)[0]
-    assert top.predicted_rating == pytest.approx(rec.predict_rating(user, top.movie_id), abs=1e-5)
-    u, m = int(np.searchsorted(rec.user_ids, user)), int(np.searchsorted(rec.item_ids, top.movie_id))
-    logit = rec.user_vectors[u] @ rec.item_vectors[m] / rec.temperature
-    assert top.score == pytest.approx(logit + np.log(top.predicted_rating), rel=1e-4)
+def test_recommendations_are_the_evaluated_two_stage_lists(rec, tiny_models):
+    """Serving orders candidates exactly as evaluation does: the same sources' union (retrieval from
+    Annoy), the same features and learned weights, the same rating model."""
+    from movierec.evaluation import Evaluator
+
+    data_split, stages = tiny_models
+    evaluator = Evaluator(data_split.enc, data_split.split)
+    users = evaluator.users[:25]
+    with stages.index.open() as index:
+        expected, _, _ = evaluator.second_stage(stages, stages.ranking.model(), users, index)
+    for row, u in enumerate(users):
+        got = [r.movie_id for r in rec.recommend(int(rec.user_ids[u]), k=10)]
+        assert got == [int(rec.item_ids[i]) for i in expected[row] if i >= 0], int(rec.user_ids[u])
 
 
 def test_history_for_unknown_user(rec):
@@ -158,7 +164,7 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
     (lambda b: _rezip(b, {"ids.npz": None}), "ids.npz: missing"),
     (lambda b: _rezip(b, {"model.json": b"{not json"}), "model.json: not valid JSON"),
     (lambda b: _rezip(b, {"model.json": json.dumps({"format": 1}).encode()}),
-     "bundle format 1, this movierec reads format 2"),
+     f"bundle format 1, this movierec reads format {bundle.BUNDLE_FORMAT}"),
     (lambda b: _rezip(b, {"ranking.onnx": b"not onnx"}, keep_checksums=False), "ranking.onnx: cannot be read"),
     # files that each parse but do not agree (as a publisher bug would write them): IndexErrors at query time
     (lambda b: _rezip(b, {"items.json": _cut_json(b, "genres", 10)}, keep_checksums=False),
@@ -244,9 +250,10 @@ def test_without_a_model_or_a_run_the_error_says_what_to_do(tmp_path):
 def test_private_bundle_carries_no_user_and_answers_history_requests(tiny_private_bundle, tiny_bundle):
     with zipfile.ZipFile(io.BytesIO(tiny_private_bundle)) as zf:
         names = set(zf.namelist())
-        assert names == {"model.json", "vectors.npz", "items.ann", "ids.npz", "items.json"}
+        assert names == {"model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json"}
         assert set(np.load(io.BytesIO(zf.read("ids.npz")))) == {"item_ids", "years"}
-        assert set(np.load(io.BytesIO(zf.read("vectors.npz")))) == {"items", "item_baselines"}
+        assert set(np.load(io.BytesIO(zf.read("vectors.npz")))) == {"items", "item_baselines", "popularity"}
+        assert set(np.load(io.BytesIO(zf.read("sources.npz")))) == {"ease_items", "ease_weights", "als_items"}
         assert "user" not in json.loads(zf.read("model.json"))["sizes"]
     private, full = Recommender.from_bytes(tiny_private_bundle), Recommender.from_bytes(tiny_bundle)
     assert private.describe()["user_data"] is False and private.backend == "none"

@@ -1,0 +1,30 @@
+"""The two stages' trained parts, kept together as they travel from training to evaluation and the
+bundle: what hands over candidates (the retrieval model's vectors and index, EASEᴿ, ALS) and what
+orders them (the rating model, whose stars are one feature, and the learned ranker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # the models import torch; these are their types only
+    from movierec.index import RetrievalIndex
+    from movierec.ranker import Ranker
+    from movierec.ranking import RankingResult
+    from movierec.retrieval import RetrievalResult
+    from movierec.sources import SourceModels
+
+
+@dataclass
+class TwoStage:
+    retrieval: RetrievalResult
+    index: RetrievalIndex
+    sources: SourceModels
+    ranking: RankingResult
+    ranker: Ranker | None = None  # None while the ranker is being trained
+
+    def logits(self, users: np.ndarray) -> np.ndarray:
+        """[users, movies] retrieval logits: dot products of unit vectors over the temperature."""
+        return self.index.user_vectors[users] @ self.index.item_vectors.T / self.retrieval.config.temperature
