@@ -1,0 +1,105 @@
+"""The candidate sources and the learned second stage: EASE and ALS by hand, the union of candidate
+lists, the features, and coordinate ascent finding the weights that order relevant movies first."""
+
+import numpy as np
+import pytest
+
+from movierec import metrics, ranker, sources
+from movierec.settings import SourcesConfig
+
+
+def test_ease_weights_are_the_closed_form_by_hand():
+    # 3 users x 3 movies; P = (XᵀX + λI)⁻¹, B = I - P / diag(P) with a zero diagonal
+    x = sources.interactions(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 0]), 3, 3)
+    lam = 1.0
+    gram = np.array([[2, 1, 0], [1, 2, 1], [0, 1, 1]], float) + lam * np.eye(3)
+    p = np.linalg.inv(gram)
+    expected = -p / np.diag(p)
+    np.fill_diagonal(expected, 0)
+    model = sources.fit_ease(x, lam, max_items=10)
+    np.testing.assert_allclose(model.weights, expected, rtol=1e-5)
+    np.testing.assert_allclose(model.scores(x[[0]]), (np.array([[1, 1, 0]]) @ expected), rtol=1e-5)
+
+
+def test_ease_covers_only_the_most_rated_movies_and_scores_the_rest_zero():
+    x = sources.interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4)
+    model = sources.fit_ease(x, 1.0, max_items=2)
+    assert model.items.tolist() == [0, 1]  # movie 1 rated 3 times; ties to the lower id
+    scores = model.scores(x)
+    assert (scores[:, [2, 3]] == 0).all() and scores.shape == (3, 4)
+
+
+def test_als_fold_in_is_the_user_step_of_als():
+    """A user's factors from their history equal what ALS's own least-squares step gives them."""
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 40, 600)
+    items = rng.integers(0, 30, 600)
+    x = sources.interactions(users, items, 40, 30)
+    model = sources.fit_als(x, factors=4, regularization=0.1, alpha=2.0, iterations=10, seed=0)
+    y = model.item_factors.astype(np.float64)
+    row = x[[7]].toarray().ravel()
+    confidence = 1 + 2.0 * row
+    # minimise sum_i c_i (p_i - u.y_i)^2 + λ|u|^2 with p_i = 1 for rated movies
+    expected = np.linalg.solve(y.T @ (confidence[:, None] * y) + 0.1 * np.eye(4), y.T @ (confidence * row))
+    np.testing.assert_allclose(model.user_vector(np.flatnonzero(row)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sources_are_chosen_on_validation_and_refitted_on_everything(small_encoded):
+    enc = small_encoded
+    n = len(enc.user_idx)
+    fit, val = np.arange(n - 600), np.arange(n - 600, n)
+    config = SourcesConfig(ease_lambdas=(1.0, 50.0), als_factors=(4,), als_regularization=(0.1,), als_alpha=(1.0,),
+                           als_iterations=3)
+    models = sources.fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val],
+                                 enc.n_users, enc.n_items, config, seed=0)
+    assert models.chosen["ease"]["params"]["lambda"] in (1.0, 50.0) and 0 <= models.chosen["ease"]["val_ndcg"] <= 1
+    lam = models.chosen["ease"]["params"]["lambda"]
+    x_all = sources.interactions(enc.user_idx, enc.item_idx, enc.n_users, enc.n_items)
+    np.testing.assert_allclose(models.final.ease.weights, sources.fit_ease(x_all, lam, 10_000).weights, rtol=1e-5)
+    assert not np.allclose(models.tuning.ease.weights, models.final.ease.weights)  # the tuning fit lacks val
+
+
+def test_union_keeps_each_movie_once_and_pads():
+    lists = [np.array([[3, 1, 2], [5, -1, -1]]), np.array([[1, 4, 3], [6, 5, 7]])]
+    got = ranker.union(lists)
+    assert [sorted(r[r >= 0].tolist()) for r in got] == [[1, 2, 3, 4], [5, 6, 7]]
+    assert got.shape == (2, 4) and (got[1, 3:] == -1).all()
+
+
+def test_candidates_exclude_seen_movies_and_carry_each_feature():
+    users = np.array([0, 1])
+    retrieval = np.array([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
+    ease = np.array([[0.0, 0.0, 0.0, 0.9, 0.8], [0.9, -0.1, 0.5, 0.0, 0.0]], np.float32)
+    seen = (np.array([0, 1, 2]), np.array([0, 4]))  # user 0 rated movie 0, user 1 movie 4
+    cands = ranker.candidates(users, {"retrieval": retrieval, "ease": ease}, seen, lambda u, i: np.full(len(u), 4.0),
+                              np.array([9, 0, 0, 0, 3]), n=2)
+    assert [sorted(r[r >= 0].tolist()) for r in cands.items] == [[1, 2, 3, 4], [0, 2, 3]]
+    row0 = {int(i): v for i, v in zip(cands.items[0], cands.values[0]) if i >= 0}
+    np.testing.assert_allclose(row0[3], [2.0, 0.9, 0.0, np.log(4.0), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(row0[4], [1.0, 0.8, 0.0, np.log(4.0), np.log1p(3)], rtol=1e-6)
+
+
+def test_coordinate_ascent_finds_the_feature_that_orders_relevant_movies_first():
+    """Feature 1 (EASE) marks the relevant movies, feature 0 (retrieval) is noise: the learned
+    weights order by EASE, and their nDCG@10 is the perfect one."""
+    rng = np.random.default_rng(0)
+    users, width = 50, 30
+    relevant = np.zeros((users, width), bool)
+    relevant[:, :3] = True
+    values = rng.normal(size=(users, width, len(ranker.FEATURES))).astype(np.float32)
+    values[..., 1] = relevant + rng.normal(scale=0.1, size=(users, width))
+    data = ranker._Validation(values, np.zeros((users, width), bool), relevant, np.full(users, 3))
+    weights, score = ranker.coordinate_ascent(data, np.arange(users), list(range(len(ranker.FEATURES))))
+    assert score == pytest.approx(1.0)
+    assert np.argmax(np.abs(weights)) == 1
+    assert score >= data.ndcg(np.eye(len(ranker.FEATURES))[0], np.arange(users))
+
+
+def test_the_ranker_scores_standardised_features():
+    r = ranker.Ranker(ranker.FEATURES, np.array([1, 0, 0, 0, 0], np.float32), np.array([2, 1, 1, 1, 1], np.float32),
+                      np.array([1, 1, 0, 0, 0], np.float32), 10, 0.0)
+    values = np.array([[[3.0, 0.5, 9, 9, 9], [1.0, 2.0, 9, 9, 9]]], np.float32)
+    np.testing.assert_allclose(r.score(values), [[1.5, 2.0]])
+    cands = ranker.Candidates(np.array([[7, 8]]), values, {})
+    assert ranker.top(r, cands, 1).tolist() == [[8]]
+    assert metrics.ndcg_at_k(np.array([[True]]), np.array([1]), 1) == 1.0
