@@ -119,6 +119,7 @@ class SourcesConfig:
     als_regularization: tuple[float, ...] = (0.01, 0.1, 1.0)
     als_alpha: tuple[float, ...] = (1.0, 10.0)
     als_iterations: int = 15
+    search_users: int = 20_000  # the grids are searched on at most this many users' ratings
 
 
 @dataclass(frozen=True)

@@ -139,28 +139,55 @@ class SourceModels:
     chosen: dict[str, dict]  # source -> {"params": ..., "val_ndcg": ...}
 
 
+def _best(grid: list, fit, score) -> tuple[object, object, float]:
+    """(params, model, score) of the best of ``grid`` (one model kept in memory at a time)."""
+    best = (None, None, -1.0)
+    for params in grid:
+        model = fit(params)
+        value = score(model)
+        if value > best[2]:
+            best = (params, model, value)
+    return best
+
+
 def fit_sources(users: np.ndarray, items: np.ndarray, val_users: np.ndarray, val_items: np.ndarray,
                 n_users: int, n_items: int, config: SourcesConfig, seed: int) -> SourceModels:
-    """:class:`SourceModels` from the fit pairs (``users``, ``items``) and the validation pairs."""
+    """:class:`SourceModels` from the fit pairs (``users``, ``items``) and the validation pairs.
+
+    The grids are searched on the ratings of at most ``config.search_users`` validation users (all
+    of them on ML-100K and ML-1M): at ML-20M size a dozen ALS fits on every rating would take most
+    of an hour. EASE's λ, which weighs against counts that grow with the number of users, is then
+    scaled by how many more users the full fit has."""
     fit = interactions(users, items, n_users, n_items)
-    full = interactions(np.concatenate([users, val_users]), np.concatenate([items, val_items]), n_users, n_items)
-    keys = metrics.relevant_keys(val_users, val_items, n_items)
     targets = np.unique(val_users)
-    history = fit[targets]
+    sampled = len(targets) > config.search_users
+    if sampled:
+        targets = np.sort(np.random.default_rng(seed).choice(targets, config.search_users, replace=False))
+        keep = np.zeros(n_users, bool)
+        keep[targets] = True
+        search = interactions(users[keep[users]], items[keep[users]], n_users, n_items)
+        in_val = keep[val_users]
+        keys = metrics.relevant_keys(val_users[in_val], val_items[in_val], n_items)
+    else:
+        search, keys = fit, metrics.relevant_keys(val_users, val_items, n_items)
+    growth = len(np.unique(users)) / len(targets) if sampled else 1.0
+    history = search[targets]
     chosen: dict[str, dict] = {}
     tuning: dict[str, object] = {"ease": None, "als": None}
     final: dict[str, object] = {"ease": None, "als": None}
+    full = interactions(np.concatenate([users, val_users]), np.concatenate([items, val_items]), n_users, n_items)
     if config.ease:
-        results = [(_val_ndcg(m.scores(history), targets, fit, keys, n_items), lam, m)
-                   for lam in config.ease_lambdas for m in [fit_ease(fit, lam, config.ease_max_items)]]
-        score, lam, tuning["ease"] = max(results, key=lambda r: r[0])
+        lam, model, score = _best(list(config.ease_lambdas), lambda v: fit_ease(search, v, config.ease_max_items),
+                                  lambda m: _val_ndcg(m.scores(history), targets, search, keys, n_items))
+        lam *= growth
         chosen["ease"] = {"params": {"lambda": lam}, "val_ndcg": score}
+        tuning["ease"] = fit_ease(fit, lam, config.ease_max_items) if sampled else model
         final["ease"] = fit_ease(full, lam, config.ease_max_items)
     if config.als:
-        grid = itertools.product(config.als_factors, config.als_regularization, config.als_alpha)
-        results = [(_val_ndcg(m.scores(targets), targets, fit, keys, n_items), (f, r, a), m)
-                   for f, r, a in grid for m in [fit_als(fit, f, r, a, config.als_iterations, seed)]]
-        score, (f, r, a), tuning["als"] = max(results, key=lambda r_: r_[0])
+        grid = list(itertools.product(config.als_factors, config.als_regularization, config.als_alpha))
+        (f, r, a), model, score = _best(grid, lambda p: fit_als(search, *p, config.als_iterations, seed),
+                                        lambda m: _val_ndcg(m.scores(targets), targets, search, keys, n_items))
         chosen["als"] = {"params": {"factors": f, "regularization": r, "alpha": a}, "val_ndcg": score}
+        tuning["als"] = fit_als(fit, f, r, a, config.als_iterations, seed) if sampled else model
         final["als"] = fit_als(full, f, r, a, config.als_iterations, seed)
     return SourceModels(Sources(tuning["ease"], tuning["als"]), Sources(final["ease"], final["als"]), chosen)

@@ -103,3 +103,17 @@ def test_the_ranker_scores_standardised_features():
     cands = ranker.Candidates(np.array([[7, 8]]), values, {})
     assert ranker.top(r, cands, 1).tolist() == [[8]]
     assert metrics.ndcg_at_k(np.array([[True]]), np.array([1]), 1) == 1.0
+
+
+def test_on_many_users_the_grids_are_searched_on_a_sample_and_lambda_scaled(small_encoded):
+    enc = small_encoded
+    n = len(enc.user_idx)
+    fit, val = np.arange(n - 600), np.arange(n - 600, n)
+    config = SourcesConfig(ease_lambdas=(10.0,), als=False, search_users=40)
+    models = sources.fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val],
+                                 enc.n_users, enc.n_items, config, seed=0)
+    users_with_fit = len(np.unique(enc.user_idx[fit]))
+    assert models.chosen["ease"]["params"]["lambda"] == pytest.approx(10.0 * users_with_fit / 40)
+    x_fit = sources.interactions(enc.user_idx[fit], enc.item_idx[fit], enc.n_users, enc.n_items)
+    np.testing.assert_allclose(models.tuning.ease.weights,
+                               sources.fit_ease(x_fit, 10.0 * users_with_fit / 40, 10_000).weights, rtol=1e-5)
