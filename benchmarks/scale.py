@@ -43,7 +43,7 @@ from movierec.split import split_ratings
 REPO = Path(__file__).resolve().parents[1]
 ML20M = synthetic.ML20M_SHAPE["n_ratings"]
 MEASURED = "measured.json"  # wall time and memory of a kept run, so --keep can resume an interrupted benchmark
-STEPS = ("start", "split", "train_retrieval", "tune_ranking", "build_index", "evaluate", "publish")
+STEPS = ("start", "split", "train_retrieval", "tune_ranking", "build_index", "train_ranker", "evaluate", "publish")
 
 
 def write_grouplens(dataset: data.Dataset, folder: Path) -> None:

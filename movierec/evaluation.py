@@ -138,8 +138,9 @@ class Evaluator:
 
     def second_stage(self, stages: TwoStage, rating: RatingModel, users: np.ndarray, index: Index | None = None,
                      chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """For ``users``: the two-stage top-``ndcg_k`` lists, each source's own top lists (the
-        retrieval model's from ``index`` when given, else exact), and the union of the candidates.
+        """For ``users``: the two-stage top-``ndcg_k`` lists, each source's own top lists, twice as
+        long as its share of the candidates (the retrieval model's from ``index`` when given, else
+        exact), and the union of the candidates.
         In chunks of users: all movies of all users at once would need gigabytes at ML-20M size."""
         tops, lists, items = [], {}, []
         for part in np.array_split(users, max(1, -(-len(users) // chunk))):
@@ -147,7 +148,7 @@ class Evaluator:
             n = stages.ranker.candidates
             given = {"retrieval": self.candidates_annoy(stages.index.user_vectors, index, part, n)} if index else None
             cands = candidates(part, scores, (self.seen_ptr, self.seen), lambda u, i: predict(rating, u, i),
-                               self.popularity, n, given)
+                               self.popularity, n, given, depth=2 * n)
             tops.append(top(stages.ranker, cands, self.ndcg_k))
             items.append(cands.items)
             for name, picked in cands.lists.items():
@@ -199,7 +200,9 @@ class Evaluator:
             {"model": "global-mean baseline", **na,
              "rmse": metrics.rmse(mean, self.test_ratings), "mae": metrics.mae(mean, self.test_ratings)},
         ]
-        recall = {names[name].removesuffix(" only"): self.recall(picked, self.users) for name, picked in lists.items()}
+        n = stages.ranker.candidates
+        recall = {f"{names[name].removesuffix(' only')} top {depth}": self.recall(picked[:, :depth], self.users)
+                  for name, picked in lists.items() for depth in (n, 2 * n)}
         recall["union of all sources"] = self.recall(union, self.users)
         return Report(rows=rows, samples=self.samples(exact_top[:3]), ks=self.ks, ndcg_k=self.ndcg_k,
                       candidates=stages.ranker.candidates, annoy_users=len(self.annoy_users),
