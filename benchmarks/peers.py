@@ -200,8 +200,33 @@ def movierec_row(enc: Encoded, split: Split, protocol: str, seed: int) -> dict:
         stages.ranker = pipeline.train_ranker(data_split, stages, settings, storage)
     t1 = time.perf_counter()
     row = pipeline.evaluate(data_split, stages).row("two-stage (exact retrieval)")
-    return {**row, "model": "movierec two-stage (flow defaults)", "fit s": t1 - t0,
+    return {**row, "model": OURS, "fit s": t1 - t0,
             "predict s": time.perf_counter() - t1, "chosen": "validation: early stopping, Ray Tune"}
+
+
+OURS = "movierec two-stage (flow defaults)"
+# (protocol, metric, margin): movierec's mean must beat every peer's mean by at least the margin
+GOALS = [("msr", "ndcg@10", 0.01), ("tfrs", "ndcg@10", 0.0), ("tfrs", "rmse", 0.0), ("temporal", "ndcg@10", 0.0),
+         ("temporal", "r@10", 0.0)]
+
+
+def goal_rows(results: dict[tuple[str, str], list[dict]], protocols: list[str]) -> list[dict]:
+    """movierec against the best peer of the same run, for each goal of a protocol that ran."""
+    out = []
+    for protocol, metric, margin in GOALS:
+        means = {m: float(np.mean([r[metric] for r in runs])) for (p, m), runs in results.items()
+                 if p == protocol and all(r.get(metric) is not None for r in runs)}
+        if OURS not in means or len(means) < 2:
+            continue
+        ours = means.pop(OURS)
+        lower = metric == "rmse"
+        best = (min if lower else max)(means, key=means.get)
+        gap = (means[best] - ours) if lower else (ours - means[best])
+        out.append({"goal": f"{protocol}: {metric} {'below' if lower else 'above'} every peer"
+                            + (f" by {margin}" if margin else ""),
+                    "movierec": f"{ours:.4f}", "best peer": f"{best} {means[best]:.4f}",
+                    "met": "yes" if (gap >= margin if margin else gap > 0) else f"no (by {margin - gap:.4f})"})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
         sections.append(f"### Protocol `{protocol}`\n\n{get_protocol(protocol).description}.\n\n"
                         + markdown_table(rows, COLUMNS))
+    if not args.no_movierec:
+        sections.append("### Goals (issue 15)\n\n" + markdown_table(goal_rows(results, args.protocols),
+                                                                     ["goal", "movierec", "best peer", "met"]))
     emit("peers", "\n\n".join(sections), write=not args.no_write)
     return 0
 
