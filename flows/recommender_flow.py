@@ -98,13 +98,12 @@ class RecommenderFlow(FlowSpec):
         current.card.extend(reports.publish_card(self.publication, len(self.bundle)))
         self.next(self.end)
 
-    @card
+    @card(type="blank")  # the default card would render every artifact of the run again, bundle included
     @step
     def end(self):
-        print(f"[end] run {current.run_id} finished.\n"
-              f"  report:  python flows/recommender_flow.py card view evaluate --run-id {current.run_id}\n"
-              f"  install: {self.publication['install_command']}\n"
-              f"  then:    movierec recommend --user 1")
+        lines = reports.finished_lines(current.run_id, self.publication, self.metrics)
+        print("[end] " + "\n  ".join(lines))
+        current.card.extend(reports.finished_card(lines))
 
     def _stages(self):
         """Both stages' trained parts as one value (the ranker once it is trained)."""

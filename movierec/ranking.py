@@ -4,10 +4,15 @@ The model predicts a user's star rating for a movie: global mean + user bias + m
 dot product of embeddings + an MLP over the user and movie features. Ray Tune searches its
 settings with ASHA, which stops weak trials after a few epochs so more of the budget goes to
 promising ones. Selection uses a validation split carved from train, never the test split.
+The chosen model is then blended with biased matrix factorisation (``movierec.factorization``),
+the weight fitted on the same validation ratings; the blend is folded into the model's tables, so
+everything that serves the rating model (torch, ONNX) serves the blend unchanged.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import os
 import tempfile
 import time
@@ -17,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from movierec.factorization import BiasedMF, blend_weight, fit_biased_mf
 from movierec.features import Encoded
+from movierec.metrics import rmse
 from movierec.nn import (
     ItemEncoder,
     SparseDenseAdam,
@@ -95,8 +102,19 @@ class RatingModel(nn.Module):
         rows = [self.user.id(users), self.item.id(items), self.user_bias(users), self.item_bias(items)]
         return sum(r.pow(2).sum(-1) for r in rows).mean()
 
+    def attach_blend(self, mf: BiasedMF, weight: float) -> None:
+        """Predict ``weight`` x this model + (1 - weight) x ``mf`` from now on (in ``fold``; the
+        unfolded forward, which training uses, stays this model's own). Kept as buffers, so the
+        state_dict (and the bundle's ``ranking.pt``) carries the blend."""
+        tensors = {"blend_weight": [weight], "mf_mean": [mf.mean], "mf_user_bias": mf.user_bias,
+                   "mf_item_bias": mf.item_bias, "mf_user_factors": mf.user_factors, "mf_item_factors": mf.item_factors}
+        for name, value in tensors.items():
+            self.register_buffer(name, torch.as_tensor(np.asarray(value, np.float32)))
+
     def fold(self, batch: int = 65_536) -> FoldedRatingModel:
-        """This model with every user's and movie's side computed once (see FoldedRatingModel)."""
+        """This model with every user's and movie's side computed once (see FoldedRatingModel).
+        A blend folds in too: the movie factors join the embedding dot product, the biases and
+        means mix by the weight, and the head's last layer is scaled by it."""
         self.eval()
         sides = []
         with torch.no_grad():
@@ -104,12 +122,27 @@ class RatingModel(nn.Module):
                               (self.item_bias.num_embeddings, self.item_side)):
                 parts = [encode(torch.arange(i, min(i + batch, n))) for i in range(0, n, batch)]
                 sides.append([torch.cat(p) for p in zip(*parts)])
-        return FoldedRatingModel(*sides, self.head[1:], float(self.global_mean)).eval()
+            rest, mean = self.head[1:], float(self.global_mean)
+            if hasattr(self, "blend_weight"):
+                w = float(self.blend_weight[0])
+                (u, hu, bu), (v, hv, bv) = sides
+                sides = [[torch.cat([w * u, self.mf_user_factors], 1), hu,
+                          w * bu + (1 - w) * (self.mf_mean[0] + self.mf_user_bias)],
+                         [torch.cat([v, (1 - w) * self.mf_item_factors], 1), hv, w * bv + (1 - w) * self.mf_item_bias]]
+                rest = copy.deepcopy(rest)
+                rest[-1].weight.mul_(w)
+                rest[-1].bias.mul_(w)
+                mean = w * mean + (1 - w) * float(self.mf_mean[0])
+        return FoldedRatingModel(*sides, rest, mean).eval()
 
     @classmethod
     def from_state(cls, sizes: dict[str, int], params: dict, state: dict) -> RatingModel:
         model = cls(sizes, features_from_state(state, "user."), features_from_state(state, "item."),
                     float(state["global_mean"]), params["dim"], params["hidden"], params["dropout"])
+        if "blend_weight" in state:
+            model.attach_blend(BiasedMF(float(state["mf_mean"][0]), *(state[k].numpy() for k in (
+                "mf_user_bias", "mf_item_bias", "mf_user_factors", "mf_item_factors")), 0.0),
+                float(state["blend_weight"][0]))
         model.load_state_dict(state)
         return model.eval()
 
@@ -217,6 +250,7 @@ class RankingResult:
     val_rmse: float
     trials: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)  # rows of trial, epoch, val_rmse
+    blend: dict = field(default_factory=dict)  # the chosen blend with matrix factorisation, and each one tried
 
     def model(self) -> RatingModel:
         return RatingModel.from_state(self.sizes, self.params, state_from_bytes(self.state))
@@ -296,6 +330,43 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
         _record(best, "refit", trials, curves)
     with best.checkpoint.as_directory() as d, open(os.path.join(d, "model.pt"), "rb") as f:
         state = f.read()
-    return RankingResult(state=state, params={k: best.config[k] for k in ("dim", "hidden", "dropout")},
-                         sizes=dict(enc.vocab_sizes), val_rmse=float(best.metrics_dataframe["val_rmse"].min()),
-                         trials=trials, curves=curves)
+    params = {k: best.config[k] for k in ("dim", "hidden", "dropout")}
+    blend = {}
+    if search.blend:
+        model = RatingModel.from_state(dict(enc.vocab_sizes), params, state_from_bytes(state))
+        blend = _blend(model, enc, fit_idx, val_idx, settings)
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        state = buffer.getvalue()
+    return RankingResult(state=state, params=params, sizes=dict(enc.vocab_sizes),
+                         val_rmse=float(best.metrics_dataframe["val_rmse"].min()), trials=trials, curves=curves,
+                         blend=blend)
+
+
+def _blend(model: RatingModel, enc: Encoded, fit_idx: np.ndarray, val_idx: np.ndarray, settings: Settings) -> dict:
+    """Fit biased MF on the rating model's training ratings for each regularisation of the grid,
+    each with its least-squares blend weight on the validation ratings; attach the blend with the
+    lowest validation RMSE to ``model`` and say what was tried."""
+    cfg = settings.tune
+    val_users, val_items, val_ratings = enc.user_idx[val_idx], enc.item_idx[val_idx], enc.rating[val_idx]
+    own = predict(model, val_users, val_items)
+    tried, best = [], None
+    for reg in cfg.mf_regularization:
+        mf = fit_biased_mf(enc.user_idx[fit_idx], enc.item_idx[fit_idx], enc.rating[fit_idx], enc.n_users,
+                           enc.n_items, factors=cfg.mf_factors, regularization=reg, iterations=cfg.mf_iterations,
+                           seed=settings.seed)
+        theirs = mf.predict(val_users, val_items)
+        weight = blend_weight(own, theirs, val_ratings)
+        mixed = rmse(weight * own + (1 - weight) * theirs, val_ratings)
+        tried.append({"regularization": reg, "mf_val_rmse": rmse(theirs, val_ratings), "weight": weight,
+                      "blend_val_rmse": mixed})
+        if best is None or mixed < best[0]:
+            best = (mixed, mf, weight)
+    model.attach_blend(best[1], best[2])
+    before = rmse(own, val_ratings)
+    after = _rmse(model, val_users, val_items, val_ratings)  # as served: the folded blend, clipped once
+    print(f"[tune_ranking] blended with matrix factorisation: weight {best[2]:.3f}, validation RMSE "
+          f"{before:.4f} -> {after:.4f}", flush=True)
+    return {"weight": best[2], "regularization": best[1].regularization, "val_rmse": after, "model_val_rmse": before,
+            "tried": tried}
+

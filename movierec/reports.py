@@ -78,6 +78,11 @@ def ranking_card(result: RankingResult) -> list:
                 [f"Best validation RMSE **{result.val_rmse:.4f}** with {result.params}."]),
         line_chart(result.curves, "epoch", "val_rmse", "Validation RMSE per epoch, by trial", color="trial"),
         table(sorted(result.trials, key=lambda r: r["best_val_rmse"])),
+        *([heading("Blend with biased matrix factorisation (ALS-WR)",
+                   [f"Weight of the rating model **{result.blend['weight']:.3f}**, MF regularisation "
+                    f"{result.blend['regularization']}: validation RMSE {result.blend['model_val_rmse']:.4f} -> "
+                    f"**{result.blend['val_rmse']:.4f}**."]),
+           table(result.blend["tried"])] if result.blend else []),
     ]
 
 
@@ -138,3 +143,17 @@ def publish_card(publication: dict, bundle_size: int) -> list:
         key_values({**publication, "bundle size (MB)": bundle_size / 1e6,
                     "wheel size (MB)": publication["size"] / 1e6}),
     ]
+
+
+def finished_lines(run_id: str, publication: dict, metrics: list[dict]) -> list[str]:
+    """What a finished run printed and its last card say: the headline metrics and what to do next."""
+    ours = next((m for m in metrics if m.get("model") == "two-stage (exact retrieval)"), {})
+    figures = ", ".join(f"{k} {ours[k]:.4f}" for k in ("ndcg@10", "r@10", "top100", "rmse") if ours.get(k) is not None)
+    return [f"run {run_id} finished" + (f": two-stage {figures}" if figures else "."),
+            f"report:  python flows/recommender_flow.py card view evaluate --run-id {run_id}",
+            f"install: {publication['install_command']}",
+            "then:    movierec recommend --user 1"]
+
+
+def finished_card(lines: list[str]) -> list:
+    return [heading("Run finished", [f"`{line}`" for line in lines])]

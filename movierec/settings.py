@@ -143,6 +143,11 @@ class TuneConfig:
                                  "them", minimum=1)
     val_fraction: float = 0.1  # of train, never test
     max_validation: int = 200_000  # a stable validation RMSE at any data size, cheap every epoch
+    blend: bool = setting(True, "rating-blend", "blend the chosen rating model with biased matrix factorisation "
+                          "(ALS), the weight fitted on the validation ratings")
+    mf_factors: int = 64
+    mf_regularization: tuple[float, ...] = (0.05, 0.1, 0.2)  # ALS-WR: per rating, so it carries across sizes
+    mf_iterations: int = 10
 
 
 @dataclass(frozen=True)

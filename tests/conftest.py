@@ -88,6 +88,7 @@ def state_to_bytes(module) -> bytes:
 def tiny_stages(enc):
     """Briefly fitted models of both stages on the toy data (no Ray: fast), and the split."""
 
+    from movierec.factorization import fit_biased_mf
     from movierec.index import build_index
     from movierec.nn import feature_tensors
     from movierec.ranker import FEATURES, Ranker
@@ -105,6 +106,9 @@ def tiny_stages(enc):
     towers = TwoTower(enc.vocab_sizes, uf, itf, cfg.dim, cfg.hidden)
     params = {"dim": 8, "hidden": 8, "dropout": 0.0}
     ranker = RatingModel(enc.vocab_sizes, uf, itf, float(enc.rating.mean()), **params)
+    train = split.train  # blended as the flow blends it, so bundles and serving carry the blend
+    ranker.attach_blend(fit_biased_mf(enc.user_idx[train], enc.item_idx[train], enc.rating[train], enc.n_users,
+                                      enc.n_items, factors=4, iterations=3), 0.5)
     retrieval = RetrievalResult(state_to_bytes(towers), cfg, enc.vocab_sizes)
     ranking = RankingResult(state_to_bytes(ranker), params, enc.vocab_sizes, 1.0)
     users, items = retrieval.embeddings()

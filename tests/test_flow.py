@@ -68,6 +68,7 @@ def test_every_step_has_a_card(runs):
     assert "Candidate sources" in card_text(run["train_retrieval"].task)
     assert "Second stage: learned ranker" in card_text(run["train_ranker"].task)
     assert "Candidate recall" in card_text(run["evaluate"].task)
+    assert run["publish"].task.data.publication["install_command"] in card_text(run["end"].task)
 
 
 def test_latest_run_is_the_resumed_one(runs):

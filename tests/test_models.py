@@ -162,12 +162,16 @@ def test_tune_keeps_best_trial_weights(ray_trained):
     enc, split, _, rank, *_ = ray_trained
     assert len(rank.trials) == 2
     assert rank.val_rmse == min(t["best_val_rmse"] for t in rank.trials)
-    # The kept weights reproduce the best validation RMSE on the same validation split.
+    # The kept weights reproduce the best validation RMSE on the same validation split, and the
+    # blend with matrix factorisation that the model now carries is no worse there.
     from movierec.split import holdout
 
     _, val = holdout(split.train, 0.1, 42)
+    assert math.isclose(rank.blend["model_val_rmse"], rank.val_rmse, rel_tol=1e-4)
     pred = ranking.predict(rank.model(), enc.user_idx[val], enc.item_idx[val])
-    assert math.isclose(np.sqrt(np.mean((pred - enc.rating[val]) ** 2)), rank.val_rmse, rel_tol=1e-4)
+    assert math.isclose(np.sqrt(np.mean((pred - enc.rating[val]) ** 2)), rank.blend["val_rmse"], rel_tol=1e-4)
+    assert rank.blend["val_rmse"] <= rank.val_rmse
+    assert len(rank.blend["tried"]) == len(TuneConfig().mf_regularization)
     assert {row["trial"] for row in rank.curves} == {0, 1}
 
 
