@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def evaluate_once(enc, protocol: str, seed: int, args: argparse.Namespace, stora
     data_split = DataSplit(enc, split)
     settings = Settings(protocol=protocol, seed=seed, retrieval=RetrievalConfig(history=args.history),
                         tune=TuneConfig(samples=args.tune_samples, epochs=args.tune_epochs))
+    storage = os.path.join(storage, f"{protocol}-{seed}")  # each run its own Ray storage: none reloads another's
     ranking = pipeline.tune_ranking(data_split, settings, storage)
     sources = pipeline.fit_sources(data_split, settings)
     evaluator = Evaluator(enc, split)
@@ -59,9 +61,9 @@ def evaluate_once(enc, protocol: str, seed: int, args: argparse.Namespace, stora
         epochs = args.lightgcn_epochs if model == "lightgcn" else args.retrieval_epochs
         run = replace(settings, retrieval=RetrievalConfig(model=model, epochs=epochs, workers=2, history=args.history,
                                                           temperature=args.temperature))
-        retrieval = pipeline.train_retrieval(data_split, run, storage)
+        retrieval = pipeline.train_retrieval(data_split, run, os.path.join(storage, model))
         stages = pipeline.stages(retrieval, pipeline.build_index(retrieval, run), sources, ranking)
-        stages.ranker = pipeline.train_ranker(data_split, stages, run, storage)
+        stages.ranker = pipeline.train_ranker(data_split, stages, run, os.path.join(storage, model))
         report = evaluator.run(stages)
         if model == "two_tower":
             rows += report.rows
