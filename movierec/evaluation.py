@@ -4,8 +4,9 @@ Whatever the protocol, the report has every metric:
 top-K categorical accuracy over all movies (TFRS), RMSE/MAE of the rating model, and
 NDCG/precision/recall@10 of recommendations of unseen movies (Microsoft Recommenders).
 
-Rows are the two-stage pipeline (exact and Annoy retrieval), retrieval alone, a popularity
-baseline and a global-mean baseline. A cell is None where a metric does not apply to a row
+Rows are the two-stage pipeline (exact and Annoy retrieval), each candidate source alone (the
+retrieval model, EASEᴿ, ALS), a popularity baseline and a global-mean baseline; beside them, each
+source's candidate recall and the union's. A cell is None where a metric does not apply to a row
 (a global mean cannot rank movies; a popularity list predicts no personal rating).
 """
 
@@ -19,7 +20,7 @@ from movierec import arrays, metrics
 from movierec.features import Encoded
 from movierec.index import Index
 from movierec.ranker import candidates, top
-from movierec.ranking import RatingModel, predict
+from movierec.ranking import FoldedRatingModel, predict
 from movierec.settings import CANDIDATES
 from movierec.sources import interactions
 from movierec.split import Split
@@ -136,7 +137,7 @@ class Evaluator:
             out[row, : len(found)] = found
         return out
 
-    def second_stage(self, stages: TwoStage, rating: RatingModel, users: np.ndarray, index: Index | None = None,
+    def second_stage(self, stages: TwoStage, rating: FoldedRatingModel, users: np.ndarray, index: Index | None = None,
                      chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         """For ``users``: the two-stage top-``ndcg_k`` lists, each source's own top lists, twice as
         long as its share of the candidates (the retrieval model's from ``index`` when given, else
@@ -171,7 +172,7 @@ class Evaluator:
 
     def _run(self, stages: TwoStage, index: Index) -> Report:
         user_vecs, item_vecs = stages.index.user_vectors, stages.index.item_vectors
-        rating_model = stages.ranking.model()
+        rating_model = stages.ranking.model().fold()  # once: each chunk of users would fold it again
         pred = predict(rating_model, self.test_users, self.test_items)
         rating = {"rmse": metrics.rmse(pred, self.test_ratings), "mae": metrics.mae(pred, self.test_ratings)}
         exact_ranks = metrics.target_ranks(user_vecs, item_vecs, self.test_users, self.test_items)

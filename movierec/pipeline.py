@@ -113,7 +113,7 @@ def stages(retrieval: RetrievalResult, index: RetrievalIndex, sources: SourceMod
 def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, storage: str) -> Ranker:
     """The second stage's weights, searched with Ray Tune on the retrieval model's validation
     pairs, over candidates from the sources as they were before seeing those pairs."""
-    from movierec.ranker import candidates, search
+    from movierec.ranker import candidates, concat, search
     from movierec.ranking import predict
     from movierec.retrieval import validation_split
     from movierec.sources import interactions
@@ -123,11 +123,15 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
     fit_users, fit_items = enc.user_idx[fit_idx], enc.item_idx[fit_idx]
     users = np.unique(enc.user_idx[val_idx])
     seen = arrays.csr(fit_users, fit_items, enc.n_users)
-    history = interactions(fit_users, fit_items, enc.n_users, enc.n_items)[users]
-    scores = {"retrieval": stages.logits(users), **stages.sources.tuning.scores(users, history)}
-    rating = stages.ranking.model()
-    cands = candidates(users, scores, seen, lambda u, i: predict(rating, u, i),
-                       np.bincount(fit_items, minlength=enc.n_items), settings.ranker.candidates)
+    history = interactions(fit_users, fit_items, enc.n_users, enc.n_items)
+    rating = stages.ranking.model().fold()
+    popularity = np.bincount(fit_items, minlength=enc.n_items)
+    parts = []
+    for part in np.array_split(users, max(1, -(-len(users) // 1024))):  # [users, movies] scores a chunk at a time
+        scores = {"retrieval": stages.logits(part), **stages.sources.tuning.scores(part, history[part])}
+        parts.append(candidates(part, scores, seen, lambda u, i: predict(rating, u, i), popularity,
+                                settings.ranker.candidates))
+    cands = concat(parts)
     keys = metrics.relevant_keys(enc.user_idx[val_idx], enc.item_idx[val_idx], enc.n_items)
     with ray_session(settings.ray):
         return search(cands, users, keys, enc.n_items, settings.ranker.candidates, settings.seed, storage,

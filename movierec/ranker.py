@@ -41,7 +41,7 @@ class Ranker:
     scale: np.ndarray
     weights: np.ndarray
     candidates: int  # per source
-    val_ndcg: float  # on all validation users, with the chosen features
+    val_ndcg: float  # of the held-out validation users, with the chosen penalty fitted on the others
     trials: list[dict] = field(default_factory=list)
 
     def score(self, values: np.ndarray) -> np.ndarray:
@@ -96,6 +96,18 @@ def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.
     values[..., 3] = np.log(np.clip(ratings(pair_users, safe.reshape(-1)), 0.5, 5.0)).reshape(items.shape)
     values[..., 4] = np.log1p(popularity[safe])
     return Candidates(items, values, picked)
+
+
+def concat(parts: list[Candidates]) -> Candidates:
+    """The candidates of consecutive chunks of users as one, rows padded to the widest union."""
+    width = max(p.items.shape[1] for p in parts)
+
+    def padded(a: np.ndarray, fill: float) -> np.ndarray:
+        return np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+
+    return Candidates(np.concatenate([padded(p.items, -1) for p in parts]),
+                      np.concatenate([padded(p.values, 0) for p in parts]),
+                      {name: np.concatenate([p.lists[name] for p in parts]) for name in parts[0].lists})
 
 
 def top(ranker: Ranker, cands: Candidates, k: int) -> np.ndarray:
@@ -186,6 +198,5 @@ def search(cands: Candidates, users: np.ndarray, keys: np.ndarray, n_items: int,
     # ties go to the stronger penalty: the simpler of two equally good fits
     trials = sorted(({"l2": r.config["l2"], "val_ndcg": r.metrics["val_ndcg"]} for r in grid),
                     key=lambda t: (-t["val_ndcg"], -t["l2"]))
-    everyone = np.arange(len(users))
-    weights = fit_listwise(data, everyone, trials[0]["l2"])
-    return Ranker(FEATURES, mean, scale, weights.astype(np.float32), per_source, data.ndcg(weights, everyone), trials)
+    weights = fit_listwise(data, np.arange(len(users)), trials[0]["l2"])
+    return Ranker(FEATURES, mean, scale, weights.astype(np.float32), per_source, trials[0]["val_ndcg"], trials)

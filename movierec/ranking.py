@@ -140,11 +140,25 @@ class RatingModel(nn.Module):
         model = cls(sizes, features_from_state(state, "user."), features_from_state(state, "item."),
                     float(state["global_mean"]), params["dim"], params["hidden"], params["dropout"])
         if "blend_weight" in state:
+            _check_blend(state, sizes["user"], sizes["item"])
             model.attach_blend(BiasedMF(float(state["mf_mean"][0]), *(state[k].numpy() for k in (
                 "mf_user_bias", "mf_item_bias", "mf_user_factors", "mf_item_factors")), 0.0),
                 float(state["blend_weight"][0]))
         model.load_state_dict(state)
         return model.eval()
+
+
+def _check_blend(state: dict[str, torch.Tensor], n_users: int, n_items: int) -> None:
+    """A saved blend must fit the model it blends with: shapes that broadcast would fold into
+    tables of the wrong size (an [n_users, 1] bias would become [n_users, n_users]) instead of failing."""
+    k = state["mf_user_factors"].shape[-1] if "mf_user_factors" in state else -1
+    shapes = {"blend_weight": (1,), "mf_mean": (1,), "mf_user_bias": (n_users,), "mf_item_bias": (n_items,),
+              "mf_user_factors": (n_users, k), "mf_item_factors": (n_items, k)}
+    for name, shape in shapes.items():
+        if name not in state or tuple(state[name].shape) != shape or not torch.isfinite(state[name]).all():
+            raise ValueError(f"the rating model's blend {name} is missing, not finite or not of shape {shape}")
+    if not 0.0 <= float(state["blend_weight"][0]) <= 1.0:
+        raise ValueError("the rating model's blend weight is not between 0 and 1")
 
 
 class FoldedRatingModel(nn.Module):
@@ -171,10 +185,12 @@ class FoldedRatingModel(nn.Module):
         return (self.global_mean + self.bv).clamp(0.5, 5.0).numpy()
 
 
-def predict(model: RatingModel, users: np.ndarray, items: np.ndarray, batch: int = 262_144) -> np.ndarray:
+def predict(model: RatingModel | FoldedRatingModel, users: np.ndarray, items: np.ndarray, batch: int = 262_144
+            ) -> np.ndarray:
     """Predicted ratings clipped to the 0.5-5 star scale. The model is folded first (each user and
-    movie encoded once), so millions of pairs cost little more than their users."""
-    folded = model.fold()
+    movie encoded once), so millions of pairs cost little more than their users; callers that
+    predict many times fold once and pass the folded model."""
+    folded = model if isinstance(model, FoldedRatingModel) else model.fold()
     with torch.no_grad():
         out = [folded(index_tensor(users[i : i + batch]), index_tensor(items[i : i + batch]))
                for i in range(0, len(users), batch)]
@@ -182,7 +198,7 @@ def predict(model: RatingModel, users: np.ndarray, items: np.ndarray, batch: int
 
 
 def _rmse(model: RatingModel, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((predict(model, users, items) - ratings) ** 2)))
+    return rmse(predict(model, users, items), ratings)
 
 
 @dataclass(frozen=True)
@@ -334,7 +350,7 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
     blend = {}
     if search.blend:
         model = RatingModel.from_state(dict(enc.vocab_sizes), params, state_from_bytes(state))
-        blend = _blend(model, enc, fit_idx, val_idx, settings)
+        blend = _blend(model, enc, trial_idx, fit_idx, val_idx, settings)
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
         state = buffer.getvalue()
@@ -343,25 +359,29 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
                          blend=blend)
 
 
-def _blend(model: RatingModel, enc: Encoded, fit_idx: np.ndarray, val_idx: np.ndarray, settings: Settings) -> dict:
-    """Fit biased MF on the rating model's training ratings for each regularisation of the grid,
-    each with its least-squares blend weight on the validation ratings; attach the blend with the
-    lowest validation RMSE to ``model`` and say what was tried."""
+def _blend(model: RatingModel, enc: Encoded, search_idx: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarray,
+           settings: Settings) -> dict:
+    """Fit biased MF on ``search_idx`` (the Tune trials' ratings: all training ratings, or a
+    sample on large data) for each regularisation of the grid, each with its least-squares blend
+    weight on the validation ratings; refit the best on all of ``fit_idx`` when that is more (the
+    penalty is per rating, so it carries); attach the blend to ``model`` and say what was tried."""
     cfg = settings.tune
     val_users, val_items, val_ratings = enc.user_idx[val_idx], enc.item_idx[val_idx], enc.rating[val_idx]
     own = predict(model, val_users, val_items)
-    tried, best = [], None
-    for reg in cfg.mf_regularization:
-        mf = fit_biased_mf(enc.user_idx[fit_idx], enc.item_idx[fit_idx], enc.rating[fit_idx], enc.n_users,
-                           enc.n_items, factors=cfg.mf_factors, regularization=reg, iterations=cfg.mf_iterations,
-                           seed=settings.seed)
+
+    def fitted(idx: np.ndarray, reg: float) -> tuple[float, BiasedMF, float]:
+        mf = fit_biased_mf(enc.user_idx[idx], enc.item_idx[idx], enc.rating[idx], enc.n_users, enc.n_items,
+                           factors=cfg.mf_factors, regularization=reg, iterations=cfg.mf_iterations, seed=settings.seed)
         theirs = mf.predict(val_users, val_items)
         weight = blend_weight(own, theirs, val_ratings)
-        mixed = rmse(weight * own + (1 - weight) * theirs, val_ratings)
-        tried.append({"regularization": reg, "mf_val_rmse": rmse(theirs, val_ratings), "weight": weight,
-                      "blend_val_rmse": mixed})
-        if best is None or mixed < best[0]:
-            best = (mixed, mf, weight)
+        tried.append({"regularization": reg, "ratings": len(idx), "mf_val_rmse": rmse(theirs, val_ratings),
+                      "weight": weight, "blend_val_rmse": rmse(weight * own + (1 - weight) * theirs, val_ratings)})
+        return tried[-1]["blend_val_rmse"], mf, weight
+
+    tried: list[dict] = []
+    best = min((fitted(search_idx, reg) for reg in cfg.mf_regularization), key=lambda t: t[0])
+    if len(search_idx) < len(fit_idx):
+        best = fitted(fit_idx, best[1].regularization)
     model.attach_blend(best[1], best[2])
     before = rmse(own, val_ratings)
     after = _rmse(model, val_users, val_items, val_ratings)  # as served: the folded blend, clipped once

@@ -40,7 +40,6 @@ from movierec.nn import (
 )
 from movierec.progress import Progress
 from movierec.settings import RetrievalConfig, Settings
-from movierec.split import holdout
 
 
 class TwoTower(nn.Module):
@@ -235,11 +234,18 @@ MAX_VALIDATION = 5000  # validation pairs: enough for a stable score at any data
 
 def validation_split(train_idx: np.ndarray, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     """(fit, validation) ratings: what the retrieval model trains on, and the pairs it is early-
-    stopped on, which the second stage is also tuned on (``movierec.ranker``). Drawn like the
-    rating model's validation carve-out with a larger share (``holdout`` with the same seed), so
-    the rating model never trains on these pairs either."""
-    fit_idx, val_idx = holdout(train_idx, settings.retrieval.val_fraction, settings.seed)
-    return fit_idx, val_idx[:MAX_VALIDATION]
+    stopped on, which the second stage is also tuned on (``movierec.ranker``); together all of
+    train. The validation pairs are the first ``val_fraction`` (at most ``MAX_VALIDATION``) of the
+    same seeded permutation the rating model's carve-out (``holdout``) takes its larger share of,
+    so the rating model never trains on them either; and a random sample, not the first rows of
+    a file that is sorted by user."""
+    if settings.retrieval.val_fraction > settings.tune.val_fraction:
+        raise ValueError(f"retrieval.val_fraction ({settings.retrieval.val_fraction}) must not exceed "
+                         f"tune.val_fraction ({settings.tune.val_fraction}): the rating model would train on "
+                         "the pairs the second stage is tuned on")
+    perm = np.random.default_rng(settings.seed).permutation(train_idx)  # as holdout() draws it
+    n_val = min(MAX_VALIDATION, max(1, int(round(len(train_idx) * settings.retrieval.val_fraction))))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, name: str = "retrieval"

@@ -2,7 +2,7 @@
 
     from movierec import Recommender
     rec = Recommender.load()             # the bundle packaged inside this installed wheel
-    rec.recommend(1, k=10)               # Annoy retrieval of 100 unseen movies, re-ranked
+    rec.recommend(1, k=10)               # each source's 100 best unseen movies, ordered by the ranker
     rec.recommend_for_history([(50, 5), (181, 4)], k=10)
     rec.predict_rating(1, 50); rec.similar_movies(50, k=10)
 
@@ -28,7 +28,7 @@ from movierec.bundle import bundle_of_run, read_bundle
 from movierec.errors import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
 from movierec.index import Index
 from movierec.nn import state_from_bytes
-from movierec.ranker import FEATURES, union
+from movierec.ranker import FEATURES, Ranker, union
 from movierec.ranking import FoldedRatingModel, RatingModel
 from movierec.settings import IndexSettings
 from movierec.sources import AlsModel
@@ -156,19 +156,29 @@ class Recommender:
                          and (self.ease_items < n_items).all() and self.ease_items[0] >= 0,
                          "EASE weights do not match the movies they cover")
             self.als_items = second["als_items"] if "als_items" in second else None
+            _require(self.als_users is None or self.als_items is not None, "ALS user factors without movie factors")
+            self.als = None  # what folds a history into ALS user factors
             if self.als_items is not None:
-                _require(len(self.als_items) == n_items, f"ALS factors for other than {n_items} movies")
-                _require(self.als_users is None or self.als_users.shape == (len(self.user_vectors),
-                                                                            self.als_items.shape[1]),
-                         "ALS user factors do not match the users")
+                _require(self.als_items.ndim == 2 and len(self.als_items) == n_items,
+                         f"ALS factors for other than {n_items} movies")
+                _require(not self.user_data or (self.als_users is not None and self.als_users.shape == (
+                    len(self.user_vectors), self.als_items.shape[1])), "ALS user factors do not match the users")
+                fold_in = info.get("sources", {}).get("als_fold_in", {})
+                _require(set(fold_in) == {"regularization", "alpha"} and all(
+                    isinstance(v, int | float) and np.isfinite(v) and v >= 0 for v in fold_in.values()),
+                    "ALS movie factors without the regularisation and alpha to fold a history in")
+                self.als = AlsModel(np.zeros((0, self.als_items.shape[1]), np.float32), self.als_items,
+                                    float(fold_in["regularization"]), float(fold_in["alpha"]))
         with _reading(origin, "model.json"):
             ranker = info["ranker"]
-            self.ranker_mean, self.ranker_scale, self.ranker_weights = (
-                np.asarray(ranker[key], np.float32) for key in ("mean", "scale", "weights"))
+            mean, scale, weights = (np.asarray(ranker[key], np.float32) for key in ("mean", "scale", "weights"))
             _require(tuple(ranker["features"]) == FEATURES and all(
-                v.shape == (len(FEATURES),) for v in (self.ranker_mean, self.ranker_scale, self.ranker_weights)),
+                v.shape == (len(FEATURES),) for v in (mean, scale, weights)),
                 "the ranker is not for this version's features")
-            self.candidates = int(ranker["candidates"])
+            _require(all(np.isfinite(v).all() for v in (mean, scale, weights)) and (scale > 0).all(),
+                     "the ranker's weights or feature scales are not finite positive numbers")
+            self.ranker = Ranker(FEATURES, mean, scale, weights, int(ranker["candidates"]), float("nan"))
+            self.candidates = self.ranker.candidates
         with _reading(origin, "items.json"):
             items = json.loads(files["items.json"])
             self.titles, self.genres = items["titles"], items["genres"]
@@ -293,7 +303,7 @@ class Recommender:
         ratings = np.asarray(ratings_of(cands), np.float32)
         values = np.stack([self.item_vectors[cands] @ query / self.temperature, ease[cands], als_scores[cands],
                            np.log(np.clip(ratings, 0.5, 5.0)), np.log1p(self.popularity[cands])], axis=1)
-        scores = ((values - self.ranker_mean) / self.ranker_scale) @ self.ranker_weights
+        scores = self.ranker.score(values)
         order = np.argsort(-scores, kind="stable")[:k]
         return self._result(cands[order], scores[order], ratings[order])
 
@@ -329,10 +339,7 @@ class Recommender:
         query = (weights[weights > 0, None] * self.item_vectors[idx[weights > 0]]).sum(axis=0)
         query /= np.linalg.norm(query) or 1.0
         movies = np.unique(idx)
-        als = None
-        if self.als_items is not None:
-            als = AlsModel(np.zeros((0, self.als_items.shape[1]), np.float32), self.als_items,
-                           **self.info["sources"]["als_fold_in"]).user_vector(movies)
+        als = self.als.user_vector(movies) if self.als is not None else None
         return self._second_stage(query, movies, movies, als, lambda m: self.baselines[m], k)
 
     def predict_rating(self, user_id: int, movie_id: int) -> float:

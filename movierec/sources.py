@@ -11,8 +11,9 @@ a second on ML-100K.
   movie of ML-100K and ML-1M; at ML-20M size the 10,000 most rated of 27k, which carry almost all
   ratings); the others get no EASE score and reach the candidates through the other sources.
 - **ALS** (Hu, Koren, Volinsky, 2008): the ``implicit`` library's AlternatingLeastSquares on the
-  same matrix (confidence ``1 + alpha x``). A history is folded in with the same least-squares
-  step ALS takes for a user (:meth:`AlsModel.user_vectors`), so serving needs no ``implicit``.
+  same matrix (confidence ``alpha`` for a rated movie, 1 for the others). A history is folded in
+  with the same least-squares step ALS takes for a user (:meth:`AlsModel.user_vector`), so
+  serving needs no ``implicit``.
 
 Each source's hyper-parameters are chosen on the retrieval model's validation pairs (carved from
 train, never test) by nDCG@10 of the source alone (:func:`fit_sources`).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,13 +81,19 @@ class AlsModel:
     def scores(self, users: np.ndarray) -> np.ndarray:
         return self.user_factors[users] @ self.item_factors.T
 
-    def user_vector(self, history: np.ndarray) -> np.ndarray:
-        """Factors for a user known only by the movies ``history`` they rated: ALS's own user step,
-        ``(YᵀY + alpha Y_hᵀY_h + λI)⁻¹ (1 + alpha) Y_hᵀ 1`` over those movies ``h``."""
+    @cached_property
+    def _gram(self) -> np.ndarray:
+        """``YᵀY + λI``, the part of every fold-in that does not depend on the history."""
         y = self.item_factors.astype(np.float64)
-        yh = y[history]
-        gram = y.T @ y + self.alpha * yh.T @ yh + self.regularization * np.eye(y.shape[1])
-        return np.linalg.solve(gram, (1 + self.alpha) * yh.sum(0)).astype(np.float32)
+        return y.T @ y + self.regularization * np.eye(y.shape[1])
+
+    def user_vector(self, history: np.ndarray) -> np.ndarray:
+        """Factors for a user known only by the movies ``history`` they rated: ALS's own user step
+        as ``implicit`` takes it, confidence ``alpha`` for a rated movie and 1 for the others
+        (preference 0): ``(YᵀY + λI + (alpha - 1) Y_hᵀY_h)⁻¹ alpha Y_hᵀ1``."""
+        yh = self.item_factors[history].astype(np.float64)
+        gram = self._gram + (self.alpha - 1) * yh.T @ yh
+        return np.linalg.solve(gram, self.alpha * yh.sum(0)).astype(np.float32)
 
 
 def fit_als(x: sp.csr_matrix, factors: int, regularization: float, alpha: float, iterations: int,
@@ -154,23 +162,28 @@ def fit_sources(users: np.ndarray, items: np.ndarray, val_users: np.ndarray, val
                 n_users: int, n_items: int, config: SourcesConfig, seed: int) -> SourceModels:
     """:class:`SourceModels` from the fit pairs (``users``, ``items``) and the validation pairs.
 
-    The grids are searched on the ratings of at most ``config.search_users`` validation users (all
-    of them on ML-100K and ML-1M): at ML-20M size a dozen ALS fits on every rating would take most
-    of an hour. EASE's λ, which weighs against counts that grow with the number of users, is then
-    scaled by how many more users the full fit has."""
+    The grids are searched on the ratings of at most ``config.search_users`` users, the validation
+    users among them (every user of ML-100K and ML-1M): at ML-20M size a dozen ALS fits on every
+    rating would take most of an hour. EASE's λ, which weighs against counts that grow with the
+    number of users, is then scaled by how many more users the full fit has."""
     fit = interactions(users, items, n_users, n_items)
-    targets = np.unique(val_users)
-    sampled = len(targets) > config.search_users
-    if sampled:
-        targets = np.sort(np.random.default_rng(seed).choice(targets, config.search_users, replace=False))
+    fit_users, targets = np.unique(users), np.unique(val_users)
+    sampled = len(fit_users) > config.search_users
+    if sampled:  # the validation users (a sample of them, if too many), then others up to the cap
+        rng = np.random.default_rng(seed)
+        if len(targets) > config.search_users:
+            targets = np.sort(rng.choice(targets, config.search_users, replace=False))
+        others = np.setdiff1d(fit_users, targets)
+        chosen = np.union1d(targets, rng.choice(others, min(len(others), config.search_users - len(targets)),
+                                                replace=False))
         keep = np.zeros(n_users, bool)
-        keep[targets] = True
+        keep[chosen] = True
         search = interactions(users[keep[users]], items[keep[users]], n_users, n_items)
         in_val = keep[val_users]
         keys = metrics.relevant_keys(val_users[in_val], val_items[in_val], n_items)
     else:
         search, keys = fit, metrics.relevant_keys(val_users, val_items, n_items)
-    growth = len(np.unique(users)) / len(targets) if sampled else 1.0
+    growth = len(fit_users) / len(chosen) if sampled else 1.0
     history = search[targets]
     chosen: dict[str, dict] = {}
     tuning: dict[str, object] = {"ease": None, "als": None}

@@ -183,3 +183,7 @@ def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(ray_trained):
     assert {k: refit[k] for k in ranking.search_space()} == {k: best[k] for k in ranking.search_space()}
     # The budget of one pass over the ratings allows a single refit epoch.
     assert refit["epochs"] == 1 and sampled.val_rmse == refit["best_val_rmse"]
+    # The blend's grid is searched on the same sample; the chosen penalty is refitted on all ratings.
+    *grid, final = sampled.blend["tried"]
+    assert len(grid) == len(TuneConfig().mf_regularization) and final["ratings"] > grid[0]["ratings"]
+    assert final["regularization"] == min(grid, key=lambda t: t["blend_val_rmse"])["regularization"]

@@ -9,9 +9,11 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from movierec import Recommender, bundle
 from movierec.checksums import sha256
+from movierec.nn import state_from_bytes
 from movierec.serving import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
 
 
@@ -43,7 +45,7 @@ def test_recommendations_are_the_evaluated_two_stage_lists(rec, tiny_models):
     evaluator = Evaluator(data_split.enc, data_split.split)
     users = evaluator.users[:25]
     with stages.index.open() as index:
-        expected, _, _ = evaluator.second_stage(stages, stages.ranking.model(), users, index)
+        expected, _, _ = evaluator.second_stage(stages, stages.ranking.model().fold(), users, index)
     for row, u in enumerate(users):
         got = [r.movie_id for r in rec.recommend(int(rec.user_ids[u]), k=10)]
         assert got == [int(rec.item_ids[i]) for i in expected[row] if i >= 0], int(rec.user_ids[u])
@@ -134,8 +136,31 @@ def _replace_npz(bundle: bytes, name: str, key: str, change) -> bytes:
     return buf.getvalue()
 
 
+def _npz_without(bundle: bytes, name: str, key: str) -> bytes:
+    arrays = dict(np.load(io.BytesIO(_member(bundle, name))))
+    arrays.pop(key)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 def _cut_npz(bundle: bytes, name: str, key: str, n: int) -> bytes:
     return _replace_npz(bundle, name, key, lambda a: a[:n])
+
+
+def _replace_state(bundle: bytes, key: str, change) -> bytes:
+    """ranking.pt with one tensor of the state_dict changed."""
+    state = state_from_bytes(_member(bundle, "ranking.pt"))
+    buf = io.BytesIO()
+    torch.save({**state, key: change(state[key])}, buf)
+    return buf.getvalue()
+
+
+def _change_model(bundle: bytes, change) -> bytes:
+    """model.json changed by ``change(info)`` (its checksums kept: they cover the other files)."""
+    info = json.loads(_member(bundle, "model.json"))
+    change(info)
+    return _rezip(bundle, {"model.json": json.dumps(info).encode()})
 
 
 def _cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -175,6 +200,18 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
      "ids.npz: cannot be read .*rated_indptr does not index the rated movies"),
     (lambda b: _rezip(b, {"ids.npz": _replace_npz(b, "ids.npz", "item_ids", lambda a: a[::-1].copy())},
                       keep_checksums=False), "ids.npz: cannot be read .*movie ids are not sorted and distinct"),
+    # the rating model's blend: a bias of shape [users, 1] would broadcast into a [users, users] table
+    (lambda b: _rezip(b, {"ranking.pt": _replace_state(b, "mf_user_bias", lambda t: t[:, None])},
+                      keep_checksums=False), "ranking.pt: cannot be read .*blend mf_user_bias .*not of shape"),
+    (lambda b: _rezip(b, {"ranking.pt": _replace_state(b, "blend_weight", lambda t: t + 2)}, keep_checksums=False),
+     "ranking.pt: cannot be read .*blend weight is not between 0 and 1"),
+    # ALS: user factors without movie factors, or movie factors without what folds a history in
+    (lambda b: _rezip(b, {"sources.npz": _npz_without(b, "sources.npz", "als_items")}, keep_checksums=False),
+     "sources.npz: cannot be read .*ALS user factors without movie factors"),
+    (lambda b: _change_model(b, lambda info: info["sources"].pop("als_fold_in")),
+     "sources.npz: cannot be read .*without the regularisation and alpha"),
+    (lambda b: _change_model(b, lambda info: info["ranker"].update(scale=[0.0] * 5)),
+     "model.json: cannot be read .*feature scales are not finite positive"),
 ])
 def test_every_load_failure_is_one_bundle_error_naming_the_file(tiny_bundle, change, message):
     with pytest.raises(BundleError, match=message):

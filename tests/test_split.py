@@ -76,3 +76,27 @@ def test_stratified_split_keeps_each_users_share():
     again = split_ratings(u, i, t, "stratified", 0.25, seed=42)
     assert np.array_equal(s.test, again.test)
     assert not np.array_equal(s.test, split_ratings(u, i, t, "stratified", 0.25, seed=1).test)
+
+
+def test_retrieval_validation_is_a_random_sample_inside_the_rating_models_carve_out():
+    """The capped validation pairs used to be the lowest row numbers of the 5% carve-out: on a
+    file sorted by user, the ranker and the sources were tuned on the lowest user ids, and the
+    rest of the carve-out was in no fit at all."""
+    from dataclasses import replace
+
+    from movierec.retrieval import MAX_VALIDATION, validation_split
+    from movierec.settings import Settings
+
+    train = np.arange(400_000)
+    settings = Settings(seed=3)
+    fit, val = validation_split(train, settings)
+    assert len(val) == MAX_VALIDATION and len(np.intersect1d(fit, val)) == 0
+    assert np.array_equal(np.union1d(fit, val), train)  # all of train: nothing left out
+    assert val.min() < 40_000 and val.max() > 360_000  # spread over the file, not its first rows
+    _, rating_val = holdout(train, settings.tune.val_fraction, settings.seed)
+    assert np.isin(val, rating_val).all()  # pairs the rating model never trains on
+    small = np.arange(10_000)
+    assert np.array_equal(validation_split(small, settings)[1], holdout(small, 0.05, 3)[1])
+    wrong = replace(settings, retrieval=replace(settings.retrieval, val_fraction=0.2))
+    with pytest.raises(ValueError, match="must not exceed tune.val_fraction"):
+        validation_split(small, wrong)
