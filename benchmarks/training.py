@@ -1,0 +1,193 @@
+"""Training speed against this machine's limit. Writes the `training` section of RESULTS.md.
+
+    .venv/bin/python benchmarks/training.py                  # ML-20M-sized tables (a few minutes)
+    .venv/bin/python benchmarks/training.py --steps 20 --no-write
+
+For the two-tower retrieval model and the rating model, on one process with ``--threads``
+threads (what one Ray worker gets) and id tables of ML-20M's size (138,493 users, 26,744
+movies; the ratings are a synthetic sample of that shape, as only the batches matter here):
+
+- this machine's measured matmul peak (fp32 and bf16 ``torch.mm`` of 2048² matrices);
+- each model's FLOPs per training example (forward + backward, counted by torch's
+  ``FlopCounterMode``; the optimizer's elementwise work is not matmul work and is left out);
+- examples/s per configuration (median of the timed steps after warm-up) and the GFLOP/s that
+  makes, as a share of the fp32 peak;
+- where a step's time goes (``torch.profiler`` over the timed steps of the default batch size):
+  the step's phases (forward, loss, backward, optimizer) and the most expensive operators.
+
+Gradient exchange between Ray Train workers is not in these steps: ``benchmarks/gradients.py``
+measures it with two workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from results import emit, markdown_table
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils.flop_counter import FlopCounterMode
+
+from movierec import synthetic
+from movierec.features import encode
+from movierec.nn import SparseDenseAdam, feature_tensors, index_tensor, training_threads
+from movierec.ranking import RatingModel
+from movierec.retrieval import TwoTower, in_batch_loss, popularity_log_q
+from movierec.settings import RetrievalConfig
+
+SAMPLE_RATINGS = 2_000_000  # batches are drawn from these; the tables have ML-20M's size regardless
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of an n x n x n ``torch.mm`` (median of ``repeats``, after one warm-up)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+@dataclass
+class Trainer:
+    """One model's training step over batches of (user, movie[, stars]) examples."""
+
+    name: str
+    model: nn.Module
+    loss: Callable[[torch.Tensor], torch.Tensor]  # batch indices -> loss
+    optimizer: SparseDenseAdam
+
+    def step(self, idx: torch.Tensor) -> None:
+        with record_function("forward + loss"):
+            loss = self.loss(idx)
+        with record_function("backward"):
+            self.optimizer.zero_grad()
+            loss.backward()
+        with record_function("optimizer"):
+            self.optimizer.step()
+
+
+def trainers(enc, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> list[Trainer]:
+    """The two-tower model and the rating model as the flow trains them by default."""
+    torch.manual_seed(0)
+    user_feats, item_feats = feature_tensors(enc)
+    cfg = RetrievalConfig()
+    towers = TwoTower(enc.vocab_sizes, user_feats, item_feats, cfg.dim, cfg.hidden)
+    log_q = popularity_log_q(items.numpy(), enc.n_items)
+
+    def retrieval_loss(idx: torch.Tensor) -> torch.Tensor:
+        u, v = towers(users[idx], items[idx])
+        return in_batch_loss(u, v, items[idx], log_q, cfg.temperature)
+
+    rating = RatingModel(enc.vocab_sizes, user_feats, item_feats, float(ratings.mean()), dim=64, hidden=64,
+                         dropout=0.1)
+
+    def rating_loss(idx: torch.Tensor) -> torch.Tensor:
+        u, i = users[idx], items[idx]
+        return nn.functional.mse_loss(rating(u, i, i), ratings[idx]) + 0.05 * rating.id_l2(u, i)
+
+    return [Trainer("two-tower retrieval", towers, retrieval_loss,
+                    SparseDenseAdam(towers, cfg.learning_rate(), cfg.weight_decay)),
+            Trainer("rating model (dim 64, hidden 64)", rating, rating_loss, SparseDenseAdam(rating, 3e-3, 1e-4))]
+
+
+def flops_per_example(trainer: Trainer, batch: torch.Tensor) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = trainer.loss(batch)
+        loss.backward()
+    trainer.optimizer.zero_grad()
+    return counter.get_total_flops() / len(batch)
+
+
+def throughput(trainer: Trainer, n: int, batch_size: int, steps: int, warmup: int = 5) -> float:
+    """Median examples/s of ``steps`` steps after ``warmup`` untimed ones."""
+    gen = torch.Generator().manual_seed(1)
+    times = []
+    for s in range(warmup + steps):
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        start = time.perf_counter()
+        trainer.step(idx)
+        if s >= warmup:
+            times.append(time.perf_counter() - start)
+    return batch_size / statistics.median(times)
+
+
+def breakdown(trainer: Trainer, n: int, batch_size: int, steps: int) -> tuple[list[dict], list[dict]]:
+    """(phases, top operators): milliseconds per step and share of the step, from torch.profiler."""
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, n, (batch_size,), generator=gen) for _ in range(steps)]
+    trainer.step(batches[0])
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for idx in batches:
+            trainer.step(idx)
+    wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    events = prof.key_averages()
+    phases = [{"phase": e.key, "ms per step": f"{e.cpu_time_total / 1e3 / steps:.2f}",
+               "share": f"{e.cpu_time_total / 1e3 / steps / wall_ms:.0%}"}
+              for e in events if e.key in ("forward + loss", "backward", "optimizer")]
+    phases.append({"phase": "whole step (wall, profiler on)", "ms per step": f"{wall_ms:.2f}", "share": "100%"})
+    ops = sorted((e for e in events if e.key.startswith("aten::") or "Backward" in e.key),
+                 key=lambda e: -e.self_cpu_time_total)[:10]
+    top = [{"operator": e.key, "self ms per step": f"{e.self_cpu_time_total / 1e3 / steps:.2f}",
+            "share": f"{e.self_cpu_time_total / 1e3 / steps / wall_ms:.0%}", "calls per step": e.count // steps}
+           for e in ops]
+    return phases, top
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (a Ray worker's CPUs)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per configuration")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    training_threads(args.threads)
+
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"[training] matmul peak on {args.threads} threads: fp32 {peak['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16']:.0f} GFLOP/s", flush=True)
+    shape = synthetic.ML20M_SHAPE
+    enc = encode(synthetic.generate(shape["n_users"], shape["n_items"], SAMPLE_RATINGS, seed=0))
+    users, items = index_tensor(enc.user_idx), index_tensor(enc.item_idx)
+    ratings = torch.as_tensor(enc.rating, dtype=torch.float32)
+    rows, profiles = [], []
+    for trainer in trainers(enc, users, items, ratings):
+        flops = flops_per_example(trainer, torch.arange(1024))
+        for batch_size in args.batch_sizes:
+            speed = throughput(trainer, len(users), batch_size, args.steps)
+            achieved = flops * speed / 1e9
+            rows.append({"model": trainer.name, "batch": batch_size, "MFLOP per example": f"{flops / 1e6:.2f}",
+                         "examples/s": f"{speed:,.0f}", "GFLOP/s": f"{achieved:.1f}",
+                         "share of fp32 peak": f"{achieved / peak['fp32']:.1%}"})
+            print(f"[training] {trainer.name} batch {batch_size}: {speed:,.0f} examples/s, {achieved:.1f} GFLOP/s",
+                  flush=True)
+        phases, top = breakdown(trainer, len(users), args.batch_sizes[0], max(10, args.steps // 3))
+        profiles.append(f"#### {trainer.name}, batch {args.batch_sizes[0]}\n\n"
+                        + markdown_table(phases, ["phase", "ms per step", "share"]) + "\n\n"
+                        + markdown_table(top, ["operator", "self ms per step", "share", "calls per step"]))
+    text = (f"## Training speed against the machine's limit (`benchmarks/training.py`)\n\n"
+            f"One process, {args.threads} torch threads, id tables of ML-20M's size "
+            f"({shape['n_users']:,} users, {shape['n_items']:,} movies); median of {args.steps} timed steps. "
+            f"Matmul peak here: **fp32 {peak['fp32']:.0f} GFLOP/s**, bf16 {peak['bf16']:.0f} GFLOP/s "
+            f"(2048² `torch.mm`). FLOPs count forward + backward matmul work (`FlopCounterMode`).\n\n"
+            + markdown_table(rows, list(rows[0])) + "\n\n### Where a step's time goes (torch.profiler)\n\n"
+            + "\n\n".join(profiles) + "\n\nPhases overlap in the operator table: an operator's self time is "
+            "counted once, inside the phase that ran it.\n")
+    emit("training", text, write=not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
