@@ -78,20 +78,20 @@ def average_gradients(model: nn.Module) -> None:
 
 def _mean_rows(table: nn.Parameter, world: int) -> torch.Tensor:
     """The mean over workers of ``table``'s sparse row gradient (none: this worker touched no row)."""
-    grad = table.grad
+    grad, device = table.grad, table.device  # NCCL's collectives need tensors on the worker's GPU
     if grad is None:
-        grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.long),
+        grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.long, device=device),
                                        table.new_zeros((0, *table.shape[1:])), table.shape)
     elif not grad.is_sparse:
         raise ValueError(f"embedding table of shape {tuple(table.shape)} was built with sparse=True but got a "
                          "dense gradient: its weight is used outside the embedding lookup")
     grad = grad.coalesce()
     rows, values = grad.indices()[0], grad.values()
-    counts = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
-    dist.all_gather(counts, torch.tensor([len(rows)]))
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([len(rows)], device=device))
     counts_list = [int(c) for c in counts]
     longest = max(counts_list)
-    padded_rows = torch.zeros(longest, dtype=torch.long)
+    padded_rows = torch.zeros(longest, dtype=torch.long, device=device)
     padded_rows[: len(rows)] = rows
     padded_values = values.new_zeros((longest, *values.shape[1:]))
     padded_values[: len(rows)] = values

@@ -58,6 +58,11 @@ class LightGCN(nn.Module):
             total = total + x
         return F.normalize(total, dim=-1)
 
+    def _apply(self, fn, recurse: bool = True) -> LightGCN:
+        """``.to(device)`` and the like move the graph with the weights (it is no buffer, see above)."""
+        self.graph = fn(self.graph)
+        return super()._apply(fn, recurse)
+
     def train(self, mode: bool = True) -> LightGCN:
         self._cached = None  # weights may change again
         return super().train(mode)

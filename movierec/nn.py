@@ -183,6 +183,24 @@ def training_threads(n: int) -> None:
     torch.set_flush_denormal(True)
 
 
+def training_device(gpus: float) -> torch.device:
+    """Where a training process puts its model and batches: the GPU Ray assigned it when the
+    settings ask for GPUs (Ray sets CUDA_VISIBLE_DEVICES, so it is device 0 here), else the CPU.
+    Asking for a GPU that torch cannot see fails here, with the reason, not at the first op."""
+    if not gpus:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{gpus:g} GPU(s) asked for, but torch {torch.__version__} sees none (a CPU-only "
+                           "build, or no GPU on this node): install a CUDA build of torch, or set the GPU "
+                           "settings to 0")
+    return torch.device("cuda", 0)
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state_dict on the CPU: what checkpoints hold, loadable on a machine without GPUs."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
 def state_from_bytes(blob: bytes) -> dict[str, torch.Tensor]:
     import io
 

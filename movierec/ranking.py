@@ -30,11 +30,13 @@ from movierec.nn import (
     SparseDenseAdam,
     UserEncoder,
     batches,
+    cpu_state,
     feature_tensors,
     features_from_state,
     index_tensor,
     mlp,
     state_from_bytes,
+    training_device,
     training_threads,
 )
 from movierec.progress import Progress
@@ -116,11 +118,11 @@ class RatingModel(nn.Module):
         A blend folds in too: the movie factors join the embedding dot product, the biases and
         means mix by the weight, and the head's last layer is scaled by it."""
         self.eval()
-        sides = []
+        sides, device = [], self.global_mean.device
         with torch.no_grad():
             for n, encode in ((self.user_bias.num_embeddings, self.user_side),
                               (self.item_bias.num_embeddings, self.item_side)):
-                parts = [encode(torch.arange(i, min(i + batch, n))) for i in range(0, n, batch)]
+                parts = [encode(torch.arange(i, min(i + batch, n), device=device)) for i in range(0, n, batch)]
                 sides.append([torch.cat(p) for p in zip(*parts)])
             rest, mean = self.head[1:], float(self.global_mean)
             if hasattr(self, "blend_weight"):
@@ -191,10 +193,11 @@ def predict(model: RatingModel | FoldedRatingModel, users: np.ndarray, items: np
     movie encoded once), so millions of pairs cost little more than their users; callers that
     predict many times fold once and pass the folded model."""
     folded = model if isinstance(model, FoldedRatingModel) else model.fold()
+    device = folded.u.device
     with torch.no_grad():
-        out = [folded(index_tensor(users[i : i + batch]), index_tensor(items[i : i + batch]))
+        out = [folded(index_tensor(users[i : i + batch]).to(device), index_tensor(items[i : i + batch]).to(device))
                for i in range(0, len(users), batch)]
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
 
 
 def _rmse(model: RatingModel, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> float:
@@ -208,6 +211,11 @@ class TrialPlan:
     max_epochs: int
     seed: int
     threads: int  # CPUs Ray gives the trial
+    trials_per_gpu: int = 0  # > 0: each trial gets that share of one GPU and trains there
+
+    def resources(self) -> dict[str, float]:
+        """What Ray reserves for one trial."""
+        return {"cpu": self.threads, **({"gpu": 1 / self.trials_per_gpu} if self.trials_per_gpu else {})}
 
 
 def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
@@ -219,12 +227,13 @@ def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
     from ray import tune
 
     training_threads(plan.threads)
+    device = training_device(plan.trials_per_gpu)
     torch.manual_seed(plan.seed)
     model = RatingModel(data["sizes"], data["user_features"], data["item_features"], data["global_mean"],
-                        params["dim"], params["hidden"], params["dropout"])
+                        params["dim"], params["hidden"], params["dropout"]).to(device)
     opt = SparseDenseAdam(model, params["lr"], params["weight_decay"])
-    users, items = index_tensor(data["users"]), index_tensor(data["items"])
-    ratings = torch.tensor(data["ratings"])  # a copy: arrays from Ray's object store are read-only
+    users, items = index_tensor(data["users"]).to(device), index_tensor(data["items"]).to(device)
+    ratings = torch.tensor(data["ratings"], device=device)  # a copy: arrays from Ray's object store are read-only
     gen = torch.Generator().manual_seed(plan.seed)
     best = float("inf")
     trial = tune.get_context().get_trial_id()
@@ -233,6 +242,7 @@ def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
         total, start = 0.0, time.perf_counter()
         progress = Progress(len(users), f"[tune_ranking] trial {trial} epoch {epoch + 1}/{plan.max_epochs}")
         for idx in batches(len(users), params["batch_size"], gen):
+            idx = idx.to(device)
             u, i = users[idx], items[idx]
             mse = nn.functional.mse_loss(model(u, i, i), ratings[idx])
             loss = mse + params["l2"] * model.id_l2(u, i)
@@ -250,7 +260,7 @@ def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
         if val < best:
             best = val
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save(model.state_dict(), os.path.join(tmp, "model.pt"))
+                torch.save(cpu_state(model), os.path.join(tmp, "model.pt"))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         else:
             tune.report(metrics)
@@ -278,7 +288,7 @@ def _search(data: dict, plan: TrialPlan, space: dict, storage_path: str, *, name
     from ray import tune
 
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trainable, data=data, plan=plan), {"cpu": plan.threads}),
+        tune.with_resources(tune.with_parameters(_trainable, data=data, plan=plan), plan.resources()),
         param_space=space,
         tune_config=tune.TuneConfig(metric="val_rmse", mode="min", num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent, scheduler=scheduler),
@@ -329,8 +339,9 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
         }
 
     scheduler = ASHAScheduler(max_t=search.epochs, grace_period=min(2, search.epochs), reduction_factor=3)
-    grid = _search(data(trial_idx), TrialPlan(search.epochs, seed, 1), search_space(), storage_path, name="ranking",
-                   num_samples=search.samples, max_concurrent=concurrency, scheduler=scheduler)
+    grid = _search(data(trial_idx), TrialPlan(search.epochs, seed, 1, search.trials_per_gpu), search_space(),
+                   storage_path, name="ranking", num_samples=search.samples, max_concurrent=concurrency,
+                   scheduler=scheduler)
     best = grid.get_best_result(metric="val_rmse", mode="min", scope="all")
     trials, curves = [], []
     for i, r in enumerate(grid):
@@ -340,7 +351,8 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
         epochs = settings.epochs_for(int(df["epoch"][df["val_rmse"].idxmin()]), len(fit_idx))
         print(f"[tune_ranking] refitting the best settings on all {len(fit_idx):,} ratings for {epochs} epoch(s)",
               flush=True)
-        best = _search(data(fit_idx), TrialPlan(epochs, seed, concurrency), dict(best.config), storage_path,
+        best = _search(data(fit_idx), TrialPlan(epochs, seed, concurrency, search.trials_per_gpu), dict(best.config),
+                       storage_path,
                        name="ranking-refit", num_samples=1, max_concurrent=1, scheduler=None,
                        ).get_best_result(metric="val_rmse", mode="min", scope="all")
         _record(best, "refit", trials, curves)

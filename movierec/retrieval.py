@@ -31,11 +31,13 @@ from movierec.nn import (
     SparseDenseAdam,
     UserEncoder,
     batches,
+    cpu_state,
     feature_tensors,
     features_from_state,
     index_tensor,
     mlp,
     state_from_bytes,
+    training_device,
     training_threads,
 )
 from movierec.progress import Progress
@@ -119,14 +121,16 @@ def validation_dcg(model: TwoTower | LightGCN, users: torch.Tensor, items: torch
     which movies pair ``row``'s user rated in training; scoring those too stops training far too
     early, as the model rightly ranks watched movies high."""
     model.eval()
+    device = users.device
     with torch.no_grad():
-        item_vecs = model.item_vectors(torch.arange(n_items))
+        item_vecs = model.item_vectors(torch.arange(n_items, device=device))
         total = 0.0
         bounds = np.searchsorted(seen_rows, np.arange(0, len(users) + 1024, 1024))
         for c, i in enumerate(range(0, len(users), 1024)):
             scores = model.user_vectors(users[i : i + 1024]) @ item_vecs.T
             a, b = bounds[c], bounds[c + 1]
-            scores[index_tensor(seen_rows[a:b] - i), index_tensor(seen_items[a:b])] = float("-inf")
+            scores[index_tensor(seen_rows[a:b] - i).to(device), index_tensor(seen_items[a:b]).to(device)] = \
+                float("-inf")
             target = scores.gather(1, items[i : i + 1024, None])
             ranks = (scores > target).sum(1).to(torch.float64)
             total += float((1.0 / torch.log2(ranks + 2)).sum())
@@ -155,8 +159,14 @@ def _build(cfg: RetrievalConfig, sizes: dict[str, int], data: dict) -> TwoTower 
 
 
 def _serving_state(model: TwoTower | LightGCN) -> dict:
-    """What ``RetrievalResult.model`` rebuilds from: the towers' weights, or LightGCN's final tables."""
-    return model.tables().state_dict() if isinstance(model, LightGCN) else model.state_dict()
+    """What ``RetrievalResult.model`` rebuilds from: the towers' weights, or LightGCN's final
+    tables, on the CPU whatever device trained them."""
+    return cpu_state(model.tables() if isinstance(model, LightGCN) else model)
+
+
+def worker_resources(cpus: int, gpus: int) -> dict[str, float]:
+    """What Ray reserves for each training worker: its CPUs, and its GPUs when it asks for any."""
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
 
 
 def _train_loop(config: dict) -> None:
@@ -171,23 +181,25 @@ def _train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     training_threads(config["threads"])
+    device = training_device(cfg.gpus_per_worker)
     torch.manual_seed(seed)  # identical initial weights on every worker
-    model = _build(cfg, config["sizes"], data)
+    model = _build(cfg, config["sizes"], data).to(device)
     broadcast_parameters(model)
     opt = SparseDenseAdam(model, cfg.learning_rate(), cfg.weight_decay)
-    users = index_tensor(data["users"][rank::world])
-    items = index_tensor(data["items"][rank::world])
-    log_q = popularity_log_q(data["items"], config["sizes"]["item"])
+    users = index_tensor(data["users"][rank::world]).to(device)
+    items = index_tensor(data["items"][rank::world]).to(device)
+    log_q = popularity_log_q(data["items"], config["sizes"]["item"]).to(device)
     steps = len(data["items"]) // world // cfg.batch_size  # equal on every worker: each step is a collective
     gen = torch.Generator().manual_seed(seed + rank)
     history = []
-    val_users, val_items = index_tensor(data["val_users"]), index_tensor(data["val_items"])
+    val_users, val_items = index_tensor(data["val_users"]).to(device), index_tensor(data["val_items"]).to(device)
     best, best_state, stale = -1.0, None, 0
     for epoch in range(epochs):
         start, total = time.perf_counter(), 0.0
         model.train()
         progress = Progress(steps * cfg.batch_size * world, f"[train_retrieval] epoch {epoch + 1}/{epochs}")
         for idx in batches(len(users), cfg.batch_size, gen, drop_last=True)[:steps]:
+            idx = idx.to(device)
             u, v = model(users[idx], items[idx])
             loss = in_batch_loss(u, v, items[idx], log_q, cfg.temperature)
             opt.zero_grad()
@@ -197,7 +209,7 @@ def _train_loop(config: dict) -> None:
             total += loss.item()
             if rank == 0:
                 progress.update(cfg.batch_size * world)
-        mean = mean_over_workers(torch.tensor([total / max(1, steps)]))
+        mean = mean_over_workers(torch.tensor([total / max(1, steps)], device=device))
         seconds = time.perf_counter() - start
         # Every worker holds the same weights after the averaged steps and scores the same
         # validation pairs, so all of them reach the same stopping decision.
@@ -255,7 +267,7 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
     epochs as ``settings.train_budget`` allows."""
     import ray
     from ray.train import ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = settings.retrieval
     cpus_per_worker = max(1, settings.ray.num_cpus // cfg.workers)
@@ -278,8 +290,11 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
         train_loop_config={"cfg": asdict(cfg), "seed": settings.seed, "data": ray.put(data),
                            "epochs": settings.epochs_for(cfg.epochs, len(fit_idx)), "sizes": enc.vocab_sizes,
                            "threads": cpus_per_worker},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=False,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
+                                     resources_per_worker=worker_resources(cpus_per_worker, cfg.gpus_per_worker)),
+        # NCCL's collectives run on the GPUs; gloo's on the CPU (movierec.distributed uses dense
+        # collectives only, which both implement)
+        torch_config=TorchConfig(backend="nccl" if cfg.gpus_per_worker else "gloo"),
         # Per-report INFO notices would drown the one progress line per epoch printed above, and on
         # a busy machine the controller's autoscaling requests time out with a WARNING traceback
         # (GetTimeoutError) that is harmless on a fixed-size cluster: Ray Train says only errors.
@@ -293,8 +308,12 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
     except ControllerError as exc:
         if type(exc.controller_failure).__name__ != "WorkerGroupStartupTimeoutError":
             raise
-        cpus = ray.cluster_resources().get("CPU", 0)
-        if cfg.workers * cpus_per_worker > cpus:
+        cpus, gpus = (ray.cluster_resources().get(kind, 0) for kind in ("CPU", "GPU"))
+        if cfg.workers * cfg.gpus_per_worker > gpus:
+            why = (f"{cfg.workers} retrieval workers of {cfg.gpus_per_worker} GPU each do not fit a Ray cluster with "
+                   f"{gpus:g} GPUs: set retrieval.gpus_per_worker (--gpus-per-worker) to 0 to train on CPU, or "
+                   "join a cluster with GPUs (--ray-address)")
+        elif cfg.workers * cpus_per_worker > cpus:
             why = (f"{cfg.workers} retrieval workers of {cpus_per_worker} CPU each do not fit a Ray cluster with "
                    f"{cpus:g} CPUs: lower retrieval.workers (--retrieval-workers) or give Ray more CPUs "
                    "(--num-cpus, or more nodes with --ray-address)")

@@ -141,6 +141,18 @@ def test_workers_that_cannot_be_placed_fail_the_training_with_a_reason(small_enc
         pipeline.train_retrieval(DataSplit(enc, split), settings, str(tmp_path))
 
 
+def test_workers_asking_for_gpus_a_cluster_lacks_fail_with_a_reason(small_encoded, tmp_path, monkeypatch):
+    """The GPU path's placement, checked on CPU: the workers ask Ray for GPUs (none here)."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3")
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+    settings = Settings(retrieval=RetrievalConfig(dim=8, hidden=16, epochs=1, workers=1, gpus_per_worker=1,
+                                                  batch_size=256), ray=RaySettings(num_cpus=2))
+    with pytest.raises(RuntimeError, match=r"1 retrieval workers of 1 GPU each do not fit a Ray cluster with 0 "
+                                           r"GPUs: set retrieval.gpus_per_worker"):
+        pipeline.train_retrieval(DataSplit(enc, split), settings, str(tmp_path))
+
+
 def test_a_local_session_refuses_clients_without_its_token():
     """Local sessions listened on every interface, open to anyone on the network; Ray cannot bind
     them to loopback alone, so each now requires this process's own token."""
