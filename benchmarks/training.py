@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/training.py                  # ML-20M-sized tables (a few minutes)
     .venv/bin/python benchmarks/training.py --steps 20 --no-write
+    python3 benchmarks/training.py --device cuda --section training-gpu --batch-sizes 1024 8192 32768
 
 For the two-tower retrieval model and the rating model, on one process with ``--threads``
 threads (what one Ray worker gets) and id tables of ML-20M's size (138,493 users, 26,744
@@ -16,7 +17,9 @@ movies; the ratings are a synthetic sample of that shape, as only the batches ma
   the step's phases (forward, loss, backward, optimizer) and the most expensive operators.
 
 Gradient exchange between Ray Train workers is not in these steps: ``benchmarks/gradients.py``
-measures it with two workers.
+measures it with two workers. ``--device cuda`` runs the same steps on a GPU (the peak is then
+the GPU's, measured on 8192² matrices, and steps are timed between CUDA synchronisations; the
+operator profile is the CPU run's only).
 """
 
 from __future__ import annotations
@@ -45,14 +48,23 @@ from movierec.settings import RetrievalConfig
 SAMPLE_RATINGS = 2_000_000  # batches are drawn from these; the tables have ML-20M's size regardless
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (CUDA runs asynchronously); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 7) -> float:
     """GFLOP/s of an n x n x n ``torch.mm`` (median of ``repeats``, after one warm-up)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     torch.mm(a, b)
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 
@@ -77,19 +89,21 @@ class Trainer:
 
 
 def trainers(enc, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> list[Trainer]:
-    """The two-tower model and the rating model as the flow trains them by default."""
+    """The two-tower model and the rating model as the flow trains them by default, on the
+    device ``users`` is on."""
     torch.manual_seed(0)
+    device = users.device
     user_feats, item_feats = feature_tensors(enc)
     cfg = RetrievalConfig()
-    towers = TwoTower(enc.vocab_sizes, user_feats, item_feats, cfg.dim, cfg.hidden)
-    log_q = popularity_log_q(items.numpy(), enc.n_items)
+    towers = TwoTower(enc.vocab_sizes, user_feats, item_feats, cfg.dim, cfg.hidden).to(device)
+    log_q = popularity_log_q(enc.item_idx, enc.n_items).to(device)
 
     def retrieval_loss(idx: torch.Tensor) -> torch.Tensor:
         u, v = towers(users[idx], items[idx])
         return in_batch_loss(u, v, items[idx], log_q, cfg.temperature)
 
     rating = RatingModel(enc.vocab_sizes, user_feats, item_feats, float(ratings.mean()), dim=64, hidden=64,
-                         dropout=0.1)
+                         dropout=0.1).to(device)
 
     def rating_loss(idx: torch.Tensor) -> torch.Tensor:
         u, i = users[idx], items[idx]
@@ -109,14 +123,17 @@ def flops_per_example(trainer: Trainer, batch: torch.Tensor) -> float:
     return counter.get_total_flops() / len(batch)
 
 
-def throughput(trainer: Trainer, n: int, batch_size: int, steps: int, warmup: int = 5) -> float:
+def throughput(trainer: Trainer, n: int, batch_size: int, steps: int, device: torch.device, warmup: int = 5
+               ) -> float:
     """Median examples/s of ``steps`` steps after ``warmup`` untimed ones."""
     gen = torch.Generator().manual_seed(1)
     times = []
     for s in range(warmup + steps):
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        idx = torch.randint(0, n, (batch_size,), generator=gen).to(device)
+        synchronize(device)
         start = time.perf_counter()
         trainer.step(idx)
+        synchronize(device)
         if s >= warmup:
             times.append(time.perf_counter() - start)
     return batch_size / statistics.median(times)
@@ -150,41 +167,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (a Ray worker's CPUs)")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per configuration")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU")
+    parser.add_argument("--section", default="training", help="the RESULTS.md section this run writes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     training_threads(args.threads)
+    device = torch.device(args.device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"one process, {args.threads} torch threads")
 
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"[training] matmul peak on {args.threads} threads: fp32 {peak['fp32']:.0f} GFLOP/s, "
-          f"bf16 {peak['bf16']:.0f} GFLOP/s", flush=True)
+    peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    print(f"[training] matmul peak ({where}): fp32 {peak['fp32']:,.0f} GFLOP/s, bf16 {peak['bf16']:,.0f} GFLOP/s",
+          flush=True)
     shape = synthetic.ML20M_SHAPE
     enc = encode(synthetic.generate(shape["n_users"], shape["n_items"], SAMPLE_RATINGS, seed=0))
-    users, items = index_tensor(enc.user_idx), index_tensor(enc.item_idx)
-    ratings = torch.as_tensor(enc.rating, dtype=torch.float32)
+    users, items = index_tensor(enc.user_idx).to(device), index_tensor(enc.item_idx).to(device)
+    ratings = torch.as_tensor(enc.rating, dtype=torch.float32).to(device)
     rows, profiles = [], []
     for trainer in trainers(enc, users, items, ratings):
-        flops = flops_per_example(trainer, torch.arange(1024))
+        flops = flops_per_example(trainer, torch.arange(1024, device=device))
         for batch_size in args.batch_sizes:
-            speed = throughput(trainer, len(users), batch_size, args.steps)
+            speed = throughput(trainer, len(users), batch_size, args.steps, device)
             achieved = flops * speed / 1e9
             rows.append({"model": trainer.name, "batch": batch_size, "MFLOP per example": f"{flops / 1e6:.2f}",
                          "examples/s": f"{speed:,.0f}", "GFLOP/s": f"{achieved:.1f}",
                          "share of fp32 peak": f"{achieved / peak['fp32']:.1%}"})
             print(f"[training] {trainer.name} batch {batch_size}: {speed:,.0f} examples/s, {achieved:.1f} GFLOP/s",
                   flush=True)
-        phases, top = breakdown(trainer, len(users), args.batch_sizes[0], max(10, args.steps // 3))
-        profiles.append(f"#### {trainer.name}, batch {args.batch_sizes[0]}\n\n"
-                        + markdown_table(phases, ["phase", "ms per step", "share"]) + "\n\n"
-                        + markdown_table(top, ["operator", "self ms per step", "share", "calls per step"]))
-    text = (f"## Training speed against the machine's limit (`benchmarks/training.py`)\n\n"
-            f"One process, {args.threads} torch threads, id tables of ML-20M's size "
-            f"({shape['n_users']:,} users, {shape['n_items']:,} movies); median of {args.steps} timed steps. "
-            f"Matmul peak here: **fp32 {peak['fp32']:.0f} GFLOP/s**, bf16 {peak['bf16']:.0f} GFLOP/s "
-            f"(2048² `torch.mm`). FLOPs count forward + backward matmul work (`FlopCounterMode`).\n\n"
-            + markdown_table(rows, list(rows[0])) + "\n\n### Where a step's time goes (torch.profiler)\n\n"
-            + "\n\n".join(profiles) + "\n\nPhases overlap in the operator table: an operator's self time is "
-            "counted once, inside the phase that ran it.\n")
-    emit("training", text, write=not args.no_write)
+        if device.type == "cpu":
+            phases, top = breakdown(trainer, len(users), args.batch_sizes[0], max(10, args.steps // 3))
+            profiles.append(f"#### {trainer.name}, batch {args.batch_sizes[0]}\n\n"
+                            + markdown_table(phases, ["phase", "ms per step", "share"]) + "\n\n"
+                            + markdown_table(top, ["operator", "self ms per step", "share", "calls per step"]))
+    text = (f"## Training speed against the machine's limit (`benchmarks/training.py --device {args.device}`)\n\n"
+            f"{where}; torch {torch.__version__}; id tables of ML-20M's size ({shape['n_users']:,} users, "
+            f"{shape['n_items']:,} movies); median of {args.steps} timed steps. Matmul peak here: "
+            f"**fp32 {peak['fp32']:,.0f} GFLOP/s**, bf16 {peak['bf16']:,.0f} GFLOP/s. FLOPs count forward + "
+            f"backward matmul work (`FlopCounterMode`).\n\n" + markdown_table(rows, list(rows[0])) + "\n")
+    if profiles:
+        text += ("\n### Where a step's time goes (torch.profiler)\n\n" + "\n\n".join(profiles)
+                 + "\n\nPhases overlap in the operator table: an operator's self time is counted once, inside the "
+                 "phase that ran it.\n")
+    emit(args.section, text, write=not args.no_write)
     return 0
 
 
