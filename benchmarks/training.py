@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ratings = torch.as_tensor(enc.rating, dtype=torch.float32).to(device)
     rows, profiles = [], []
     for trainer in trainers(enc, users, items, ratings):
-        flops = flops_per_example(trainer, torch.arange(1024, device=device))
-        for batch_size in args.batch_sizes:
+        for batch_size in args.batch_sizes:  # in-batch negatives: the two-tower's FLOPs grow with the batch
+            flops = flops_per_example(trainer, torch.randint(0, len(users), (batch_size,), device=device))
             speed = throughput(trainer, len(users), batch_size, args.steps, device)
             achieved = flops * speed / 1e9
             rows.append({"model": trainer.name, "batch": batch_size, "MFLOP per example": f"{flops / 1e6:.2f}",

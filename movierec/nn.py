@@ -65,16 +65,17 @@ class UserEncoder(nn.Module):
         starts = self.f_history_indptr[users]
         lengths = self.f_history_indptr[users + 1] - starts
         offsets = torch.cumsum(lengths, 0) - lengths
-        positions = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()))
+        positions = (torch.repeat_interleave(starts - offsets, lengths)
+                     + torch.arange(int(lengths.sum()), device=users.device))
         return self.f_history_items[positions], lengths
 
     def history_mean(self, users: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
         """Mean embedding of each user's rated movies. In training, ``exclude`` (the movie being
         predicted, which is in the history) is taken out, or the model would learn to look it up."""
         rated, lengths = self.rated(users)
-        rows = torch.cat([torch.zeros(1, dtype=lengths.dtype), torch.cumsum(lengths, 0)])
+        rows = torch.cat([torch.zeros(1, dtype=lengths.dtype, device=users.device), torch.cumsum(lengths, 0)])
         table = self.history.weight
-        bags = torch.sparse_csr_tensor(rows, rated, torch.ones(len(rated), dtype=table.dtype),
+        bags = torch.sparse_csr_tensor(rows, rated, torch.ones(len(rated), dtype=table.dtype, device=users.device),
                                        size=(len(users), table.shape[0]), check_invariants=False)
         total = torch.sparse.mm(bags, table)
         count = lengths.to(total.dtype)

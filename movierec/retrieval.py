@@ -83,8 +83,8 @@ def in_batch_loss(
     """Sampled softmax over the batch with logQ correction; duplicates of the positive are masked."""
     logits = u @ v.T / temperature - log_q[items][None, :]
     same = items[:, None] == items[None, :]
-    logits = logits.masked_fill(same & ~torch.eye(len(items), dtype=torch.bool), float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(items)))
+    logits = logits.masked_fill(same & ~torch.eye(len(items), dtype=torch.bool, device=items.device), float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(items), device=items.device))
 
 
 @dataclass
