@@ -77,9 +77,10 @@ class Trainer:
     model: nn.Module
     loss: Callable[[torch.Tensor], torch.Tensor]  # batch indices -> loss
     optimizer: SparseDenseAdam
+    bf16: bool = False  # forward in bfloat16 autocast (matmuls in bf16, the loss in fp32)
 
     def step(self, idx: torch.Tensor) -> None:
-        with record_function("forward + loss"):
+        with record_function("forward + loss"), torch.autocast(idx.device.type, torch.bfloat16, enabled=self.bf16):
             loss = self.loss(idx)
         with record_function("backward"):
             self.optimizer.zero_grad()
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per configuration")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU")
+    parser.add_argument("--bf16", action="store_true", help="also time each configuration under bf16 autocast")
     parser.add_argument("--section", default="training", help="the RESULTS.md section this run writes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
@@ -187,13 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     for trainer in trainers(enc, users, items, ratings):
         for batch_size in args.batch_sizes:  # in-batch negatives: the two-tower's FLOPs grow with the batch
             flops = flops_per_example(trainer, torch.randint(0, len(users), (batch_size,), device=device))
-            speed = throughput(trainer, len(users), batch_size, args.steps, device)
-            achieved = flops * speed / 1e9
-            rows.append({"model": trainer.name, "batch": batch_size, "MFLOP per example": f"{flops / 1e6:.2f}",
-                         "examples/s": f"{speed:,.0f}", "GFLOP/s": f"{achieved:.1f}",
-                         "share of fp32 peak": f"{achieved / peak['fp32']:.1%}"})
-            print(f"[training] {trainer.name} batch {batch_size}: {speed:,.0f} examples/s, {achieved:.1f} GFLOP/s",
-                  flush=True)
+            for bf16 in (False, True) if args.bf16 else (False,):
+                trainer.bf16 = bf16
+                speed = throughput(trainer, len(users), batch_size, args.steps, device)
+                achieved = flops * speed / 1e9
+                precision = "bf16 autocast" if bf16 else "fp32"
+                rows.append({"model": trainer.name, "batch": batch_size, "precision": precision,
+                             "MFLOP per example": f"{flops / 1e6:.2f}", "examples/s": f"{speed:,.0f}",
+                             "GFLOP/s": f"{achieved:.1f}", "share of fp32 peak": f"{achieved / peak['fp32']:.1%}"})
+                print(f"[training] {trainer.name} batch {batch_size} {rows[-1]['precision']}: {speed:,.0f} examples/s, "
+                      f"{achieved:.1f} GFLOP/s", flush=True)
+            trainer.bf16 = False
         if device.type == "cpu":
             phases, top = breakdown(trainer, len(users), args.batch_sizes[0], max(10, args.steps // 3))
             profiles.append(f"#### {trainer.name}, batch {args.batch_sizes[0]}\n\n"
