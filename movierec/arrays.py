@@ -41,3 +41,10 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
     k = min(k, scores.shape[1])
     return torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1).indices.numpy()
+
+
+def concat_rows(parts: list[np.ndarray], fill: float) -> np.ndarray:
+    """Row blocks of different widths (second axis) stacked, the narrower padded with ``fill``."""
+    width = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, [(0, 0), (0, width - p.shape[1])] + [(0, 0)] * (p.ndim - 2),
+                                  constant_values=fill) for p in parts])

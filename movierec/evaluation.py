@@ -154,9 +154,7 @@ class Evaluator:
             items.append(cands.items)
             for name, picked in cands.lists.items():
                 lists.setdefault(name, []).append(picked)
-        width = max(i.shape[1] for i in items)
-        padded = np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1])), constant_values=-1) for i in items])
-        return np.concatenate(tops), {n: np.concatenate(v) for n, v in lists.items()}, padded
+        return np.concatenate(tops), {n: np.concatenate(v) for n, v in lists.items()}, arrays.concat_rows(items, -1)
 
     def recall(self, lists: np.ndarray, users: np.ndarray) -> float:
         """Mean share of each user's held-out movies found anywhere in their list."""

@@ -60,7 +60,7 @@ class LightGCN(nn.Module):
 
     def _apply(self, fn, recurse: bool = True) -> LightGCN:
         """``.to(device)`` and the like move the graph with the weights (it is no buffer, see above)."""
-        self.graph = fn(self.graph)
+        self.graph, self._cached = fn(self.graph), None  # vectors scored on the old device go too
         return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> LightGCN:

@@ -100,13 +100,8 @@ def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.
 
 def concat(parts: list[Candidates]) -> Candidates:
     """The candidates of consecutive chunks of users as one, rows padded to the widest union."""
-    width = max(p.items.shape[1] for p in parts)
-
-    def padded(a: np.ndarray, fill: float) -> np.ndarray:
-        return np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
-
-    return Candidates(np.concatenate([padded(p.items, -1) for p in parts]),
-                      np.concatenate([padded(p.values, 0) for p in parts]),
+    return Candidates(arrays.concat_rows([p.items for p in parts], -1),
+                      arrays.concat_rows([p.values for p in parts], 0),
                       {name: np.concatenate([p.lists[name] for p in parts]) for name in parts[0].lists})
 
 

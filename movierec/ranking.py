@@ -227,7 +227,7 @@ def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
     from ray import tune
 
     training_threads(plan.threads)
-    device = training_device(plan.trials_per_gpu)
+    device = training_device(plan.resources().get("gpu", 0))
     torch.manual_seed(plan.seed)
     model = RatingModel(data["sizes"], data["user_features"], data["item_features"], data["global_mean"],
                         params["dim"], params["hidden"], params["dropout"]).to(device)
@@ -322,8 +322,8 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
     from ray.tune.schedulers import ASHAScheduler
 
     search, seed, concurrency = settings.tune, settings.seed, settings.ray.num_cpus
-    fit_idx, val_idx = holdout(train_idx, search.val_fraction, seed)
-    val_idx = val_idx[: search.max_validation]
+    # a random sample when capped (the first rows of a user-sorted file were the lowest user ids)
+    fit_idx, val_idx = holdout(train_idx, search.val_fraction, seed, cap=search.max_validation)
     # Validation ratings stay out of the history.
     user_feats, item_feats = feature_tensors(enc, fit_idx if settings.retrieval.history else None)
     rng = np.random.default_rng(seed)

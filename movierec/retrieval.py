@@ -42,6 +42,7 @@ from movierec.nn import (
 )
 from movierec.progress import Progress
 from movierec.settings import RetrievalConfig, Settings
+from movierec.split import holdout
 
 
 class TwoTower(nn.Module):
@@ -174,6 +175,7 @@ def _train_loop(config: dict) -> None:
     (``movierec.distributed``, not DDP: see there why)."""
     import ray
     import ray.train
+    import ray.train.torch
 
     _quiet_report_notices()
     cfg, seed, epochs = RetrievalConfig(**config["cfg"]), config["seed"], config["epochs"]
@@ -181,7 +183,9 @@ def _train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     training_threads(config["threads"])
-    device = training_device(cfg.gpus_per_worker)
+    # the GPU Ray Train gave this worker (each worker on a node its own), after checking torch sees one
+    device = ray.train.torch.get_device() if training_device(cfg.gpus_per_worker).type == "cuda" else \
+        torch.device("cpu")
     torch.manual_seed(seed)  # identical initial weights on every worker
     model = _build(cfg, config["sizes"], data).to(device)
     broadcast_parameters(model)
@@ -255,9 +259,7 @@ def validation_split(train_idx: np.ndarray, settings: Settings) -> tuple[np.ndar
         raise ValueError(f"retrieval.val_fraction ({settings.retrieval.val_fraction}) must not exceed "
                          f"tune.val_fraction ({settings.tune.val_fraction}): the rating model would train on "
                          "the pairs the second stage is tuned on")
-    perm = np.random.default_rng(settings.seed).permutation(train_idx)  # as holdout() draws it
-    n_val = min(MAX_VALIDATION, max(1, int(round(len(train_idx) * settings.retrieval.val_fraction))))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    return holdout(train_idx, settings.retrieval.val_fraction, settings.seed, cap=MAX_VALIDATION)
 
 
 def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, name: str = "retrieval"

@@ -165,7 +165,8 @@ class Recommender:
                     len(self.user_vectors), self.als_items.shape[1])), "ALS user factors do not match the users")
                 fold_in = info.get("sources", {}).get("als_fold_in", {})
                 _require(set(fold_in) == {"regularization", "alpha"} and all(
-                    isinstance(v, int | float) and np.isfinite(v) and v >= 0 for v in fold_in.values()),
+                    isinstance(v, int | float) and np.isfinite(v) and v >= 0 for v in fold_in.values())
+                    and fold_in["alpha"] > 0,
                     "ALS movie factors without the regularisation and alpha to fold a history in")
                 self.als = AlsModel(np.zeros((0, self.als_items.shape[1]), np.float32), self.als_items,
                                     float(fold_in["regularization"]), float(fold_in["alpha"]))

@@ -82,8 +82,10 @@ class RetrievalConfig:
     # the best epoch's weights are kept
     val_fraction: float = 0.05  # of train, never test
     workers: int = setting(2, "retrieval-workers", "Ray Train data-parallel workers", minimum=1)
-    gpus_per_worker: int = setting(0, "gpus-per-worker", "GPUs per Ray Train worker (0: train on CPU); the Ray "
-                                   "cluster must have them and torch must be a CUDA build", minimum=0)
+    gpus_per_worker: int = setting(0, "gpus-per-worker", "1: each Ray Train worker trains on a GPU of its own (0: on "
+                                   "CPU); the Ray cluster must have them and torch must be a CUDA build", minimum=0,
+                                   check=lambda v: None if v <= 1 else f"must be 0 or 1 (a worker trains on one GPU; "
+                                   f"more GPUs: more --retrieval-workers), got {v}")
     # The user tower (and the rating model) also see the movies the user rated in train
     # (SVD++-style). Off by default: on ML-100K it moved NDCG@10 by +0.002, and it halves throughput.
     history: bool = setting(False, "history", "both models also see each user's 50 latest rated movies "

@@ -174,16 +174,16 @@ def fit_sources(users: np.ndarray, items: np.ndarray, val_users: np.ndarray, val
         if len(targets) > config.search_users:
             targets = np.sort(rng.choice(targets, config.search_users, replace=False))
         others = np.setdiff1d(fit_users, targets)
-        chosen = np.union1d(targets, rng.choice(others, min(len(others), config.search_users - len(targets)),
-                                                replace=False))
+        search_users = np.union1d(targets, rng.choice(others, min(len(others), config.search_users - len(targets)),
+                                                      replace=False))
         keep = np.zeros(n_users, bool)
-        keep[chosen] = True
+        keep[search_users] = True
         search = interactions(users[keep[users]], items[keep[users]], n_users, n_items)
         in_val = keep[val_users]
         keys = metrics.relevant_keys(val_users[in_val], val_items[in_val], n_items)
     else:
         search, keys = fit, metrics.relevant_keys(val_users, val_items, n_items)
-    growth = len(fit_users) / len(chosen) if sampled else 1.0
+    growth = len(fit_users) / len(search_users) if sampled else 1.0
     history = search[targets]
     chosen: dict[str, dict] = {}
     tuning: dict[str, object] = {"ease": None, "als": None}

@@ -94,10 +94,14 @@ def split_ratings(
     return Split(train.astype(np.int64), kept.astype(np.int64), method, len(test) - len(kept), cutoff)
 
 
-def holdout(indices: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Carve a random validation subset out of training indices (model selection never sees test)."""
+def holdout(indices: np.ndarray, fraction: float, seed: int, cap: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a random validation subset out of training indices (model selection never sees test):
+    ``fraction`` of them, at most ``cap``; everything else is the fit part. Each carve-out is the
+    start of one seeded permutation, so with the same seed a smaller one lies inside a larger one."""
     perm = np.random.default_rng(seed).permutation(indices)
     n_val = max(1, int(round(len(indices) * fraction)))
+    n_val = min(n_val, cap) if cap is not None else n_val
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 

@@ -141,6 +141,7 @@ def test_workers_that_cannot_be_placed_fail_the_training_with_a_reason(small_enc
         pipeline.train_retrieval(DataSplit(enc, split), settings, str(tmp_path))
 
 
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="Ray would find this machine's GPUs")
 def test_workers_asking_for_gpus_a_cluster_lacks_fail_with_a_reason(small_encoded, tmp_path, monkeypatch):
     """The GPU path's placement, checked on CPU: the workers ask Ray for GPUs (none here)."""
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3")

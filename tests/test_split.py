@@ -97,6 +97,10 @@ def test_retrieval_validation_is_a_random_sample_inside_the_rating_models_carve_
     assert np.isin(val, rating_val).all()  # pairs the rating model never trains on
     small = np.arange(10_000)
     assert np.array_equal(validation_split(small, settings)[1], holdout(small, 0.05, 3)[1])
+    # the rating model's carve-out is capped the same way: a random sample, the rest in the fit
+    fit, capped = holdout(train, 0.1, 3, cap=1000)
+    assert len(capped) == 1000 and len(fit) == len(train) - 1000 and capped.max() > 360_000
+    assert np.isin(capped, holdout(train, 0.1, 3)[1]).all()
     wrong = replace(settings, retrieval=replace(settings.retrieval, val_fraction=0.2))
     with pytest.raises(ValueError, match="must not exceed tune.val_fraction"):
         validation_split(small, wrong)

@@ -155,6 +155,7 @@ def test_candidates_of_chunks_concatenate_to_the_candidates_of_all_users():
     users = np.arange(6)
     scores = {"retrieval": rng.normal(size=(6, 12)).astype(np.float32),
               "ease": rng.normal(size=(6, 12)).astype(np.float32)}
+    scores["ease"][:2] = scores["retrieval"][:2]  # the first chunk's sources agree: a narrower union
     seen = (np.arange(0, 13, 2), rng.integers(0, 12, 12))
     rate = lambda u, i: np.full(len(u), 3.0)  # noqa: E731
     popularity = rng.integers(0, 9, 12)
@@ -162,6 +163,7 @@ def test_candidates_of_chunks_concatenate_to_the_candidates_of_all_users():
     parts = [ranker.candidates(users[s], {k: v[s] for k, v in scores.items()}, seen, rate, popularity, n=3)
              for s in (slice(0, 2), slice(2, 6))]
     joined = ranker.concat(parts)
+    assert parts[0].items.shape[1] < parts[1].items.shape[1] and (joined.items[:2, -1] == -1).all()
     for row in range(6):
         mine, theirs = whole.items[row] >= 0, joined.items[row] >= 0
         assert sorted(whole.items[row][mine]) == sorted(joined.items[row][theirs])
