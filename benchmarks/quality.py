@@ -163,10 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(f"Candidate recall (share of held-out movies among a list; each source hands over its top "
                         f"{CANDIDATES}, their union has {size:.0f} on average):\n\n"
                         + markdown_table(recall_rows, ["candidates", "recall"]))
-        if p.published:
-            published = [{"model": m, "figures": f} for m, f in p.published]
-            sections.append("Published (other systems, not measured here):\n\n"
-                            + markdown_table(published, ["model", "figures"]))
+        if p.others():
+            sections.append("Other systems on this protocol (not this run):\n\n"
+                            + markdown_table(p.others(), ["model", "figures", "where"]))
     goal_rows = []
     for protocol, model, metric, target, better in GOALS:
         if protocol not in args.protocols:

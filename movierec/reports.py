@@ -123,9 +123,8 @@ def evaluation_card(report: Report, protocol: str) -> list:
                                      f"({report.union_size:.0f} in the union on average)."]),
         key_values(report.recall),
     ]
-    if p.published:
-        cards += [heading("Published figures on this protocol (other systems, not this run)"),
-                  table([{"model": m, "published": f} for m, f in p.published])]
+    if p.others():
+        cards += [heading("Other systems on this protocol (not this run)"), table(p.others())]
     cards.append(heading("Sample recommendations"))
     for s in report.samples:
         hits = set(s["held_out_hits"])
