@@ -25,6 +25,9 @@ import onnxscript  # noqa: F401
 import pytest
 import torch
 
+if __name__ != "conftest":  # e.g. `from tests.conftest import ...`: this module would run a second time, point
+    # Metaflow at a second datastore root halfway through the session, and the flow tests would read the wrong one
+    raise ImportError("import test helpers with `from conftest import ...`, never as tests.conftest")
 _ROOT = tempfile.mkdtemp(prefix="movierec-tests-")
 os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = _ROOT
 os.environ["METAFLOW_HOME"] = _ROOT
