@@ -145,7 +145,7 @@ class Evaluator:
         In chunks of users: all movies of all users at once would need gigabytes at ML-20M size."""
         tops, lists, items = [], {}, []
         for part in np.array_split(users, max(1, -(-len(users) // chunk))):
-            scores = {"retrieval": stages.logits(part), **stages.sources.final.scores(part, self.history[part])}
+            scores = stages.scores(part, self.history[part], stages.sources.final)
             n = stages.ranker.candidates
             given = {"retrieval": self.candidates_annoy(stages.index.user_vectors, index, part, n)} if index else None
             cands = candidates(part, scores, (self.seen_ptr, self.seen), lambda u, i: predict(rating, u, i),

@@ -202,6 +202,15 @@ def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
+def state_to_bytes(module: nn.Module) -> bytes:
+    """``module``'s state_dict as the bytes the flow stores (the inverse of :func:`state_from_bytes`)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getvalue()
+
+
 def state_from_bytes(blob: bytes) -> dict[str, torch.Tensor]:
     import io
 

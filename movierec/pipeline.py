@@ -128,9 +128,8 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
     popularity = np.bincount(fit_items, minlength=enc.n_items)
     parts = []
     for part in np.array_split(users, max(1, -(-len(users) // 1024))):  # [users, movies] scores a chunk at a time
-        scores = {"retrieval": stages.logits(part), **stages.sources.tuning.scores(part, history[part])}
-        parts.append(candidates(part, scores, seen, lambda u, i: predict(rating, u, i), popularity,
-                                settings.ranker.candidates))
+        parts.append(candidates(part, stages.scores(part, history[part], stages.sources.tuning), seen,
+                                lambda u, i: predict(rating, u, i), popularity, settings.ranker.candidates))
     cands = concat(parts)
     keys = metrics.relevant_keys(enc.user_idx[val_idx], enc.item_idx[val_idx], enc.n_items)
     with ray_session(settings.ray):

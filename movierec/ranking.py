@@ -12,7 +12,6 @@ everything that serves the rating model (torch, ONNX) serves the blend unchanged
 from __future__ import annotations
 
 import copy
-import io
 import os
 import tempfile
 import time
@@ -36,6 +35,7 @@ from movierec.nn import (
     index_tensor,
     mlp,
     state_from_bytes,
+    state_to_bytes,
     training_device,
     training_threads,
 )
@@ -363,9 +363,7 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
     if search.blend:
         model = RatingModel.from_state(dict(enc.vocab_sizes), params, state_from_bytes(state))
         blend = _blend(model, enc, trial_idx, fit_idx, val_idx, settings)
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        state = buffer.getvalue()
+        state = state_to_bytes(model)
     return RankingResult(state=state, params=params, sizes=dict(enc.vocab_sizes),
                          val_rmse=float(best.metrics_dataframe["val_rmse"].min()), trials=trials, curves=curves,
                          blend=blend)

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # the models import torch; these are their types only
+    import scipy.sparse as sp
+
     from movierec.index import RetrievalIndex
     from movierec.ranker import Ranker
     from movierec.ranking import RankingResult
     from movierec.retrieval import RetrievalResult
-    from movierec.sources import SourceModels
+    from movierec.sources import SourceModels, Sources
 
 
 @dataclass
@@ -28,3 +30,8 @@ class TwoStage:
     def logits(self, users: np.ndarray) -> np.ndarray:
         """[users, movies] retrieval logits: dot products of unit vectors over the temperature."""
         return self.index.user_vectors[users] @ self.index.item_vectors.T / self.retrieval.config.temperature
+
+    def scores(self, users: np.ndarray, history: sp.csr_matrix, fitted: Sources) -> dict[str, np.ndarray]:
+        """[users, movies] scores of every candidate source by name: the retrieval model's logits and
+        ``fitted``'s (the sources as tuned, for the ranker's training, or as refitted, for evaluation)."""
+        return {"retrieval": self.logits(users), **fitted.scores(users, history)}

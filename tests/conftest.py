@@ -25,6 +25,8 @@ import onnxscript  # noqa: F401
 import pytest
 import torch
 
+from movierec.nn import state_to_bytes
+
 if __name__ != "conftest":  # e.g. `from tests.conftest import ...`: this module would run a second time, point
     # Metaflow at a second datastore root halfway through the session, and the flow tests would read the wrong one
     raise ImportError("import test helpers with `from conftest import ...`, never as tests.conftest")
@@ -76,16 +78,6 @@ def ml100k_dir() -> Path:
     if not (ML100K / "ml-100k.inter").exists():
         pytest.skip("ML-100K not fetched: run `make data`")
     return ML100K
-
-
-def state_to_bytes(module) -> bytes:
-    """A module's state_dict as the bytes the training code stores."""
-    import io
-
-
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return buf.getvalue()
 
 
 def tiny_stages(enc):

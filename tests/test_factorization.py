@@ -4,10 +4,9 @@ into the rating model: the folded tables, the saved state and the ONNX graph all
 import numpy as np
 import pytest
 import torch
-from conftest import state_to_bytes
 
 from movierec import export, factorization
-from movierec.nn import feature_tensors, state_from_bytes
+from movierec.nn import feature_tensors, state_from_bytes, state_to_bytes
 from movierec.ranking import RankingResult, RatingModel, predict
 
 

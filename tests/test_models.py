@@ -5,11 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import state_to_bytes
 
 from movierec import cluster, ranking, retrieval
 from movierec.features import encode
-from movierec.nn import feature_tensors
+from movierec.nn import feature_tensors, state_to_bytes
 from movierec.settings import RaySettings, RetrievalConfig, Settings, TuneConfig
 from movierec.split import split_ratings
 
