@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +35,10 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
     # Ray Train also re-logs every worker print, which would show each progress line twice.
     quiet = {"logging_level": "WARNING", "logging_config": ray.LoggingConfig(log_level="ERROR")}
     env_vars = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    setup = {"worker_process_setup_hook": f"{__name__}.{quiet_exit_in_finalizers.__name__}"}
     if settings.address:
         pkg = str(Path(movierec.__file__).resolve().parent)
-        ray.init(address=settings.address, runtime_env={"py_modules": [pkg], "env_vars": env_vars}, **quiet)
+        ray.init(address=settings.address, runtime_env={"py_modules": [pkg], "env_vars": env_vars, **setup}, **quiet)
     else:
         # Ray Train's placement-group cleaner polls the State API, which is served by the dashboard
         # this session does not start. Left to find the API itself, it looks up the cluster in
@@ -48,11 +50,29 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
         env_vars["RAY_API_SERVER_ADDRESS"] = NO_STATE_API
         _private_to_this_process()
         ray.init(address="local", num_cpus=settings.num_cpus, include_dashboard=False,
-                 runtime_env={"env_vars": env_vars}, **quiet)
+                 runtime_env={"env_vars": env_vars, **setup}, **quiet)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def quiet_exit_in_finalizers() -> None:
+    """Run in every Ray worker of a session: drop the traceback of a SIGTERM that lands in a finalizer.
+
+    Ray stops workers with SIGTERM, and a worker's handler raises SystemExit. When the signal
+    arrives while the worker runs a weakref or ``__del__`` callback, Python cannot propagate the
+    exception, so it prints "Exception ignored in ... SystemExit: 1" with a traceback; the worker
+    then exits as intended. That text reached a successful run's output, where a user reads it as a
+    failure. Every other unraisable exception still prints.
+    """
+    default = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _private_to_this_process() -> None:

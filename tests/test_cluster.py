@@ -167,3 +167,41 @@ def test_a_local_session_refuses_clients_without_its_token():
         insider = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True, timeout=120)
     assert outsider.returncode != 0 and "token" in (outsider.stdout + outsider.stderr).lower()
     assert insider.returncode == 0 and "token" not in (insider.stdout + insider.stderr).lower()
+
+
+def test_a_worker_stopped_inside_a_finalizer_prints_no_traceback(capfd):
+    """Ray stops workers with SIGTERM; one that landed while a worker ran a weakref callback printed
+    "Exception ignored ... SystemExit: 1" with a traceback into a successful flow run's output.
+    The signal is sent here from inside such a callback; other unraisable errors must still print."""
+    import ray
+
+    @ray.remote
+    def signalled_in_a_finalizer() -> None:
+        import signal
+        import weakref
+
+        class Thing:
+            pass
+
+        def finalizer(_ref: weakref.ref) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, between bytecodes of this callback
+
+        def broken_finalizer(_ref: weakref.ref) -> None:
+            raise ValueError("a real error in a finalizer")
+
+        thing, other = Thing(), Thing()
+        refs = [weakref.ref(thing, finalizer), weakref.ref(other, broken_finalizer)]
+        del thing, other
+        print("finalizers ran", len(refs), file=sys.stderr, flush=True)
+
+    with cluster.ray_session(RaySettings(num_cpus=1)):
+        ray.get(signalled_in_a_finalizer.remote())
+        deadline = time.monotonic() + 30
+        err = ""
+        while time.monotonic() < deadline and "finalizers ran" not in err:
+            time.sleep(0.5)
+            err += capfd.readouterr().err
+    assert "finalizers ran" in err
+    assert "ValueError: a real error in a finalizer" in err
+    assert "SystemExit" not in err
