@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movierec.nn import sparse_mm
+
 
 def normalized_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:
     """Symmetric ``D^-1/2 A D^-1/2`` of the bipartite graph, users first then movies, as sparse CSR.
@@ -54,7 +56,7 @@ class LightGCN(nn.Module):
         x = self.embedding.weight
         total = x
         for _ in range(self.layers):
-            x = torch.sparse.mm(self.graph, x)
+            x = sparse_mm(self.graph, x)
             total = total + x
         return F.normalize(total, dim=-1)
 

@@ -31,6 +31,8 @@ from movierec.nn import (
     SparseDenseAdam,
     UserEncoder,
     batches,
+    bf16_autocast,
+    compiled,
     cpu_state,
     feature_tensors,
     features_from_state,
@@ -78,14 +80,19 @@ def popularity_log_q(items: np.ndarray, n_items: int) -> torch.Tensor:
     return torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
 
 
-def in_batch_loss(
-    u: torch.Tensor, v: torch.Tensor, items: torch.Tensor, log_q: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Sampled softmax over the batch with logQ correction; duplicates of the positive are masked."""
-    logits = u @ v.T / temperature - log_q[items][None, :]
-    same = items[:, None] == items[None, :]
-    logits = logits.masked_fill(same & ~torch.eye(len(items), dtype=torch.bool, device=items.device), float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(items), device=items.device))
+def in_batch_loss(u: torch.Tensor, v: torch.Tensor, items: torch.Tensor, log_q: torch.Tensor, temperature: float,
+                  negatives: int | None = None) -> torch.Tensor:
+    """Sampled softmax with logQ correction: each pair's positive against shared negatives, the
+    first ``negatives`` movies of the batch (all of it by default). Batches are shuffled, so those
+    are a sample of the training pairs' movies, as logQ assumes. Copies of a pair's own movie among
+    the negatives are masked. Fixing ``negatives`` fixes the softmax's cost per pair: over the whole
+    batch it grows with the batch (at 4,096 pairs a step cost 20x the 1,024 one's, for 4x pairs)."""
+    n = len(items) if negatives is None else min(negatives, len(items))
+    positive = (u * v).sum(-1, keepdim=True) / temperature - log_q[items][:, None]
+    shared = u @ v[:n].T / temperature - log_q[items[:n]][None, :]
+    shared = shared.masked_fill(items[:, None] == items[None, :n], float("-inf"))
+    logits = torch.cat([positive, shared], 1)
+    return F.cross_entropy(logits.float(), torch.zeros(len(items), dtype=torch.long, device=items.device))
 
 
 @dataclass
@@ -178,7 +185,7 @@ def _train_loop(config: dict) -> None:
     import ray.train.torch
 
     _quiet_report_notices()
-    cfg, seed, epochs = RetrievalConfig(**config["cfg"]), config["seed"], config["epochs"]
+    cfg, seed, epochs, batch = RetrievalConfig(**config["cfg"]), config["seed"], config["epochs"], config["batch"]
     data = ray.get(config["data"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -189,11 +196,18 @@ def _train_loop(config: dict) -> None:
     torch.manual_seed(seed)  # identical initial weights on every worker
     model = _build(cfg, config["sizes"], data).to(device)
     broadcast_parameters(model)
-    opt = SparseDenseAdam(model, cfg.learning_rate(), cfg.weight_decay)
+    opt = SparseDenseAdam(model, cfg.learning_rate(batch), cfg.weight_decay)
     users = index_tensor(data["users"][rank::world]).to(device)
     items = index_tensor(data["items"][rank::world]).to(device)
     log_q = popularity_log_q(data["items"], config["sizes"]["item"]).to(device)
-    steps = len(data["items"]) // world // cfg.batch_size  # equal on every worker: each step is a collective
+    steps = len(data["items"]) // world // batch  # equal on every worker: each step is a collective
+    bf16 = bf16_autocast(cfg.precision, device)
+    compile_loss = cfg.compiles(len(data["items"]))
+    loss_fn = compiled(in_batch_loss, "[train_retrieval]") if compile_loss else in_batch_loss
+    if rank == 0:
+        print(f"[train_retrieval] {world} worker(s) x {config['threads']} thread(s) on {device.type}, batch {batch}, "
+              f"{min(batch, cfg.negatives)} shared negatives, {'bf16' if bf16 else 'fp32'}"
+              f"{', compiled loss' if compile_loss else ''}", flush=True)
     gen = torch.Generator().manual_seed(seed + rank)
     history = []
     val_users, val_items = index_tensor(data["val_users"]).to(device), index_tensor(data["val_items"]).to(device)
@@ -201,25 +215,26 @@ def _train_loop(config: dict) -> None:
     for epoch in range(epochs):
         start, total = time.perf_counter(), 0.0
         model.train()
-        progress = Progress(steps * cfg.batch_size * world, f"[train_retrieval] epoch {epoch + 1}/{epochs}")
-        for idx in batches(len(users), cfg.batch_size, gen, drop_last=True)[:steps]:
+        progress = Progress(steps * batch * world, f"[train_retrieval] epoch {epoch + 1}/{epochs}")
+        for idx in batches(len(users), batch, gen, drop_last=True)[:steps]:
             idx = idx.to(device)
-            u, v = model(users[idx], items[idx])
-            loss = in_batch_loss(u, v, items[idx], log_q, cfg.temperature)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                u, v = model(users[idx], items[idx])
+                loss = loss_fn(u, v, items[idx], log_q, cfg.temperature, cfg.negatives)
             opt.zero_grad()
             loss.backward()
             average_gradients(model)
             opt.step()
             total += loss.item()
             if rank == 0:
-                progress.update(cfg.batch_size * world)
+                progress.update(batch * world)
         mean = mean_over_workers(torch.tensor([total / max(1, steps)], device=device))
         seconds = time.perf_counter() - start
         # Every worker holds the same weights after the averaged steps and scores the same
         # validation pairs, so all of them reach the same stopping decision.
         score = validation_dcg(model, val_users, val_items, config["sizes"]["item"], *data["val_seen"])
         row = {"epoch": epoch + 1, "loss": float(mean), "val_dcg": score, "seconds": seconds,
-               "examples_per_s": steps * cfg.batch_size * world / max(seconds, 1e-9)}
+               "examples_per_s": steps * batch * world / max(seconds, 1e-9)}
         history.append(row)
         if score > best:
             best, stale = score, 0
@@ -291,7 +306,7 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
         _train_loop,
         train_loop_config={"cfg": asdict(cfg), "seed": settings.seed, "data": ray.put(data),
                            "epochs": settings.epochs_for(cfg.epochs, len(fit_idx)), "sizes": enc.vocab_sizes,
-                           "threads": cpus_per_worker},
+                           "threads": cpus_per_worker, "batch": cfg.batch_for(len(fit_idx) // cfg.workers)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker=worker_resources(cpus_per_worker, cfg.gpus_per_worker)),
         # NCCL's collectives run on the GPUs; gloo's on the CPU (movierec.distributed uses dense

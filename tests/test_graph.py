@@ -55,7 +55,7 @@ def test_unknown_retrieval_model_is_refused():
         RetrievalConfig(model="graphsage")
     assert RetrievalConfig(model="lightgcn").learning_rate() == 1e-2
     assert RetrievalConfig(lr=5e-4).learning_rate() == 5e-4
-    assert (RetrievalConfig().stop_after(), RetrievalConfig(model="lightgcn").stop_after()) == (2, 5)
+    assert (RetrievalConfig().stop_after(), RetrievalConfig(model="lightgcn").stop_after()) == (3, 5)
     assert RetrievalConfig(model="lightgcn", patience=1).stop_after() == 1
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import cluster, ranking, retrieval
+from movierec import cluster, nn, ranking, retrieval
 from movierec.features import encode
 from movierec.nn import feature_tensors, state_to_bytes
 from movierec.settings import RaySettings, RetrievalConfig, Settings, TuneConfig
@@ -43,6 +43,52 @@ def test_in_batch_loss_by_hand():
     # The same item twice in a batch is not its own negative: each row's only candidate is the positive.
     dup = retrieval.in_batch_loss(u, v, torch.tensor([0, 0]), log_q, temperature=1.0)
     assert dup.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_shared_negatives_by_hand():
+    """Three pairs, the first two movies of the batch as everyone's negatives."""
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    log_q = torch.zeros(3)
+    loss = retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, temperature=1.0, negatives=2)
+    # row 0: positive 1 vs negative v1 (0); movie 0 is its own: masked. row 1: positive 1 vs v0 (0).
+    # row 2: positive 2 vs v0 (1) and v1 (1), neither its movie.
+    expected = [math.log(1 + math.exp(-1)), math.log(1 + math.exp(-1)), math.log(1 + 2 * math.exp(-1))]
+    assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-6)
+    # every negative: the same softmax as the whole batch's
+    whole = retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, temperature=1.0)
+    assert whole.item() == pytest.approx(retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, 1.0,
+                                                                 negatives=99).item())
+
+
+def test_compiled_loss_matches_eager_and_falls_back_without_a_compiler(monkeypatch, capsys):
+    """torch.compile needs a C++ compiler on CPU; a machine without one must still train."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    g = torch.Generator().manual_seed(0)
+    u, v = (torch.nn.functional.normalize(torch.randn(64, 8, generator=g), dim=-1) for _ in range(2))
+    items, log_q = torch.randint(0, 20, (64,), generator=g), torch.log(torch.rand(20, generator=g))
+    eager = retrieval.in_batch_loss(u, v, items, log_q, 0.2, 16)
+    torch._dynamo.reset()
+    fast = nn.compiled(retrieval.in_batch_loss, "[test]")(u, v, items, log_q, 0.2, 16)
+    assert fast.item() == pytest.approx(eager.item(), rel=1e-5)
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
+    loss = nn.compiled(retrieval.in_batch_loss, "[test]")
+    first, second = loss(u, v, items, log_q, 0.2, 16), loss(u, v, items, log_q, 0.2, 16)
+    assert first.item() == second.item() == pytest.approx(eager.item(), rel=1e-6)
+    out = capsys.readouterr().out
+    assert out.count("[test] torch.compile failed") == 1 and "training uncompiled" in out
+    torch._dynamo.reset()
+
+
+def test_bf16_autocast_follows_the_setting_and_the_hardware():
+    cpu = torch.device("cpu")
+    assert nn.bf16_autocast("bf16", cpu) and not nn.bf16_autocast("fp32", cpu)
+    assert nn.bf16_autocast("auto", cpu) == torch.cpu._is_avx512_bf16_supported()
 
 
 def test_two_tower_vectors_are_unit_and_survive_bytes(small_encoded):

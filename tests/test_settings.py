@@ -1,0 +1,47 @@
+"""Settings that derive values: the retrieval batch and learning rate from the data's size, when
+the loss is compiled, and each side-by-side Ray step's share of the CPUs."""
+
+import math
+
+import pytest
+
+from movierec.settings import RaySettings, RetrievalConfig
+
+
+@pytest.mark.parametrize(("pairs", "batch"), [
+    (76_000, 1024),  # ML-100K: the batch the defaults were tuned at
+    (4_194_303, 1024),  # one pair short of 2,048 steps of 2,048
+    (4_194_304, 2048),
+    (8_400_000, 4096),
+    (19_000_000, 8192),  # ML-20M
+    (10**9, 8192),  # capped
+])
+def test_the_automatic_batch_doubles_with_the_data_from_4m_pairs(pairs, batch):
+    assert RetrievalConfig().batch_for(pairs) == batch
+
+
+def test_a_set_batch_wins_and_the_learning_rate_scales_with_its_square_root():
+    cfg = RetrievalConfig(batch_size=256, lr=0.002)
+    assert cfg.batch_for(19_000_000) == 256
+    assert cfg.learning_rate(4096) == pytest.approx(0.002 * 2)
+    assert RetrievalConfig().learning_rate() == pytest.approx(3e-3)  # the default model's rate at 1,024
+    assert RetrievalConfig().learning_rate(8192) == pytest.approx(3e-3 * math.sqrt(8))
+
+
+def test_the_loss_is_compiled_when_an_epoch_repays_it():
+    assert not RetrievalConfig().compiles(76_000)
+    assert RetrievalConfig().compiles(19_000_000)
+    assert RetrievalConfig(compile="on").compiles(10)
+    assert not RetrievalConfig(compile="off").compiles(10**9)
+
+
+@pytest.mark.parametrize(("cpus", "shares"), [(2, (1, 1)), (3, (2, 1)), (1, (1, 1)), (8, (4, 4))])
+def test_side_by_side_steps_split_the_local_cpus(cpus, shares):
+    """Both parallel Ray steps were told the whole machine: 4 torch threads on 2 cores."""
+    ray = RaySettings(num_cpus=cpus)
+    assert (ray.side_by_side(0, 2).num_cpus, ray.side_by_side(1, 2).num_cpus) == shares
+
+
+def test_a_cluster_is_not_split():
+    ray = RaySettings(address="10.0.0.5:6379", num_cpus=2)
+    assert ray.side_by_side(1, 2) == ray
