@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/training.py                  # ML-20M-sized tables (a few minutes)
     .venv/bin/python benchmarks/training.py --steps 20 --no-write
-    python3 benchmarks/training.py --device cuda --section training-gpu --batch-sizes 1024 8192 32768
+    python3 benchmarks/training.py --device cuda --section training-gpu
 
 For the two-tower retrieval model and the rating model, on one process with ``--threads``
 threads (what one Ray worker gets) and id tables of ML-20M's size (138,493 users, 26,744
@@ -12,9 +12,11 @@ movies; the ratings are a synthetic sample of that shape, as only the batches ma
 - each model's FLOPs per training example (forward + backward, counted by torch's
   ``FlopCounterMode``; the optimizer's elementwise work is not matmul work and is left out);
 - examples/s per configuration (median of the timed steps after warm-up) and the GFLOP/s that
-  makes, as a share of the fp32 peak;
-- where a step's time goes (``torch.profiler`` over the timed steps of the default batch size):
-  the step's phases (forward, loss, backward, optimizer) and the most expensive operators.
+  makes, as a share of the fp32 and bf16 peaks. The two-tower's configurations run from what the
+  flow trained with before issue 16 (whole-batch negatives, fp32) to its ML-20M default now;
+  the rating model's over ``--batch-sizes`` in fp32 and bf16;
+- where a step's time goes (``torch.profiler``), before and after for the two-tower: the step's
+  phases (forward, loss, backward, optimizer) and the most expensive operators.
 
 Gradient exchange between Ray Train workers is not in these steps: ``benchmarks/gradients.py``
 measures it with two workers. ``--device cuda`` runs the same steps on a GPU (the peak is then
@@ -29,7 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from movierec import synthetic
 from movierec.features import encode
-from movierec.nn import SparseDenseAdam, feature_tensors, index_tensor, training_threads
+from movierec.nn import SparseDenseAdam, compiled, feature_tensors, index_tensor, training_threads
 from movierec.ranking import RatingModel
 from movierec.retrieval import TwoTower, in_batch_loss, popularity_log_q
 from movierec.settings import RetrievalConfig
@@ -89,30 +91,66 @@ class Trainer:
             self.optimizer.step()
 
 
-def trainers(enc, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> list[Trainer]:
-    """The two-tower model and the rating model as the flow trains them by default, on the
-    device ``users`` is on."""
+@dataclass(frozen=True)
+class Setup:
+    """A two-tower training configuration: pairs per step, shared negatives (None: the whole batch,
+    as before issue 16), bf16 autocast, compiled loss."""
+
+    batch: int
+    negatives: int | None
+    bf16: bool
+    compiled: bool
+    note: str = ""
+
+    def label(self) -> str:
+        negatives = "whole batch" if self.negatives is None else f"{self.negatives:,}"
+        return (f"batch {self.batch:,}, negatives {negatives}, {'bf16' if self.bf16 else 'fp32'}"
+                f"{', compiled loss' if self.compiled else ''}")
+
+
+# What the flow trained with before issue 16, steps towards today's ML-20M default, and one more.
+TWO_TOWER_SETUPS = [
+    Setup(1024, None, False, False, "before: every size"),
+    Setup(1024, 1024, True, False, "now: ML-100K"),
+    Setup(4096, None, False, False),
+    Setup(8192, 1024, False, False),
+    Setup(8192, 1024, True, False),
+    Setup(8192, 1024, True, True),
+    Setup(4096, 1024, True, True, "now: ML-20M"),
+    Setup(4096, 512, True, True),
+]
+
+
+def two_tower(enc, users: torch.Tensor, items: torch.Tensor, setup: Setup) -> Trainer:
+    """The two-tower model as the flow trains it, in ``setup``'s configuration."""
     torch.manual_seed(0)
     device = users.device
     user_feats, item_feats = feature_tensors(enc)
     cfg = RetrievalConfig()
     towers = TwoTower(enc.vocab_sizes, user_feats, item_feats, cfg.dim, cfg.hidden).to(device)
     log_q = popularity_log_q(enc.item_idx, enc.n_items).to(device)
+    loss_fn = compiled(in_batch_loss, "[training]") if setup.compiled else in_batch_loss
 
     def retrieval_loss(idx: torch.Tensor) -> torch.Tensor:
         u, v = towers(users[idx], items[idx])
-        return in_batch_loss(u, v, items[idx], log_q, cfg.temperature)
+        return loss_fn(u, v, items[idx], log_q, cfg.temperature, setup.negatives)
 
+    return Trainer(f"two-tower retrieval, {setup.label()}", towers, retrieval_loss,
+                   SparseDenseAdam(towers, cfg.learning_rate(setup.batch), cfg.weight_decay), setup.bf16)
+
+
+def rating_trainer(enc, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> Trainer:
+    """The rating model as the flow's Tune trials train it by default."""
+    torch.manual_seed(0)
+    user_feats, item_feats = feature_tensors(enc)
     rating = RatingModel(enc.vocab_sizes, user_feats, item_feats, float(ratings.mean()), dim=64, hidden=64,
-                         dropout=0.1).to(device)
+                         dropout=0.1).to(users.device)
 
     def rating_loss(idx: torch.Tensor) -> torch.Tensor:
         u, i = users[idx], items[idx]
         return nn.functional.mse_loss(rating(u, i, i), ratings[idx]) + 0.05 * rating.id_l2(u, i)
 
-    return [Trainer("two-tower retrieval", towers, retrieval_loss,
-                    SparseDenseAdam(towers, cfg.learning_rate(), cfg.weight_decay)),
-            Trainer("rating model (dim 64, hidden 64)", rating, rating_loss, SparseDenseAdam(rating, 3e-3, 1e-4))]
+    return Trainer("rating model (dim 64, hidden 64)", rating, rating_loss, SparseDenseAdam(rating, 3e-3, 1e-4))
 
 
 def flops_per_example(trainer: Trainer, batch: torch.Tensor) -> float:
@@ -167,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (a Ray worker's CPUs)")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per configuration")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096, 16384],
+                        help="the rating model's batch sizes (the two-tower's configurations are fixed)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU")
-    parser.add_argument("--bf16", action="store_true", help="also time each configuration under bf16 autocast")
     parser.add_argument("--section", default="training", help="the RESULTS.md section this run writes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
@@ -186,25 +224,39 @@ def main(argv: list[str] | None = None) -> int:
     users, items = index_tensor(enc.user_idx).to(device), index_tensor(enc.item_idx).to(device)
     ratings = torch.as_tensor(enc.rating, dtype=torch.float32).to(device)
     rows, profiles = [], []
-    for trainer in trainers(enc, users, items, ratings):
-        for batch_size in args.batch_sizes:  # in-batch negatives: the two-tower's FLOPs grow with the batch
-            flops = flops_per_example(trainer, torch.randint(0, len(users), (batch_size,), device=device))
-            for bf16 in (False, True) if args.bf16 else (False,):
-                trainer.bf16 = bf16
-                speed = throughput(trainer, len(users), batch_size, args.steps, device)
-                achieved = flops * speed / 1e9
-                precision = "bf16 autocast" if bf16 else "fp32"
-                rows.append({"model": trainer.name, "batch": batch_size, "precision": precision,
-                             "MFLOP per example": f"{flops / 1e6:.2f}", "examples/s": f"{speed:,.0f}",
-                             "GFLOP/s": f"{achieved:.1f}", "share of fp32 peak": f"{achieved / peak['fp32']:.1%}"})
-                print(f"[training] {trainer.name} batch {batch_size} {rows[-1]['precision']}: {speed:,.0f} examples/s, "
-                      f"{achieved:.1f} GFLOP/s", flush=True)
-            trainer.bf16 = False
+
+    def measure(trainer: Trainer, batch_size: int, note: str = "", counted: Trainer | None = None) -> None:
+        """One row; FLOPs are counted on ``counted`` (an uncompiled twin), as compiled code hides them."""
+        flops = flops_per_example(counted or trainer, torch.randint(0, len(users), (batch_size,), device=device))
+        speed = throughput(trainer, len(users), batch_size, args.steps, device)
+        achieved = flops * speed / 1e9
+        rows.append({"model": trainer.name, "flow default": note, "MFLOP per example": f"{flops / 1e6:.2f}",
+                     "examples/s": f"{speed:,.0f}", "GFLOP/s": f"{achieved:.1f}",
+                     "share of fp32 peak": f"{achieved / peak['fp32']:.1%}",
+                     "share of bf16 peak": f"{achieved / peak['bf16']:.1%}"})
+        print(f"[training] {trainer.name}: {speed:,.0f} examples/s, {achieved:.1f} GFLOP/s", flush=True)
+
+    def profiled(trainer: Trainer, batch_size: int) -> None:
         if device.type == "cpu":
-            phases, top = breakdown(trainer, len(users), args.batch_sizes[0], max(10, args.steps // 3))
-            profiles.append(f"#### {trainer.name}, batch {args.batch_sizes[0]}\n\n"
+            phases, top = breakdown(trainer, len(users), batch_size, max(10, args.steps // 3))
+            profiles.append(f"#### {trainer.name}\n\n"
                             + markdown_table(phases, ["phase", "ms per step", "share"]) + "\n\n"
                             + markdown_table(top, ["operator", "self ms per step", "share", "calls per step"]))
+
+    for setup in TWO_TOWER_SETUPS:
+        trainer = two_tower(enc, users, items, setup)
+        twin = two_tower(enc, users, items, replace(setup, compiled=False)) if setup.compiled else None
+        measure(trainer, setup.batch, setup.note, twin)
+        if setup.note:  # the profile before and after
+            profiled(trainer, setup.batch)
+    rating = rating_trainer(enc, users, items, ratings)
+    for batch_size in args.batch_sizes:
+        for bf16 in (False, True):
+            rating.bf16 = bf16
+            rating.name = f"rating model (dim 64, hidden 64), batch {batch_size:,}, {'bf16' if bf16 else 'fp32'}"
+            measure(rating, batch_size, "now: Tune trials" if (batch_size, bf16) == (1024, False) else "")
+    rating.bf16, rating.name = False, f"rating model (dim 64, hidden 64), batch {args.batch_sizes[0]:,}, fp32"
+    profiled(rating, args.batch_sizes[0])
     text = (f"## Training speed against the machine's limit (`benchmarks/training.py --device {args.device}`)\n\n"
             f"{where}; torch {torch.__version__}; id tables of ML-20M's size ({shape['n_users']:,} users, "
             f"{shape['n_items']:,} movies); median of {args.steps} timed steps. Matmul peak here: "

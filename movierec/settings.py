@@ -29,8 +29,10 @@ RETRIEVAL_NAMES = {"two_tower": "two-tower", "lightgcn": "LightGCN"}  # as repor
 DEFAULT_LR = {"two_tower": 3e-3, "lightgcn": 1e-2}
 DEFAULT_PATIENCE = {"two_tower": 3, "lightgcn": 5}
 # Automatic retrieval batches: 1,024 pairs (what the defaults were tuned at) until an epoch has
-# 4,096 steps of them, then doubling with the data (2,048-4,095 steps an epoch) up to 8,192.
-MIN_AUTO_BATCH, MAX_AUTO_BATCH, AUTO_STEPS = 1024, 8192, 2048
+# 4,096 steps of them, then doubling with the data (2,048-4,095 steps an epoch) up to 4,096:
+# with the loss compiled, 4,096 pairs with 1,024 shared negatives trained fastest on 2 cores
+# (benchmarks/training.py), and fewer, larger steps learn less per epoch.
+MIN_AUTO_BATCH, MAX_AUTO_BATCH, AUTO_STEPS = 1024, 4096, 2048
 PRECISIONS = ("auto", "fp32", "bf16")
 # Epoch size (pairs) from which compiling the retrieval loss (~4 s) pays: on ML-100K's 76k pairs
 # a compiled run took as long as an eager one; at 19M pairs a step is 1.7x faster.
@@ -86,7 +88,7 @@ class RetrievalConfig:
     lr: float | None = None  # None: DEFAULT_LR of the model
     weight_decay: float = 1e-6
     batch_size: int = setting(0, "retrieval-batch-size", "training pairs per step; 0: by the data's size (1,024 up to "
-                              "4M training pairs, doubling with the data up to 8,192), the learning rate scaled by "
+                              "4M training pairs, doubling with the data up to 4,096), the learning rate scaled by "
                               "the square root of the batch over 1,024", minimum=0)
     negatives: int = setting(1024, "negatives", "the first N movies of each shuffled batch are every pair's shared "
                              "negatives (all of the batch when smaller): the softmax's cost per pair stays fixed as "

@@ -13,8 +13,7 @@ from movierec.settings import RaySettings, RetrievalConfig
     (4_194_303, 1024),  # one pair short of 2,048 steps of 2,048
     (4_194_304, 2048),
     (8_400_000, 4096),
-    (19_000_000, 8192),  # ML-20M
-    (10**9, 8192),  # capped
+    (19_000_000, 4096),  # ML-20M: capped
 ])
 def test_the_automatic_batch_doubles_with_the_data_from_4m_pairs(pairs, batch):
     assert RetrievalConfig().batch_for(pairs) == batch
