@@ -40,11 +40,11 @@ def _combinations(values: dict[str, object]) -> list[str]:
     """What is wrong with settings that are each fine alone (``values``: every setting)."""
     problems = []
     workers, cpus = values["retrieval.workers"], values["ray.num_cpus"]
-    share = RaySettings(num_cpus=cpus).side_by_side(0, 2).num_cpus
+    share = RaySettings(num_cpus=cpus).beside_tuning().num_cpus
     if not values["ray.address"] and workers > share:
         # Ray Train would wait for CPUs that never come: each worker needs one of the local instance's.
         problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.num_cpus')} is {cpus}, of which "
-                        f"train_retrieval gets {share} (tune_ranking runs beside it on the rest): each retrieval "
+                        f"train_retrieval gets {share} (tune_ranking runs beside it): each retrieval "
                         "worker needs a CPU of the step's local Ray instance (or join a larger cluster with "
                         "--ray-address)")
     return problems

@@ -72,7 +72,7 @@ def train_retrieval(data_split: DataSplit, settings: Settings, storage: str) -> 
     """The retrieval model, trained with Ray Train on the training ratings."""
     from movierec.retrieval import train
 
-    settings = replace(settings, ray=settings.ray.side_by_side(0, 2))  # tune_ranking runs beside it
+    settings = replace(settings, ray=settings.ray.beside_tuning())
     with ray_session(settings.ray):
         return train(data_split.enc, data_split.split.train, settings, storage)
 
@@ -92,7 +92,6 @@ def tune_ranking(data_split: DataSplit, settings: Settings, storage: str) -> Ran
     """The rating model, searched with Ray Tune on the training ratings."""
     from movierec.ranking import tune_ranking as search
 
-    settings = replace(settings, ray=settings.ray.side_by_side(1, 2))  # train_retrieval runs beside it
     with ray_session(settings.ray):
         return search(data_split.enc, data_split.split.train, settings, storage)
 

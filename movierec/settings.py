@@ -209,19 +209,20 @@ class IndexSettings:
 @dataclass(frozen=True)
 class RaySettings:
     address: str = setting("", "ray-address", "join this Ray cluster instead of starting one (empty: start one)")
-    num_cpus: int = setting(2, "num-cpus", "CPUs the local Ray instances use: train_retrieval and tune_ranking, which "
-                            "run at the same time, get half each", minimum=1)
+    num_cpus: int = setting(2, "num-cpus", "CPUs the local Ray instances use: train_retrieval, which runs beside "
+                            "tune_ranking, takes half of them", minimum=1)
 
-    def side_by_side(self, which: int, of: int) -> RaySettings:
-        """The settings of the ``which``-th (from 0) of ``of`` steps that run at the same time, each
-        starting its own local Ray instance: a share of ``num_cpus`` (the first ones get the odd
-        CPUs, and each at least one). Two instances each told the whole machine ran 4 torch threads
-        on 2 cores, and spinning threads that wait for a core slow everyone. A cluster
-        (``address``) schedules its own CPUs."""
+    def beside_tuning(self) -> RaySettings:
+        """train_retrieval's settings: it runs at the same time as tune_ranking, each step with
+        its own local Ray instance, so it takes half of ``num_cpus`` (the odd one too; at least
+        one). Both told the whole machine ran 4 torch threads on 2 cores, and threads of one op
+        that wait for a core spin. tune_ranking keeps them all: its trials are one thread each,
+        which share cores cleanly, and it runs 2-3x longer than retrieval (1M ratings: 270 s
+        against 110 s), so a fixed half left a core idle for most of it. A cluster (``address``)
+        schedules its own CPUs."""
         if self.address:
             return self
-        share, rest = divmod(self.num_cpus, of)
-        return replace(self, num_cpus=max(1, share + (which < rest)))
+        return replace(self, num_cpus=-(-self.num_cpus // 2))
 
 
 @dataclass(frozen=True)

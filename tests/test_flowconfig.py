@@ -125,10 +125,10 @@ def test_more_workers_than_cpus_is_refused_naming_both_settings():
     flowconfig.parse('{"retrieval": {"workers": 3}, "ray": {"address": "10.0.0.5:6379"}}')  # a cluster decides
     with pytest.raises(flowconfig.ConfigError, match="is 4 but ray.num_cpus"):
         flowconfig.check({s.key: s.default for s in flowconfig.SETTINGS} | {"retrieval.workers": 4})
-    # train_retrieval shares the machine with tune_ranking: 2 workers need 4 CPUs (or 3: the odd one is its)
+    # train_retrieval takes half the machine beside tune_ranking: 2 workers need 4 CPUs (or 3: the odd one is its)
     defaults = {s.key: s.default for s in flowconfig.SETTINGS}
     with pytest.raises(flowconfig.ConfigError, match=r"is 2 but ray.num_cpus \(--num-cpus\) is 2, of which "
-                                                     r"train_retrieval gets 1 \(tune_ranking runs beside it"):
+                                                     r"train_retrieval gets 1 \(tune_ranking runs beside it\)"):
         flowconfig.check(defaults | {"retrieval.workers": 2})
     flowconfig.check(defaults | {"retrieval.workers": 2, "ray.num_cpus": 3})
 

@@ -1,5 +1,5 @@
 """Settings that derive values: the retrieval batch and learning rate from the data's size, when
-the loss is compiled, and each side-by-side Ray step's share of the CPUs."""
+the loss is compiled, and train_retrieval's share of the CPUs beside tune_ranking."""
 
 import math
 
@@ -34,13 +34,12 @@ def test_the_loss_is_compiled_when_an_epoch_repays_it():
     assert not RetrievalConfig(compile="off").compiles(10**9)
 
 
-@pytest.mark.parametrize(("cpus", "shares"), [(2, (1, 1)), (3, (2, 1)), (1, (1, 1)), (8, (4, 4))])
-def test_side_by_side_steps_split_the_local_cpus(cpus, shares):
+@pytest.mark.parametrize(("cpus", "share"), [(2, 1), (3, 2), (1, 1), (8, 4)])
+def test_retrieval_takes_half_the_local_cpus_beside_tuning(cpus, share):
     """Both parallel Ray steps were told the whole machine: 4 torch threads on 2 cores."""
-    ray = RaySettings(num_cpus=cpus)
-    assert (ray.side_by_side(0, 2).num_cpus, ray.side_by_side(1, 2).num_cpus) == shares
+    assert RaySettings(num_cpus=cpus).beside_tuning().num_cpus == share
 
 
 def test_a_cluster_is_not_split():
     ray = RaySettings(address="10.0.0.5:6379", num_cpus=2)
-    assert ray.side_by_side(1, 2) == ray
+    assert ray.beside_tuning() == ray
