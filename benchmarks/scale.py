@@ -280,8 +280,8 @@ def flow_part(sizes: list[int], keep: Path | None) -> str:
             + markdown_table(table, list(table[0]))
             + f"\n\n![time and memory against size](scale.png)\n\nLargest process at {largest['n']:,} ratings: "
             f"`{largest['peak_name']}`. Goals at ML-20M size: <= 20 min, <= 8 GiB per process; retrieval >= 200k "
-            "and ranking >= 500k examples/s. Steps overlap: train_retrieval and tune_ranking run at the same time "
-            "and share the 2 cores, so their throughput is what each gets beside the other.\n")
+            "and ranking >= 500k examples/s. Steps overlap: train_retrieval (one CPU of the two) and tune_ranking "
+            "(both) run at the same time, so their throughput is what each gets beside the other.\n")
 
 
 def printed_metrics(log: Path) -> str:
