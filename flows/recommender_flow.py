@@ -53,7 +53,8 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def train_retrieval(self):
-        self.retrieval = pipeline.train_retrieval(self.data_split, self.settings, self._ray_storage())
+        self.retrieval = pipeline.train_retrieval(self.data_split, self.settings, self._ray_storage(),
+                                                  beside_tuning=True)
         self.sources = pipeline.fit_sources(self.data_split, self.settings)
         current.card.extend(reports.retrieval_card(self.retrieval, self.sources))
         self.next(self.build_index)

@@ -201,7 +201,7 @@ def bf16_autocast(precision: str, device: torch.device) -> bool:
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # pre-Ampere GPUs emulate it
     return any(getattr(torch.cpu, probe, lambda: False)()
                for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
@@ -210,7 +210,10 @@ def compiled(fn: Callable[..., torch.Tensor], label: str) -> Callable[..., torch
     """``fn`` compiled by torch.compile (fixed shapes), or ``fn`` itself where compiling fails.
 
     torch.compile compiles at the first call, and on CPU it needs a C++ compiler: a machine or
-    image without one must still train, only slower, and say so once (prefixed by ``label``)."""
+    image without one must still train, only slower, and say so once (prefixed by ``label``).
+    The backward graph is compiled lazily, at the first ``backward()``: the first call builds it
+    here (gradients to the inputs only, the real backward still to come), so that failure falls
+    back too."""
     fast = torch.compile(fn, dynamic=False)
     chosen: list[Callable[..., torch.Tensor]] = []
 
@@ -219,6 +222,9 @@ def compiled(fn: Callable[..., torch.Tensor], label: str) -> Callable[..., torch
             return chosen[0](*args)
         try:
             out = fast(*args)
+            inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+            if out.requires_grad and inputs:
+                torch.autograd.grad(out, inputs, retain_graph=True)
         except Exception as exc:  # dynamo and inductor errors share no public base class
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             print(f"{label} torch.compile failed ({type(exc).__name__}: {reason}); training uncompiled", flush=True)

@@ -68,11 +68,14 @@ def ray_storage(flow: str, run_id: str, step: str) -> str:
     return storage_path(flow, run_id, step)
 
 
-def train_retrieval(data_split: DataSplit, settings: Settings, storage: str) -> RetrievalResult:
-    """The retrieval model, trained with Ray Train on the training ratings."""
+def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, beside_tuning: bool = False
+                    ) -> RetrievalResult:
+    """The retrieval model, trained with Ray Train on the training ratings; ``beside_tuning``: on
+    the machine where ``tune_ranking`` runs at the same time (see ``RaySettings.beside_tuning``)."""
     from movierec.retrieval import train
 
-    settings = replace(settings, ray=settings.ray.beside_tuning())
+    if beside_tuning:
+        settings = replace(settings, ray=settings.ray.beside_tuning())
     with ray_session(settings.ray):
         return train(data_split.enc, data_split.split.train, settings, storage)
 

@@ -289,6 +289,7 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
     cfg = settings.retrieval
     cpus_per_worker = max(1, settings.ray.num_cpus // cfg.workers)
     fit_idx, val_idx = validation_split(train_idx, settings)
+    per_worker = max(1, len(fit_idx) // cfg.workers)  # a larger batch would leave an epoch no step
     # LightGCN learns from the interactions alone: only the two-tower model takes features.
     user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
                               if cfg.model == "two_tower" else ({}, {}))
@@ -306,7 +307,7 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
         _train_loop,
         train_loop_config={"cfg": asdict(cfg), "seed": settings.seed, "data": ray.put(data),
                            "epochs": settings.epochs_for(cfg.epochs, len(fit_idx)), "sizes": enc.vocab_sizes,
-                           "threads": cpus_per_worker, "batch": cfg.batch_for(len(fit_idx) // cfg.workers)},
+                           "threads": cpus_per_worker, "batch": min(cfg.batch_for(per_worker), per_worker)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker=worker_resources(cpus_per_worker, cfg.gpus_per_worker)),
         # NCCL's collectives run on the GPUs; gloo's on the CPU (movierec.distributed uses dense

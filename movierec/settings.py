@@ -87,9 +87,10 @@ class RetrievalConfig:
     temperature: float = 0.2
     lr: float | None = None  # None: DEFAULT_LR of the model
     weight_decay: float = 1e-6
-    batch_size: int = setting(0, "retrieval-batch-size", "training pairs per step; 0: by the data's size (1,024 up to "
-                              "4M training pairs, doubling with the data up to 4,096), the learning rate scaled by "
-                              "the square root of the batch over 1,024", minimum=0)
+    batch_size: int = setting(0, "retrieval-batch-size", "training pairs per step and worker (at most a worker's "
+                              "share of the pairs); 0: by the data's size (1,024 up to 4M training pairs per worker, "
+                              "doubling with them up to 4,096). The learning rate is scaled by the square root of the "
+                              "batch over 1,024", minimum=0)
     negatives: int = setting(1024, "negatives", "the first N movies of each shuffled batch are every pair's shared "
                              "negatives (all of the batch when smaller): the softmax's cost per pair stays fixed as "
                              "batches grow", minimum=1)

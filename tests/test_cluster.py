@@ -136,9 +136,8 @@ def test_workers_that_cannot_be_placed_fail_the_training_with_a_reason(small_enc
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     settings = Settings(retrieval=RetrievalConfig(dim=8, hidden=16, epochs=1, workers=3, batch_size=256),
                         ray=RaySettings(num_cpus=2))
-    # the step's Ray instance has half of --num-cpus: tune_ranking runs beside it
     with pytest.raises(RuntimeError, match=r"could not start the retrieval training: 3 retrieval workers of 1 CPU "
-                                           r"each do not fit a Ray cluster with 1 CPUs: lower retrieval.workers"):
+                                           r"each do not fit a Ray cluster with 2 CPUs: lower retrieval.workers"):
         pipeline.train_retrieval(DataSplit(enc, split), settings, str(tmp_path))
 
 

@@ -67,16 +67,24 @@ COMPILE_CHECK = """
 import torch, torch._inductor.config
 from movierec import nn, retrieval
 g = torch.Generator().manual_seed(0)
-u, v = (torch.nn.functional.normalize(torch.randn(64, 8, generator=g), dim=-1) for _ in range(2))
+u, v = (torch.nn.functional.normalize(torch.randn(64, 8, generator=g), dim=-1).requires_grad_() for _ in range(2))
 items, log_q = torch.randint(0, 20, (64,), generator=g), torch.log(torch.rand(20, generator=g))
 args = (u, v, items, log_q, 0.2, 16)
-eager = retrieval.in_batch_loss(*args).item()
-print("compiled", nn.compiled(retrieval.in_batch_loss, "[test]")(*args).item() / eager, flush=True)
+
+def run(fn):  # the loss and the relative gradient difference from the eager one, backward included
+    u.grad = v.grad = None
+    loss = fn(*args)
+    loss.backward()
+    return loss.item(), u.grad.clone()
+
+eager, grad = run(retrieval.in_batch_loss)
+loss, g2 = run(nn.compiled(retrieval.in_batch_loss, "[test]"))
+print("compiled", loss / eager, float((g2 - grad).abs().max() / grad.abs().max()), flush=True)
 torch._dynamo.reset()
 torch._inductor.config.cpp.cxx = ("/nonexistent/c++",)
 torch._inductor.config.force_disable_caches = True
-loss = nn.compiled(retrieval.in_batch_loss, "[test]")
-print("fallback", loss(*args).item() / eager, loss(*args).item() / eager, flush=True)
+fallback = nn.compiled(retrieval.in_batch_loss, "[test]")
+print("fallback", run(fallback)[0] / eager, run(fallback)[0] / eager, flush=True)
 """
 
 
@@ -88,8 +96,8 @@ def test_compiled_loss_matches_eager_and_falls_back_without_a_compiler():
     proc = subprocess.run([sys.executable, "-c", COMPILE_CHECK], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    compiled_ratio = float(next(line for line in lines if line.startswith("compiled")).split()[1])
-    assert compiled_ratio == pytest.approx(1.0, rel=1e-5)
+    ratio, grad_error = map(float, next(line for line in lines if line.startswith("compiled")).split()[1:])
+    assert ratio == pytest.approx(1.0, rel=1e-5) and grad_error < 1e-4
     assert sum("[test] torch.compile failed" in line for line in lines) == 1  # the missing compiler, said once
     assert any("training uncompiled" in line for line in lines)
     first, second = map(float, next(line for line in lines if line.startswith("fallback")).split()[1:])
