@@ -15,6 +15,10 @@ Parts:
   one pass of the data), so costs are comparable across sizes; at ML-20M size that is exactly
   the default budget. A PNG plot of time and memory against size lands beside RESULTS.md.
 - ``ml100k``: the default flow on MovieLens 100K, ``--repeats`` times; median wall time.
+- ``convergence``: what the one-epoch budget costs at ML-20M size. The two-tower alone (every CPU,
+  as ``pipeline.train_retrieval`` trains it outside the flow) on the synthetic data's ``tfrs``
+  split, once for one epoch (the default ``--train-budget`` at this size) and once to early
+  stopping; validation DCG per epoch, then both models and popularity scored on the test split.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from results import RESULTS, emit, markdown_table, median_seconds
 
-from movierec import arrays, data, synthetic
+from movierec import arrays, data, pipeline, synthetic
 from movierec.evaluation import Evaluator
 from movierec.features import encode
-from movierec.split import split_ratings
+from movierec.settings import RetrievalConfig, Settings
+from movierec.split import DataSplit, split_ratings
 
 REPO = Path(__file__).resolve().parents[1]
 ML20M = synthetic.ML20M_SHAPE["n_ratings"]
@@ -315,14 +320,50 @@ def ml100k_part(repeats: int) -> str:
                if table else ""))
 
 
+def convergence_part(n: int) -> str:
+    """The two-tower trained for one epoch and to early stopping on ``n`` synthetic ratings, both
+    scored on the test split beside popularity."""
+    enc = encode(synthetic.ml20m_like(n, seed=42))
+    data_split = DataSplit(enc, pipeline.split_for(enc, "tfrs", 42))
+    evaluator = Evaluator(enc, data_split.split)
+    pop = evaluator.factorized_row("popularity", np.ones((enc.n_users, 1), np.float32), evaluator.popularity[:, None])
+    rows, curves = [], {}
+    budgets = {"one epoch (default --train-budget)": n, "to early stopping": n * RetrievalConfig.epochs}
+    with tempfile.TemporaryDirectory() as storage:
+        for name, budget in budgets.items():
+            start = time.perf_counter()
+            result = pipeline.train_retrieval(data_split, Settings(train_budget=budget), os.path.join(storage, name))
+            seconds = time.perf_counter() - start
+            row = evaluator.factorized_row(name, *result.embeddings())
+            best = max(result.history, key=lambda h: h["val_dcg"])
+            rows.append({"training": name, "epochs": len(result.history), "kept epoch": best["epoch"],
+                         "seconds": f"{seconds:.0f}", "validation DCG": f"{best['val_dcg']:.4f}",
+                         **{k: f"{row[k]:.4f}" for k in ("top100", "ndcg@10", "r@10")}})
+            curves[name] = result.history
+            print(f"[scale] two-tower, {name}: {len(result.history)} epochs, {seconds:.0f} s, "
+                  f"NDCG@10 {row['ndcg@10']:.4f}", flush=True)
+    rows.append({"training": "popularity baseline", "epochs": "", "kept epoch": "", "seconds": "",
+                 "validation DCG": "", **{k: f"{pop[k]:.4f}" for k in ("top100", "ndcg@10", "r@10")}})
+    curve = [{"epoch": h["epoch"], "validation DCG": f"{h['val_dcg']:.4f}", "loss": f"{h['loss']:.4f}",
+              "seconds": f"{h['seconds']:.0f}"} for h in curves["to early stopping"]]
+    one, full = rows[0], rows[1]
+    return (f"### One epoch against early stopping at {n:,} ratings (two-tower alone, every CPU)\n\n"
+            f"{enc.n_users:,} users, {enc.n_items:,} movies; `tfrs` split (seed 42); validation: 5% of train; "
+            f"patience {RetrievalConfig().stop_after()} epochs, at most {RetrievalConfig.epochs}.\n\n"
+            + markdown_table(rows, list(rows[0])) + "\n\nValidation DCG per epoch of the run to early stopping:\n\n"
+            + markdown_table(curve, list(curve[0]))
+            + f"\n\nTraining to early stopping took {full['seconds']} s against {one['seconds']} s for one epoch "
+            f"and moved test NDCG@10 from {one['ndcg@10']} to {full['ndcg@10']} (popularity {pop['ndcg@10']:.4f}).\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=["data", "eval", "flow", "ml100k"],
-                        default=["data", "eval", "flow", "ml100k"])
+    parser.add_argument("--parts", nargs="+", choices=["data", "eval", "flow", "ml100k", "convergence"],
+                        default=["data", "eval", "flow", "ml100k", "convergence"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[1_000_000, 5_000_000, ML20M],
                         help="ratings per flow run")
     parser.add_argument("--repeats", type=int, default=3, help="runs of the ML-100K flow (median reported)")
-    parser.add_argument("--ratings", type=int, default=ML20M, help="size of the data and eval parts")
+    parser.add_argument("--ratings", type=int, default=ML20M, help="size of the data, eval and convergence parts")
     parser.add_argument("--keep", type=Path, help="keep the flow runs' datastores and logs here; sizes already "
                         "measured there are reused, so an interrupted benchmark resumes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -339,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         emit("scale-flow", flow_part(sorted(args.sizes), args.keep), not args.no_write)
     if "ml100k" in args.parts:
         emit("scale-ml100k", ml100k_part(args.repeats), not args.no_write)
+    if "convergence" in args.parts:
+        emit("scale-convergence", convergence_part(args.ratings), not args.no_write)
     return 0
 
 
