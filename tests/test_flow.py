@@ -91,6 +91,34 @@ def test_light_steps_do_not_import_torch():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_code_package_carries_movierec(tmp_path, metaflow_root):
+    """A remote step (Kubernetes, Batch) runs from the code package alone: it held only the flow
+    file, so `from movierec import ...` failed in the pod. ``flows/movierec`` links the package in
+    (Metaflow packages what a link points to); imported from the unpacked package with the
+    package's folder first on the path, as a pod runs it, every module comes from there."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    from conftest import FLOW
+
+    env = {**os.environ, "METAFLOW_DATASTORE_SYSROOT_LOCAL": metaflow_root}
+    subprocess.run([sys.executable, FLOW, "--no-pylint", "package", "save", str(tmp_path / "code.tgz")], env=env,
+                   check=True, capture_output=True)
+    with tarfile.open(tmp_path / "code.tgz") as tar:
+        tar.extractall(tmp_path / "pod", filter="data")
+    pod = tmp_path / "pod"
+    source = Path(__file__).resolve().parents[1] / "movierec"
+    assert sorted(p.name for p in (pod / "movierec").glob("*.py")) == sorted(p.name for p in source.glob("*.py"))
+    code = ("import movierec.pipeline, movierec.retrieval, movierec.ranking, sys; "
+            "print(sorted({m.__file__ for n, m in sys.modules.items() if n.startswith('movierec')}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=pod, capture_output=True, text=True, check=True)
+    files = eval(out.stdout)  # noqa: S307 - a list of paths this test's own subprocess printed
+    assert files and all(f.startswith(str(pod)) for f in files), files
+
+
 def test_cli_in_a_checkout_serves_the_latest_successful_run(runs, metaflow_root):
     """After `make run`, `movierec serve` in the checkout said "no model": it now takes the latest
     successful run of the local datastore."""
