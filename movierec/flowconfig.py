@@ -2,8 +2,9 @@
 and the typed :class:`~movierec.settings.Settings` built from them once per run.
 
 A configuration file (JSON or YAML, ``flows/configs/``) is a Metaflow ``Config``: it is read and
-checked by :func:`parse` before any step runs, and versioned with the run. Every setting is also a
-flow ``Parameter`` whose default comes from the file, so ``--config config
+checked by :func:`parse` before any step runs, and versioned with the run. Every setting but the
+steps' resources (fixed when a flow is deployed, before Parameters exist) is also a flow
+``Parameter`` whose default comes from the file, so ``--config config
 flows/configs/lightgcn.json run --tune-samples 2`` takes the file and changes one value. A file may
 hold only the settings it changes; the rest keep their defaults (``movierec.settings``, the one
 place defaults live; ``python -m movierec.flowconfig`` prints them all as a file).
@@ -11,8 +12,9 @@ place defaults live; ``python -m movierec.flowconfig`` prints them all as a file
 The Parameters are not written out in the flow: :class:`configured` (a Metaflow ``FlowMutator``)
 adds one per setting, each checked as the command line is parsed, before a run exists (Metaflow
 stores and prints parameter values, so a bad value, or a repository URL with a password in it,
-must never reach a run), and wraps every step in :func:`step_frame`: fault injection for tests
-and a timing line, in one place. An error names the setting and its option:
+must never reach a run), gives each step its ``@resources``, ``@timeout`` and (on Kubernetes or
+AWS Batch) ``@retry`` from the file, and wraps every step in :func:`step_frame`: fault injection
+for tests and a timing line, in one place. An error names the setting and its option:
 ``retrieval.epochs (--retrieval-epochs) must be at least 1, got 0``.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -32,21 +35,32 @@ class ConfigError(ValueError):
     pass
 
 
+# Steps that start Ray: their containers get ray.num_cpus CPUs, resources.ray_memory and a /dev/shm.
+RAY_STEPS = ("train_retrieval", "tune_ranking", "train_ranker")
+# Steps a lost node or a storage error can fail, retried on Kubernetes/Batch (resources.retries).
+RETRIED_STEPS = ("start", *RAY_STEPS, "publish")
+DEPLOY_COMMANDS = ("argo-workflows", "step-functions", "airflow")
+REMOTE_COMPUTE = ("kubernetes", "batch")
+
+
 def _named(key: str) -> str:
-    return f"{key} (--{BY_KEY[key].option})"
+    s = BY_KEY[key]
+    return f"{key} (configuration file only)" if s.file_only else f"{key} (--{s.option})"
 
 
 def _combinations(values: dict[str, object]) -> list[str]:
     """What is wrong with settings that are each fine alone (``values``: every setting)."""
     problems = []
     workers, cpus = values["retrieval.workers"], values["ray.num_cpus"]
-    share = RaySettings(num_cpus=cpus).beside_tuning().num_cpus
+    # Locally train_retrieval shares the machine with tune_ranking; remotely it has a container of its own.
+    remote = runs_remotely()
+    share = cpus if remote else RaySettings(num_cpus=cpus).beside_tuning().num_cpus
     if not values["ray.address"] and workers > share:
         # Ray Train would wait for CPUs that never come: each worker needs one of the local instance's.
-        problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.num_cpus')} is {cpus}, of which "
-                        f"train_retrieval gets {share} (tune_ranking runs beside it): each retrieval "
-                        "worker needs a CPU of the step's local Ray instance (or join a larger cluster with "
-                        "--ray-address)")
+        gets = "" if remote else f", of which train_retrieval gets {share} (tune_ranking runs beside it)"
+        problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.num_cpus')} is {cpus}{gets}: "
+                        "each retrieval worker needs a CPU of the step's own Ray instance (or join a larger cluster "
+                        "with --ray-address)")
     return problems
 
 
@@ -158,17 +172,61 @@ def _checked(values: dict[str, object]) -> None:
 
 
 def settings_of(flow: object) -> Settings:
-    """The run's settings from the flow's parameters (command line over file), checked together."""
-    values = {s.key: getattr(flow, s.attribute) for s in SETTINGS}
+    """The run's settings from the flow's parameters (command line over file) and, for the
+    settings of the file only, its ``config``; checked together."""
+    values = {s.key: _lookup(flow.config, s.key) if s.file_only else getattr(flow, s.attribute) for s in SETTINGS}
     _checked(values)
     return from_values(values)
+
+
+def _lookup(tree: object, key: str) -> object:
+    """``tree["a"]["b"]`` for key ``a.b``."""
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def runs_remotely(argv: list[str] | None = None) -> bool:
+    """Whether the flow's steps run on Kubernetes or AWS Batch: this process is in such a
+    container (Metaflow sets METAFLOW_RUNTIME_ENVIRONMENT there, as its own plugins check), or
+    its command deploys the flow to a scheduler or sends steps there (``--with kubernetes``,
+    ``--with batch``, or the same in METAFLOW_DECOSPECS)."""
+    if os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") != "local":
+        return True
+    argv = sys.argv if argv is None else argv
+    specs = os.environ.get("METAFLOW_DECOSPECS", "").split()
+    for i, arg in enumerate(argv):
+        if arg in DEPLOY_COMMANDS:
+            return True
+        if arg == "--with" and i + 1 < len(argv):
+            specs.append(argv[i + 1])
+        elif arg.startswith("--with="):
+            specs.append(arg.removeprefix("--with="))
+    return any(spec.split(":")[0] in REMOTE_COMPUTE for spec in specs)
+
+
+def step_decorators(step_name: str, config: object, remote: bool) -> dict[str, dict[str, object]]:
+    """Metaflow step decorators (name -> arguments) for ``step_name`` from the ``config`` Config:
+    ``resources`` (see ``ResourceSettings``), ``timeout``, and ``retry`` where ``remote``."""
+    res = config["resources"]
+    if step_name in RAY_STEPS:
+        gpu = {"train_retrieval": config["retrieval"]["workers"] * config["retrieval"]["gpus_per_worker"],
+               "tune_ranking": int(config["tune"]["trials_per_gpu"] > 0)}.get(step_name, 0)
+        resources = {"cpu": config["ray"]["num_cpus"], "memory": res["ray_memory"],
+                     "shared_memory": res["ray_memory"] // 3, **({"gpu": gpu} if gpu else {})}
+    else:
+        resources = {"cpu": res["cpu"], "memory": res["memory"]}
+    decorators = {"resources": resources, "timeout": {"hours": res["timeout_hours"]}}
+    if remote and step_name in RETRIED_STEPS and res["retries"]:
+        decorators["retry"] = {"times": res["retries"], "minutes_between_retries": 1}
+    return decorators
 
 
 def sources(settings: Settings, config: dict) -> list[dict[str, object]]:
     """Rows for the start card: each setting, its value, and whether the file or the command line set it."""
     from_file = _flatten(config)
     return [{"setting": key, "value": value,
-             "from": "config" if from_file[key] == value else f"--{BY_KEY[key].option}"}
+             "from": "config" if BY_KEY[key].file_only or from_file[key] == value else f"--{BY_KEY[key].option}"}
             for key, value in to_values(settings).items()]
 
 
@@ -188,13 +246,18 @@ def _mutator() -> type:
     frame = user_step_decorator(step_frame)
 
     class configured(FlowMutator):  # noqa: N801 (used as a lower-case class decorator, as Metaflow's own)
-        """Adds a Parameter per setting and wraps every step in :func:`step_frame`."""
+        """Adds a Parameter per setting (but those of the file only), each step's resources, timeout
+        and retries (:func:`step_decorators`), and wraps every step in :func:`step_frame`."""
 
         def pre_mutate(self, mutable_flow) -> None:
             for s in SETTINGS:
-                mutable_flow.add_parameter(s.attribute, _parameter(s))
-            for _, step in mutable_flow.steps:
+                if not s.file_only:
+                    mutable_flow.add_parameter(s.attribute, _parameter(s))
+            config, remote = dict(mutable_flow.configs)["config"], runs_remotely()
+            for name, step in mutable_flow.steps:
                 step.add_decorator(frame)
+                for decorator, arguments in step_decorators(name, config, remote).items():
+                    step.add_decorator(decorator, deco_kwargs=arguments)
 
     return configured
 

@@ -8,6 +8,7 @@ benchmarks and notebooks. Values that travel together travel as one: a :class:`D
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,11 +71,13 @@ def ray_storage(flow: str, run_id: str, step: str) -> str:
 
 def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, beside_tuning: bool = False
                     ) -> RetrievalResult:
-    """The retrieval model, trained with Ray Train on the training ratings; ``beside_tuning``: on
-    the machine where ``tune_ranking`` runs at the same time (see ``RaySettings.beside_tuning``)."""
+    """The retrieval model, trained with Ray Train on the training ratings; ``beside_tuning``: the
+    flow runs ``tune_ranking`` at the same time, which shares this machine in a local run (see
+    ``RaySettings.beside_tuning``); on Kubernetes or AWS Batch each step has a container of its own
+    with ``ray.num_cpus`` CPUs, and Ray is told all of them."""
     from movierec.retrieval import train
 
-    if beside_tuning:
+    if beside_tuning and os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") == "local":
         settings = replace(settings, ray=settings.ray.beside_tuning())
     with ray_session(settings.ray):
         return train(data_split.enc, data_split.split.train, settings, storage)

@@ -49,9 +49,9 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 def setting(default: Any, option: str, help: str, minimum: int | None = None, choices: tuple[str, ...] = (),
             check: Callable[[Any], str | None] | None = None) -> Any:
-    """A dataclass field that is a user setting: its command-line ``option`` (without ``--``), a
-    ``help`` line, and what values it takes (an integer ``minimum``, ``choices``, or a ``check``
-    returning what is wrong with a value)."""
+    """A dataclass field that is a user setting: its command-line ``option`` (without ``--``; ""
+    for a setting of the configuration file only), a ``help`` line, and what values it takes (an
+    integer ``minimum``, ``choices``, or a ``check`` returning what is wrong with a value)."""
     return field(default=default, metadata={"option": option, "help": help, "minimum": minimum,
                                             "choices": choices, "check": check})
 
@@ -246,6 +246,27 @@ class PublishSettings:
 
 
 @dataclass(frozen=True)
+class ResourceSettings:
+    """What each step asks Kubernetes or AWS Batch for: Metaflow's ``@resources``, ``@timeout`` and
+    ``@retry``, added to the steps by ``flowconfig.configured``. Decorators are fixed when a flow
+    is deployed, before any Parameter has a value, so these live in the configuration file only
+    (no command-line option). The Ray steps also ask for ``ray.num_cpus`` CPUs (set it in the file
+    too for remote runs: Ray is told that number) and the GPUs the retrieval and Tune settings use.
+    Local runs ignore them, apart from the timeout."""
+
+    cpu: int = setting(2, "", "CPUs of each step that runs no Ray (start, split, build_index, evaluate, publish, "
+                       "end)", minimum=1)
+    memory: int = setting(8192, "", "memory (MB) of each step that runs no Ray", minimum=512)
+    ray_memory: int = setting(16384, "", "memory (MB) of each Ray step (train_retrieval, tune_ranking, "
+                              "train_ranker); a third of it is the container's /dev/shm, where Ray keeps its "
+                              "object store", minimum=1024)
+    timeout_hours: int = setting(24, "", "a step still running after this many hours is stopped", minimum=1)
+    retries: int = setting(2, "", "times a step on Kubernetes or AWS Batch is retried after a failure (start, the "
+                           "Ray steps and publish: those a lost node or a storage error can fail); local runs, where "
+                           "a failure is a bug or bad data that a retry would only repeat, never retry", minimum=0)
+
+
+@dataclass(frozen=True)
 class Settings:
     """A run's settings, built once (``movierec.flowconfig``) and passed whole."""
 
@@ -263,6 +284,7 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     ray: RaySettings = field(default_factory=RaySettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
 
     def epochs_for(self, max_epochs: int, n_examples: int) -> int:
         """Epochs to run over ``n_examples``: at most ``max_epochs``, at least one, within the budget."""
@@ -283,8 +305,13 @@ class Setting:
 
     @property
     def attribute(self) -> str:
-        """The flow attribute holding the effective value."""
+        """The flow attribute holding the effective value (a Parameter's)."""
         return self.option.replace("-", "_")
+
+    @property
+    def file_only(self) -> bool:
+        """Set in the configuration file only: no command-line option, no Parameter."""
+        return not self.option
 
     def problem(self, value: object) -> str | None:
         """What is wrong with ``value`` for this setting, or None."""

@@ -178,6 +178,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 60) -> None:
+    """Wait until ``url`` answers 2xx; raise with the process's output if ``proc`` exits first or
+    ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"{what} did not come up at {url}: {output}")
+        time.sleep(0.2)
+
+
 def call(base: str, method: str, path: str, body: object = None, raw: bytes | None = None,
          content_type: str | None = "application/json") -> tuple[int, object]:
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
@@ -204,16 +220,7 @@ def server(tmp_path_factory, tiny_bundle):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if call(base, "GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"movierec serve did not come up: {proc.stdout.read()}")
-            time.sleep(0.2)
+        wait_for_http(base + "/health", proc, "movierec serve")
         yield base, Recommender.load(str(path))
     finally:
         proc.terminate()

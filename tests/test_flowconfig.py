@@ -137,4 +137,61 @@ def test_the_readme_settings_table_lists_every_setting_with_its_default():
     """The table a user reads is the one place besides the dataclass field that a new setting touches."""
     readme = (Path(FLOW).parent.parent / "README.md").read_text()
     for s in SETTINGS:
-        assert f"| `{s.key}` | `--{s.option}` | `{json.dumps(s.default)}` |" in readme, s.key
+        option = "(file only)" if s.file_only else f"`--{s.option}`"
+        assert f"| `{s.key}` | {option} | `{json.dumps(s.default)}` |" in readme, s.key
+
+
+@pytest.mark.parametrize(("argv", "environment", "remote"), [
+    (["flow.py", "run"], {}, False),
+    (["flow.py", "run", "--with", "kubernetes:cpu=8"], {}, True),
+    (["flow.py", "run", "--with=batch"], {}, True),
+    (["flow.py", "--with", "card", "run"], {}, False),
+    (["flow.py", "argo-workflows", "create"], {}, True),
+    (["flow.py", "step-functions", "create", "--only-json"], {}, True),
+    (["flow.py", "run"], {"METAFLOW_DECOSPECS": "kubernetes"}, True),
+    (["flow.py", "step", "start"], {"METAFLOW_RUNTIME_ENVIRONMENT": "kubernetes"}, True),
+    (["flow.py", "step", "start"], {"METAFLOW_RUNTIME_ENVIRONMENT": "local"}, False),
+])
+def test_a_flow_knows_when_its_steps_run_remotely(monkeypatch, argv, environment, remote):
+    for name in ("METAFLOW_DECOSPECS", "METAFLOW_RUNTIME_ENVIRONMENT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert flowconfig.runs_remotely(argv) is remote
+
+
+def test_steps_ask_for_the_resources_of_the_configuration_and_retry_only_remotely():
+    config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "ray.num_cpus": 6, "resources.cpu": 3,
+                              "resources.memory": 2048, "resources.ray_memory": 9000, "resources.retries": 4,
+                              "retrieval.workers": 3, "retrieval.gpus_per_worker": 1})
+    local = flowconfig.step_decorators("train_retrieval", config, remote=False)
+    assert local == {"resources": {"cpu": 6, "memory": 9000, "shared_memory": 3000, "gpu": 3},
+                     "timeout": {"hours": 24}}
+    assert flowconfig.step_decorators("train_retrieval", config, remote=True)["retry"] == {
+        "times": 4, "minutes_between_retries": 1}
+    assert flowconfig.step_decorators("tune_ranking", config, remote=True)["resources"] == {
+        "cpu": 6, "memory": 9000, "shared_memory": 3000}  # trials on CPU: no GPU
+    assert flowconfig.step_decorators("evaluate", config, remote=True) == {
+        "resources": {"cpu": 3, "memory": 2048}, "timeout": {"hours": 24}}  # nothing there a retry would fix
+
+
+def test_remote_retrieval_workers_may_use_every_cpu_of_their_container(monkeypatch):
+    """Locally train_retrieval gets half of --num-cpus beside tune_ranking; in a container of its
+    own it gets them all, so two workers on two CPUs are fine there."""
+    values = {s.key: s.default for s in SETTINGS} | {"retrieval.workers": 2, "ray.num_cpus": 2}
+    monkeypatch.delenv("METAFLOW_DECOSPECS", raising=False)
+    monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "local")
+    monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run"])
+    with pytest.raises(flowconfig.ConfigError, match="train_retrieval gets 1"):
+        flowconfig.check(values)
+    monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "kubernetes")
+    flowconfig.check(values)
+
+
+def test_resources_are_settings_of_the_file_only():
+    """A Parameter could not size a container (decorators are fixed at deploy time), so none is
+    offered; the file's value is checked like any other."""
+    file_only = {s.key for s in SETTINGS if s.file_only}
+    assert file_only == {f"resources.{name}" for name in ("cpu", "memory", "ray_memory", "timeout_hours", "retries")}
+    with pytest.raises(flowconfig.ConfigError, match=r"resources.memory \(configuration file only\) must be at least"):
+        flowconfig.check({"resources.memory": 100})

@@ -1,0 +1,169 @@
+"""The flow compiled for production schedulers, as a Metaflow engineer deploys it: Argo Workflows
+(``--with kubernetes argo-workflows create --only-json``) and AWS Step Functions (``--with batch
+step-functions create --only-json``), against a real S3/IAM/EC2/Batch API (moto's server, on
+loopback), where Metaflow uploads the code package and registers the Batch job definitions.
+
+Each compiled step must carry what the configuration asks for (``flowconfig.step_decorators``):
+the image, CPUs, memory, GPUs, /dev/shm for Ray, timeout and retries; the code package must hold
+the ``movierec`` modules; no parameter default may be a path of the deploying machine.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import FLOW, free_port, wait_for_http
+
+from movierec import flowconfig
+
+IMAGE = "registry.example/movierec:1.0"
+BUCKET = "movierec-ci"
+ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/movierec"
+MODULES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "movierec").glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory):
+    """A moto server on loopback with a bucket for Metaflow's datastore and a Batch job queue:
+    (environment for the flow's commands, a boto3 session factory)."""
+    import boto3
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        wait_for_http(endpoint + "/moto-api/", proc, "moto's server")
+
+        def client(service: str):
+            return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                                aws_access_key_id="test", aws_secret_access_key="test")
+
+        client("s3").create_bucket(Bucket=BUCKET)
+        role = client("iam").create_role(RoleName="movierec", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        ec2 = client("ec2")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+        group = ec2.create_security_group(GroupName="movierec", Description="movierec", VpcId=vpc)["GroupId"]
+        batch = client("batch")
+        env = batch.create_compute_environment(
+            computeEnvironmentName="movierec", type="MANAGED", serviceRole=role,
+            computeResources={"type": "FARGATE", "maxvCpus": 16, "subnets": [subnet], "securityGroupIds": [group]})
+        batch.create_job_queue(jobQueueName="movierec", state="ENABLED", priority=1, computeEnvironmentOrder=[
+            {"order": 1, "computeEnvironment": env["computeEnvironmentArn"]}])
+        flow_env = {**os.environ, **creds, "AWS_ENDPOINT_URL": endpoint, "METAFLOW_S3_ENDPOINT_URL": endpoint,
+                    "METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{BUCKET}/metaflow",
+                    "METAFLOW_KUBERNETES_NAMESPACE": "movierec", "METAFLOW_BATCH_JOB_QUEUE": "movierec",
+                    "METAFLOW_ECS_S3_ACCESS_IAM_ROLE": role, "METAFLOW_ECS_FARGATE_EXECUTION_ROLE": role,
+                    "METAFLOW_SFN_IAM_ROLE": role, "METAFLOW_SFN_DYNAMO_DB_TABLE": "movierec"}
+        yield flow_env, client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def compile_flow(env: dict, tmp_path: Path, *args: str) -> dict:
+    out = subprocess.run([sys.executable, FLOW, "--no-pylint", "--datastore", "s3", *args, "--only-json"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def argo(env: dict, tmp_path: Path, *config: str) -> dict[str, dict]:
+    """Each step's Argo template of the flow compiled with ``config`` (extra top-level options)."""
+    workflow = compile_flow(env, tmp_path, *config, "--with", f"kubernetes:image={IMAGE}", "argo-workflows",
+                            "create")
+    templates = {t["name"].replace("-", "_"): t for t in workflow["spec"]["templates"] if "container" in t}
+    return {"workflow": workflow, **templates}
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, dict]:
+    """What each step must ask for under the default configuration, deployed."""
+    from movierec.settings import SETTINGS
+
+    config = flowconfig.nest({s.key: s.default for s in SETTINGS})
+    return {step: flowconfig.step_decorators(step, config, remote=True) for step in STEPS}
+
+
+STEPS = ("start", "split", "train_retrieval", "tune_ranking", "build_index", "train_ranker", "evaluate", "publish",
+         "end")
+
+
+def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configuration(aws, tmp_path, expected):
+    env, client = aws
+    templates = argo(env, tmp_path)
+    for step in STEPS:
+        template, want = templates[step], expected[step]
+        container = template["container"]
+        assert container["image"] == IMAGE, step
+        requests = container["resources"]["requests"]
+        assert float(requests["cpu"]) == want["resources"]["cpu"], step
+        assert float(requests["memory"].removesuffix("M")) == want["resources"]["memory"], step
+        assert template["activeDeadlineSeconds"] == want["timeout"]["hours"] * 3600, step
+        retries = template.get("retryStrategy", {}).get("limit", 0)
+        assert retries == (want["retry"]["times"] if "retry" in want else 0), step
+        shm = next(v for v in template["volumes"] if v["name"] == "dhsm")["emptyDir"]
+        if step in flowconfig.RAY_STEPS:
+            assert shm["sizeLimit"] == f"{want['resources']['shared_memory']}Mi", step
+        else:
+            assert "sizeLimit" not in shm, step
+    assert {s for s in STEPS if "retry" in expected[s]} == set(flowconfig.RETRIED_STEPS)
+
+    # No parameter default may be a path of the machine that deployed the flow.
+    params = json.loads(templates["workflow"]["metadata"]["annotations"]["metaflow/parameters"])
+    for name, spec in params.items():
+        value = json.loads(spec["value"]) if spec["value"] else ""
+        assert not (isinstance(value, str) and value.startswith(("/", "~", str(Path.home())))), (name, value)
+
+    # The code package the pods download holds every movierec module beside the flow.
+    code_url = next(e["value"] for e in templates["start"]["container"]["env"] if e["name"] == "METAFLOW_CODE_URL")
+    bucket, key = code_url.removeprefix("s3://").split("/", 1)
+    blob = client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        names = set(tar.getnames())
+    assert "recommender_flow.py" in names
+    assert {f"movierec/{m}" for m in MODULES} <= names
+
+
+def test_gpu_settings_of_the_configuration_reach_the_containers(aws, tmp_path):
+    """--gpus-per-worker on the command line cannot size a container (decorators are fixed at
+    deploy time): the file's retrieval and Tune GPU settings do."""
+    env, _ = aws
+    config = json.dumps({"retrieval": {"workers": 2, "gpus_per_worker": 1}, "tune": {"trials_per_gpu": 4}})
+    templates = argo(env, tmp_path, "--config-value", "config", config)
+    gpus = {s: templates[s]["container"]["resources"]["limits"].get("nvidia.com/gpu") for s in STEPS}
+    assert gpus["train_retrieval"] == "2" and gpus["tune_ranking"] == "1"
+    assert all(g is None for s, g in gpus.items() if s not in ("train_retrieval", "tune_ranking")), gpus
+
+
+def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tmp_path, expected):
+    env, client = aws
+    machine = compile_flow(env, tmp_path, "--with", f"batch:image={IMAGE}", "step-functions", "create",
+                           "--authorize", "movierec-tests")
+    states: dict[str, dict] = {}
+
+    def walk(level: dict) -> None:
+        for name, state in level.items():
+            states[name] = state
+            for branch in state.get("Branches", []):
+                walk(branch["States"])
+
+    walk(machine["States"])
+    batch = client("batch")
+    for step in STEPS:
+        params, want = states[step]["Parameters"], expected[step]
+        asked = {r["Type"]: r["Value"] for r in params["ContainerOverrides"]["ResourceRequirements"]}
+        assert asked == {"VCPU": str(want["resources"]["cpu"]), "MEMORY": str(want["resources"]["memory"])}, step
+        assert params["RetryStrategy"]["Attempts"] == 1 + want.get("retry", {}).get("times", 0), step
+        assert params["Timeout"]["AttemptDurationSeconds"] == want["timeout"]["hours"] * 3600, step
+        job = batch.describe_job_definitions(jobDefinitions=[params["JobDefinition"]])["jobDefinitions"][0]
+        assert job["containerProperties"]["image"] == IMAGE, step
