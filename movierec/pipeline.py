@@ -38,13 +38,15 @@ __all__ = ["DataSplit", "build_index", "evaluate", "fit_sources", "load_data", "
 
 
 def load_data(settings: Settings) -> data.Dataset:
-    """``settings.data``: a user's folder, a synthetic ML-20M-shaped set, or by default ML-100K
-    (fetched on demand); what loading dropped or worked around is printed."""
+    """``settings.data``: a user's folder (local, or ``s3://``), a synthetic ML-20M-shaped set, or by
+    default ML-100K (fetched on demand); what loading dropped or worked around is printed."""
     source = settings.data
     if source.dir and source.synthetic_ratings:
         raise ValueError("choose either --data-dir or --synthetic-ratings, not both")
     if source.synthetic_ratings:
         dataset = synthetic.ml20m_like(source.synthetic_ratings, seed=settings.seed)
+    elif source.dir.startswith("s3://"):
+        dataset = data.load_remote_dataset(source.dir)
     else:
         dataset = data.load_dataset(Path(source.dir).expanduser() if source.dir else data.fetch_ml100k())
     for note in dataset.warnings:

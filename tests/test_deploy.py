@@ -167,3 +167,28 @@ def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tm
         assert params["Timeout"]["AttemptDurationSeconds"] == want["timeout"]["hours"] * 3600, step
         job = batch.describe_job_definitions(jobDefinitions=[params["JobDefinition"]])["jobDefinitions"][0]
         assert job["containerProperties"]["image"] == IMAGE, step
+
+
+def load_in_a_step(env: dict, data_dir: str) -> subprocess.CompletedProcess:
+    """``pipeline.load_data`` in a fresh process with the flow's environment, as ``start`` runs it."""
+    code = ("import json, sys; from movierec import pipeline, settings; "
+            "d = pipeline.load_data(settings.Settings(data=settings.DataSettings(dir=sys.argv[1]))); "
+            "print(json.dumps(d.stats()))")
+    return subprocess.run([sys.executable, "-c", code, data_dir], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_data_dir_in_s3_loads_like_the_local_folder(aws, ml100k_dir):
+    """`--data-dir s3://...` stopped with "not a directory"; the folder now comes through
+    Metaflow's S3 client (the datastore's endpoint and credentials) and loads as the local copy."""
+    from movierec import data
+
+    env, client = aws
+    for path in ml100k_dir.glob("ml-100k.*"):
+        client("s3").upload_file(str(path), BUCKET, f"datasets/ml-100k/{path.name}")
+    out = load_in_a_step(env, f"s3://{BUCKET}/datasets/ml-100k")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == data.load_dataset(ml100k_dir).stats()
+
+    empty = load_in_a_step(env, f"s3://{BUCKET}/datasets/nothing-here/")
+    assert empty.returncode != 0
+    assert f"s3://{BUCKET}/datasets/nothing-here/: no files there (expected a MovieLens folder" in empty.stderr
