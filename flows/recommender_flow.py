@@ -12,11 +12,17 @@ step in fault injection (for tests) and a timing line.
 """
 
 import os
+import time
 
 # Metaflow takes the user from the environment and refuses "root"; shells without a usable name
 # (CI, containers) would stop with "Unknown user", so they run as "movierec".
 if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
     os.environ["METAFLOW_USER"] = "movierec"
+
+# The code package a remote step runs from carries, besides the flow and the movierec package
+# (flows/movierec links it), what publishing builds the wheel from: setup.cfg, pyproject.toml and
+# README.md (linked here too) and the web page (movierec/web/index.html).
+os.environ.setdefault("METAFLOW_DEFAULT_PACKAGE_SUFFIXES", ".py,.cfg,.toml,.md,.html")
 
 from metaflow import Config, FlowSpec, card, current, step  # noqa: E402
 
@@ -35,6 +41,7 @@ class RecommenderFlow(FlowSpec):
     @step
     def start(self):
         self.settings = flowconfig.settings_of(self)
+        self.started_us = time.time_ns() // 1000  # the published wheel's version (packaging.run_version)
         dataset = pipeline.load_data(self.settings)
         self.dataset, self.data_stats = dataset.to_bytes(), dataset.stats()
         print(f"[start] {dataset.name}: {self.data_stats}")
@@ -93,7 +100,8 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def publish(self):
-        run = {"flow": current.flow_name, "run_id": current.run_id, "dataset": self.data_stats, "metrics": self.metrics}
+        run = {"flow": current.flow_name, "run_id": current.run_id, "started_us": self.started_us,
+               "dataset": self.data_stats, "metrics": self.metrics}
         self.bundle, publication, self.wheel = pipeline.publish(self.data_split, self._stages(), self.settings, run)
         self.publication = publication.to_dict()
         current.card.extend(reports.publish_card(self.publication, len(self.bundle)))

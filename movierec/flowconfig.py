@@ -61,6 +61,10 @@ def _combinations(values: dict[str, object]) -> list[str]:
         problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.num_cpus')} is {cpus}{gets}: "
                         "each retrieval worker needs a CPU of the step's own Ray instance (or join a larger cluster "
                         "with --ray-address)")
+    if remote and not values["publish.repository_url"]:
+        problems.append(f"{_named('publish.repository_url')} is required when steps run on Kubernetes or AWS "
+                        "Batch: the default local index would be written inside publish's container and lost with "
+                        "it (set it in the configuration file for a deployment)")
     return problems
 
 

@@ -67,12 +67,25 @@ class Publication:
         return asdict(self)
 
 
-def run_version(run_id: str, base: str = movierec.__version__) -> str:
-    """PEP 440 version of a run's wheel: ``<base>.post<run number>`` (no local ``+`` part, so any
-    index accepts it, and pip installs it without ``--pre``). Metaflow's local run ids are
-    increasing integers, so later runs sort as newer; other ids are hashed to a number."""
-    number = run_id if run_id.isdigit() else str(int(sha256(run_id.encode())[:12], 16))
+def run_version(run_id: str, started_us: int | None = None, base: str = movierec.__version__) -> str:
+    """PEP 440 version of a run's wheel: ``<base>.post<N>`` (no local ``+`` part, so any index
+    accepts it, and pip installs it without ``--pre``), N the microsecond the run started
+    (``started_us``, which the ``start`` step records). Later runs are newer wherever they ran:
+    Metaflow's local run ids are that same timestamp, but Argo's and Step Functions' are names
+    and a metadata service counts from 1, which hashed or counted to versions that sorted in random
+    order, or below every local run. Bundles from before ``started_us`` fall back to the run id
+    (a number as is, a name hashed)."""
+    if started_us is not None:
+        number = started_us
+    else:
+        number = int(run_id) if run_id.isdigit() else int(sha256(run_id.encode())[:12], 16)
     return f"{base}.post{int(number)}"
+
+
+def bundle_version(bundle: bytes) -> str:
+    """The version a bundle is published as, from the run metadata in its model.json."""
+    info, _ = read_bundle(bundle)
+    return run_version(str(info["run_id"]), info.get("started_us"))
 
 
 def _run(cmd: list[str], what: str, env: dict | None = None) -> str:
@@ -92,7 +105,8 @@ def build_wheel(bundle: bytes, version: str, out_dir: Path, source_root: Path = 
         raise PublishError(f"not publishing: {exc}") from None
     for required in ("setup.cfg", "pyproject.toml", "README.md", "movierec/__init__.py"):
         if not (source_root / required).is_file():
-            raise PublishError(f"{source_root}: {required} missing; publish from a movierec source checkout")
+            raise PublishError(f"{source_root}: {required} missing; publish from a movierec source checkout or "
+                               "the flow's code package")
     with tempfile.TemporaryDirectory(prefix="movierec-build-") as tmp:
         stage = Path(tmp) / "src"
         shutil.copytree(source_root / "movierec", stage / "movierec",
@@ -289,12 +303,16 @@ def install_command(version: str, wheel: Path, repository_url: str = "", index_d
     return f"pip install '{PROJECT} @ {url}#sha256={sha256(wheel)}'"
 
 
-def publish(bundle: bytes, run_id: str, settings: PublishSettings) -> tuple[Publication, bytes]:
-    """Build the run's wheel and upload it to ``settings.repository_url``, or else the local index
-    ``settings.index_dir`` (default ``dist/pypi`` beside the source); returns what was published
-    and the wheel's bytes. The build happens in a temporary folder that is gone when this
-    returns, whatever happens."""
-    version, repository_url = run_version(run_id), settings.repository_url
+def publish(bundle: bytes, settings: PublishSettings) -> tuple[Publication, bytes]:
+    """Build the run's wheel (its version from the bundle's run, :func:`bundle_version`) and upload
+    it to ``settings.repository_url``, or else the local index ``settings.index_dir`` (default
+    ``dist/pypi`` beside the source); returns what was published and the wheel's bytes. The build
+    happens in a temporary folder that is gone when this returns, whatever happens."""
+    try:
+        version = bundle_version(bundle)
+    except BundleError as exc:
+        raise PublishError(f"not publishing: {exc}") from None
+    repository_url = settings.repository_url
     index_dir = Path(settings.index_dir or DEFAULT_INDEX_DIR)
     with tempfile.TemporaryDirectory(prefix="movierec-wheel-") as out_dir:
         wheel = build_wheel(bundle, version, Path(out_dir))
@@ -320,9 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-dir", default="", help=f"local index otherwise (default {DEFAULT_INDEX_DIR})")
     args = parser.parse_args(argv)
     try:
-        pathspec, bundle = bundle_of_run(args.run)
-        publication, _ = publish(bundle, pathspec.split("/")[1],
-                                 PublishSettings(repository_url=args.repository_url, index_dir=args.index_dir))
+        _, bundle = bundle_of_run(args.run)
+        publication, _ = publish(bundle, PublishSettings(repository_url=args.repository_url, index_dir=args.index_dir))
     except (PublishError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

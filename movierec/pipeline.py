@@ -157,10 +157,11 @@ def evaluate(data_split: DataSplit, stages: TwoStage) -> Report:
 def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadata: dict
             ) -> tuple[bytes, Publication, bytes]:
     """(bundle, publication, wheel): the models zipped into a bundle (``movierec.bundle``) with the
-    run's ``metadata``, packaged into a wheel and uploaded (``movierec.packaging``)."""
+    run's ``metadata`` (its ``run_id`` and ``started_us`` make the wheel's version), packaged into
+    a wheel and uploaded (``movierec.packaging``)."""
     from movierec.bundle import make_bundle
     from movierec.packaging import publish as upload
 
     bundle = make_bundle(data_split, stages, metadata, user_data=settings.publish.user_data)
-    publication, wheel = upload(bundle, str(metadata["run_id"]), settings.publish)
+    publication, wheel = upload(bundle, settings.publish)
     return bundle, publication, wheel

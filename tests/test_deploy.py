@@ -22,6 +22,7 @@ from conftest import FLOW, free_port, wait_for_http
 from movierec import flowconfig
 
 IMAGE = "registry.example/movierec:1.0"
+INDEX = json.dumps({"publish": {"repository_url": "https://pypi.example/movierec/"}})
 BUCKET = "movierec-ci"
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/movierec"
 MODULES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "movierec").glob("*.py"))
@@ -77,10 +78,10 @@ def compile_flow(env: dict, tmp_path: Path, *args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def argo(env: dict, tmp_path: Path, *config: str) -> dict[str, dict]:
-    """Each step's Argo template of the flow compiled with ``config`` (extra top-level options)."""
-    workflow = compile_flow(env, tmp_path, *config, "--with", f"kubernetes:image={IMAGE}", "argo-workflows",
-                            "create")
+def argo(env: dict, tmp_path: Path, config: str = INDEX) -> dict[str, dict]:
+    """Each step's Argo template of the flow compiled with the ``config`` Config (JSON)."""
+    workflow = compile_flow(env, tmp_path, "--config-value", "config", config, "--with", f"kubernetes:image={IMAGE}",
+                            "argo-workflows", "create")
     templates = {t["name"].replace("-", "_"): t for t in workflow["spec"]["templates"] if "container" in t}
     return {"workflow": workflow, **templates}
 
@@ -138,8 +139,9 @@ def test_gpu_settings_of_the_configuration_reach_the_containers(aws, tmp_path):
     """--gpus-per-worker on the command line cannot size a container (decorators are fixed at
     deploy time): the file's retrieval and Tune GPU settings do."""
     env, _ = aws
-    config = json.dumps({"retrieval": {"workers": 2, "gpus_per_worker": 1}, "tune": {"trials_per_gpu": 4}})
-    templates = argo(env, tmp_path, "--config-value", "config", config)
+    config = json.dumps({**json.loads(INDEX), "retrieval": {"workers": 2, "gpus_per_worker": 1},
+                         "tune": {"trials_per_gpu": 4}})
+    templates = argo(env, tmp_path, config)
     gpus = {s: templates[s]["container"]["resources"]["limits"].get("nvidia.com/gpu") for s in STEPS}
     assert gpus["train_retrieval"] == "2" and gpus["tune_ranking"] == "1"
     assert all(g is None for s, g in gpus.items() if s not in ("train_retrieval", "tune_ranking")), gpus
@@ -147,8 +149,8 @@ def test_gpu_settings_of_the_configuration_reach_the_containers(aws, tmp_path):
 
 def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tmp_path, expected):
     env, client = aws
-    machine = compile_flow(env, tmp_path, "--with", f"batch:image={IMAGE}", "step-functions", "create",
-                           "--authorize", "movierec-tests")
+    machine = compile_flow(env, tmp_path, "--config-value", "config", INDEX, "--with", f"batch:image={IMAGE}",
+                           "step-functions", "create", "--authorize", "movierec-tests")
     states: dict[str, dict] = {}
 
     def walk(level: dict) -> None:
@@ -167,6 +169,16 @@ def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tm
         assert params["Timeout"]["AttemptDurationSeconds"] == want["timeout"]["hours"] * 3600, step
         job = batch.describe_job_definitions(jobDefinitions=[params["JobDefinition"]])["jobDefinitions"][0]
         assert job["containerProperties"]["image"] == IMAGE, step
+
+
+def test_a_deployment_without_a_package_repository_is_refused(aws, tmp_path):
+    """publish's default, a local index folder, would be written inside its container and lost."""
+    env, _ = aws
+    out = subprocess.run([sys.executable, FLOW, "--no-pylint", "--datastore", "s3", "--with",
+                          f"kubernetes:image={IMAGE}", "argo-workflows", "create", "--only-json"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "publish.repository_url (--repository-url) is required when steps run on Kubernetes" in out.stderr
 
 
 def load_in_a_step(env: dict, data_dir: str) -> subprocess.CompletedProcess:

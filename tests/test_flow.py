@@ -91,15 +91,17 @@ def test_light_steps_do_not_import_torch():
     assert out.stdout.strip() == "[]"
 
 
-def test_the_code_package_carries_movierec(tmp_path, metaflow_root):
+def test_the_code_package_carries_movierec_and_what_publishing_builds_from(tmp_path, metaflow_root, tiny_bundle):
     """A remote step (Kubernetes, Batch) runs from the code package alone: it held only the flow
-    file, so `from movierec import ...` failed in the pod. ``flows/movierec`` links the package in
-    (Metaflow packages what a link points to); imported from the unpacked package with the
-    package's folder first on the path, as a pod runs it, every module comes from there."""
+    file, so `from movierec import ...` failed in the pod, and publish wanted a source checkout.
+    ``flows/`` links the package, setup.cfg, pyproject.toml and README.md in (Metaflow packages
+    what a link points to). Unpacked and run from its own folder, as a pod runs it, every module
+    comes from the package and publishing builds a complete wheel there."""
     import os
     import subprocess
     import sys
     import tarfile
+    import zipfile
     from pathlib import Path
 
     from conftest import FLOW
@@ -112,11 +114,19 @@ def test_the_code_package_carries_movierec(tmp_path, metaflow_root):
     pod = tmp_path / "pod"
     source = Path(__file__).resolve().parents[1] / "movierec"
     assert sorted(p.name for p in (pod / "movierec").glob("*.py")) == sorted(p.name for p in source.glob("*.py"))
-    code = ("import movierec.pipeline, movierec.retrieval, movierec.ranking, sys; "
-            "print(sorted({m.__file__ for n, m in sys.modules.items() if n.startswith('movierec')}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=pod, capture_output=True, text=True, check=True)
-    files = eval(out.stdout)  # noqa: S307 - a list of paths this test's own subprocess printed
+    (tmp_path / "bundle.zip").write_bytes(tiny_bundle)
+    code = ("import movierec.pipeline, movierec.retrieval, movierec.ranking, sys; from pathlib import Path; "
+            "from movierec import packaging; "
+            "print(sorted({m.__file__ for n, m in sys.modules.items() if n.startswith('movierec')})); "
+            "print(packaging.build_wheel(Path(sys.argv[1]).read_bytes(), '0.1.0.post9', Path(sys.argv[2])))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "bundle.zip"), str(tmp_path / "wheel")],
+                         cwd=pod, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    files, wheel = eval(lines[0]), lines[-1]  # noqa: S307 - a list of paths this test's own subprocess printed
     assert files and all(f.startswith(str(pod)) for f in files), files
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"movierec/web/index.html", "movierec/bundle/model.json", "movierec/cli.py"} <= set(names)
 
 
 def test_cli_in_a_checkout_serves_the_latest_successful_run(runs, metaflow_root):

@@ -178,7 +178,8 @@ def test_steps_ask_for_the_resources_of_the_configuration_and_retry_only_remotel
 def test_remote_retrieval_workers_may_use_every_cpu_of_their_container(monkeypatch):
     """Locally train_retrieval gets half of --num-cpus beside tune_ranking; in a container of its
     own it gets them all, so two workers on two CPUs are fine there."""
-    values = {s.key: s.default for s in SETTINGS} | {"retrieval.workers": 2, "ray.num_cpus": 2}
+    values = {s.key: s.default for s in SETTINGS} | {"retrieval.workers": 2, "ray.num_cpus": 2,
+                                                     "publish.repository_url": "https://pypi.example/movierec/"}
     monkeypatch.delenv("METAFLOW_DECOSPECS", raising=False)
     monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "local")
     monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run"])

@@ -21,9 +21,20 @@ def test_run_version_is_pep440_and_uploadable():
     v = Version(packaging.run_version("1795493907879854", base="0.1.0"))
     assert str(v) == "0.1.0.post1795493907879854"
     assert v.local is None and not v.is_prerelease  # any index takes it; pip installs it without --pre
-    assert Version(packaging.run_version("1795493907879855", "0.1.0")) > v  # later runs are newer
-    other = packaging.run_version("argo-movierec-abc12", "0.1.0")
-    assert Version(other).post is not None and other == packaging.run_version("argo-movierec-abc12", "0.1.0")
+    assert Version(packaging.run_version("1795493907879855", base="0.1.0")) > v  # later runs are newer
+    other = packaging.run_version("argo-movierec-abc12", base="0.1.0")
+    assert Version(other).post is not None and other == packaging.run_version("argo-movierec-abc12", base="0.1.0")
+
+
+def test_versions_follow_the_start_time_whatever_the_scheduler_calls_the_run():
+    """Argo's and Step Functions' run ids are names, hashed to versions in random order, and a
+    metadata service's count from 1, below every local run: the run's start time orders them."""
+    local = packaging.run_version("1795493907879854", 1795493907879854, base="0.1.0")
+    argo = packaging.run_version("argo-recommenderflow-zz9", 1795493907880000, base="0.1.0")
+    sfn = packaging.run_version("sfn-0a1b2c3d", 1795493907990000, base="0.1.0")
+    service = packaging.run_version("7", 1795493908000000, base="0.1.0")
+    assert local == "0.1.0.post1795493907879854"  # a local run's id is its start time: versions do not change
+    assert Version(local) < Version(argo) < Version(sfn) < Version(service)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +90,10 @@ def test_publish_leaves_no_temporary_folder_and_prints_a_pinned_command(tiny_bun
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    publication, wheel = packaging.publish(tiny_bundle, "5", PublishSettings(index_dir=str(tmp_path / "idx")))
+    publication, wheel = packaging.publish(tiny_bundle, PublishSettings(index_dir=str(tmp_path / "idx")))
     assert list(tmp.iterdir()) == []
-    assert publication.version == "0.1.0.post5" and publication.sha256 == hashlib.sha256(wheel).hexdigest()
+    assert publication.version == packaging.run_version("test")
+    assert publication.sha256 == hashlib.sha256(wheel).hexdigest()
     on_disk = tmp_path / "idx" / "packages" / publication.wheel
     assert on_disk.read_bytes() == wheel
     assert publication.install_command == f"pip install 'movierec @ {on_disk.as_uri()}#sha256={publication.sha256}'"
