@@ -24,11 +24,12 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
 # README.md (linked here too) and the web page (movierec/web/index.html).
 os.environ.setdefault("METAFLOW_DEFAULT_PACKAGE_SUFFIXES", ".py,.cfg,.toml,.md,.html")
 
-from metaflow import Config, FlowSpec, card, current, step  # noqa: E402
+from metaflow import Config, FlowSpec, card, current, project, step  # noqa: E402
 
 from movierec import flowconfig, pipeline, reports  # noqa: E402
 
 
+@project(name="movierec")  # deployments per branch: argo-workflows create --branch / --production
 @flowconfig.configured
 class RecommenderFlow(FlowSpec):
     """Load → split → (train retrieval + sources ∥ tune rating model) → build Annoy index → train ranker →

@@ -35,9 +35,9 @@ class ConfigError(ValueError):
     pass
 
 
-# Steps that start Ray: their containers get ray.num_cpus CPUs, resources.ray_memory and a /dev/shm.
+# Steps that start Ray: their containers get ray.num_cpus CPUs, deploy.ray_memory and a /dev/shm.
 RAY_STEPS = ("train_retrieval", "tune_ranking", "train_ranker")
-# Steps a lost node or a storage error can fail, retried on Kubernetes/Batch (resources.retries).
+# Steps a lost node or a storage error can fail, retried on Kubernetes/Batch (deploy.retries).
 RETRIED_STEPS = ("start", *RAY_STEPS, "publish")
 DEPLOY_COMMANDS = ("argo-workflows", "step-functions", "airflow")
 REMOTE_COMPUTE = ("kubernetes", "batch")
@@ -211,8 +211,8 @@ def runs_remotely(argv: list[str] | None = None) -> bool:
 
 def step_decorators(step_name: str, config: object, remote: bool) -> dict[str, dict[str, object]]:
     """Metaflow step decorators (name -> arguments) for ``step_name`` from the ``config`` Config:
-    ``resources`` (see ``ResourceSettings``), ``timeout``, and ``retry`` where ``remote``."""
-    res = config["resources"]
+    ``resources`` (see ``DeploySettings``), ``timeout``, and ``retry`` where ``remote``."""
+    res = config["deploy"]
     if step_name in RAY_STEPS:
         gpu = {"train_retrieval": config["retrieval"]["workers"] * config["retrieval"]["gpus_per_worker"],
                "tune_ranking": int(config["tune"]["trials_per_gpu"] > 0)}.get(step_name, 0)
@@ -250,14 +250,17 @@ def _mutator() -> type:
     frame = user_step_decorator(step_frame)
 
     class configured(FlowMutator):  # noqa: N801 (used as a lower-case class decorator, as Metaflow's own)
-        """Adds a Parameter per setting (but those of the file only), each step's resources, timeout
-        and retries (:func:`step_decorators`), and wraps every step in :func:`step_frame`."""
+        """Adds a Parameter per setting (but those of the file only), the deployment's schedule, each
+        step's resources, timeout and retries (:func:`step_decorators`), and wraps every step in
+        :func:`step_frame`."""
 
         def pre_mutate(self, mutable_flow) -> None:
             for s in SETTINGS:
                 if not s.file_only:
                     mutable_flow.add_parameter(s.attribute, _parameter(s))
             config, remote = dict(mutable_flow.configs)["config"], runs_remotely()
+            if config["deploy"]["schedule"]:
+                mutable_flow.add_decorator("schedule", deco_kwargs={config["deploy"]["schedule"]: True})
             for name, step in mutable_flow.steps:
                 step.add_decorator(frame)
                 for decorator, arguments in step_decorators(name, config, remote).items():

@@ -247,13 +247,13 @@ class PublishSettings:
 
 
 @dataclass(frozen=True)
-class ResourceSettings:
-    """What each step asks Kubernetes or AWS Batch for: Metaflow's ``@resources``, ``@timeout`` and
-    ``@retry``, added to the steps by ``flowconfig.configured``. Decorators are fixed when a flow
-    is deployed, before any Parameter has a value, so these live in the configuration file only
-    (no command-line option). The Ray steps also ask for ``ray.num_cpus`` CPUs (set it in the file
-    too for remote runs: Ray is told that number) and the GPUs the retrieval and Tune settings use.
-    Local runs ignore them, apart from the timeout."""
+class DeploySettings:
+    """What each step asks Kubernetes or AWS Batch for (Metaflow's ``@resources``, ``@timeout`` and
+    ``@retry``, added to the steps by ``flowconfig.configured``) and when a deployment retrains.
+    Decorators are fixed when a flow is deployed, before any Parameter has a value, so these live in
+    the configuration file only (no command-line option). The Ray steps also ask for
+    ``ray.num_cpus`` CPUs (set it in the file too for remote runs: Ray is told that number) and the
+    GPUs the retrieval and Tune settings use. Local runs ignore them, apart from the timeout."""
 
     cpu: int = setting(2, "", "CPUs of each step that runs no Ray (start, split, build_index, evaluate, publish, "
                        "end)", minimum=1)
@@ -265,6 +265,9 @@ class ResourceSettings:
     retries: int = setting(2, "", "times a step on Kubernetes or AWS Batch is retried after a failure (start, the "
                            "Ray steps and publish: those a lost node or a storage error can fail); local runs, where "
                            "a failure is a bug or bad data that a retry would only repeat, never retry", minimum=0)
+    schedule: str = setting("", "", "retrain a deployed flow (Argo Workflows, Step Functions) hourly, daily or "
+                            "weekly (Metaflow's @schedule); empty: only when triggered",
+                            choices=("", "hourly", "daily", "weekly"))
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,7 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     ray: RaySettings = field(default_factory=RaySettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
-    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
 
     def epochs_for(self, max_epochs: int, n_examples: int) -> int:
         """Epochs to run over ``n_examples``: at most ``max_epochs``, at least one, within the budget."""

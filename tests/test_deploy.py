@@ -118,6 +118,10 @@ def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configura
         else:
             assert "sizeLimit" not in shm, step
     assert {s for s in STEPS if "retry" in expected[s]} == set(flowconfig.RETRIED_STEPS)
+    annotations = templates["workflow"]["metadata"]["annotations"]
+    project = annotations["metaflow/project_flow_name"]  # @project: each branch deploys its own copy
+    assert project.startswith("movierec.user.") and project.endswith(".RecommenderFlow"), project
+    assert "metaflow/cron" not in annotations  # no schedule unless the configuration asks for one
 
     # No parameter default may be a path of the machine that deployed the flow.
     params = json.loads(templates["workflow"]["metadata"]["annotations"]["metaflow/parameters"])
@@ -145,6 +149,12 @@ def test_gpu_settings_of_the_configuration_reach_the_containers(aws, tmp_path):
     gpus = {s: templates[s]["container"]["resources"]["limits"].get("nvidia.com/gpu") for s in STEPS}
     assert gpus["train_retrieval"] == "2" and gpus["tune_ranking"] == "1"
     assert all(g is None for s, g in gpus.items() if s not in ("train_retrieval", "tune_ranking")), gpus
+
+
+def test_a_configured_schedule_retrains_the_deployment(aws, tmp_path):
+    env, _ = aws
+    workflow = argo(env, tmp_path, json.dumps({**json.loads(INDEX), "deploy": {"schedule": "weekly"}}))["workflow"]
+    assert json.loads(workflow["metadata"]["annotations"]["metaflow/cron"])["schedule"] == "0 0 ? * SUN"
 
 
 def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tmp_path, expected):

@@ -161,8 +161,8 @@ def test_a_flow_knows_when_its_steps_run_remotely(monkeypatch, argv, environment
 
 
 def test_steps_ask_for_the_resources_of_the_configuration_and_retry_only_remotely():
-    config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "ray.num_cpus": 6, "resources.cpu": 3,
-                              "resources.memory": 2048, "resources.ray_memory": 9000, "resources.retries": 4,
+    config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "ray.num_cpus": 6, "deploy.cpu": 3,
+                              "deploy.memory": 2048, "deploy.ray_memory": 9000, "deploy.retries": 4,
                               "retrieval.workers": 3, "retrieval.gpus_per_worker": 1})
     local = flowconfig.step_decorators("train_retrieval", config, remote=False)
     assert local == {"resources": {"cpu": 6, "memory": 9000, "shared_memory": 3000, "gpu": 3},
@@ -193,6 +193,7 @@ def test_resources_are_settings_of_the_file_only():
     """A Parameter could not size a container (decorators are fixed at deploy time), so none is
     offered; the file's value is checked like any other."""
     file_only = {s.key for s in SETTINGS if s.file_only}
-    assert file_only == {f"resources.{name}" for name in ("cpu", "memory", "ray_memory", "timeout_hours", "retries")}
-    with pytest.raises(flowconfig.ConfigError, match=r"resources.memory \(configuration file only\) must be at least"):
-        flowconfig.check({"resources.memory": 100})
+    assert file_only == {f"deploy.{name}" for name in ("cpu", "memory", "ray_memory", "timeout_hours", "retries",
+                                                                "schedule")}
+    with pytest.raises(flowconfig.ConfigError, match=r"deploy.memory \(configuration file only\) must be at least"):
+        flowconfig.check({"deploy.memory": 100})
