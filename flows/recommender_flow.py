@@ -121,7 +121,7 @@ class RecommenderFlow(FlowSpec):
                                getattr(self, "ranker", None))
 
     def _ray_storage(self) -> str:
-        return pipeline.ray_storage(current.flow_name, current.run_id, current.step_name)
+        return pipeline.ray_storage(current.flow_name, current.run_id, current.step_name, current.retry_count)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,12 +92,28 @@ def _private_to_this_process() -> None:
         Config.initialize("")
 
 
-def storage_path(flow: str, run_id: str, step: str) -> str:
-    """An absolute folder for Ray's results, one per run and step, beside Metaflow's datastore.
+def storage_path(flow: str, run_id: str, step: str, attempt: int = 0) -> str:
+    """Where a step's Ray results go, one place per run, step and attempt (a retried step starts
+    afresh): in the run's datastore when Metaflow's is S3 (``METAFLOW_DEFAULT_DATASTORE``, as on
+    Kubernetes and Batch), which every node of a Ray cluster can reach (Ray Train refuses a
+    folder of the driver's on a multi-node cluster), with Metaflow's S3 endpoint when one is set;
+    else an absolute folder beside the local datastore, following METAFLOW_DATASTORE_SYSROOT_LOCAL
+    when set, so isolated test runs stay isolated."""
+    from metaflow import metaflow_config as mf
 
-    It follows METAFLOW_DATASTORE_SYSROOT_LOCAL when set, so isolated test runs stay isolated.
-    """
+    if mf.DEFAULT_DATASTORE == "s3" and mf.DATASTORE_SYSROOT_S3:
+        uri = f"{mf.DATASTORE_SYSROOT_S3.rstrip('/')}/movierec_ray/{flow}/{run_id}/{step}/{attempt}"
+        return s3_uri(uri, mf.S3_ENDPOINT_URL)
     root = os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL") or os.getcwd()
-    path = Path(root).resolve() / ".movierec_ray" / flow / str(run_id) / step
+    path = Path(root).resolve() / ".movierec_ray" / flow / str(run_id) / step / str(attempt)
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def s3_uri(uri: str, endpoint_url: str | None) -> str:
+    """``uri`` as Ray's storage (pyarrow's S3 file system) reads it: an S3-compatible endpoint
+    (MinIO, a local test server) travels as the URI's ``endpoint_override`` and ``scheme``."""
+    if not endpoint_url:
+        return uri
+    endpoint = urllib.parse.urlsplit(endpoint_url)
+    return f"{uri}?{urllib.parse.urlencode({'endpoint_override': endpoint.netloc, 'scheme': endpoint.scheme})}"

@@ -66,9 +66,9 @@ def split_data(dataset: dict[str, bytes], settings: Settings) -> DataSplit:
     return DataSplit(enc, split_for(enc, settings.protocol, settings.seed))
 
 
-def ray_storage(flow: str, run_id: str, step: str) -> str:
+def ray_storage(flow: str, run_id: str, step: str, attempt: int = 0) -> str:
     """Where a step's Ray results go (see ``movierec.cluster.storage_path``)."""
-    return storage_path(flow, run_id, step)
+    return storage_path(flow, run_id, step, attempt)
 
 
 def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, beside_tuning: bool = False

@@ -292,7 +292,10 @@ def _search(data: dict, plan: TrialPlan, space: dict, storage_path: str, *, name
         param_space=space,
         tune_config=tune.TuneConfig(metric="val_rmse", mode="min", num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent, scheduler=scheduler),
-        run_config=tune.RunConfig(storage_path=storage_path, name=name, verbose=0),
+        # A trial checkpoints only when it improves, so its latest checkpoint is its best: the
+        # one kept (an ML-100K run kept ~40 files, 41 MB, for ever).
+        run_config=tune.RunConfig(storage_path=storage_path, name=name, verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     grid = tuner.fit()
     if grid.errors:

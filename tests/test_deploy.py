@@ -214,3 +214,55 @@ def test_data_dir_in_s3_loads_like_the_local_folder(aws, ml100k_dir):
     empty = load_in_a_step(env, f"s3://{BUCKET}/datasets/nothing-here/")
     assert empty.returncode != 0
     assert f"s3://{BUCKET}/datasets/nothing-here/: no files there (expected a MovieLens folder" in empty.stderr
+
+
+RAY_STEPS_CODE = """
+import json
+from movierec import pipeline, settings, synthetic
+from movierec.features import encode
+from movierec.split import DataSplit
+
+enc = encode(synthetic.generate(n_users=200, n_items=150, n_ratings=6000, seed=3))
+data_split = DataSplit(enc, pipeline.split_for(enc, "tfrs", 0))
+run = settings.Settings(retrieval=settings.RetrievalConfig(epochs=2), tune=settings.TuneConfig(samples=2, epochs=3))
+where = {step: pipeline.ray_storage("RecommenderFlow", "7", step, 1) for step in ("train_retrieval", "tune_ranking")}
+retrieval = pipeline.train_retrieval(data_split, run, where["train_retrieval"])
+ranking = pipeline.tune_ranking(data_split, run, where["tune_ranking"])
+print(json.dumps({"where": where, "epochs": len(retrieval.history), "curves": ranking.curves}))
+"""
+
+
+def test_ray_steps_keep_their_results_in_the_s3_datastore_best_checkpoints_only(aws, tmp_path):
+    """A folder of the driver's is unreachable from a Ray cluster's other nodes (Ray Train refuses
+    it there): with Metaflow's datastore on S3 the Ray steps keep their results in it, one path per
+    attempt; and a Tune trial, which checkpoints on each improvement, keeps only its last (best)
+    checkpoint, where an ML-100K run kept ~40 files for ever."""
+    env, client = aws
+    out = subprocess.run([sys.executable, "-c", RAY_STEPS_CODE], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    prefix = "metaflow/movierec_ray/RecommenderFlow/7"
+    for step, where in result["where"].items():
+        assert where.startswith(f"s3://{BUCKET}/{prefix}/{step}/1?endpoint_override=127.0.0.1%3A"), where
+    pages = client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    assert any(k.startswith(f"{prefix}/train_retrieval/1/retrieval/") for k in keys)
+    checkpoints: dict[str, set[str]] = {}
+    for key in keys:
+        parts = key.split("/")
+        if key.startswith(f"{prefix}/tune_ranking/1/ranking/") and any(p.startswith("checkpoint_") for p in parts):
+            trial = parts[parts.index("ranking") + 1]
+            checkpoints.setdefault(trial, set()).add(next(p for p in parts if p.startswith("checkpoint_")))
+    assert len(checkpoints) == 2, checkpoints
+    assert all(len(saved) == 1 for saved in checkpoints.values()), checkpoints
+    # ...though each trial saved one at every improvement, and one improved more than once
+    best: dict[str, float] = {}
+    improvements: dict[str, int] = {}
+    for curve in result["curves"]:
+        trial = str(curve["trial"])
+        if curve["val_rmse"] < best.get(trial, float("inf")):
+            best[trial] = curve["val_rmse"]
+            improvements[trial] = improvements.get(trial, 0) + 1
+    assert max(improvements.values()) > 1, improvements
+    assert result["epochs"] >= 1
