@@ -27,6 +27,8 @@ def test_shipped_files_parse_and_the_defaults_are_the_dataclasses():
     assert lightgcn["retrieval"]["dim"] == 64 and lightgcn["tune"]["samples"] == 6  # the rest: defaults
     yaml_file = flowconfig.parse((CONFIGS / "ml20m.yaml").read_text())
     assert yaml_file["data"]["dir"] == "~/ml-20m" and yaml_file["protocol"] == "temporal"
+    production = flowconfig.parse((CONFIGS / "production.yaml").read_text())
+    assert production["deploy"]["schedule"] == "weekly" and production["publish"]["repository_url"]
 
 
 @pytest.mark.parametrize("text, message", [
