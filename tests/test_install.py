@@ -129,6 +129,7 @@ def _check_installed(venv: Path, publication: dict, tmp_path: Path) -> None:
              "r = Recommender.load(); "
              "print(json.dumps({'file': movierec.__file__, 'version': movierec.__version__, "
              "'ids': [x.movie_id for x in r.recommend(1, k=5)], 'run': r.info['run_id'], "
+             "'started_us': r.info['started_us'], "
              "'similar': [x.title for x in r.similar_movies(50, k=3)], "
              "'page': (resources.files('movierec') / 'web' / 'index.html').is_file()}))")
     out = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
@@ -136,7 +137,9 @@ def _check_installed(venv: Path, publication: dict, tmp_path: Path) -> None:
     assert Path(out["file"]).is_relative_to(venv) and not Path(out["file"]).is_relative_to(REPO)
     assert out["version"] == publication["version"]
     assert out["ids"] == [int(line.split("[", 1)[1].split("]", 1)[0]) for line in lines]  # titles hold " (" too
-    assert out["run"] in publication["version"]
+    # the wheel's model is the publishing run's: its version is that run's start time (a resumed
+    # run reuses the failed run's start, so its own id need not appear in the version)
+    assert out["version"] == packaging.run_version(out["run"], out["started_us"])
     assert len(out["similar"]) == 3  # movie 50 is Star Wars in ML-100K
     assert out["page"]  # the web page ships with the wheel for `movierec serve`
 
