@@ -172,25 +172,31 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
                            "stay with the repository they are for; give the final URL as --repository-url")
 
 
-def _published_links(repository_url: str) -> dict[str, str]:
-    """{file name: absolute URL} of the movierec files on the repository's simple index page
-    (empty when there is none yet). Sends TWINE_USERNAME/TWINE_PASSWORD as basic auth when set,
-    and follows no redirect."""
-    page = f"{simple_url(repository_url)}{PROJECT}/"
-    request = urllib.request.Request(page)
+def _authorized(url: str) -> urllib.request.Request:
+    """A GET of ``url`` with TWINE_USERNAME/TWINE_PASSWORD as basic auth when they are set."""
+    request = urllib.request.Request(url)
     user, password = os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")
     if user and password:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
+    return request
+
+
+def _published_links(repository_url: str) -> dict[str, str]:
+    """{file name: absolute URL, with its ``#sha256=`` when the index gives one} of the movierec
+    files on the repository's simple index page (empty when there is none yet). Sends
+    TWINE_USERNAME/TWINE_PASSWORD as basic auth when set, and follows no redirect."""
+    page = f"{simple_url(repository_url)}{PROJECT}/"
     try:
-        with urllib.request.build_opener(_NoRedirects).open(request, timeout=30) as resp:
+        with urllib.request.build_opener(_NoRedirects).open(_authorized(page), timeout=30) as resp:
             text = resp.read().decode(errors="replace")
     except OSError:  # 404 for a first upload, or no simple index
         return {}
     links = {}
     for href in re.findall(r'href="([^"]+)"', text):
-        url = urllib.parse.urljoin(page, html.unescape(href)).split("#")[0]
-        links[urllib.parse.unquote(url.rsplit("/", 1)[-1])] = url
+        url, _, fragment = urllib.parse.urljoin(page, html.unescape(href)).partition("#")
+        links[urllib.parse.unquote(url.rsplit("/", 1)[-1])] = url + (f"#{fragment}" if fragment.startswith(
+            "sha256=") else "")
     return links
 
 
@@ -198,6 +204,25 @@ def already_on_server(repository_url: str, wheel_name: str) -> bool:
     """Whether the server's simple index already lists ``wheel_name`` (twine's --skip-existing
     works with PyPI only)."""
     return wheel_name in _published_links(repository_url)
+
+
+def published_copy(wheel_name: str, repository_url: str, index_dir: Path, out_dir: Path) -> Path:
+    """The wheel of that name already published (in the local index, or downloaded from the
+    repository into ``out_dir``, its index's sha256 checked), so that what a re-publish reports
+    and the install command it prints name that file: a rebuild of the same version (a retried
+    publish step, or ``--run`` again) is not byte-identical, and pip refuses a hash that is not
+    the server's."""
+    if not repository_url:
+        return index_dir / "packages" / wheel_name
+    link = _published_links(repository_url)[wheel_name]
+    url, _, fragment = link.partition("#")
+    target = out_dir / "published" / wheel_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.build_opener(_NoRedirects).open(_authorized(url), timeout=60) as resp:
+        target.write_bytes(resp.read())
+    if fragment.startswith("sha256=") and sha256(target) != fragment.removeprefix("sha256="):
+        raise PublishError(f"{url}: the download does not match the sha256 its index lists")
+    return target
 
 
 def _free_port() -> int:
@@ -298,6 +323,7 @@ def install_command(version: str, wheel: Path, repository_url: str = "", index_d
         url = _published_links(repository_url).get(wheel.name)
         if url is None:
             return f"pip install --isolated --index-url {simple_url(repository_url)} {PROJECT}=={version}"
+        url = url.partition("#")[0]
     else:
         url = (Path(index_dir).resolve() / "packages" / wheel.name).as_uri()
     return f"pip install '{PROJECT} @ {url}#sha256={sha256(wheel)}'"
@@ -321,6 +347,8 @@ def publish(bundle: bytes, settings: PublishSettings) -> tuple[Publication, byte
         else:
             index_dir = Path(index_dir).resolve()
             uploaded, where = publish_to_directory(wheel, index_dir), str(index_dir)
+        if not uploaded:
+            wheel = published_copy(wheel.name, repository_url, index_dir, Path(out_dir))
         install = install_command(version, wheel, repository_url, index_dir)
         print(f"[publish] movierec {version} {'uploaded to' if uploaded else 'already in'} {where}", flush=True)
         blob = wheel.read_bytes()

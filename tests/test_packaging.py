@@ -191,3 +191,38 @@ def test_a_bundle_serving_would_refuse_is_not_published(tiny_bundle, tmp_path):
             out.writestr(name, b'{"format": 1}' if name == "model.json" else zf.read(name))
     with pytest.raises(packaging.PublishError, match="not publishing: bundle: model.json: bundle format 1"):
         packaging.build_wheel(old.getvalue(), "0.1.0.post1", tmp_path)
+
+
+def _rebuilt(bundle: bytes) -> bytes:
+    """The same run's bundle with one more metric: what a retried publish step builds again (a
+    rebuild is never byte-identical: the bundle and the wheel carry the time they were made)."""
+    import json
+
+    src, out = zipfile.ZipFile(io.BytesIO(bundle)), io.BytesIO()
+    info = json.loads(src.read("model.json"))
+    info["metrics"] = [*info.get("metrics", []), {"model": "rebuilt"}]
+    with zipfile.ZipFile(out, "w") as zf:
+        for name in src.namelist():
+            zf.writestr(name, json.dumps(info) if name == "model.json" else src.read(name))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("where", ["local index", "repository"])
+def test_publishing_a_version_again_reports_and_pins_the_wheel_already_published(tiny_bundle, tmp_path, where,
+                                                                                 monkeypatch):
+    """A retried publish step (or `--run` again) found its version published and printed the
+    server's URL with the new build's sha256: pip refuses that hash. What is reported, returned
+    and pinned is now the published file."""
+    settings = PublishSettings(index_dir=str(tmp_path / "idx"))
+    packages = tmp_path / "served"
+    packages.mkdir()
+    with packaging.LocalPypiServer(packages) as server:
+        if where == "repository":
+            settings = PublishSettings(repository_url=server.url + "/")
+            monkeypatch.setenv("TWINE_USERNAME", "movierec")  # the test server takes any
+            monkeypatch.setenv("TWINE_PASSWORD", "local")
+        first, first_wheel = packaging.publish(tiny_bundle, settings)
+        again, again_wheel = packaging.publish(_rebuilt(tiny_bundle), settings)
+    assert first.uploaded and not again.uploaded and again.version == first.version
+    assert again_wheel == first_wheel and again.sha256 == first.sha256 == hashlib.sha256(first_wheel).hexdigest()
+    assert again.install_command.endswith(f"#sha256={first.sha256}'")
