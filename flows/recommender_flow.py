@@ -22,7 +22,9 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
 # The code package a remote step runs from carries, besides the flow and the movierec package
 # (flows/movierec links it), what publishing builds the wheel from: setup.cfg, pyproject.toml and
 # README.md (linked here too) and the web page (movierec/web/index.html).
-os.environ.setdefault("METAFLOW_DEFAULT_PACKAGE_SUFFIXES", ".py,.cfg,.toml,.md,.html")
+_suffixes = os.environ.get("METAFLOW_DEFAULT_PACKAGE_SUFFIXES", ".py,.R,.RDS").split(",")
+os.environ["METAFLOW_DEFAULT_PACKAGE_SUFFIXES"] = ",".join(
+    dict.fromkeys([*_suffixes, ".py", ".cfg", ".toml", ".md", ".html"]))
 
 from metaflow import Config, FlowSpec, card, current, project, step  # noqa: E402
 
@@ -101,7 +103,8 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def publish(self):
-        run = {"flow": current.flow_name, "run_id": current.run_id, "started_us": self.started_us,
+        run = {"flow": current.flow_name, "run_id": current.run_id,
+               "started_us": getattr(self, "started_us", None),  # None: a resumed run started before it existed
                "dataset": self.data_stats, "metrics": self.metrics}
         self.bundle, publication, self.wheel = pipeline.publish(self.data_split, self._stages(), self.settings, run)
         self.publication = publication.to_dict()

@@ -527,18 +527,20 @@ def load_dataset(directory: Path, cache: bool = True) -> Dataset:
 
 
 def load_remote_dataset(url: str) -> Dataset:
-    """A MovieLens folder in object storage (``s3://bucket/prefix``): the files directly under it,
-    downloaded with Metaflow's S3 client (the datastore's credentials and endpoint, so a step on
-    Kubernetes or AWS Batch reads data with what the run's artifacts use) into a temporary folder
-    and loaded as a local one, without a Parquet cache (the folder is gone after the load)."""
+    """A MovieLens folder in object storage (``s3://bucket/prefix``): the files of the known
+    layouts directly under it (not the rest of a download: ML-20M's genome scores alone are
+    300 MB), downloaded with Metaflow's S3 client (the datastore's credentials and endpoint, so a
+    step on Kubernetes or AWS Batch reads data with what the run's artifacts use) into a temporary
+    folder and loaded as a local one, without a Parquet cache (the folder is gone after the load)."""
     from metaflow import S3
 
+    known = {name for files, optional, _ in LAYOUTS.values() for name in (*files, *optional)}
     with tempfile.TemporaryDirectory(prefix="movierec-data-") as tmp, \
             S3(s3root=url.rstrip("/") + "/", tmproot=tmp) as s3:
-        keys = [o.key for o in s3.list_paths() if o.exists]
+        keys = [o.key for o in s3.list_paths() if o.exists and o.key.strip("/") in known]
         if not keys:
             expected = "; ".join(" + ".join(files) for files, _, _ in LAYOUTS.values())
-            raise DataError(f"{url}: no files there (expected a MovieLens folder: {expected})")
+            raise DataError(f"{url}: no MovieLens files there (expected one of: {expected})")
         folder = Path(tmp) / "data"
         folder.mkdir()
         print(f"[data] downloading {len(keys)} files from {url}", flush=True)

@@ -40,6 +40,8 @@ RAY_STEPS = ("train_retrieval", "tune_ranking", "train_ranker")
 # Steps a lost node or a storage error can fail, retried on Kubernetes/Batch (deploy.retries).
 RETRIED_STEPS = ("start", *RAY_STEPS, "publish")
 DEPLOY_COMMANDS = ("argo-workflows", "step-functions", "airflow")
+# Settings that size the Ray steps' containers (step_decorators): on Kubernetes/Batch only the file's count.
+SIZING = ("ray.num_cpus", "retrieval.workers", "retrieval.gpus_per_worker", "tune.trials_per_gpu")
 REMOTE_COMPUTE = ("kubernetes", "batch")
 
 
@@ -48,8 +50,10 @@ def _named(key: str) -> str:
     return f"{key} (configuration file only)" if s.file_only else f"{key} (--{s.option})"
 
 
-def _combinations(values: dict[str, object]) -> list[str]:
-    """What is wrong with settings that are each fine alone (``values``: every setting)."""
+def _combinations(values: dict[str, object], run_time: bool) -> list[str]:
+    """What is wrong with settings that are each fine alone (``values``: every setting; at
+    ``run_time`` the run's own values, else a configuration file's before the command line is
+    read)."""
     problems = []
     workers, cpus = values["retrieval.workers"], values["ray.num_cpus"]
     # Locally train_retrieval shares the machine with tune_ranking; remotely it has a container of its own.
@@ -61,16 +65,18 @@ def _combinations(values: dict[str, object]) -> list[str]:
         problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.num_cpus')} is {cpus}{gets}: "
                         "each retrieval worker needs a CPU of the step's own Ray instance (or join a larger cluster "
                         "with --ray-address)")
-    if remote and not values["publish.repository_url"]:
+    # A run's --repository-url comes after the file is read: the file alone must have one only for
+    # a deployment, which takes its values from the file.
+    if (run_time and remote or deploys()) and not values["publish.repository_url"]:
         problems.append(f"{_named('publish.repository_url')} is required when steps run on Kubernetes or AWS "
                         "Batch: the default local index would be written inside publish's container and lost with "
                         "it (set it in the configuration file for a deployment)")
     return problems
 
 
-def check(values: dict[str, object]) -> None:
+def check(values: dict[str, object], run_time: bool = False) -> None:
     """Raise ConfigError naming every bad setting in ``values`` (dotted keys; settings left out
-    keep their defaults), alone and in combination."""
+    keep their defaults), alone and in combination (see :func:`_combinations`)."""
     problems = []
     for key, value in values.items():
         setting = BY_KEY.get(key)
@@ -79,7 +85,7 @@ def check(values: dict[str, object]) -> None:
         elif (why := setting.problem(value)) is not None:
             problems.append(f"{_named(key)} {why}")
     if not problems:
-        problems = _combinations({**{s.key: s.default for s in SETTINGS}, **values})
+        problems = _combinations({**{s.key: s.default for s in SETTINGS}, **values}, run_time)
     if problems:
         raise ConfigError("invalid flow configuration: " + "; ".join(problems))
 
@@ -164,11 +170,11 @@ def _parameter(s: Setting):
                      callback=checked)
 
 
-def _checked(values: dict[str, object]) -> None:
+def _checked(values: dict[str, object], run_time: bool = False) -> None:
     """:func:`check`, its error raised as a MetaflowException: Metaflow prints that as a message,
     where any other exception comes with a traceback that buries it."""
     try:
-        check(values)
+        check(values, run_time)
     except ConfigError as exc:
         from metaflow.exception import MetaflowException
 
@@ -179,7 +185,17 @@ def settings_of(flow: object) -> Settings:
     """The run's settings from the flow's parameters (command line over file) and, for the
     settings of the file only, its ``config``; checked together."""
     values = {s.key: _lookup(flow.config, s.key) if s.file_only else getattr(flow, s.attribute) for s in SETTINGS}
-    _checked(values)
+    if runs_remotely():
+        # The containers were sized from the file when the flow was deployed or launched; Ray would
+        # be told the command line's values: a pod of 2 CPUs told 8, or a GPU worker with no GPU.
+        differ = [f"{_named(key)} is {values[key]} but the file says {_lookup(flow.config, key)}"
+                  for key in SIZING if values[key] != _lookup(flow.config, key)]
+        if differ:
+            from metaflow.exception import MetaflowException
+
+            raise MetaflowException("on Kubernetes or AWS Batch the configuration file sizes the steps' containers, "
+                                    "so set these there, not on the command line: " + "; ".join(differ))
+    _checked(values, run_time=True)
     return from_values(values)
 
 
@@ -194,19 +210,26 @@ def runs_remotely(argv: list[str] | None = None) -> bool:
     """Whether the flow's steps run on Kubernetes or AWS Batch: this process is in such a
     container (Metaflow sets METAFLOW_RUNTIME_ENVIRONMENT there, as its own plugins check), or
     its command deploys the flow to a scheduler or sends steps there (``--with kubernetes``,
-    ``--with batch``, or the same in METAFLOW_DECOSPECS)."""
+    ``--with batch``, or the same in METAFLOW_DECOSPECS or Metaflow's DEFAULT_DECOSPECS)."""
     if os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") != "local":
         return True
     argv = sys.argv if argv is None else argv
-    specs = os.environ.get("METAFLOW_DECOSPECS", "").split()
+    if deploys(argv):
+        return True
+    from metaflow.metaflow_config import DEFAULT_DECOSPECS  # a profile may send every run to Kubernetes
+
+    specs = [*os.environ.get("METAFLOW_DECOSPECS", "").split(), *(DEFAULT_DECOSPECS or "").split()]
     for i, arg in enumerate(argv):
-        if arg in DEPLOY_COMMANDS:
-            return True
         if arg == "--with" and i + 1 < len(argv):
             specs.append(argv[i + 1])
         elif arg.startswith("--with="):
             specs.append(arg.removeprefix("--with="))
     return any(spec.split(":")[0] in REMOTE_COMPUTE for spec in specs)
+
+
+def deploys(argv: list[str] | None = None) -> bool:
+    """Whether this command deploys the flow to a scheduler (Argo Workflows, Step Functions, Airflow)."""
+    return any(arg in DEPLOY_COMMANDS for arg in (sys.argv if argv is None else argv))
 
 
 def step_decorators(step_name: str, config: object, remote: bool) -> dict[str, dict[str, object]]:

@@ -34,7 +34,7 @@ DEFAULT_PATIENCE = {"two_tower": 3, "lightgcn": 5}
 # (benchmarks/training.py), and fewer, larger steps learn less per epoch.
 MIN_AUTO_BATCH, MAX_AUTO_BATCH, AUTO_STEPS = 1024, 4096, 2048
 # On a GPU a step of up to ~16k pairs costs about the same few milliseconds (launches, not
-# arithmetic): on an H200 8,192 pairs trained at 1.2M examples/s, 16,384 at 3.0M and 65,536 at 8M
+# arithmetic): on an H200 8,192 pairs trained at 1.5M examples/s, 16,384 at 2.9M and 65,536 at 7.8M
 # (benchmarks/training.py --device cuda). So batches double from 1,024 steps an epoch, up to 65,536.
 GPU_MAX_AUTO_BATCH, GPU_AUTO_STEPS = 65536, 1024
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -95,7 +95,7 @@ class RetrievalConfig:
     weight_decay: float = 1e-6
     batch_size: int = setting(0, "retrieval-batch-size", "training pairs per step and worker (at most a worker's "
                               "share of the pairs); 0: by the data's size (1,024 up to 4M training pairs per worker, "
-                              "doubling with them up to 4,096; on a GPU from 1M pairs up to 65,536). The learning rate "
+                              "doubling with them up to 4,096; on a GPU from 2M pairs up to 65,536). The learning rate "
                               "is scaled by the square root of the batch over 1,024", minimum=0)
     negatives: int = setting(1024, "negatives", "the first N movies of each shuffled batch are every pair's shared "
                              "negatives (all of the batch when smaller): the softmax's cost per pair stays fixed as "

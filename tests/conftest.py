@@ -35,6 +35,10 @@ os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = _ROOT
 os.environ["METAFLOW_HOME"] = _ROOT
 os.environ.setdefault("USERNAME", "movierec-tests")
 os.environ.pop("MOVIEREC_FAIL_STEP", None)
+# Whether a flow's steps run remotely (movierec.flowconfig.runs_remotely) reads these and the command
+# line: the tests run locally whatever the shell that started them had set.
+for _var in ("METAFLOW_RUNTIME_ENVIRONMENT", "METAFLOW_DECOSPECS", "METAFLOW_DEFAULT_DECOSPECS"):
+    os.environ.pop(_var, None)
 
 # Metaflow's Runner loads Metaflow's vendored copy of typing_extensions, which replaces two functions of the
 # standard typing module with versions that do not know the real typing_extensions' TypeVar defaults: any
@@ -56,6 +60,13 @@ BUDGET = {"retrieval_epochs": 3, "tune_samples": 2, "tune_epochs": 2, "n_trees":
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def local_command_line(monkeypatch):
+    """pytest's own arguments are no flow command: `pytest -k argo-workflows` would look like a
+    deployment to ``flowconfig.runs_remotely``."""
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])
 
 
 @pytest.fixture(scope="session")

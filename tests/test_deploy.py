@@ -207,13 +207,15 @@ def test_data_dir_in_s3_loads_like_the_local_folder(aws, ml100k_dir):
     env, client = aws
     for path in ml100k_dir.glob("ml-100k.*"):
         client("s3").upload_file(str(path), BUCKET, f"datasets/ml-100k/{path.name}")
+    client("s3").put_object(Bucket=BUCKET, Key="datasets/ml-100k/README.txt", Body=b"not a layout file")
     out = load_in_a_step(env, f"s3://{BUCKET}/datasets/ml-100k")
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.splitlines()[-1]) == data.load_dataset(ml100k_dir).stats()
 
     empty = load_in_a_step(env, f"s3://{BUCKET}/datasets/nothing-here/")
     assert empty.returncode != 0
-    assert f"s3://{BUCKET}/datasets/nothing-here/: no files there (expected a MovieLens folder" in empty.stderr
+    assert f"s3://{BUCKET}/datasets/nothing-here/: no MovieLens files there (expected one of:" in empty.stderr
+    assert "[data] downloading 3 files" in out.stdout  # the layout's files, not the README beside them
 
 
 RAY_STEPS_CODE = """

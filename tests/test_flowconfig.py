@@ -199,3 +199,52 @@ def test_resources_are_settings_of_the_file_only():
                                                                 "schedule")}
     with pytest.raises(flowconfig.ConfigError, match=r"deploy.memory \(configuration file only\) must be at least"):
         flowconfig.check({"deploy.memory": 100})
+
+
+def test_a_metaflow_profile_sending_every_run_to_kubernetes_counts_as_remote(monkeypatch):
+    """DEFAULT_DECOSPECS (a Metaflow profile or METAFLOW_DEFAULT_DECOSPECS) adds --with kubernetes
+    to every command: the launcher then saw a local run and the pod a remote one."""
+    from metaflow import metaflow_config
+
+    monkeypatch.setattr(metaflow_config, "DEFAULT_DECOSPECS", "kubernetes:cpu=4 card")
+    assert flowconfig.runs_remotely(["flow.py", "run"])
+    monkeypatch.setattr(metaflow_config, "DEFAULT_DECOSPECS", "card")
+    assert not flowconfig.runs_remotely(["flow.py", "run"])
+
+
+class _Flow:
+    """What settings_of reads from a running flow: a Parameter attribute per setting and the Config."""
+
+    def __init__(self, file: dict[str, object], command_line: dict[str, object]):
+        values = {s.key: s.default for s in SETTINGS} | file
+        self.config = flowconfig.nest(values)
+        for s in SETTINGS:
+            if not s.file_only:
+                setattr(self, s.attribute, command_line.get(s.key, values[s.key]))
+
+
+def test_remotely_the_file_sizes_the_containers_so_the_command_line_may_not_resize_them(monkeypatch):
+    """@resources is fixed from the file when the flow is launched or deployed; Ray reads the
+    Parameters: --num-cpus 8 on a 2-CPU pod, or a GPU worker in a pod without one."""
+    file = {"publish.repository_url": "https://pypi.example/movierec/"}
+    monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "kubernetes")
+    with pytest.raises(MetaflowException, match=r"ray.num_cpus \(--num-cpus\) is 8 but the file says 2"):
+        flowconfig.settings_of(_Flow(file, {"ray.num_cpus": 8}))
+    assert flowconfig.settings_of(_Flow(file | {"ray.num_cpus": 8}, {})).ray.num_cpus == 8
+    monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "local")  # locally nothing is sized by the file
+    assert flowconfig.settings_of(_Flow(file, {"ray.num_cpus": 8})).ray.num_cpus == 8
+
+
+def test_a_remote_run_needs_a_repository_url_from_the_file_or_the_command_line(monkeypatch):
+    """The file alone need not have one for `run --with kubernetes --repository-url ...` (parsed
+    before the option is read); the run's settings must."""
+    defaults = {s.key: s.default for s in SETTINGS}
+    monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run", "--with", "kubernetes"])
+    flowconfig.check(defaults)  # the file, as parsed for `run --with kubernetes --repository-url ...`
+    monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "--with", "kubernetes", "argo-workflows", "create"])
+    with pytest.raises(flowconfig.ConfigError, match="is required when steps run on Kubernetes"):
+        flowconfig.check(defaults)  # a deployment takes its values from the file
+    monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "kubernetes")
+    flowconfig.settings_of(_Flow({}, {"publish.repository_url": "https://pypi.example/movierec/"}))
+    with pytest.raises(MetaflowException, match=r"publish.repository_url \(--repository-url\) is required"):
+        flowconfig.settings_of(_Flow({}, {}))
