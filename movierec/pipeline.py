@@ -8,7 +8,6 @@ benchmarks and notebooks. Values that travel together travel as one: a :class:`D
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ import numpy as np
 from movierec import arrays, data, metrics, synthetic
 from movierec.cluster import ray_session, storage_path
 from movierec.features import Encoded, encode
+from movierec.flowconfig import runs_remotely
 from movierec.protocols import get_protocol
 from movierec.settings import Settings
 from movierec.split import DataSplit, Split, split_ratings
@@ -79,7 +79,7 @@ def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, bes
     with ``ray.num_cpus`` CPUs, and Ray is told all of them."""
     from movierec.retrieval import train
 
-    if beside_tuning and os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") == "local":
+    if beside_tuning and not runs_remotely():
         settings = replace(settings, ray=settings.ray.beside_tuning())
     with ray_session(settings.ray):
         return train(data_split.enc, data_split.split.train, settings, storage)

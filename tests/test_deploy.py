@@ -71,9 +71,14 @@ def aws(tmp_path_factory):
         log.close()
 
 
+def deploy(env: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The flow's deployment command ``args`` with the S3 datastore, compiled only (``--only-json``)."""
+    return subprocess.run([sys.executable, FLOW, "--no-pylint", "--datastore", "s3", *args, "--only-json"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
 def compile_flow(env: dict, tmp_path: Path, *args: str) -> dict:
-    out = subprocess.run([sys.executable, FLOW, "--no-pylint", "--datastore", "s3", *args, "--only-json"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = deploy(env, tmp_path, *args)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
@@ -184,9 +189,7 @@ def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tm
 def test_a_deployment_without_a_package_repository_is_refused(aws, tmp_path):
     """publish's default, a local index folder, would be written inside its container and lost."""
     env, _ = aws
-    out = subprocess.run([sys.executable, FLOW, "--no-pylint", "--datastore", "s3", "--with",
-                          f"kubernetes:image={IMAGE}", "argo-workflows", "create", "--only-json"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = deploy(env, tmp_path, "--with", f"kubernetes:image={IMAGE}", "argo-workflows", "create")
     assert out.returncode != 0
     assert "publish.repository_url (--repository-url) is required when steps run on Kubernetes" in out.stderr
 
