@@ -12,6 +12,7 @@ step in fault injection (for tests) and a timing line.
 """
 
 import os
+import sys
 import time
 
 # Metaflow takes the user from the environment and refuses "root"; shells without a usable name
@@ -63,7 +64,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def train_retrieval(self):
-        self.retrieval = pipeline.train_retrieval(self.data_split, self.settings, self._ray_storage(),
+        self.retrieval = pipeline.train_retrieval(self.data_split, self.settings, pipeline.ray_storage(self),
                                                   beside_tuning=True)
         self.sources = pipeline.fit_sources(self.data_split, self.settings)
         current.card.extend(reports.retrieval_card(self.retrieval, self.sources))
@@ -72,7 +73,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def tune_ranking(self):
-        self.ranking = pipeline.tune_ranking(self.data_split, self.settings, self._ray_storage())
+        self.ranking = pipeline.tune_ranking(self.data_split, self.settings, pipeline.ray_storage(self))
         current.card.extend(reports.ranking_card(self.ranking))
         self.next(self.build_index)
 
@@ -87,7 +88,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def train_ranker(self):
-        self.ranker = pipeline.train_ranker(self.data_split, self._stages(), self.settings, self._ray_storage())
+        self.ranker = pipeline.train_ranker(self.data_split, self._stages(), self.settings, pipeline.ray_storage(self))
         current.card.extend(reports.ranker_card(self.ranker))
         self.next(self.evaluate)
 
@@ -114,7 +115,7 @@ class RecommenderFlow(FlowSpec):
     @card(type="blank")  # the default card would render every artifact of the run again, bundle included
     @step
     def end(self):
-        lines = reports.finished_lines(current.run_id, self.publication, self.metrics)
+        lines = reports.finished_lines(current.run_id, self.publication, self.metrics, sys.argv[0])
         print("[end] " + "\n  ".join(lines))
         current.card.extend(reports.finished_card(lines))
 
@@ -122,9 +123,6 @@ class RecommenderFlow(FlowSpec):
         """Both stages' trained parts as one value (the ranker once it is trained)."""
         return pipeline.stages(self.retrieval, self.retrieval_index, self.sources, self.ranking,
                                getattr(self, "ranker", None))
-
-    def _ray_storage(self) -> str:
-        return pipeline.ray_storage(current.flow_name, current.run_id, current.step_name, current.retry_count)
 
 
 if __name__ == "__main__":

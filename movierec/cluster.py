@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import sys
 import urllib.parse
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from pathlib import Path
 import movierec
 from movierec.settings import RaySettings
 
+# The port of the head node @metaflow_ray starts (metaflow-ray 0.1.5 always uses Ray's default).
+CLUSTER_HEAD_PORT = 6379
 # The State API address local sessions give their workers: nothing can listen on port 0 (why: ray_session).
 NO_STATE_API = "http://127.0.0.1:0"
 
@@ -92,18 +95,75 @@ def _private_to_this_process() -> None:
         Config.initialize("")
 
 
-def storage_path(flow: str, run_id: str, step: str, attempt: int = 0) -> str:
+def prepare_local_cluster() -> None:
+    """Ready this machine for the Ray cluster a local run of RecommenderClusterFlow forms
+    (``@metaflow_ray``: one ``ray start`` per node, all here). Called in the process that starts
+    the run: its tasks, and the tasks the control task starts for the other nodes, inherit the
+    environment.
+
+    - One token for every node: Ray 2.60's ``ray start`` switches token authentication on and
+      makes up a token of its own unless one is set, so the first node would refuse the second.
+      (On Kubernetes or AWS Batch the token comes from a secret: ``deploy.ray_token_secret``.)
+    - This Python first on PATH: Metaflow starts the other nodes' tasks with whatever ``python``
+      PATH finds, so a run started as ``.venv/bin/python flows/...`` without an activated venv
+      had them fail to import Metaflow and the control task wait for them for ten minutes."""
+    if "RAY_AUTH_TOKEN" not in os.environ:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    here = str(Path(sys.executable).parent)
+    if shutil.which("python") != str(Path(here) / "python"):
+        os.environ["PATH"] = os.pathsep.join([here, os.environ.get("PATH", "")])
+
+
+def session_dir() -> str:
+    """The session folder of the Ray cluster this process is connected to (every process of the
+    cluster's nodes on this machine names it on its command line)."""
+    import ray
+
+    return ray._private.worker.global_worker.node.get_session_dir_path()
+
+
+def stop_session_processes(session: str, grace_s: float = 10.0) -> int:
+    """Stop this machine's processes of the Ray session ``session`` (:func:`session_dir`); how many.
+
+    ``@metaflow_ray`` starts each node with ``ray start`` and never stops it: a local run would
+    leave its whole cluster running (on the port the next run's head needs), a container only
+    its own node. ``ray stop`` would stop every Ray on the machine, tune_ranking's beside this step
+    included; only processes naming this session's folder are stopped here."""
+    import importlib
+
+    import ray  # noqa: F401  (puts its bundled copy of psutil on the path)
+
+    psutil = importlib.import_module("psutil")
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and any(session in arg for arg in proc.info["cmdline"] or ()):
+            mine.append(proc)
+    for proc in mine:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    return len(mine)
+
+
+def storage_path(flow: str, run_id: str, step: str, attempt: int = 0, datastore: str = "local",
+                 root: str | None = None) -> str:
     """Where a step's Ray results go, one place per run, step and attempt (a retried step starts
-    afresh): in the run's datastore when Metaflow's is S3 (``METAFLOW_DEFAULT_DATASTORE``, as on
-    Kubernetes and Batch), which every node of a Ray cluster can reach (Ray Train refuses a
-    folder of the driver's on a multi-node cluster), with Metaflow's S3 endpoint when one is set;
-    else an absolute folder beside the local datastore, following METAFLOW_DATASTORE_SYSROOT_LOCAL
-    when set, so isolated test runs stay isolated."""
+    afresh): in the run's ``datastore`` when it is S3 or Google Cloud Storage (as on Kubernetes and
+    Batch), below its ``root`` (default: Metaflow's configured root), which every node of a Ray
+    cluster can reach (Ray Train refuses a folder of the driver's on a multi-node cluster), with
+    Metaflow's S3 endpoint when one is set; else an absolute folder beside the local datastore,
+    following METAFLOW_DATASTORE_SYSROOT_LOCAL when set, so isolated test runs stay isolated."""
     from metaflow import metaflow_config as mf
 
-    if mf.DEFAULT_DATASTORE == "s3" and mf.DATASTORE_SYSROOT_S3:
-        uri = f"{mf.DATASTORE_SYSROOT_S3.rstrip('/')}/movierec_ray/{flow}/{run_id}/{step}/{attempt}"
-        return s3_uri(uri, mf.S3_ENDPOINT_URL)
+    if datastore in ("s3", "gs"):
+        root = root or (mf.DATASTORE_SYSROOT_S3 if datastore == "s3" else mf.DATASTORE_SYSROOT_GS)
+        uri = f"{root.rstrip('/')}/movierec_ray/{flow}/{run_id}/{step}/{attempt}"
+        return s3_uri(uri, mf.S3_ENDPOINT_URL) if datastore == "s3" else uri
     root = os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL") or os.getcwd()
     path = Path(root).resolve() / ".movierec_ray" / flow / str(run_id) / step / str(attempt)
     path.mkdir(parents=True, exist_ok=True)

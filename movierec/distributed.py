@@ -35,6 +35,17 @@ def mean_over_workers(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def distinct_over_workers(value: int, device: torch.device) -> int:
+    """How many different ``value``s the workers hold (each passes its own; ``device``: where the
+    process group's collectives run)."""
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    if world_size() > 1:
+        gathered = [torch.zeros_like(t) for _ in range(world_size())]
+        dist.all_gather(gathered, t)
+        t = torch.cat(gathered)
+    return int(t.unique().numel())
+
+
 def _sparse_tables(model: nn.Module) -> list[nn.Parameter]:
     """Weights of the embedding tables built with ``sparse=True``, each once (tied tables share
     one), in a fixed order. Decided by the model's structure, not by which gradients exist, so

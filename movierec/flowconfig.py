@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 
 from movierec import faults
+from movierec.cluster import prepare_local_cluster
 from movierec.settings import BY_KEY, SETTINGS, RaySettings, Setting, Settings, from_values, to_values
 
 
@@ -35,13 +36,15 @@ class ConfigError(ValueError):
     pass
 
 
+# RecommenderClusterFlow's step that trains the retrieval model on a Ray cluster of ray.nodes containers.
+CLUSTER_STEP = "train_on_cluster"
 # Steps that start Ray: their containers get ray.num_cpus CPUs, deploy.ray_memory and a /dev/shm.
-RAY_STEPS = ("train_retrieval", "tune_ranking", "train_ranker")
+RAY_STEPS = ("train_retrieval", "tune_ranking", "train_ranker", CLUSTER_STEP)
 # Steps a lost node or a storage error can fail, retried on Kubernetes/Batch (deploy.retries).
 RETRIED_STEPS = ("start", *RAY_STEPS, "publish")
 DEPLOY_COMMANDS = ("argo-workflows", "step-functions", "airflow")
 # Settings that size the Ray steps' containers (step_decorators): on Kubernetes/Batch only the file's count.
-SIZING = ("ray.num_cpus", "retrieval.workers", "retrieval.gpus_per_worker", "tune.trials_per_gpu")
+SIZING = ("ray.num_cpus", "ray.nodes", "retrieval.workers", "retrieval.gpus_per_worker", "tune.trials_per_gpu")
 REMOTE_COMPUTE = ("kubernetes", "batch")
 
 
@@ -50,21 +53,31 @@ def _named(key: str) -> str:
     return f"{key} (configuration file only)" if s.file_only else f"{key} (--{s.option})"
 
 
-def _combinations(values: dict[str, object], run_time: bool) -> list[str]:
+def _combinations(values: dict[str, object], run_time: bool, cluster: bool) -> list[str]:
     """What is wrong with settings that are each fine alone (``values``: every setting; at
     ``run_time`` the run's own values, else a configuration file's before the command line is
-    read)."""
+    read; ``cluster``: for RecommenderClusterFlow, which trains retrieval on ``ray.nodes`` nodes)."""
     problems = []
-    workers, cpus = values["retrieval.workers"], values["ray.num_cpus"]
+    workers, cpus, nodes = values["retrieval.workers"], values["ray.num_cpus"], values["ray.nodes"]
     # Locally train_retrieval shares the machine with tune_ranking; remotely it has a container of its own.
     remote = runs_remotely()
-    share = cpus if remote else RaySettings(num_cpus=cpus).beside_tuning().num_cpus
-    if not values["ray.address"] and workers > share:
-        # Ray Train would wait for CPUs that never come: each worker needs one of the local instance's.
-        gets = "" if remote else f", of which train_retrieval gets {share} (tune_ranking runs beside it)"
-        problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.num_cpus')} is {cpus}{gets}: "
-                        "each retrieval worker needs a CPU of the step's own Ray instance (or join a larger cluster "
-                        "with --ray-address)")
+    if cluster:
+        if workers > cpus * nodes:
+            problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.nodes')} x "
+                            f"{_named('ray.num_cpus')} is {nodes} x {cpus}: each retrieval worker needs a CPU of the "
+                            "cluster train_on_cluster forms")
+        if (run_time and remote or deploys()) and not values["deploy.ray_token_secret"]:
+            problems.append(f"{_named('deploy.ray_token_secret')} is required when train_on_cluster runs on "
+                            "Kubernetes or AWS Batch: its nodes must share one RAY_AUTH_TOKEN, or each refuses "
+                            "the others")
+    elif not values["ray.address"]:
+        share = cpus if remote else RaySettings(num_cpus=cpus).beside_tuning().num_cpus
+        if workers > share:
+            # Ray Train would wait for CPUs that never come: each worker needs one of the local instance's.
+            gets = "" if remote else f", of which train_retrieval gets {share} (tune_ranking runs beside it)"
+            problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.num_cpus')} is {cpus}{gets}: "
+                            "each retrieval worker needs a CPU of the step's own Ray instance (or join a larger "
+                            "cluster with --ray-address)")
     # A run's --repository-url comes after the file is read: the file alone must have one only for
     # a deployment, which takes its values from the file.
     if (run_time and remote or deploys()) and not values["publish.repository_url"]:
@@ -74,7 +87,7 @@ def _combinations(values: dict[str, object], run_time: bool) -> list[str]:
     return problems
 
 
-def check(values: dict[str, object], run_time: bool = False) -> None:
+def check(values: dict[str, object], run_time: bool = False, cluster: bool = False) -> None:
     """Raise ConfigError naming every bad setting in ``values`` (dotted keys; settings left out
     keep their defaults), alone and in combination (see :func:`_combinations`)."""
     problems = []
@@ -85,7 +98,7 @@ def check(values: dict[str, object], run_time: bool = False) -> None:
         elif (why := setting.problem(value)) is not None:
             problems.append(f"{_named(key)} {why}")
     if not problems:
-        problems = _combinations({**{s.key: s.default for s in SETTINGS}, **values}, run_time)
+        problems = _combinations({**{s.key: s.default for s in SETTINGS}, **values}, run_time, cluster)
     if problems:
         raise ConfigError("invalid flow configuration: " + "; ".join(problems))
 
@@ -141,7 +154,7 @@ def defaults() -> dict:
     return nest({s.key: s.default for s in SETTINGS})
 
 
-def parse(text: str) -> dict:
+def parse(text: str, cluster: bool = False) -> dict:
     """The Metaflow ``Config`` parser: the file's settings over the defaults, all checked. Errors
     are raised as MetaflowException, which Metaflow prints as a message rather than a traceback."""
     try:
@@ -150,8 +163,13 @@ def parse(text: str) -> dict:
         from metaflow.exception import MetaflowException
 
         raise MetaflowException(str(exc)) from None
-    _checked(flat)
+    _checked(flat, cluster=cluster)
     return nest({**{s.key: s.default for s in SETTINGS}, **flat})
+
+
+def parse_cluster(text: str) -> dict:
+    """:func:`parse` for RecommenderClusterFlow, whose retrieval workers spread over ``ray.nodes`` nodes."""
+    return parse(text, cluster=True)
 
 
 def _parameter(s: Setting):
@@ -170,11 +188,11 @@ def _parameter(s: Setting):
                      callback=checked)
 
 
-def _checked(values: dict[str, object], run_time: bool = False) -> None:
+def _checked(values: dict[str, object], run_time: bool = False, cluster: bool = False) -> None:
     """:func:`check`, its error raised as a MetaflowException: Metaflow prints that as a message,
     where any other exception comes with a traceback that buries it."""
     try:
-        check(values, run_time)
+        check(values, run_time, cluster)
     except ConfigError as exc:
         from metaflow.exception import MetaflowException
 
@@ -195,7 +213,7 @@ def settings_of(flow: object) -> Settings:
 
             raise MetaflowException("on Kubernetes or AWS Batch the configuration file sizes the steps' containers, "
                                     "so set these there, not on the command line: " + "; ".join(differ))
-    _checked(values, run_time=True)
+    _checked(values, run_time=True, cluster=hasattr(flow, CLUSTER_STEP))
     return from_values(values)
 
 
@@ -232,12 +250,15 @@ def deploys(argv: list[str] | None = None) -> bool:
     return any(arg in DEPLOY_COMMANDS for arg in (sys.argv if argv is None else argv))
 
 
-def step_decorators(step_name: str, config: object, remote: bool) -> dict[str, dict[str, object]]:
+def step_decorators(step_name: str, config: object, remote: bool, cluster: bool = False
+                    ) -> dict[str, dict[str, object]]:
     """Metaflow step decorators (name -> arguments) for ``step_name`` from the ``config`` Config:
-    ``resources`` (see ``DeploySettings``), ``timeout``, and ``retry`` where ``remote``."""
-    res = config["deploy"]
+    ``resources`` (see ``DeploySettings``), ``timeout``, and ``retry`` where ``remote``; in
+    RecommenderClusterFlow (``cluster``) train_on_cluster's nodes share the retrieval GPUs, and
+    get the Ray token secret where ``remote``."""
+    res, retrieval_gpus = config["deploy"], config["retrieval"]["workers"] * config["retrieval"]["gpus_per_worker"]
     if step_name in RAY_STEPS:
-        gpu = {"train_retrieval": config["retrieval"]["workers"] * config["retrieval"]["gpus_per_worker"],
+        gpu = {"train_retrieval": 0 if cluster else retrieval_gpus, CLUSTER_STEP: -(-retrieval_gpus // config["ray"]["nodes"]),
                "tune_ranking": int(config["tune"]["trials_per_gpu"] > 0)}.get(step_name, 0)
         resources = {"cpu": config["ray"]["num_cpus"], "memory": res["ray_memory"],
                      "shared_memory": res["ray_memory"] // 3, **({"gpu": gpu} if gpu else {})}
@@ -246,6 +267,10 @@ def step_decorators(step_name: str, config: object, remote: bool) -> dict[str, d
     decorators = {"resources": resources, "timeout": {"hours": res["timeout_hours"]}}
     if remote and step_name in RETRIED_STEPS and res["retries"]:
         decorators["retry"] = {"times": res["retries"], "minutes_between_retries": 1}
+    if remote and step_name == CLUSTER_STEP and res["ray_token_secret"]:
+        # Ray reads RAY_AUTH_MODE when imported, before @secrets has set the token in the task
+        decorators["environment"] = {"vars": {"RAY_AUTH_MODE": "token"}}
+        decorators["secrets"] = {"sources": [res["ray_token_secret"]]}
     return decorators
 
 
@@ -275,18 +300,22 @@ def _mutator() -> type:
     class configured(FlowMutator):  # noqa: N801 (used as a lower-case class decorator, as Metaflow's own)
         """Adds a Parameter per setting (but those of the file only), the deployment's schedule, each
         step's resources, timeout and retries (:func:`step_decorators`), and wraps every step in
-        :func:`step_frame`."""
+        :func:`step_frame`; for a local run of RecommenderClusterFlow it readies this machine for
+        the run's Ray nodes (``cluster.prepare_local_cluster``)."""
 
         def pre_mutate(self, mutable_flow) -> None:
             for s in SETTINGS:
                 if not s.file_only:
                     mutable_flow.add_parameter(s.attribute, _parameter(s))
             config, remote = dict(mutable_flow.configs)["config"], runs_remotely()
+            cluster = any(name == CLUSTER_STEP for name, _ in mutable_flow.steps)
+            if cluster and not remote:
+                prepare_local_cluster()
             if config["deploy"]["schedule"]:
                 mutable_flow.add_decorator("schedule", deco_kwargs={config["deploy"]["schedule"]: True})
             for name, step in mutable_flow.steps:
                 step.add_decorator(frame)
-                for decorator, arguments in step_decorators(name, config, remote).items():
+                for decorator, arguments in step_decorators(name, config, remote, cluster).items():
                     step.add_decorator(decorator, deco_kwargs=arguments)
 
     return configured

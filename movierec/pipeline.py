@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from movierec import arrays, data, metrics, synthetic
-from movierec.cluster import ray_session, storage_path
+from movierec.cluster import CLUSTER_HEAD_PORT, ray_session, session_dir, stop_session_processes, storage_path
 from movierec.features import Encoded, encode
 from movierec.flowconfig import runs_remotely
 from movierec.protocols import get_protocol
@@ -24,6 +24,8 @@ from movierec.split import DataSplit, Split, split_ratings
 
 # The model modules import torch (1.5 s): steps that only load, split or report skip it.
 if TYPE_CHECKING:
+    from metaflow import FlowSpec
+
     from movierec.evaluation import Report
     from movierec.index import RetrievalIndex
     from movierec.packaging import Publication
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from movierec.stages import TwoStage
 
 __all__ = ["DataSplit", "build_index", "evaluate", "fit_sources", "load_data", "publish", "ray_storage", "split_data",
-           "split_for", "stages", "train_ranker", "train_retrieval", "tune_ranking"]
+           "split_for", "stages", "train_ranker", "train_retrieval", "train_retrieval_on_cluster", "tune_ranking"]
 
 
 def load_data(settings: Settings) -> data.Dataset:
@@ -66,9 +68,16 @@ def split_data(dataset: dict[str, bytes], settings: Settings) -> DataSplit:
     return DataSplit(enc, split_for(enc, settings.protocol, settings.seed))
 
 
-def ray_storage(flow: str, run_id: str, step: str, attempt: int = 0) -> str:
-    """Where a step's Ray results go (see ``movierec.cluster.storage_path``)."""
-    return storage_path(flow, run_id, step, attempt)
+def ray_storage(flow: FlowSpec) -> str:
+    """Where the running step of ``flow`` keeps its Ray results (``cluster.storage_path``): in the
+    run's own datastore, the one ``--datastore``/``--datastore-root`` chose, not only the configured
+    default. Metaflow offers no public accessor for it; the running flow holds it as
+    ``_datastore``."""
+    from metaflow import current
+
+    store = flow._datastore
+    return storage_path(current.flow_name, current.run_id, current.step_name, current.retry_count, store.TYPE,
+                        store._storage_impl.datastore_root)
 
 
 def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, beside_tuning: bool = False
@@ -83,6 +92,31 @@ def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, bes
         settings = replace(settings, ray=settings.ray.beside_tuning())
     with ray_session(settings.ray):
         return train(data_split.enc, data_split.split.train, settings, storage)
+
+
+def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storage: str, head_ip: str
+                               ) -> RetrievalResult:
+    """:func:`train_retrieval` on the Ray cluster ``@metaflow_ray`` formed for the step, its head
+    at ``head_ip`` (``current.parallel.main_ip``; called in the control task): the retrieval
+    workers share all of the cluster's CPUs, whatever each node's container was given.
+    ``storage`` must be reachable from every node (the S3 datastore: ``ray_storage``). The
+    cluster's processes on this machine are stopped afterwards
+    (``cluster.stop_session_processes``), also when training fails."""
+    import ray
+
+    from movierec.retrieval import train
+
+    # The head's address, not "auto": that reads the last cluster started on this machine, which
+    # in a local run may be tune_ranking's own instance, started beside this step.
+    joined = replace(settings.ray, address=f"{head_ip}:{CLUSTER_HEAD_PORT}")
+    with ray_session(joined):
+        session = session_dir()
+        try:
+            cluster = replace(settings, ray=replace(joined, num_cpus=int(ray.cluster_resources().get("CPU", 1))))
+            return train(data_split.enc, data_split.split.train, cluster, storage)
+        finally:
+            ray.shutdown()
+            stop_session_processes(session)
 
 
 def fit_sources(data_split: DataSplit, settings: Settings) -> SourceModels:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,7 +64,8 @@ def retrieval_card(result: RetrievalResult, sources: SourceModels) -> list:
                                       "alone), then refitted on all training ratings."]),
         table([{"source": name, **chosen["params"], "validation nDCG@10": chosen["val_ndcg"]}
                for name, chosen in sources.chosen.items()]),
-        heading(f"{result.config.name} retrieval (Ray Train, in-batch softmax + logQ correction)"),
+        heading(f"{result.config.name} retrieval (Ray Train{f' on {result.nodes} nodes' if result.nodes > 1 else ''}, "
+                "in-batch softmax + logQ correction)"),
         key_values(asdict(result.config)),
         line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
         line_chart(result.history, "epoch", "val_dcg",
@@ -146,12 +148,13 @@ def publish_card(publication: dict, bundle_size: int) -> list:
     ]
 
 
-def finished_lines(run_id: str, publication: dict, metrics: list[dict]) -> list[str]:
-    """What a finished run printed and its last card say: the headline metrics and what to do next."""
+def finished_lines(run_id: str, publication: dict, metrics: list[dict], flow_file: str) -> list[str]:
+    """What a finished run printed and its last card say: the headline metrics and what to do next
+    (``flow_file``: the flow's file, whose command shows the report)."""
     ours = next((m for m in metrics if m.get("model") == "two-stage (exact retrieval)"), {})
     figures = ", ".join(f"{k} {ours[k]:.4f}" for k in ("ndcg@10", "r@10", "top100", "rmse") if ours.get(k) is not None)
     return [f"run {run_id} finished" + (f": two-stage {figures}" if figures else "."),
-            f"report:  python flows/recommender_flow.py card view evaluate --run-id {run_id}",
+            f"report:  python flows/{Path(flow_file).name} card view evaluate --run-id {run_id}",
             f"install: {publication['install_command']}",
             "then:    movierec recommend --user 1"]
 

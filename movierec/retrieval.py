@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from movierec.arrays import csr, csr_rows
-from movierec.distributed import average_gradients, broadcast_parameters, mean_over_workers
+from movierec.distributed import average_gradients, broadcast_parameters, distinct_over_workers, mean_over_workers
 from movierec.features import Encoded
 from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
 from movierec.nn import (
@@ -103,6 +103,7 @@ class RetrievalResult:
     config: RetrievalConfig
     sizes: dict[str, int]
     history: list[dict[str, float]] = field(default_factory=list)
+    nodes: int = 1  # Ray nodes its workers trained on
 
     def model(self) -> TwoTower | EmbeddingTables:
         state = state_from_bytes(self.state)
@@ -204,8 +205,11 @@ def _train_loop(config: dict) -> None:
     bf16 = bf16_autocast(cfg.precision, device)
     compile_loss = cfg.compiles(len(data["items"]))
     loss_fn = compiled(in_batch_loss, "[train_retrieval]") if compile_loss else in_batch_loss
+    # Ray node ids, not Ray Train's node ranks: those count IP addresses, and nodes may share one
+    nodes = distinct_over_workers(int(ray.get_runtime_context().get_node_id()[:15], 16), device)
     if rank == 0:
-        print(f"[train_retrieval] {world} worker(s) x {config['threads']} thread(s) on {device.type}, batch {batch}, "
+        print(f"[train_retrieval] {world} worker(s) x {config['threads']} thread(s) on {device.type} "
+              f"({nodes} node{'s' if nodes > 1 else ''}), batch {batch}, "
               f"{min(batch, cfg.negatives)} shared negatives, {'bf16' if bf16 else 'fp32'}"
               f"{', compiled loss' if compile_loss else ''}", flush=True)
     gen = torch.Generator().manual_seed(seed + rank)
@@ -255,7 +259,7 @@ def _train_loop(config: dict) -> None:
             model.load_state_dict(best_state)
             torch.save(_serving_state(model), os.path.join(tmp, "model.pt"))
             with open(os.path.join(tmp, "history.json"), "w") as f:
-                json.dump(history, f)
+                json.dump({"epochs": history, "nodes": nodes}, f)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(history[-1] if history else {}, checkpoint=checkpoint)
 
@@ -343,5 +347,6 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
         with open(os.path.join(d, "model.pt"), "rb") as f:
             state = f.read()
         with open(os.path.join(d, "history.json")) as f:
-            history = json.load(f)
-    return RetrievalResult(state=state, config=cfg, sizes=dict(enc.vocab_sizes), history=history)
+            run = json.load(f)
+    return RetrievalResult(state=state, config=cfg, sizes=dict(enc.vocab_sizes), history=run["epochs"],
+                           nodes=run["nodes"])

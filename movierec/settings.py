@@ -218,7 +218,10 @@ class IndexSettings:
 class RaySettings:
     address: str = setting("", "ray-address", "join this Ray cluster instead of starting one (empty: start one)")
     num_cpus: int = setting(2, "num-cpus", "CPUs the local Ray instances use: train_retrieval, which runs beside "
-                            "tune_ranking, takes half of them", minimum=1)
+                            "tune_ranking, takes half of them; in RecommenderClusterFlow's train_on_cluster, the CPUs "
+                            "of each node", minimum=1)
+    nodes: int = setting(2, "ray-nodes", "Ray nodes RecommenderClusterFlow forms for train_on_cluster with "
+                         "@metaflow_ray, one container each (RecommenderFlow ignores it)", minimum=1)
 
     def beside_tuning(self) -> RaySettings:
         """train_retrieval's settings: it runs at the same time as tune_ranking, each step with
@@ -268,6 +271,9 @@ class DeploySettings:
     schedule: str = setting("", "", "retrain a deployed flow (Argo Workflows, Step Functions) hourly, daily or "
                             "weekly (Metaflow's @schedule); empty: only when triggered",
                             choices=("", "hourly", "daily", "weekly"))
+    ray_token_secret: str = setting("", "", "Metaflow @secrets source holding RAY_AUTH_TOKEN, the token the nodes of "
+                                    "RecommenderClusterFlow's Ray cluster share (Ray refuses a node without it); "
+                                    "required to run that flow on Kubernetes or AWS Batch")
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import FLOW, free_port, wait_for_http
+from conftest import BUDGET, FLOW, ML100K, free_port, wait_for_http
 
 from movierec import flowconfig
 
+CLUSTER_FLOW = str(Path(FLOW).with_name("recommender_cluster_flow.py"))
 IMAGE = "registry.example/movierec:1.0"
 INDEX = json.dumps({"publish": {"repository_url": "https://pypi.example/movierec/"}})
 BUCKET = "movierec-ci"
@@ -71,23 +72,24 @@ def aws(tmp_path_factory):
         log.close()
 
 
-def deploy(env: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """The flow's deployment command ``args`` with the S3 datastore, compiled only (``--only-json``)."""
-    return subprocess.run([sys.executable, FLOW, "--no-pylint", "--datastore", "s3", *args, "--only-json"],
+def deploy(env: dict, tmp_path: Path, *args: str, flow: str = FLOW) -> subprocess.CompletedProcess:
+    """The ``flow``'s deployment command ``args`` with the S3 datastore, compiled only (``--only-json``)."""
+    return subprocess.run([sys.executable, flow, "--no-pylint", "--datastore", "s3", *args, "--only-json"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
-def compile_flow(env: dict, tmp_path: Path, *args: str) -> dict:
-    out = deploy(env, tmp_path, *args)
+def compile_flow(env: dict, tmp_path: Path, *args: str, flow: str = FLOW) -> dict:
+    out = deploy(env, tmp_path, *args, flow=flow)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
 
-def argo(env: dict, tmp_path: Path, config: str = INDEX) -> dict[str, dict]:
-    """Each step's Argo template of the flow compiled with the ``config`` Config (JSON)."""
+def argo(env: dict, tmp_path: Path, config: str = INDEX, flow: str = FLOW) -> dict[str, dict]:
+    """Each step's Argo template of the ``flow`` compiled with the ``config`` Config (JSON)."""
     workflow = compile_flow(env, tmp_path, "--config-value", "config", config, "--with", f"kubernetes:image={IMAGE}",
-                            "argo-workflows", "create")
-    templates = {t["name"].replace("-", "_"): t for t in workflow["spec"]["templates"] if "container" in t}
+                            "argo-workflows", "create", flow=flow)
+    templates = {t["name"].replace("-", "_"): t for t in workflow["spec"]["templates"]
+                 if "container" in t or "resource" in t}
     return {"workflow": workflow, **templates}
 
 
@@ -122,7 +124,7 @@ def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configura
             assert shm["sizeLimit"] == f"{want['resources']['shared_memory']}Mi", step
         else:
             assert "sizeLimit" not in shm, step
-    assert {s for s in STEPS if "retry" in expected[s]} == set(flowconfig.RETRIED_STEPS)
+    assert {s for s in STEPS if "retry" in expected[s]} == set(flowconfig.RETRIED_STEPS) - {flowconfig.CLUSTER_STEP}
     annotations = templates["workflow"]["metadata"]["annotations"]
     project = annotations["metaflow/project_flow_name"]  # @project: each branch deploys its own copy
     assert project.startswith("movierec.user.") and project.endswith(".RecommenderFlow"), project
@@ -223,14 +225,15 @@ def test_data_dir_in_s3_loads_like_the_local_folder(aws, ml100k_dir):
 
 RAY_STEPS_CODE = """
 import json
-from movierec import pipeline, settings, synthetic
+from movierec import cluster, pipeline, settings, synthetic
 from movierec.features import encode
 from movierec.split import DataSplit
 
 enc = encode(synthetic.generate(n_users=200, n_items=150, n_ratings=6000, seed=3))
 data_split = DataSplit(enc, pipeline.split_for(enc, "tfrs", 0))
 run = settings.Settings(retrieval=settings.RetrievalConfig(epochs=2), tune=settings.TuneConfig(samples=2, epochs=3))
-where = {step: pipeline.ray_storage("RecommenderFlow", "7", step, 1) for step in ("train_retrieval", "tune_ranking")}
+where = {step: cluster.storage_path("RecommenderFlow", "7", step, 1, "s3")
+         for step in ("train_retrieval", "tune_ranking")}
 retrieval = pipeline.train_retrieval(data_split, run, where["train_retrieval"])
 ranking = pipeline.tune_ranking(data_split, run, where["tune_ranking"])
 print(json.dumps({"where": where, "epochs": len(retrieval.history), "curves": ranking.curves}))
@@ -290,3 +293,86 @@ def test_the_image_installs_the_runtime_lock_on_the_python_it_was_made_with():
     assert "--require-hashes" in install and "-r /tmp/runtime.txt" in install
     pinned = set(re.findall(r"^([a-z0-9_.-]+)==", lock, re.M))
     assert {"metaflow", "ray", "torch", "boto3", "build", "twine", "annoy", "implicit", "pyarrow"} <= pinned
+
+
+
+def jobset(template: dict) -> dict:
+    """The JobSet manifest of a parallel step's Argo template (its replica counts are Argo
+    expressions, which YAML would read as mappings: kept as text)."""
+    import re
+
+    import yaml
+
+    return yaml.safe_load(re.sub(r"replicas: (\{\{.*\}\})", r"replicas: '\1'", template["resource"]["manifest"]))
+
+
+def test_cluster_flow_deploys_its_ray_nodes_to_argo_as_one_jobset(aws, tmp_path):
+    """RecommenderClusterFlow's train_on_cluster becomes a Kubernetes JobSet: a control pod and
+    num_parallel - 1 worker pods (num_parallel from ray.nodes at run time), each sized like a Ray
+    step, with Ray's token mode on (the token comes from the configured secret), retried whole."""
+    env, _ = aws
+    config = json.dumps({**json.loads(INDEX), "deploy": {"ray_token_secret": "movierec-ray"}})
+    templates = argo(env, tmp_path, config, flow=CLUSTER_FLOW)
+    assert {"train_retrieval", "train_on_cluster", "gather_retrieval", "tune_ranking"} <= set(templates)
+    outputs = {p["name"]: p for p in templates["train_retrieval"]["outputs"]["parameters"]}
+    assert outputs["num-parallel"]["valueFrom"]["path"] == "/mnt/out/num_parallel"
+    configured = flowconfig.defaults()
+    configured["deploy"]["ray_token_secret"] = "movierec-ray"
+    want = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, configured, remote=True, cluster=True)
+    manifest = jobset(templates["train_on_cluster"])
+    jobs = {job["name"]: job for job in manifest["spec"]["replicatedJobs"]}
+    assert jobs["control"]["replicas"] == 1 and "workerCount" in jobs["worker"]["replicas"]
+    for name, job in jobs.items():
+        pod = job["template"]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["image"] == IMAGE, name
+        assert float(container["resources"]["requests"]["cpu"]) == want["resources"]["cpu"], name
+        assert float(container["resources"]["requests"]["memory"].removesuffix("M")) == want["resources"]["memory"]
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"], name
+        shm = next(v for v in pod["volumes"] if v["name"] == "dhsm")["emptyDir"]
+        assert shm["sizeLimit"] == f"{want['resources']['shared_memory']}Mi", name
+    assert templates["train_on_cluster"]["retryStrategy"]["limit"] == want["retry"]["times"]
+
+    refused = deploy(env, tmp_path, "--config-value", "config", INDEX, "--with", f"kubernetes:image={IMAGE}",
+                     "argo-workflows", "create", flow=CLUSTER_FLOW)
+    assert refused.returncode != 0
+    assert "deploy.ray_token_secret (configuration file only) is required when train_on_cluster runs" in \
+        refused.stderr
+
+
+def ray_processes() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("raylet", "gcs_server")}
+
+
+def test_cluster_flow_trains_retrieval_across_two_ray_nodes_with_its_results_in_s3(aws, tmp_path):
+    """The whole RecommenderClusterFlow run here with Metaflow's S3 datastore (moto) and two
+    @metaflow_ray nodes: the retrieval model trains with one Ray Train worker on each node (2
+    workers of the cluster's CPUs: a node has this machine's 2), its checkpoint goes to the run's
+    S3 datastore, whose path (not a folder of the driver's) is what a node on another machine
+    reaches, gather_retrieval hands the control task's model on, and the cluster's processes are
+    gone afterwards (``@metaflow_ray`` leaves every node running)."""
+    from metaflow import Runner
+
+    env, client = aws
+    # --datastore alone chooses S3 (Ray's storage followed only Metaflow's configured default)
+    run_env = {k: v for k, v in env.items() if k != "METAFLOW_DEFAULT_DATASTORE"}
+    before = ray_processes()
+    options = {**BUDGET, "retrieval_epochs": 2, "ray_nodes": 2, "retrieval_workers": 2, "data_dir": str(ML100K),
+               "index_dir": str(tmp_path / "pypi")}
+    with Runner(CLUSTER_FLOW, show_output=False, pylint=False, datastore="s3", env=run_env, cwd=tmp_path).run(
+            **options) as running:
+        status, out, err = running.status, running.stdout, running.stderr
+        run_id = running.run.id
+    assert status == "successful", (out + err)[-5000:]
+    assert "2 worker(s) x 2 thread(s) on cpu (2 nodes)" in out, out[-3000:]
+    prefix = f"metaflow/movierec_ray/RecommenderClusterFlow/{run_id}/train_on_cluster/0/retrieval/"
+    keys = [o["Key"] for o in client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+    assert any(k.endswith("/model.pt") for k in keys), keys
+    code = ("import sys; from metaflow import Run; r = Run(sys.argv[1]); "
+            "print(r['gather_retrieval'].task.data.retrieval.nodes, r['end'].task.data.metrics is not None)")
+    read = subprocess.run([sys.executable, "-c", code, f"RecommenderClusterFlow/{run_id}"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert read.stdout.split() == ["2", "True"], read.stderr[-3000:]
+    assert ray_processes() <= before

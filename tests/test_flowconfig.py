@@ -177,6 +177,39 @@ def test_steps_ask_for_the_resources_of_the_configuration_and_retry_only_remotel
         "resources": {"cpu": 3, "memory": 2048}, "timeout": {"hours": 24}}  # nothing there a retry would fix
 
 
+def test_the_cluster_flow_spreads_workers_over_its_nodes_and_needs_a_shared_token_remotely(monkeypatch):
+    """RecommenderClusterFlow's workers share ray.nodes x ray.num_cpus CPUs (not half of one
+    machine's); on Kubernetes/Batch its nodes can only form a cluster with one token, from a secret."""
+    values = {s.key: s.default for s in SETTINGS} | {"retrieval.workers": 4, "ray.num_cpus": 2, "ray.nodes": 2,
+                                                     "publish.repository_url": "https://pypi.example/movierec/"}
+    monkeypatch.delenv("METAFLOW_DECOSPECS", raising=False)
+    monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "local")
+    flowconfig.check(values, cluster=True)
+    with pytest.raises(flowconfig.ConfigError, match="train_retrieval gets 1"):
+        flowconfig.check(values)  # RecommenderFlow: one machine
+    with pytest.raises(flowconfig.ConfigError, match=r"retrieval.workers \(--retrieval-workers\) is 5 but ray.nodes "
+                                                     r"\(--ray-nodes\) x ray.num_cpus \(--num-cpus\) is 2 x 2"):
+        flowconfig.check(values | {"retrieval.workers": 5}, cluster=True)
+    monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "kubernetes")
+    with pytest.raises(flowconfig.ConfigError, match=r"deploy.ray_token_secret \(configuration file only\) is "
+                                                     "required when train_on_cluster runs on Kubernetes"):
+        flowconfig.check(values, run_time=True, cluster=True)
+    flowconfig.check(values | {"deploy.ray_token_secret": "movierec-ray"}, run_time=True, cluster=True)
+
+
+def test_cluster_nodes_share_the_gpus_and_get_the_token_secret_remotely():
+    config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "ray.nodes": 2, "retrieval.workers": 3,
+                              "retrieval.gpus_per_worker": 1, "deploy.ray_token_secret": "movierec-ray"})
+    remote = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, config, remote=True, cluster=True)
+    assert remote["resources"]["gpu"] == 2  # 3 GPUs over 2 nodes: 2 each
+    # train_retrieval only fits the candidate sources there
+    assert "gpu" not in flowconfig.step_decorators("train_retrieval", config, remote=True, cluster=True)["resources"]
+    assert remote["secrets"] == {"sources": ["movierec-ray"]}
+    assert remote["environment"] == {"vars": {"RAY_AUTH_MODE": "token"}}
+    local = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, config, remote=False, cluster=True)
+    assert "secrets" not in local and "retry" not in local  # locally the run makes a token (prepare_local_cluster)
+
+
 def test_remote_retrieval_workers_may_use_every_cpu_of_their_container(monkeypatch):
     """Locally train_retrieval gets half of --num-cpus beside tune_ranking; in a container of its
     own it gets them all, so two workers on two CPUs are fine there."""
@@ -196,7 +229,7 @@ def test_resources_are_settings_of_the_file_only():
     offered; the file's value is checked like any other."""
     file_only = {s.key for s in SETTINGS if s.file_only}
     assert file_only == {f"deploy.{name}" for name in ("cpu", "memory", "ray_memory", "timeout_hours", "retries",
-                                                                "schedule")}
+                                                                "schedule", "ray_token_secret")}
     with pytest.raises(flowconfig.ConfigError, match=r"deploy.memory \(configuration file only\) must be at least"):
         flowconfig.check({"deploy.memory": 100})
 
