@@ -136,16 +136,18 @@ def stop_session_processes(session: str, grace_s: float = 10.0) -> int:
 
     psutil = importlib.import_module("psutil")
 
+    if not Path(session).name.startswith("session_"):  # an empty string would match every process
+        raise ValueError(f"not a Ray session folder: {session!r}")
     mine = []
     for proc in psutil.process_iter(["cmdline"]):
         if proc.pid != os.getpid() and any(session in arg for arg in proc.info["cmdline"] or ()):
             mine.append(proc)
     for proc in mine:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.terminate()
     _, alive = psutil.wait_procs(mine, timeout=grace_s)
     for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.kill()
     return len(mine)
 

@@ -62,14 +62,14 @@ def _combinations(values: dict[str, object], run_time: bool, cluster: bool) -> l
     # Locally train_retrieval shares the machine with tune_ranking; remotely it has a container of its own.
     remote = runs_remotely()
     if cluster:
-        if workers > cpus * nodes:
-            problems.append(f"{_named('retrieval.workers')} is {workers} but {_named('ray.nodes')} x "
-                            f"{_named('ray.num_cpus')} is {nodes} x {cpus}: each retrieval worker needs a CPU of the "
-                            "cluster train_on_cluster forms")
+        if -(-workers // nodes) > cpus:
+            problems.append(f"{_named('retrieval.workers')} is {workers} over {_named('ray.nodes')} {nodes}, "
+                            f"{-(-workers // nodes)} to a node, but {_named('ray.num_cpus')} is {cpus}: each "
+                            "retrieval worker needs a CPU of its node")
         if (run_time and remote or deploys()) and not values["deploy.ray_token_secret"]:
             problems.append(f"{_named('deploy.ray_token_secret')} is required when train_on_cluster runs on "
-                            "Kubernetes or AWS Batch: its nodes must share one RAY_AUTH_TOKEN, or each refuses "
-                            "the others")
+                            "Kubernetes or AWS Batch: without one token its Ray nodes would accept any process "
+                            "that reaches them")
     elif not values["ray.address"]:
         share = cpus if remote else RaySettings(num_cpus=cpus).beside_tuning().num_cpus
         if workers > share:
@@ -245,6 +245,13 @@ def runs_remotely(argv: list[str] | None = None) -> bool:
     return any(spec.split(":")[0] in REMOTE_COMPUTE for spec in specs)
 
 
+def launches_run(argv: list[str] | None = None) -> bool:
+    """Whether this process starts a run (``run`` or ``resume``), rather than running one of its
+    tasks (``step``), or loading the flow for a Runner or a deployment."""
+    argv = sys.argv if argv is None else argv
+    return "step" not in argv and any(arg in ("run", "resume") for arg in argv)
+
+
 def deploys(argv: list[str] | None = None) -> bool:
     """Whether this command deploys the flow to a scheduler (Argo Workflows, Step Functions, Airflow)."""
     return any(arg in DEPLOY_COMMANDS for arg in (sys.argv if argv is None else argv))
@@ -258,7 +265,9 @@ def step_decorators(step_name: str, config: object, remote: bool, cluster: bool 
     get the Ray token secret where ``remote``."""
     res, retrieval_gpus = config["deploy"], config["retrieval"]["workers"] * config["retrieval"]["gpus_per_worker"]
     if step_name in RAY_STEPS:
-        gpu = {"train_retrieval": 0 if cluster else retrieval_gpus, CLUSTER_STEP: -(-retrieval_gpus // config["ray"]["nodes"]),
+        gpu = {"train_retrieval": 0 if cluster else retrieval_gpus,
+               CLUSTER_STEP: -(-config["retrieval"]["workers"] // config["ray"]["nodes"])
+               * config["retrieval"]["gpus_per_worker"],
                "tune_ranking": int(config["tune"]["trials_per_gpu"] > 0)}.get(step_name, 0)
         resources = {"cpu": config["ray"]["num_cpus"], "memory": res["ray_memory"],
                      "shared_memory": res["ray_memory"] // 3, **({"gpu": gpu} if gpu else {})}
@@ -309,7 +318,7 @@ def _mutator() -> type:
                     mutable_flow.add_parameter(s.attribute, _parameter(s))
             config, remote = dict(mutable_flow.configs)["config"], runs_remotely()
             cluster = any(name == CLUSTER_STEP for name, _ in mutable_flow.steps)
-            if cluster and not remote:
+            if cluster and not remote and launches_run():
                 prepare_local_cluster()
             if config["deploy"]["schedule"]:
                 mutable_flow.add_decorator("schedule", deco_kwargs={config["deploy"]["schedule"]: True})

@@ -100,8 +100,10 @@ def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storag
     at ``head_ip`` (``current.parallel.main_ip``; called in the control task): the retrieval
     workers share all of the cluster's CPUs, whatever each node's container was given.
     ``storage`` must be reachable from every node (the S3 datastore: ``ray_storage``). The
-    cluster's processes on this machine are stopped afterwards
-    (``cluster.stop_session_processes``), also when training fails."""
+    workers are spread over the nodes, ``ceil(workers / nodes)`` to a node, each with its share
+    of a node's ``ray.num_cpus`` (what ``@resources`` gave the container: Ray itself counts the
+    host's cores, a pod's request is no limit). The cluster's processes on this machine are
+    stopped afterwards (``cluster.stop_session_processes``), also when training fails."""
     import ray
 
     from movierec.retrieval import train
@@ -112,8 +114,10 @@ def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storag
     with ray_session(joined):
         session = session_dir()
         try:
-            cluster = replace(settings, ray=replace(joined, num_cpus=int(ray.cluster_resources().get("CPU", 1))))
-            return train(data_split.enc, data_split.split.train, cluster, storage)
+            workers, nodes = settings.retrieval.workers, settings.ray.nodes
+            per_worker = max(1, settings.ray.num_cpus // -(-workers // nodes))
+            cluster = replace(settings, ray=replace(joined, num_cpus=per_worker * workers))  # train divides it
+            return train(data_split.enc, data_split.split.train, cluster, storage, spread=True)
         finally:
             ray.shutdown()
             stop_session_processes(session)

@@ -281,11 +281,12 @@ def validation_split(train_idx: np.ndarray, settings: Settings) -> tuple[np.ndar
     return holdout(train_idx, settings.retrieval.val_fraction, settings.seed, cap=MAX_VALIDATION)
 
 
-def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, name: str = "retrieval"
-          ) -> RetrievalResult:
+def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, name: str = "retrieval",
+          spread: bool = False) -> RetrievalResult:
     """Train the retrieval model ``settings.retrieval`` describes on ``train_idx`` with Ray Train
     (inside a Ray session), each worker on its share of ``settings.ray.num_cpus``, for as many
-    epochs as ``settings.train_budget`` allows."""
+    epochs as ``settings.train_budget`` allows; ``spread``: the workers over as many of the
+    cluster's nodes as they can (Ray Train packs them onto the fewest by default)."""
     import ray
     from ray.train import ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -313,7 +314,8 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
                            "epochs": settings.epochs_for(cfg.epochs, len(fit_idx)), "sizes": enc.vocab_sizes,
                            "threads": cpus_per_worker, "batch": min(cfg.batch_for(per_worker), per_worker)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
-                                     resources_per_worker=worker_resources(cpus_per_worker, cfg.gpus_per_worker)),
+                                     resources_per_worker=worker_resources(cpus_per_worker, cfg.gpus_per_worker),
+                                     placement_strategy="SPREAD" if spread else "PACK"),
         # NCCL's collectives run on the GPUs; gloo's on the CPU (movierec.distributed uses dense
         # collectives only, which both implement)
         torch_config=TorchConfig(backend="nccl" if cfg.gpus_per_worker else "gloo"),

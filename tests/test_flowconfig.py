@@ -100,7 +100,8 @@ def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
     rows = {r["model"] for r in run["evaluate"].task.data.metrics}
     assert "LightGCN retrieval only" in rows
     meta = read_bundle(run["publish"].task.data.bundle)[0]
-    assert meta["retrieval"]["model"] == "lightgcn" and meta["onnx"]["files"] == ["ranking.onnx", "user_tower.onnx"]
+    assert meta["retrieval"]["model"] == "lightgcn"
+    assert meta["exports"]["files"] == ["rating.npz", "ranking.onnx", "user_tower.onnx"]
 
 
 def test_bad_command_line_value_is_refused_before_the_run_naming_the_option(tmp_path):
@@ -177,6 +178,17 @@ def test_steps_ask_for_the_resources_of_the_configuration_and_retry_only_remotel
         "resources": {"cpu": 3, "memory": 2048}, "timeout": {"hours": 24}}  # nothing there a retry would fix
 
 
+@pytest.mark.parametrize(("argv", "launches"), [
+    (["flow.py", "--no-pylint", "run", "--ray-nodes", "2"], True),
+    (["flow.py", "resume"], True),
+    (["flow.py", "--quiet", "step", "train_on_cluster", "--run-id", "1"], False),
+    (["pytest", "tests"], False),  # a Runner loads the flow in the calling process too
+    (["flow.py", "argo-workflows", "create"], False),
+])
+def test_only_the_process_that_starts_a_run_readies_the_local_cluster(argv, launches):
+    assert flowconfig.launches_run(argv) is launches
+
+
 def test_the_cluster_flow_spreads_workers_over_its_nodes_and_needs_a_shared_token_remotely(monkeypatch):
     """RecommenderClusterFlow's workers share ray.nodes x ray.num_cpus CPUs (not half of one
     machine's); on Kubernetes/Batch its nodes can only form a cluster with one token, from a secret."""
@@ -187,8 +199,9 @@ def test_the_cluster_flow_spreads_workers_over_its_nodes_and_needs_a_shared_toke
     flowconfig.check(values, cluster=True)
     with pytest.raises(flowconfig.ConfigError, match="train_retrieval gets 1"):
         flowconfig.check(values)  # RecommenderFlow: one machine
-    with pytest.raises(flowconfig.ConfigError, match=r"retrieval.workers \(--retrieval-workers\) is 5 but ray.nodes "
-                                                     r"\(--ray-nodes\) x ray.num_cpus \(--num-cpus\) is 2 x 2"):
+    with pytest.raises(flowconfig.ConfigError, match=r"retrieval.workers \(--retrieval-workers\) is 5 over ray.nodes "
+                                                     r"\(--ray-nodes\) 2, 3 to a node, but ray.num_cpus \(--num-cpus\) "
+                                                     "is 2"):
         flowconfig.check(values | {"retrieval.workers": 5}, cluster=True)
     monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "kubernetes")
     with pytest.raises(flowconfig.ConfigError, match=r"deploy.ray_token_secret \(configuration file only\) is "
@@ -201,7 +214,9 @@ def test_cluster_nodes_share_the_gpus_and_get_the_token_secret_remotely():
     config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "ray.nodes": 2, "retrieval.workers": 3,
                               "retrieval.gpus_per_worker": 1, "deploy.ray_token_secret": "movierec-ray"})
     remote = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, config, remote=True, cluster=True)
-    assert remote["resources"]["gpu"] == 2  # 3 GPUs over 2 nodes: 2 each
+    assert remote["resources"]["gpu"] == 2  # 3 workers of 1 GPU on 2 nodes: 2 to a node
+    two_each = flowconfig.nest({**flowconfig._flatten(config), "retrieval.workers": 1, "retrieval.gpus_per_worker": 2})
+    assert flowconfig.step_decorators(flowconfig.CLUSTER_STEP, two_each, True, cluster=True)["resources"]["gpu"] == 2
     # train_retrieval only fits the candidate sources there
     assert "gpu" not in flowconfig.step_decorators("train_retrieval", config, remote=True, cluster=True)["resources"]
     assert remote["secrets"] == {"sources": ["movierec-ray"]}
