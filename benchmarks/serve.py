@@ -1,13 +1,19 @@
-"""Serving speed of the published model: in-process latency and HTTP throughput under load.
+"""Serving the published model: what an installation costs, and its speed.
 
     .venv/bin/python benchmarks/serve.py                       # the latest local RecommenderFlow run
     .venv/bin/python benchmarks/serve.py --model <run id|bundle.zip> --duration 60 --connections 8
+    .venv/bin/python benchmarks/serve.py --parts install       # one part only
 
-In process: p50/p99 of each Recommender query over 2,000 calls for random known users/movies.
-Over HTTP: `movierec serve` in its own process on loopback, loaded by wrk (Debian's `wrk`
+``install``: the model's wheel installed into fresh virtual environments, side by side: the
+light install (``movierec``: numpy + Annoy), with ``[onnx]``, and the full one (``[train]``:
+torch, Ray, Metaflow...): installed size (every distribution's files but pip's and setuptools'),
+cold start of ``movierec recommend --user 1`` (median of 5 fresh processes) and its peak RSS,
+each with the rating backend that installation runs (numpy, onnx, torch).
+``latency``: p50/p99 of each Recommender query over 2,000 calls for random known users/movies,
+and over HTTP `movierec serve` in its own process on loopback, loaded by wrk (Debian's `wrk`
 package) for ``--duration`` seconds over ``--connections`` connections, every request for a
-random known user. Both with the rating model on onnxruntime and on torch, side by side.
-Writes its section of benchmarks/RESULTS.md.
+random known user; for each rating backend, side by side. Writes its sections of
+benchmarks/RESULTS.md (``serve-install``, ``serve``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from pathlib import Path
 import numpy as np
 from results import emit, markdown_table
 
-from movierec.serving import Recommender
+from movierec import packaging
+from movierec.bundle import bundle_of_run
+from movierec.serving import BACKENDS, Recommender
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +47,75 @@ def load(source: str | None, backend: str) -> tuple[Recommender, str]:
         namespace(None)
         source = Flow("RecommenderFlow").latest_successful_run.id
     return Recommender.load(source, backend), source
+
+
+INSTALLS = {  # name: (extras, the backend that installation rates with)
+    "light: movierec": ("", "numpy"),
+    "light + onnx: movierec[onnx]": ("[onnx]", "onnx"),
+    "full: movierec[train]": ("[train]", "torch"),
+}
+SIZE = """
+import importlib.metadata as md
+total = 0
+for dist in md.distributions():
+    if dist.metadata["Name"].lower() not in ("pip", "setuptools"):
+        total += sum(f.locate().stat().st_size for f in dist.files or () if f.locate().is_file())
+print(total)
+"""
+PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def bundle_bytes(source: str) -> bytes:
+    """The bundle zip of a run id or zip file (a folder: zipped as it is)."""
+    path = Path(source)
+    if path.is_file():
+        return path.read_bytes()
+    if path.is_dir():
+        import io
+        import zipfile
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for f in sorted(path.iterdir()):
+                zf.write(f, f.name)
+        return buf.getvalue()
+    return bundle_of_run(source)[1]
+
+
+def installs(model_arg: str, user: int, work: Path) -> list[dict]:
+    """Each of INSTALLS in a fresh venv: size, cold start, peak RSS."""
+    bundle = bundle_bytes(model_arg)
+    wheel = packaging.build_wheel(bundle, packaging.bundle_version(bundle), work)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    rows = []
+    for name, (extras, backend) in INSTALLS.items():
+        venv = work / backend
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        t0 = time.perf_counter()
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}{extras}"], check=True, env=env,
+                       cwd=work)
+        install_s = time.perf_counter() - t0
+        python = str(venv / "bin" / "python")
+        size = int(subprocess.run([python, "-c", SIZE], capture_output=True, text=True, check=True, env=env).stdout)
+        cmd = [str(venv / "bin" / "movierec"), "--backend", backend, "recommend", "--user", str(user)]
+        subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=work)  # warm the page cache
+        starts, peaks = [], []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=work)
+            starts.append(time.perf_counter() - t0)
+            peaks.append(int(subprocess.run([python, "-c", PEAK_RSS, *cmd], capture_output=True, text=True,
+                                            check=True, env=env, cwd=work).stdout))
+        rows.append({"installation": name, "rating backend": backend, "installed MB": f"{size / 1e6:,.0f}",
+                     "pip install s": f"{install_s:.0f}",
+                     "cold `movierec recommend` s (median of 5)": f"{np.median(starts):.2f}",
+                     "peak RSS MB": f"{np.median(peaks) / 1024:.0f}"})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def latency_row(name: str, fn, args: list) -> dict:
@@ -125,32 +202,46 @@ def over_http(rec: Recommender, model_arg: str, duration: int, connections: int)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="run id, bundle folder or zip (default: the latest local flow run)")
+    parser.add_argument("--parts", default="install,latency", help="install, latency or both (default)")
     parser.add_argument("--duration", type=int, default=60, help="seconds of HTTP load (default 60)")
     parser.add_argument("--connections", type=int, default=8, help="concurrent HTTP connections (default 8)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    rows, http_rows = [], []
-    for backend in ("onnx", "torch"):
-        rec, model_arg = load(args.model, backend)
-        rows += in_process(rec)
-        http = over_http(rec, model_arg, args.duration, args.connections)
-        print(http.pop("raw"))
-        http_rows.append({"backend": backend,
-                          "load": f"wrk, 1 thread, {args.connections} connections, {args.duration} s",
-                          "requests/s": f"{http['requests/s']:,.0f}", "p50 ms": f"{http['p50 ms']:.2f}",
-                          "p99 ms": f"{http['p99 ms']:.2f}", "requests": f"{http['requests']:,}",
-                          "errors (non-2xx)": http["errors"], "socket errors": http["socket errors"]})
-    rows.sort(key=lambda r: r["query"])  # each query's two backends side by side
+    parts = set(args.parts.split(","))
+    rec, model_arg = load(args.model, "numpy")
     info = rec.info.get("dataset") or {}
-    text = (f"## Serving (`benchmarks/serve.py`)\n\nModel: run {rec.info.get('run_id')}, "
-            f"{info.get('ratings', '?'):,} ratings, {len(rec.user_ids):,} users, {len(rec.item_ids):,} movies.\n\n"
-            "In process, one thread:\n\n"
-            + markdown_table(rows, ["query", "backend", "calls", "p50 ms", "p99 ms", "mean ms"])
-            + "\n\nOver HTTP on loopback (`movierec serve`, one process; "
-            "GET /users/{random user}/recommendations?k=10):\n\n" + markdown_table(http_rows, list(http_rows[0]))
-            + "\n\nGoals: in process p50 <= 2 ms and p99 <= 10 ms; over HTTP >= 500 requests/s with p99 <= 50 ms and "
-            "no errors.\n")
-    emit("serve", text, not args.no_write)
+    model = (f"Model: run {rec.info.get('run_id')}, {info.get('ratings', '?'):,} ratings, {len(rec.user_ids):,} "
+             f"users, {len(rec.item_ids):,} movies.")
+    if "install" in parts:
+        with tempfile.TemporaryDirectory() as work:
+            rows = installs(model_arg, int(rec.user_ids[0]), Path(work))
+        emit("serve-install", "## What an installation costs (`benchmarks/serve.py --parts install`)\n\n"
+             + model + " Fresh venvs, one per installation, the wheel of that model; sizes count every installed "
+             "distribution but pip and setuptools; cold start and peak RSS of `movierec --backend <b> recommend "
+             "--user <first user>` in a fresh process (the page cache warm), medians of 5.\n\n"
+             + markdown_table(rows, list(rows[0]))
+             + "\n\nGoals (issue 18): light install <= 150 MB, cold recommend <= 0.5 s, peak RSS <= 150 MB.\n",
+             not args.no_write)
+    if "latency" in parts:
+        rows, http_rows = [], []
+        for backend in BACKENDS:
+            rec, model_arg = load(args.model, backend)
+            rows += in_process(rec)
+            http = over_http(rec, model_arg, args.duration, args.connections)
+            print(http.pop("raw"))
+            http_rows.append({"backend": backend,
+                              "load": f"wrk, 1 thread, {args.connections} connections, {args.duration} s",
+                              "requests/s": f"{http['requests/s']:,.0f}", "p50 ms": f"{http['p50 ms']:.2f}",
+                              "p99 ms": f"{http['p99 ms']:.2f}", "requests": f"{http['requests']:,}",
+                              "errors (non-2xx)": http["errors"], "socket errors": http["socket errors"]})
+        rows.sort(key=lambda r: r["query"])  # each query's backends side by side
+        text = ("## Serving (`benchmarks/serve.py --parts latency`)\n\n" + model + "\n\nIn process, one thread:\n\n"
+                + markdown_table(rows, ["query", "backend", "calls", "p50 ms", "p99 ms", "mean ms"])
+                + "\n\nOver HTTP on loopback (`movierec serve`, one process; "
+                "GET /users/{random user}/recommendations?k=10):\n\n" + markdown_table(http_rows, list(http_rows[0]))
+                + "\n\nGoals: in process p50 <= 2 ms and p99 <= 10 ms; over HTTP >= 500 requests/s with p99 <= 50 ms "
+                "and no errors.\n")
+        emit("serve", text, not args.no_write)
     return 0
 
 

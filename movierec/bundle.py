@@ -14,9 +14,10 @@ A bundle is a zip (or, inside an installed wheel, a folder) holding:
 - ``ids.npz``: raw movie ids and release years by dense index; with per-user data also raw user
   ids and each user's rated movies
 - ``items.json``: titles and genres by dense index
-- with per-user data only: ``ranking.pt`` (the rating model's state_dict), ``retrieval.pt`` (the
+- with per-user data only: ``rating.npz`` (the folded rating model's tables, which serving rates
+  with: ``movierec.rater``), ``ranking.pt`` (the rating model's state_dict), ``retrieval.pt`` (the
   retrieval model's) and the ONNX graphs ``ranking.onnx``/``user_tower.onnx`` (``movierec.export``,
-  parity with torch checked). Each of them holds a row per user.
+  parity with torch checked for the tables and graphs). Each of them holds a row per user.
 
 A bundle made with ``user_data=False`` has no user rows at all (no ids, vectors, rated lists or
 models with user tables): it answers history-based requests only, for data whose users must not
@@ -44,9 +45,10 @@ if TYPE_CHECKING:  # packaging and serving import this module and must stay free
     from movierec.split import DataSplit
     from movierec.stages import TwoStage
 
-BUNDLE_FORMAT = 3  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker
+BUNDLE_FORMAT = 4  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker;
+# 4: rating.npz (served without torch)
 CORE_FILES = ("model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json")
-USER_FILES = ("ranking.pt", "retrieval.pt")  # present when the bundle carries per-user data
+USER_FILES = ("rating.npz", "ranking.pt", "retrieval.pt")  # present when the bundle carries per-user data
 ONNX_FILES = ("ranking.onnx", "user_tower.onnx")  # with per-user data, where the model exports (movierec.export)
 KNOWN_FILES = (*CORE_FILES, *USER_FILES, *ONNX_FILES)
 # Reading caps: a bundle is a file from somewhere else, so a zip bomb or a runaway file must not
@@ -79,15 +81,15 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
     if sources.als is not None:
         second["als_items"] = sources.als.item_factors
     files: dict[str, bytes] = {}
-    onnx_info: dict = {"left_out": "published without per-user data"}
+    exports: dict = {"left_out": "published without per-user data"}
     if user_data:
         indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
         ids.update(user_ids=enc.user_ids, rated_indptr=indptr, rated=rated)
         vectors["users"] = index.user_vectors.astype(np.float32)
         if sources.als is not None:
             vectors["als_users"] = sources.als.user_factors
-        onnx_files, onnx_info = export_serving_models(folded, stages.retrieval.model(), enc.n_users, enc.n_items)
-        files.update({"ranking.pt": stages.ranking.state, "retrieval.pt": stages.retrieval.state, **onnx_files})
+        exported, exports = export_serving_models(folded, stages.retrieval.model(), enc.n_users, enc.n_items)
+        files.update({"ranking.pt": stages.ranking.state, "retrieval.pt": stages.retrieval.state, **exported})
     sizes = dict(enc.vocab_sizes) if user_data else {k: v for k, v in enc.vocab_sizes.items() if k == "item"}
     files.update({
         "vectors.npz": _npz(**vectors),
@@ -108,7 +110,7 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
                        if sources.als is not None else {})},
         "ranker": {"features": list(ranker.features), "mean": ranker.mean.tolist(), "scale": ranker.scale.tolist(),
                    "weights": ranker.weights.tolist(), "candidates": ranker.candidates},
-        "onnx": onnx_info,
+        "exports": exports,
         **metadata,
         "files": {name: sha256(blob) for name, blob in files.items()},
     }

@@ -1,6 +1,8 @@
-"""ONNX export of the serving models, checked for parity with torch before it is bundled.
+"""Export of the serving models for runtimes without torch, each checked for parity with torch
+before it is bundled.
 
-Two graphs go into a bundle:
+The rating model's folded tables go into ``rating.npz`` (``movierec.rater``: what a light
+installation rates with, numpy alone), and two ONNX graphs into the bundle:
 
 - ``ranking.onnx``: the rating model, folded (``RatingModel.fold``): inputs ``users`` and
   ``items`` (int64 dense indices, any batch size), output ``ratings`` (float32 stars, 0.5-5);
@@ -8,8 +10,8 @@ Two graphs go into a bundle:
   user table): input ``users``, output ``vectors`` (unit float32 rows), for services that
   compute a user's query vector themselves.
 
-Both use the torch.export-based exporter (``dynamo=True``) at opset ``OPSET``; each export is
-run in onnxruntime on a sample and its largest absolute difference from torch must be at most
+Both use the torch.export-based exporter (``dynamo=True``) at opset ``OPSET``; each export (the
+tables too) is run on a sample and its largest absolute difference from torch must be at most
 ``TOLERANCE``, or publishing fails rather than ship a model that answers differently.
 """
 
@@ -23,6 +25,8 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
+
+from movierec.rater import RatingTables, onnx_session
 
 OPSET = 18
 TOLERANCE = 1e-4
@@ -61,20 +65,9 @@ def to_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], output: str) -> 
     return program.model_proto.SerializeToString()
 
 
-def session(model: bytes):
-    """An onnxruntime session on one thread: serving answers single requests, where thread hand-offs
-    cost more than they save."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def max_difference(model: bytes, module: nn.Module, inputs: dict[str, np.ndarray]) -> float:
     """Largest absolute difference between onnxruntime's and torch's outputs on ``inputs``."""
-    ours = session(model).run(None, inputs)[0]
+    ours = onnx_session(model).run(None, inputs)[0]
     with torch.no_grad():
         ref = module(*(torch.as_tensor(v) for v in inputs.values())).numpy()
     if ours.shape != ref.shape:
@@ -82,9 +75,23 @@ def max_difference(model: bytes, module: nn.Module, inputs: dict[str, np.ndarray
     return float(np.abs(ours - ref).max()) if ref.size else 0.0
 
 
+def rating_tables(folded: nn.Module) -> RatingTables:
+    """The numpy form of a FoldedRatingModel: its tables, and its head after the first layer, which
+    must be a ReLU and one linear layer to one output (dropout is inactive in serving)."""
+    layers = [m for m in folded.rest if not isinstance(m, nn.Dropout)]
+    if [type(m) for m in layers] != [nn.ReLU, nn.Linear] or layers[1].out_features != 1:
+        raise ExportError(f"rating.npz holds a head of ReLU + one linear layer to one output, not {layers}")
+    with torch.no_grad():
+        return RatingTables(*(t.numpy().astype(np.float32) for t in (folded.u, folded.hu, folded.bu, folded.v,
+                                                                      folded.hv, folded.bv)),
+                            w=layers[1].weight[0].numpy().astype(np.float32),
+                            b=np.asarray(layers[1].bias[0].item(), np.float32))
+
+
 def export_serving_models(ranker: nn.Module, towers: nn.Module, n_users: int, n_items: int,
                           sample: int = 2048, seed: int = 0) -> tuple[dict[str, bytes], dict]:
-    """The ONNX files for a bundle and what to record about them (opset, parity on a sample).
+    """The files for a bundle that run without torch (``rating.npz`` and the ONNX graphs) and what
+    to record about them (opset, parity on a sample).
 
     ``ranker`` is a FoldedRatingModel, ``towers`` a TwoTower or EmbeddingTables. A user tower that reads rating
     histories (``--history``) uses sparse matrix products, which ONNX cannot express: it is left
@@ -100,7 +107,13 @@ def export_serving_models(ranker: nn.Module, towers: nn.Module, n_users: int, n_
         graphs["user_tower.onnx"] = (UserTower(towers), {"users": users}, "vectors")
     else:
         info["left_out"] = {"user_tower.onnx": "the user tower reads rating histories through sparse products"}
-    files, parity = {}, {}
+    tables = rating_tables(ranker)
+    with torch.no_grad():
+        expected = ranker(torch.as_tensor(users), torch.as_tensor(items)).numpy()
+    files = {"rating.npz": tables.to_bytes()}
+    parity = {"rating.npz": float(np.abs(tables(users, items) - expected).max())}
+    if parity["rating.npz"] > TOLERANCE:
+        raise ExportError(f"rating.npz: numpy differs from torch by {parity['rating.npz']:.2e} (> {TOLERANCE:g})")
     for name, (module, inputs, output) in graphs.items():
         files[name] = to_onnx(module, {k: torch.as_tensor(v[:8]) for k, v in inputs.items()}, output)
         parity[name] = max_difference(files[name], module, inputs)

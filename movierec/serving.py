@@ -6,9 +6,10 @@
     rec.recommend_for_history([(50, 5), (181, 4)], k=10)
     rec.predict_rating(1, 50); rec.similar_movies(50, k=10)
 
-Ratings come from the folded rating model (``RatingModel.fold``), run by onnxruntime when it is
-installed (``pip install 'movierec[onnx]'``) and the bundle holds ``ranking.onnx``, by torch
-otherwise; ``backend=`` forces one.
+Everything runs on numpy and Annoy: the rating model too, as its folded tables (``rating.npz``,
+``movierec.rater``). ``backend="onnx"`` runs the bundle's ONNX graph instead (``pip install
+'movierec[onnx]'``), ``backend="torch"`` the training code's model (an installation with torch);
+all three agree within 1e-4 (checked when the bundle was published, and by the tests).
 """
 
 from __future__ import annotations
@@ -16,27 +17,27 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from movierec.bundle import bundle_of_run, read_bundle
 from movierec.errors import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
 from movierec.index import Index
-from movierec.nn import state_from_bytes
 from movierec.ranker import FEATURES, Ranker, union
-from movierec.ranking import FoldedRatingModel, RatingModel
+from movierec.rater import RatingTables, onnx_session
 from movierec.settings import IndexSettings
 from movierec.sources import AlsModel
 
 __all__ = ["BundleError", "NoUserDataError", "Recommendation", "Recommender", "RecommenderError",
            "UnknownMovieError", "UnknownUserError"]
 MAX_K = 1000
-BACKENDS = ("auto", "onnx", "torch")
+BACKENDS = ("numpy", "onnx", "torch")
+Rate = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -59,32 +60,38 @@ def _lookup(ids: np.ndarray, raw: int, error: type[RecommenderError]) -> int:
     return pos
 
 
-def rating_backend(onnx_graph: bytes | None, folded: FoldedRatingModel, choice: str = "auto"
-                   ) -> tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
-    """(name, rate) where ``rate(user indices, movie indices)`` gives star ratings: onnxruntime when
-    asked, or for ``"auto"`` when it is installed and the bundle has the graph; torch otherwise."""
-    if choice not in BACKENDS:
-        raise RecommenderError(f"backend must be one of {', '.join(BACKENDS)}, got {choice!r}")
-    if choice != "torch":
+def rating_backend(files: dict[str, bytes], info: dict, choice: str = "numpy") -> Rate:
+    """``rate(user indices, movie indices)`` giving star ratings, with the runtime ``choice`` names:
+    numpy (``rating.npz``), onnxruntime (``ranking.onnx``) or torch (``ranking.pt``; the training
+    side's model, for installations that have torch)."""
+    if choice == "numpy":
+        return RatingTables.from_bytes(files["rating.npz"])
+    if choice == "onnx":
+        if "ranking.onnx" not in files:
+            raise RecommenderError("backend 'onnx': this bundle has no ranking.onnx (the model did not export)")
         try:
-            from movierec.export import session
-
-            graph = session(onnx_graph) if onnx_graph is not None else None
+            graph = onnx_session(files["ranking.onnx"])
         except ImportError:
-            graph = None
-            if choice == "onnx":
-                raise RecommenderError("backend 'onnx' needs onnxruntime: pip install 'movierec[onnx]'") from None
-        if graph is not None:
-            return "onnx", lambda u, i: graph.run(None, {"users": np.asarray(u, np.int64),
-                                                         "items": np.asarray(i, np.int64)})[0]
-        if choice == "onnx":
-            raise RecommenderError("this bundle has no ranking.onnx")
+            raise RecommenderError("backend 'onnx' needs onnxruntime: pip install 'movierec[onnx]'") from None
+        return lambda u, i: graph.run(None, {"users": np.asarray(u, np.int64), "items": np.asarray(i, np.int64)})[0]
+    if choice == "torch":
+        try:
+            import torch
+        except ImportError:
+            raise RecommenderError("backend 'torch' needs torch: pip install 'movierec[train]'") from None
+        from movierec.nn import state_from_bytes
+        from movierec.ranking import RatingModel
 
-    def rate(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return folded(torch.as_tensor(users, dtype=torch.int64), torch.as_tensor(items, dtype=torch.int64)).numpy()
+        torch.set_num_threads(1)  # single requests: thread start-up costs more than it saves
+        folded = RatingModel.from_state(info["sizes"], info["ranking"], state_from_bytes(files["ranking.pt"])).fold()
 
-    return "torch", rate
+        def rate(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return folded(torch.as_tensor(users, dtype=torch.int64),
+                              torch.as_tensor(items, dtype=torch.int64)).numpy()
+
+        return rate
+    raise RecommenderError(f"backend must be one of {', '.join(BACKENDS)}, got {choice!r}")
 
 
 @contextlib.contextmanager
@@ -115,7 +122,7 @@ def _increasing(ids: np.ndarray) -> bool:
 class Recommender:
     """A loaded bundle. Thread-compatible for reads; load once, query many times."""
 
-    def __init__(self, info: dict, files: dict[str, bytes], origin: str = "bundle", backend: str = "auto"):
+    def __init__(self, info: dict, files: dict[str, bytes], origin: str = "bundle", backend: str = "numpy"):
         """``info`` and ``files`` as :func:`movierec.bundle.read_bundle` returns them (checked)."""
         with _reading(origin, "model.json"):
             self.info = info
@@ -185,16 +192,15 @@ class Recommender:
             self.titles, self.genres = items["titles"], items["genres"]
             _require(len(self.titles) == len(self.genres) == n_items, f"titles or genres for other than {n_items} "
                      "movies")
+        if backend not in BACKENDS:
+            raise RecommenderError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.backend, self._rate = "none", None
         if self.user_data:
-            with _reading(origin, "ranking.pt"):
-                torch.set_num_threads(1)  # single requests: thread start-up costs more than it saves
-                state = state_from_bytes(files["ranking.pt"])
-                folded = RatingModel.from_state(info["sizes"], info["ranking"], state).fold()
-                _require((len(folded.u), len(folded.v)) == (n_users, n_items), "the rating model is for another "
-                         "number of users or movies")
-            with _reading(origin, "ranking.onnx"):
-                self.backend, self._rate = rating_backend(files.get("ranking.onnx"), folded, backend)
+            with _reading(origin, {"numpy": "rating.npz", "onnx": "ranking.onnx", "torch": "ranking.pt"}[backend]):
+                self.backend, self._rate = backend, rating_backend(files, info, backend)
+                if isinstance(self._rate, RatingTables):
+                    _require(self._rate.shape == (n_users, n_items), "the rating model is for another number of "
+                             "users or movies")
                 corners = self._rate(np.array([0, n_users - 1]), np.array([0, n_items - 1]))
                 _require(corners.shape == (2,) and np.isfinite(corners).all(), "the rating model does not rate the "
                          "first and last user and movie")
@@ -205,11 +211,12 @@ class Recommender:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, source: str | Path | None = None, backend: str = "auto") -> Recommender:
+    def load(cls, source: str | Path | None = None, backend: str = "numpy") -> Recommender:
         """Load a bundle: the one packaged in this installation (default; in a source checkout,
         the latest successful local flow run), a bundle folder or zip, or a Metaflow run
-        (``"RecommenderFlow/<run id>"`` or a bare run id; needs metaflow).
-        ``backend`` runs the rating model on ``"onnx"`` or ``"torch"`` (``"auto"``: onnx if it can)."""
+        (``"RecommenderFlow/<run id>"``, any flow's ``"<flow>/<run id>"``, or a bare run id of
+        RecommenderFlow; needs metaflow).
+        ``backend`` runs the rating model on ``"numpy"`` (default), ``"onnx"`` or ``"torch"``."""
         if source is None:
             packaged = resources.files("movierec") / "bundle"
             if packaged.is_dir():
@@ -218,22 +225,22 @@ class Recommender:
         path = Path(source)
         if path.exists():
             return cls.from_source(path, backend)
-        if str(source).replace("RecommenderFlow/", "").isalnum():
+        if re.fullmatch(r"(\w+/)?\w+", str(source)):  # "<flow name>/<run id>" or a run id
             return cls.from_run(str(source), backend)
         raise BundleError(f"{source}: no such bundle file, folder or Metaflow run")
 
     @classmethod
-    def from_source(cls, source: Path | bytes, backend: str = "auto") -> Recommender:
+    def from_source(cls, source: Path | bytes, backend: str = "numpy") -> Recommender:
         """A bundle zip (path or bytes) or folder, every file checked against its recorded sha256."""
         info, files = read_bundle(source)
         return cls(info, files, "bundle" if isinstance(source, bytes) else str(source), backend)
 
     @classmethod
-    def from_bytes(cls, bundle: bytes, backend: str = "auto") -> Recommender:
+    def from_bytes(cls, bundle: bytes, backend: str = "numpy") -> Recommender:
         return cls.from_source(bundle, backend)
 
     @classmethod
-    def from_run(cls, run: str | None, backend: str = "auto") -> Recommender:
+    def from_run(cls, run: str | None, backend: str = "numpy") -> Recommender:
         """The bundle published by a RecommenderFlow run (Metaflow must be installed); ``None``:
         the latest successful run in the Metaflow datastore this directory uses."""
         pathspec, blob = bundle_of_run(run)
@@ -244,7 +251,7 @@ class Recommender:
         import movierec
 
         return {"version": movierec.__version__, "backend": self.backend,
-                **{k: self.info.get(k) for k in ("flow", "run_id", "user_data", "dataset", "metrics", "onnx")}}
+                **{k: self.info.get(k) for k in ("flow", "run_id", "user_data", "dataset", "metrics", "exports")}}
 
     # ------------------------------------------------------------------ queries
 

@@ -217,17 +217,39 @@ def call(base: str, method: str, path: str, body: object = None, raw: bytes | No
         return err.code, json.loads(err.read())
 
 
+def clean_env() -> dict[str, str]:
+    """The environment without anything pointing into the checkout."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+
+
+@pytest.fixture(scope="session")
+def light_install(tmp_path_factory, tiny_bundle) -> Path:
+    """A fresh virtual environment with this checkout's wheel (the tiny bundle inside) installed as
+    someone who only serves installs it, ``movierec[serve]``: numpy, Annoy, FastAPI and uvicorn, no
+    torch (tests/test_install.py checks). The REST API tests run against it."""
+    from movierec import packaging
+
+    root = tmp_path_factory.mktemp("light")
+    wheel = packaging.build_wheel(tiny_bundle, "0.1.0.post9", root)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    out = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[serve]"], capture_output=True,
+                         text=True, cwd=root, env=clean_env(), timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return venv
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_bundle):
-    """A real `movierec serve` process on loopback over the tiny bundle: (base URL, the same model
-    loaded in-process, to compare answers with)."""
+def server(tmp_path_factory, tiny_bundle, light_install):
+    """A real `movierec serve` process on loopback over the tiny bundle, from the light
+    installation: (base URL, the same model loaded in-process, to compare answers with)."""
     from movierec.serving import Recommender
 
     path = tmp_path_factory.mktemp("api") / "model.zip"
     path.write_bytes(tiny_bundle)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "movierec.cli", "--model", str(path), "serve", "--port", str(port),
-                             "--body-timeout", str(BODY_TIMEOUT)],
+    proc = subprocess.Popen([str(light_install / "bin" / "movierec"), "--model", str(path), "serve", "--port",
+                             str(port), "--body-timeout", str(BODY_TIMEOUT)], cwd=path.parent, env=clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

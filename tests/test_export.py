@@ -1,4 +1,5 @@
-"""ONNX export: the folded rating model and the user tower answer as torch does, in onnxruntime."""
+"""Export for serving without torch: the folded rating model's numpy tables and ONNX graph, and the
+user tower's graph, answer as torch does; a bundle's three rating backends recommend alike."""
 
 import io
 import json
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import export
+from movierec import export, rater
 from movierec.nn import feature_tensors
 from movierec.ranking import RatingModel, predict
 from movierec.retrieval import TwoTower
@@ -40,18 +41,21 @@ def test_folded_model_is_the_model(models, small_encoded, rng):
     np.testing.assert_allclose(baselines, expected)
 
 
-def test_onnx_graphs_match_torch_at_any_batch_size(models, small_encoded, rng):
+def test_exported_tables_and_graphs_match_torch_at_any_batch_size(models, small_encoded, rng):
     ranker, towers = models
     folded = ranker.fold()
     files, info = export.export_serving_models(folded, towers, small_encoded.n_users, small_encoded.n_items)
-    assert set(files) == {"ranking.onnx", "user_tower.onnx"} and info["opset"] == export.OPSET
+    assert set(files) == {"rating.npz", "ranking.onnx", "user_tower.onnx"} and info["opset"] == export.OPSET
+    assert set(info["max_abs_diff"]) == set(files)
     assert all(d <= export.TOLERANCE for d in info["max_abs_diff"].values())
-    ranking, tower = export.session(files["ranking.onnx"]), export.session(files["user_tower.onnx"])
+    ranking, tower = rater.onnx_session(files["ranking.onnx"]), rater.onnx_session(files["user_tower.onnx"])
+    tables = rater.RatingTables.from_bytes(files["rating.npz"])
     for n in (1, 3000):  # exported with a batch of 8: the batch dimension must be dynamic
         users = rng.integers(0, small_encoded.n_users, n)
         items = rng.integers(0, small_encoded.n_items, n)
         got = ranking.run(None, {"users": users, "items": items})[0]
         np.testing.assert_allclose(got, predict(ranker, users, items), atol=1e-4)
+        np.testing.assert_allclose(tables(users, items), predict(ranker, users, items), atol=1e-4)
         vectors = tower.run(None, {"users": users})[0]
         with torch.no_grad():
             np.testing.assert_allclose(vectors, towers.user_vectors(torch.as_tensor(users)).numpy(), atol=1e-4)
@@ -69,27 +73,36 @@ def test_history_tower_is_left_out_with_the_reason(small_encoded, models):
     uf, itf = feature_tensors(enc, np.arange(len(enc.user_idx)))
     towers = TwoTower(enc.vocab_sizes, uf, itf, dim=8, hidden=16).eval()
     files, info = export.export_serving_models(models[0].fold(), towers, enc.n_users, enc.n_items)
-    assert list(files) == ["ranking.onnx"]
+    assert list(files) == ["rating.npz", "ranking.onnx"]
     assert "sparse" in info["left_out"]["user_tower.onnx"]
 
 
-def test_bundle_carries_onnx_and_both_backends_agree(tiny_bundle):
+def test_a_bundles_three_rating_backends_recommend_alike(tiny_bundle):
+    """numpy (the default, all a light installation has), onnxruntime and torch: the same top-10
+    lists, ratings within 1e-4."""
     with zipfile.ZipFile(io.BytesIO(tiny_bundle)) as zf:
-        assert {"ranking.onnx", "user_tower.onnx"} <= set(zf.namelist())
-        assert json.loads(zf.read("model.json"))["onnx"]["files"] == ["ranking.onnx", "user_tower.onnx"]
-    onnx, torch_ = Recommender.from_bytes(tiny_bundle, "onnx"), Recommender.from_bytes(tiny_bundle, "torch")
-    assert (onnx.backend, torch_.backend) == ("onnx", "torch")
-    assert Recommender.from_bytes(tiny_bundle).backend == "onnx"  # auto, onnxruntime installed
-    for user in onnx.user_ids[:20]:
-        a, b = onnx.recommend(int(user), k=10), torch_.recommend(int(user), k=10)
-        assert [r.movie_id for r in a] == [r.movie_id for r in b]
-        np.testing.assert_allclose([r.predicted_rating for r in a], [r.predicted_rating for r in b], atol=1e-4)
+        assert {"rating.npz", "ranking.onnx", "user_tower.onnx"} <= set(zf.namelist())
+        exports = json.loads(zf.read("model.json"))["exports"]
+    assert exports["files"] == ["rating.npz", "ranking.onnx", "user_tower.onnx"]
+    loaded = {backend: Recommender.from_bytes(tiny_bundle, backend) for backend in ("numpy", "onnx", "torch")}
+    assert {b: r.backend for b, r in loaded.items()} == {b: b for b in loaded}
+    assert Recommender.from_bytes(tiny_bundle).backend == "numpy"
+    for user in loaded["numpy"].user_ids[:20]:
+        lists = {b: r.recommend(int(user), k=10) for b, r in loaded.items()}
+        for other in ("onnx", "torch"):
+            assert [r.movie_id for r in lists[other]] == [r.movie_id for r in lists["numpy"]]
+            np.testing.assert_allclose([r.predicted_rating for r in lists[other]],
+                                       [r.predicted_rating for r in lists["numpy"]], atol=1e-4)
 
 
-def test_without_onnxruntime_auto_falls_back_to_torch(tiny_bundle, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
-    assert Recommender.from_bytes(tiny_bundle).backend == "torch"
+def test_without_torch_or_onnxruntime_the_numpy_backend_serves(tiny_bundle, monkeypatch):
+    expected = Recommender.from_bytes(tiny_bundle).recommend(1, k=10)
+    for module in ("torch", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)  # import -> ImportError
+    assert Recommender.from_bytes(tiny_bundle).recommend(1, k=10) == expected
     with pytest.raises(RecommenderError, match=r"pip install 'movierec\[onnx\]'"):
         Recommender.from_bytes(tiny_bundle, "onnx")
+    with pytest.raises(RecommenderError, match=r"pip install 'movierec\[train\]'"):
+        Recommender.from_bytes(tiny_bundle, "torch")
     with pytest.raises(RecommenderError, match="backend must be one of"):
         Recommender.from_bytes(tiny_bundle, "tensorrt")

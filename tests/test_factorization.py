@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import export, factorization
+from movierec import export, factorization, rater
 from movierec.nn import feature_tensors, state_from_bytes, state_to_bytes
 from movierec.ranking import RankingResult, RatingModel, predict
 
@@ -75,5 +75,5 @@ def test_the_blend_travels_in_the_saved_state_and_the_onnx_graph(blended, small_
     assert float(state_from_bytes(state_to_bytes(model))["blend_weight"][0]) == pytest.approx(0.3)
     graph = export.to_onnx(model.fold(), {"users": torch.as_tensor(users[:8]), "items": torch.as_tensor(items[:8])},
                            "ratings")
-    got = export.session(graph).run(None, {"users": users, "items": items})[0]
+    got = rater.onnx_session(graph).run(None, {"users": users, "items": items})[0]
     np.testing.assert_allclose(got, predict(model, users, items), atol=1e-4)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import export
+from movierec import export, rater
 from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
 from movierec.settings import RetrievalConfig
 
@@ -69,7 +69,7 @@ def test_lightgcn_user_table_exports_to_onnx(small_encoded, rng):
 
     ranker = RatingModel(enc.vocab_sizes, *feature_tensors(enc), 3.5, dim=8, hidden=8).eval()
     files, info = export.export_serving_models(ranker.fold(), tables, enc.n_users, enc.n_items)
-    assert set(files) == {"ranking.onnx", "user_tower.onnx"}
+    assert set(files) == {"rating.npz", "ranking.onnx", "user_tower.onnx"}
     picked = rng.integers(0, enc.n_users, 50)
-    got = export.session(files["user_tower.onnx"]).run(None, {"users": picked})[0]
+    got = rater.onnx_session(files["user_tower.onnx"]).run(None, {"users": picked})[0]
     np.testing.assert_allclose(got, tables.users[picked].numpy(), atol=1e-6)

@@ -13,15 +13,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import clean_env
 
 from movierec import packaging
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment without anything pointing into the checkout."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +33,7 @@ def test_flow_published_to_a_pip_readable_local_index(published, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q", "--index-url",
          f"file://{index}/simple", f"movierec=={publication['version']}", "-d", str(tmp_path)],
-        capture_output=True, text=True, env={**_clean_env(), "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""},
+        capture_output=True, text=True, env={**clean_env(), "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""},
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / publication["wheel"]).read_bytes() == wheel_bytes
@@ -79,11 +75,11 @@ def test_printed_install_command_cannot_be_hijacked_and_recommends(published, tm
     assert command[:2] == ["pip", "install"]
     links = " ".join(filter(None, [str(attacker), os.environ.get("PIP_FIND_LINKS", "")]))
     install = subprocess.run([str(venv / "bin" / "pip"), *command[1:], "-q"], capture_output=True, text=True,
-                             cwd=tmp_path, env={**_clean_env(), "PIP_FIND_LINKS": links}, timeout=900)
+                             cwd=tmp_path, env={**clean_env(), "PIP_FIND_LINKS": links}, timeout=900)
     assert install.returncode == 0, install.stderr[-3000:]
     probe = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import movierec; print(movierec.__version__, hasattr(movierec, 'PWNED'))"],
-                           capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), check=True)
+                           capture_output=True, text=True, cwd=tmp_path, env=clean_env(), check=True)
     assert probe.stdout.split() == [publication["version"], "False"]
     _check_installed(venv, publication, tmp_path)
 
@@ -109,15 +105,26 @@ def test_twine_upload_to_a_repository_and_its_printed_command(published, tmp_pat
         assert command[:2] == ["pip", "install"] and command[2].startswith(f"movierec @ {server.url}/packages/")
         download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
                                    str(tmp_path / "got"), *command[2:]], capture_output=True, text=True,
-                                  env={**_clean_env(), "PIP_FIND_LINKS": str(attacker),
+                                  env={**clean_env(), "PIP_FIND_LINKS": str(attacker),
                                        "PIP_EXTRA_INDEX_URL": attacker.as_uri()})
     assert download.returncode == 0, download.stderr
     assert (tmp_path / "got" / publication["wheel"]).read_bytes() == wheel_bytes
 
 
+HEAVY = ("torch", "onnxruntime", "pyarrow", "ray", "metaflow", "scipy", "implicit", "pandas")
+
+
+def installed(venv: Path, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` the venv's Python can import."""
+    code = "import sys, importlib.util as u; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m)))"
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code, *modules], capture_output=True, text=True,
+                         env=clean_env(), check=True)
+    return out.stdout.split()
+
+
 def _check_installed(venv: Path, publication: dict, tmp_path: Path) -> None:
     """The installed wheel recommends from outside the checkout, through the CLI and the library."""
-    env, cwd = _clean_env(), tmp_path  # the checkout is neither on the path nor the working directory
+    env, cwd = clean_env(), tmp_path  # the checkout is neither on the path nor the working directory
 
     cli = subprocess.run([str(venv / "bin" / "movierec"), "recommend", "--user", "1", "-k", "5"],
                          capture_output=True, text=True, cwd=cwd, env=env)
@@ -151,15 +158,45 @@ def _check_installed(venv: Path, publication: dict, tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=cwd, env=env)
     assert bad.returncode == 2 and "unknown user id 999999" in bad.stderr and "Traceback" not in bad.stderr
 
-    # The onnx extra: the same wheel with onnxruntime runs its rating model there, answering alike.
+    # The printed command installs the light runtime: no training stack, the rating model on numpy.
+    assert installed(venv, HEAVY) == []
+    info = json.loads(subprocess.run([str(venv / "bin" / "movierec"), "info"], capture_output=True, text=True,
+                                     cwd=cwd, env=env, check=True).stdout)
+    assert info["backend"] == "numpy" and info["exports"]["max_abs_diff"]["rating.npz"] <= 1e-4
+
+    # The onnx extra: the same wheel with onnxruntime runs its rating model's graph, answering alike.
     onnx_command = shlex.split(publication["install_command"].replace("movierec @", "movierec[onnx] @"))
     extra = subprocess.run([str(venv / "bin" / "pip"), *onnx_command[1:], "-q"],
                            capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
     assert extra.returncode == 0, extra.stderr[-3000:]
-    info = json.loads(subprocess.run([str(venv / "bin" / "movierec"), "info"], capture_output=True, text=True,
-                                     cwd=cwd, env=env, check=True).stdout)
-    assert info["backend"] == "onnx" and info["onnx"]["max_abs_diff"]["ranking.onnx"] <= 1e-4
-    onnx_cli = subprocess.run([str(venv / "bin" / "movierec"), "recommend", "--user", "1", "-k", "5"],
-                              capture_output=True, text=True, cwd=cwd, env=env, check=True)
+    info = json.loads(subprocess.run([str(venv / "bin" / "movierec"), "--backend", "onnx", "info"],
+                                     capture_output=True, text=True, cwd=cwd, env=env, check=True).stdout)
+    assert info["backend"] == "onnx" and info["exports"]["max_abs_diff"]["ranking.onnx"] <= 1e-4
+    assert installed(venv, HEAVY) == ["onnxruntime"]
+    onnx_cli = subprocess.run([str(venv / "bin" / "movierec"), "--backend", "onnx", "recommend", "--user", "1",
+                               "-k", "5"], capture_output=True, text=True, cwd=cwd, env=env, check=True)
     assert [line.split("]")[0] for line in onnx_cli.stdout.strip().splitlines()] == [
         line.split("]")[0] for line in lines]
+
+
+def test_the_light_install_serves_without_the_training_stack(light_install, tiny_bundle, tmp_path):
+    """`pip install 'movierec[serve]'` (what the REST API tests run against): nothing of training
+    is installed, `import movierec` loads nothing heavy, and the CLI answers as the in-process
+    library does."""
+    from movierec.serving import Recommender
+
+    assert installed(light_install, HEAVY) == []
+    probe = ("import sys, movierec.cli, movierec.serving; "
+             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))")
+    loaded = subprocess.run([str(light_install / "bin" / "python"), "-c", probe, *HEAVY, "fastapi"],
+                            capture_output=True, text=True, cwd=tmp_path, env=clean_env(), check=True)
+    assert loaded.stdout.split() == []  # not even FastAPI until `serve`
+    path = tmp_path / "model.zip"
+    path.write_bytes(tiny_bundle)
+    user = int(Recommender.from_bytes(tiny_bundle).user_ids[2])
+    cli = subprocess.run([str(light_install / "bin" / "movierec"), "--model", str(path), "recommend", "--user",
+                          str(user), "-k", "5"], capture_output=True, text=True, cwd=tmp_path, env=clean_env())
+    assert cli.returncode == 0, cli.stderr
+    expected = Recommender.from_bytes(tiny_bundle, "torch").recommend(user, k=5)
+    assert [int(line.split("[", 1)[1].split("]", 1)[0]) for line in cli.stdout.strip().splitlines()] == [
+        r.movie_id for r in expected]

@@ -191,6 +191,11 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
     (lambda b: _rezip(b, {"model.json": json.dumps({"format": 1}).encode()}),
      f"bundle format 1, this movierec reads format {bundle.BUNDLE_FORMAT}"),
     (lambda b: _rezip(b, {"ranking.onnx": b"not onnx"}, keep_checksums=False), "ranking.onnx: cannot be read"),
+    (lambda b: _rezip(b, {"rating.npz": b"PK not npz"}, keep_checksums=False), "rating.npz: cannot be read"),
+    (lambda b: _rezip(b, {"rating.npz": _cut_npz(b, "rating.npz", "hv", 3)}, keep_checksums=False),
+     "rating.npz: cannot be read .*rating tables disagree: movie tables"),
+    (lambda b: _rezip(b, {"rating.npz": _cut_npz(b, "rating.npz", "u", 4)}, keep_checksums=False),
+     "rating.npz: cannot be read .*rating tables disagree: user tables"),
     # files that each parse but do not agree (as a publisher bug would write them): IndexErrors at query time
     (lambda b: _rezip(b, {"items.json": _cut_json(b, "genres", 10)}, keep_checksums=False),
      "items.json: cannot be read .*titles or genres for other than 150 movies"),
@@ -214,8 +219,10 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
      "model.json: cannot be read .*feature scales are not finite positive"),
 ])
 def test_every_load_failure_is_one_bundle_error_naming_the_file(tiny_bundle, change, message):
+    """Each backend reads its own form of the rating model: the file named decides which one loads."""
+    backend = {"ranking.pt": "torch", "ranking.onnx": "onnx"}.get(message.split(":")[0], "numpy")
     with pytest.raises(BundleError, match=message):
-        Recommender.from_bytes(change(tiny_bundle), backend="onnx")
+        Recommender.from_bytes(change(tiny_bundle), backend=backend)
 
 
 def test_damaged_deflate_data_is_a_bundle_error(tiny_bundle):
