@@ -1,7 +1,8 @@
 """Loading MovieLens data into one normalised shape.
 
-Every source (the ML-100K copy shipped inside the ``recbole`` wheel, the GroupLens CSV layouts,
-ml-1m's ``::`` files, the synthetic generator) ends up as a :class:`Dataset` of three Arrow
+Every source (the ML-100K copy shipped inside the ``recbole`` wheel, GroupLens' own ML-100K
+``u.*`` files, the GroupLens CSV layouts, ml-1m's and ml-10m's ``::`` files, any of them as the
+zip GroupLens distributes, the synthetic generator) ends up as a :class:`Dataset` of three Arrow
 tables with fixed schemas, so the rest of the pipeline never cares where the data came from.
 Files are parsed with pyarrow (fast path) and cached as Parquet; only when pyarrow rejects a file
 do we re-scan it line by line, to tell the user the exact file, line and problem.
@@ -411,11 +412,54 @@ def load_ml1m(directory: Path) -> Dataset:
     return Dataset(d.name, _validate_ratings(d / "ratings.dat", ratings, header=False), items, users)
 
 
+# u.item's genre flags, in GroupLens' order (u.genre lists the same, where present)
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                 "War", "Western")
+
+
+def load_grouplens_ml100k(directory: Path) -> Dataset:
+    """ML-100K as GroupLens distributes it (ml-100k.zip): headerless tab-separated ``u.data``,
+    ``u.item`` (latin-1, ``|``-separated: id, title with its year, release date, video release
+    date, IMDb URL, then one 0/1 flag per genre of ``u.genre``) and ``u.user`` (id, age, gender,
+    occupation, zip code)."""
+    d = Path(directory)
+    ratings = read_table(
+        d / "u.data",
+        {"user_id": pa.int64(), "item_id": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
+        names=["user_id", "item_id", "rating", "timestamp"], delimiter="\t",
+    )
+    genres = list(ML100K_GENRES)
+    if (d / "u.genre").is_file():
+        genres = [line.split("|")[0] for line in (d / "u.genre").read_text("latin-1").splitlines() if line.strip()]
+    flags = [f"{g} (genre flag)" for g in genres]
+    item = read_table(
+        d / "u.item",
+        {"item_id": pa.int64(), "title": pa.string(), "release_date": pa.string(), **dict.fromkeys(flags, pa.int8())},
+        names=["item_id", "title", "release_date", "video_release_date", "url", *flags], delimiter="|",
+        encodings=("latin-1",),
+    )
+    check_ids(d / "u.item", item, ("item_id",), header=False)
+    titles, years = split_title_year(item["title"].to_pylist())
+    released = [int(date[-4:]) if date and date[-4:].isdigit() else None for date in item["release_date"].to_pylist()]
+    years = [y if y is not None else r for y, r in zip(years, released)]
+    marked = np.stack([item[f].to_numpy() for f in flags], axis=1) > 0
+    items = _items_table(item["item_id"], titles, years, [[g for g, on in zip(genres, row) if on] for row in marked])
+    users = read_table(
+        d / "u.user",
+        {"user_id": pa.int64(), "age": pa.int32(), "gender": pa.string(), "occupation": pa.string()},
+        names=["user_id", "age", "gender", "occupation", "zip"], delimiter="|",
+    )
+    return Dataset("ml-100k", _validate_ratings(d / "u.data", ratings, header=False), items,
+                   users.select(USERS_SCHEMA.names).cast(USERS_SCHEMA))
+
+
 # layout -> (required files, optional files, loader)
 LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[Path], Dataset]]] = {
     "recbole": (("ml-100k.inter", "ml-100k.item", "ml-100k.user"), (), load_recbole_ml100k),
+    "grouplens-ml100k": (("u.data", "u.item", "u.user"), ("u.genre",), load_grouplens_ml100k),
     "grouplens-csv": (("ratings.csv", "movies.csv"), (), load_grouplens_csv),
-    "ml-1m": (("ratings.dat", "movies.dat"), ("users.dat",), load_ml1m),
+    "ml-1m": (("ratings.dat", "movies.dat"), ("users.dat",), load_ml1m),  # ml-10m too: no users.dat there
 }
 
 
@@ -423,7 +467,7 @@ def detect_layout(directory: Path) -> str:
     """Which of the supported layouts ``directory`` holds, judged by its file names."""
     d = Path(directory)
     if not d.is_dir():
-        raise DataError(f"{d}: not a directory")
+        raise DataError(f"{d}: not a directory (nor a .zip file of one)")
     for layout, (files, _, _) in LAYOUTS.items():
         if all((d / f).is_file() for f in files):
             return layout
@@ -503,11 +547,74 @@ def _write_cache(d: Path, cache_dir: Path, dataset: Dataset, layout: str) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# An unpacked MovieLens zip is at most ML-25M's ~1.2 GB; this cap stops a zip bomb filling the disk.
+MAX_UNPACKED_BYTES = 16 << 30
+
+
+def _layout_folder(root: Path) -> Path | None:
+    """``root`` or one of its sub-folders (a GroupLens zip holds ``ml-1m/...``) that holds a layout."""
+    for folder in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
+        if any(all((folder / f).is_file() for f in files) for files, _, _ in LAYOUTS.values()):
+            return folder
+    return None
+
+
+def unpack_zip(path: Path) -> Path:
+    """The folder holding the MovieLens layout inside the zip file ``path`` (a GroupLens download
+    such as ``ml-1m.zip``, passed as it is). Unpacked once beside the zip, in
+    ``.<name>.unpacked/<size and mtime>`` (or the temporary folder when that one is read-only),
+    atomically like the Parquet cache, and reused while the zip is unchanged; members with
+    absolute or ``..`` paths and more than ``MAX_UNPACKED_BYTES`` unpacked are refused."""
+    st = path.stat()
+    base = path.parent if os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
+    root = base / f".{path.name}.unpacked"
+    dest = root / hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    if not dest.is_dir():
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{path}: not a readable zip file ({exc})") from None
+        with zf:
+            members = zf.infolist()
+            unsafe = [m.filename for m in members
+                      if m.filename.startswith(("/", "\\")) or ".." in Path(m.filename).parts]
+            if unsafe:
+                raise DataError(f"{path}: member {unsafe[0]!r} would unpack outside its folder")
+            total = sum(m.file_size for m in members)
+            if total > MAX_UNPACKED_BYTES:
+                raise DataError(f"{path}: {total:,} bytes unpacked, more than the {MAX_UNPACKED_BYTES:,} allowed")
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+            try:
+                print(f"[data] unpacking {path} ({total / 1e6:,.0f} MB)", flush=True)
+                zf.extractall(tmp)
+                for stale in root.iterdir():  # unpacked copies of earlier versions of the zip
+                    if stale.name not in (tmp.name, dest.name) and not stale.name.startswith(".tmp-"):
+                        shutil.rmtree(stale, ignore_errors=True)
+                try:
+                    os.replace(tmp, dest)
+                except OSError:
+                    if not dest.is_dir():
+                        raise
+            except zipfile.BadZipFile as exc:
+                raise DataError(f"{path}: not a readable zip file ({exc})") from None
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    folder = _layout_folder(dest)
+    if folder is None:
+        expected = "; ".join(" + ".join(files) for files, _, _ in LAYOUTS.values())
+        raise DataError(f"{path}: no supported MovieLens layout inside (expected one of: {expected})")
+    return folder
+
+
 def load_dataset(directory: Path, cache: bool = True) -> Dataset:
     """Load any supported layout, tidied (:func:`tidy`), through a Parquet cache keyed by the source
-    files' size and mtime. The cache lives in ``<directory>/.parquet-cache`` (see
-    :func:`_write_cache`); what tidying found is kept with it and reported again on every load."""
+    files' size and mtime. ``directory`` may also be a zip file of one (:func:`unpack_zip`). The
+    cache lives in ``<directory>/.parquet-cache`` (see :func:`_write_cache`); what tidying found
+    is kept with it and reported again on every load."""
     d = Path(directory).resolve()
+    if d.is_file() and (d.suffix.lower() == ".zip" or zipfile.is_zipfile(d)):
+        d = unpack_zip(d)
     layout = detect_layout(d)
     files, optional, loader = LAYOUTS[layout]
     cache_dir = d / ".parquet-cache" / _fingerprint(d, files + optional)

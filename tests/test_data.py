@@ -665,3 +665,93 @@ def test_a_cache_written_by_an_older_loader_is_not_read(csv_dir: Path, monkeypat
     monkeypatch.undo()
     assert data.load_dataset(csv_dir).duplicates_dropped == 0
     assert [p.name for p in (csv_dir / ".parquet-cache").iterdir()] != [old.name]
+
+
+# --------------------------------------------------------------------------- GroupLens' own ML-100K files, zips
+
+
+def _grouplens_ml100k(ds: data.Dataset, folder: Path) -> Path:
+    """``ds`` written in GroupLens' ml-100k.zip layout (u.data, u.item with its year in the title and
+    one flag per genre, latin-1, u.genre, u.user), as the real download holds it."""
+    r = ds.ratings.to_pydict()
+    u_data = "".join(f"{u}\t{i}\t{int(s)}\t{t}\n" for u, i, s, t in zip(r["user_id"], r["item_id"], r["rating"],
+                                                                     r["timestamp"]))
+    rows = []
+    for item in ds.items.to_pylist():
+        title = f"{item['title']} ({item['year']})" if item["year"] else item["title"]
+        date = f"01-Jan-{item['year']}" if item["year"] else ""
+        flags = "|".join("1" if g in item["genres"] else "0" for g in data.ML100K_GENRES)
+        rows.append(f"{item['item_id']}|{title}|{date}||http://us.imdb.com/M/title-exact?x|{flags}\n")
+    users = "".join(f"{u['user_id']}|{u['age']}|{u['gender']}|{u['occupation']}|00000\n" for u in ds.users.to_pylist())
+    genres = "".join(f"{g}|{n}\n" for n, g in enumerate(data.ML100K_GENRES))
+    return _write(folder, {"u.data": u_data, "u.item": "".join(rows).encode("latin-1"), "u.user": users,
+                           "u.genre": genres, "u1.base": "not read\n"})
+
+
+def test_grouplens_ml100k_files_load_as_the_recbole_copy_of_the_same_data(ml100k_dir: Path, tmp_path: Path):
+    """The most common ML-100K copy (GroupLens' u.* files) gives the same ratings, movies (title,
+    year, genres from the flags) and users as the copy the flow fetches."""
+    reference = data.load_dataset(ml100k_dir, cache=False)
+    folder = _grouplens_ml100k(reference, tmp_path / "ml-100k")
+    assert data.detect_layout(folder) == "grouplens-ml100k"
+    _assert_same(data.load_dataset(folder, cache=False), reference)
+
+
+def test_grouplens_ml100k_latin1_titles_and_a_bad_flag_named_by_line(tmp_path: Path):
+    files = {"u.data": "1\t1\t5\t881250949\n2\t1\t3\t891717742\n", "u.user": "1|24|M|technician|85711\n",
+             "u.item": ("1|Misérables, Les (1995)|01-Jan-1995||http://x|" + "|".join(["0"] * 8 + ["1"] + ["0"] * 10)
+                        + "\n").encode("latin-1")}
+    folder = _write(tmp_path / "ml-100k", files)
+    ds = data.load_dataset(folder, cache=False)
+    assert ds.items.to_pylist() == [{"item_id": 1, "title": "Misérables, Les", "year": 1995, "genres": ["Drama"]}]
+    assert ds.warnings == []  # u.item is latin-1 by definition: no fallback to report
+    bad = ("2|Other (1996)|01-Jan-1996||http://x|" + "|".join(["0"] * 18 + ["x"]) + "\n").encode("latin-1")
+    (folder / "u.item").write_bytes(files["u.item"] + bad)
+    with pytest.raises(data.DataError, match=r"u\.item, line 2: .*Western \(genre flag\)"):
+        data.load_dataset(folder, cache=False)
+
+
+def test_ml10m_half_stars_without_users(tmp_path: Path):
+    folder = _write(tmp_path / "ml-10M100K", {
+        "ratings.dat": "1::122::5::838985046\n1::185::4.5::838983525\n2::122::0.5::868245777\n",
+        "movies.dat": "122::Boomerang (1992)::Comedy|Romance\n185::Net, The (1995)::Action|Crime|Thriller\n",
+        "tags.dat": "15::4973::excellent!::1215184630\n"})
+    ds = data.load_dataset(folder, cache=False)
+    assert ds.ratings["rating"].to_pylist() == [5.0, 4.5, 0.5] and ds.users.num_rows == 0
+    assert ds.items.to_pylist()[1] == {"item_id": 185, "title": "Net, The", "year": 1995,
+                                       "genres": ["Action", "Crime", "Thriller"]}
+
+
+def _zip(folder: Path, dest: Path, prefix: str) -> Path:
+    with zipfile.ZipFile(dest, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                zf.write(f, f"{prefix}{f.name}")
+    return dest
+
+
+def test_a_zip_passed_as_it_is_loads_like_its_folder_and_is_unpacked_once(ml1m_dir: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    """`--data-dir ml-1m.zip`: GroupLens' zips hold a top folder (ml-1m/...)."""
+    archive = _zip(ml1m_dir, tmp_path / "ml-1m.zip", "ml-1m/")
+    _assert_same(data.load_dataset(archive), data.load_dataset(ml1m_dir, cache=False))
+    extracted = list((tmp_path / ".ml-1m.zip.unpacked").iterdir())
+    assert len(extracted) == 1 and (extracted[0] / "ml-1m" / "ratings.dat").is_file()
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", lambda *a: pytest.fail("unpacked again"))
+    data.load_dataset(archive)  # unchanged zip: the unpacked copy (and its Parquet cache) is reused
+
+
+def test_a_bad_zip_says_what_is_wrong_with_it(ml1m_dir: Path, tmp_path: Path):
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(data.DataError, match="broken.zip: not a readable zip file"):
+        data.load_dataset(broken)
+    unrelated = _zip(_write(tmp_path / "notes", {"README.txt": "hello"}), tmp_path / "notes.zip", "notes/")
+    with pytest.raises(data.DataError, match="notes.zip: no supported MovieLens layout inside"):
+        data.load_dataset(unrelated)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../outside.txt", "x")
+    with pytest.raises(data.DataError, match="would unpack outside its folder"):
+        data.load_dataset(evil)
+    assert not (tmp_path.parent / "outside.txt").exists()
