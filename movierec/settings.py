@@ -74,9 +74,9 @@ def repository_url_problem(url: str) -> str | None:
 @dataclass(frozen=True)
 class DataSettings:
     dir: str = setting("", "data-dir", "MovieLens folder (ratings.csv+movies.csv, ml-1m/ml-10m .dat, ml-100k's "
-                       "u.data+u.item+u.user, recbole ml-100k files, or Kaggle's The Movies Dataset) or a .zip of one, local or "
-                       "s3://bucket/prefix (read with Metaflow's S3 client); empty: ML-100K, downloaded once into "
-                       "data/ml-100k")
+                       "u.data+u.item+u.user, recbole ml-100k files, or Kaggle's The Movies Dataset) or a .zip of "
+                       "one, local or s3://bucket/prefix (read with Metaflow's S3 client); empty: ML-100K, "
+                       "downloaded once into data/ml-100k")
     synthetic_ratings: int = setting(0, "synthetic-ratings", "use N synthetic ML-20M-shaped ratings (0: off)",
                                      minimum=0)
     max_ratings: int = setting(0, "max-ratings", "keep only the first N ratings by time (0: all)", minimum=0)
