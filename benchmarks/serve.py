@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     rec, model_arg = load(args.model, "numpy")
+    if not rec.user_data:
+        raise SystemExit(f"{model_arg}: a bundle without per-user data: serve.py measures per-user queries")
     info = rec.info.get("dataset") or {}
     model = (f"Model: run {rec.info.get('run_id')}, {info.get('ratings', '?'):,} ratings, {len(rec.user_ids):,} "
              f"users, {len(rec.item_ids):,} movies.")
@@ -218,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         emit("serve-install", "## What an installation costs (`benchmarks/serve.py --parts install`)\n\n"
              + model + " Fresh venvs, one per installation, the wheel of that model; sizes count every installed "
              "distribution but pip and setuptools; cold start and peak RSS of `movierec --backend <b> recommend "
-             "--user <first user>` in a fresh process (the page cache warm), medians of 5.\n\n"
+             "--user <first user>` in a fresh process (the page cache warm), medians of 5. torch in the `[train]` venv "
+             "is 2.13.0's CPU build, as this machine's pip configuration finds it (from PyPI alone pip would take "
+             "the CUDA build, several GB more).\n\n"
              + markdown_table(rows, list(rows[0]))
              + "\n\nGoals (issue 18): light install <= 150 MB, cold recommend <= 0.5 s, peak RSS <= 150 MB.\n",
              not args.no_write)

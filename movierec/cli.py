@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bundle folder or zip, or a Metaflow run id (default: the model packaged in this wheel)")
     parser.add_argument("--backend", choices=BACKENDS, default="numpy",
                         help="what runs the rating model: numpy (default, its folded tables), onnx (its ONNX "
-                             "graph; pip install 'movierec[onnx]') or torch (the training code; pip install "
-                             "'movierec[train]'); all agree within 1e-4")
+                             "graph; pip install 'movierec[onnx]') or torch (the training code and its packages; "
+                             "pip install 'movierec[train]'); all agree within 1e-4")
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("recommend", help="top movies for a known user")
     r.add_argument("--user", type=int, required=True)

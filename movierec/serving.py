@@ -60,12 +60,15 @@ def _lookup(ids: np.ndarray, raw: int, error: type[RecommenderError]) -> int:
     return pos
 
 
-def rating_backend(files: dict[str, bytes], info: dict, choice: str = "numpy") -> Rate:
+def rating_backend(files: dict[str, bytes], info: dict, shape: tuple[int, int], choice: str = "numpy") -> Rate:
     """``rate(user indices, movie indices)`` giving star ratings, with the runtime ``choice`` names:
     numpy (``rating.npz``), onnxruntime (``ranking.onnx``) or torch (``ranking.pt``; the training
-    side's model, for installations that have torch)."""
+    side's model, for installations with the ``train`` extra). The tables and the torch model must
+    be for ``shape`` (users, movies); the graph is probed at its corners by the caller."""
     if choice == "numpy":
-        return RatingTables.from_bytes(files["rating.npz"])
+        tables = RatingTables.from_bytes(files["rating.npz"])
+        _require(tables.shape == shape, "the rating model is for another number of users or movies")
+        return tables
     if choice == "onnx":
         if "ranking.onnx" not in files:
             raise RecommenderError("backend 'onnx': this bundle has no ranking.onnx (the model did not export)")
@@ -75,15 +78,17 @@ def rating_backend(files: dict[str, bytes], info: dict, choice: str = "numpy") -
             raise RecommenderError("backend 'onnx' needs onnxruntime: pip install 'movierec[onnx]'") from None
         return lambda u, i: graph.run(None, {"users": np.asarray(u, np.int64), "items": np.asarray(i, np.int64)})[0]
     if choice == "torch":
-        try:
+        try:  # torch and what the training code imports with it (pyarrow...): the train extra
             import torch
-        except ImportError:
-            raise RecommenderError("backend 'torch' needs torch: pip install 'movierec[train]'") from None
-        from movierec.nn import state_from_bytes
-        from movierec.ranking import RatingModel
 
+            from movierec.nn import state_from_bytes
+            from movierec.ranking import RatingModel
+        except ImportError as exc:
+            raise RecommenderError(f"backend 'torch' needs the training code's packages ({exc.name} is missing): "
+                                   "pip install 'movierec[train]'") from None
         torch.set_num_threads(1)  # single requests: thread start-up costs more than it saves
         folded = RatingModel.from_state(info["sizes"], info["ranking"], state_from_bytes(files["ranking.pt"])).fold()
+        _require((len(folded.u), len(folded.v)) == shape, "the rating model is for another number of users or movies")
 
         def rate(users: np.ndarray, items: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -197,10 +202,7 @@ class Recommender:
         self.backend, self._rate = "none", None
         if self.user_data:
             with _reading(origin, {"numpy": "rating.npz", "onnx": "ranking.onnx", "torch": "ranking.pt"}[backend]):
-                self.backend, self._rate = backend, rating_backend(files, info, backend)
-                if isinstance(self._rate, RatingTables):
-                    _require(self._rate.shape == (n_users, n_items), "the rating model is for another number of "
-                             "users or movies")
+                self.backend, self._rate = backend, rating_backend(files, info, (n_users, n_items), backend)
                 corners = self._rate(np.array([0, n_users - 1]), np.array([0, n_items - 1]))
                 _require(corners.shape == (2,) and np.isfinite(corners).all(), "the rating model does not rate the "
                          "first and last user and movie")

@@ -231,10 +231,14 @@ def light_install(tmp_path_factory, tiny_bundle) -> Path:
 
     root = tmp_path_factory.mktemp("light")
     wheel = packaging.build_wheel(tiny_bundle, "0.1.0.post9", root)
+    # the lock's versions (without its hashes, which pip refuses in constraints): the same FastAPI,
+    # pydantic and numpy as the rest of the suite, whatever PyPI holds today
+    lock = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().splitlines()
+    (root / "constraints.txt").write_text("\n".join(line.split()[0] for line in lock if "==" in line.split(" ")[0]))
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    out = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[serve]"], capture_output=True,
-                         text=True, cwd=root, env=clean_env(), timeout=900)
+    out = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(root / "constraints.txt"),
+                          f"{wheel}[serve]"], capture_output=True, text=True, cwd=root, env=clean_env(), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return venv
 

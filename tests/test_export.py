@@ -3,6 +3,7 @@ user tower's graph, answer as torch does; a bundle's three rating backends recom
 
 import io
 import json
+import subprocess
 import sys
 import zipfile
 
@@ -61,6 +62,27 @@ def test_exported_tables_and_graphs_match_torch_at_any_batch_size(models, small_
             np.testing.assert_allclose(vectors, towers.user_vectors(torch.as_tensor(users)).numpy(), atol=1e-4)
 
 
+def test_serving_queries_leave_torch_and_pyarrow_unimported(tiny_bundle, tmp_path):
+    """In an installation that has them (this one), a numpy-backed Recommender still never imports
+    the training stack: a fresh process loads a bundle, answers every kind of query, and looks."""
+    path = tmp_path / "model.zip"
+    path.write_bytes(tiny_bundle)
+    code = ("import sys; from movierec.serving import Recommender; r = Recommender.load(sys.argv[1]); "
+            "u, m = int(r.user_ids[0]), [int(x) for x in r.item_ids[:2]]; r.recommend(u); "
+            "r.recommend_for_history(m); r.similar_movies(m[0]); r.predict_rating(u, m[1]); r.search('movie'); "
+            "print(sorted({n.split('.')[0] for n in sys.modules} & {'torch', 'pyarrow', 'scipy', 'onnxruntime', "
+            "'ray', 'metaflow', 'implicit'}))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_head_numpy_tables_cannot_hold_is_refused(models):
+    folded = models[0].fold()
+    folded.rest = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    with pytest.raises(export.ExportError, match="rating.npz holds a head of ReLU"):
+        export.rating_tables(folded)
+
+
 def test_a_graph_that_disagrees_is_not_shipped(models, small_encoded, monkeypatch):
     ranker, towers = models
     monkeypatch.setattr(export, "max_difference", lambda *a: 0.5)
@@ -95,11 +117,17 @@ def test_a_bundles_three_rating_backends_recommend_alike(tiny_bundle):
                                        [r.predicted_rating for r in lists["numpy"]], atol=1e-4)
 
 
+def _queries(rec: Recommender) -> list:
+    user, movies = int(rec.user_ids[1]), [int(m) for m in rec.item_ids[:3]]
+    return [rec.recommend(user, k=10), rec.recommend_for_history([(movies[0], 5), (movies[1], 4)], k=10),
+            rec.similar_movies(movies[2], k=5), rec.predict_ratings([user] * 3, movies)]
+
+
 def test_without_torch_or_onnxruntime_the_numpy_backend_serves(tiny_bundle, monkeypatch):
-    expected = Recommender.from_bytes(tiny_bundle).recommend(1, k=10)
+    expected = _queries(Recommender.from_bytes(tiny_bundle))
     for module in ("torch", "onnxruntime"):
         monkeypatch.setitem(sys.modules, module, None)  # import -> ImportError
-    assert Recommender.from_bytes(tiny_bundle).recommend(1, k=10) == expected
+    assert _queries(Recommender.from_bytes(tiny_bundle)) == expected
     with pytest.raises(RecommenderError, match=r"pip install 'movierec\[onnx\]'"):
         Recommender.from_bytes(tiny_bundle, "onnx")
     with pytest.raises(RecommenderError, match=r"pip install 'movierec\[train\]'"):

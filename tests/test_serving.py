@@ -136,6 +136,14 @@ def _replace_npz(bundle: bytes, name: str, key: str, change) -> bytes:
     return buf.getvalue()
 
 
+def _cut_rating_users(bundle: bytes, n: int) -> bytes:
+    """rating.npz whose user tables (all three, so they agree with each other) have ``n`` rows."""
+    arrays = dict(np.load(io.BytesIO(_member(bundle, "rating.npz"))))
+    buf = io.BytesIO()
+    np.savez(buf, **{**arrays, **{k: arrays[k][:n] for k in ("u", "hu", "bu")}})
+    return buf.getvalue()
+
+
 def _npz_without(bundle: bytes, name: str, key: str) -> bytes:
     arrays = dict(np.load(io.BytesIO(_member(bundle, name))))
     arrays.pop(key)
@@ -196,6 +204,8 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
      "rating.npz: cannot be read .*rating tables disagree: movie tables"),
     (lambda b: _rezip(b, {"rating.npz": _cut_npz(b, "rating.npz", "u", 4)}, keep_checksums=False),
      "rating.npz: cannot be read .*rating tables disagree: user tables"),
+    (lambda b: _rezip(b, {"rating.npz": _cut_rating_users(b, 4)}, keep_checksums=False),
+     "rating.npz: cannot be read .*the rating model is for another number of users"),
     # files that each parse but do not agree (as a publisher bug would write them): IndexErrors at query time
     (lambda b: _rezip(b, {"items.json": _cut_json(b, "genres", 10)}, keep_checksums=False),
      "items.json: cannot be read .*titles or genres for other than 150 movies"),
