@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from movierec.checksums import sha256
 from movierec.ids import MAX_ID
+from movierec.settings import ColumnSettings
 
 RATINGS_SCHEMA = pa.schema(
     [("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float32()), ("timestamp", pa.int64())]
@@ -205,6 +206,7 @@ def read_table(
     separator: str | None = None,
     typed_header: bool = False,
     warn_fallback: bool = True,
+    nullable: tuple[str, ...] = (),
 ) -> pa.Table:
     """Read a delimited file into Arrow with the given column types, or fail with a precise DataError.
 
@@ -215,7 +217,8 @@ def read_table(
     first of ``encodings`` it is valid in (UTF-8, then latin-1, which every byte string is): a
     fallback is reported as a DataWarning naming the first line that is not UTF-8, unless
     ``warn_fallback`` is off (a layout whose files are documented as latin-1). Only an
-    empty field is a missing value: ``nan`` or ``NULL`` in a number column is reported as such.
+    empty field is a missing value: ``nan`` or ``NULL`` in a number column is reported as such;
+    only the ``nullable`` columns may have one.
     """
     _check_file(path)
     if separator:  # small files only (ml-1m): rewrite in memory
@@ -267,7 +270,7 @@ def read_table(
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     for name in types:
-        nulls = table[name].null_count
+        nulls = table[name].null_count if name not in nullable else 0
         if nulls:
             first = int(np.flatnonzero(table[name].is_null().to_numpy(zero_copy_only=False))[0])
             line = _line_of_row(path, first, skip == 1, encoding)
@@ -715,6 +718,77 @@ def load_dataset(directory: Path, cache: bool = True) -> Dataset:
     if cache and os.access(d, os.W_OK):
         _write_cache(d, cache_dir, dataset, layout)
     return dataset
+
+
+INTERACTION_SUFFIXES = (".parquet", ".csv")
+
+
+def _read_columns(path: Path, types: dict[str, pa.DataType], nullable: tuple[str, ...] = ()) -> pa.Table:
+    """The ``types`` columns of a Parquet or CSV file (by suffix), cast, in that order; a missing
+    column or a value of another type is a DataError naming the file (and the line, for CSV). A
+    Parquet column asked for as a list of strings may also be text (the caller splits it)."""
+    if path.suffix.lower() == ".csv":
+        return read_table(path, types, nullable=nullable).select(list(types))
+    _check_file(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in types if c not in schema.names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(schema.names)} "
+                        "(say which holds what with --user-column, --item-column, ...)")
+    table = pq.read_table(path, columns=list(types))
+    columns = []
+    for name, typ in types.items():
+        column = table[name]
+        if pa.types.is_list(typ) and not pa.types.is_list(column.type):
+            typ = pa.string()
+        try:
+            columns.append(column.cast(typ))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"{path}: column '{name}' is {column.type}, expected {typ}") from None
+        if columns[-1].null_count and name not in nullable:
+            row = int(np.flatnonzero(columns[-1].is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{path}: row {row + 1}: column '{name}' is empty, expected {typ}")
+    return pa.table(dict(zip(types, columns)))
+
+
+def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "") -> Dataset:
+    """A user's own interactions file (Parquet or CSV) whose columns ``columns`` names (user, item,
+    rating; timestamp optional: without one every rating has time 0), and optionally an items file
+    with titles and genres. Checked like the MovieLens layouts (ids, star range, duplicates)."""
+    path = Path(path)
+    if not columns.rating:
+        raise DataError(f"{path}: implicit-only data (no rating column) is not supported yet: give "
+                        "--rating-column the column of 0.5-5 star ratings")
+    types = {columns.user: pa.int64(), columns.item: pa.int64(), columns.rating: pa.float32()}
+    if columns.timestamp:
+        types[columns.timestamp] = pa.int64()
+    table = _read_columns(path, types)
+    if not columns.timestamp:
+        table = table.append_column("timestamp", pa.array(np.zeros(table.num_rows, np.int64)))
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no data rows")
+    ratings = _validate_ratings(path, table, header=path.suffix.lower() == ".csv")
+    items = ITEMS_SCHEMA.empty_table()
+    if items_file:
+        source = Path(items_file).expanduser()
+        wanted = {columns.item: pa.int64(), columns.title: pa.string()}
+        if columns.genres:
+            csv_file = source.suffix.lower() == ".csv"
+            wanted[columns.genres] = pa.string() if csv_file else pa.list_(pa.string())
+        raw = _read_columns(source, wanted, nullable=(columns.title, columns.genres))
+        check_ids(source, raw, (columns.item,))
+        titles, years = split_title_year([t or "" for t in raw[columns.title].to_pylist()])
+        if not columns.genres:
+            genres = [[] for _ in titles]
+        elif pa.types.is_list(raw[columns.genres].type):
+            genres = [[g for g in (gs or []) if g] for gs in raw[columns.genres].to_pylist()]
+        else:
+            genres = _clean_genres(raw[columns.genres].to_pylist(), columns.genres_separator)
+        items = _items_table(raw[columns.item], titles, years, genres)
+    return tidy(Dataset(path.stem, ratings, items, USERS_SCHEMA.empty_table()))
 
 
 def load_remote_dataset(url: str) -> Dataset:

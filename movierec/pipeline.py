@@ -40,15 +40,24 @@ __all__ = ["DataSplit", "build_index", "evaluate", "fit_sources", "load_data", "
 
 
 def load_data(settings: Settings) -> data.Dataset:
-    """``settings.data``: a user's folder (local, or ``s3://``), a synthetic ML-20M-shaped set, or by
-    default ML-100K (fetched on demand); what loading dropped or worked around is printed."""
+    """``settings.data``: a user's folder (local, or ``s3://``) or interactions file, a synthetic
+    ML-20M-shaped set, or by default ML-100K (fetched on demand); what loading dropped or worked
+    around is printed."""
     source = settings.data
     if source.dir and source.synthetic_ratings:
         raise ValueError("choose either --data-dir or --synthetic-ratings, not both")
+    interactions = Path(source.dir).suffix.lower() in data.INTERACTION_SUFFIXES
+    if source.items_file and not interactions:
+        raise ValueError("--items-file goes with an interactions file (--data-dir ratings.parquet or .csv)")
+    if interactions and not source.columns.timestamp and settings.protocol == "temporal":
+        raise ValueError("the temporal protocol splits by time: give --timestamp-column, or choose --protocol "
+                         "tfrs or msr")
     if source.synthetic_ratings:
         dataset = synthetic.ml20m_like(source.synthetic_ratings, seed=settings.seed)
     elif source.dir.startswith("s3://"):
         dataset = data.load_remote_dataset(source.dir)
+    elif interactions:
+        dataset = data.load_interactions(Path(source.dir).expanduser(), source.columns, source.items_file)
     else:
         dataset = data.load_dataset(Path(source.dir).expanduser() if source.dir else data.fetch_ml100k())
     for note in dataset.warnings:

@@ -72,6 +72,22 @@ def repository_url_problem(url: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class ColumnSettings:
+    """Which columns of a user's own interactions file (``--data-dir ratings.parquet`` or ``.csv``)
+    and items file (``--items-file``) hold what (``movierec.data.load_interactions``)."""
+
+    user: str = setting("user", "user-column", "interactions file: the user id column (integer ids)")
+    item: str = setting("item", "item-column", "interactions file (and items file): the item id column (integers)")
+    rating: str = setting("rating", "rating-column", "interactions file: the rating column (0.5-5 stars)")
+    timestamp: str = setting("timestamp", "timestamp-column", "interactions file: the time column (integer "
+                             "seconds); empty: none (every protocol but temporal)")
+    title: str = setting("title", "title-column", "items file: the title column (a trailing '(1995)' is the year)")
+    genres: str = setting("genres", "genres-column", "items file: the genres column (a list, or text split by "
+                          "--genres-separator; empty: none)")
+    genres_separator: str = setting("|", "genres-separator", "items file: what separates genres in a text column")
+
+
+@dataclass(frozen=True)
 class DataSettings:
     dir: str = setting("", "data-dir", "MovieLens folder (ratings.csv+movies.csv, ml-1m/ml-10m .dat, ml-100k's "
                        "u.data+u.item+u.user, recbole ml-100k files, or Kaggle's The Movies Dataset) or a .zip of "
@@ -80,6 +96,9 @@ class DataSettings:
     synthetic_ratings: int = setting(0, "synthetic-ratings", "use N synthetic ML-20M-shaped ratings (0: off)",
                                      minimum=0)
     max_ratings: int = setting(0, "max-ratings", "keep only the first N ratings by time (0: all)", minimum=0)
+    items_file: str = setting("", "items-file", "titles and genres for an interactions file (Parquet or CSV, "
+                              "columns as --item-column, --title-column, --genres-column say); empty: none")
+    columns: ColumnSettings = field(default_factory=ColumnSettings)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pytest
 
 from movierec import data, synthetic
 from movierec.data import DataError
+from movierec.settings import ColumnSettings
 
 REAL_ML100K = Path(__file__).parent.parent / "data" / "ml-100k"
 
@@ -826,3 +827,75 @@ def test_a_metadata_file_without_the_expected_columns_is_named(movies_dataset_di
     (movies_dataset_dir / "movies_metadata.csv").write_text("movie,name\n1,Toy Story\n")
     with pytest.raises(data.DataError, match="movies_metadata.csv: not The Movies Dataset's metadata file"):
         data.load_dataset(movies_dataset_dir, cache=False)
+
+
+# --------------------------------------------------------------------------- a user's own interactions file
+
+COLUMNS = ColumnSettings(user="customer", item="sku", rating="stars", timestamp="ts", title="name",
+                         genres="tags")
+
+
+def _interactions(tmp_path: Path) -> tuple[Path, Path]:
+    import pyarrow.parquet as pq
+
+    ratings = pa.table({"customer": [10, 10, 11, 12, 12], "sku": [7, 8, 7, 9, 9], "stars": [4.0, 2.5, 5.0, 3.0, 1.0],
+                        "ts": [100, 101, 102, 103, 104], "note": ["a", "b", "c", "d", "e"]})
+    items = pa.table({"sku": [7, 8, 9], "name": ["Heat (1995)", "Casino", None],
+                      "tags": [["Crime", "Drama"], [], None]})
+    pq.write_table(ratings, tmp_path / "ratings.parquet")
+    pq.write_table(items, tmp_path / "items.parquet")
+    return tmp_path / "ratings.parquet", tmp_path / "items.parquet"
+
+
+def test_an_interactions_file_with_its_own_column_names_and_an_items_file(tmp_path: Path):
+    ratings, items = _interactions(tmp_path)
+    ds = data.load_interactions(ratings, COLUMNS, str(items))
+    assert ds.ratings.schema == data.RATINGS_SCHEMA
+    # user 12 rated sku 9 twice: the latest (1.0 at ts 104) is kept, and said
+    assert ds.ratings.to_pydict() == {"user_id": [10, 10, 11, 12], "item_id": [7, 8, 7, 9],
+                                      "rating": [4.0, 2.5, 5.0, 1.0], "timestamp": [100, 101, 102, 104]}
+    assert ds.duplicates_dropped == 1
+    assert ds.items.to_pylist() == [{"item_id": 7, "title": "Heat", "year": 1995, "genres": ["Crime", "Drama"]},
+                                    {"item_id": 8, "title": "Casino", "year": None, "genres": []},
+                                    {"item_id": 9, "title": "", "year": None, "genres": []}]
+
+
+def test_a_csv_interactions_file_without_timestamps_and_text_genres(tmp_path: Path):
+    _write(tmp_path, {"plays.csv": "customer,sku,stars\n1,5,4\n2,5,3.5\n",
+                      "catalogue.csv": "sku,name,tags\n5,Alien (1979),Horror;Sci-Fi\n6,Blank,\n"})
+    columns = ColumnSettings(user="customer", item="sku", rating="stars", timestamp="", title="name",
+                             genres="tags", genres_separator=";")
+    ds = data.load_interactions(tmp_path / "plays.csv", columns, str(tmp_path / "catalogue.csv"))
+    assert ds.ratings["timestamp"].to_pylist() == [0, 0]
+    assert ds.items["genres"].to_pylist() == [["Horror", "Sci-Fi"], []]
+
+
+def test_an_interactions_file_that_does_not_match_its_mapping_says_how(tmp_path: Path):
+    ratings, _ = _interactions(tmp_path)
+    with pytest.raises(data.DataError, match=r"ratings.parquet: missing column\(s\) user; the file has customer, "
+                                             "sku, stars, ts, note"):
+        data.load_interactions(ratings, ColumnSettings(user="user", item="sku", rating="stars", timestamp="ts"))
+    with pytest.raises(data.DataError, match="ratings.parquet: column 'note' is string, expected int64"):
+        data.load_interactions(ratings, ColumnSettings(user="note", item="sku", rating="stars", timestamp="ts"))
+    _write(tmp_path, {"bad.csv": "customer,sku,stars,ts\n1,5,4,100\n2,5,lots,101\n"})
+    with pytest.raises(data.DataError, match=r"bad.csv, line 3: column 'stars'"):
+        data.load_interactions(tmp_path / "bad.csv", COLUMNS)
+    with pytest.raises(data.DataError, match="implicit-only data"):
+        data.load_interactions(ratings, ColumnSettings(user="customer", item="sku", rating="", timestamp="ts"))
+
+
+def test_the_start_step_loads_an_interactions_file_as_the_settings_map_it(tmp_path: Path):
+    from dataclasses import replace
+
+    from movierec import pipeline
+    from movierec.settings import DataSettings, Settings
+
+    ratings, items = _interactions(tmp_path)
+    settings = Settings(data=DataSettings(dir=str(ratings), items_file=str(items), columns=COLUMNS))
+    assert pipeline.load_data(settings).stats()["ratings"] == 4
+    no_time = replace(settings, protocol="temporal",
+                      data=replace(settings.data, columns=replace(COLUMNS, timestamp="")))
+    with pytest.raises(ValueError, match="the temporal protocol splits by time: give --timestamp-column"):
+        pipeline.load_data(no_time)
+    with pytest.raises(ValueError, match="--items-file goes with an interactions file"):
+        pipeline.load_data(Settings(data=DataSettings(items_file=str(items))))
