@@ -278,31 +278,36 @@ def read_table(
     return table
 
 
-def _line_of(path: Path, rows: np.ndarray, header: bool) -> int:
-    return _line_of_row(path, int(np.flatnonzero(rows)[0]), header)
+def _where(source: Path | str, rows: np.ndarray, header: bool) -> str:
+    """Where the first marked row of ``source`` is, for a message: its line in a text file, its row
+    number in a Parquet file or a database query's result."""
+    row = int(np.flatnonzero(rows)[0])
+    if isinstance(source, Path) and source.suffix.lower() != ".parquet" and source.is_file():
+        return f"{source}, line {_line_of_row(source, row, header)}"
+    return f"{source}, row {row + 1}"
 
 
-def check_ids(path: Path, table: pa.Table, columns: tuple[str, ...], header: bool = True) -> None:
+def check_ids(path: Path | str, table: pa.Table, columns: tuple[str, ...], header: bool = True) -> None:
     """Every id in ``columns`` must be in the range every entry point accepts (``movierec.ids``)."""
     for column in columns:
         ids = table[column].to_numpy()
         bad = (ids < 0) | (ids > MAX_ID)
         if bad.any():
-            raise DataError(f"{path}, line {_line_of(path, bad, header)}: {column} {ids[bad][0]} out of range, "
+            raise DataError(f"{_where(path, bad, header)}: {column} {ids[bad][0]} out of range, "
                             f"expected an integer from 0 to {MAX_ID}")
 
 
-def _validate_ratings(path: Path, table: pa.Table, header: bool = True) -> pa.Table:
+def _validate_ratings(path: Path | str, table: pa.Table, header: bool = True) -> pa.Table:
     """``table``: a ratings file's user, movie, rating and timestamp columns, in that order and by
     the file's own names (so messages name the columns the user sees), checked and renamed."""
     user, item, rating, _ = table.column_names
     ratings = table[rating].to_numpy()
     if np.isnan(ratings).any():
-        raise DataError(f"{path}, line {_line_of(path, np.isnan(ratings), header)}: {rating} is not a number "
+        raise DataError(f"{_where(path, np.isnan(ratings), header)}: {rating} is not a number "
                         "(nan), expected a number from 0.5 to 5")
     bad = ~((ratings >= 0.5) & (ratings <= 5.0))
     if bad.any():
-        raise DataError(f"{path}, line {_line_of(path, bad, header)}: {rating} {float(ratings[bad][0]):g} out of "
+        raise DataError(f"{_where(path, bad, header)}: {rating} {float(ratings[bad][0]):g} out of "
                         "range, expected a number from 0.5 to 5")
     check_ids(path, table, (user, item), header)
     return table.rename_columns(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA)

@@ -880,6 +880,12 @@ def test_an_interactions_file_that_does_not_match_its_mapping_says_how(tmp_path:
     _write(tmp_path, {"bad.csv": "customer,sku,stars,ts\n1,5,4,100\n2,5,lots,101\n"})
     with pytest.raises(data.DataError, match=r"bad.csv, line 3: column 'stars'"):
         data.load_interactions(tmp_path / "bad.csv", COLUMNS)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"customer": [1, 2], "sku": [5, 5], "stars": [4.0, 9.0], "ts": [1, 2]}),
+                   tmp_path / "nine.parquet")
+    with pytest.raises(data.DataError, match=r"nine.parquet, row 2: stars 9 out of range"):  # rows, not lines
+        data.load_interactions(tmp_path / "nine.parquet", COLUMNS)
     with pytest.raises(data.DataError, match="implicit-only data"):
         data.load_interactions(ratings, ColumnSettings(user="customer", item="sku", rating="", timestamp="ts"))
 
