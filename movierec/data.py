@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -794,6 +795,74 @@ def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "")
             genres = _clean_genres(raw[columns.genres].to_pylist(), columns.genres_separator)
         items = _items_table(raw[columns.item], titles, years, genres)
     return tidy(Dataset(path.stem, ratings, items, USERS_SCHEMA.empty_table()))
+
+
+def _query(conn: object, label: str, query: str, names: tuple[str, ...]) -> pa.Table:
+    """The result of ``query`` as Arrow, its columns renamed to ``names`` by position; a query
+    that fails or returns other columns is a DataError naming it."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            table = cur.fetch_arrow_table()
+    except Exception as exc:  # the driver's errors (adbc_driver_manager.Error and its kinds)
+        conn.rollback()
+        raise DataError(f"{label}: {query!r} failed: {str(exc).splitlines()[0]}") from None
+    if table.num_columns != len(names):
+        raise DataError(f"{label}: {query!r} returns {table.num_columns} column(s) ({', '.join(table.column_names)}), "
+                        f"expected {len(names)}: {', '.join(names)}")
+    return table.rename_columns(list(names))
+
+
+def _cast(label: str, table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    """``table``'s columns cast to ``types``; a time column may be a timestamp (seconds since 1970)."""
+    columns = []
+    for name, typ in types.items():
+        column = table[name]
+        if pa.types.is_timestamp(column.type) and typ == pa.int64():
+            column = pc.cast(pc.divide(column.cast(pa.timestamp("us")).cast(pa.int64()), 1_000_000), pa.int64())
+        try:
+            columns.append(column.cast(typ))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"{label}: column {name} is {column.type}, expected {typ}") from None
+        if columns[-1].null_count:
+            row = int(np.flatnonzero(columns[-1].is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{label}, row {row + 1}: {name} is empty, expected {typ}")
+    return pa.table(dict(zip(types, columns)))
+
+
+def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_query: str = "") -> Dataset:
+    """Ratings, movies and users from PostgreSQL, one query each, read straight into Arrow by ADBC's
+    PostgreSQL driver (libpq's binary COPY; faster than psycopg's, see benchmarks/postgres.py), and
+    checked and tidied like files. ``url`` holds no password: libpq reads PGPASSWORD or ~/.pgpass."""
+    import adbc_driver_postgresql.dbapi as pg
+
+    where = urllib.parse.urlsplit(url)
+    try:
+        conn = pg.connect(url)
+    except Exception as exc:
+        raise DataError(f"{url}: cannot connect ({str(exc).splitlines()[0]})") from None
+    with conn:
+        raw = _query(conn, f"{url} (ratings query)", ratings_query, ("user_id", "item_id", "rating", "timestamp"))
+        ratings = _validate_ratings(f"{url} (ratings query)", _cast(f"{url} (ratings query)", raw, dict(zip(
+            RATINGS_SCHEMA.names, RATINGS_SCHEMA.types))))
+        items = ITEMS_SCHEMA.empty_table()
+        if movies_query:
+            label = f"{url} (movies query)"
+            movies = _query(conn, label, movies_query, ("item_id", "title", "genres"))
+            listed = pa.types.is_list(movies["genres"].type)
+            movies = _cast(label, movies.set_column(2, "genres", movies["genres"].fill_null([] if listed else "")),
+                           {"item_id": pa.int64(), "title": pa.string(),
+                            "genres": pa.list_(pa.string()) if listed else pa.string()})
+            check_ids(label, movies, ("item_id",))
+            titles, years = split_title_year(movies["title"].to_pylist())
+            genres = movies["genres"].to_pylist() if listed else _clean_genres(movies["genres"].to_pylist(), "|")
+            items = _items_table(movies["item_id"], titles, years, genres)
+        users = USERS_SCHEMA.empty_table()
+        if users_query:
+            label = f"{url} (users query)"
+            users = _cast(label, _query(conn, label, users_query, tuple(USERS_SCHEMA.names)),
+                          dict(zip(USERS_SCHEMA.names, USERS_SCHEMA.types)))
+    return tidy(Dataset(where.path.strip("/") or "postgresql", ratings, items, users))
 
 
 def load_remote_dataset(url: str) -> Dataset:

@@ -40,12 +40,13 @@ __all__ = ["DataSplit", "build_index", "evaluate", "fit_sources", "load_data", "
 
 
 def load_data(settings: Settings) -> data.Dataset:
-    """``settings.data``: a user's folder (local, or ``s3://``) or interactions file, a synthetic
+    """``settings.data``: a user's folder (local, or ``s3://``) or interactions file, a PostgreSQL
+    database, a synthetic
     ML-20M-shaped set, or by default ML-100K (fetched on demand); what loading dropped or worked
     around is printed."""
     source = settings.data
-    if source.dir and source.synthetic_ratings:
-        raise ValueError("choose either --data-dir or --synthetic-ratings, not both")
+    if sum(map(bool, (source.dir, source.synthetic_ratings, source.source))) > 1:
+        raise ValueError("choose one of --data-dir, --data-source and --synthetic-ratings")
     interactions = Path(source.dir).suffix.lower() in data.INTERACTION_SUFFIXES
     if source.items_file and not interactions:
         raise ValueError("--items-file goes with an interactions file (--data-dir ratings.parquet or .csv)")
@@ -54,6 +55,8 @@ def load_data(settings: Settings) -> data.Dataset:
                          "tfrs or msr")
     if source.synthetic_ratings:
         dataset = synthetic.ml20m_like(source.synthetic_ratings, seed=settings.seed)
+    elif source.source:
+        dataset = data.load_postgres(source.source, source.ratings_query, source.movies_query, source.users_query)
     elif source.dir.startswith("s3://"):
         dataset = data.load_remote_dataset(source.dir)
     elif interactions:

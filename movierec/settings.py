@@ -87,6 +87,19 @@ class ColumnSettings:
     genres_separator: str = setting("|", "genres-separator", "items file: what separates genres in a text column")
 
 
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a database URL, or None: PostgreSQL only, and no password in it (the URL
+    is stored and printed with the run; libpq reads PGPASSWORD or ~/.pgpass)."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        return f"must be a postgresql:// URL, got {url}"
+    if parts.password is not None:
+        return "must not hold a password (it would be stored with the run and printed): set PGPASSWORD or ~/.pgpass"
+    return None
+
+
 @dataclass(frozen=True)
 class DataSettings:
     dir: str = setting("", "data-dir", "MovieLens folder (ratings.csv+movies.csv, ml-1m/ml-10m .dat, ml-100k's "
@@ -99,6 +112,16 @@ class DataSettings:
     items_file: str = setting("", "items-file", "titles and genres for an interactions file (Parquet or CSV, "
                               "columns as --item-column, --title-column, --genres-column say); empty: none")
     columns: ColumnSettings = field(default_factory=ColumnSettings)
+    source: str = setting("", "data-source", "read the data from PostgreSQL instead: postgresql://user@host:port/db "
+                          "(the password from PGPASSWORD or ~/.pgpass, never in the URL), with --ratings-query, "
+                          "--movies-query and --users-query", check=database_url_problem)
+    ratings_query: str = setting("SELECT user_id, item_id, rating, timestamp FROM ratings", "ratings-query",
+                                 "--data-source: the ratings, as (user id, movie id, 0.5-5 stars, time in seconds or "
+                                 "a timestamp) columns in that order")
+    movies_query: str = setting("SELECT item_id, title, genres FROM movies", "movies-query", "--data-source: the "
+                                "movies, as (id, title, genres: a text[] or '|'-separated text); empty: none")
+    users_query: str = setting("", "users-query", "--data-source: the users, as (id, age, gender, occupation); "
+                               "empty: none")
 
 
 @dataclass(frozen=True)
