@@ -49,7 +49,8 @@ class RecommenderFlow(FlowSpec):
         dataset = pipeline.load_data(self.settings)
         self.dataset, self.data_stats = dataset.to_bytes(), dataset.stats()
         print(f"[start] {dataset.name}: {self.data_stats}")
-        current.card.extend(reports.data_card(dataset, self.settings.data.dir or dataset.name))
+        origin = self.settings.data.dir or self.settings.data.source or dataset.name
+        current.card.extend(reports.data_card(dataset, origin))
         current.card.extend(reports.settings_card(flowconfig.sources(self.settings, self.config)))
         self.next(self.split)
 
