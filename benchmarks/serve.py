@@ -168,6 +168,8 @@ def over_http(rec: Recommender, model_arg: str, duration: int, connections: int)
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "movierec.cli", "--model", model_arg, "--backend", rec.backend, "serve",
            "--port", str(port)]
+    store = tempfile.mkdtemp(prefix="movierec-serve-")
+    cmd += ["--store", os.path.join(store, "ratings.sqlite3")]
     server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -186,6 +188,7 @@ def over_http(rec: Recommender, model_arg: str, duration: int, connections: int)
     finally:
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(store, ignore_errors=True)
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)

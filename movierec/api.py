@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from movierec import __version__
+from movierec.feedback import InteractionStore
 from movierec.ids import MAX_ID
 from movierec.serving import Recommendation, Recommender, RecommenderError, UnknownMovieError, UnknownUserError
 from movierec.settings import CANDIDATES
@@ -106,6 +107,19 @@ class Prediction(Pair):
 
 class Predictions(BaseModel):
     predictions: list[Prediction]
+
+
+class NewRating(BaseModel):
+    user_id: BodyId
+    movie_id: BodyId
+    rating: float = Field(ge=0.5, le=5.0, strict=True, allow_inf_nan=False, description="0.5-5 stars")
+    timestamp: int | None = Field(None, ge=0, le=2**40, strict=True,
+                                  description="seconds since 1970 (default: now); with user and movie, what makes "
+                                              "a rating the same one when a client retries")
+
+
+class Stored(BaseModel):
+    stored: bool = Field(description="false when this exact rating was stored before (a retried request)")
 
 
 class Error(BaseModel):
@@ -197,8 +211,11 @@ def _validation_errors(exc: RequestValidationError) -> list[dict]:
             for e in exc.errors()]
 
 
-def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
-    """The API over one loaded model."""
+def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: InteractionStore | None = None
+               ) -> FastAPI:
+    """The API over one loaded model; ``store`` keeps the ratings users send (``POST /ratings``)
+    and serves from them: a known user's rated movies leave their recommendations, a user the
+    model has never seen is recommended from what they rated."""
     app = FastAPI(title="movierec", version=__version__,
                   description="Two-stage movie recommendations (two-tower retrieval + rating model). " + LIMITS)
     errors = {404: {"model": Error, "description": "unknown user or movie id"},
@@ -249,8 +266,26 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
     async def recommend(user_id: ID, k: K = 10, exclude_rated: bool = True) -> Recommendations:
-        """Top-k movies for a user the model was trained on (unseen movies only, by default)."""
-        return Recommendations(user_id=user_id, recommendations=_movies(rec.recommend(user_id, k, exclude_rated)))
+        """Top-k movies for a user the model was trained on (unseen movies only, by default; also
+        leaving out what they rated since through POST /ratings), or for a new user who rated
+        movies through POST /ratings (from those ratings, as POST /recommendations)."""
+        since = store.ratings_of(user_id) if store is not None else []
+        if rec.knows_user(user_id) or not since:
+            exclude = [r.movie_id for r in since] if exclude_rated else []
+            return Recommendations(user_id=user_id,
+                                   recommendations=_movies(rec.recommend(user_id, k, exclude_rated, exclude)))
+        history = [(r.movie_id, r.rating) for r in since]
+        return Recommendations(user_id=user_id, recommendations=_movies(rec.recommend_for_history(history, k)))
+
+    @app.post("/ratings", response_model=Stored, status_code=201, responses=errors)
+    async def add_rating(body: NewRating) -> Stored:
+        """Store a user's rating of a movie (a new user's too): their next recommendations take it
+        into account, and the next training run can learn from it (see README, Feedback)."""
+        if store is None:
+            raise RecommenderError("this server keeps no ratings (start it with movierec serve --store FILE)")
+        if not rec.has_movie(body.movie_id):
+            raise UnknownMovieError(body.movie_id)  # a 404, as everywhere
+        return Stored(stored=store.add(body.user_id, body.movie_id, body.rating, body.timestamp))
 
     @app.post("/recommendations", response_model=Recommendations, responses=errors)
     async def recommend_for_history(body: HistoryRequest) -> Recommendations:
@@ -280,7 +315,8 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     return app
 
 
-def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = BODY_TIMEOUT) -> None:
+def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = BODY_TIMEOUT,
+          store: InteractionStore | None = None) -> None:
     """Serve until interrupted. The loaded model and app are moved out of the garbage collector's
     sight first (``gc.freeze``): otherwise every full collection walks them again, which showed up
     as 30-40 ms stalls in the slowest 1% of requests under load."""
@@ -288,7 +324,7 @@ def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, body_time
 
     import uvicorn
 
-    app = create_app(rec, body_timeout)
+    app = create_app(rec, body_timeout, store)
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

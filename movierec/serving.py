@@ -317,14 +317,32 @@ class Recommender:
         order = np.argsort(-scores, kind="stable")[:k]
         return self._result(cands[order], scores[order], ratings[order])
 
-    def recommend(self, user_id: int, k: int = 10, exclude_rated: bool = True) -> list[Recommendation]:
+    def has_movie(self, movie_id: int) -> bool:
+        """Whether the movie is in the model's catalogue."""
+        pos = int(np.searchsorted(self.item_ids, int(movie_id)))
+        return pos < len(self.item_ids) and self.item_ids[pos] == int(movie_id)
+
+    def knows_user(self, user_id: int) -> bool:
+        """Whether the model was trained on this user (and the bundle carries its users)."""
+        if not self.user_data:
+            return False
+        pos = int(np.searchsorted(self.user_ids, int(user_id)))
+        return pos < len(self.user_ids) and self.user_ids[pos] == int(user_id)
+
+    def recommend(self, user_id: int, k: int = 10, exclude_rated: bool = True, also_exclude: Iterable[int] = ()
+                  ) -> list[Recommendation]:
         """Top-``k`` movies for a known user: the candidate sources' union, ordered by the learned
-        ranker (see :meth:`_second_stage`)."""
+        ranker (see :meth:`_second_stage`). ``also_exclude``: movie ids to leave out besides those
+        rated in training (e.g. rated since, through the API)."""
         k, u = self._check_k(k), self._user(user_id)
         rated = self._rated[self._rated_indptr[u] : self._rated_indptr[u + 1]]
+        exclude = rated if exclude_rated else np.empty(0, np.int64)
+        extra = [self._movie(m) for m in also_exclude]
+        if extra:
+            exclude = np.union1d(exclude, np.asarray(extra, np.int64))
         als = self.als_users[u] if self.als_users is not None else None
-        return self._second_stage(self.user_vectors[u], rated, rated if exclude_rated else np.empty(0, np.int64),
-                                  als, lambda movies: self._rate(np.full(len(movies), u), movies), k)
+        return self._second_stage(self.user_vectors[u], rated, exclude, als,
+                                  lambda movies: self._rate(np.full(len(movies), u), movies), k)
 
     def recommend_for_history(self, history: Iterable[int | tuple[int, float]], k: int = 10
                               ) -> list[Recommendation]:

@@ -4,6 +4,7 @@ Metaflow reads its configuration when first imported, so the environment is set 
 any test module imports it.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -243,24 +244,32 @@ def light_install(tmp_path_factory, tiny_bundle) -> Path:
     return venv
 
 
+@contextlib.contextmanager
+def serving(light_install: Path, bundle: bytes, folder: Path) -> typing.Iterator[tuple[str, Path]]:
+    """`movierec serve` from the light installation over ``bundle``, its ratings store in
+    ``folder``: (base URL, the store's file)."""
+    path, store = folder / "model.zip", folder / "ratings.sqlite3"
+    path.write_bytes(bundle)
+    port = free_port()
+    proc = subprocess.Popen([str(light_install / "bin" / "movierec"), "--model", str(path), "serve", "--port",
+                             str(port), "--body-timeout", str(BODY_TIMEOUT), "--store", str(store)], cwd=folder,
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/health", proc, "movierec serve")
+        yield base, store
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_bundle, light_install):
     """A real `movierec serve` process on loopback over the tiny bundle, from the light
     installation: (base URL, the same model loaded in-process, to compare answers with)."""
     from movierec.serving import Recommender
 
-    path = tmp_path_factory.mktemp("api") / "model.zip"
-    path.write_bytes(tiny_bundle)
-    port = free_port()
-    proc = subprocess.Popen([str(light_install / "bin" / "movierec"), "--model", str(path), "serve", "--port",
-                             str(port), "--body-timeout", str(BODY_TIMEOUT)], cwd=path.parent, env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(base + "/health", proc, "movierec serve")
-        yield base, Recommender.load(str(path))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving(light_install, tiny_bundle, tmp_path_factory.mktemp("api")) as (base, _):
+        yield base, Recommender.from_bytes(tiny_bundle)
 
 

@@ -334,7 +334,8 @@ def test_serve_stopped_by_sigterm_leaves_nothing_behind(tiny_bundle, tmp_path):
     tmp.mkdir()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "movierec.cli", "--model", str(path), "serve", "--port", str(port)],
-                            env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=tmp_path)  # where the ratings store goes
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -1,0 +1,91 @@
+"""The interaction store: ratings users give through the REST API (``POST /ratings``), kept for
+serving (a known user's just-rated movies leave their recommendations; a new user is recommended
+from what they rated) and for the next training run.
+
+SQLite, from Python's standard library: embedded, nothing to set up, and in the light install.
+WAL mode lets readers go on while one writer writes, and a busy timeout makes concurrent writers
+(several server processes on one file) wait for each other instead of failing. A rating is
+identified by (user, movie, timestamp): storing the same one twice keeps one row, so a client may
+retry a request whose answer it did not get.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from movierec.ids import MAX_ID
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ratings (
+    user_id INTEGER NOT NULL,
+    movie_id INTEGER NOT NULL,
+    rating REAL NOT NULL CHECK (rating >= 0.5 AND rating <= 5),
+    timestamp INTEGER NOT NULL,
+    PRIMARY KEY (user_id, movie_id, timestamp)
+)
+"""
+BUSY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class Rating:
+    user_id: int
+    movie_id: int
+    rating: float
+    timestamp: int
+
+
+class InteractionStore:
+    """Ratings in a SQLite file; safe to share between threads (one connection per thread) and
+    processes (SQLite's locking)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connection() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
+            self._local.conn = conn
+        return conn
+
+    def add(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None) -> bool:
+        """Store one rating (``timestamp``: seconds, default now); False when that exact rating was
+        already stored. Raises ValueError for ids or stars out of range."""
+        for name, value in (("user_id", user_id), ("movie_id", movie_id)):
+            if not 0 <= value <= MAX_ID:
+                raise ValueError(f"{name} {value} out of range, expected an integer from 0 to {MAX_ID}")
+        if not 0.5 <= rating <= 5.0:  # also false for nan
+            raise ValueError(f"rating {rating} is not a number from 0.5 to 5")
+        when = int(time.time()) if timestamp is None else int(timestamp)
+        cur = self._connection().execute(
+            "INSERT INTO ratings VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (user_id, movie_id, rating, when))
+        return cur.rowcount == 1
+
+    def ratings_of(self, user_id: int) -> list[Rating]:
+        """The user's stored ratings, oldest first; a movie rated again counts with its latest rating."""
+        rows = self._connection().execute(
+            "SELECT user_id, movie_id, rating, timestamp FROM ratings WHERE user_id = ? ORDER BY timestamp, rowid",
+            (user_id,)).fetchall()
+        latest = {movie: Rating(user, movie, stars, when) for user, movie, stars, when in rows}
+        return sorted(latest.values(), key=lambda r: r.timestamp)
+
+    def count(self) -> int:
+        return self._connection().execute("SELECT count(*) FROM ratings").fetchone()[0]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

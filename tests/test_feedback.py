@@ -1,0 +1,111 @@
+"""The feedback loop's serving half: ratings sent to `POST /ratings` are kept in the interaction
+store (SQLite, WAL) and change what the same server recommends, without retraining."""
+
+import json
+import multiprocessing
+import sqlite3
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import call, serving
+
+from movierec.feedback import InteractionStore
+from movierec.serving import Recommender
+
+
+def test_the_store_keeps_each_rating_once_and_each_movies_latest(tmp_path):
+    store = InteractionStore(tmp_path / "r.sqlite3")
+    assert store.add(7, 50, 4.0, 100) is True
+    assert store.add(7, 50, 4.0, 100) is False  # a retried request: the same rating, kept once
+    assert store.add(7, 50, 2.0, 200) is True  # rated again later: a new rating
+    assert store.add(7, 51, 5.0, 150) is True
+    assert [(r.movie_id, r.rating) for r in store.ratings_of(7)] == [(51, 5.0), (50, 2.0)]
+    assert store.count() == 3 and store.ratings_of(8) == []
+    for bad in ((7, 50, 5.5), (7, 50, float("nan")), (-1, 50, 3.0), (7, 2**63 - 1, 3.0)):
+        with pytest.raises(ValueError):
+            store.add(*bad)
+    mode = sqlite3.connect(tmp_path / "r.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def _write_many(args: tuple[str, int, int]) -> int:
+    path, writer, n = args
+    store = InteractionStore(path)
+    return sum(store.add(writer, movie, 3.0, 1000 + movie) for movie in range(n))
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path):
+    path = str(tmp_path / "r.sqlite3")
+    InteractionStore(path)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        stored = pool.map(_write_many, [(path, writer, 200) for writer in range(8)])
+    assert stored == [200] * 8 and InteractionStore(path).count() == 1600
+
+
+@pytest.fixture(scope="module")
+def feedback_server(tmp_path_factory, tiny_bundle, light_install):
+    with serving(light_install, tiny_bundle, tmp_path_factory.mktemp("feedback")) as (base, store):
+        yield base, store, Recommender.from_bytes(tiny_bundle)
+
+
+def test_a_known_user_no_longer_gets_what_they_just_rated(feedback_server):
+    base, _, rec = feedback_server
+    user = int(rec.user_ids[4])
+    _, before = call(base, "GET", f"/users/{user}/recommendations?k=5")
+    first = before["recommendations"][0]["movie_id"]
+    assert call(base, "POST", "/ratings", {"user_id": user, "movie_id": first, "rating": 4.5}) == (
+        201, {"stored": True})
+    _, after = call(base, "GET", f"/users/{user}/recommendations?k=5")
+    assert first not in [m["movie_id"] for m in after["recommendations"]]
+    assert [m["movie_id"] for m in after["recommendations"]] == [
+        r.movie_id for r in rec.recommend(user, 5, also_exclude=[first])]
+
+
+def test_a_new_user_who_rated_through_the_api_gets_recommendations_from_those_ratings(feedback_server):
+    base, _, rec = feedback_server
+    new = int(rec.user_ids.max()) + 1000
+    assert call(base, "GET", f"/users/{new}/recommendations")[0] == 404  # nothing known of them yet
+    liked = [int(m) for m in rec.item_ids[:3]]
+    for n, movie in enumerate(liked):
+        assert call(base, "POST", "/ratings", {"user_id": new, "movie_id": movie, "rating": 5.0,
+                                               "timestamp": 1_700_000_000 + n})[0] == 201
+    status, body = call(base, "GET", f"/users/{new}/recommendations?k=5")
+    assert status == 200
+    assert [m["movie_id"] for m in body["recommendations"]] == [
+        r.movie_id for r in rec.recommend_for_history([(m, 5.0) for m in liked], 5)]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"user_id": 1, "movie_id": 999999, "rating": 4.0}, 404, "unknown movie id 999999"),
+    ({"user_id": 1, "movie_id": 1, "rating": 7.0}, 422, "rating"),
+    ({"user_id": 1, "movie_id": 1, "rating": "4"}, 422, "rating"),
+    ({"user_id": 1, "movie_id": 1}, 422, "rating"),
+    ({"user_id": True, "movie_id": 1, "rating": 4.0}, 422, "user_id"),
+    ({"user_id": 1, "movie_id": 1, "rating": 4.0, "timestamp": -5}, 422, "timestamp"),
+])
+def test_bad_ratings_are_refused_with_the_reason(feedback_server, body, status, words):
+    base, _, rec = feedback_server
+    if body["movie_id"] == 1:
+        body = {**body, "movie_id": int(rec.item_ids[0])}
+    got, answer = call(base, "POST", "/ratings", body)
+    assert got == status and words in answer["error"], answer
+
+
+def test_many_concurrent_clients_lose_no_rating(feedback_server):
+    base, store, rec = feedback_server
+    movies = [int(m) for m in rec.item_ids[:25]]
+    posts = [{"user_id": 5_000_000 + client, "movie_id": movie, "rating": 3.5, "timestamp": 1_600_000_000}
+             for client in range(16) for movie in movies]
+
+    def send(body: dict) -> int:
+        request = urllib.request.Request(base + "/ratings", json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(send, posts + posts[:40]))  # 40 retried requests
+    assert statuses == [201] * len(statuses)
+    rows = sqlite3.connect(store).execute("SELECT count(*) FROM ratings WHERE user_id >= 5000000").fetchone()[0]
+    assert rows == len(posts) == 400
