@@ -30,7 +30,7 @@ import urllib.parse
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -863,6 +863,21 @@ def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_qu
             users = _cast(label, _query(conn, label, users_query, tuple(USERS_SCHEMA.names)),
                           dict(zip(USERS_SCHEMA.names, USERS_SCHEMA.types)))
     return tidy(Dataset(where.path.strip("/") or "postgresql", ratings, items, users))
+
+
+def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
+    """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) added and
+    tidied again: a pair rated in both keeps its latest rating; users new to the data are added."""
+    if feedback.num_rows == 0:
+        return replace(dataset, warnings=[*dataset.warnings, f"{origin}: no ratings yet"])
+    unknown = ~np.isin(feedback["item_id"].to_numpy(), dataset.items["item_id"].to_numpy())
+    if dataset.items.num_rows and unknown.any():
+        raise DataError(f"{origin}: {int(unknown.sum()):,} ratings of movies not in the data "
+                        f"(first: {int(feedback['item_id'].to_numpy()[unknown][0])})")
+    merged = Dataset(dataset.name, pa.concat_tables([dataset.ratings, feedback.cast(RATINGS_SCHEMA)]), dataset.items,
+                     dataset.users, dataset.duplicates_dropped, [*dataset.warnings,
+                     f"{origin}: {feedback.num_rows:,} ratings users sent added"])
+    return tidy(merged)
 
 
 def load_remote_dataset(url: str) -> Dataset:

@@ -81,6 +81,18 @@ class InteractionStore:
         latest = {movie: Rating(user, movie, stars, when) for user, movie, stars, when in rows}
         return sorted(latest.values(), key=lambda r: r.timestamp)
 
+    def table(self):
+        """Every stored rating as an Arrow table in ``movierec.data.RATINGS_SCHEMA`` (for training;
+        imports pyarrow, which serving never needs)."""
+        import pyarrow as pa
+
+        from movierec.data import RATINGS_SCHEMA
+
+        rows = self._connection().execute(
+            "SELECT user_id, movie_id, rating, timestamp FROM ratings ORDER BY timestamp, rowid").fetchall()
+        columns = list(zip(*rows)) if rows else [[], [], [], []]
+        return pa.table(dict(zip(RATINGS_SCHEMA.names, columns)), schema=RATINGS_SCHEMA)
+
     def count(self) -> int:
         return self._connection().execute("SELECT count(*) FROM ratings").fetchone()[0]
 

@@ -63,6 +63,13 @@ def load_data(settings: Settings) -> data.Dataset:
         dataset = data.load_interactions(Path(source.dir).expanduser(), source.columns, source.items_file)
     else:
         dataset = data.load_dataset(Path(source.dir).expanduser() if source.dir else data.fetch_ml100k())
+    if source.feedback_store:
+        from movierec.feedback import InteractionStore
+
+        store = Path(source.feedback_store).expanduser()
+        if not store.is_file():
+            raise data.DataError(f"{store}: no such ratings store (movierec serve --store writes one)")
+        dataset = data.with_feedback(dataset, InteractionStore(store).table(), str(store))
     for note in dataset.warnings:
         print(f"[start] warning: {note}", flush=True)
     return dataset.head(source.max_ratings)

@@ -122,6 +122,9 @@ class DataSettings:
                                 "movies, as (id, title, genres: a text[] or '|'-separated text); empty: none")
     users_query: str = setting("", "users-query", "--data-source: the users, as (id, age, gender, occupation); "
                                "empty: none")
+    feedback_store: str = setting("", "feedback-store", "SQLite file of the ratings users sent to the REST API "
+                                  "(movierec serve --store): added to the data, a later rating of the same movie "
+                                  "replacing the earlier; empty: none")
 
 
 @dataclass(frozen=True)

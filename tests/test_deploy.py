@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import BUDGET, FLOW, ML100K, free_port, wait_for_http
 
-from movierec import flowconfig
+from movierec import cluster, flowconfig
 
 CLUSTER_FLOW = str(Path(FLOW).with_name("recommender_cluster_flow.py"))
 IMAGE = "registry.example/movierec:1.0"
@@ -339,10 +339,18 @@ def test_cluster_flow_deploys_its_ray_nodes_to_argo_as_one_jobset(aws, tmp_path)
         refused.stderr
 
 
-def ray_processes() -> set[int]:
+def cluster_processes() -> list[str]:
+    """Ray processes of a cluster whose head is on @metaflow_ray's port (6379): a local Ray of
+    another step or test (random ports) is not one of them."""
     import psutil
 
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("raylet", "gcs_server")}
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        line = " ".join(p.info["cmdline"] or ())
+        port = cluster.CLUSTER_HEAD_PORT  # the head's GCS port: raylets name it as host:port, gcs_server as =port
+        if p.info["name"] in ("raylet", "gcs_server") and re.search(rf"(:|port=){port}\b", line):
+            found.append(line[:200])
+    return found
 
 
 def test_cluster_flow_trains_retrieval_across_two_ray_nodes_with_its_results_in_s3(aws, tmp_path):
@@ -357,7 +365,6 @@ def test_cluster_flow_trains_retrieval_across_two_ray_nodes_with_its_results_in_
     env, client = aws
     # --datastore alone chooses S3 (Ray's storage followed only Metaflow's configured default)
     run_env = {k: v for k, v in env.items() if k != "METAFLOW_DEFAULT_DATASTORE"}
-    before = ray_processes()
     options = {**BUDGET, "retrieval_epochs": 2, "ray_nodes": 2, "retrieval_workers": 2, "data_dir": str(ML100K),
                "index_dir": str(tmp_path / "pypi")}
     with Runner(CLUSTER_FLOW, show_output=False, pylint=False, datastore="s3", env=run_env, cwd=tmp_path).run(
@@ -374,4 +381,4 @@ def test_cluster_flow_trains_retrieval_across_two_ray_nodes_with_its_results_in_
     read = subprocess.run([sys.executable, "-c", code, f"RecommenderClusterFlow/{run_id}"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert read.stdout.split() == ["2", "True"], read.stderr[-3000:]
-    assert ray_processes() <= before
+    assert cluster_processes() == []

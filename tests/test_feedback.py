@@ -109,3 +109,37 @@ def test_many_concurrent_clients_lose_no_rating(feedback_server):
     assert statuses == [201] * len(statuses)
     rows = sqlite3.connect(store).execute("SELECT count(*) FROM ratings WHERE user_id >= 5000000").fetchone()[0]
     assert rows == len(posts) == 400
+
+
+def test_a_run_with_the_feedback_store_learns_what_a_new_user_rated(runs, light_install, metaflow_root, tmp_path):
+    """run -> serve -> a new user rates only horror films through the API -> run again with
+    --feedback-store -> the new model, which now knows that user, recommends them horror. They rate
+    every other one of the 20 most rated horror films, so popular horror is left to recommend."""
+    from conftest import BUDGET, FLOW
+    from metaflow import Runner
+
+    from movierec.serving import Recommender
+
+    first = runs[3]["publish"].task.data.bundle
+    rec = Recommender.from_bytes(first)
+    horror = [int(m) for m, g in zip(rec.item_ids, rec.genres) if "Horror" in g]
+    liked = sorted(horror, key=lambda m: -rec.popularity[int(rec.item_ids.searchsorted(m))])[:20:2]
+    new = int(rec.user_ids.max()) + 1
+    with serving(light_install, first, tmp_path) as (base, store):
+        for n, movie in enumerate(liked):
+            assert call(base, "POST", "/ratings", {"user_id": new, "movie_id": movie, "rating": 5.0,
+                                                   "timestamp": 1_800_000_000 + n})[0] == 201
+    with Runner(FLOW, show_output=False, pylint=False, cwd=metaflow_root).run(
+            **BUDGET, feedback_store=str(store), index_dir=str(tmp_path / "pypi")) as running:
+        assert running.status == "successful", (running.stdout + running.stderr)[-3000:]
+        assert f"{store}: 10 ratings users sent added" in running.stdout
+        second = Recommender.from_bytes(running.run["publish"].task.data.bundle)
+    # a known user now: the split kept most of their ratings for training (the rest are test pairs)
+    assert second.knows_user(new) and len(second.rated(new)) >= 5 and set(second.rated(new)) <= set(liked)
+    def horror(user: int) -> int:
+        return sum("Horror" in r.genres for r in second.recommend(user, k=10))
+
+    others = [horror(int(u)) for u in second.user_ids[:100]]
+    mine, usual = horror(new), sum(others) / len(others)
+    print(f"horror films in the top 10: the new user {mine}, other users {usual:.2f} on average")
+    assert mine >= 2 and mine >= 3 * usual, (mine, usual, [(r.title, r.genres) for r in second.recommend(new)])

@@ -10,7 +10,7 @@ def test_load_data_sources(ml100k_dir):
 
     assert load(dir=str(ml100k_dir), max_ratings=500).ratings.num_rows == 500
     assert load(synthetic_ratings=3000).ratings.num_rows == 3000
-    with pytest.raises(ValueError, match="either"):
+    with pytest.raises(ValueError, match="choose one of --data-dir, --data-source and --synthetic-ratings"):
         load(dir=str(ml100k_dir), synthetic_ratings=10)
 
 
