@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="serve the REST API (OpenAPI at /docs) until interrupted")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--store", default="movierec-ratings.sqlite3", metavar="FILE",
-                   help="SQLite file keeping the ratings users send (POST /ratings; created if absent; default "
-                        "movierec-ratings.sqlite3 here)")
+    v.add_argument("--store", default="movierec-ratings.sqlite3", metavar="FILE|URL",
+                   help="where the ratings users send (POST /ratings) are kept: a SQLite file (created if absent; "
+                        "default movierec-ratings.sqlite3 here) or postgresql://user@host/db (password from "
+                        "PGPASSWORD; pip install 'movierec[postgres]')")
     v.add_argument("--body-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="answer 408 to a client that has not sent its whole request body within this time (default 10)")
     return parser
@@ -104,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
                     from exc
 
             from movierec.feedback import InteractionStore
+            from movierec.settings import database_url_problem
 
+            if args.store.startswith(("postgresql://", "postgres://")) and (why := database_url_problem(args.store)):
+                raise RecommenderError(f"--store {why}")
             store = InteractionStore(args.store)
             print(f"movierec: serving {rec.info.get('run_id', 'the model')} on http://{args.host}:{args.port} "
-                  f"(API description: /docs), ratings kept in {store.path}", file=sys.stderr, flush=True)
+                  f"(API description: /docs), ratings kept in {store.location}", file=sys.stderr, flush=True)
             serve(rec, args.host, args.port, args.body_timeout, store)
         elif args.command == "predict":
             print(f"{rec.predict_rating(args.user, args.movie):.2f}")

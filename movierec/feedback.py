@@ -2,9 +2,11 @@
 serving (a known user's just-rated movies leave their recommendations; a new user is recommended
 from what they rated) and for the next training run.
 
-SQLite, from Python's standard library: embedded, nothing to set up, and in the light install.
-WAL mode lets readers go on while one writer writes, and a busy timeout makes concurrent writers
-(several server processes on one file) wait for each other instead of failing. A rating is
+SQLite by default, from Python's standard library: embedded, nothing to set up, and in the light
+install. WAL mode lets readers go on while one writer writes, and a busy timeout makes concurrent
+writers (several server processes on one file) wait for each other instead of failing. Or the
+same table in PostgreSQL (``postgresql://user@host/db``, through psycopg: ``movierec[postgres]``;
+the password from PGPASSWORD or ~/.pgpass), for servers on several machines. A rating is
 identified by (user, movie, timestamp): storing the same one twice keeps one row, so a client may
 retry a request whose answer it did not get.
 """
@@ -19,15 +21,17 @@ from pathlib import Path
 
 from movierec.ids import MAX_ID
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ratings (
-    user_id INTEGER NOT NULL,
-    movie_id INTEGER NOT NULL,
+TABLE = "movierec_feedback"  # not "ratings": in PostgreSQL it may share a database with the training data
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    user_id BIGINT NOT NULL,
+    movie_id BIGINT NOT NULL,
     rating REAL NOT NULL CHECK (rating >= 0.5 AND rating <= 5),
-    timestamp INTEGER NOT NULL,
+    timestamp BIGINT NOT NULL,
     PRIMARY KEY (user_id, movie_id, timestamp)
 )
 """
+POSTGRES = ("postgresql://", "postgres://")
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -40,25 +44,42 @@ class Rating:
 
 
 class InteractionStore:
-    """Ratings in a SQLite file; safe to share between threads (one connection per thread) and
-    processes (SQLite's locking)."""
+    """Ratings in a SQLite file or a PostgreSQL database (``location``: a path, or a
+    ``postgresql://`` URL without a password); safe to share between threads (one connection per
+    thread) and processes (the database's locking)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, location: str | Path):
+        self.postgres = str(location).startswith(POSTGRES)
+        self.location = str(location) if self.postgres else str(Path(location).expanduser())
+        if not self.postgres:
+            Path(self.location).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connection() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(SCHEMA)
+        if not self.postgres:
+            self._connection().execute("PRAGMA journal_mode=WAL")
+        self._execute(SCHEMA)
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
+            if self.postgres:
+                try:
+                    import psycopg
+                except ImportError:
+                    raise ValueError("a PostgreSQL store needs psycopg: pip install 'movierec[postgres]'") from None
+                try:
+                    conn = psycopg.connect(self.location, autocommit=True)
+                except psycopg.Error as exc:
+                    raise ValueError(f"{self.location}: cannot connect ({str(exc).splitlines()[0]})") from None
+            else:
+                conn = sqlite3.connect(self.location, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
             self._local.conn = conn
         return conn
+
+    def _execute(self, sql: str, params: tuple = ()):
+        """``sql`` with ``?`` placeholders, on either database (psycopg's are ``%s``)."""
+        return self._connection().execute(sql.replace("?", "%s") if self.postgres else sql, params)
 
     def add(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None) -> bool:
         """Store one rating (``timestamp``: seconds, default now); False when that exact rating was
@@ -69,15 +90,14 @@ class InteractionStore:
         if not 0.5 <= rating <= 5.0:  # also false for nan
             raise ValueError(f"rating {rating} is not a number from 0.5 to 5")
         when = int(time.time()) if timestamp is None else int(timestamp)
-        cur = self._connection().execute(
-            "INSERT INTO ratings VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (user_id, movie_id, rating, when))
+        cur = self._execute(f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (user_id, movie_id, rating, when))
         return cur.rowcount == 1
 
     def ratings_of(self, user_id: int) -> list[Rating]:
         """The user's stored ratings, oldest first; a movie rated again counts with its latest rating."""
-        rows = self._connection().execute(
-            "SELECT user_id, movie_id, rating, timestamp FROM ratings WHERE user_id = ? ORDER BY timestamp, rowid",
-            (user_id,)).fetchall()
+        rows = self._execute(f"SELECT user_id, movie_id, rating, timestamp FROM {TABLE} WHERE user_id = ? "
+                             "ORDER BY timestamp", (user_id,)).fetchall()
         latest = {movie: Rating(user, movie, stars, when) for user, movie, stars, when in rows}
         return sorted(latest.values(), key=lambda r: r.timestamp)
 
@@ -88,13 +108,12 @@ class InteractionStore:
 
         from movierec.data import RATINGS_SCHEMA
 
-        rows = self._connection().execute(
-            "SELECT user_id, movie_id, rating, timestamp FROM ratings ORDER BY timestamp, rowid").fetchall()
+        rows = self._execute(f"SELECT user_id, movie_id, rating, timestamp FROM {TABLE} ORDER BY timestamp").fetchall()
         columns = list(zip(*rows)) if rows else [[], [], [], []]
         return pa.table(dict(zip(RATINGS_SCHEMA.names, columns)), schema=RATINGS_SCHEMA)
 
     def count(self) -> int:
-        return self._connection().execute("SELECT count(*) FROM ratings").fetchone()[0]
+        return self._execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

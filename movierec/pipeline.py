@@ -66,10 +66,11 @@ def load_data(settings: Settings) -> data.Dataset:
     if source.feedback_store:
         from movierec.feedback import InteractionStore
 
-        store = Path(source.feedback_store).expanduser()
-        if not store.is_file():
+        store = source.feedback_store
+        if not store.startswith(("postgresql://", "postgres://")) and not Path(store).expanduser().is_file():
             raise data.DataError(f"{store}: no such ratings store (movierec serve --store writes one)")
-        dataset = data.with_feedback(dataset, InteractionStore(store).table(), str(store))
+        kept = InteractionStore(store)
+        dataset = data.with_feedback(dataset, kept.table(), kept.location)
     for note in dataset.warnings:
         print(f"[start] warning: {note}", flush=True)
     return dataset.head(source.max_ratings)

@@ -100,6 +100,12 @@ def database_url_problem(url: str) -> str | None:
     return None
 
 
+def store_problem(location: str) -> str | None:
+    """What is wrong with an interaction store's location: a database URL is checked as one (a
+    file path is checked when it is opened)."""
+    return database_url_problem(location) if location.startswith(("postgresql://", "postgres://")) else None
+
+
 @dataclass(frozen=True)
 class DataSettings:
     dir: str = setting("", "data-dir", "MovieLens folder (ratings.csv+movies.csv, ml-1m/ml-10m .dat, ml-100k's "
@@ -122,9 +128,10 @@ class DataSettings:
                                 "movies, as (id, title, genres: a text[] or '|'-separated text); empty: none")
     users_query: str = setting("", "users-query", "--data-source: the users, as (id, age, gender, occupation); "
                                "empty: none")
-    feedback_store: str = setting("", "feedback-store", "SQLite file of the ratings users sent to the REST API "
-                                  "(movierec serve --store): added to the data, a later rating of the same movie "
-                                  "replacing the earlier; empty: none")
+    feedback_store: str = setting("", "feedback-store", "the ratings users sent to the REST API (movierec serve "
+                                  "--store: a SQLite file or postgresql://user@host/db): added to the data, a later "
+                                  "rating of the same movie replacing the earlier; empty: none",
+                                  check=store_problem)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ def test_many_concurrent_clients_lose_no_rating(feedback_server):
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(send, posts + posts[:40]))  # 40 retried requests
     assert statuses == [201] * len(statuses)
-    rows = sqlite3.connect(store).execute("SELECT count(*) FROM ratings WHERE user_id >= 5000000").fetchone()[0]
+    rows = sqlite3.connect(store).execute("SELECT count(*) FROM movierec_feedback WHERE user_id >= 5000000"
+                                          ).fetchone()[0]
     assert rows == len(posts) == 400
 
 

@@ -84,3 +84,35 @@ def test_a_server_that_refuses_and_a_url_with_a_password(postgres, monkeypatch):
         data.load_postgres(postgres, "SELECT 1")
     with pytest.raises(flowconfig.ConfigError, match=r"data.source \(--data-source\) must not hold a password"):
         flowconfig.check({"data.source": "postgresql://movierec:secret@127.0.0.1/postgres"})
+
+
+def test_the_interaction_store_in_postgresql_keeps_every_concurrent_rating_once(postgres, ml100k_dir):
+    """`movierec serve --store postgresql://...`: many writers at once, retries, and the next run's loader."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from movierec.feedback import InteractionStore
+
+    store = InteractionStore(postgres)
+    assert store.add(1, 10, 4.0, 100) is True and store.add(1, 10, 4.0, 100) is False
+
+    def write(writer: int) -> int:
+        return sum(store.add(1000 + writer, movie, 3.5, 5) for movie in range(1, 51))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(write, range(8))) == [50] * 8
+        assert list(pool.map(write, range(8))) == [0] * 8  # every request retried: nothing new
+    assert store.count() == 401 and InteractionStore(postgres).count() == 401
+    assert [(r.movie_id, r.rating) for r in store.ratings_of(1)] == [(10, 4.0)]
+    settings = Settings(data=DataSettings(dir=str(ml100k_dir), feedback_store=postgres))
+    # user 1 rated movie 10 in ML-100K too: the store's later rating replaces it
+    assert pipeline.load_data(settings).stats()["ratings"] == 100_000 + 400
+
+
+def test_a_store_url_with_a_password_is_refused(tiny_bundle, tmp_path, capsys):
+    from movierec import cli
+
+    (tmp_path / "model.zip").write_bytes(tiny_bundle)
+    code = cli.main(["--model", str(tmp_path / "model.zip"), "serve", "--store", "postgresql://u:secret@h/db"])
+    assert code == 2 and "--store must not hold a password" in capsys.readouterr().err
+    with pytest.raises(flowconfig.ConfigError, match="must not hold a password"):
+        flowconfig.check({"data.feedback_store": "postgresql://u:secret@h/db"})
