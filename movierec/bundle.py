@@ -5,8 +5,9 @@ A bundle is a zip (or, inside an installed wheel, a folder) holding:
 - ``model.json``: format, sizes, model settings, the index settings, run metadata and metrics,
   and the sha256 of every other file (checked on every load: a damaged file is refused by name
   instead of crashing Annoy or numpy)
-- ``vectors.npz``: every movie's retrieval vector, baseline rating (global mean + movie bias) and
-  training popularity, and, with per-user data, every user's retrieval and ALS vectors
+- ``vectors.npz``: every movie's retrieval vector, baseline rating (global mean + movie bias; not
+  for implicit-only data) and training popularity, and, with per-user data, every user's
+  retrieval and ALS vectors
 - ``sources.npz``: the other candidate sources (``movierec.sources``): EASEᴿ's item-item weights
   over the movies it covers, ALS's movie factors; ``model.json`` holds the learned ranker's
   standardisation and weights (``movierec.ranker``)
@@ -18,6 +19,8 @@ A bundle is a zip (or, inside an installed wheel, a folder) holding:
   with: ``movierec.rater``), ``ranking.pt`` (the rating model's state_dict), ``retrieval.pt`` (the
   retrieval model's) and the ONNX graphs ``ranking.onnx``/``user_tower.onnx`` (``movierec.export``,
   parity with torch checked for the tables and graphs). Each of them holds a row per user.
+  A model of implicit-only data (``"implicit": true`` in ``model.json``) has no rating model, so
+  none of ``rating.npz``, ``ranking.pt``, ``ranking.onnx``.
 
 A bundle made with ``user_data=False`` has no user rows at all (no ids, vectors, rated lists or
 models with user tables): it answers history-based requests only, for data whose users must not
@@ -49,6 +52,7 @@ BUNDLE_FORMAT = 4  # 2: sha256 of every file in model.json, per-user data option
 # 4: rating.npz (served without torch)
 CORE_FILES = ("model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json")
 USER_FILES = ("rating.npz", "ranking.pt", "retrieval.pt")  # present when the bundle carries per-user data
+RATING_FILES = ("rating.npz", "ranking.pt")  # ... and there is a rating model (not for implicit-only data)
 ONNX_FILES = ("ranking.onnx", "user_tower.onnx")  # with per-user data, where the model exports (movierec.export)
 KNOWN_FILES = (*CORE_FILES, *USER_FILES, *ONNX_FILES)
 # Reading caps: a bundle is a file from somewhere else, so a zip bomb or a runaway file must not
@@ -71,10 +75,12 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
 
     enc, train_idx = data.enc, data.split.train
     index, sources, ranker = stages.index, stages.sources.final, stages.ranker
-    folded = stages.ranking.model().fold()
+    folded = stages.ranking.model().fold() if stages.ranking is not None else None
     ids = {"item_ids": enc.item_ids, "years": enc.years}
-    vectors = {"items": index.item_vectors.astype(np.float32), "item_baselines": folded.item_baselines(),
+    vectors = {"items": index.item_vectors.astype(np.float32),
                "popularity": np.bincount(enc.item_idx[train_idx], minlength=enc.n_items).astype(np.float32)}
+    if folded is not None:
+        vectors["item_baselines"] = folded.item_baselines()
     second = {}
     if sources.ease is not None:
         second.update(ease_items=sources.ease.items, ease_weights=sources.ease.weights)
@@ -89,7 +95,9 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
         if sources.als is not None:
             vectors["als_users"] = sources.als.user_factors
         exported, exports = export_serving_models(folded, stages.retrieval.model(), enc.n_users, enc.n_items)
-        files.update({"ranking.pt": stages.ranking.state, "retrieval.pt": stages.retrieval.state, **exported})
+        files.update({"retrieval.pt": stages.retrieval.state, **exported})
+        if stages.ranking is not None:
+            files["ranking.pt"] = stages.ranking.state
     sizes = dict(enc.vocab_sizes) if user_data else {k: v for k, v in enc.vocab_sizes.items() if k == "item"}
     files.update({
         "vectors.npz": _npz(**vectors),
@@ -101,9 +109,10 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
     model = {
         "format": BUNDLE_FORMAT,
         "user_data": user_data,
+        "implicit": stages.ranking is None,
         "sizes": sizes,
         "retrieval": asdict(stages.retrieval.config),
-        "ranking": stages.ranking.params,
+        "ranking": stages.ranking.params if stages.ranking is not None else None,
         "index": asdict(index.settings),
         "sources": {**stages.sources.chosen,
                     **({"als_fold_in": {"regularization": sources.als.regularization, "alpha": sources.als.alpha}}
@@ -181,7 +190,8 @@ def read_bundle(source: str | Path | bytes) -> tuple[dict, dict[str, bytes]]:
     expected = info.get("files")
     if not isinstance(expected, dict):
         raise BundleError(f"{where}: model.json: no file checksums")
-    required = [*CORE_FILES[1:], *(USER_FILES if info.get("user_data") else ())]
+    user_files = [f for f in USER_FILES if not (info.get("implicit") and f in RATING_FILES)]
+    required = [*CORE_FILES[1:], *(user_files if info.get("user_data") else ())]
     for name in sorted(set(required) | set(expected)):
         if name not in files:
             raise BundleError(f"{where}: {name}: missing")

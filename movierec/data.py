@@ -78,7 +78,10 @@ class DataWarning(UserWarning):
 @dataclass
 class Dataset:
     """Ratings plus item and user side information, in the fixed schemas above, and what loading
-    had to drop or work around (``duplicates_dropped``, ``warnings``), for logs and cards."""
+    had to drop or work around (``duplicates_dropped``, ``warnings``), for logs and cards.
+    ``implicit``: the source says only who interacted with what (an interactions file without a
+    rating column); every rating is then 1.0 and means "interacted", so the flow trains no rating
+    model and reports no rating error."""
 
     name: str
     ratings: pa.Table
@@ -86,9 +89,11 @@ class Dataset:
     users: pa.Table
     duplicates_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
+    implicit: bool = False
 
     def _meta(self) -> dict:
-        return {"name": self.name, "duplicates_dropped": self.duplicates_dropped, "warnings": self.warnings}
+        return {"name": self.name, "duplicates_dropped": self.duplicates_dropped, "warnings": self.warnings,
+                "implicit": self.implicit}
 
     def to_bytes(self) -> dict[str, bytes]:
         """Parquet bytes per table: a compact, library-independent Metaflow artifact."""
@@ -109,11 +114,10 @@ class Dataset:
         if n <= 0 or n >= self.ratings.num_rows:
             return self
         order = pc.sort_indices(self.ratings, sort_keys=[("timestamp", "ascending"), ("user_id", "ascending")])
-        return Dataset(self.name + f"[:{n}]", self.ratings.take(order[:n]), self.items, self.users,
-                       self.duplicates_dropped, self.warnings)
+        return replace(self, name=self.name + f"[:{n}]", ratings=self.ratings.take(order[:n]))
 
     def stats(self) -> dict[str, float]:
-        """Headline statistics for cards and logs."""
+        """Headline statistics for cards and logs (a mean rating only where there are ratings)."""
         r = self.ratings
         n_users = len(pc.unique(r["user_id"]))
         n_items = len(pc.unique(r["item_id"]))
@@ -123,12 +127,13 @@ class Dataset:
             "users": n_users,
             "items": n_items,
             "density": r.num_rows / max(1, n_users * n_items),
-            "mean_rating": float(pc.mean(r["rating"]).as_py() or 0.0),
+            **({} if self.implicit else {"mean_rating": float(pc.mean(r["rating"]).as_py() or 0.0)}),
             "first_timestamp": int(pc.min(ts).as_py() or 0),
             "last_timestamp": int(pc.max(ts).as_py() or 0),
             "items_with_metadata": self.items.num_rows,
             "users_with_features": self.users.num_rows,
             "duplicate_ratings_dropped": self.duplicates_dropped,
+            "implicit": self.implicit,
         }
 
 
@@ -614,7 +619,8 @@ def tidy(dataset: Dataset) -> Dataset:
     if unknown:
         notes.append(f"{unknown:,} of {len(rated):,} rated movies have no row in the movies file: they are "
                      "recommended without title, genres or year")
-    return Dataset(dataset.name, ratings, items, dataset.users, dataset.duplicates_dropped + dropped, notes)
+    return replace(dataset, ratings=ratings, items=items, duplicates_dropped=dataset.duplicates_dropped + dropped,
+                   warnings=notes)
 
 
 def _write_cache(d: Path, cache_dir: Path, dataset: Dataset, layout: str) -> None:
@@ -715,7 +721,7 @@ def load_dataset(directory: Path, cache: bool = True) -> Dataset:
         meta = json.loads((cache_dir / "meta.json").read_text())
         tables = {k: pq.read_table(cache_dir / f"{k}.parquet") for k in ("ratings", "items", "users")}
         return Dataset(meta["name"], **tables, duplicates_dropped=meta["duplicates_dropped"],
-                       warnings=meta["warnings"])
+                       warnings=meta["warnings"], implicit=meta.get("implicit", False))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         dataset = loader(d)
@@ -761,21 +767,23 @@ def _read_columns(path: Path, types: dict[str, pa.DataType], nullable: tuple[str
 
 
 def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "") -> Dataset:
-    """A user's own interactions file (Parquet or CSV) whose columns ``columns`` names (user, item,
-    rating; timestamp optional: without one every rating has time 0), and optionally an items file
-    with titles and genres. Checked like the MovieLens layouts (ids, star range, duplicates)."""
+    """A user's own interactions file (Parquet or CSV) whose columns ``columns`` names (user, item;
+    rating optional: without one the data is implicit-only, see :class:`Dataset`; timestamp
+    optional: without one every rating has time 0), and optionally an items file with titles and
+    genres. Checked like the MovieLens layouts (ids, star range, duplicates)."""
     path = Path(path)
-    if not columns.rating:
-        raise DataError(f"{path}: implicit-only data (no rating column) is not supported yet: give "
-                        "--rating-column the column of 0.5-5 star ratings")
-    types = {columns.user: pa.int64(), columns.item: pa.int64(), columns.rating: pa.float32()}
+    types = {columns.user: pa.int64(), columns.item: pa.int64()}
+    if columns.rating:
+        types[columns.rating] = pa.float32()
     if columns.timestamp:
         types[columns.timestamp] = pa.int64()
     table = _read_columns(path, types)
-    if not columns.timestamp:
-        table = table.append_column("timestamp", pa.array(np.zeros(table.num_rows, np.int64)))
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
+    if not columns.rating:  # "interacted" (the column _validate_ratings expects third)
+        table = table.add_column(2, "rating", pa.array(np.ones(table.num_rows, np.float32)))
+    if not columns.timestamp:
+        table = table.append_column("timestamp", pa.array(np.zeros(table.num_rows, np.int64)))
     ratings = _validate_ratings(path, table, header=path.suffix.lower() == ".csv")
     items = ITEMS_SCHEMA.empty_table()
     if items_file:
@@ -794,7 +802,7 @@ def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "")
         else:
             genres = _clean_genres(raw[columns.genres].to_pylist(), columns.genres_separator)
         items = _items_table(raw[columns.item], titles, years, genres)
-    return tidy(Dataset(path.stem, ratings, items, USERS_SCHEMA.empty_table()))
+    return tidy(Dataset(path.stem, ratings, items, USERS_SCHEMA.empty_table(), implicit=not columns.rating))
 
 
 def _query(conn: object, label: str, query: str, names: tuple[str, ...]) -> pa.Table:
@@ -867,17 +875,22 @@ def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_qu
 
 def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
     """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) added and
-    tidied again: a pair rated in both keeps its latest rating; users new to the data are added."""
+    tidied again: a pair rated in both keeps its latest rating; users new to the data are added.
+    Into implicit-only data a rating of any stars goes as an interaction (1.0): the user chose the
+    movie, which is all such data records."""
     if feedback.num_rows == 0:
         return replace(dataset, warnings=[*dataset.warnings, f"{origin}: no ratings yet"])
+    feedback = feedback.cast(RATINGS_SCHEMA)
+    if dataset.implicit:
+        feedback = feedback.set_column(2, "rating", pa.array(np.ones(feedback.num_rows, np.float32)))
     unknown = ~np.isin(feedback["item_id"].to_numpy(), dataset.items["item_id"].to_numpy())
     if dataset.items.num_rows and unknown.any():
         raise DataError(f"{origin}: {int(unknown.sum()):,} ratings of movies not in the data "
                         f"(first: {int(feedback['item_id'].to_numpy()[unknown][0])})")
-    merged = Dataset(dataset.name, pa.concat_tables([dataset.ratings, feedback.cast(RATINGS_SCHEMA)]), dataset.items,
-                     dataset.users, dataset.duplicates_dropped, [*dataset.warnings,
-                     f"{origin}: {feedback.num_rows:,} ratings users sent added"])
-    return tidy(merged)
+    added = f"{origin}: {feedback.num_rows:,} ratings users sent added" + (
+        " as interactions (the data has no ratings)" if dataset.implicit else "")
+    return tidy(replace(dataset, ratings=pa.concat_tables([dataset.ratings, feedback]),
+                        warnings=[*dataset.warnings, added]))
 
 
 def load_remote_dataset(url: str) -> Dataset:

@@ -25,5 +25,13 @@ class NoUserDataError(RecommenderError):
                          "users; ask for recommendations from a history of rated movies instead")
 
 
+class NoRatingModelError(RecommenderError):
+    """The model was trained on implicit-only data: it orders movies but predicts no stars."""
+
+    def __init__(self) -> None:
+        super().__init__("this model was trained on implicit-only data (no rating column): it recommends movies "
+                         "but predicts no star ratings")
+
+
 class BundleError(RecommenderError):
     """A bundle that is missing or cannot be read; the message names the bundle and the file."""

@@ -7,7 +7,8 @@ NDCG/precision/recall@10 of recommendations of unseen movies (Microsoft Recommen
 Rows are the two-stage pipeline (exact and Annoy retrieval), each candidate source alone (the
 retrieval model, EASEᴿ, ALS), a popularity baseline and a global-mean baseline; beside them, each
 source's candidate recall and the union's. A cell is None where a metric does not apply to a row
-(a global mean cannot rank movies; a popularity list predicts no personal rating).
+(a global mean cannot rank movies; a popularity list predicts no personal rating). Implicit-only
+data has no ratings: no rating model, no RMSE/MAE in any row and no global-mean row.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import numpy as np
 from movierec import arrays, metrics
 from movierec.features import Encoded
 from movierec.index import Index
-from movierec.ranker import candidates, top
-from movierec.ranking import FoldedRatingModel, predict
+from movierec.ranker import Rate, candidates, top
 from movierec.settings import CANDIDATES
 from movierec.sources import interactions
 from movierec.split import Split
@@ -43,6 +43,7 @@ class Report:
     test_users: int = 0
     recall: dict[str, float] = field(default_factory=dict)  # candidate recall of each source and of the union
     union_size: float = 0.0  # mean candidates per user in the union
+    implicit: bool = False  # the data had no ratings: no rating errors to report
 
     def row(self, model: str) -> dict[str, object]:
         return next(r for r in self.rows if r["model"] == model)
@@ -137,7 +138,7 @@ class Evaluator:
             out[row, : len(found)] = found
         return out
 
-    def second_stage(self, stages: TwoStage, rating: FoldedRatingModel, users: np.ndarray, index: Index | None = None,
+    def second_stage(self, stages: TwoStage, rate: Rate | None, users: np.ndarray, index: Index | None = None,
                      chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         """For ``users``: the two-stage top-``ndcg_k`` lists, each source's own top lists, twice as
         long as its share of the candidates (the retrieval model's from ``index`` when given, else
@@ -148,8 +149,8 @@ class Evaluator:
             scores = stages.scores(part, self.history[part], stages.sources.final)
             n = stages.ranker.candidates
             given = {"retrieval": self.candidates_annoy(stages.index.user_vectors, index, part, n)} if index else None
-            cands = candidates(part, scores, (self.seen_ptr, self.seen), lambda u, i: predict(rating, u, i),
-                               self.popularity, n, given, depth=2 * n)
+            cands = candidates(part, scores, (self.seen_ptr, self.seen), rate, self.popularity, n, given,
+                               depth=2 * n)
             tops.append(top(stages.ranker, cands, self.ndcg_k))
             items.append(cands.items)
             for name, picked in cands.lists.items():
@@ -170,17 +171,19 @@ class Evaluator:
 
     def _run(self, stages: TwoStage, index: Index) -> Report:
         user_vecs, item_vecs = stages.index.user_vectors, stages.index.item_vectors
-        rating_model = stages.ranking.model().fold()  # once: each chunk of users would fold it again
-        pred = predict(rating_model, self.test_users, self.test_items)
-        rating = {"rmse": metrics.rmse(pred, self.test_ratings), "mae": metrics.mae(pred, self.test_ratings)}
+        rate, implicit = stages.rater(), self.enc.implicit
+        rating = {"rmse": None, "mae": None}
+        if rate is not None:
+            pred = rate(self.test_users, self.test_items)
+            rating = {"rmse": metrics.rmse(pred, self.test_ratings), "mae": metrics.mae(pred, self.test_ratings)}
         exact_ranks = metrics.target_ranks(user_vecs, item_vecs, self.test_users, self.test_items)
         # Annoy's top-K accuracy: the test pairs of the sampled users, against Annoy's lists.
         sampled = np.isin(self.test_users, self.annoy_users)
         annoy_lists = index.query_many(user_vecs[self.annoy_users], max(self.ks))
         row_of = np.searchsorted(self.annoy_users, self.test_users[sampled])
         annoy_ranks = metrics.ranks_in_lists(annoy_lists[row_of], self.test_items[sampled])
-        exact_top, lists, union = self.second_stage(stages, rating_model, self.users)
-        annoy_top, _, _ = self.second_stage(stages, rating_model, self.annoy_users, index)
+        exact_top, lists, union = self.second_stage(stages, rate, self.users)
+        annoy_top, _, _ = self.second_stage(stages, rate, self.annoy_users, index)
         na = {c: None for c in report_columns(self.ks, self.ndcg_k) if c != "model"}
         mean = np.full(len(self.test_ratings), self.global_mean)
         names = {"retrieval": f"{stages.retrieval.config.name} retrieval only", "ease": "EASEᴿ source only",
@@ -195,9 +198,10 @@ class Evaluator:
             *({"model": names[name], **na, **self.ranking(picked[:, : self.ndcg_k])}
               for name, picked in lists.items() if name != "retrieval"),
             self.factorized_row("popularity baseline", np.ones((self.enc.n_users, 1), np.float32),
-                                self.popularity[:, None], self.item_mean[self.test_items]),
-            {"model": "global-mean baseline", **na,
-             "rmse": metrics.rmse(mean, self.test_ratings), "mae": metrics.mae(mean, self.test_ratings)},
+                                self.popularity[:, None], None if implicit else self.item_mean[self.test_items]),
+            *([] if implicit else [{"model": "global-mean baseline", **na,
+                                    "rmse": metrics.rmse(mean, self.test_ratings),
+                                    "mae": metrics.mae(mean, self.test_ratings)}]),
         ]
         n = stages.ranker.candidates
         recall = {f"{names[name].removesuffix(' only')} top {depth}": self.recall(picked[:, :depth], self.users)
@@ -205,7 +209,8 @@ class Evaluator:
         recall["union of all sources"] = self.recall(union, self.users)
         return Report(rows=rows, samples=self.samples(exact_top[:3]), ks=self.ks, ndcg_k=self.ndcg_k,
                       candidates=stages.ranker.candidates, annoy_users=len(self.annoy_users),
-                      test_users=len(self.users), recall=recall, union_size=float((union >= 0).sum(1).mean()))
+                      test_users=len(self.users), recall=recall, union_size=float((union >= 0).sum(1).mean()),
+                      implicit=implicit)
 
     def samples(self, picks: np.ndarray) -> list[dict[str, object]]:
         """Two-stage recommendations with titles for the first test users, beside what they rated."""

@@ -88,12 +88,13 @@ def rating_tables(folded: nn.Module) -> RatingTables:
                             b=np.asarray(layers[1].bias[0].item(), np.float32))
 
 
-def export_serving_models(ranker: nn.Module, towers: nn.Module, n_users: int, n_items: int,
+def export_serving_models(ranker: nn.Module | None, towers: nn.Module, n_users: int, n_items: int,
                           sample: int = 2048, seed: int = 0) -> tuple[dict[str, bytes], dict]:
     """The files for a bundle that run without torch (``rating.npz`` and the ONNX graphs) and what
     to record about them (opset, parity on a sample).
 
-    ``ranker`` is a FoldedRatingModel, ``towers`` a TwoTower or EmbeddingTables. A user tower that reads rating
+    ``ranker`` is a FoldedRatingModel, or None for implicit-only data (no rating model: only the
+    user tower is exported); ``towers`` a TwoTower or EmbeddingTables. A user tower that reads rating
     histories (``--history``) uses sparse matrix products, which ONNX cannot express: it is left
     out and the reason recorded. Raises ExportError when a graph answers more than
     ``TOLERANCE`` away from torch.
@@ -101,19 +102,26 @@ def export_serving_models(ranker: nn.Module, towers: nn.Module, n_users: int, n_
     rng = np.random.default_rng(seed)
     users = rng.integers(0, n_users, sample).astype(np.int64)
     items = rng.integers(0, n_items, sample).astype(np.int64)
-    graphs = {"ranking.onnx": (ranker, {"users": users, "items": items}, "ratings")}
+    graphs, files, parity = {}, {}, {}
     info: dict = {"opset": OPSET, "sample_pairs": sample}
+    left_out = {}
+    if ranker is None:
+        left_out["ranking.onnx"] = "implicit-only data: no rating model"
+    else:
+        graphs["ranking.onnx"] = (ranker, {"users": users, "items": items}, "ratings")
+        tables = rating_tables(ranker)
+        with torch.no_grad():
+            expected = ranker(torch.as_tensor(users), torch.as_tensor(items)).numpy()
+        files["rating.npz"] = tables.to_bytes()
+        parity["rating.npz"] = float(np.abs(tables(users, items) - expected).max())
+        if parity["rating.npz"] > TOLERANCE:
+            raise ExportError(f"rating.npz: numpy differs from torch by {parity['rating.npz']:.2e} (> {TOLERANCE:g})")
     if getattr(getattr(towers, "user", None), "history", None) is None:
         graphs["user_tower.onnx"] = (UserTower(towers), {"users": users}, "vectors")
     else:
-        info["left_out"] = {"user_tower.onnx": "the user tower reads rating histories through sparse products"}
-    tables = rating_tables(ranker)
-    with torch.no_grad():
-        expected = ranker(torch.as_tensor(users), torch.as_tensor(items)).numpy()
-    files = {"rating.npz": tables.to_bytes()}
-    parity = {"rating.npz": float(np.abs(tables(users, items) - expected).max())}
-    if parity["rating.npz"] > TOLERANCE:
-        raise ExportError(f"rating.npz: numpy differs from torch by {parity['rating.npz']:.2e} (> {TOLERANCE:g})")
+        left_out["user_tower.onnx"] = "the user tower reads rating histories through sparse products"
+    if left_out:
+        info["left_out"] = left_out
     for name, (module, inputs, output) in graphs.items():
         files[name] = to_onnx(module, {k: torch.as_tensor(v[:8]) for k, v in inputs.items()}, output)
         parity[name] = max_difference(files[name], module, inputs)

@@ -50,6 +50,7 @@ class Encoded:
     user_features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int64 [n_users]
     item_features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int64 [n_items, width]
     vocab_sizes: dict[str, int] = field(default_factory=dict)
+    implicit: bool = False  # ``rating`` is 1.0 throughout, "interacted" (``Dataset.implicit``)
 
     @property
     def n_users(self) -> int:
@@ -138,4 +139,5 @@ def encode(dataset: Dataset, max_title_tokens: int = 8) -> Encoded:
         user_features=user_features,
         item_features=item_features,
         vocab_sizes=vocab_sizes,
+        implicit=dataset.implicit,
     )

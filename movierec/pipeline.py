@@ -154,8 +154,13 @@ def fit_sources(data_split: DataSplit, settings: Settings) -> SourceModels:
                enc.n_users, enc.n_items, settings.sources, settings.seed)
 
 
-def tune_ranking(data_split: DataSplit, settings: Settings, storage: str) -> RankingResult:
-    """The rating model, searched with Ray Tune on the training ratings."""
+def tune_ranking(data_split: DataSplit, settings: Settings, storage: str) -> RankingResult | None:
+    """The rating model, searched with Ray Tune on the training ratings; None for implicit-only
+    data, which has no ratings to learn (the ranker then goes without the rating feature)."""
+    if data_split.enc.implicit:
+        print("[tune_ranking] implicit-only data (no ratings): no rating model to search; the ranker orders "
+              "candidates without predicted stars", flush=True)
+        return None
     from movierec.ranking import tune_ranking as search
 
     with ray_session(settings.ray):
@@ -170,7 +175,7 @@ def build_index(retrieval: RetrievalResult, settings: Settings) -> RetrievalInde
     return build(user_vecs, item_vecs, settings.index, settings.seed)
 
 
-def stages(retrieval: RetrievalResult, index: RetrievalIndex, sources: SourceModels, ranking: RankingResult,
+def stages(retrieval: RetrievalResult, index: RetrievalIndex, sources: SourceModels, ranking: RankingResult | None,
            ranker: Ranker | None = None) -> TwoStage:
     """The trained parts of both stages as one value (``movierec.stages``)."""
     from movierec.stages import TwoStage
@@ -182,7 +187,6 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
     """The second stage's weights, searched with Ray Tune on the retrieval model's validation
     pairs, over candidates from the sources as they were before seeing those pairs."""
     from movierec.ranker import candidates, concat, search
-    from movierec.ranking import predict
     from movierec.retrieval import validation_split
     from movierec.sources import interactions
 
@@ -192,12 +196,12 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
     users = np.unique(enc.user_idx[val_idx])
     seen = arrays.csr(fit_users, fit_items, enc.n_users)
     history = interactions(fit_users, fit_items, enc.n_users, enc.n_items)
-    rating = stages.ranking.model().fold()
+    rate = stages.rater()
     popularity = np.bincount(fit_items, minlength=enc.n_items)
     parts = []
     for part in np.array_split(users, max(1, -(-len(users) // 1024))):  # [users, movies] scores a chunk at a time
         parts.append(candidates(part, stages.scores(part, history[part], stages.sources.tuning), seen,
-                                lambda u, i: predict(rating, u, i), popularity, settings.ranker.candidates))
+                                rate, popularity, settings.ranker.candidates))
     cands = concat(parts)
     keys = metrics.relevant_keys(enc.user_idx[val_idx], enc.item_idx[val_idx], enc.n_items)
     with ray_session(settings.ray):

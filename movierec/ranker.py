@@ -2,11 +2,12 @@
 
 Each source (the retrieval model, EASEᴿ, ALS: ``movierec.sources``) hands over its ``candidates``
 best unseen movies; the union is scored by a linear function of per-candidate features: each
-source's raw score for the movie, the log of the rating model's predicted stars, and the log of
-the movie's popularity. The weights minimise a listwise softmax loss (ListNet) over validation
-pairs carved from train (the retrieval model's early-stopping pairs, which neither the retrieval
-model, nor the sources' tuning fits, nor the rating model trained on), with an L2 penalty Ray
-Tune chooses by nDCG@10 of held-out validation users.
+source's raw score for the movie, the log of the rating model's predicted stars (not for
+implicit-only data, which has no rating model), and the log of the movie's popularity. The
+weights minimise a listwise softmax loss (ListNet) over validation pairs carved from train (the
+retrieval model's early-stopping pairs, which neither the retrieval model, nor the sources'
+tuning fits, nor the rating model trained on), with an L2 penalty Ray Tune chooses by nDCG@10 of
+held-out validation users.
 
 Why a linear listwise model rather than a gradient-boosted LambdaRank one: measured on ML-100K
 (msr, seed 42), LightGBM LambdaRank over these features, trained on per-user holdouts of train
@@ -23,6 +24,7 @@ measurement, and serving can score a candidate without a pass over the whole cat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +32,8 @@ import numpy as np
 from movierec import arrays, metrics
 
 FEATURES = ("retrieval", "ease", "als", "rating", "popularity")
+IMPLICIT_FEATURES = tuple(f for f in FEATURES if f != "rating")  # no rating model to ask
+Rate = Callable[[np.ndarray, np.ndarray], np.ndarray]  # stars of aligned (user, movie) index pairs
 
 
 @dataclass
@@ -51,12 +55,13 @@ class Ranker:
 
 @dataclass
 class Candidates:
-    """Each user's candidate movies (rows; -1 pads), their [rows, width, features] values, and
-    each source's own top list (the union is of their first ``n`` columns)."""
+    """Each user's candidate movies (rows; -1 pads), their [rows, width, features] values (the
+    ``features`` named), and each source's own top list (the union is of their first ``n`` columns)."""
 
     items: np.ndarray
     values: np.ndarray
     lists: dict[str, np.ndarray]
+    features: tuple[str, ...] = FEATURES
 
 
 def union(lists: list[np.ndarray]) -> np.ndarray:
@@ -67,14 +72,15 @@ def union(lists: list[np.ndarray]) -> np.ndarray:
     return both[:, : max(1, int((both >= 0).sum(1).max()))]
 
 
-def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.ndarray, np.ndarray], ratings,
-               popularity: np.ndarray, n: int, lists: dict[str, np.ndarray] | None = None,
+def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.ndarray, np.ndarray],
+               ratings: Rate | None, popularity: np.ndarray, n: int, lists: dict[str, np.ndarray] | None = None,
                depth: int = 0) -> Candidates:
     """Candidates of ``users`` (row r is ``users[r]``): the union of each source's ``n`` best
     movies the user has not rated (``seen``: CSR indptr and indices over users), with their
     features. ``scores`` holds [rows, movies] scores by source name ("retrieval", and any of
     ``movierec.sources``); ``lists`` may give a source's candidate lists instead (the Annoy
-    index's, for retrieval); ``ratings(users, movies)`` predicts stars for aligned pairs. Each
+    index's, for retrieval); ``ratings(users, movies)`` predicts stars for aligned pairs (None:
+    no rating model, and no rating feature, ``IMPLICIT_FEATURES``). Each
     source's own list is kept ``depth`` long when that is more than ``n`` (evaluation measures
     what a source alone finds with as many candidates as the union has)."""
     rows, cols = arrays.csr_rows(seen[0], seen[1], users)
@@ -88,21 +94,25 @@ def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.
         picked[name] = arrays.top_k(masked, max(n, depth))
     items = union([p[:, :n] for p in picked.values()])
     safe = np.maximum(items, 0)
-    values = np.zeros((*items.shape, len(FEATURES)), np.float32)
-    for f, name in enumerate(FEATURES[:3]):
+    features = FEATURES if ratings is not None else IMPLICIT_FEATURES
+    values = np.zeros((*items.shape, len(features)), np.float32)
+    for f, name in enumerate(features):
         if name in scores:
             values[..., f] = np.take_along_axis(scores[name], safe, axis=1)
-    pair_users = np.repeat(users, items.shape[1])
-    values[..., 3] = np.log(np.clip(ratings(pair_users, safe.reshape(-1)), 0.5, 5.0)).reshape(items.shape)
-    values[..., 4] = np.log1p(popularity[safe])
-    return Candidates(items, values, picked)
+        elif name == "rating":
+            pair_users = np.repeat(users, items.shape[1])
+            values[..., f] = np.log(np.clip(ratings(pair_users, safe.reshape(-1)), 0.5, 5.0)).reshape(items.shape)
+        elif name == "popularity":
+            values[..., f] = np.log1p(popularity[safe])
+    return Candidates(items, values, picked, features)
 
 
 def concat(parts: list[Candidates]) -> Candidates:
     """The candidates of consecutive chunks of users as one, rows padded to the widest union."""
     return Candidates(arrays.concat_rows([p.items for p in parts], -1),
                       arrays.concat_rows([p.values for p in parts], 0),
-                      {name: np.concatenate([p.lists[name] for p in parts]) for name in parts[0].lists})
+                      {name: np.concatenate([p.lists[name] for p in parts]) for name in parts[0].lists},
+                      parts[0].features)
 
 
 def top(ranker: Ranker, cands: Candidates, k: int) -> np.ndarray:
@@ -173,9 +183,9 @@ def search(cands: Candidates, users: np.ndarray, keys: np.ndarray, n_items: int,
     Features are standardised over the candidates, so one penalty weighs every feature alike."""
     from ray import tune
 
-    valid = cands.items >= 0
-    mean = np.array([cands.values[..., f][valid].mean() for f in range(len(FEATURES))], np.float32)
-    scale = np.array([cands.values[..., f][valid].std() or 1.0 for f in range(len(FEATURES))], np.float32)
+    valid, width = cands.items >= 0, len(cands.features)
+    mean = np.array([cands.values[..., f][valid].mean() for f in range(width)], np.float32)
+    scale = np.array([cands.values[..., f][valid].std() or 1.0 for f in range(width)], np.float32)
     data = _Validation((cands.values - mean) / scale, ~valid, metrics.hits(cands.items, users, keys, n_items),
                        np.bincount(keys // n_items, minlength=users.max() + 1)[users])
     order = np.random.default_rng(seed).permutation(len(users))
@@ -194,4 +204,4 @@ def search(cands: Candidates, users: np.ndarray, keys: np.ndarray, n_items: int,
     trials = sorted(({"l2": r.config["l2"], "val_ndcg": r.metrics["val_ndcg"]} for r in grid),
                     key=lambda t: (-t["val_ndcg"], -t["l2"]))
     weights = fit_listwise(data, np.arange(len(users)), trials[0]["l2"])
-    return Ranker(FEATURES, mean, scale, weights.astype(np.float32), per_source, trials[0]["val_ndcg"], trials)
+    return Ranker(cands.features, mean, scale, weights.astype(np.float32), per_source, trials[0]["val_ndcg"], trials)

@@ -32,18 +32,20 @@ def settings_card(rows: list[dict[str, object]]) -> list:
 def data_card(dataset: Dataset, source: str) -> list:
     stats = dataset.stats()
     values, counts = np.unique(dataset.ratings["rating"].to_numpy(), return_counts=True)
+    stars = [{"stars": float(v), "ratings": int(c)} for v, c in zip(values, counts)]
     per_user = np.bincount(np.unique(dataset.ratings["user_id"].to_numpy(), return_inverse=True)[1])
     genres = dataset.items["genres"].to_pylist()
     top_genres = {}
     for gs in genres:
         for g in gs or []:
             top_genres[g] = top_genres.get(g, 0) + 1
+    implicit = ["**Implicit-only data**: who interacted with which movie, no ratings. No rating model is "
+                "trained, the ranker goes without predicted stars, and no rating error (RMSE/MAE) is reported."]
     return [
-        heading(f"Data: {dataset.name}", [f"Source: `{source}`",
+        heading(f"Data: {dataset.name}", [f"Source: `{source}`", *(implicit if dataset.implicit else []),
                                           *(f"**Warning:** {note}" for note in dataset.warnings)]),
         key_values({**stats, "median ratings per user": float(np.median(per_user)) if len(per_user) else 0.0}),
-        bar_chart([{"stars": float(v), "ratings": int(c)} for v, c in zip(values, counts)], "stars", "ratings",
-                  "Rating distribution"),
+        *([] if dataset.implicit else [bar_chart(stars, "stars", "ratings", "Rating distribution")]),
         table(sorted(({"genre": g, "movies": n} for g, n in top_genres.items()), key=lambda r: -r["movies"])[:20]),
     ]
 
@@ -74,7 +76,11 @@ def retrieval_card(result: RetrievalResult, sources: SourceModels) -> list:
     ]
 
 
-def ranking_card(result: RankingResult) -> list:
+def ranking_card(result: RankingResult | None) -> list:
+    if result is None:
+        return [heading("Rating model: skipped", ["The data is implicit-only (no rating column): there are no "
+                                                  "stars to learn, so no rating model was searched and the "
+                                                  "ranker orders candidates without a predicted rating."])]
     return [
         heading("Rating model search (Ray Tune + ASHA)",
                 [f"Best validation RMSE **{result.val_rmse:.4f}** with {result.params}."]),
@@ -110,6 +116,8 @@ def index_card(index: RetrievalIndex) -> list:
 
 def evaluation_card(report: Report, protocol: str) -> list:
     p = get_protocol(protocol)
+    skipped = ["Implicit-only data: no rating model, so no RMSE/MAE, and no global-mean baseline (it only "
+               "predicts ratings)."] if report.implicit else []
     cards = [
         heading(f"Evaluation on the test split (protocol {protocol})",
                 [p.description,
@@ -119,7 +127,8 @@ def evaluation_card(report: Report, protocol: str) -> list:
                  "learned ranker in the two-stage rows), every held-out movie relevant. '—': not applicable.",
                  f"Test users: {report.test_users:,}; the Annoy row is scored on "
                  + ("all of them." if report.annoy_users >= report.test_users
-                    else f"a uniform sample of {report.annoy_users:,} (Annoy answers one query at a time).")]),
+                    else f"a uniform sample of {report.annoy_users:,} (Annoy answers one query at a time)."),
+                 *skipped]),
         table(report.rows, report.columns()),
         heading("Candidate recall", [f"Share of each test user's held-out movies among the candidates "
                                      f"({report.union_size:.0f} in the union on average)."]),

@@ -9,7 +9,9 @@
 Everything runs on numpy and Annoy: the rating model too, as its folded tables (``rating.npz``,
 ``movierec.rater``). ``backend="onnx"`` runs the bundle's ONNX graph instead (``pip install
 'movierec[onnx]'``), ``backend="torch"`` the training code's model (an installation with torch);
-all three agree within 1e-4 (checked when the bundle was published, and by the tests).
+all three agree within 1e-4 (checked when the bundle was published, and by the tests). A model of
+implicit-only data has no rating model: recommendations carry no predicted rating, and asking for
+one is a :class:`NoRatingModelError`.
 """
 
 from __future__ import annotations
@@ -26,14 +28,21 @@ from pathlib import Path
 import numpy as np
 
 from movierec.bundle import bundle_of_run, read_bundle
-from movierec.errors import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
+from movierec.errors import (
+    BundleError,
+    NoRatingModelError,
+    NoUserDataError,
+    RecommenderError,
+    UnknownMovieError,
+    UnknownUserError,
+)
 from movierec.index import Index
-from movierec.ranker import FEATURES, Ranker, union
+from movierec.ranker import FEATURES, IMPLICIT_FEATURES, Ranker, union
 from movierec.rater import RatingTables, onnx_session
 from movierec.settings import IndexSettings
 from movierec.sources import AlsModel
 
-__all__ = ["BundleError", "NoUserDataError", "Recommendation", "Recommender", "RecommenderError",
+__all__ = ["BundleError", "NoRatingModelError", "NoUserDataError", "Recommendation", "Recommender", "RecommenderError",
            "UnknownMovieError", "UnknownUserError"]
 MAX_K = 1000
 BACKENDS = ("numpy", "onnx", "torch")
@@ -133,12 +142,16 @@ class Recommender:
             self.info = info
             self.temperature = float(info["retrieval"]["temperature"])
             self.user_data = bool(info["user_data"])
+            self.implicit = info.get("implicit", False)
+            _require(isinstance(self.implicit, bool), "implicit is not true or false")
             settings = IndexSettings(**info["index"])
         with _reading(origin, "vectors.npz"):
             vectors = np.load(io.BytesIO(files["vectors.npz"]), allow_pickle=False)
-            self.item_vectors, self.baselines = vectors["items"], vectors["item_baselines"]
+            self.item_vectors = vectors["items"]
             n_items, dim = self.item_vectors.shape
-            _require(self.baselines.shape == (n_items,), f"{len(self.baselines)} baselines for {n_items} movies")
+            # the rating model's movie part; implicit-only data has no rating model
+            self.baselines = None if self.implicit else vectors["item_baselines"]
+            _require(self.implicit or self.baselines.shape == (n_items,), f"baselines for other than {n_items} movies")
             self.popularity = vectors["popularity"]
             _require(self.popularity.shape == (n_items,), f"popularity for other than {n_items} movies")
             self.user_vectors = vectors["users"] if self.user_data else None
@@ -185,12 +198,13 @@ class Recommender:
         with _reading(origin, "model.json"):
             ranker = info["ranker"]
             mean, scale, weights = (np.asarray(ranker[key], np.float32) for key in ("mean", "scale", "weights"))
-            _require(tuple(ranker["features"]) == FEATURES and all(
-                v.shape == (len(FEATURES),) for v in (mean, scale, weights)),
-                "the ranker is not for this version's features")
+            features = IMPLICIT_FEATURES if self.implicit else FEATURES
+            _require(tuple(ranker["features"]) == features and all(
+                v.shape == (len(features),) for v in (mean, scale, weights)),
+                "the ranker is not for this version's features" + (" of implicit-only data" if self.implicit else ""))
             _require(all(np.isfinite(v).all() for v in (mean, scale, weights)) and (scale > 0).all(),
                      "the ranker's weights or feature scales are not finite positive numbers")
-            self.ranker = Ranker(FEATURES, mean, scale, weights, int(ranker["candidates"]), float("nan"))
+            self.ranker = Ranker(features, mean, scale, weights, int(ranker["candidates"]), float("nan"))
             self.candidates = self.ranker.candidates
         with _reading(origin, "items.json"):
             items = json.loads(files["items.json"])
@@ -200,7 +214,7 @@ class Recommender:
         if backend not in BACKENDS:
             raise RecommenderError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.backend, self._rate = "none", None
-        if self.user_data:
+        if self.user_data and not self.implicit:
             with _reading(origin, {"numpy": "rating.npz", "onnx": "ranking.onnx", "torch": "ranking.pt"}[backend]):
                 self.backend, self._rate = backend, rating_backend(files, info, (n_users, n_items), backend)
                 corners = self._rate(np.array([0, n_users - 1]), np.array([0, n_items - 1]))
@@ -252,7 +266,7 @@ class Recommender:
         """Which run, data and metrics the model comes from, and what runs its rating model."""
         import movierec
 
-        return {"version": movierec.__version__, "backend": self.backend,
+        return {"version": movierec.__version__, "backend": self.backend, "implicit": self.implicit,
                 **{k: self.info.get(k) for k in ("flow", "run_id", "user_data", "dataset", "metrics", "exports")}}
 
     # ------------------------------------------------------------------ queries
@@ -291,11 +305,11 @@ class Recommender:
         return top[np.argsort(-scores[top], kind="stable")]
 
     def _second_stage(self, query: np.ndarray, history: np.ndarray, exclude: np.ndarray, als: np.ndarray | None,
-                      ratings_of: Callable[[np.ndarray], np.ndarray], k: int) -> list[Recommendation]:
+                      ratings_of: Callable[[np.ndarray], np.ndarray] | None, k: int) -> list[Recommendation]:
         """Top-``k`` as evaluation orders them (``movierec.ranker``): the union of the retrieval
         model's candidates (from Annoy, for ``query``), EASEᴿ's (from the ``history`` movies) and
         ALS's (from the user's factors ``als``), ``max(k, candidates)`` from each, scored by the
-        learned ranker; ``ratings_of(movies)`` gives the rating model's stars."""
+        learned ranker; ``ratings_of(movies)`` gives the rating model's stars (None: there is none)."""
         n = max(k, self.candidates)
         lists = [self.index.query_excluding(query, n, exclude)]
         ease = np.zeros(len(self.item_ids), np.float32)
@@ -310,12 +324,14 @@ class Recommender:
             lists.append(self._unseen_top(als_scores, n, exclude))
         cands = union([np.asarray(x, np.int64)[None, :] for x in lists])[0]
         cands = cands[cands >= 0]
-        ratings = np.asarray(ratings_of(cands), np.float32)
-        values = np.stack([self.item_vectors[cands] @ query / self.temperature, ease[cands], als_scores[cands],
-                           np.log(np.clip(ratings, 0.5, 5.0)), np.log1p(self.popularity[cands])], axis=1)
-        scores = self.ranker.score(values)
+        columns = {"retrieval": self.item_vectors[cands] @ query / self.temperature, "ease": ease[cands],
+                   "als": als_scores[cands], "popularity": np.log1p(self.popularity[cands])}
+        ratings = None if ratings_of is None else np.asarray(ratings_of(cands), np.float32)
+        if ratings is not None:
+            columns["rating"] = np.log(np.clip(ratings, 0.5, 5.0))
+        scores = self.ranker.score(np.stack([columns[f] for f in self.ranker.features], axis=1))
         order = np.argsort(-scores, kind="stable")[:k]
-        return self._result(cands[order], scores[order], ratings[order])
+        return self._result(cands[order], scores[order], None if ratings is None else ratings[order])
 
     def has_movie(self, movie_id: int) -> bool:
         """Whether the movie is in the model's catalogue."""
@@ -341,8 +357,9 @@ class Recommender:
         if extra:
             exclude = np.union1d(exclude, np.asarray(extra, np.int64))
         als = self.als_users[u] if self.als_users is not None else None
+        rate = self._rate
         return self._second_stage(self.user_vectors[u], rated, exclude, als,
-                                  lambda movies: self._rate(np.full(len(movies), u), movies), k)
+                                  None if rate is None else lambda movies: rate(np.full(len(movies), u), movies), k)
 
     def recommend_for_history(self, history: Iterable[int | tuple[int, float]], k: int = 10
                               ) -> list[Recommendation]:
@@ -351,7 +368,8 @@ class Recommender:
         Their retrieval query is the mean of the movie vectors they rated, weighted by how far each
         rating is above 2.5 stars (disliked movies are left out); EASEᴿ and ALS read every movie
         they rated (ALS folds them in with its own user step); the rating feature is the movie
-        part of the rating model (global mean + movie bias), as there is no user to bias.
+        part of the rating model (global mean + movie bias), as there is no user to bias. A model
+        of implicit-only data never learned what stars mean: every movie counts alike (weight 1).
         """
         k = self._check_k(k)
         pairs = [(h, 5.0) if np.isscalar(h) else (h[0], float(h[1])) for h in history]
@@ -361,14 +379,15 @@ class Recommender:
             if not 0.5 <= rating <= 5.0:  # also false for nan
                 raise RecommenderError(f"rating {rating} of movie {movie} is not a number from 0.5 to 5")
         idx = np.array([self._movie(m) for m, _ in pairs])
-        weights = np.array([r for _, r in pairs]) - 2.5
+        weights = np.ones(len(pairs)) if self.implicit else np.array([r for _, r in pairs]) - 2.5
         if not (weights > 0).any():
             raise RecommenderError("history has no movie rated above 2.5 stars to learn a taste from")
         query = (weights[weights > 0, None] * self.item_vectors[idx[weights > 0]]).sum(axis=0)
         query /= np.linalg.norm(query) or 1.0
         movies = np.unique(idx)
         als = self.als.user_vector(movies) if self.als is not None else None
-        return self._second_stage(query, movies, movies, als, lambda m: self.baselines[m], k)
+        baselines = self.baselines
+        return self._second_stage(query, movies, movies, als, None if baselines is None else lambda m: baselines[m], k)
 
     def predict_rating(self, user_id: int, movie_id: int) -> float:
         """The rating model's star rating (0.5–5) of a movie for a known user."""
@@ -376,6 +395,8 @@ class Recommender:
 
     def predict_ratings(self, user_ids: list[int], movie_ids: list[int]) -> list[float]:
         """Star ratings (0.5–5) of many (user, movie) pairs in one batch."""
+        if self.implicit:
+            raise NoRatingModelError()
         users = np.array([self._user(u) for u in user_ids], dtype=np.int64)
         movies = np.array([self._movie(m) for m in movie_ids], dtype=np.int64)
         return self._rate(users, movies).tolist()

@@ -78,7 +78,8 @@ class ColumnSettings:
 
     user: str = setting("user", "user-column", "interactions file: the user id column (integer ids)")
     item: str = setting("item", "item-column", "interactions file (and items file): the item id column (integers)")
-    rating: str = setting("rating", "rating-column", "interactions file: the rating column (0.5-5 stars)")
+    rating: str = setting("rating", "rating-column", "interactions file: the rating column (0.5-5 stars); empty: "
+                          "none, implicit-only data (no rating model, no RMSE)")
     timestamp: str = setting("timestamp", "timestamp-column", "interactions file: the time column (integer "
                              "seconds); empty: none (every protocol but temporal)")
     title: str = setting("title", "title-column", "items file: the title column (a trailing '(1995)' is the year)")

@@ -1,9 +1,11 @@
 """The two stages' trained parts, kept together as they travel from training to evaluation and the
 bundle: what hands over candidates (the retrieval model's vectors and index, EASEᴿ, ALS) and what
-orders them (the rating model, whose stars are one feature, and the learned ranker)."""
+orders them (the rating model, whose stars are one feature, and the learned ranker). Implicit-only
+data has no rating model (``ranking`` is None) and the ranker no rating feature."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,8 +26,18 @@ class TwoStage:
     retrieval: RetrievalResult
     index: RetrievalIndex
     sources: SourceModels
-    ranking: RankingResult
+    ranking: RankingResult | None  # None: implicit-only data, no rating model
     ranker: Ranker | None = None  # None while the ranker is being trained
+
+    def rater(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """Stars of aligned (user, movie) index pairs from the rating model, folded once here (each
+        call would fold it again); None where there is no rating model."""
+        if self.ranking is None:
+            return None
+        from movierec.ranking import predict
+
+        folded = self.ranking.model().fold()
+        return lambda users, items: predict(folded, users, items)
 
     def logits(self, users: np.ndarray) -> np.ndarray:
         """[users, movies] retrieval logits: dot products of unit vectors over the temperature."""

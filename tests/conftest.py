@@ -5,6 +5,7 @@ any test module imports it.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -93,12 +94,14 @@ def ml100k_dir() -> Path:
 
 
 def tiny_stages(enc):
-    """Briefly fitted models of both stages on the toy data (no Ray: fast), and the split."""
+    """Briefly fitted models of both stages on the toy data (no Ray: fast), and the split. For
+    implicit-only data (``enc.implicit``) there is no rating model and the ranker has no rating
+    feature, as in the flow."""
 
     from movierec.factorization import fit_biased_mf
     from movierec.index import build_index
     from movierec.nn import feature_tensors
-    from movierec.ranker import FEATURES, Ranker
+    from movierec.ranker import FEATURES, IMPLICIT_FEATURES, Ranker
     from movierec.ranking import RankingResult, RatingModel
     from movierec.retrieval import RetrievalResult, TwoTower
     from movierec.settings import IndexSettings, RetrievalConfig, SourcesConfig
@@ -124,9 +127,11 @@ def tiny_stages(enc):
     sources = fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val], enc.n_users,
                           enc.n_items, SourcesConfig(ease_lambdas=(10.0,), als_factors=(8,), als_regularization=(0.1,),
                                                      als_alpha=(1.0,), als_iterations=5), seed=0)
-    second = Ranker(FEATURES, np.zeros(5, np.float32), np.ones(5, np.float32),
-                    np.array([1.0, 0.5, 0.2, 0.3, 0.1], np.float32), 20, 0.0)
-    return DataSplit(enc, split), TwoStage(retrieval, index, sources, ranking, second)
+    weights = dict(zip(FEATURES, (1.0, 0.5, 0.2, 0.3, 0.1)))
+    features = IMPLICIT_FEATURES if enc.implicit else FEATURES
+    second = Ranker(features, np.zeros(len(features), np.float32), np.ones(len(features), np.float32),
+                    np.array([weights[f] for f in features], np.float32), 20, 0.0)
+    return DataSplit(enc, split), TwoStage(retrieval, index, sources, None if enc.implicit else ranking, second)
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +158,18 @@ def tiny_bundle(tiny_models) -> bytes:
 def tiny_private_bundle(tiny_models) -> bytes:
     """The same models published without per-user data."""
     return _tiny_bundle(tiny_models, user_data=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_implicit_models(small_encoded):
+    """(data split, both stages) of the toy data taken as implicit-only: every rating 1.0, no rating model."""
+    enc = dataclasses.replace(small_encoded, rating=np.ones_like(small_encoded.rating), implicit=True)
+    return tiny_stages(enc)
+
+
+@pytest.fixture(scope="session")
+def tiny_implicit_bundle(tiny_implicit_models) -> bytes:
+    return _tiny_bundle(tiny_implicit_models, user_data=True)
 
 
 @pytest.fixture

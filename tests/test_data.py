@@ -886,8 +886,39 @@ def test_an_interactions_file_that_does_not_match_its_mapping_says_how(tmp_path:
                    tmp_path / "nine.parquet")
     with pytest.raises(data.DataError, match=r"nine.parquet, row 2: stars 9 out of range"):  # rows, not lines
         data.load_interactions(tmp_path / "nine.parquet", COLUMNS)
-    with pytest.raises(data.DataError, match="implicit-only data"):
-        data.load_interactions(ratings, ColumnSettings(user="customer", item="sku", rating="", timestamp="ts"))
+    _write(tmp_path, {"clicks.csv": "customer,sku\n1,5\n2,x5\n"})
+    with pytest.raises(data.DataError, match=r"clicks.csv, line 3: column 'sku'"):
+        data.load_interactions(tmp_path / "clicks.csv", ColumnSettings(user="customer", item="sku", rating="",
+                                                                        timestamp=""))
+
+
+def test_an_interactions_file_without_ratings_is_implicit_only_data(tmp_path: Path):
+    """No rating column: every interaction is 1.0, "interacted"; the data says it is implicit all the
+    way to the flow's artifact (to_bytes) and its statistics, which then have no mean rating."""
+    ratings, _ = _interactions(tmp_path)
+    ds = data.load_interactions(ratings, ColumnSettings(user="customer", item="sku", rating="", timestamp="ts"))
+    assert ds.implicit and ds.ratings.schema == data.RATINGS_SCHEMA
+    assert ds.ratings.to_pydict() == {"user_id": [10, 10, 11, 12], "item_id": [7, 8, 7, 9],
+                                      "rating": [1.0] * 4, "timestamp": [100, 101, 102, 104]}
+    stats = ds.stats()
+    assert stats["implicit"] is True and "mean_rating" not in stats
+    assert data.Dataset.from_bytes(ds.to_bytes()).implicit
+    assert data.Dataset.from_bytes(ds.head(2).to_bytes()).implicit
+    _write(tmp_path, {"clicks.csv": "customer,sku\n1,5\n2,5\n1,5\n"})
+    clicks = data.load_interactions(tmp_path / "clicks.csv", ColumnSettings(user="customer", item="sku", rating="",
+                                                                             timestamp=""))
+    assert clicks.implicit and clicks.ratings.num_rows == 2 and clicks.duplicates_dropped == 1
+    assert not data.load_interactions(ratings, COLUMNS).implicit
+
+
+def test_ratings_users_send_join_implicit_only_data_as_interactions(tmp_path: Path):
+    ratings, _ = _interactions(tmp_path)
+    ds = data.load_interactions(ratings, ColumnSettings(user="customer", item="sku", rating="", timestamp="ts"))
+    sent = pa.table({"user_id": [99, 10], "item_id": [7, 9], "rating": [2.0, 5.0], "timestamp": [200, 201]})
+    merged = data.with_feedback(ds, sent, "store.sqlite3")
+    assert merged.implicit and merged.ratings.num_rows == 6
+    assert set(merged.ratings["rating"].to_pylist()) == {1.0}
+    assert "store.sqlite3: 2 ratings users sent added as interactions (the data has no ratings)" in merged.warnings
 
 
 def test_the_start_step_loads_an_interactions_file_as_the_settings_map_it(tmp_path: Path):

@@ -4,6 +4,7 @@ one step, then resume finishing it, checked for reused tasks, artifacts, metrics
 import base64
 import re
 
+import pytest
 from metaflow import Flow
 from metaflow.cards import get_cards
 
@@ -72,7 +73,12 @@ def test_every_step_has_a_card(runs):
 
 
 def test_latest_run_is_the_resumed_one(runs):
-    assert Flow("RecommenderFlow").latest_run.id == runs[3].id
+    """Resume is a new run, newer than the failed one (what ``latest_run`` and the CLI in a checkout
+    take). Other modules start runs of their own later (test_feedback's retrain), so only the runs
+    up to the resumed one are compared: the first of them, newest first, must be it."""
+    resumed = runs[3]
+    newest_first = [r.id for r in Flow("RecommenderFlow") if r.created_at <= resumed.created_at]
+    assert newest_first[0] == resumed.id and runs[1].id in newest_first[1:]
 
 
 def test_light_steps_do_not_import_torch():
@@ -140,3 +146,46 @@ def test_cli_in_a_checkout_serves_the_latest_successful_run(runs, metaflow_root)
                           cwd=metaflow_root, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["run_id"] == Flow("RecommenderFlow").latest_successful_run.id
+
+
+def test_implicit_only_data_runs_without_a_rating_model(metaflow_root, ml100k_dir, tmp_path):
+    """An interactions file without a rating column (ML-100K's (user, movie, time) triples): the
+    flow skips the rating model and says so in tune_ranking's card, reports no rating error, the
+    ranker orders without predicted stars and still beats popularity, and the published model
+    recommends without predicting ratings. Last in this module: its run must not be the latest one
+    the tests above look for."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import BUDGET, FLOW
+    from metaflow import Runner
+
+    from movierec import data
+    from movierec.serving import NoRatingModelError, Recommender
+
+    ml = data.load_dataset(ml100k_dir)
+    pq.write_table(pa.table({"user": ml.ratings["user_id"], "item": ml.ratings["item_id"],
+                             "timestamp": ml.ratings["timestamp"]}), tmp_path / "views.parquet")
+    pq.write_table(pa.table({"item": ml.items["item_id"], "title": ml.items["title"], "genres": ml.items["genres"]}),
+                   tmp_path / "movies.parquet")
+    with Runner(FLOW, show_output=False, pylint=False, cwd=metaflow_root).run(
+            **BUDGET, data_dir=str(tmp_path / "views.parquet"), items_file=str(tmp_path / "movies.parquet"),
+            rating_column="", index_dir=str(tmp_path / "pypi")) as running:
+        assert running.status == "successful", (running.stdout + running.stderr)[-3000:]
+        assert "[tune_ranking] implicit-only data (no ratings): no rating model" in running.stdout
+        run = running.run
+    assert run["start"].task.data.data_stats["implicit"] is True
+    assert run["tune_ranking"].task.data.ranking is None
+    assert "Rating model: skipped" in card_text(run["tune_ranking"].task)
+    assert "Implicit-only data" in card_text(run["start"].task)
+    assert "no RMSE/MAE" in card_text(run["evaluate"].task)
+    assert run["train_ranker"].task.data.ranker.features == ("retrieval", "ease", "als", "popularity")
+    metrics = {row["model"]: row for row in run["evaluate"].task.data.metrics}
+    assert "global-mean baseline" not in metrics and all(row["rmse"] is None for row in metrics.values())
+    assert metrics["two-stage (exact retrieval)"]["ndcg@10"] > metrics["popularity baseline"]["ndcg@10"]
+    rec = Recommender.from_bytes(run["publish"].task.data.bundle)
+    user = int(rec.user_ids[0])
+    picks = rec.recommend(user, k=10)
+    assert len(picks) == 10 and all(r.predicted_rating is None for r in picks)
+    assert not {r.movie_id for r in picks} & set(rec.rated(user))
+    with pytest.raises(NoRatingModelError):
+        rec.predict_rating(user, picks[0].movie_id)

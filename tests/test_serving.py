@@ -14,7 +14,14 @@ import torch
 from movierec import Recommender, bundle
 from movierec.checksums import sha256
 from movierec.nn import state_from_bytes
-from movierec.serving import BundleError, NoUserDataError, RecommenderError, UnknownMovieError, UnknownUserError
+from movierec.serving import (
+    BundleError,
+    NoRatingModelError,
+    NoUserDataError,
+    RecommenderError,
+    UnknownMovieError,
+    UnknownUserError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +52,52 @@ def test_recommendations_are_the_evaluated_two_stage_lists(rec, tiny_models):
     evaluator = Evaluator(data_split.enc, data_split.split)
     users = evaluator.users[:25]
     with stages.index.open() as index:
-        expected, _, _ = evaluator.second_stage(stages, stages.ranking.model().fold(), users, index)
+        expected, _, _ = evaluator.second_stage(stages, stages.rater(), users, index)
     for row, u in enumerate(users):
         got = [r.movie_id for r in rec.recommend(int(rec.user_ids[u]), k=10)]
         assert got == [int(rec.item_ids[i]) for i in expected[row] if i >= 0], int(rec.user_ids[u])
+
+
+def test_a_model_of_implicit_only_data_recommends_as_evaluated_and_predicts_no_ratings(tiny_implicit_bundle,
+                                                                                        tiny_implicit_models):
+    """No rating model travels (no rating.npz, ranking.pt, ranking.onnx); recommendations are still
+    the evaluated two-stage lists, ranked on the four features left, with no predicted rating; a
+    rating asked for is an error that says why; a history's stars carry no taste (every movie counts)."""
+    from movierec.evaluation import Evaluator
+
+    info, files = bundle.read_bundle(tiny_implicit_bundle)
+    assert info["implicit"] is True and info["ranking"] is None
+    assert not {"rating.npz", "ranking.pt", "ranking.onnx"} & set(files) and "user_tower.onnx" in files
+    assert info["exports"]["left_out"] == {"ranking.onnx": "implicit-only data: no rating model"}
+    rec = Recommender.from_bytes(tiny_implicit_bundle)
+    assert rec.describe()["implicit"] is True and rec.backend == "none"
+    data_split, stages = tiny_implicit_models
+    evaluator = Evaluator(data_split.enc, data_split.split)
+    users = evaluator.users[:25]
+    with stages.index.open() as index:
+        expected, _, _ = evaluator.second_stage(stages, stages.rater(), users, index)
+    for row, u in enumerate(users):
+        got = rec.recommend(int(rec.user_ids[u]), k=10)
+        assert [r.movie_id for r in got] == [int(rec.item_ids[i]) for i in expected[row] if i >= 0]
+        assert all(r.predicted_rating is None for r in got)
+    with pytest.raises(NoRatingModelError, match="implicit-only data"):
+        rec.predict_rating(int(rec.user_ids[0]), int(rec.item_ids[0]))
+    liked = [int(m) for m in rec.item_ids[:3]]
+    one_star = rec.recommend_for_history([(m, 1.0) for m in liked], k=5)
+    assert [r.movie_id for r in one_star] == [r.movie_id for r in rec.recommend_for_history(liked, k=5)]
+    assert all(r.predicted_rating is None for r in one_star)
+
+
+def test_a_ranker_for_other_features_than_the_data_is_refused(tiny_implicit_bundle, tiny_bundle):
+    """model.json's "implicit" and the ranker's features must agree: serving builds the features
+    the ranker weighs from it."""
+    for blob, implicit in ((tiny_implicit_bundle, False), (tiny_bundle, True)):
+        info, files = bundle.read_bundle(blob)
+        info["implicit"] = implicit
+        if implicit:
+            files = {k: v for k, v in files.items() if k not in bundle.RATING_FILES}
+        with pytest.raises(BundleError, match="model.json|vectors.npz"):
+            Recommender(info, files)
 
 
 def test_history_for_unknown_user(rec):

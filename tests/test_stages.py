@@ -79,6 +79,31 @@ def test_candidates_exclude_seen_movies_and_carry_each_feature():
     np.testing.assert_allclose(row0[4], [1.0, 0.8, 0.0, np.log(4.0), np.log1p(3)], rtol=1e-6)
 
 
+def test_without_a_rating_model_candidates_carry_every_feature_but_the_rating():
+    users = np.array([0])
+    retrieval, als = np.array([[3.0, 2.0, 1.0]], np.float32), np.array([[0.1, 0.2, 0.7]], np.float32)
+    cands = ranker.candidates(users, {"retrieval": retrieval, "als": als}, (np.array([0, 0]), np.array([], int)),
+                              None, np.array([4, 0, 1]), n=1)
+    assert cands.features == ranker.IMPLICIT_FEATURES == ("retrieval", "ease", "als", "popularity")
+    assert sorted(cands.items[0].tolist()) == [0, 2]
+    by_movie = {int(i): v.tolist() for i, v in zip(cands.items[0], cands.values[0])}
+    np.testing.assert_allclose(by_movie[0], [3.0, 0.0, 0.1, np.log1p(4)], rtol=1e-6)
+    np.testing.assert_allclose(by_movie[2], [1.0, 0.0, 0.7, np.log1p(1)], rtol=1e-6)
+
+
+def test_evaluating_implicit_only_data_reports_no_rating_error(tiny_implicit_models):
+    """No rating model: no RMSE/MAE in any row, no global-mean row (it only predicts ratings), and
+    the report says why; the ranking metrics are all there."""
+    from movierec.evaluation import Evaluator
+
+    data_split, stages = tiny_implicit_models
+    report = Evaluator(data_split.enc, data_split.split).run(stages)
+    assert report.implicit
+    assert all(row["rmse"] is None and row["mae"] is None for row in report.rows)
+    assert "global-mean baseline" not in [row["model"] for row in report.rows]
+    assert all(0 <= row["ndcg@10"] <= 1 for row in report.rows)
+
+
 def test_the_listwise_fit_finds_the_feature_that_orders_relevant_movies_first():
     """Feature 1 (EASE) marks the relevant movies, the others are noise: the fitted weights
     order by EASE, and their nDCG@10 is the perfect one."""
