@@ -217,7 +217,8 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     and serves from them: a known user's rated movies leave their recommendations, a user the
     model has never seen is recommended from what they rated."""
     app = FastAPI(title="movierec", version=__version__,
-                  description="Two-stage movie recommendations (two-tower retrieval + rating model). " + LIMITS)
+                  description="Two-stage movie recommendations (candidate sources, then a learned ranker that also "
+                              "weighs the rating model's stars, where the data has ratings). " + LIMITS)
     errors = {404: {"model": Error, "description": "unknown user or movie id"},
               400: {"model": Error, "description": "a request the model cannot answer"}}
 

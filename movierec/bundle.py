@@ -48,8 +48,8 @@ if TYPE_CHECKING:  # packaging and serving import this module and must stay free
     from movierec.split import DataSplit
     from movierec.stages import TwoStage
 
-BUNDLE_FORMAT = 4  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker;
-# 4: rating.npz (served without torch)
+BUNDLE_FORMAT = 5  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker;
+# 4: rating.npz (served without torch); 5: models of implicit-only data (no rating model)
 CORE_FILES = ("model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json")
 USER_FILES = ("rating.npz", "ranking.pt", "retrieval.pt")  # present when the bundle carries per-user data
 RATING_FILES = ("rating.npz", "ranking.pt")  # ... and there is a rating model (not for implicit-only data)

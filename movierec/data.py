@@ -116,7 +116,7 @@ class Dataset:
         order = pc.sort_indices(self.ratings, sort_keys=[("timestamp", "ascending"), ("user_id", "ascending")])
         return replace(self, name=self.name + f"[:{n}]", ratings=self.ratings.take(order[:n]))
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, float | bool]:
         """Headline statistics for cards and logs (a mean rating only where there are ratings)."""
         r = self.ratings
         n_users = len(pc.unique(r["user_id"]))
@@ -876,19 +876,23 @@ def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_qu
 def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
     """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) added and
     tidied again: a pair rated in both keeps its latest rating; users new to the data are added.
-    Into implicit-only data a rating of any stars goes as an interaction (1.0): the user chose the
-    movie, which is all such data records."""
+    Into implicit-only data a rating above 2.5 stars goes as an interaction (1.0), one of 2.5 or
+    less is left out: such data records what users chose, and a dislike is no choice to learn from."""
     if feedback.num_rows == 0:
         return replace(dataset, warnings=[*dataset.warnings, f"{origin}: no ratings yet"])
-    feedback = feedback.cast(RATINGS_SCHEMA)
+    feedback, disliked = feedback.cast(RATINGS_SCHEMA), 0
     if dataset.implicit:
+        liked = pc.greater(feedback["rating"], 2.5)
+        disliked = feedback.num_rows - pc.sum(liked).as_py()
+        feedback = feedback.filter(liked)
         feedback = feedback.set_column(2, "rating", pa.array(np.ones(feedback.num_rows, np.float32)))
     unknown = ~np.isin(feedback["item_id"].to_numpy(), dataset.items["item_id"].to_numpy())
     if dataset.items.num_rows and unknown.any():
         raise DataError(f"{origin}: {int(unknown.sum()):,} ratings of movies not in the data "
                         f"(first: {int(feedback['item_id'].to_numpy()[unknown][0])})")
     added = f"{origin}: {feedback.num_rows:,} ratings users sent added" + (
-        " as interactions (the data has no ratings)" if dataset.implicit else "")
+        f" as interactions (the data has no ratings; {disliked:,} of 2.5 stars or less left out)"
+        if dataset.implicit else "")
     return tidy(replace(dataset, ratings=pa.concat_tables([dataset.ratings, feedback]),
                         warnings=[*dataset.warnings, added]))
 

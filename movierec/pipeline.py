@@ -50,6 +50,9 @@ def load_data(settings: Settings) -> data.Dataset:
     interactions = Path(source.dir).suffix.lower() in data.INTERACTION_SUFFIXES
     if source.items_file and not interactions:
         raise ValueError("--items-file goes with an interactions file (--data-dir ratings.parquet or .csv)")
+    if not source.columns.rating and not interactions:
+        raise ValueError('--rating-column "" (implicit-only data) goes with an interactions file (--data-dir '
+                         "views.parquet or .csv); MovieLens layouts and database queries carry ratings")
     if interactions and not source.columns.timestamp and settings.protocol == "temporal":
         raise ValueError("the temporal protocol splits by time: give --timestamp-column, or choose --protocol "
                          "tfrs or msr")
@@ -104,11 +107,12 @@ def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, bes
                     ) -> RetrievalResult:
     """The retrieval model, trained with Ray Train on the training ratings; ``beside_tuning``: the
     flow runs ``tune_ranking`` at the same time, which shares this machine in a local run (see
-    ``RaySettings.beside_tuning``); on Kubernetes or AWS Batch each step has a container of its own
-    with ``ray.num_cpus`` CPUs, and Ray is told all of them."""
+    ``RaySettings.beside_tuning``), unless the data is implicit-only (it then searches nothing);
+    on Kubernetes or AWS Batch each step has a container of its own with ``ray.num_cpus`` CPUs,
+    and Ray is told all of them."""
     from movierec.retrieval import train
 
-    if beside_tuning and not runs_remotely():
+    if beside_tuning and not runs_remotely() and not data_split.enc.implicit:
         settings = replace(settings, ray=settings.ray.beside_tuning())
     with ray_session(settings.ray):
         return train(data_split.enc, data_split.split.train, settings, storage)

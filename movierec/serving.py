@@ -369,7 +369,8 @@ class Recommender:
         rating is above 2.5 stars (disliked movies are left out); EASEᴿ and ALS read every movie
         they rated (ALS folds them in with its own user step); the rating feature is the movie
         part of the rating model (global mean + movie bias), as there is no user to bias. A model
-        of implicit-only data never learned what stars mean: every movie counts alike (weight 1).
+        of implicit-only data never learned what stars mean: every movie rated above 2.5 counts
+        alike (weight 1), the rest are left out of the query as for any model.
         """
         k = self._check_k(k)
         pairs = [(h, 5.0) if np.isscalar(h) else (h[0], float(h[1])) for h in history]
@@ -379,7 +380,9 @@ class Recommender:
             if not 0.5 <= rating <= 5.0:  # also false for nan
                 raise RecommenderError(f"rating {rating} of movie {movie} is not a number from 0.5 to 5")
         idx = np.array([self._movie(m) for m, _ in pairs])
-        weights = np.ones(len(pairs)) if self.implicit else np.array([r for _, r in pairs]) - 2.5
+        weights = np.array([r for _, r in pairs]) - 2.5
+        if self.implicit:
+            weights = (weights > 0).astype(np.float64)
         if not (weights > 0).any():
             raise RecommenderError("history has no movie rated above 2.5 stars to learn a taste from")
         query = (weights[weights > 0, None] * self.item_vectors[idx[weights > 0]]).sum(axis=0)

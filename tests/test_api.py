@@ -240,6 +240,9 @@ def test_web_page_recommends_in_a_real_browser(server):
             page.click("#user-go")
             page.wait_for_selector("tr.result")
             assert page.locator("tr.result td:nth-child(2)").all_inner_texts() == expected
+            assert page.locator("#rating-head").is_visible()
+            assert [float(t) for t in page.locator("tr.result td:nth-child(4)").all_inner_texts()] == pytest.approx(
+                [r.predicted_rating for r in rec.recommend(user, 10)], abs=0.006)
             # rating the first recommendation stores it, and the refreshed list leaves it out
             page.select_option("tr.result >> nth=0 >> select.stars", "4.5")
             page.click("tr.result >> nth=0 >> button.rate")
@@ -261,3 +264,52 @@ def test_web_page_recommends_in_a_real_browser(server):
             print(f"screenshot: {shot}")
         finally:
             browser.close()
+
+
+def test_a_model_of_implicit_only_data_over_http(tiny_implicit_bundle, light_install, tmp_path):
+    """The light install serving an implicit-only model: /model says so, recommendations carry no
+    predicted rating, a rating prediction is a 400 that says why (and `movierec predict` exits 2
+    with it), and a new user's ratings still make their recommendations."""
+    import subprocess
+
+    from conftest import clean_env, serving
+
+    from movierec.serving import Recommender
+
+    rec = Recommender.from_bytes(tiny_implicit_bundle)
+    user, movies = int(rec.user_ids[0]), [int(m) for m in rec.item_ids[:3]]
+    with serving(light_install, tiny_implicit_bundle, tmp_path) as (base, _):
+        assert call(base, "GET", "/model")[1]["implicit"] is True
+        status, body = call(base, "GET", f"/users/{user}/recommendations?k=5")
+        assert status == 200 and [m["movie_id"] for m in body["recommendations"]] == [
+            r.movie_id for r in rec.recommend(user, 5)]
+        assert all(m["predicted_rating"] is None for m in body["recommendations"])
+        status, body = call(base, "POST", "/predictions", {"pairs": [{"user_id": user, "movie_id": movies[0]}]})
+        assert status == 400 and "implicit-only data" in body["error"]
+        new = int(rec.user_ids.max()) + 1
+        for movie in movies:
+            assert call(base, "POST", "/ratings", {"user_id": new, "movie_id": movie, "rating": 4.0})[0] == 201
+        status, body = call(base, "GET", f"/users/{new}/recommendations?k=5")
+        assert status == 200 and [m["movie_id"] for m in body["recommendations"]] == [
+            r.movie_id for r in rec.recommend_for_history(movies, 5)]
+        if CHROMIUM is not None:  # the page leaves out the predicted-rating column
+            from playwright.sync_api import sync_playwright
+
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM)
+                try:
+                    page = browser.new_page()
+                    page.goto(base + "/")
+                    page.wait_for_function("document.getElementById('model').textContent.includes('run test')")
+                    page.fill("#user-id", str(user))
+                    page.click("#user-go")
+                    page.wait_for_selector("tr.result")
+                    assert not page.locator("#rating-head").is_visible()
+                    cells = page.locator("tr.result >> nth=0 >> td").all_inner_texts()
+                    assert len(cells) == 4 and cells[0] == "1" and "—" not in cells  # #, title, genres, your rating
+                finally:
+                    browser.close()
+    cli = subprocess.run([str(light_install / "bin" / "movierec"), "--model", str(tmp_path / "model.zip"), "predict",
+                          "--user", str(user), "--movie", str(movies[0])], capture_output=True, text=True,
+                         env=clean_env(), timeout=120)
+    assert cli.returncode == 2 and "implicit-only data" in cli.stderr

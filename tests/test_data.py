@@ -914,11 +914,14 @@ def test_an_interactions_file_without_ratings_is_implicit_only_data(tmp_path: Pa
 def test_ratings_users_send_join_implicit_only_data_as_interactions(tmp_path: Path):
     ratings, _ = _interactions(tmp_path)
     ds = data.load_interactions(ratings, ColumnSettings(user="customer", item="sku", rating="", timestamp="ts"))
-    sent = pa.table({"user_id": [99, 10], "item_id": [7, 9], "rating": [2.0, 5.0], "timestamp": [200, 201]})
+    sent = pa.table({"user_id": [99, 10, 98], "item_id": [7, 9, 8], "rating": [2.5, 5.0, 3.0],
+                     "timestamp": [200, 201, 202]})
     merged = data.with_feedback(ds, sent, "store.sqlite3")
-    assert merged.implicit and merged.ratings.num_rows == 6
-    assert set(merged.ratings["rating"].to_pylist()) == {1.0}
-    assert "store.sqlite3: 2 ratings users sent added as interactions (the data has no ratings)" in merged.warnings
+    assert merged.implicit and merged.ratings.num_rows == 6  # 4 + the two above 2.5 stars
+    added = merged.ratings.filter(pc.greater_equal(merged.ratings["timestamp"], 200)).to_pydict()
+    assert added == {"user_id": [10, 98], "item_id": [9, 8], "rating": [1.0, 1.0], "timestamp": [201, 202]}
+    assert ("store.sqlite3: 2 ratings users sent added as interactions (the data has no ratings; 1 of 2.5 stars or "
+            "less left out)") in merged.warnings
 
 
 def test_the_start_step_loads_an_interactions_file_as_the_settings_map_it(tmp_path: Path):
@@ -936,3 +939,5 @@ def test_the_start_step_loads_an_interactions_file_as_the_settings_map_it(tmp_pa
         pipeline.load_data(no_time)
     with pytest.raises(ValueError, match="--items-file goes with an interactions file"):
         pipeline.load_data(Settings(data=DataSettings(items_file=str(items))))
+    with pytest.raises(ValueError, match=r'--rating-column "" \(implicit-only data\) goes with an interactions file'):
+        pipeline.load_data(Settings(data=DataSettings(dir=str(tmp_path), columns=ColumnSettings(rating=""))))

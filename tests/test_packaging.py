@@ -56,6 +56,7 @@ def test_wheel_holds_code_bundle_and_console_script(wheel):
     # recommending needs numpy and Annoy only; torch, Ray and Metaflow come with the train extra
     assert sorted(r for r in requires if "extra ==" not in r) == ["annoy>=1.17", "numpy>=1.26"]
     assert 'torch~=2.13.0; extra == "train"' in requires
+    assert {'kubernetes>=29; extra == "deploy"', 'boto3>=1.34; extra == "deploy"'} <= set(requires)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "movierec = movierec.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
     init = zipfile.ZipFile(wheel).read("movierec/__init__.py").decode()

@@ -83,9 +83,11 @@ def test_a_model_of_implicit_only_data_recommends_as_evaluated_and_predicts_no_r
     with pytest.raises(NoRatingModelError, match="implicit-only data"):
         rec.predict_rating(int(rec.user_ids[0]), int(rec.item_ids[0]))
     liked = [int(m) for m in rec.item_ids[:3]]
-    one_star = rec.recommend_for_history([(m, 1.0) for m in liked], k=5)
-    assert [r.movie_id for r in one_star] == [r.movie_id for r in rec.recommend_for_history(liked, k=5)]
-    assert all(r.predicted_rating is None for r in one_star)
+    mixed = rec.recommend_for_history([(liked[0], 5.0), (liked[1], 3.0), (liked[2], 3.5)], k=5)
+    assert [r.movie_id for r in mixed] == [r.movie_id for r in rec.recommend_for_history(liked, k=5)]
+    assert all(r.predicted_rating is None for r in mixed)
+    with pytest.raises(RecommenderError, match="above 2.5"):  # a dislike is no taste for any model
+        rec.recommend_for_history([(liked[0], 1.0)])
 
 
 def test_a_ranker_for_other_features_than_the_data_is_refused(tiny_implicit_bundle, tiny_bundle):
@@ -96,7 +98,10 @@ def test_a_ranker_for_other_features_than_the_data_is_refused(tiny_implicit_bund
         info["implicit"] = implicit
         if implicit:
             files = {k: v for k, v in files.items() if k not in bundle.RATING_FILES}
-        with pytest.raises(BundleError, match="model.json|vectors.npz"):
+        else:  # every file a rated model has, so that only the ranker's features disagree
+            vectors = dict(np.load(io.BytesIO(files["vectors.npz"])))
+            files["vectors.npz"] = bundle._npz(**vectors, item_baselines=np.zeros(len(vectors["items"]), np.float32))
+        with pytest.raises(BundleError, match="model.json: .*the ranker is not for this version's features"):
             Recommender(info, files)
 
 
