@@ -24,6 +24,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -270,7 +271,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         """Top-k movies for a user the model was trained on (unseen movies only, by default; also
         leaving out what they rated since through POST /ratings), or for a new user who rated
         movies through POST /ratings (from those ratings, as POST /recommendations)."""
-        since = store.ratings_of(user_id) if store is not None else []
+        since = await run_in_threadpool(store.ratings_of, user_id) if store is not None else []
         if rec.knows_user(user_id) or not since:
             exclude = [r.movie_id for r in since] if exclude_rated else []
             return Recommendations(user_id=user_id,
@@ -286,7 +287,10 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
             raise RecommenderError("this server keeps no ratings (start it with movierec serve --store FILE)")
         if not rec.has_movie(body.movie_id):
             raise UnknownMovieError(body.movie_id)  # a 404, as everywhere
-        return Stored(stored=store.add(body.user_id, body.movie_id, body.rating, body.timestamp))
+        # A worker thread: a write may wait on another writer's lock (SQLite's busy timeout, a
+        # PostgreSQL round trip), which on the event loop would stall every other request.
+        stored = await run_in_threadpool(store.add, body.user_id, body.movie_id, body.rating, body.timestamp)
+        return Stored(stored=stored)
 
     @app.post("/recommendations", response_model=Recommendations, responses=errors)
     async def recommend_for_history(body: HistoryRequest) -> Recommendations:

@@ -4,6 +4,7 @@ store (SQLite, WAL) and change what the same server recommends, without retraini
 import json
 import multiprocessing
 import sqlite3
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,6 +61,26 @@ def test_a_known_user_no_longer_gets_what_they_just_rated(feedback_server):
     assert first not in [m["movie_id"] for m in after["recommendations"]]
     assert [m["movie_id"] for m in after["recommendations"]] == [
         r.movie_id for r in rec.recommend(user, 5, also_exclude=[first])]
+
+
+def test_a_rating_waiting_for_the_database_does_not_stall_other_requests(feedback_server):
+    """Store calls run in a worker thread: while a rating waits for the write lock another writer
+    holds (up to SQLite's busy timeout, 30 s), the server answers everything else, and the rating is
+    stored once the lock is free. On the event loop the health check waited behind it."""
+    base, store, rec = feedback_server
+    blocker = sqlite3.connect(store, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(call, base, "POST", "/ratings",
+                                  {"user_id": 4_000_000, "movie_id": int(rec.item_ids[0]), "rating": 4.0})
+            time.sleep(1.0)  # the request reaches the lock
+            assert call(base, "GET", "/health") == (200, {"status": "ok"})
+            assert not pending.done()
+            blocker.execute("COMMIT")
+            assert pending.result(timeout=30) == (201, {"stored": True})
+    finally:
+        blocker.close()
 
 
 def test_a_new_user_who_rated_through_the_api_gets_recommendations_from_those_ratings(feedback_server):
