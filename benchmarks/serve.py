@@ -12,7 +12,8 @@ each with the rating backend that installation runs (numpy, onnx, torch).
 ``latency``: p50/p99 of each Recommender query over 2,000 calls for random known users/movies,
 and over HTTP `movierec serve` in its own process on loopback, loaded by wrk (Debian's `wrk`
 package) for ``--duration`` seconds over ``--connections`` connections, every request for a
-random known user; for each rating backend, side by side. Writes its sections of
+random known user; for each rating backend, side by side; then POST /ratings under the same load
+(random known users, movies and stars, into the default SQLite store), with the rows it stored. Writes its sections of
 benchmarks/RESULTS.md (``serve-install``, ``serve``).
 """
 
@@ -34,6 +35,7 @@ from results import emit, markdown_table
 
 from movierec import packaging
 from movierec.bundle import bundle_of_run
+from movierec.feedback import InteractionStore
 from movierec.serving import BACKENDS, Recommender
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,11 +146,20 @@ def in_process(rec: Recommender, n: int = 2000) -> list[dict]:
     return [{"backend": rec.backend, **r} for r in rows]
 
 
-WRK_SCRIPT = """
-local ids = {%s}
+WRK_READ = """
+local ids = {%(users)s}
 math.randomseed(42)
 request = function()
   return wrk.format("GET", "/users/" .. ids[math.random(#ids)] .. "/recommendations?k=10")
+end
+"""
+WRK_WRITE = """
+local users, movies = {%(users)s}, {%(movies)s}
+math.randomseed(7)
+request = function()
+  local body = string.format('{"user_id": %%d, "movie_id": %%d, "rating": %%.1f}', users[math.random(#users)],
+                             movies[math.random(#movies)], math.random(1, 10) / 2)
+  return wrk.format("POST", "/ratings", {["Content-Type"] = "application/json"}, body)
 end
 """
 
@@ -158,7 +169,9 @@ def _seconds(text: str) -> float:
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
 
 
-def over_http(rec: Recommender, model_arg: str, duration: int, connections: int) -> dict:
+def over_http(rec: Recommender, model_arg: str, duration: int, connections: int, lua: str = WRK_READ) -> dict:
+    """wrk's figures for the ``lua`` script (GET recommendations, or POST /ratings: ``WRK_WRITE``) against
+    `movierec serve` over ``model_arg``, and how many ratings its store holds afterwards."""
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: apt-get install wrk")
     import socket
@@ -180,11 +193,13 @@ def over_http(rec: Recommender, model_arg: str, duration: int, connections: int)
             except OSError:
                 time.sleep(0.2)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-            script.write(WRK_SCRIPT % ", ".join(str(int(u)) for u in rec.user_ids))
+            script.write(lua % {"users": ", ".join(str(int(u)) for u in rec.user_ids),
+                                        "movies": ", ".join(str(int(m)) for m in rec.item_ids)})
         out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name,
                               base], capture_output=True, text=True, check=True).stdout
         os.unlink(script.name)
         still_up = urllib.request.urlopen(base + "/health", timeout=5).status == 200
+        stored = InteractionStore(os.path.join(store, "ratings.sqlite3")).count()
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -198,7 +213,7 @@ def over_http(rec: Recommender, model_arg: str, duration: int, connections: int)
         "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "errors": int(errors.group(1)) if errors else 0,
         "socket errors": socket_errors.group(1) if socket_errors else "none",
-        "server up after": still_up, "raw": out,
+        "server up after": still_up, "stored": stored, "raw": out,
     }
 
 
@@ -231,21 +246,30 @@ def main(argv: list[str] | None = None) -> int:
              not args.no_write)
     if "latency" in parts:
         rows, http_rows = [], []
+        load_text = f"wrk, 1 thread, {args.connections} connections, {args.duration} s"
+
+        def http_row(request: str, backend: str, http: dict) -> dict:
+            print(http.pop("raw"))
+            return {"request": request, "backend": backend, "load": load_text,
+                    "requests/s": f"{http['requests/s']:,.0f}", "p50 ms": f"{http['p50 ms']:.2f}",
+                    "p99 ms": f"{http['p99 ms']:.2f}", "requests": f"{http['requests']:,}",
+                    "errors (non-2xx)": http["errors"], "socket errors": http["socket errors"],
+                    "ratings stored": f"{http['stored']:,}"}
+
         for backend in BACKENDS:
             rec, model_arg = load(args.model, backend)
             rows += in_process(rec)
-            http = over_http(rec, model_arg, args.duration, args.connections)
-            print(http.pop("raw"))
-            http_rows.append({"backend": backend,
-                              "load": f"wrk, 1 thread, {args.connections} connections, {args.duration} s",
-                              "requests/s": f"{http['requests/s']:,.0f}", "p50 ms": f"{http['p50 ms']:.2f}",
-                              "p99 ms": f"{http['p99 ms']:.2f}", "requests": f"{http['requests']:,}",
-                              "errors (non-2xx)": http["errors"], "socket errors": http["socket errors"]})
+            http_rows.append(http_row("GET recommendations", backend,
+                                      over_http(rec, model_arg, args.duration, args.connections)))
+        rec, model_arg = load(args.model, "numpy")
+        http_rows.append(http_row("POST /ratings (SQLite)", "numpy",
+                                  over_http(rec, model_arg, args.duration, args.connections, WRK_WRITE)))
         rows.sort(key=lambda r: r["query"])  # each query's backends side by side
         text = ("## Serving (`benchmarks/serve.py --parts latency`)\n\n" + model + "\n\nIn process, one thread:\n\n"
                 + markdown_table(rows, ["query", "backend", "calls", "p50 ms", "p99 ms", "mean ms"])
-                + "\n\nOver HTTP on loopback (`movierec serve`, one process; "
-                "GET /users/{random user}/recommendations?k=10):\n\n" + markdown_table(http_rows, list(http_rows[0]))
+                + "\n\nOver HTTP on loopback (`movierec serve`, one process; GET /users/{random user}/recommendations"
+                "?k=10, and POST /ratings of random known users, movies and stars into the default SQLite store; "
+                "a rating repeated within a second is stored once):\n\n" + markdown_table(http_rows, list(http_rows[0]))
                 + "\n\nGoals: in process p50 <= 2 ms and p99 <= 10 ms; over HTTP >= 500 requests/s with p99 <= 50 ms "
                 "and no errors.\n")
         emit("serve", text, not args.no_write)

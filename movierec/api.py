@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from movierec import __version__
-from movierec.feedback import InteractionStore
+from movierec.feedback import InteractionStore, Rating
 from movierec.ids import MAX_ID
 from movierec.serving import Recommendation, Recommender, RecommenderError, UnknownMovieError, UnknownUserError
 from movierec.settings import CANDIDATES
@@ -266,12 +266,23 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         """Which run, data and metrics the served model comes from, and what runs its rating model."""
         return rec.describe()
 
+    async def stored_ratings(user_id: int) -> list[Rating]:
+        """The user's ratings in the store. SQLite in WAL mode never makes a reader wait for a
+        writer, so that read stays on the event loop (a worker thread cost 22% of GET
+        recommendations' throughput: 354 against 453 requests/s here); a PostgreSQL read is a
+        network round trip, made in a worker thread."""
+        if store is None:
+            return []
+        if store.postgres:
+            return await run_in_threadpool(store.ratings_of, user_id)
+        return store.ratings_of(user_id)
+
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
     async def recommend(user_id: ID, k: K = 10, exclude_rated: bool = True) -> Recommendations:
         """Top-k movies for a user the model was trained on (unseen movies only, by default; also
         leaving out what they rated since through POST /ratings), or for a new user who rated
         movies through POST /ratings (from those ratings, as POST /recommendations)."""
-        since = await run_in_threadpool(store.ratings_of, user_id) if store is not None else []
+        since = await stored_ratings(user_id)
         if rec.knows_user(user_id) or not since:
             exclude = [r.movie_id for r in since] if exclude_rated else []
             return Recommendations(user_id=user_id,
