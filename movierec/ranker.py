@@ -72,6 +72,25 @@ def union(lists: list[np.ndarray]) -> np.ndarray:
     return both[:, : max(1, int((both >= 0).sum(1).max()))]
 
 
+SOURCES = ("retrieval", "ease", "als")  # the features that are a source's raw score
+
+
+def feature_values(features: tuple[str, ...], scores: dict[str, np.ndarray], stars: np.ndarray | None,
+                   popularity: np.ndarray) -> np.ndarray:
+    """[..., features] values of candidates, the one definition training, evaluation and serving
+    share (a feature computed apart in serving would drift from what the ranker was fitted on):
+    each source's raw score of the candidate (``scores`` by source name; a source without scores
+    counts 0), the log of its predicted stars clipped to 0.5-5 (``stars``; None where there is no
+    rating model, and then ``features`` has no rating) and the log of its training popularity.
+    All arrays have the candidates' shape."""
+    zeros = np.zeros(np.shape(popularity), np.float32)
+    columns = {name: scores.get(name, zeros) for name in SOURCES}
+    columns["popularity"] = np.log1p(popularity)
+    if stars is not None:
+        columns["rating"] = np.log(np.clip(stars, 0.5, 5.0))
+    return np.stack([columns[name] for name in features], axis=-1)
+
+
 def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.ndarray, np.ndarray],
                ratings: Rate | None, popularity: np.ndarray, n: int, lists: dict[str, np.ndarray] | None = None,
                depth: int = 0) -> Candidates:
@@ -95,16 +114,12 @@ def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.
     items = union([p[:, :n] for p in picked.values()])
     safe = np.maximum(items, 0)
     features = FEATURES if ratings is not None else IMPLICIT_FEATURES
-    values = np.zeros((*items.shape, len(features)), np.float32)
-    for f, name in enumerate(features):
-        if name in scores:
-            values[..., f] = np.take_along_axis(scores[name], safe, axis=1)
-        elif name == "rating":
-            pair_users = np.repeat(users, items.shape[1])
-            values[..., f] = np.log(np.clip(ratings(pair_users, safe.reshape(-1)), 0.5, 5.0)).reshape(items.shape)
-        elif name == "popularity":
-            values[..., f] = np.log1p(popularity[safe])
-    return Candidates(items, values, picked, features)
+    stars = None
+    if ratings is not None:
+        stars = ratings(np.repeat(users, items.shape[1]), safe.reshape(-1)).reshape(items.shape)
+    values = feature_values(features, {name: np.take_along_axis(s, safe, axis=1) for name, s in scores.items()},
+                            stars, popularity[safe])
+    return Candidates(items, values.astype(np.float32), picked, features)
 
 
 def concat(parts: list[Candidates]) -> Candidates:

@@ -37,7 +37,7 @@ from movierec.errors import (
     UnknownUserError,
 )
 from movierec.index import Index
-from movierec.ranker import FEATURES, IMPLICIT_FEATURES, Ranker, union
+from movierec.ranker import FEATURES, IMPLICIT_FEATURES, Ranker, Rate, feature_values, union
 from movierec.rater import RatingTables, onnx_session
 from movierec.settings import IndexSettings
 from movierec.sources import AlsModel
@@ -46,7 +46,6 @@ __all__ = ["BundleError", "NoRatingModelError", "NoUserDataError", "Recommendati
            "UnknownMovieError", "UnknownUserError"]
 MAX_K = 1000
 BACKENDS = ("numpy", "onnx", "torch")
-Rate = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -324,12 +323,10 @@ class Recommender:
             lists.append(self._unseen_top(als_scores, n, exclude))
         cands = union([np.asarray(x, np.int64)[None, :] for x in lists])[0]
         cands = cands[cands >= 0]
-        columns = {"retrieval": self.item_vectors[cands] @ query / self.temperature, "ease": ease[cands],
-                   "als": als_scores[cands], "popularity": np.log1p(self.popularity[cands])}
+        sources = {"retrieval": self.item_vectors[cands] @ query / self.temperature, "ease": ease[cands],
+                   "als": als_scores[cands]}
         ratings = None if ratings_of is None else np.asarray(ratings_of(cands), np.float32)
-        if ratings is not None:
-            columns["rating"] = np.log(np.clip(ratings, 0.5, 5.0))
-        scores = self.ranker.score(np.stack([columns[f] for f in self.ranker.features], axis=1))
+        scores = self.ranker.score(feature_values(self.ranker.features, sources, ratings, self.popularity[cands]))
         order = np.argsort(-scores, kind="stable")[:k]
         return self._result(cands[order], scores[order], None if ratings is None else ratings[order])
 

@@ -1,5 +1,6 @@
 """The REST API in a real `movierec serve` process on loopback, against the in-process Recommender."""
 
+import contextlib
 import http.client
 import json
 import shutil
@@ -221,15 +222,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_web_page_recommends_in_a_real_browser(server):
-    """The page at / in headless Chromium: a user's recommendations, then ones from liked movies."""
+@contextlib.contextmanager
+def _user_page(base: str, user: int):
+    """The page at ``base`` in headless Chromium, the model loaded and ``user``'s recommendations shown."""
     from playwright.sync_api import sync_playwright
 
-    base, rec = server
-    user = int(rec.user_ids[5])
-    expected = [r.title + (f" ({r.year})" if r.year else "") for r in rec.recommend(user, 10)]
-    SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
         try:
@@ -239,31 +236,42 @@ def test_web_page_recommends_in_a_real_browser(server):
             page.fill("#user-id", str(user))
             page.click("#user-go")
             page.wait_for_selector("tr.result")
-            assert page.locator("tr.result td:nth-child(2)").all_inner_texts() == expected
-            assert page.locator("#rating-head").is_visible()
-            assert [float(t) for t in page.locator("tr.result td:nth-child(4)").all_inner_texts()] == pytest.approx(
-                [r.predicted_rating for r in rec.recommend(user, 10)], abs=0.006)
-            # rating the first recommendation stores it, and the refreshed list leaves it out
-            page.select_option("tr.result >> nth=0 >> select.stars", "4.5")
-            page.click("tr.result >> nth=0 >> button.rate")
-            page.wait_for_function(f"!document.querySelector('tr.result td:nth-child(2)').textContent"
-                                   f".startsWith({json.dumps(expected[0])})")
-            assert expected[0] not in page.locator("tr.result td:nth-child(2)").all_inner_texts()
-            page.fill("#user-id", "999999")
-            page.click("#user-go")
-            page.wait_for_function("document.getElementById('error').textContent.includes('unknown user')")
-            page.fill("#query", "movie 1")
-            page.click("#search-go")
-            page.click("button.match >> nth=0")
-            page.click("button.match >> nth=1")
-            page.click("#history-go")
-            page.wait_for_selector("tr.result")
-            assert len(page.locator("tr.result").all()) == 10
-            shot = SCREENSHOTS / "web-page.png"
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"screenshot: {shot}")
+            yield page
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_web_page_recommends_in_a_real_browser(server):
+    """The page at / in headless Chromium: a user's recommendations, then ones from liked movies."""
+    base, rec = server
+    user = int(rec.user_ids[5])
+    expected = [r.title + (f" ({r.year})" if r.year else "") for r in rec.recommend(user, 10)]
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with _user_page(base, user) as page:
+        assert page.locator("tr.result td:nth-child(2)").all_inner_texts() == expected
+        assert page.locator("#rating-head").is_visible()
+        assert [float(t) for t in page.locator("tr.result td:nth-child(4)").all_inner_texts()] == pytest.approx(
+            [r.predicted_rating for r in rec.recommend(user, 10)], abs=0.006)
+        # rating the first recommendation stores it, and the refreshed list leaves it out
+        page.select_option("tr.result >> nth=0 >> select.stars", "4.5")
+        page.click("tr.result >> nth=0 >> button.rate")
+        page.wait_for_function(f"!document.querySelector('tr.result td:nth-child(2)').textContent"
+                               f".startsWith({json.dumps(expected[0])})")
+        assert expected[0] not in page.locator("tr.result td:nth-child(2)").all_inner_texts()
+        page.fill("#user-id", "999999")
+        page.click("#user-go")
+        page.wait_for_function("document.getElementById('error').textContent.includes('unknown user')")
+        page.fill("#query", "movie 1")
+        page.click("#search-go")
+        page.click("button.match >> nth=0")
+        page.click("button.match >> nth=1")
+        page.click("#history-go")
+        page.wait_for_selector("tr.result")
+        assert len(page.locator("tr.result").all()) == 10
+        shot = SCREENSHOTS / "web-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
 
 
 def test_a_model_of_implicit_only_data_over_http(tiny_implicit_bundle, light_install, tmp_path):
@@ -293,22 +301,10 @@ def test_a_model_of_implicit_only_data_over_http(tiny_implicit_bundle, light_ins
         assert status == 200 and [m["movie_id"] for m in body["recommendations"]] == [
             r.movie_id for r in rec.recommend_for_history(movies, 5)]
         if CHROMIUM is not None:  # the page leaves out the predicted-rating column
-            from playwright.sync_api import sync_playwright
-
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM)
-                try:
-                    page = browser.new_page()
-                    page.goto(base + "/")
-                    page.wait_for_function("document.getElementById('model').textContent.includes('run test')")
-                    page.fill("#user-id", str(user))
-                    page.click("#user-go")
-                    page.wait_for_selector("tr.result")
-                    assert not page.locator("#rating-head").is_visible()
-                    cells = page.locator("tr.result >> nth=0 >> td").all_inner_texts()
-                    assert len(cells) == 4 and cells[0] == "1" and "—" not in cells  # #, title, genres, your rating
-                finally:
-                    browser.close()
+            with _user_page(base, user) as page:
+                assert not page.locator("#rating-head").is_visible()
+                cells = page.locator("tr.result >> nth=0 >> td").all_inner_texts()
+                assert len(cells) == 4 and cells[0] == "1" and "—" not in cells  # #, title, genres, your rating
     cli = subprocess.run([str(light_install / "bin" / "movierec"), "--model", str(tmp_path / "model.zip"), "predict",
                           "--user", str(user), "--movie", str(movies[0])], capture_output=True, text=True,
                          env=clean_env(), timeout=120)

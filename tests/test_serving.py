@@ -43,19 +43,24 @@ def test_recommend_excludes_rated_and_is_sorted(rec):
     assert set(r.movie_id for r in with_rated) & set(rec.rated(user))
 
 
-def test_recommendations_are_the_evaluated_two_stage_lists(rec, tiny_models):
-    """Serving orders candidates exactly as evaluation does: the same sources' union (retrieval from
-    Annoy), the same features and learned weights, the same rating model."""
+def _served_and_evaluated(rec, models, n_users: int = 25):
+    """(what ``rec`` recommends, the evaluated two-stage top 10 as movie ids) of the first test users."""
     from movierec.evaluation import Evaluator
 
-    data_split, stages = tiny_models
+    data_split, stages = models
     evaluator = Evaluator(data_split.enc, data_split.split)
-    users = evaluator.users[:25]
+    users = evaluator.users[:n_users]
     with stages.index.open() as index:
         expected, _, _ = evaluator.second_stage(stages, stages.rater(), users, index)
     for row, u in enumerate(users):
-        got = [r.movie_id for r in rec.recommend(int(rec.user_ids[u]), k=10)]
-        assert got == [int(rec.item_ids[i]) for i in expected[row] if i >= 0], int(rec.user_ids[u])
+        yield rec.recommend(int(rec.user_ids[u]), k=10), [int(rec.item_ids[i]) for i in expected[row] if i >= 0]
+
+
+def test_recommendations_are_the_evaluated_two_stage_lists(rec, tiny_models):
+    """Serving orders candidates exactly as evaluation does: the same sources' union (retrieval from
+    Annoy), the same features and learned weights, the same rating model."""
+    for got, expected in _served_and_evaluated(rec, tiny_models):
+        assert [r.movie_id for r in got] == expected
 
 
 def test_a_model_of_implicit_only_data_recommends_as_evaluated_and_predicts_no_ratings(tiny_implicit_bundle,
@@ -63,22 +68,14 @@ def test_a_model_of_implicit_only_data_recommends_as_evaluated_and_predicts_no_r
     """No rating model travels (no rating.npz, ranking.pt, ranking.onnx); recommendations are still
     the evaluated two-stage lists, ranked on the four features left, with no predicted rating; a
     rating asked for is an error that says why; a history's stars carry no taste (every movie counts)."""
-    from movierec.evaluation import Evaluator
-
     info, files = bundle.read_bundle(tiny_implicit_bundle)
     assert info["implicit"] is True and info["ranking"] is None
     assert not {"rating.npz", "ranking.pt", "ranking.onnx"} & set(files) and "user_tower.onnx" in files
     assert info["exports"]["left_out"] == {"ranking.onnx": "implicit-only data: no rating model"}
     rec = Recommender.from_bytes(tiny_implicit_bundle)
     assert rec.describe()["implicit"] is True and rec.backend == "none"
-    data_split, stages = tiny_implicit_models
-    evaluator = Evaluator(data_split.enc, data_split.split)
-    users = evaluator.users[:25]
-    with stages.index.open() as index:
-        expected, _, _ = evaluator.second_stage(stages, stages.rater(), users, index)
-    for row, u in enumerate(users):
-        got = rec.recommend(int(rec.user_ids[u]), k=10)
-        assert [r.movie_id for r in got] == [int(rec.item_ids[i]) for i in expected[row] if i >= 0]
+    for got, expected in _served_and_evaluated(rec, tiny_implicit_models):
+        assert [r.movie_id for r in got] == expected
         assert all(r.predicted_rating is None for r in got)
     with pytest.raises(NoRatingModelError, match="implicit-only data"):
         rec.predict_rating(int(rec.user_ids[0]), int(rec.item_ids[0]))
