@@ -8,7 +8,7 @@ DATA := data/ml-100k/ml-100k.inter
 export USERNAME ?= $(or $(USER),movierec)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data run test lint lock audit bench-setup clean help
+.PHONY: setup data run test test-fast lint lock audit bench-setup clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -32,8 +32,11 @@ data: $(DATA)  ## download MovieLens 100K (from the recbole wheel on PyPI) into 
 run: setup data  ## train, evaluate and publish on ML-100K (extra flow options: make run ARGS="--protocol temporal")
 	$(BIN)/python flows/recommender_flow.py --no-pylint run $(ARGS)
 
-test: setup data  ## the test suite
+test: setup data  ## the whole test suite (the README's test command)
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+
+test-fast: setup data  ## the quick tier, after every change: no flow run, Ray, venv, server process, browser or database
+	$(BIN)/python -m pytest -q -m "not integration" tests $(PYTEST_ARGS)
 
 lint: setup  ## ruff
 	$(BIN)/ruff check movierec flows tests $(wildcard benchmarks)

@@ -20,14 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-
-# Imported before any test loads Metaflow's Runner: once its vendored typing_extensions is loaded, importing torch
-# or onnxscript (the ONNX exporter) fails: they declare TypeVar defaults that the patched typing refuses.
-import onnxscript  # noqa: F401
 import pytest
-import torch
-
-from movierec.nn import state_to_bytes
 
 if __name__ != "conftest":  # e.g. `from tests.conftest import ...`: this module would run a second time, point
     # Metaflow at a second datastore root halfway through the session, and the flow tests would read the wrong one
@@ -58,6 +51,20 @@ for _name, _original in _TYPING.items():
 ML100K = Path(__file__).resolve().parent.parent / "data" / "ml-100k"
 FLOW = str(Path(__file__).resolve().parent.parent / "flows" / "recommender_flow.py")
 BUDGET = {"retrieval_epochs": 3, "tune_samples": 2, "tune_epochs": 2, "n_trees": 20}
+
+
+# The quick tier (`make test-fast`, `-m "not integration"`) leaves out every test that starts something heavy:
+# a flow run, Ray, a fresh virtual environment, a server process, a browser or a database server. Modules made of
+# such tests are named here; elsewhere a test is integration when it uses one of these fixtures (or their
+# dependants: pytest lists them all in ``item.fixturenames``), or carries the marker itself.
+INTEGRATION_MODULES = {"test_flow", "test_cluster", "test_deploy", "test_install", "test_postgres", "test_api_fuzz"}
+INTEGRATION_FIXTURES = {"runs", "light_install", "server", "postgres", "ray_trained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -98,9 +105,11 @@ def tiny_stages(enc):
     implicit-only data (``enc.implicit``) there is no rating model and the ranker has no rating
     feature, as in the flow."""
 
+    import torch
+
     from movierec.factorization import fit_biased_mf
     from movierec.index import build_index
-    from movierec.nn import feature_tensors
+    from movierec.nn import feature_tensors, state_to_bytes
     from movierec.ranker import FEATURES, IMPLICIT_FEATURES, Ranker
     from movierec.ranking import RankingResult, RatingModel
     from movierec.retrieval import RetrievalResult, TwoTower

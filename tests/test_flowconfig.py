@@ -73,6 +73,7 @@ def test_invalid_file_stops_the_flow_before_any_step(tmp_path, metaflow_root):
     assert "Traceback" not in proc.stderr and "Task is starting" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.integration  # a whole flow run
 def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
     """The issue's acceptance run: the shipped LightGCN file, one value overridden on the command line."""
     if not (ML100K / "ml-100k.inter").exists():

@@ -88,6 +88,7 @@ print("fallback", run(fallback)[0] / eager, run(fallback)[0] / eager, flush=True
 """
 
 
+@pytest.mark.integration  # torch.compile's inductor builds C++ kernels: ~30 s
 def test_compiled_loss_matches_eager_and_falls_back_without_a_compiler():
     """torch.compile needs a C++ compiler on CPU; a machine without one must still train. Run in a
     fresh interpreter, as training runs (in Ray workers): in the suite's long-lived process, after
