@@ -81,7 +81,11 @@ class Dataset:
     had to drop or work around (``duplicates_dropped``, ``warnings``), for logs and cards.
     ``implicit``: the source says only who interacted with what (an interactions file without a
     rating column); every rating is then 1.0 and means "interacted", so the flow trains no rating
-    model and reports no rating error."""
+    model and reports no rating error.
+    ``feedback``: the ratings users sent through the REST API (:func:`with_feedback`), kept apart
+    from ``ratings``: the evaluation split is drawn from ``ratings`` alone, and feedback joins the
+    training part only (``movierec.split.join_training``), so what users send can neither land in
+    the test split nor change it."""
 
     name: str
     ratings: pa.Table
@@ -90,6 +94,7 @@ class Dataset:
     duplicates_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
     implicit: bool = False
+    feedback: pa.Table = field(default_factory=RATINGS_SCHEMA.empty_table)
 
     def _meta(self) -> dict:
         return {"name": self.name, "duplicates_dropped": self.duplicates_dropped, "warnings": self.warnings,
@@ -98,7 +103,7 @@ class Dataset:
     def to_bytes(self) -> dict[str, bytes]:
         """Parquet bytes per table: a compact, library-independent Metaflow artifact."""
         out = {"meta": json.dumps(self._meta()).encode()}
-        for key in ("ratings", "items", "users"):
+        for key in ("ratings", "items", "users", "feedback"):
             sink = pa.BufferOutputStream()
             pq.write_table(getattr(self, key), sink)
             out[key] = sink.getvalue().to_pybytes()
@@ -106,11 +111,19 @@ class Dataset:
 
     @classmethod
     def from_bytes(cls, blobs: dict[str, bytes]) -> Dataset:
-        tables = {k: pq.read_table(pa.BufferReader(blobs[k])) for k in ("ratings", "items", "users")}
+        # "feedback" may be absent: a resumed run's start step ran before it was kept apart
+        tables = {k: pq.read_table(pa.BufferReader(blobs[k])) for k in ("ratings", "items", "users", "feedback")
+                  if k in blobs}
         return cls(**tables, **json.loads(blobs["meta"]))
 
+    def with_feedback_rows(self) -> pa.Table:
+        """The data's ratings, then the feedback's (in that order: the split draws from the first
+        ``ratings.num_rows`` rows only), as one table to encode ids over."""
+        return pa.concat_tables([self.ratings, self.feedback])
+
     def head(self, n: int) -> Dataset:
-        """The first ``n`` ratings by time, with side tables kept whole: a small, realistic slice."""
+        """The first ``n`` ratings by time, with side tables and feedback kept whole: a small,
+        realistic slice."""
         if n <= 0 or n >= self.ratings.num_rows:
             return self
         order = pc.sort_indices(self.ratings, sort_keys=[("timestamp", "ascending"), ("user_id", "ascending")])
@@ -133,6 +146,7 @@ class Dataset:
             "items_with_metadata": self.items.num_rows,
             "users_with_features": self.users.num_rows,
             "duplicate_ratings_dropped": self.duplicates_dropped,
+            "feedback_ratings": self.feedback.num_rows,
             "implicit": self.implicit,
         }
 
@@ -874,27 +888,39 @@ def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_qu
 
 
 def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
-    """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) added and
-    tidied again: a pair rated in both keeps its latest rating; users new to the data are added.
+    """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) as its
+    ``feedback``, apart from its ratings: they join training only (``movierec.split.join_training``).
+    ``feedback`` may have more columns than the four of ``RATINGS_SCHEMA``; those are taken by
+    name. A pair rated more than once keeps its latest rating. A rating of a movie the data does
+    not know (neither in its movies table nor rated in it: e.g. removed from the next export) is
+    dropped and counted, not an error, so one stale rating cannot stop every retrain.
     Into implicit-only data a rating above 2.5 stars goes as an interaction (1.0), one of 2.5 or
     less is left out: such data records what users chose, and a dislike is no choice to learn from."""
     if feedback.num_rows == 0:
         return replace(dataset, warnings=[*dataset.warnings, f"{origin}: no ratings yet"])
-    feedback, disliked = feedback.cast(RATINGS_SCHEMA), 0
+    missing = [name for name in RATINGS_SCHEMA.names if name not in feedback.column_names]
+    if missing:
+        raise DataError(f"{origin}: the ratings store has no column(s) {', '.join(missing)}, expected "
+                        f"{', '.join(RATINGS_SCHEMA.names)}")
+    feedback, repeated = drop_duplicate_ratings(feedback.select(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA))
+    notes = [f"{repeated:,} earlier ratings of a movie the same user rated again left out"] if repeated else []
     if dataset.implicit:
         liked = pc.greater(feedback["rating"], 2.5)
-        disliked = feedback.num_rows - pc.sum(liked).as_py()
+        notes.append(f"as interactions: the data has no ratings; {feedback.num_rows - pc.sum(liked).as_py():,} of "
+                     "2.5 stars or less left out")
         feedback = feedback.filter(liked)
         feedback = feedback.set_column(2, "rating", pa.array(np.ones(feedback.num_rows, np.float32)))
-    unknown = ~np.isin(feedback["item_id"].to_numpy(), dataset.items["item_id"].to_numpy())
-    if dataset.items.num_rows and unknown.any():
-        raise DataError(f"{origin}: {int(unknown.sum()):,} ratings of movies not in the data "
-                        f"(first: {int(feedback['item_id'].to_numpy()[unknown][0])})")
-    added = f"{origin}: {feedback.num_rows:,} ratings users sent added" + (
-        f" as interactions (the data has no ratings; {disliked:,} of 2.5 stars or less left out)"
-        if dataset.implicit else "")
-    return tidy(replace(dataset, ratings=pa.concat_tables([dataset.ratings, feedback]),
-                        warnings=[*dataset.warnings, added]))
+    movies = feedback["item_id"].to_numpy()
+    unknown = ~np.isin(movies, np.concatenate([dataset.items["item_id"].to_numpy(),
+                                               dataset.ratings["item_id"].to_numpy()]))
+    if unknown.any():
+        notes.append(f"{int(unknown.sum()):,} ratings of movies not in the data dropped (first: movie "
+                     f"{int(movies[unknown][0])})")
+        feedback = feedback.filter(pa.array(~unknown))
+    added = (f"{origin}: {feedback.num_rows:,} ratings users sent added, for training only (the split leaves out "
+             "those of its test pairs)")
+    return replace(dataset, feedback=feedback,
+                   warnings=[*dataset.warnings, added + (f" ({'; '.join(notes)})" if notes else "")])
 
 
 def load_remote_dataset(url: str) -> Dataset:

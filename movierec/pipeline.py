@@ -20,7 +20,7 @@ from movierec.features import Encoded, encode
 from movierec.flowconfig import runs_remotely
 from movierec.protocols import get_protocol
 from movierec.settings import Settings
-from movierec.split import DataSplit, Split, split_ratings
+from movierec.split import DataSplit, Split, join_training, split_ratings
 
 # The model modules import torch (1.5 s): steps that only load, split or report skip it.
 if TYPE_CHECKING:
@@ -79,16 +79,24 @@ def load_data(settings: Settings) -> data.Dataset:
     return dataset.head(source.max_ratings)
 
 
-def split_for(enc: Encoded, protocol: str, seed: int) -> Split:
-    """The train/test split a named evaluation protocol prescribes."""
+def split_for(enc: Encoded, protocol: str, seed: int, n_base: int | None = None) -> Split:
+    """The train/test split a named evaluation protocol prescribes, drawn over the first
+    ``n_base`` ratings (default: all); the ratings after them are feedback, which joins the
+    training part only (``split.join_training``)."""
     p = get_protocol(protocol)
-    return split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, p.split_method, p.test_fraction, seed)
+    n_base = len(enc.user_idx) if n_base is None else n_base
+    base = split_ratings(enc.user_idx[:n_base], enc.item_idx[:n_base], enc.timestamp[:n_base], p.split_method,
+                         p.test_fraction, seed)
+    return join_training(base, enc.user_idx, enc.item_idx, enc.timestamp, n_base)
 
 
 def split_data(dataset: dict[str, bytes], settings: Settings) -> DataSplit:
-    """The loaded data (``Dataset.to_bytes``) encoded, and split as ``settings.protocol`` says."""
-    enc = encode(data.Dataset.from_bytes(dataset))
-    return DataSplit(enc, split_for(enc, settings.protocol, settings.seed))
+    """The loaded data (``Dataset.to_bytes``) encoded with its feedback, and split as
+    ``settings.protocol`` says: the split is the data's own, the feedback is added to its
+    training part (``split.join_training``)."""
+    loaded = data.Dataset.from_bytes(dataset)
+    enc = encode(replace(loaded, ratings=loaded.with_feedback_rows()))
+    return DataSplit(enc, split_for(enc, settings.protocol, settings.seed, loaded.ratings.num_rows))
 
 
 def ray_storage(flow: FlowSpec) -> str:

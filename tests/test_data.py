@@ -303,7 +303,7 @@ def test_parquet_cache_reused_and_invalidated(csv_dir: Path, monkeypatch: pytest
 def test_to_bytes_from_bytes_round_trip(ml1m_dir: Path):
     ds = data.load_ml1m(ml1m_dir)
     blobs = ds.to_bytes()
-    assert set(blobs) == {"meta", "ratings", "items", "users"}
+    assert set(blobs) == {"meta", "ratings", "items", "users", "feedback"}
     assert all(isinstance(b, bytes) for b in blobs.values())
     back = data.Dataset.from_bytes(blobs)
     _assert_same(back, ds)
@@ -917,11 +917,33 @@ def test_ratings_users_send_join_implicit_only_data_as_interactions(tmp_path: Pa
     sent = pa.table({"user_id": [99, 10, 98], "item_id": [7, 9, 8], "rating": [2.5, 5.0, 3.0],
                      "timestamp": [200, 201, 202]})
     merged = data.with_feedback(ds, sent, "store.sqlite3")
-    assert merged.implicit and merged.ratings.num_rows == 6  # 4 + the two above 2.5 stars
-    added = merged.ratings.filter(pc.greater_equal(merged.ratings["timestamp"], 200)).to_pydict()
-    assert added == {"user_id": [10, 98], "item_id": [9, 8], "rating": [1.0, 1.0], "timestamp": [201, 202]}
-    assert ("store.sqlite3: 2 ratings users sent added as interactions (the data has no ratings; 1 of 2.5 stars or "
-            "less left out)") in merged.warnings
+    assert merged.implicit and merged.ratings == ds.ratings  # kept apart, for training only
+    assert merged.feedback.to_pydict() == {"user_id": [10, 98], "item_id": [9, 8], "rating": [1.0, 1.0],
+                                           "timestamp": [201, 202]}  # the two above 2.5 stars
+    assert ("store.sqlite3: 2 ratings users sent added, for training only (the split leaves out those of its test "
+            "pairs) (as interactions: the data has no ratings; 1 of 2.5 stars or less left out)") in merged.warnings
+
+
+def test_ratings_users_send_are_taken_by_column_name_each_pairs_latest_and_unknown_movies_dropped(tmp_path: Path):
+    """One rating of a movie missing from the next data stopped every retrain ("1 ratings of movies
+    not in the data"); the store's table may carry more columns than the four ratings ones."""
+    ratings, items = _interactions(tmp_path)
+    ds = data.load_interactions(ratings, COLUMNS, str(items))
+    sent = pa.table({"written_by": ["api", "api", "api", "web"], "timestamp": [300, 200, 250, 260],
+                     "item_id": [7, 7, 4242, 8], "user_id": [99, 99, 99, 10], "rating": [2.0, 5.0, 4.0, 3.5]})
+    merged = data.with_feedback(ds, sent, "store.sqlite3")
+    assert merged.feedback.schema == data.RATINGS_SCHEMA
+    assert merged.feedback.to_pydict() == {"user_id": [99, 10], "item_id": [7, 8], "rating": [2.0, 3.5],
+                                           "timestamp": [300, 260]}
+    assert merged.warnings[-1] == (
+        "store.sqlite3: 2 ratings users sent added, for training only (the split leaves out those of its test pairs) "
+        "(1 earlier ratings of a movie the same user rated again left out; 1 ratings of movies not in the data "
+        "dropped (first: movie 4242))")
+    back = data.Dataset.from_bytes(merged.to_bytes())
+    assert back.feedback == merged.feedback and back.stats()["feedback_ratings"] == 2
+    with pytest.raises(data.DataError, match="store.sqlite3: the ratings store has no column.s. rating, expected "
+                                             "user_id, item_id, rating, timestamp"):
+        data.with_feedback(ds, sent.drop_columns(["rating"]), "store.sqlite3")
 
 
 def test_the_start_step_loads_an_interactions_file_as_the_settings_map_it(tmp_path: Path):
