@@ -190,8 +190,19 @@ def _locate_bad_line(
     """Slow path, run only after pyarrow refused a file: find the first offending line and say why."""
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     reader = csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting)
-    for offset, row in enumerate(reader):
-        line = first_line + offset
+    consumed = 0  # lines the reader has taken: a quoted field may span several
+    while True:
+        line = first_line + consumed
+        try:
+            row = next(reader)
+        except StopIteration:
+            return f"{path}: could not be parsed"
+        except csv.Error as exc:  # the csv module's own limits, e.g. a field over 128 KiB
+            if "field larger than field limit" in str(exc):
+                return (f"{path}, line {line}: a field longer than {csv.field_size_limit():,} characters (a quote "
+                        "opened and never closed makes the rest of the file one field)")
+            return f"{path}, line {line}: {exc}"
+        consumed = reader.line_num
         if not row:
             continue
         if len(row) != len(names):
@@ -204,7 +215,6 @@ def _locate_bad_line(
                 _parse_value(value, typ)
             except ValueError:
                 return f"{path}, line {line}: column '{name}' expected {typ}, got {value!r}"
-    return f"{path}: could not be parsed"
 
 
 def _first_undecodable(data: bytes, encoding: str) -> tuple[int, int]:
@@ -749,35 +759,29 @@ def load_dataset(directory: Path, cache: bool = True) -> Dataset:
 INTERACTION_SUFFIXES = (".parquet", ".csv")
 
 
-def _read_columns(path: Path, types: dict[str, pa.DataType], nullable: tuple[str, ...] = ()) -> pa.Table:
-    """The ``types`` columns of a Parquet or CSV file (by suffix), cast, in that order; a missing
-    column or a value of another type is a DataError naming the file (and the line, for CSV). A
-    Parquet column asked for as a list of strings may also be text (the caller splits it)."""
+def _read_columns(path: Path, types: dict[str, pa.DataType], options: dict[str, str],
+                  nullable: tuple[str, ...] = ()) -> pa.Table:
+    """The ``types`` columns of a Parquet or CSV file (by suffix), cast (:func:`_cast`), in that
+    order; a missing column or a value of another type is a DataError naming the file (and the
+    line, for CSV). A missing column's message names the columns the file has and the option that
+    names it (``options``: column -> what to say), so the user knows what to change."""
+    _check_file(path)
+    if path.suffix.lower() == ".csv":
+        with open(path, "rb") as f:
+            header = f.readline().decode("utf8", errors="replace").rstrip("\r\n").lstrip("\ufeff")
+        names = [h.strip().strip('"') for h in header.split(",")]
+    else:
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in types if c not in names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(names)} ("
+                        + "; ".join(f"{c}: {options[c]}" for c in missing) + ")")
     if path.suffix.lower() == ".csv":
         return read_table(path, types, nullable=nullable).select(list(types))
-    _check_file(path)
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    missing = [c for c in types if c not in schema.names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(schema.names)} "
-                        "(say which holds what with --user-column, --item-column, ...)")
-    table = pq.read_table(path, columns=list(types))
-    columns = []
-    for name, typ in types.items():
-        column = table[name]
-        if pa.types.is_list(typ) and not pa.types.is_list(column.type):
-            typ = pa.string()
-        try:
-            columns.append(column.cast(typ))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"{path}: column '{name}' is {column.type}, expected {typ}") from None
-        if columns[-1].null_count and name not in nullable:
-            row = int(np.flatnonzero(columns[-1].is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{path}: row {row + 1}: column '{name}' is empty, expected {typ}")
-    return pa.table(dict(zip(types, columns)))
+    return _cast(str(path), pq.read_table(path, columns=list(types)), types, nullable)
 
 
 def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "") -> Dataset:
@@ -791,7 +795,12 @@ def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "")
         types[columns.rating] = pa.float32()
     if columns.timestamp:
         types[columns.timestamp] = pa.int64()
-    table = _read_columns(path, types)
+    table = _read_columns(path, types, {
+        columns.user: "name the user id column with --user-column",
+        columns.item: "name the item id column with --item-column",
+        columns.rating: 'name the rating column with --rating-column, or --rating-column "" for implicit-only data',
+        columns.timestamp: 'name the time column with --timestamp-column, or --timestamp-column "" for a file '
+                           "without times"})
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     if not columns.rating:  # "interacted" (the column _validate_ratings expects third)
@@ -806,7 +815,11 @@ def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "")
         if columns.genres:
             csv_file = source.suffix.lower() == ".csv"
             wanted[columns.genres] = pa.string() if csv_file else pa.list_(pa.string())
-        raw = _read_columns(source, wanted, nullable=(columns.title, columns.genres))
+        raw = _read_columns(source, wanted, {
+            columns.item: "name the item id column with --item-column",
+            columns.title: "name the title column with --title-column",
+            columns.genres: 'name the genres column with --genres-column, or --genres-column "" for none'},
+            nullable=(columns.title, columns.genres))
         check_ids(source, raw, (columns.item,))
         titles, years = split_title_year([t or "" for t in raw[columns.title].to_pylist()])
         if not columns.genres:
@@ -835,20 +848,29 @@ def _query(conn: object, label: str, query: str, names: tuple[str, ...]) -> pa.T
     return table.rename_columns(list(names))
 
 
-def _cast(label: str, table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
-    """``table``'s columns cast to ``types``; a time column may be a timestamp (seconds since 1970)."""
+def _cast(label: str, table: pa.Table, types: dict[str, pa.DataType], nullable: tuple[str, ...] = ()) -> pa.Table:
+    """``table``'s ``types`` columns cast, in that order, or a DataError naming ``label`` (a file,
+    a query), the column and, for an empty value outside ``nullable``, the row. A time column may
+    be a timestamp or a date: it is taken as seconds since 1970 whatever its unit (a Parquet
+    ``timestamp[ns]`` cast as it is would be nanoseconds). A true/false column is refused where a
+    number is expected: cast, it would make every id 0 or 1. A column asked for as a list of
+    strings may be text (the caller splits it)."""
     columns = []
     for name, typ in types.items():
         column = table[name]
-        if pa.types.is_timestamp(column.type) and typ == pa.int64():
-            column = pc.cast(pc.divide(column.cast(pa.timestamp("us")).cast(pa.int64()), 1_000_000), pa.int64())
+        if pa.types.is_list(typ) and not pa.types.is_list(column.type):
+            typ = pa.string()
+        if typ == pa.int64() and (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+            column = pc.divide(column.cast(pa.timestamp("us")).cast(pa.int64()), 1_000_000)
+        if pa.types.is_boolean(column.type) and not pa.types.is_boolean(typ):
+            raise DataError(f"{label}: column '{name}' is bool (true/false), expected {typ}")
         try:
             columns.append(column.cast(typ))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"{label}: column {name} is {column.type}, expected {typ}") from None
-        if columns[-1].null_count:
+            raise DataError(f"{label}: column '{name}' is {column.type}, expected {typ}") from None
+        if columns[-1].null_count and name not in nullable:
             row = int(np.flatnonzero(columns[-1].is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{label}, row {row + 1}: {name} is empty, expected {typ}")
+            raise DataError(f"{label}, row {row + 1}: column '{name}' is empty, expected {typ}")
     return pa.table(dict(zip(types, columns)))
 
 

@@ -892,6 +892,51 @@ def test_an_interactions_file_that_does_not_match_its_mapping_says_how(tmp_path:
                                                                         timestamp=""))
 
 
+def test_a_field_over_the_csv_modules_limit_is_named_by_line(tmp_path: Path):
+    """The slow path re-reads a refused file with Python's csv module, whose 128 KiB field limit
+    stopped it with a raw `_csv.Error`."""
+    d = _write(tmp_path / "long", {"ratings.csv": HEADER + '1,2,4,10\n1,3,"' + "x" * 200_000 + '",11\n',
+                                   "movies.csv": MOVIES_CSV})
+    with pytest.raises(DataError, match=r"ratings.csv, line 3: a field longer than 131,072 characters \(a quote "):
+        data.load_dataset(d, cache=False)
+
+
+def test_a_ratings_file_without_a_timestamp_column_names_the_option_that_reads_it_without_times(tmp_path: Path):
+    """README says such files work, but the loader stopped at "missing column(s) timestamp" and
+    did not say that --timestamp-column "" reads them."""
+    _write(tmp_path, {"plays.csv": "user,item,rating\n1,5,4\n2,5,3.5\n"})
+    for name in ("plays.csv", "plays.parquet"):
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({"user": [1, 2], "item": [5, 5], "rating": [4.0, 3.5]}), tmp_path / name)
+        with pytest.raises(data.DataError, match=(
+                rf"{name}: missing column\(s\) timestamp; the file has user, item, rating \(timestamp: name the time "
+                r'column with --timestamp-column, or --timestamp-column "" for a file without times\)')):
+            data.load_interactions(tmp_path / name, ColumnSettings())
+        assert data.load_interactions(tmp_path / name, ColumnSettings(timestamp="")).ratings.num_rows == 2
+
+
+def test_parquet_times_are_seconds_whatever_their_unit_and_true_false_ids_are_refused(tmp_path: Path):
+    """A timestamp[ns] column loaded as nanoseconds (the PostgreSQL path took seconds); a bool id
+    column was cast to ids 0 and 1 without a word."""
+    import datetime
+
+    import pyarrow.parquet as pq
+
+    when = [datetime.datetime(2020, 1, 1), datetime.datetime(2020, 1, 2, 0, 0, 1)]
+    for typ in (pa.timestamp("ns"), pa.timestamp("ms", tz="UTC"), pa.date32()):
+        values = [w.date() for w in when] if typ == pa.date32() else when
+        pq.write_table(pa.table({"customer": [1, 2], "sku": [5, 5], "stars": [4.0, 3.0],
+                                 "ts": pa.array(values, typ)}), tmp_path / "timed.parquet")
+        times = data.load_interactions(tmp_path / "timed.parquet", COLUMNS).ratings["timestamp"].to_pylist()
+        assert times == ([1577836800, 1577923200] if typ == pa.date32() else [1577836800, 1577923201]), typ
+    pq.write_table(pa.table({"customer": [True, False], "sku": [5, 5], "stars": [4.0, 3.0], "ts": [1, 2]}),
+                   tmp_path / "flags.parquet")
+    with pytest.raises(DataError, match=r"flags.parquet: column 'customer' is bool \(true/false\), expected int64"):
+        data.load_interactions(tmp_path / "flags.parquet", COLUMNS)
+
+
 def test_an_interactions_file_without_ratings_is_implicit_only_data(tmp_path: Path):
     """No rating column: every interaction is 1.0, "interacted"; the data says it is implicit all the
     way to the flow's artifact (to_bytes) and its statistics, which then have no mean rating."""

@@ -74,7 +74,7 @@ def test_timestamps_text_genres_and_what_is_wrong_named_by_query_and_row(postgre
         data.load_postgres(postgres, "SELECT u, m FROM r2")
     with pytest.raises(data.DataError, match=r"'SELECT \* FROM nowhere' failed: .*nowhere"):
         data.load_postgres(postgres, "SELECT * FROM nowhere")
-    with pytest.raises(data.DataError, match="column user_id is string"):
+    with pytest.raises(data.DataError, match="column 'user_id' is string"):
         data.load_postgres(postgres, "SELECT name, id, 4.0, 0 FROM m2")
 
 
