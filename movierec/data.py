@@ -672,61 +672,86 @@ def _write_cache(d: Path, cache_dir: Path, dataset: Dataset, layout: str) -> Non
 
 # An unpacked MovieLens zip is at most ML-25M's ~1.2 GB; this cap stops a zip bomb filling the disk.
 MAX_UNPACKED_BYTES = 16 << 30
+# GroupLens' files shrink 3-6 times in their zips; a member that claims to grow more than this is
+# a zip bomb (zeros compress a thousandfold), refused before a byte of it is written. Members
+# under a megabyte are too small to matter.
+MAX_COMPRESSION_RATIO = 50
+_RATIO_FLOOR_BYTES = 1 << 20
 
 
-def _layout_folder(root: Path) -> Path | None:
-    """``root`` or one of its sub-folders (a GroupLens zip holds ``ml-1m/...``) that holds a layout."""
-    for folder in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
-        if any(all((folder / f).is_file() for f in files) for files, _, _ in LAYOUTS.values()):
-            return folder
-    return None
+def _zip_layout(path: Path, members: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """The members of the first layout in the zip ``path`` (its required and optional files, at
+    the top or in one top folder, as GroupLens zips hold ``ml-1m/...``), judged by member names
+    alone, so that nothing is unpacked from a zip that holds no data; and their sizes checked."""
+    by_name = {m.filename: m for m in members if not m.is_dir()}
+    folders = sorted({name.split("/", 1)[0] + "/" for name in by_name if "/" in name})
+
+    def layout_in(folder: str) -> list[zipfile.ZipInfo]:
+        for files, optional, _ in LAYOUTS.values():
+            if all(folder + f in by_name for f in files):
+                return [by_name[folder + f] for f in (*files, *optional) if folder + f in by_name]
+        return []
+
+    chosen = next(filter(None, map(layout_in, ("", *folders))), [])
+    if not chosen:
+        expected = "; ".join(" + ".join(files) for files, _, _ in LAYOUTS.values())
+        raise DataError(f"{path}: no supported MovieLens layout inside (expected one of: {expected})")
+    total = sum(m.file_size for m in chosen)
+    if total > MAX_UNPACKED_BYTES:
+        raise DataError(f"{path}: {total:,} bytes unpacked, more than the {MAX_UNPACKED_BYTES:,} allowed")
+    for m in chosen:
+        if m.file_size > _RATIO_FLOOR_BYTES and m.file_size > MAX_COMPRESSION_RATIO * max(1, m.compress_size):
+            raise DataError(f"{path}: member {m.filename!r} would unpack {m.compress_size:,} bytes to "
+                            f"{m.file_size:,}, more than {MAX_COMPRESSION_RATIO} times (a zip bomb?)")
+    return chosen
 
 
 def unpack_zip(path: Path) -> Path:
     """The folder holding the MovieLens layout inside the zip file ``path`` (a GroupLens download
-    such as ``ml-1m.zip``, passed as it is). Unpacked once beside the zip, in
+    such as ``ml-1m.zip``, passed as it is). Only the layout's files are unpacked (the layout is
+    found from member names, :func:`_zip_layout`), once, beside the zip, in
     ``.<name>.unpacked/<size and mtime>`` (or the temporary folder when that one is read-only),
-    atomically like the Parquet cache, and reused while the zip is unchanged; members with
-    absolute or ``..`` paths and more than ``MAX_UNPACKED_BYTES`` unpacked are refused."""
+    atomically like the Parquet cache, and reused while the zip is unchanged. Members with
+    absolute or ``..`` paths, more than ``MAX_UNPACKED_BYTES`` or a compression ratio over
+    ``MAX_COMPRESSION_RATIO`` are refused before anything is written; a failed unpacking leaves
+    nothing behind."""
     st = path.stat()
     base = path.parent if os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
     root = base / f".{path.name}.unpacked"
     dest = root / hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    if not dest.is_dir():
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path}: not a readable zip file ({exc})") from None
+    with zf:
+        members = zf.infolist()
+        unsafe = [m.filename for m in members
+                  if m.filename.startswith(("/", "\\")) or ".." in Path(m.filename).parts]
+        if unsafe:
+            raise DataError(f"{path}: member {unsafe[0]!r} would unpack outside its folder")
+        chosen = _zip_layout(path, members)
+        folder = dest / Path(chosen[0].filename).parent
+        if dest.is_dir():
+            return folder
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
         try:
-            zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise DataError(f"{path}: not a readable zip file ({exc})") from None
-        with zf:
-            members = zf.infolist()
-            unsafe = [m.filename for m in members
-                      if m.filename.startswith(("/", "\\")) or ".." in Path(m.filename).parts]
-            if unsafe:
-                raise DataError(f"{path}: member {unsafe[0]!r} would unpack outside its folder")
-            total = sum(m.file_size for m in members)
-            if total > MAX_UNPACKED_BYTES:
-                raise DataError(f"{path}: {total:,} bytes unpacked, more than the {MAX_UNPACKED_BYTES:,} allowed")
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+            print(f"[data] unpacking {path} ({sum(m.file_size for m in chosen) / 1e6:,.0f} MB)", flush=True)
+            zf.extractall(tmp, members=chosen)
+            for stale in root.iterdir():  # unpacked copies of earlier versions of the zip
+                if stale.name not in (tmp.name, dest.name) and not stale.name.startswith(".tmp-"):
+                    shutil.rmtree(stale, ignore_errors=True)
             try:
-                print(f"[data] unpacking {path} ({total / 1e6:,.0f} MB)", flush=True)
-                zf.extractall(tmp)
-                for stale in root.iterdir():  # unpacked copies of earlier versions of the zip
-                    if stale.name not in (tmp.name, dest.name) and not stale.name.startswith(".tmp-"):
-                        shutil.rmtree(stale, ignore_errors=True)
-                try:
-                    os.replace(tmp, dest)
-                except OSError:
-                    if not dest.is_dir():
-                        raise
-            except zipfile.BadZipFile as exc:
-                raise DataError(f"{path}: not a readable zip file ({exc})") from None
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    folder = _layout_folder(dest)
-    if folder is None:
-        expected = "; ".join(" + ".join(files) for files, _, _ in LAYOUTS.values())
-        raise DataError(f"{path}: no supported MovieLens layout inside (expected one of: {expected})")
+                os.replace(tmp, dest)
+            except OSError:
+                if not dest.is_dir():
+                    raise
+        except zipfile.BadZipFile as exc:
+            raise DataError(f"{path}: not a readable zip file ({exc})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not any(root.iterdir()):
+                root.rmdir()
     return folder
 
 

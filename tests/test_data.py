@@ -758,6 +758,34 @@ def test_a_bad_zip_says_what_is_wrong_with_it(ml1m_dir: Path, tmp_path: Path):
     assert not (tmp_path.parent / "outside.txt").exists()
 
 
+def test_a_zip_bomb_is_refused_before_anything_is_unpacked_and_nothing_is_left(tmp_path: Path):
+    """A 0.5 MB zip of zeros unpacked to 512 MiB before its layout was found missing, and stayed on
+    disk. Now the layout is read from member names, a member compressed more than
+    MAX_COMPRESSION_RATIO times is refused, and only the layout's files are unpacked."""
+    zeros = bytes(8 << 20)  # 8 MiB of zeros: about 8 KB deflated
+    no_data = tmp_path / "no-data.zip"
+    with zipfile.ZipFile(no_data, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("stuff/zeros.bin", zeros)
+    with pytest.raises(DataError, match="no-data.zip: no supported MovieLens layout inside"):
+        data.load_dataset(no_data)
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml/ratings.csv", HEADER.encode() + zeros)
+        zf.writestr("ml/movies.csv", MOVIES_CSV)
+    with pytest.raises(DataError, match=r"bomb.zip: member 'ml/ratings.csv' would unpack [\d,]+ bytes to 8,388,640, "
+                                        "more than 50 times"):
+        data.load_dataset(bomb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.zip", "no-data.zip"]  # nothing unpacked, nothing left
+    extra = tmp_path / "extra.zip"
+    with zipfile.ZipFile(extra, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml/ratings.csv", HEADER + "1,1,4,10\n")
+        zf.writestr("ml/movies.csv", MOVIES_CSV)
+        zf.writestr("ml/zeros.bin", zeros)  # not part of the layout: never unpacked
+    assert data.load_dataset(extra).ratings.num_rows == 1
+    (unpacked,) = (tmp_path / ".extra.zip.unpacked").iterdir()
+    assert sorted(p.name for p in (unpacked / "ml").iterdir() if p.is_file()) == ["movies.csv", "ratings.csv"]
+
+
 # --------------------------------------------------------------------------- The Movies Dataset (Kaggle)
 
 METADATA_HEADER = ("adult,belongs_to_collection,budget,genres,homepage,id,imdb_id,original_language,original_title,"
