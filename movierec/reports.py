@@ -136,10 +136,10 @@ def evaluation_card(report: Report, protocol: str) -> list:
                  + ("all of them." if report.annoy_users >= report.test_users
                     else f"a uniform sample of {report.annoy_users:,} (Annoy answers one query at a time)."),
                  *skipped]),
-        table(report.rows, report.columns()),
+        table([dict(zip(report.columns(), row)) for row in report.cells()], report.columns()),
         heading("Candidate recall", [f"Share of each test user's held-out movies among the candidates "
                                      f"({report.union_size:.0f} in the union on average)."]),
-        key_values(report.recall),
+        key_values({name: f"{value:.4f}" for name, value in report.recall.items()}),
     ]
     if p.others():
         cards += [heading("Other systems on this protocol (not this run)"), table(p.others())]
