@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from metaflow.exception import MetaflowException
 
 from movierec import arrays, data, metrics, synthetic
 from movierec.cluster import CLUSTER_HEAD_PORT, ray_session, session_dir, stop_session_processes, storage_path
@@ -35,15 +36,31 @@ if TYPE_CHECKING:
     from movierec.sources import SourceModels
     from movierec.stages import TwoStage
 
-__all__ = ["DataSplit", "build_index", "evaluate", "fit_sources", "load_data", "publish", "ray_storage", "split_data",
-           "split_for", "stages", "train_ranker", "train_retrieval", "train_retrieval_on_cluster", "tune_ranking"]
+__all__ = ["DataSplit", "InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "ray_storage",
+           "split_data", "split_for", "stages", "train_ranker", "train_retrieval", "train_retrieval_on_cluster",
+           "tune_ranking"]
+
+
+class InputError(MetaflowException, data.DataError):
+    """Input the ``start`` step cannot use (data, its settings, the feedback store), said in one
+    line: Metaflow prints a MetaflowException as its headline and message, where any other
+    exception is an "Internal error" and a 40-line traceback above the one useful line. Still a
+    DataError (a ValueError) for callers outside a flow."""
+
+    headline = "Bad input data"
 
 
 def load_data(settings: Settings) -> data.Dataset:
     """``settings.data``: a user's folder (local, or ``s3://``) or interactions file, a PostgreSQL
-    database, a synthetic
-    ML-20M-shaped set, or by default ML-100K (fetched on demand); what loading dropped or worked
-    around is printed."""
+    database, a synthetic ML-20M-shaped set, or by default ML-100K (fetched on demand); what
+    loading dropped or worked around is printed. Bad input is an :class:`InputError`."""
+    try:
+        return _load(settings)
+    except ValueError as exc:  # DataError, the settings' checks, the store's (and pyarrow's ArrowInvalid)
+        raise InputError(str(exc)) from exc
+
+
+def _load(settings: Settings) -> data.Dataset:
     source = settings.data
     if sum(map(bool, (source.dir, source.synthetic_ratings, source.source))) > 1:
         raise ValueError("choose one of --data-dir, --data-source and --synthetic-ratings")

@@ -6,6 +6,7 @@ Every fixture file is written into pytest's ``tmp_path``; expected values are wr
 import hashlib
 import importlib.util
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -963,6 +964,24 @@ def test_parquet_times_are_seconds_whatever_their_unit_and_true_false_ids_are_re
                    tmp_path / "flags.parquet")
     with pytest.raises(DataError, match=r"flags.parquet: column 'customer' is bool \(true/false\), expected int64"):
         data.load_interactions(tmp_path / "flags.parquet", COLUMNS)
+
+
+def test_bad_data_stops_the_start_step_with_its_one_useful_line(tmp_path: Path, metaflow_root: str):
+    """It printed Metaflow's "Internal error" and a 40-line traceback before the line naming the file."""
+    from conftest import FLOW
+    from metaflow import Runner
+
+    from movierec.pipeline import InputError
+
+    _write(tmp_path, {"bad.csv": "user,item,rating,timestamp\n1,5,4,10\n2,x,3,11\n"})
+    with Runner(FLOW, show_output=False, pylint=False, cwd=metaflow_root).run(data_dir=str(tmp_path / "bad.csv"),
+                                                                              protocol="tfrs") as running:
+        status, out = running.status, running.stdout + running.stderr
+    assert status == "failed"
+    assert f"Bad input data:\n{tmp_path / 'bad.csv'}, line 3: column 'item' expected int64, got 'x'" in re.sub(
+        r"(?m)^.*\] ", "", out), out
+    assert "Internal error" not in out and "Traceback" not in out, out
+    assert issubclass(InputError, DataError)  # still one for callers outside a flow
 
 
 def test_an_interactions_file_without_ratings_is_implicit_only_data(tmp_path: Path):
