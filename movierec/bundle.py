@@ -68,6 +68,13 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def non_finite(arrays: dict[str, np.ndarray | None]) -> list[str]:
+    """The names of ``arrays`` holding a NaN or an infinity: a model whose training diverged.
+    Published, it would serve every score as null (JSON has no NaN); checked before publishing
+    and again on loading."""
+    return [name for name, values in arrays.items() if values is not None and not np.isfinite(values).all()]
+
+
 def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bool = True) -> bytes:
     """Zip the trained models, vectors, index and vocabularies (see the module docstring);
     ``user_data=False`` leaves out everything that has a row per user."""
@@ -86,6 +93,11 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
         second.update(ease_items=sources.ease.items, ease_weights=sources.ease.weights)
     if sources.als is not None:
         second["als_items"] = sources.als.item_factors
+    diverged = non_finite({**vectors, **second, "users": index.user_vectors,
+                           "als_users": sources.als.user_factors if sources.als is not None else None})
+    if diverged:
+        raise ValueError(f"not publishing a model with NaN or infinite values in {', '.join(diverged)}: its "
+                         "training diverged")
     files: dict[str, bytes] = {}
     exports: dict = {"left_out": "published without per-user data"}
     if user_data:

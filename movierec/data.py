@@ -81,7 +81,11 @@ class Dataset:
     had to drop or work around (``duplicates_dropped``, ``warnings``), for logs and cards.
     ``implicit``: the source says only who interacted with what (an interactions file without a
     rating column); every rating is then 1.0 and means "interacted", so the flow trains no rating
-    model and reports no rating error."""
+    model and reports no rating error.
+    ``feedback``: the ratings users sent through the REST API (:func:`with_feedback`), kept apart
+    from ``ratings``: the evaluation split is drawn from ``ratings`` alone, and feedback joins the
+    training part only (``movierec.split.join_training``), so what users send can neither land in
+    the test split nor change it."""
 
     name: str
     ratings: pa.Table
@@ -90,6 +94,7 @@ class Dataset:
     duplicates_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
     implicit: bool = False
+    feedback: pa.Table = field(default_factory=RATINGS_SCHEMA.empty_table)
 
     def _meta(self) -> dict:
         return {"name": self.name, "duplicates_dropped": self.duplicates_dropped, "warnings": self.warnings,
@@ -98,7 +103,7 @@ class Dataset:
     def to_bytes(self) -> dict[str, bytes]:
         """Parquet bytes per table: a compact, library-independent Metaflow artifact."""
         out = {"meta": json.dumps(self._meta()).encode()}
-        for key in ("ratings", "items", "users"):
+        for key in ("ratings", "items", "users", "feedback"):
             sink = pa.BufferOutputStream()
             pq.write_table(getattr(self, key), sink)
             out[key] = sink.getvalue().to_pybytes()
@@ -106,11 +111,19 @@ class Dataset:
 
     @classmethod
     def from_bytes(cls, blobs: dict[str, bytes]) -> Dataset:
-        tables = {k: pq.read_table(pa.BufferReader(blobs[k])) for k in ("ratings", "items", "users")}
+        # "feedback" may be absent: a resumed run's start step ran before it was kept apart
+        tables = {k: pq.read_table(pa.BufferReader(blobs[k])) for k in ("ratings", "items", "users", "feedback")
+                  if k in blobs}
         return cls(**tables, **json.loads(blobs["meta"]))
 
+    def with_feedback_rows(self) -> pa.Table:
+        """The data's ratings, then the feedback's (in that order: the split draws from the first
+        ``ratings.num_rows`` rows only), as one table to encode ids over."""
+        return pa.concat_tables([self.ratings, self.feedback])
+
     def head(self, n: int) -> Dataset:
-        """The first ``n`` ratings by time, with side tables kept whole: a small, realistic slice."""
+        """The first ``n`` ratings by time, with side tables and feedback kept whole: a small,
+        realistic slice."""
         if n <= 0 or n >= self.ratings.num_rows:
             return self
         order = pc.sort_indices(self.ratings, sort_keys=[("timestamp", "ascending"), ("user_id", "ascending")])
@@ -133,6 +146,7 @@ class Dataset:
             "items_with_metadata": self.items.num_rows,
             "users_with_features": self.users.num_rows,
             "duplicate_ratings_dropped": self.duplicates_dropped,
+            "feedback_ratings": self.feedback.num_rows,
             "implicit": self.implicit,
         }
 
@@ -176,8 +190,19 @@ def _locate_bad_line(
     """Slow path, run only after pyarrow refused a file: find the first offending line and say why."""
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     reader = csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting)
-    for offset, row in enumerate(reader):
-        line = first_line + offset
+    consumed = 0  # lines the reader has taken: a quoted field may span several
+    while True:
+        line = first_line + consumed
+        try:
+            row = next(reader)
+        except StopIteration:
+            return f"{path}: could not be parsed"
+        except csv.Error as exc:  # the csv module's own limits, e.g. a field over 128 KiB
+            if "field larger than field limit" in str(exc):
+                return (f"{path}, line {line}: a field longer than {csv.field_size_limit():,} characters (a quote "
+                        "opened and never closed makes the rest of the file one field)")
+            return f"{path}, line {line}: {exc}"
+        consumed = reader.line_num
         if not row:
             continue
         if len(row) != len(names):
@@ -190,7 +215,6 @@ def _locate_bad_line(
                 _parse_value(value, typ)
             except ValueError:
                 return f"{path}, line {line}: column '{name}' expected {typ}, got {value!r}"
-    return f"{path}: could not be parsed"
 
 
 def _first_undecodable(data: bytes, encoding: str) -> tuple[int, int]:
@@ -648,61 +672,86 @@ def _write_cache(d: Path, cache_dir: Path, dataset: Dataset, layout: str) -> Non
 
 # An unpacked MovieLens zip is at most ML-25M's ~1.2 GB; this cap stops a zip bomb filling the disk.
 MAX_UNPACKED_BYTES = 16 << 30
+# GroupLens' files shrink 3-6 times in their zips; a member that claims to grow more than this is
+# a zip bomb (zeros compress a thousandfold), refused before a byte of it is written. Members
+# under a megabyte are too small to matter.
+MAX_COMPRESSION_RATIO = 50
+_RATIO_FLOOR_BYTES = 1 << 20
 
 
-def _layout_folder(root: Path) -> Path | None:
-    """``root`` or one of its sub-folders (a GroupLens zip holds ``ml-1m/...``) that holds a layout."""
-    for folder in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
-        if any(all((folder / f).is_file() for f in files) for files, _, _ in LAYOUTS.values()):
-            return folder
-    return None
+def _zip_layout(path: Path, members: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """The members of the first layout in the zip ``path`` (its required and optional files, at
+    the top or in one top folder, as GroupLens zips hold ``ml-1m/...``), judged by member names
+    alone, so that nothing is unpacked from a zip that holds no data; and their sizes checked."""
+    by_name = {m.filename: m for m in members if not m.is_dir()}
+    folders = sorted({name.split("/", 1)[0] + "/" for name in by_name if "/" in name})
+
+    def layout_in(folder: str) -> list[zipfile.ZipInfo]:
+        for files, optional, _ in LAYOUTS.values():
+            if all(folder + f in by_name for f in files):
+                return [by_name[folder + f] for f in (*files, *optional) if folder + f in by_name]
+        return []
+
+    chosen = next(filter(None, map(layout_in, ("", *folders))), [])
+    if not chosen:
+        expected = "; ".join(" + ".join(files) for files, _, _ in LAYOUTS.values())
+        raise DataError(f"{path}: no supported MovieLens layout inside (expected one of: {expected})")
+    total = sum(m.file_size for m in chosen)
+    if total > MAX_UNPACKED_BYTES:
+        raise DataError(f"{path}: {total:,} bytes unpacked, more than the {MAX_UNPACKED_BYTES:,} allowed")
+    for m in chosen:
+        if m.file_size > _RATIO_FLOOR_BYTES and m.file_size > MAX_COMPRESSION_RATIO * max(1, m.compress_size):
+            raise DataError(f"{path}: member {m.filename!r} would unpack {m.compress_size:,} bytes to "
+                            f"{m.file_size:,}, more than {MAX_COMPRESSION_RATIO} times (a zip bomb?)")
+    return chosen
 
 
 def unpack_zip(path: Path) -> Path:
     """The folder holding the MovieLens layout inside the zip file ``path`` (a GroupLens download
-    such as ``ml-1m.zip``, passed as it is). Unpacked once beside the zip, in
+    such as ``ml-1m.zip``, passed as it is). Only the layout's files are unpacked (the layout is
+    found from member names, :func:`_zip_layout`), once, beside the zip, in
     ``.<name>.unpacked/<size and mtime>`` (or the temporary folder when that one is read-only),
-    atomically like the Parquet cache, and reused while the zip is unchanged; members with
-    absolute or ``..`` paths and more than ``MAX_UNPACKED_BYTES`` unpacked are refused."""
+    atomically like the Parquet cache, and reused while the zip is unchanged. Members with
+    absolute or ``..`` paths, more than ``MAX_UNPACKED_BYTES`` or a compression ratio over
+    ``MAX_COMPRESSION_RATIO`` are refused before anything is written; a failed unpacking leaves
+    nothing behind."""
     st = path.stat()
     base = path.parent if os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
     root = base / f".{path.name}.unpacked"
     dest = root / hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    if not dest.is_dir():
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path}: not a readable zip file ({exc})") from None
+    with zf:
+        members = zf.infolist()
+        unsafe = [m.filename for m in members
+                  if m.filename.startswith(("/", "\\")) or ".." in Path(m.filename).parts]
+        if unsafe:
+            raise DataError(f"{path}: member {unsafe[0]!r} would unpack outside its folder")
+        chosen = _zip_layout(path, members)
+        folder = dest / Path(chosen[0].filename).parent
+        if dest.is_dir():
+            return folder
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
         try:
-            zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise DataError(f"{path}: not a readable zip file ({exc})") from None
-        with zf:
-            members = zf.infolist()
-            unsafe = [m.filename for m in members
-                      if m.filename.startswith(("/", "\\")) or ".." in Path(m.filename).parts]
-            if unsafe:
-                raise DataError(f"{path}: member {unsafe[0]!r} would unpack outside its folder")
-            total = sum(m.file_size for m in members)
-            if total > MAX_UNPACKED_BYTES:
-                raise DataError(f"{path}: {total:,} bytes unpacked, more than the {MAX_UNPACKED_BYTES:,} allowed")
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+            print(f"[data] unpacking {path} ({sum(m.file_size for m in chosen) / 1e6:,.0f} MB)", flush=True)
+            zf.extractall(tmp, members=chosen)
+            for stale in root.iterdir():  # unpacked copies of earlier versions of the zip
+                if stale.name not in (tmp.name, dest.name) and not stale.name.startswith(".tmp-"):
+                    shutil.rmtree(stale, ignore_errors=True)
             try:
-                print(f"[data] unpacking {path} ({total / 1e6:,.0f} MB)", flush=True)
-                zf.extractall(tmp)
-                for stale in root.iterdir():  # unpacked copies of earlier versions of the zip
-                    if stale.name not in (tmp.name, dest.name) and not stale.name.startswith(".tmp-"):
-                        shutil.rmtree(stale, ignore_errors=True)
-                try:
-                    os.replace(tmp, dest)
-                except OSError:
-                    if not dest.is_dir():
-                        raise
-            except zipfile.BadZipFile as exc:
-                raise DataError(f"{path}: not a readable zip file ({exc})") from None
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    folder = _layout_folder(dest)
-    if folder is None:
-        expected = "; ".join(" + ".join(files) for files, _, _ in LAYOUTS.values())
-        raise DataError(f"{path}: no supported MovieLens layout inside (expected one of: {expected})")
+                os.replace(tmp, dest)
+            except OSError:
+                if not dest.is_dir():
+                    raise
+        except zipfile.BadZipFile as exc:
+            raise DataError(f"{path}: not a readable zip file ({exc})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not any(root.iterdir()):
+                root.rmdir()
     return folder
 
 
@@ -735,35 +784,29 @@ def load_dataset(directory: Path, cache: bool = True) -> Dataset:
 INTERACTION_SUFFIXES = (".parquet", ".csv")
 
 
-def _read_columns(path: Path, types: dict[str, pa.DataType], nullable: tuple[str, ...] = ()) -> pa.Table:
-    """The ``types`` columns of a Parquet or CSV file (by suffix), cast, in that order; a missing
-    column or a value of another type is a DataError naming the file (and the line, for CSV). A
-    Parquet column asked for as a list of strings may also be text (the caller splits it)."""
+def _read_columns(path: Path, types: dict[str, pa.DataType], options: dict[str, str],
+                  nullable: tuple[str, ...] = ()) -> pa.Table:
+    """The ``types`` columns of a Parquet or CSV file (by suffix), cast (:func:`_cast`), in that
+    order; a missing column or a value of another type is a DataError naming the file (and the
+    line, for CSV). A missing column's message names the columns the file has and the option that
+    names it (``options``: column -> what to say), so the user knows what to change."""
+    _check_file(path)
+    if path.suffix.lower() == ".csv":
+        with open(path, "rb") as f:
+            header = f.readline().decode("utf8", errors="replace").rstrip("\r\n").lstrip("\ufeff")
+        names = [h.strip().strip('"') for h in header.split(",")]
+    else:
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in types if c not in names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(names)} ("
+                        + "; ".join(f"{c}: {options[c]}" for c in missing) + ")")
     if path.suffix.lower() == ".csv":
         return read_table(path, types, nullable=nullable).select(list(types))
-    _check_file(path)
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    missing = [c for c in types if c not in schema.names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(schema.names)} "
-                        "(say which holds what with --user-column, --item-column, ...)")
-    table = pq.read_table(path, columns=list(types))
-    columns = []
-    for name, typ in types.items():
-        column = table[name]
-        if pa.types.is_list(typ) and not pa.types.is_list(column.type):
-            typ = pa.string()
-        try:
-            columns.append(column.cast(typ))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"{path}: column '{name}' is {column.type}, expected {typ}") from None
-        if columns[-1].null_count and name not in nullable:
-            row = int(np.flatnonzero(columns[-1].is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{path}: row {row + 1}: column '{name}' is empty, expected {typ}")
-    return pa.table(dict(zip(types, columns)))
+    return _cast(str(path), pq.read_table(path, columns=list(types)), types, nullable)
 
 
 def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "") -> Dataset:
@@ -777,7 +820,12 @@ def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "")
         types[columns.rating] = pa.float32()
     if columns.timestamp:
         types[columns.timestamp] = pa.int64()
-    table = _read_columns(path, types)
+    table = _read_columns(path, types, {
+        columns.user: "name the user id column with --user-column",
+        columns.item: "name the item id column with --item-column",
+        columns.rating: 'name the rating column with --rating-column, or --rating-column "" for implicit-only data',
+        columns.timestamp: 'name the time column with --timestamp-column, or --timestamp-column "" for a file '
+                           "without times"})
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     if not columns.rating:  # "interacted" (the column _validate_ratings expects third)
@@ -792,7 +840,11 @@ def load_interactions(path: Path, columns: ColumnSettings, items_file: str = "")
         if columns.genres:
             csv_file = source.suffix.lower() == ".csv"
             wanted[columns.genres] = pa.string() if csv_file else pa.list_(pa.string())
-        raw = _read_columns(source, wanted, nullable=(columns.title, columns.genres))
+        raw = _read_columns(source, wanted, {
+            columns.item: "name the item id column with --item-column",
+            columns.title: "name the title column with --title-column",
+            columns.genres: 'name the genres column with --genres-column, or --genres-column "" for none'},
+            nullable=(columns.title, columns.genres))
         check_ids(source, raw, (columns.item,))
         titles, years = split_title_year([t or "" for t in raw[columns.title].to_pylist()])
         if not columns.genres:
@@ -821,20 +873,29 @@ def _query(conn: object, label: str, query: str, names: tuple[str, ...]) -> pa.T
     return table.rename_columns(list(names))
 
 
-def _cast(label: str, table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
-    """``table``'s columns cast to ``types``; a time column may be a timestamp (seconds since 1970)."""
+def _cast(label: str, table: pa.Table, types: dict[str, pa.DataType], nullable: tuple[str, ...] = ()) -> pa.Table:
+    """``table``'s ``types`` columns cast, in that order, or a DataError naming ``label`` (a file,
+    a query), the column and, for an empty value outside ``nullable``, the row. A time column may
+    be a timestamp or a date: it is taken as seconds since 1970 whatever its unit (a Parquet
+    ``timestamp[ns]`` cast as it is would be nanoseconds). A true/false column is refused where a
+    number is expected: cast, it would make every id 0 or 1. A column asked for as a list of
+    strings may be text (the caller splits it)."""
     columns = []
     for name, typ in types.items():
         column = table[name]
-        if pa.types.is_timestamp(column.type) and typ == pa.int64():
-            column = pc.cast(pc.divide(column.cast(pa.timestamp("us")).cast(pa.int64()), 1_000_000), pa.int64())
+        if pa.types.is_list(typ) and not pa.types.is_list(column.type):
+            typ = pa.string()
+        if typ == pa.int64() and (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+            column = pc.divide(column.cast(pa.timestamp("us")).cast(pa.int64()), 1_000_000)
+        if pa.types.is_boolean(column.type) and not pa.types.is_boolean(typ):
+            raise DataError(f"{label}: column '{name}' is bool (true/false), expected {typ}")
         try:
             columns.append(column.cast(typ))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"{label}: column {name} is {column.type}, expected {typ}") from None
-        if columns[-1].null_count:
+            raise DataError(f"{label}: column '{name}' is {column.type}, expected {typ}") from None
+        if columns[-1].null_count and name not in nullable:
             row = int(np.flatnonzero(columns[-1].is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{label}, row {row + 1}: {name} is empty, expected {typ}")
+            raise DataError(f"{label}, row {row + 1}: column '{name}' is empty, expected {typ}")
     return pa.table(dict(zip(types, columns)))
 
 
@@ -874,27 +935,39 @@ def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_qu
 
 
 def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
-    """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) added and
-    tidied again: a pair rated in both keeps its latest rating; users new to the data are added.
+    """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) as its
+    ``feedback``, apart from its ratings: they join training only (``movierec.split.join_training``).
+    ``feedback`` may have more columns than the four of ``RATINGS_SCHEMA``; those are taken by
+    name. A pair rated more than once keeps its latest rating. A rating of a movie the data does
+    not know (neither in its movies table nor rated in it: e.g. removed from the next export) is
+    dropped and counted, not an error, so one stale rating cannot stop every retrain.
     Into implicit-only data a rating above 2.5 stars goes as an interaction (1.0), one of 2.5 or
     less is left out: such data records what users chose, and a dislike is no choice to learn from."""
     if feedback.num_rows == 0:
         return replace(dataset, warnings=[*dataset.warnings, f"{origin}: no ratings yet"])
-    feedback, disliked = feedback.cast(RATINGS_SCHEMA), 0
+    missing = [name for name in RATINGS_SCHEMA.names if name not in feedback.column_names]
+    if missing:
+        raise DataError(f"{origin}: the ratings store has no column(s) {', '.join(missing)}, expected "
+                        f"{', '.join(RATINGS_SCHEMA.names)}")
+    feedback, repeated = drop_duplicate_ratings(feedback.select(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA))
+    notes = [f"{repeated:,} earlier ratings of a movie the same user rated again left out"] if repeated else []
     if dataset.implicit:
         liked = pc.greater(feedback["rating"], 2.5)
-        disliked = feedback.num_rows - pc.sum(liked).as_py()
+        notes.append(f"as interactions: the data has no ratings; {feedback.num_rows - pc.sum(liked).as_py():,} of "
+                     "2.5 stars or less left out")
         feedback = feedback.filter(liked)
         feedback = feedback.set_column(2, "rating", pa.array(np.ones(feedback.num_rows, np.float32)))
-    unknown = ~np.isin(feedback["item_id"].to_numpy(), dataset.items["item_id"].to_numpy())
-    if dataset.items.num_rows and unknown.any():
-        raise DataError(f"{origin}: {int(unknown.sum()):,} ratings of movies not in the data "
-                        f"(first: {int(feedback['item_id'].to_numpy()[unknown][0])})")
-    added = f"{origin}: {feedback.num_rows:,} ratings users sent added" + (
-        f" as interactions (the data has no ratings; {disliked:,} of 2.5 stars or less left out)"
-        if dataset.implicit else "")
-    return tidy(replace(dataset, ratings=pa.concat_tables([dataset.ratings, feedback]),
-                        warnings=[*dataset.warnings, added]))
+    movies = feedback["item_id"].to_numpy()
+    unknown = ~np.isin(movies, np.concatenate([dataset.items["item_id"].to_numpy(),
+                                               dataset.ratings["item_id"].to_numpy()]))
+    if unknown.any():
+        notes.append(f"{int(unknown.sum()):,} ratings of movies not in the data dropped (first: movie "
+                     f"{int(movies[unknown][0])})")
+        feedback = feedback.filter(pa.array(~unknown))
+    added = (f"{origin}: {feedback.num_rows:,} ratings users sent added, for training only (the split leaves out "
+             "those of its test pairs)")
+    return replace(dataset, feedback=feedback,
+                   warnings=[*dataset.warnings, added + (f" ({'; '.join(notes)})" if notes else "")])
 
 
 def load_remote_dataset(url: str) -> Dataset:

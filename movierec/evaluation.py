@@ -51,10 +51,14 @@ class Report:
     def columns(self) -> list[str]:
         return report_columns(self.ks, self.ndcg_k)
 
+    def cells(self) -> list[list[str]]:
+        """Each row's cells as the terminal and the card show them: every metric in one format,
+        four decimals (0.0045 beside 1.0350, not 0.004508 beside 1.035), so a column reads down."""
+        return [[r["model"] if c == "model" else _fmt(r.get(c)) for c in self.columns()] for r in self.rows]
+
     def to_text(self) -> str:
         """The metrics table as aligned plain text, for the terminal and logs."""
-        cols = self.columns()
-        cells = [[r["model"] if c == "model" else _fmt(r.get(c)) for c in cols] for r in self.rows]
+        cols, cells = self.columns(), self.cells()
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
         lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

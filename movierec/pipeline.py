@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from metaflow.exception import MetaflowException
 
 from movierec import arrays, data, metrics, synthetic
 from movierec.cluster import CLUSTER_HEAD_PORT, ray_session, session_dir, stop_session_processes, storage_path
@@ -20,7 +21,7 @@ from movierec.features import Encoded, encode
 from movierec.flowconfig import runs_remotely
 from movierec.protocols import get_protocol
 from movierec.settings import Settings
-from movierec.split import DataSplit, Split, split_ratings
+from movierec.split import DataSplit, Split, join_training, split_ratings
 
 # The model modules import torch (1.5 s): steps that only load, split or report skip it.
 if TYPE_CHECKING:
@@ -35,15 +36,31 @@ if TYPE_CHECKING:
     from movierec.sources import SourceModels
     from movierec.stages import TwoStage
 
-__all__ = ["DataSplit", "build_index", "evaluate", "fit_sources", "load_data", "publish", "ray_storage", "split_data",
-           "split_for", "stages", "train_ranker", "train_retrieval", "train_retrieval_on_cluster", "tune_ranking"]
+__all__ = ["DataSplit", "InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "ray_storage",
+           "split_data", "split_for", "stages", "train_ranker", "train_retrieval", "train_retrieval_on_cluster",
+           "tune_ranking"]
+
+
+class InputError(MetaflowException, data.DataError):
+    """Input the ``start`` step cannot use (data, its settings, the feedback store), said in one
+    line: Metaflow prints a MetaflowException as its headline and message, where any other
+    exception is an "Internal error" and a 40-line traceback above the one useful line. Still a
+    DataError (a ValueError) for callers outside a flow."""
+
+    headline = "Bad input data"
 
 
 def load_data(settings: Settings) -> data.Dataset:
     """``settings.data``: a user's folder (local, or ``s3://``) or interactions file, a PostgreSQL
-    database, a synthetic
-    ML-20M-shaped set, or by default ML-100K (fetched on demand); what loading dropped or worked
-    around is printed."""
+    database, a synthetic ML-20M-shaped set, or by default ML-100K (fetched on demand); what
+    loading dropped or worked around is printed. Bad input is an :class:`InputError`."""
+    try:
+        return _load(settings)
+    except ValueError as exc:  # DataError, the settings' checks, the store's (and pyarrow's ArrowInvalid)
+        raise InputError(str(exc)) from exc
+
+
+def _load(settings: Settings) -> data.Dataset:
     source = settings.data
     if sum(map(bool, (source.dir, source.synthetic_ratings, source.source))) > 1:
         raise ValueError("choose one of --data-dir, --data-source and --synthetic-ratings")
@@ -79,16 +96,24 @@ def load_data(settings: Settings) -> data.Dataset:
     return dataset.head(source.max_ratings)
 
 
-def split_for(enc: Encoded, protocol: str, seed: int) -> Split:
-    """The train/test split a named evaluation protocol prescribes."""
+def split_for(enc: Encoded, protocol: str, seed: int, n_base: int | None = None) -> Split:
+    """The train/test split a named evaluation protocol prescribes, drawn over the first
+    ``n_base`` ratings (default: all); the ratings after them are feedback, which joins the
+    training part only (``split.join_training``)."""
     p = get_protocol(protocol)
-    return split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, p.split_method, p.test_fraction, seed)
+    n_base = len(enc.user_idx) if n_base is None else n_base
+    base = split_ratings(enc.user_idx[:n_base], enc.item_idx[:n_base], enc.timestamp[:n_base], p.split_method,
+                         p.test_fraction, seed)
+    return join_training(base, enc.user_idx, enc.item_idx, enc.timestamp, n_base)
 
 
 def split_data(dataset: dict[str, bytes], settings: Settings) -> DataSplit:
-    """The loaded data (``Dataset.to_bytes``) encoded, and split as ``settings.protocol`` says."""
-    enc = encode(data.Dataset.from_bytes(dataset))
-    return DataSplit(enc, split_for(enc, settings.protocol, settings.seed))
+    """The loaded data (``Dataset.to_bytes``) encoded with its feedback, and split as
+    ``settings.protocol`` says: the split is the data's own, the feedback is added to its
+    training part (``split.join_training``)."""
+    loaded = data.Dataset.from_bytes(dataset)
+    enc = encode(replace(loaded, ratings=loaded.with_feedback_rows()))
+    return DataSplit(enc, split_for(enc, settings.protocol, settings.seed, loaded.ratings.num_rows))
 
 
 def ray_storage(flow: FlowSpec) -> str:

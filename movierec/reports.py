@@ -52,9 +52,16 @@ def data_card(dataset: Dataset, source: str) -> list:
 
 def split_card(data_split: DataSplit, protocol: str) -> list:
     enc, split = data_split.enc, data_split.split
+    sent = split.feedback_train + split.feedback_left_out + split.feedback_outdated
+    feedback = [f"Ratings users sent (`--feedback-store`): **{split.feedback_train:,}** of {sent:,} joined training "
+                f"({split.feedback_replaced:,} of them replace the data's earlier rating of the same movie); "
+                f"{split.feedback_left_out:,} rate a (user, movie) pair of the test split and were left out; "
+                f"{split.feedback_outdated:,} are older than the data's rating of their pair. The test split is "
+                "the data's own: feedback never enters it."] if sent else []
     return [
         heading(f"Split: protocol {protocol}", [get_protocol(protocol).description,
-                f"Test ratings whose user or movie never occurs in train are dropped: **{split.dropped_test}**."]),
+                f"Test ratings whose user or movie never occurs in train are dropped: **{split.dropped_test}**.",
+                *feedback]),
         key_values({**split.summary(), "users": enc.n_users, "movies": enc.n_items,
                     **{f"vocabulary: {k}": v for k, v in enc.vocab_sizes.items()}}),
     ]
@@ -129,10 +136,10 @@ def evaluation_card(report: Report, protocol: str) -> list:
                  + ("all of them." if report.annoy_users >= report.test_users
                     else f"a uniform sample of {report.annoy_users:,} (Annoy answers one query at a time)."),
                  *skipped]),
-        table(report.rows, report.columns()),
+        table([dict(zip(report.columns(), row)) for row in report.cells()], report.columns()),
         heading("Candidate recall", [f"Share of each test user's held-out movies among the candidates "
                                      f"({report.union_size:.0f} in the union on average)."]),
-        key_values(report.recall),
+        key_values({name: f"{value:.4f}" for name, value in report.recall.items()}),
     ]
     if p.others():
         cards += [heading("Other systems on this protocol (not this run)"), table(p.others())]

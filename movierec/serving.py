@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from movierec.bundle import bundle_of_run, read_bundle
+from movierec.bundle import bundle_of_run, non_finite, read_bundle
 from movierec.errors import (
     BundleError,
     NoRatingModelError,
@@ -156,6 +156,10 @@ class Recommender:
             self.user_vectors = vectors["users"] if self.user_data else None
             _require(not self.user_data or self.user_vectors.shape[1:] == (dim,), "user and movie vectors differ")
             self.als_users = vectors["als_users"] if self.user_data and "als_users" in vectors else None
+            diverged = non_finite({"items": self.item_vectors, "popularity": self.popularity,
+                                   "item_baselines": self.baselines, "users": self.user_vectors,
+                                   "als_users": self.als_users})
+            _require(not diverged, f"NaN or infinite values in {', '.join(diverged)}")
         with _reading(origin, "ids.npz"):
             ids = np.load(io.BytesIO(files["ids.npz"]), allow_pickle=False)
             self.item_ids, self.years = ids["item_ids"], ids["years"]
@@ -180,6 +184,8 @@ class Recommender:
                          and (self.ease_items < n_items).all() and self.ease_items[0] >= 0,
                          "EASE weights do not match the movies they cover")
             self.als_items = second["als_items"] if "als_items" in second else None
+            diverged = non_finite({"ease_weights": self.ease_weights, "als_items": self.als_items})
+            _require(not diverged, f"NaN or infinite values in {', '.join(diverged)}")
             _require(self.als_users is None or self.als_items is not None, "ALS user factors without movie factors")
             self.als = None  # what folds a history into ALS user factors
             if self.als_items is not None:

@@ -5,7 +5,7 @@ Splits are returned as index arrays into the encoded ratings, so the data itself
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +24,10 @@ class Split:
     method: str  # one of METHODS
     dropped_test: int  # test ratings removed because their user or item never occurs in train
     cutoff_timestamp: int | None = None  # temporal method: test ratings are at or after this time
+    feedback_train: int = 0  # ratings users sent, in train (join_training)
+    feedback_left_out: int = 0  # ratings users sent of a (user, movie) pair of the test split: not trained on
+    feedback_replaced: int = 0  # train ratings of the data replaced by a later rating a user sent of the same pair
+    feedback_outdated: int = 0  # ratings users sent older than the data's rating of the same pair: not trained on
 
     def summary(self) -> dict[str, object]:
         return {
@@ -32,6 +36,10 @@ class Split:
             "test": len(self.test),
             "dropped_test": self.dropped_test,
             "cutoff_timestamp": self.cutoff_timestamp,
+            "feedback_train": self.feedback_train,
+            "feedback_left_out": self.feedback_left_out,
+            "feedback_replaced": self.feedback_replaced,
+            "feedback_outdated": self.feedback_outdated,
         }
 
 
@@ -92,6 +100,43 @@ def split_ratings(
         train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     kept = _known_only(train, test, user_idx, item_idx)
     return Split(train.astype(np.int64), kept.astype(np.int64), method, len(test) - len(kept), cutoff)
+
+
+def join_training(split: Split, user_idx: np.ndarray, item_idx: np.ndarray, timestamp: np.ndarray, n_base: int
+                  ) -> Split:
+    """``split``, drawn over the first ``n_base`` ratings (the data), with the ratings after them
+    (what users sent through the API, ``Dataset.feedback``) joined to its training part only.
+
+    What an evaluator expects of a retrain with feedback: the test split, and so the reported
+    figures, are those of the data alone, whatever users sent; and everything users sent is
+    learnt from, however new (under the temporal protocol all of it is newer than the cutoff).
+    Hence: the test ratings are ``split.test`` unchanged (the known-user check was made against
+    the data's train part); a sent rating of a (user, movie) pair of the test split is left out of
+    training, since training on the very pair a metric scores would leak the answer (counted in
+    ``feedback_left_out``); a sent rating of a pair already in train replaces the data's rating
+    when it is later (as ``data.tidy`` keeps each pair's latest; ``feedback_replaced``), and is
+    left out when it is older (``feedback_outdated``). Under the temporal protocol the model thus
+    trains on ratings newer than the test period; the figures still describe that period of the
+    data, on pairs the model never saw.
+    """
+    n = len(user_idx)
+    if n == n_base:
+        return split
+    n_items = int(item_idx.max(initial=0)) + 1
+    pairs = user_idx.astype(np.int64) * n_items + item_idx
+    sent = np.arange(n_base, n, dtype=np.int64)
+    on_test = np.isin(pairs[sent], pairs[split.test])
+    sent = sent[~on_test]
+    # Each pair's latest rating among the data's train part and what was sent (a tie: the sent one).
+    train = np.concatenate([split.train, sent])
+    order = np.lexsort((train, timestamp[train], pairs[train]))
+    ordered = pairs[train][order]
+    last = np.ones(len(ordered), dtype=bool)
+    last[:-1] = ordered[1:] != ordered[:-1]
+    kept = np.sort(train[order][last])
+    n_sent = int((kept >= n_base).sum())
+    return replace(split, train=kept, feedback_train=n_sent, feedback_left_out=int(on_test.sum()),
+                   feedback_replaced=len(split.train) - (len(kept) - n_sent), feedback_outdated=len(sent) - n_sent)
 
 
 def holdout(indices: np.ndarray, fraction: float, seed: int, cap: int | None = None

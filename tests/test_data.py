@@ -6,6 +6,7 @@ Every fixture file is written into pytest's ``tmp_path``; expected values are wr
 import hashlib
 import importlib.util
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -303,7 +304,7 @@ def test_parquet_cache_reused_and_invalidated(csv_dir: Path, monkeypatch: pytest
 def test_to_bytes_from_bytes_round_trip(ml1m_dir: Path):
     ds = data.load_ml1m(ml1m_dir)
     blobs = ds.to_bytes()
-    assert set(blobs) == {"meta", "ratings", "items", "users"}
+    assert set(blobs) == {"meta", "ratings", "items", "users", "feedback"}
     assert all(isinstance(b, bytes) for b in blobs.values())
     back = data.Dataset.from_bytes(blobs)
     _assert_same(back, ds)
@@ -758,6 +759,34 @@ def test_a_bad_zip_says_what_is_wrong_with_it(ml1m_dir: Path, tmp_path: Path):
     assert not (tmp_path.parent / "outside.txt").exists()
 
 
+def test_a_zip_bomb_is_refused_before_anything_is_unpacked_and_nothing_is_left(tmp_path: Path):
+    """A 0.5 MB zip of zeros unpacked to 512 MiB before its layout was found missing, and stayed on
+    disk. Now the layout is read from member names, a member compressed more than
+    MAX_COMPRESSION_RATIO times is refused, and only the layout's files are unpacked."""
+    zeros = bytes(8 << 20)  # 8 MiB of zeros: about 8 KB deflated
+    no_data = tmp_path / "no-data.zip"
+    with zipfile.ZipFile(no_data, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("stuff/zeros.bin", zeros)
+    with pytest.raises(DataError, match="no-data.zip: no supported MovieLens layout inside"):
+        data.load_dataset(no_data)
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml/ratings.csv", HEADER.encode() + zeros)
+        zf.writestr("ml/movies.csv", MOVIES_CSV)
+    with pytest.raises(DataError, match=r"bomb.zip: member 'ml/ratings.csv' would unpack [\d,]+ bytes to 8,388,640, "
+                                        "more than 50 times"):
+        data.load_dataset(bomb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.zip", "no-data.zip"]  # nothing unpacked, nothing left
+    extra = tmp_path / "extra.zip"
+    with zipfile.ZipFile(extra, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml/ratings.csv", HEADER + "1,1,4,10\n")
+        zf.writestr("ml/movies.csv", MOVIES_CSV)
+        zf.writestr("ml/zeros.bin", zeros)  # not part of the layout: never unpacked
+    assert data.load_dataset(extra).ratings.num_rows == 1
+    (unpacked,) = (tmp_path / ".extra.zip.unpacked").iterdir()
+    assert sorted(p.name for p in (unpacked / "ml").iterdir() if p.is_file()) == ["movies.csv", "ratings.csv"]
+
+
 # --------------------------------------------------------------------------- The Movies Dataset (Kaggle)
 
 METADATA_HEADER = ("adult,belongs_to_collection,budget,genres,homepage,id,imdb_id,original_language,original_title,"
@@ -892,6 +921,69 @@ def test_an_interactions_file_that_does_not_match_its_mapping_says_how(tmp_path:
                                                                         timestamp=""))
 
 
+def test_a_field_over_the_csv_modules_limit_is_named_by_line(tmp_path: Path):
+    """The slow path re-reads a refused file with Python's csv module, whose 128 KiB field limit
+    stopped it with a raw `_csv.Error`."""
+    d = _write(tmp_path / "long", {"ratings.csv": HEADER + '1,2,4,10\n1,3,"' + "x" * 200_000 + '",11\n',
+                                   "movies.csv": MOVIES_CSV})
+    with pytest.raises(DataError, match=r"ratings.csv, line 3: a field longer than 131,072 characters \(a quote "):
+        data.load_dataset(d, cache=False)
+
+
+def test_a_ratings_file_without_a_timestamp_column_names_the_option_that_reads_it_without_times(tmp_path: Path):
+    """README says such files work, but the loader stopped at "missing column(s) timestamp" and
+    did not say that --timestamp-column "" reads them."""
+    _write(tmp_path, {"plays.csv": "user,item,rating\n1,5,4\n2,5,3.5\n"})
+    for name in ("plays.csv", "plays.parquet"):
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({"user": [1, 2], "item": [5, 5], "rating": [4.0, 3.5]}), tmp_path / name)
+        with pytest.raises(data.DataError, match=(
+                rf"{name}: missing column\(s\) timestamp; the file has user, item, rating \(timestamp: name the time "
+                r'column with --timestamp-column, or --timestamp-column "" for a file without times\)')):
+            data.load_interactions(tmp_path / name, ColumnSettings())
+        assert data.load_interactions(tmp_path / name, ColumnSettings(timestamp="")).ratings.num_rows == 2
+
+
+def test_parquet_times_are_seconds_whatever_their_unit_and_true_false_ids_are_refused(tmp_path: Path):
+    """A timestamp[ns] column loaded as nanoseconds (the PostgreSQL path took seconds); a bool id
+    column was cast to ids 0 and 1 without a word."""
+    import datetime
+
+    import pyarrow.parquet as pq
+
+    when = [datetime.datetime(2020, 1, 1), datetime.datetime(2020, 1, 2, 0, 0, 1)]
+    for typ in (pa.timestamp("ns"), pa.timestamp("ms", tz="UTC"), pa.date32()):
+        values = [w.date() for w in when] if typ == pa.date32() else when
+        pq.write_table(pa.table({"customer": [1, 2], "sku": [5, 5], "stars": [4.0, 3.0],
+                                 "ts": pa.array(values, typ)}), tmp_path / "timed.parquet")
+        times = data.load_interactions(tmp_path / "timed.parquet", COLUMNS).ratings["timestamp"].to_pylist()
+        assert times == ([1577836800, 1577923200] if typ == pa.date32() else [1577836800, 1577923201]), typ
+    pq.write_table(pa.table({"customer": [True, False], "sku": [5, 5], "stars": [4.0, 3.0], "ts": [1, 2]}),
+                   tmp_path / "flags.parquet")
+    with pytest.raises(DataError, match=r"flags.parquet: column 'customer' is bool \(true/false\), expected int64"):
+        data.load_interactions(tmp_path / "flags.parquet", COLUMNS)
+
+
+def test_bad_data_stops_the_start_step_with_its_one_useful_line(tmp_path: Path, metaflow_root: str):
+    """It printed Metaflow's "Internal error" and a 40-line traceback before the line naming the file."""
+    from conftest import FLOW
+    from metaflow import Runner
+
+    from movierec.pipeline import InputError
+
+    _write(tmp_path, {"bad.csv": "user,item,rating,timestamp\n1,5,4,10\n2,x,3,11\n"})
+    with Runner(FLOW, show_output=False, pylint=False, cwd=metaflow_root).run(data_dir=str(tmp_path / "bad.csv"),
+                                                                              protocol="tfrs") as running:
+        status, out = running.status, running.stdout + running.stderr
+    assert status == "failed"
+    assert f"Bad input data:\n{tmp_path / 'bad.csv'}, line 3: column 'item' expected int64, got 'x'" in re.sub(
+        r"(?m)^.*\] ", "", out), out
+    assert "Internal error" not in out and "Traceback" not in out, out
+    assert issubclass(InputError, DataError)  # still one for callers outside a flow
+
+
 def test_an_interactions_file_without_ratings_is_implicit_only_data(tmp_path: Path):
     """No rating column: every interaction is 1.0, "interacted"; the data says it is implicit all the
     way to the flow's artifact (to_bytes) and its statistics, which then have no mean rating."""
@@ -917,11 +1009,33 @@ def test_ratings_users_send_join_implicit_only_data_as_interactions(tmp_path: Pa
     sent = pa.table({"user_id": [99, 10, 98], "item_id": [7, 9, 8], "rating": [2.5, 5.0, 3.0],
                      "timestamp": [200, 201, 202]})
     merged = data.with_feedback(ds, sent, "store.sqlite3")
-    assert merged.implicit and merged.ratings.num_rows == 6  # 4 + the two above 2.5 stars
-    added = merged.ratings.filter(pc.greater_equal(merged.ratings["timestamp"], 200)).to_pydict()
-    assert added == {"user_id": [10, 98], "item_id": [9, 8], "rating": [1.0, 1.0], "timestamp": [201, 202]}
-    assert ("store.sqlite3: 2 ratings users sent added as interactions (the data has no ratings; 1 of 2.5 stars or "
-            "less left out)") in merged.warnings
+    assert merged.implicit and merged.ratings == ds.ratings  # kept apart, for training only
+    assert merged.feedback.to_pydict() == {"user_id": [10, 98], "item_id": [9, 8], "rating": [1.0, 1.0],
+                                           "timestamp": [201, 202]}  # the two above 2.5 stars
+    assert ("store.sqlite3: 2 ratings users sent added, for training only (the split leaves out those of its test "
+            "pairs) (as interactions: the data has no ratings; 1 of 2.5 stars or less left out)") in merged.warnings
+
+
+def test_ratings_users_send_are_taken_by_column_name_each_pairs_latest_and_unknown_movies_dropped(tmp_path: Path):
+    """One rating of a movie missing from the next data stopped every retrain ("1 ratings of movies
+    not in the data"); the store's table may carry more columns than the four ratings ones."""
+    ratings, items = _interactions(tmp_path)
+    ds = data.load_interactions(ratings, COLUMNS, str(items))
+    sent = pa.table({"written_by": ["api", "api", "api", "web"], "timestamp": [300, 200, 250, 260],
+                     "item_id": [7, 7, 4242, 8], "user_id": [99, 99, 99, 10], "rating": [2.0, 5.0, 4.0, 3.5]})
+    merged = data.with_feedback(ds, sent, "store.sqlite3")
+    assert merged.feedback.schema == data.RATINGS_SCHEMA
+    assert merged.feedback.to_pydict() == {"user_id": [99, 10], "item_id": [7, 8], "rating": [2.0, 3.5],
+                                           "timestamp": [300, 260]}
+    assert merged.warnings[-1] == (
+        "store.sqlite3: 2 ratings users sent added, for training only (the split leaves out those of its test pairs) "
+        "(1 earlier ratings of a movie the same user rated again left out; 1 ratings of movies not in the data "
+        "dropped (first: movie 4242))")
+    back = data.Dataset.from_bytes(merged.to_bytes())
+    assert back.feedback == merged.feedback and back.stats()["feedback_ratings"] == 2
+    with pytest.raises(data.DataError, match="store.sqlite3: the ratings store has no column.s. rating, expected "
+                                             "user_id, item_id, rating, timestamp"):
+        data.with_feedback(ds, sent.drop_columns(["rating"]), "store.sqlite3")
 
 
 def test_the_start_step_loads_an_interactions_file_as_the_settings_map_it(tmp_path: Path):

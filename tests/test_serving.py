@@ -286,6 +286,32 @@ def test_every_load_failure_is_one_bundle_error_naming_the_file(tiny_bundle, cha
         Recommender.from_bytes(change(tiny_bundle), backend=backend)
 
 
+def _poison(values: np.ndarray, value: float = np.nan) -> np.ndarray:
+    out = values.copy()
+    out.flat[3] = value
+    return out
+
+
+def test_a_model_with_nan_or_infinite_values_is_neither_published_nor_loaded(tiny_models, tiny_bundle):
+    """A bundle with NaN vectors loaded and served `score: null`."""
+    import dataclasses
+
+    data_split, stages = tiny_models
+    diverged = dataclasses.replace(stages, index=dataclasses.replace(stages.index,
+                                                                     user_vectors=_poison(stages.index.user_vectors)))
+    with pytest.raises(ValueError, match="not publishing a model with NaN or infinite values in users: its training "
+                                         "diverged"):
+        bundle.make_bundle(data_split, diverged, {"run_id": "test"})
+    for name, key, message in (("vectors.npz", "items", "items"), ("vectors.npz", "users", "users"),
+                               ("sources.npz", "ease_weights", "ease_weights")):
+        poisoned = _rezip(tiny_bundle, {name: _replace_npz(tiny_bundle, name, key, _poison)}, keep_checksums=False)
+        with pytest.raises(BundleError, match=f"{name}: cannot be read .*NaN or infinite values in {message}"):
+            Recommender.from_bytes(poisoned)
+    infinite = _replace_npz(tiny_bundle, "vectors.npz", "items", lambda a: _poison(a, np.inf))
+    with pytest.raises(BundleError, match="NaN or infinite values in items"):
+        Recommender.from_bytes(_rezip(tiny_bundle, {"vectors.npz": infinite}, keep_checksums=False))
+
+
 def test_damaged_deflate_data_is_a_bundle_error(tiny_bundle):
     """zlib.error (and NotImplementedError, RuntimeError for odd members) escaped as tracebacks."""
     info = zipfile.ZipFile(io.BytesIO(tiny_bundle)).getinfo("vectors.npz")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from movierec.split import holdout, split_ratings
+from movierec.split import Split, holdout, join_training, split_ratings
 
 
 def _toy(n=1000, users=50, items=40, seed=0):
@@ -104,3 +104,33 @@ def test_retrieval_validation_is_a_random_sample_inside_the_rating_models_carve_
     wrong = replace(settings, retrieval=replace(settings.retrieval, val_fraction=0.2))
     with pytest.raises(ValueError, match="must not exceed tune.val_fraction"):
         validation_split(small, wrong)
+
+
+def test_ratings_users_sent_join_training_only_each_pair_once_and_never_on_a_test_pair():
+    """Rows 0-3 are the data (split by hand: 0, 1, 2 train, 3 test), rows 4-8 what users sent:
+    4 rates the test pair (user 1, movie 1) and is left out; 5 re-rates train pair (0, 0) later
+    and replaces row 0; 6 rates train pair (0, 1) before the data did and is left out as older;
+    7 is a new pair of a known user, 8 a new user's. The test split is untouched."""
+    u = np.array([0, 0, 1, 1, 1, 0, 0, 2, 3])
+    i = np.array([0, 1, 0, 1, 1, 0, 1, 2, 0])
+    t = np.array([10, 20, 30, 40, 50, 60, 5, 70, 80])
+    drawn = Split(np.array([0, 1, 2]), np.array([3]), "random", dropped_test=0)
+    joined = join_training(drawn, u, i, t, n_base=4)
+    assert joined.train.tolist() == [1, 2, 5, 7, 8] and joined.test.tolist() == [3]
+    assert (joined.feedback_train, joined.feedback_left_out, joined.feedback_replaced, joined.feedback_outdated) == (
+        3, 1, 1, 1)
+    assert join_training(drawn, u[:4], i[:4], t[:4], n_base=4) is drawn  # nothing sent
+
+
+@pytest.mark.parametrize("method", ["random", "stratified", "temporal"])
+def test_ratings_users_sent_after_the_cutoff_all_reach_training_and_the_test_split_stays_the_datas(method):
+    """With the temporal protocol every sent rating is newer than the cutoff: drawn over all rows,
+    none reached training (0 of 800 in the issue); with the random one, a fifth landed in test."""
+    u, i, t = _toy()
+    pairs = np.random.default_rng(5).choice(60 * 5, 200, replace=False)  # 200 distinct pairs, none in the data:
+    sent_u, sent_i = pairs // 5, 40 + pairs % 5  # movies 40-44 and users 50-59 are new
+    data = split_ratings(u, i, t, method, 0.25, seed=3)
+    joined = join_training(data, np.append(u, sent_u), np.append(i, sent_i),
+                           np.append(t, 20_000 + np.arange(len(sent_u))), n_base=len(u))
+    assert np.array_equal(joined.test, data.test)
+    assert joined.feedback_train == len(sent_u) and set(range(len(u), len(u) + len(sent_u))) <= set(joined.train)

@@ -104,6 +104,24 @@ def test_evaluating_implicit_only_data_reports_no_rating_error(tiny_implicit_mod
     assert all(0 <= row["ndcg@10"] <= 1 for row in report.rows)
 
 
+def test_the_evaluate_card_shows_every_metric_in_one_format():
+    """The card wrote 0.004508 beside 1.035 (four significant digits); the terminal four decimals."""
+    from movierec.evaluation import Report
+    from movierec.reports import evaluation_card
+
+    row = {"model": "two-stage (exact retrieval)", "top1": 0.004508, "top5": 0.02, "top10": 0.1, "top50": 0.25,
+           "top100": 0.5, "rmse": 1.035, "mae": 0.8123456, "ndcg@10": 0.45, "p@10": None, "r@10": 0.123456}
+    report = Report(rows=[row], recall={"EASEᴿ source top 20": 0.5123456})
+    cards = [c.render() for c in evaluation_card(report, "tfrs")]
+    (metrics,) = [c for c in cards if c["type"] == "table" and "top1" in c["columns"]]
+    cells = dict(zip(metrics["columns"], metrics["data"][0]))
+    assert (cells["top1"], cells["rmse"], cells["mae"], cells["top10"], cells["p@10"]) == (
+        "0.0045", "1.0350", "0.8123", "0.1000", "—")
+    assert report.to_text().splitlines()[1].split("  ")[1:3] == ["0.0045", "0.0200"]
+    (recall,) = [c for c in cards if c["type"] == "table" and c["columns"] == ["name", "value"]]
+    assert recall["data"] == [["EASEᴿ source top 20", "0.5123"]]
+
+
 def test_the_listwise_fit_finds_the_feature_that_orders_relevant_movies_first():
     """Feature 1 (EASE) marks the relevant movies, the others are noise: the fitted weights
     order by EASE, and their nDCG@10 is the perfect one."""
