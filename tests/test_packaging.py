@@ -39,6 +39,32 @@ def test_versions_follow_the_start_time_whatever_the_scheduler_calls_the_run():
     assert Version(local) < Version(argo) < Version(sfn) < Version(service)
 
 
+def test_a_resumed_run_is_versioned_when_it_publishes_not_by_the_start_it_cloned():
+    """resume clones start, and with it start's time: the resumed run's version was its origin's,
+    so one that re-ran training found "its" version published (by the origin) and reported the
+    origin's wheel instead of uploading its own model."""
+    from movierec.pipeline import version_time
+
+    assert version_time(1795493907879854, None, now_us=1795494000000000) == 1795493907879854
+    assert version_time(1795493907879854, "1795493907879854", now_us=1795494000000000) == 1795494000000000
+    assert version_time(None, "argo-recommenderflow-zz9", now_us=1795494000000000) == 1795494000000000
+    assert version_time(1795493907879854, "1795493907879854") > 1795493907879854  # now, by default
+
+
+def test_the_resumed_flow_publishes_its_own_version(runs):
+    """The real flow, failed in evaluate and resumed (conftest's ``runs``): the resumed run's
+    start is the origin's clone, its publish step stamps a later time, and the wheel is named by it."""
+    from movierec.bundle import read_bundle
+
+    _, failed_run, resumed_status, resumed_run, _ = runs
+    assert resumed_status == "successful"
+    cloned = resumed_run["start"].task.data.started_us
+    assert cloned == failed_run["start"].task.data.started_us
+    info = read_bundle(resumed_run["publish"].task.data.bundle)[0]
+    assert info["run_id"] == resumed_run.id and info["started_us"] > cloned
+    assert resumed_run["publish"].task.data.publication["version"] == f"0.1.0.post{info['started_us']}"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory, tiny_bundle):
     return packaging.build_wheel(tiny_bundle, "0.1.0.post7", tmp_path_factory.mktemp("wheel"))
