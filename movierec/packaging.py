@@ -29,7 +29,6 @@ repository's simple index lists it.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import os
@@ -295,7 +294,7 @@ def published_copy(wheel_name: str, repository_url: str, index_dir: Path, out_di
         raise PublishError(f"{simple_url(repository_url)}{PROJECT}/ lists {wheel_name} without a #sha256=: the "
                            "published copy cannot be checked, so it is not taken for this version's wheel")
     data = _get(url, repository_url, credentials, timeout=60)
-    if hashlib.sha256(data).hexdigest() != fragment.removeprefix("sha256="):
+    if sha256(data) != fragment.removeprefix("sha256="):
         raise PublishError(f"{url}: the download does not match the sha256 its index lists")
     target = out_dir / "published" / wheel_name
     target.parent.mkdir(parents=True, exist_ok=True)
