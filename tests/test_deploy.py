@@ -173,9 +173,9 @@ def test_a_configured_schedule_retrains_the_deployment(aws, tmp_path):
     assert json.loads(workflow["metadata"]["annotations"]["metaflow/cron"])["schedule"] == "0 0 ? * SUN"
 
 
-def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tmp_path):
-    env, client = aws
-    machine = compile_flow(env, tmp_path, "--config-value", "config", INDEX, "step-functions", "create",
+def step_functions(env: dict, tmp_path: Path, config: str = INDEX) -> dict[str, dict]:
+    """Each step's state of the state machine compiled with the ``config`` Config (JSON)."""
+    machine = compile_flow(env, tmp_path, "--config-value", "config", config, "step-functions", "create",
                            "--authorize", "movierec-tests")
     states: dict[str, dict] = {}
 
@@ -186,6 +186,12 @@ def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tm
                 walk(branch["States"])
 
     walk(machine["States"])
+    return states
+
+
+def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tmp_path):
+    env, client = aws
+    states = step_functions(env, tmp_path)
     batch = client("batch")
     for step in STEPS:
         params, (cpu, memory, _, retries) = states[step]["Parameters"], EXPECTED[step]
@@ -219,14 +225,22 @@ def test_a_deployment_without_a_package_repository_or_an_image_is_refused(aws, t
             "the steps run in the file's image") in out.stderr
 
 
-def test_publish_gets_its_credentials_secret_in_the_deployed_pods(aws, tmp_path):
+@pytest.mark.parametrize("scheduler", ["argo-workflows", "step-functions"])
+def test_publish_gets_its_credentials_secret_in_the_deployed_containers(aws, tmp_path, scheduler):
     """A deployed flow had no way to its repository credentials: the publish step now gets the
-    configured @secrets source, in the pod itself. The pod is loaded here as Argo runs it: the
-    code package Metaflow uploaded, unpacked, with the template's environment."""
+    configured @secrets source, in its container itself. The container is loaded here as the
+    scheduler runs it: the code package Metaflow uploaded, unpacked, with the compiled step's
+    environment (the configuration travels in the package, METAFLOW_FLOW_CONFIG_VALUE points to it)."""
     env, client = aws
-    templates = argo(env, tmp_path, configuration(deploy={"publish_secret": "aws-secrets-manager.movierec-pypi"}))
-    container = templates["publish"]["container"]
-    pod_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    config = configuration(deploy={"publish_secret": "aws-secrets-manager.movierec-pypi"})
+    if scheduler == "argo-workflows":
+        compute = "kubernetes"
+        pod_env = {e["name"]: e["value"] for e in argo(env, tmp_path, config)["publish"]["container"]["env"]
+                   if "value" in e}
+    else:
+        compute = "batch"
+        overrides = step_functions(env, tmp_path, config)["publish"]["Parameters"]["ContainerOverrides"]
+        pod_env = {e["Name"]: e["Value"] for e in overrides["Environment"] if "Value" in e}
     bucket, key = pod_env["METAFLOW_CODE_URL"].removeprefix("s3://").split("/", 1)
     pod = tmp_path / "pod"
     with tarfile.open(fileobj=io.BytesIO(client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())) as tar:
@@ -241,7 +255,7 @@ def test_publish_gets_its_credentials_secret_in_the_deployed_pods(aws, tmp_path)
     assert "secrets<static (inserted by movierec.flowconfig.configured) sources=['aws-secrets-manager.movierec-pypi']" \
         in steps["publish"]
     assert "secrets<" not in steps["evaluate"] and "secrets<" not in steps["start"]
-    assert "kubernetes<static (inserted by movierec.flowconfig.configured) " in steps["publish"]
+    assert f"{compute}<static (inserted by movierec.flowconfig.configured) " in steps["publish"]
     assert f"image={IMAGE}" in steps["publish"]
 
 
