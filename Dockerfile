@@ -1,6 +1,8 @@
 # The image the flow's remote steps run in (Kubernetes, AWS Batch, Argo, Step Functions):
 #   docker build -t <registry>/movierec:<tag> . && docker push <registry>/movierec:<tag>
-#   python flows/recommender_flow.py run --with kubernetes:image=<registry>/movierec:<tag>
+# and name it in the flow's configuration file, which every remote step takes its image from:
+#   deploy:
+#     image: <registry>/movierec:<tag>
 # Python and the flow's runtime lock, every package pinned with its hashes (requirements/runtime.txt,
 # made by `make lock`; torch is its CPU build, from PyTorch's index). movierec itself is not installed:
 # it travels in Metaflow's code package with the flow (flows/movierec links it), so an image serves

@@ -45,7 +45,7 @@ class RecommenderFlow(FlowSpec):
     @step
     def start(self):
         self.settings = flowconfig.settings_of(self)
-        self.started_us = time.time_ns() // 1000  # the published wheel's version (packaging.run_version)
+        self.started_us = time.time_ns() // 1000  # the published wheel's version (pipeline.version_time)
         dataset = pipeline.load_data(self.settings)
         self.dataset, self.data_stats = dataset.to_bytes(), dataset.stats()
         print(f"[start] {dataset.name}: {self.data_stats}")
@@ -105,8 +105,9 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def publish(self):
-        run = {"flow": current.flow_name, "run_id": current.run_id,
-               "started_us": getattr(self, "started_us", None),  # None: a resumed run started before it existed
+        # a resumed run has start's time cloned from the run it resumed: it gets a version of its own
+        started_us = pipeline.version_time(getattr(self, "started_us", None), current.origin_run_id)
+        run = {"flow": current.flow_name, "run_id": current.run_id, "started_us": started_us,
                "dataset": self.data_stats, "metrics": self.metrics}
         self.bundle, publication, self.wheel = pipeline.publish(self.data_split, self._stages(), self.settings, run)
         self.publication = publication.to_dict()

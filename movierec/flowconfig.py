@@ -12,9 +12,10 @@ place defaults live; ``python -m movierec.flowconfig`` prints them all as a file
 The Parameters are not written out in the flow: :class:`configured` (a Metaflow ``FlowMutator``)
 adds one per setting, each checked as the command line is parsed, before a run exists (Metaflow
 stores and prints parameter values, so a bad value, or a repository URL with a password in it,
-must never reach a run), gives each step its ``@resources``, ``@timeout`` and (on Kubernetes or
-AWS Batch) ``@retry`` from the file, and wraps every step in :func:`step_frame`: fault injection
-for tests and a timing line, in one place. An error names the setting and its option:
+must never reach a run), gives each step its ``@resources``, ``@timeout``, ``@secrets`` and (on
+Kubernetes or AWS Batch) its image and ``@retry`` from the file, and wraps every step in
+:func:`step_frame`: fault injection for tests and a timing line, in one place. An error names the
+setting and its option:
 ``retrieval.epochs (--retrieval-epochs) must be at least 1, got 0``.
 """
 
@@ -26,6 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from movierec import faults
 from movierec.cluster import prepare_local_cluster
@@ -42,7 +44,14 @@ CLUSTER_STEP = "train_on_cluster"
 RAY_STEPS = ("train_retrieval", "tune_ranking", "train_ranker", CLUSTER_STEP)
 # Steps a lost node or a storage error can fail, retried on Kubernetes/Batch (deploy.retries).
 RETRIED_STEPS = ("start", *RAY_STEPS, "publish")
-DEPLOY_COMMANDS = ("argo-workflows", "step-functions", "airflow")
+# The compute decorator each scheduler runs every step with, and what Metaflow sets
+# METAFLOW_RUNTIME_ENVIRONMENT to in a step's container.
+DEPLOY_COMPUTE = {"argo-workflows": "kubernetes", "airflow": "kubernetes", "step-functions": "batch"}
+RUNTIME_COMPUTE = {"kubernetes": "kubernetes", "aws-batch": "batch"}
+DEPLOY_COMMANDS = tuple(DEPLOY_COMPUTE)
+# Datastores whose storage every node of a Ray cluster reaches (``cluster.storage_path`` keeps the
+# Ray steps' results there); the local one is a folder of this machine.
+SHARED_DATASTORES = ("s3", "gs")
 # Settings that size the Ray steps' containers (step_decorators): on Kubernetes/Batch only the file's count.
 SIZING = ("ray.num_cpus", "ray.nodes", "retrieval.workers", "retrieval.gpus_per_worker", "tune.trials_per_gpu")
 REMOTE_COMPUTE = ("kubernetes", "batch")
@@ -53,10 +62,11 @@ def _named(key: str) -> str:
     return f"{key} (configuration file only)" if s.file_only else f"{key} (--{s.option})"
 
 
-def _combinations(values: dict[str, object], run_time: bool, cluster: bool) -> list[str]:
+def _combinations(values: dict[str, object], run_time: bool, cluster: bool, datastore: str | None) -> list[str]:
     """What is wrong with settings that are each fine alone (``values``: every setting; at
     ``run_time`` the run's own values, else a configuration file's before the command line is
-    read; ``cluster``: for RecommenderClusterFlow, which trains retrieval on ``ray.nodes`` nodes)."""
+    read; ``cluster``: for RecommenderClusterFlow, which trains retrieval on ``ray.nodes`` nodes;
+    ``datastore``: the run's Metaflow datastore type, where known)."""
     problems = []
     workers, cpus, nodes = values["retrieval.workers"], values["ray.num_cpus"], values["ray.nodes"]
     # Locally train_retrieval shares the machine with tune_ranking; remotely it has a container of its own.
@@ -84,10 +94,33 @@ def _combinations(values: dict[str, object], run_time: bool, cluster: bool) -> l
         problems.append(f"{_named('publish.repository_url')} is required when steps run on Kubernetes or AWS "
                         "Batch: the default local index would be written inside publish's container and lost with "
                         "it (set it in the configuration file for a deployment)")
+    if remote:
+        problems += _image_problems(values["deploy.image"])
+    if values["ray.address"] and datastore is not None and datastore not in SHARED_DATASTORES:
+        problems.append(f"{_named('ray.address')} is {values['ray.address']}, but the run's datastore is {datastore}: "
+                        "the Ray steps keep their results in the datastore, and the cluster's nodes on other machines "
+                        "cannot reach a folder of this one (Ray Train refuses it there); run with --datastore s3 (or "
+                        "gs), whose storage every node reaches")
     return problems
 
 
-def check(values: dict[str, object], run_time: bool = False, cluster: bool = False) -> None:
+def _image_problems(image: str) -> list[str]:
+    """What is wrong with the image remote steps get (``deploy.image``): there must be one, and an
+    image the command line names (``--with kubernetes:image=...``) must be that one."""
+    if not image:
+        return [f"{_named('deploy.image')} is required when steps run on Kubernetes or AWS Batch: without it "
+                "Metaflow runs every step in python:3.11, which has neither torch nor Ray (build and push the "
+                "Dockerfile's image, and name it there)"]
+    compute = remote_compute()
+    named = compute.options.get("image") if compute else None
+    if named is not None and named != image:
+        return [f"--with {compute.decorator} names the image {named}, but {_named('deploy.image')} is {image}: the "
+                "steps run in the file's image; change it there"]
+    return []
+
+
+def check(values: dict[str, object], run_time: bool = False, cluster: bool = False, datastore: str | None = None
+          ) -> None:
     """Raise ConfigError naming every bad setting in ``values`` (dotted keys; settings left out
     keep their defaults), alone and in combination (see :func:`_combinations`)."""
     problems = []
@@ -98,7 +131,7 @@ def check(values: dict[str, object], run_time: bool = False, cluster: bool = Fal
         elif (why := setting.problem(value)) is not None:
             problems.append(f"{_named(key)} {why}")
     if not problems:
-        problems = _combinations({**{s.key: s.default for s in SETTINGS}, **values}, run_time, cluster)
+        problems = _combinations({**{s.key: s.default for s in SETTINGS}, **values}, run_time, cluster, datastore)
     if problems:
         raise ConfigError("invalid flow configuration: " + "; ".join(problems))
 
@@ -188,11 +221,12 @@ def _parameter(s: Setting):
                      callback=checked)
 
 
-def _checked(values: dict[str, object], run_time: bool = False, cluster: bool = False) -> None:
+def _checked(values: dict[str, object], run_time: bool = False, cluster: bool = False,
+             datastore: str | None = None) -> None:
     """:func:`check`, its error raised as a MetaflowException: Metaflow prints that as a message,
     where any other exception comes with a traceback that buries it."""
     try:
-        check(values, run_time, cluster)
+        check(values, run_time, cluster, datastore)
     except ConfigError as exc:
         from metaflow.exception import MetaflowException
 
@@ -201,7 +235,7 @@ def _checked(values: dict[str, object], run_time: bool = False, cluster: bool = 
 
 def settings_of(flow: object) -> Settings:
     """The run's settings from the flow's parameters (command line over file) and, for the
-    settings of the file only, its ``config``; checked together."""
+    settings of the file only, its ``config``; checked together, and with the run's datastore."""
     values = {s.key: _lookup(flow.config, s.key) if s.file_only else getattr(flow, s.attribute) for s in SETTINGS}
     if runs_remotely():
         # The containers were sized from the file when the flow was deployed or launched; Ray would
@@ -213,7 +247,8 @@ def settings_of(flow: object) -> Settings:
 
             raise MetaflowException("on Kubernetes or AWS Batch the configuration file sizes the steps' containers, "
                                     "so set these there, not on the command line: " + "; ".join(differ))
-    _checked(values, run_time=True, cluster=hasattr(flow, CLUSTER_STEP))
+    datastore = getattr(getattr(flow, "_datastore", None), "TYPE", None)  # a running step's task datastore
+    _checked(values, run_time=True, cluster=hasattr(flow, CLUSTER_STEP), datastore=datastore)
     return from_values(values)
 
 
@@ -224,25 +259,55 @@ def _lookup(tree: object, key: str) -> object:
     return tree
 
 
-def runs_remotely(argv: list[str] | None = None) -> bool:
-    """Whether the flow's steps run on Kubernetes or AWS Batch: this process is in such a
-    container (Metaflow sets METAFLOW_RUNTIME_ENVIRONMENT there, as its own plugins check), or
-    its command deploys the flow to a scheduler or sends steps there (``--with kubernetes``,
-    ``--with batch``, or the same in METAFLOW_DECOSPECS or Metaflow's DEFAULT_DECOSPECS)."""
-    if os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local") != "local":
-        return True
-    argv = sys.argv if argv is None else argv
-    if deploys(argv):
-        return True
-    from metaflow.metaflow_config import DEFAULT_DECOSPECS  # a profile may send every run to Kubernetes
+@dataclass(frozen=True)
+class Compute:
+    """Where the steps run remotely: Metaflow's compute decorator (``kubernetes`` or ``batch``)
+    and the options the command line gave it (``--with kubernetes:service_account=x``)."""
 
-    specs = [*os.environ.get("METAFLOW_DECOSPECS", "").split(), *(DEFAULT_DECOSPECS or "").split()]
+    decorator: str
+    options: dict[str, object] = field(default_factory=dict)
+
+
+def _decospecs(argv: list[str]) -> list[str]:
+    """The decorator specs a command adds to every step: ``--with`` (either form), METAFLOW_DECOSPECS
+    and Metaflow's DEFAULT_DECOSPECS (a profile may send every run to Kubernetes)."""
+    from metaflow.metaflow_config import DEFAULT_DECOSPECS
+
+    specs = []
     for i, arg in enumerate(argv):
         if arg == "--with" and i + 1 < len(argv):
             specs.append(argv[i + 1])
         elif arg.startswith("--with="):
             specs.append(arg.removeprefix("--with="))
-    return any(spec.split(":")[0] in REMOTE_COMPUTE for spec in specs)
+    return [*specs, *os.environ.get("METAFLOW_DECOSPECS", "").split(), *(DEFAULT_DECOSPECS or "").split()]
+
+
+def remote_compute(argv: list[str] | None = None) -> Compute | None:
+    """Where the flow's steps run, None for this machine: Kubernetes or AWS Batch when this
+    process is in such a container (Metaflow sets METAFLOW_RUNTIME_ENVIRONMENT there, as its own
+    plugins check), or its command sends steps there (``--with kubernetes``, ``--with batch``, or
+    the same in METAFLOW_DECOSPECS or DEFAULT_DECOSPECS) or deploys the flow to a scheduler
+    (Argo Workflows and Airflow run steps on Kubernetes, Step Functions on Batch)."""
+    from metaflow.decorators import StepDecorator
+
+    argv = sys.argv if argv is None else argv
+    specs = [spec.partition(":") for spec in _decospecs(argv)]
+    runtime = os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "local")
+    if runtime != "local":
+        decorator = RUNTIME_COMPUTE.get(runtime, runtime)
+    else:
+        decorator = next((name for name, _, _ in specs if name in REMOTE_COMPUTE), None) or next(
+            (DEPLOY_COMPUTE[arg] for arg in argv if arg in DEPLOY_COMPUTE), None)
+    if decorator is None:
+        return None
+    options = next((StepDecorator.extract_args_kwargs_from_decorator_spec(body)[1]
+                    for name, _, body in specs if name == decorator), {})
+    return Compute(decorator, options)
+
+
+def runs_remotely(argv: list[str] | None = None) -> bool:
+    """Whether the flow's steps run on Kubernetes or AWS Batch (:func:`remote_compute`)."""
+    return remote_compute(argv) is not None
 
 
 def launches_run(argv: list[str] | None = None) -> bool:
@@ -257,12 +322,15 @@ def deploys(argv: list[str] | None = None) -> bool:
     return any(arg in DEPLOY_COMMANDS for arg in (sys.argv if argv is None else argv))
 
 
-def step_decorators(step_name: str, config: object, remote: bool, cluster: bool = False
+def step_decorators(step_name: str, config: object, compute: Compute | None, cluster: bool = False
                     ) -> dict[str, dict[str, object]]:
     """Metaflow step decorators (name -> arguments) for ``step_name`` from the ``config`` Config:
-    ``resources`` (see ``DeploySettings``), ``timeout``, and ``retry`` where ``remote``; in
+    ``resources`` (see ``DeploySettings``), ``timeout``, publish's ``secrets`` (its repository
+    credentials, when a source is set), and where the steps run remotely (``compute``) the compute
+    decorator with the command line's options and the file's image, and ``retry``; in
     RecommenderClusterFlow (``cluster``) train_on_cluster's nodes share the retrieval GPUs, and
-    get the Ray token secret where ``remote``."""
+    get the Ray token secret remotely."""
+    remote = compute is not None
     res, retrieval_gpus = config["deploy"], config["retrieval"]["workers"] * config["retrieval"]["gpus_per_worker"]
     if step_name in RAY_STEPS:
         gpu = {"train_retrieval": 0 if cluster else retrieval_gpus,
@@ -274,12 +342,18 @@ def step_decorators(step_name: str, config: object, remote: bool, cluster: bool 
     else:
         resources = {"cpu": res["cpu"], "memory": res["memory"]}
     decorators = {"resources": resources, "timeout": {"hours": res["timeout_hours"]}}
+    if remote and compute.decorator in REMOTE_COMPUTE:
+        # Added before --with attaches its own (then ignored for these steps): so the command line's
+        # options are kept here, and the image is the file's, never Metaflow's default python:3.11.
+        decorators[compute.decorator] = {**compute.options, "image": res["image"]}
     if remote and step_name in RETRIED_STEPS and res["retries"]:
         decorators["retry"] = {"times": res["retries"], "minutes_between_retries": 1}
     if remote and step_name == CLUSTER_STEP and res["ray_token_secret"]:
         # Ray reads RAY_AUTH_MODE when imported, before @secrets has set the token in the task
         decorators["environment"] = {"vars": {"RAY_AUTH_MODE": "token"}}
         decorators["secrets"] = {"sources": [res["ray_token_secret"]]}
+    if step_name == "publish" and res["publish_secret"]:
+        decorators["secrets"] = {"sources": [res["publish_secret"]]}
     return decorators
 
 
@@ -308,7 +382,7 @@ def _mutator() -> type:
 
     class configured(FlowMutator):  # noqa: N801 (used as a lower-case class decorator, as Metaflow's own)
         """Adds a Parameter per setting (but those of the file only), the deployment's schedule, each
-        step's resources, timeout and retries (:func:`step_decorators`), and wraps every step in
+        step's image, resources, timeout, retries and secrets (:func:`step_decorators`), and wraps every step in
         :func:`step_frame`; for a local run of RecommenderClusterFlow it readies this machine for
         the run's Ray nodes (``cluster.prepare_local_cluster``)."""
 
@@ -316,15 +390,15 @@ def _mutator() -> type:
             for s in SETTINGS:
                 if not s.file_only:
                     mutable_flow.add_parameter(s.attribute, _parameter(s))
-            config, remote = dict(mutable_flow.configs)["config"], runs_remotely()
+            config, compute = dict(mutable_flow.configs)["config"], remote_compute()
             cluster = any(name == CLUSTER_STEP for name, _ in mutable_flow.steps)
-            if cluster and not remote and launches_run():
+            if cluster and compute is None and launches_run():
                 prepare_local_cluster()
             if config["deploy"]["schedule"]:
                 mutable_flow.add_decorator("schedule", deco_kwargs={config["deploy"]["schedule"]: True})
             for name, step in mutable_flow.steps:
                 step.add_decorator(frame)
-                for decorator, arguments in step_decorators(name, config, remote, cluster).items():
+                for decorator, arguments in step_decorators(name, config, compute, cluster).items():
                     step.add_decorator(decorator, deco_kwargs=arguments)
 
     return configured

@@ -8,6 +8,7 @@ benchmarks and notebooks. Values that travel together travel as one: a :class:`D
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DataSplit", "InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "ray_storage",
            "split_data", "split_for", "stages", "train_ranker", "train_retrieval", "train_retrieval_on_cluster",
-           "tune_ranking"]
+           "tune_ranking", "version_time"]
 
 
 class InputError(MetaflowException, data.DataError):
@@ -243,6 +244,17 @@ def evaluate(data_split: DataSplit, stages: TwoStage) -> Report:
     from movierec.evaluation import Evaluator
 
     return Evaluator(data_split.enc, data_split.split).run(stages)
+
+
+def version_time(started_us: int | None, origin_run_id: str | None, now_us: int | None = None) -> int:
+    """The microsecond a run's wheel version is made of (``packaging.run_version``): when its
+    ``start`` ran (``started_us``), or, in a resumed run (``origin_run_id``), ``now_us`` (default
+    now), when its publish step runs. ``resume`` clones ``start`` with its artifacts, so the origin's
+    time named the origin's version: a resumed run that re-ran training found that version already
+    published (by the origin) and reported the origin's wheel, never uploading its own model."""
+    if origin_run_id is None and started_us is not None:
+        return started_us
+    return time.time_ns() // 1000 if now_us is None else now_us
 
 
 def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadata: dict

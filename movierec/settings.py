@@ -45,6 +45,9 @@ COMPILE_FROM = 1_000_000
 # Candidates the retrieval stage hands the ranking stage, in evaluation and in serving alike.
 CANDIDATES = 100
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# The backends a Metaflow @secrets source names (Metaflow's SECRETS_PROVIDERS, but its "inline" one
+# for tests), written "<backend>.<secret id>".
+SECRETS_BACKENDS = ("aws-secrets-manager", "gcp-secret-manager", "az-key-vault")
 
 
 def setting(default: Any, option: str, help: str, minimum: int | None = None, choices: tuple[str, ...] = (),
@@ -69,6 +72,17 @@ def repository_url_problem(url: str) -> str | None:
     if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
         return f"must be https:// (plain http only on loopback), got {url}"
     return None
+
+
+def secret_source_problem(source: str) -> str | None:
+    """What is wrong with a Metaflow ``@secrets`` source, or None: it must name its backend. A
+    bare id takes Metaflow's default backend type, which is usually not set in the containers:
+    the flow deployed, and every step with the secret then failed at ``@secrets``."""
+    backend, dot, secret_id = source.partition(".")
+    if not source or (dot and backend in SECRETS_BACKENDS and secret_id):
+        return None
+    return (f"must name its backend as <backend>.<secret id> (backend one of {', '.join(SECRETS_BACKENDS)}; e.g. "
+            f"aws-secrets-manager.{secret_id or source}), got {source!r}")
 
 
 @dataclass(frozen=True)
@@ -305,8 +319,9 @@ class PublishSettings:
 
 @dataclass(frozen=True)
 class DeploySettings:
-    """What each step asks Kubernetes or AWS Batch for (Metaflow's ``@resources``, ``@timeout`` and
-    ``@retry``, added to the steps by ``flowconfig.configured``) and when a deployment retrains.
+    """What each step asks Kubernetes or AWS Batch for (the image, Metaflow's ``@resources``,
+    ``@timeout``, ``@retry`` and ``@secrets``, added to the steps by ``flowconfig.configured``) and
+    when a deployment retrains.
     Decorators are fixed when a flow is deployed, before any Parameter has a value, so these live in
     the configuration file only (no command-line option). The Ray steps also ask for
     ``ray.num_cpus`` CPUs (set it in the file too for remote runs: Ray is told that number) and the
@@ -325,9 +340,17 @@ class DeploySettings:
     schedule: str = setting("", "", "retrain a deployed flow (Argo Workflows, Step Functions) hourly, daily or "
                             "weekly (Metaflow's @schedule); empty: only when triggered",
                             choices=("", "hourly", "daily", "weekly"))
-    ray_token_secret: str = setting("", "", "Metaflow @secrets source holding RAY_AUTH_TOKEN, the token the nodes of "
+    image: str = setting("", "", "the container image every step runs in on Kubernetes or AWS Batch (the "
+                         "Dockerfile's, pushed to a registry); required there: Metaflow's default, python:3.11, has "
+                         "neither torch nor Ray")
+    ray_token_secret: str = setting("", "", "Metaflow @secrets source (<backend>.<id>, e.g. aws-secrets-manager."
+                                    "movierec-ray) holding RAY_AUTH_TOKEN, the token the nodes of "
                                     "RecommenderClusterFlow's Ray cluster share (Ray refuses a node without it); "
-                                    "required to run that flow on Kubernetes or AWS Batch")
+                                    "required to run that flow on Kubernetes or AWS Batch", check=secret_source_problem)
+    publish_secret: str = setting("", "", "Metaflow @secrets source (<backend>.<id>) holding TWINE_USERNAME and "
+                                  "TWINE_PASSWORD for publish.repository_url, given to the publish step; empty: "
+                                  "publish reads them from its environment, or, for a CodeArtifact repository, gets "
+                                  "a token with the step's own AWS role", check=secret_source_problem)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 step-functions create --only-json``), against a real S3/IAM/EC2/Batch API (moto's server, on
 loopback), where Metaflow uploads the code package and registers the Batch job definitions.
 
-Each compiled step must carry what the configuration asks for (``flowconfig.step_decorators``):
-the image, CPUs, memory, GPUs, /dev/shm for Ray, timeout and retries; the code package must hold
-the ``movierec`` modules; no parameter default may be a path of the deploying machine.
+Each compiled step must carry what a fixed configuration asks for, written out here as literal
+values: the file's image, CPUs, memory, GPUs, /dev/shm for Ray, timeout and retries; the code
+package must hold the ``movierec`` modules; no parameter default may be a path of the deploying
+machine.
 """
 
 import io
@@ -20,11 +21,23 @@ from pathlib import Path
 import pytest
 from conftest import BUDGET, FLOW, ML100K, free_port, wait_for_http
 
-from movierec import cluster, flowconfig
+from movierec import cluster
 
 CLUSTER_FLOW = str(Path(FLOW).with_name("recommender_cluster_flow.py"))
 IMAGE = "registry.example/movierec:1.0"
-INDEX = json.dumps({"publish": {"repository_url": "https://pypi.example/movierec/"}})
+PRODUCTION = {"publish": {"repository_url": "https://pypi.example/movierec/"}, "deploy": {"image": IMAGE}}
+
+
+def configuration(**sections: dict) -> str:
+    """PRODUCTION (a package repository and the image: what a deployment needs) with ``sections``
+    merged into it, as the JSON of a ``--config-value``."""
+    merged = {name: dict(values) for name, values in PRODUCTION.items()}
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    return json.dumps(merged)
+
+
+INDEX = configuration()
 BUCKET = "movierec-ci"
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/movierec"
 MODULES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "movierec").glob("*.py"))
@@ -86,46 +99,42 @@ def compile_flow(env: dict, tmp_path: Path, *args: str, flow: str = FLOW) -> dic
 
 
 def argo(env: dict, tmp_path: Path, config: str = INDEX, flow: str = FLOW) -> dict[str, dict]:
-    """Each step's Argo template of the ``flow`` compiled with the ``config`` Config (JSON)."""
-    workflow = compile_flow(env, tmp_path, "--config-value", "config", config, "--with", f"kubernetes:image={IMAGE}",
-                            "argo-workflows", "create", flow=flow)
+    """Each step's Argo template of the ``flow`` compiled with the ``config`` Config (JSON), the
+    Kubernetes options of a cluster's set-up on the command line (no image: the file has it)."""
+    workflow = compile_flow(env, tmp_path, "--config-value", "config", config, "--with",
+                            "kubernetes:service_account=movierec-steps", "argo-workflows", "create", flow=flow)
     templates = {t["name"].replace("-", "_"): t for t in workflow["spec"]["templates"]
                  if "container" in t or "resource" in t}
     return {"workflow": workflow, **templates}
 
 
-@pytest.fixture(scope="module")
-def expected() -> dict[str, dict]:
-    """What each step must ask for under the default configuration, deployed."""
-    from movierec.settings import SETTINGS
-
-    config = flowconfig.nest({s.key: s.default for s in SETTINGS})
-    return {step: flowconfig.step_decorators(step, config, remote=True) for step in STEPS}
-
-
 STEPS = ("start", "split", "train_retrieval", "tune_ranking", "build_index", "train_ranker", "evaluate", "publish",
          "end")
+# What each step asks for under the default settings (deploy.cpu 2, deploy.memory 8192 MB,
+# deploy.ray_memory 16384 MB with a third as /dev/shm, ray.num_cpus 2, 24 h, 2 retries of start,
+# the Ray steps and publish): (CPUs, memory MB, /dev/shm MB or None, retries).
+EXPECTED = {"start": (2, 8192, None, 2), "split": (2, 8192, None, 0), "train_retrieval": (2, 16384, 5461, 2),
+            "tune_ranking": (2, 16384, 5461, 2), "build_index": (2, 8192, None, 0),
+            "train_ranker": (2, 16384, 5461, 2), "evaluate": (2, 8192, None, 0), "publish": (2, 8192, None, 2),
+            "end": (2, 8192, None, 0)}
 
 
-def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configuration(aws, tmp_path, expected):
+def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configuration(aws, tmp_path):
+    """The image is the file's deploy.image (no `:image=` on the command line, which compiled every
+    step to python:3.11), and the command line's Kubernetes options are kept with it."""
     env, client = aws
     templates = argo(env, tmp_path)
     for step in STEPS:
-        template, want = templates[step], expected[step]
+        template, (cpu, memory, shm_mb, retries) = templates[step], EXPECTED[step]
         container = template["container"]
         assert container["image"] == IMAGE, step
+        assert template["serviceAccountName"] == "movierec-steps", step
         requests = container["resources"]["requests"]
-        assert float(requests["cpu"]) == want["resources"]["cpu"], step
-        assert float(requests["memory"].removesuffix("M")) == want["resources"]["memory"], step
-        assert template["activeDeadlineSeconds"] == want["timeout"]["hours"] * 3600, step
-        retries = template.get("retryStrategy", {}).get("limit", 0)
-        assert retries == (want["retry"]["times"] if "retry" in want else 0), step
+        assert (float(requests["cpu"]), float(requests["memory"].removesuffix("M"))) == (cpu, memory), step
+        assert template["activeDeadlineSeconds"] == 86400, step
+        assert template.get("retryStrategy", {}).get("limit", 0) == retries, step
         shm = next(v for v in template["volumes"] if v["name"] == "dhsm")["emptyDir"]
-        if step in flowconfig.RAY_STEPS:
-            assert shm["sizeLimit"] == f"{want['resources']['shared_memory']}Mi", step
-        else:
-            assert "sizeLimit" not in shm, step
-    assert {s for s in STEPS if "retry" in expected[s]} == set(flowconfig.RETRIED_STEPS) - {flowconfig.CLUSTER_STEP}
+        assert shm.get("sizeLimit") == (f"{shm_mb}Mi" if shm_mb else None), step
     annotations = templates["workflow"]["metadata"]["annotations"]
     project = annotations["metaflow/project_flow_name"]  # @project: each branch deploys its own copy
     assert project.startswith("movierec.user.") and project.endswith(".RecommenderFlow"), project
@@ -151,8 +160,7 @@ def test_gpu_settings_of_the_configuration_reach_the_containers(aws, tmp_path):
     """--gpus-per-worker on the command line cannot size a container (decorators are fixed at
     deploy time): the file's retrieval and Tune GPU settings do."""
     env, _ = aws
-    config = json.dumps({**json.loads(INDEX), "retrieval": {"workers": 2, "gpus_per_worker": 1},
-                         "tune": {"trials_per_gpu": 4}})
+    config = configuration(retrieval={"workers": 2, "gpus_per_worker": 1}, tune={"trials_per_gpu": 4})
     templates = argo(env, tmp_path, config)
     gpus = {s: templates[s]["container"]["resources"]["limits"].get("nvidia.com/gpu") for s in STEPS}
     assert gpus["train_retrieval"] == "2" and gpus["tune_ranking"] == "1"
@@ -161,14 +169,14 @@ def test_gpu_settings_of_the_configuration_reach_the_containers(aws, tmp_path):
 
 def test_a_configured_schedule_retrains_the_deployment(aws, tmp_path):
     env, _ = aws
-    workflow = argo(env, tmp_path, json.dumps({**json.loads(INDEX), "deploy": {"schedule": "weekly"}}))["workflow"]
+    workflow = argo(env, tmp_path, configuration(deploy={"schedule": "weekly"}))["workflow"]
     assert json.loads(workflow["metadata"]["annotations"]["metaflow/cron"])["schedule"] == "0 0 ? * SUN"
 
 
-def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tmp_path, expected):
-    env, client = aws
-    machine = compile_flow(env, tmp_path, "--config-value", "config", INDEX, "--with", f"batch:image={IMAGE}",
-                           "step-functions", "create", "--authorize", "movierec-tests")
+def step_functions(env: dict, tmp_path: Path, config: str = INDEX) -> dict[str, dict]:
+    """Each step's state of the state machine compiled with the ``config`` Config (JSON)."""
+    machine = compile_flow(env, tmp_path, "--config-value", "config", config, "step-functions", "create",
+                           "--authorize", "movierec-tests")
     states: dict[str, dict] = {}
 
     def walk(level: dict) -> None:
@@ -178,23 +186,77 @@ def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tm
                 walk(branch["States"])
 
     walk(machine["States"])
+    return states
+
+
+def test_step_functions_jobs_get_the_image_resources_timeout_and_retries(aws, tmp_path):
+    env, client = aws
+    states = step_functions(env, tmp_path)
     batch = client("batch")
     for step in STEPS:
-        params, want = states[step]["Parameters"], expected[step]
+        params, (cpu, memory, _, retries) = states[step]["Parameters"], EXPECTED[step]
         asked = {r["Type"]: r["Value"] for r in params["ContainerOverrides"]["ResourceRequirements"]}
-        assert asked == {"VCPU": str(want["resources"]["cpu"]), "MEMORY": str(want["resources"]["memory"])}, step
-        assert params["RetryStrategy"]["Attempts"] == 1 + want.get("retry", {}).get("times", 0), step
-        assert params["Timeout"]["AttemptDurationSeconds"] == want["timeout"]["hours"] * 3600, step
+        assert asked == {"VCPU": str(cpu), "MEMORY": str(memory)}, step
+        assert params["RetryStrategy"]["Attempts"] == 1 + retries, step
+        assert params["Timeout"]["AttemptDurationSeconds"] == 86400, step
         job = batch.describe_job_definitions(jobDefinitions=[params["JobDefinition"]])["jobDefinitions"][0]
         assert job["containerProperties"]["image"] == IMAGE, step
 
 
-def test_a_deployment_without_a_package_repository_is_refused(aws, tmp_path):
-    """publish's default, a local index folder, would be written inside its container and lost."""
+def test_a_deployment_without_a_package_repository_or_an_image_is_refused(aws, tmp_path):
+    """publish's default, a local index folder, would be written inside its container and lost;
+    without an image every step compiled to Metaflow's python:3.11, which has no torch and no Ray."""
     env, _ = aws
-    out = deploy(env, tmp_path, "--with", f"kubernetes:image={IMAGE}", "argo-workflows", "create")
+    out = deploy(env, tmp_path, "--config-value", "config", json.dumps({"deploy": {"image": IMAGE}}),
+                 "argo-workflows", "create")
     assert out.returncode != 0
     assert "publish.repository_url (--repository-url) is required when steps run on Kubernetes" in out.stderr
+    for command in (["argo-workflows", "create"], ["step-functions", "create"],
+                    ["--with", "kubernetes:image=python:3.11", "argo-workflows", "create"]):
+        out = deploy(env, tmp_path, "--config-value", "config", json.dumps({"publish": PRODUCTION["publish"]}),
+                     *command)
+        assert out.returncode != 0, command
+        assert ("deploy.image (configuration file only) is required when steps run on Kubernetes or AWS Batch: "
+                "without it Metaflow runs every step in python:3.11, which has neither torch nor Ray") in out.stderr
+    out = deploy(env, tmp_path, "--config-value", "config", INDEX, "--with", "kubernetes:image=python:3.11",
+                 "argo-workflows", "create")
+    assert out.returncode != 0
+    assert (f"--with kubernetes names the image python:3.11, but deploy.image (configuration file only) is {IMAGE}: "
+            "the steps run in the file's image") in out.stderr
+
+
+@pytest.mark.parametrize("scheduler", ["argo-workflows", "step-functions"])
+def test_publish_gets_its_credentials_secret_in_the_deployed_containers(aws, tmp_path, scheduler):
+    """A deployed flow had no way to its repository credentials: the publish step now gets the
+    configured @secrets source, in its container itself. The container is loaded here as the
+    scheduler runs it: the code package Metaflow uploaded, unpacked, with the compiled step's
+    environment (the configuration travels in the package, METAFLOW_FLOW_CONFIG_VALUE points to it)."""
+    env, client = aws
+    config = configuration(deploy={"publish_secret": "aws-secrets-manager.movierec-pypi"})
+    if scheduler == "argo-workflows":
+        compute = "kubernetes"
+        pod_env = {e["name"]: e["value"] for e in argo(env, tmp_path, config)["publish"]["container"]["env"]
+                   if "value" in e}
+    else:
+        compute = "batch"
+        overrides = step_functions(env, tmp_path, config)["publish"]["Parameters"]["ContainerOverrides"]
+        pod_env = {e["Name"]: e["Value"] for e in overrides["Environment"] if "Value" in e}
+    bucket, key = pod_env["METAFLOW_CODE_URL"].removeprefix("s3://").split("/", 1)
+    pod = tmp_path / "pod"
+    with tarfile.open(fileobj=io.BytesIO(client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())) as tar:
+        tar.extractall(pod, filter="data")
+    names = ("METAFLOW_FLOW_CONFIG_VALUE", "METAFLOW_RUNTIME_ENVIRONMENT", "METAFLOW_DEFAULT_DATASTORE")
+    out = subprocess.run([sys.executable, "recommender_flow.py", "--quiet", "--no-pylint", "output-raw"], cwd=pod,
+                         env={**env, **{n: pod_env[n] for n in names}, "PYTHONPATH": f"{pod}/.mf_code",
+                              "METAFLOW_EXTRACTED_ROOT": str(pod)},  # as the pod's command sets them
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = {block.split()[0]: block for block in re.split(r"^\[", out.stdout, flags=re.M) if block.strip()}
+    assert "secrets<static (inserted by movierec.flowconfig.configured) sources=['aws-secrets-manager.movierec-pypi']" \
+        in steps["publish"]
+    assert "secrets<" not in steps["evaluate"] and "secrets<" not in steps["start"]
+    assert f"{compute}<static (inserted by movierec.flowconfig.configured) " in steps["publish"]
+    assert f"image={IMAGE}" in steps["publish"]
 
 
 def load_in_a_step(env: dict, data_dir: str) -> subprocess.CompletedProcess:
@@ -310,14 +372,11 @@ def test_cluster_flow_deploys_its_ray_nodes_to_argo_as_one_jobset(aws, tmp_path)
     num_parallel - 1 worker pods (num_parallel from ray.nodes at run time), each sized like a Ray
     step, with Ray's token mode on (the token comes from the configured secret), retried whole."""
     env, _ = aws
-    config = json.dumps({**json.loads(INDEX), "deploy": {"ray_token_secret": "movierec-ray"}})
+    config = configuration(deploy={"ray_token_secret": "aws-secrets-manager.movierec-ray"})
     templates = argo(env, tmp_path, config, flow=CLUSTER_FLOW)
     assert {"train_retrieval", "train_on_cluster", "gather_retrieval", "tune_ranking"} <= set(templates)
     outputs = {p["name"]: p for p in templates["train_retrieval"]["outputs"]["parameters"]}
     assert outputs["num-parallel"]["valueFrom"]["path"] == "/mnt/out/num_parallel"
-    configured = flowconfig.defaults()
-    configured["deploy"]["ray_token_secret"] = "movierec-ray"
-    want = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, configured, remote=True, cluster=True)
     manifest = jobset(templates["train_on_cluster"])
     jobs = {job["name"]: job for job in manifest["spec"]["replicatedJobs"]}
     assert jobs["control"]["replicas"] == 1 and "workerCount" in jobs["worker"]["replicas"]
@@ -325,18 +384,21 @@ def test_cluster_flow_deploys_its_ray_nodes_to_argo_as_one_jobset(aws, tmp_path)
         pod = job["template"]["spec"]["template"]["spec"]
         container = pod["containers"][0]
         assert container["image"] == IMAGE, name
-        assert float(container["resources"]["requests"]["cpu"]) == want["resources"]["cpu"], name
-        assert float(container["resources"]["requests"]["memory"].removesuffix("M")) == want["resources"]["memory"]
+        assert float(container["resources"]["requests"]["cpu"]) == 2, name  # ray.num_cpus
+        assert float(container["resources"]["requests"]["memory"].removesuffix("M")) == 16384, name
         assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"], name
         shm = next(v for v in pod["volumes"] if v["name"] == "dhsm")["emptyDir"]
-        assert shm["sizeLimit"] == f"{want['resources']['shared_memory']}Mi", name
-    assert templates["train_on_cluster"]["retryStrategy"]["limit"] == want["retry"]["times"]
+        assert shm["sizeLimit"] == "5461Mi", name
+    assert templates["train_on_cluster"]["retryStrategy"]["limit"] == 2
 
-    refused = deploy(env, tmp_path, "--config-value", "config", INDEX, "--with", f"kubernetes:image={IMAGE}",
-                     "argo-workflows", "create", flow=CLUSTER_FLOW)
+    refused = deploy(env, tmp_path, "--config-value", "config", INDEX, "argo-workflows", "create", flow=CLUSTER_FLOW)
     assert refused.returncode != 0
     assert "deploy.ray_token_secret (configuration file only) is required when train_on_cluster runs" in \
         refused.stderr
+    bare_id = configuration(deploy={"ray_token_secret": "movierec-ray"})  # it compiled; every pod failed at @secrets
+    unnamed = deploy(env, tmp_path, "--config-value", "config", bare_id, "argo-workflows", "create", flow=CLUSTER_FLOW)
+    assert unnamed.returncode != 0
+    assert "deploy.ray_token_secret (configuration file only) must name its backend" in unnamed.stderr
 
 
 def cluster_processes() -> list[str]:

@@ -10,9 +10,11 @@ from conftest import FLOW, ML100K
 from metaflow.exception import MetaflowException
 
 from movierec import flowconfig
-from movierec.settings import BY_KEY, SETTINGS, RetrievalConfig, Settings, from_values, to_values
+from movierec.settings import BY_KEY, SECRETS_BACKENDS, SETTINGS, RetrievalConfig, Settings, from_values, to_values
 
 CONFIGS = Path(FLOW).parent / "configs"
+IMAGE = "registry.example/movierec:1.0"
+KUBERNETES = flowconfig.Compute("kubernetes")
 
 
 def test_shipped_files_parse_and_the_defaults_are_the_dataclasses():
@@ -29,6 +31,7 @@ def test_shipped_files_parse_and_the_defaults_are_the_dataclasses():
     assert yaml_file["data"]["dir"] == "~/ml-20m" and yaml_file["protocol"] == "temporal"
     production = flowconfig.parse((CONFIGS / "production.yaml").read_text())
     assert production["deploy"]["schedule"] == "weekly" and production["publish"]["repository_url"]
+    assert production["deploy"]["image"] and production["deploy"]["publish_secret"] == ""  # CodeArtifact: the role
 
 
 @pytest.mark.parametrize("text, message", [
@@ -169,15 +172,115 @@ def test_steps_ask_for_the_resources_of_the_configuration_and_retry_only_remotel
     config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "ray.num_cpus": 6, "deploy.cpu": 3,
                               "deploy.memory": 2048, "deploy.ray_memory": 9000, "deploy.retries": 4,
                               "retrieval.workers": 3, "retrieval.gpus_per_worker": 1})
-    local = flowconfig.step_decorators("train_retrieval", config, remote=False)
+    local = flowconfig.step_decorators("train_retrieval", config, None)
     assert local == {"resources": {"cpu": 6, "memory": 9000, "shared_memory": 3000, "gpu": 3},
                      "timeout": {"hours": 24}}
-    assert flowconfig.step_decorators("train_retrieval", config, remote=True)["retry"] == {
+    assert flowconfig.step_decorators("train_retrieval", config, KUBERNETES)["retry"] == {
         "times": 4, "minutes_between_retries": 1}
-    assert flowconfig.step_decorators("tune_ranking", config, remote=True)["resources"] == {
+    assert flowconfig.step_decorators("tune_ranking", config, KUBERNETES)["resources"] == {
         "cpu": 6, "memory": 9000, "shared_memory": 3000}  # trials on CPU: no GPU
-    assert flowconfig.step_decorators("evaluate", config, remote=True) == {
-        "resources": {"cpu": 3, "memory": 2048}, "timeout": {"hours": 24}}  # nothing there a retry would fix
+    assert flowconfig.step_decorators("evaluate", config, KUBERNETES) == {
+        "resources": {"cpu": 3, "memory": 2048}, "timeout": {"hours": 24},
+        "kubernetes": {"image": ""}}  # nothing there a retry would fix (an empty image: refused by check)
+
+
+def test_remote_steps_run_in_the_files_image_with_the_command_lines_options_and_publish_gets_its_secret():
+    """Without `:image=` every step compiled to Metaflow's python:3.11 (no torch, no Ray): the
+    image is the file's deploy.image, added with the options `--with kubernetes:...` gave (which
+    Metaflow then ignores for steps that have the decorator); the publish step gets its
+    repository credentials from the configured @secrets source, wherever it runs."""
+    config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "deploy.image": IMAGE,
+                              "deploy.publish_secret": "aws-secrets-manager.movierec-pypi"})
+    compute = flowconfig.Compute("kubernetes", {"service_account": "movierec", "namespace": "ml"})
+    assert flowconfig.step_decorators("publish", config, compute) == {
+        "resources": {"cpu": 2, "memory": 8192}, "timeout": {"hours": 24},
+        "kubernetes": {"service_account": "movierec", "namespace": "ml", "image": IMAGE},
+        "retry": {"times": 2, "minutes_between_retries": 1},
+        "secrets": {"sources": ["aws-secrets-manager.movierec-pypi"]}}
+    assert flowconfig.step_decorators("publish", config, flowconfig.Compute("batch"))["batch"] == {"image": IMAGE}
+    assert flowconfig.step_decorators("publish", config, None) == {
+        "resources": {"cpu": 2, "memory": 8192}, "timeout": {"hours": 24},
+        "secrets": {"sources": ["aws-secrets-manager.movierec-pypi"]}}
+    assert "secrets" not in flowconfig.step_decorators("evaluate", config, compute)
+
+
+@pytest.mark.parametrize(("argv", "environment", "compute"), [
+    (["flow.py", "run"], {}, None),
+    (["flow.py", "--with", "kubernetes:service_account=movierec,image=reg.example/m:2", "run"], {},
+     flowconfig.Compute("kubernetes", {"service_account": "movierec", "image": "reg.example/m:2"})),
+    (["flow.py", "run", "--with=batch:queue=gpu"], {}, flowconfig.Compute("batch", {"queue": "gpu"})),
+    (["flow.py", "argo-workflows", "create"], {}, flowconfig.Compute("kubernetes")),
+    (["flow.py", "airflow", "create", "dag.py"], {}, flowconfig.Compute("kubernetes")),
+    (["flow.py", "step-functions", "create"], {}, flowconfig.Compute("batch")),
+    (["flow.py", "run"], {"METAFLOW_DECOSPECS": "kubernetes:namespace=ml"},
+     flowconfig.Compute("kubernetes", {"namespace": "ml"})),
+    (["flow.py", "--with", "kubernetes:cpu=2.0,image=reg.example/m:2", "step", "publish"],
+     {"METAFLOW_RUNTIME_ENVIRONMENT": "kubernetes"}, flowconfig.Compute("kubernetes", {"cpu": 2.0,
+                                                                                       "image": "reg.example/m:2"})),
+    (["flow.py", "step", "publish"], {"METAFLOW_RUNTIME_ENVIRONMENT": "aws-batch"}, flowconfig.Compute("batch")),
+])
+def test_where_the_steps_run_and_with_which_options(monkeypatch, argv, environment, compute):
+    for name in ("METAFLOW_DECOSPECS", "METAFLOW_RUNTIME_ENVIRONMENT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert flowconfig.remote_compute(argv) == compute
+
+
+def test_remote_steps_need_the_image_in_the_file_and_the_command_line_may_not_name_another(monkeypatch):
+    values = {s.key: s.default for s in SETTINGS} | {"publish.repository_url": "https://pypi.example/movierec/"}
+    monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run", "--with", "kubernetes"])
+    with pytest.raises(flowconfig.ConfigError, match=r"deploy.image \(configuration file only\) is required when "
+                                                     "steps run on Kubernetes or AWS Batch: without it Metaflow runs "
+                                                     "every step in python:3.11, which has neither torch nor Ray"):
+        flowconfig.check(values)
+    flowconfig.check(values | {"deploy.image": IMAGE})
+    monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run", "--with", f"kubernetes:image={IMAGE}"])
+    flowconfig.check(values | {"deploy.image": IMAGE})  # the same image, named twice
+    monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run", "--with", "kubernetes:image=python:3.11"])
+    with pytest.raises(flowconfig.ConfigError, match=r"--with kubernetes names the image python:3.11, but "
+                                                     r"deploy.image \(configuration file only\) is "
+                                                     r"registry.example/movierec:1.0: the steps run in the file's"):
+        flowconfig.check(values | {"deploy.image": IMAGE})
+    monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run"])
+    flowconfig.check(values)  # locally no image is needed
+
+
+@pytest.mark.parametrize("key", ["deploy.ray_token_secret", "deploy.publish_secret"])
+def test_secret_sources_must_name_their_backend(key):
+    """A bare secret id compiled, and every pod then failed at @secrets: Metaflow's default backend
+    type is not set there."""
+    section, name = key.split(".")
+    with pytest.raises(MetaflowException, match=rf"{key} \(configuration file only\) must name its backend as "
+                                                r"<backend>.<secret id> \(backend one of aws-secrets-manager, "
+                                                r"gcp-secret-manager, az-key-vault; e.g. "
+                                                r"aws-secrets-manager.movierec-ray\), got 'movierec-ray'"):
+        flowconfig.parse(json.dumps({section: {name: "movierec-ray"}}))
+    for bad in ("vault.movierec-ray", "aws-secrets-manager.", ".movierec-ray"):
+        with pytest.raises(MetaflowException, match="must name its backend"):
+            flowconfig.parse(json.dumps({section: {name: bad}}))
+    parsed = flowconfig.parse(json.dumps({section: {name: "aws-secrets-manager.movierec-ray"}}))
+    assert parsed[section][name] == "aws-secrets-manager.movierec-ray"
+
+
+def test_the_secret_backends_are_metaflows():
+    from metaflow.plugins import SECRETS_PROVIDERS_DESC
+
+    assert set(SECRETS_BACKENDS) == {name for name, _ in SECRETS_PROVIDERS_DESC} - {"inline"}
+
+
+def test_joining_a_ray_cluster_needs_a_datastore_its_nodes_reach(tmp_path):
+    """`--ray-address` with the local datastore gave Ray a folder of this machine for its results,
+    which a multi-machine cluster refuses mid-training: the run now stops in start."""
+    values = {s.key: s.default for s in SETTINGS} | {"ray.address": "10.0.0.5:6379"}
+    flowconfig.check(values, run_time=True, datastore="s3")
+    proc = subprocess.run([sys.executable, FLOW, "--no-pylint", "run", "--ray-address", "10.0.0.5:6379"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    assert ("ray.address (--ray-address) is 10.0.0.5:6379, but the run's datastore is local: the Ray steps keep "
+            "their results in the datastore, and the cluster's nodes on other machines cannot reach a folder of "
+            "this one (Ray Train refuses it there); run with --datastore s3 (or gs)") in proc.stdout + proc.stderr
+    assert "[split]" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(("argv", "launches"), [
@@ -195,7 +298,8 @@ def test_the_cluster_flow_spreads_workers_over_its_nodes_and_needs_a_shared_toke
     """RecommenderClusterFlow's workers share ray.nodes x ray.num_cpus CPUs (not half of one
     machine's); on Kubernetes/Batch its nodes can only form a cluster with one token, from a secret."""
     values = {s.key: s.default for s in SETTINGS} | {"retrieval.workers": 4, "ray.num_cpus": 2, "ray.nodes": 2,
-                                                     "publish.repository_url": "https://pypi.example/movierec/"}
+                                                     "publish.repository_url": "https://pypi.example/movierec/",
+                                                     "deploy.image": IMAGE}
     monkeypatch.delenv("METAFLOW_DECOSPECS", raising=False)
     monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "local")
     flowconfig.check(values, cluster=True)
@@ -209,21 +313,23 @@ def test_the_cluster_flow_spreads_workers_over_its_nodes_and_needs_a_shared_toke
     with pytest.raises(flowconfig.ConfigError, match=r"deploy.ray_token_secret \(configuration file only\) is "
                                                      "required when train_on_cluster runs on Kubernetes"):
         flowconfig.check(values, run_time=True, cluster=True)
-    flowconfig.check(values | {"deploy.ray_token_secret": "movierec-ray"}, run_time=True, cluster=True)
+    flowconfig.check(values | {"deploy.ray_token_secret": "aws-secrets-manager.movierec-ray"}, run_time=True,
+                     cluster=True)
 
 
 def test_cluster_nodes_share_the_gpus_and_get_the_token_secret_remotely():
     config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "ray.nodes": 2, "retrieval.workers": 3,
-                              "retrieval.gpus_per_worker": 1, "deploy.ray_token_secret": "movierec-ray"})
-    remote = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, config, remote=True, cluster=True)
+                              "retrieval.gpus_per_worker": 1,
+                              "deploy.ray_token_secret": "aws-secrets-manager.movierec-ray"})
+    remote = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, config, KUBERNETES, cluster=True)
     assert remote["resources"]["gpu"] == 2  # 3 workers of 1 GPU on 2 nodes: 2 to a node
     two_each = flowconfig.nest({**flowconfig._flatten(config), "retrieval.workers": 1, "retrieval.gpus_per_worker": 2})
-    assert flowconfig.step_decorators(flowconfig.CLUSTER_STEP, two_each, True, cluster=True)["resources"]["gpu"] == 2
+    assert flowconfig.step_decorators(flowconfig.CLUSTER_STEP, two_each, KUBERNETES, True)["resources"]["gpu"] == 2
     # train_retrieval only fits the candidate sources there
-    assert "gpu" not in flowconfig.step_decorators("train_retrieval", config, remote=True, cluster=True)["resources"]
-    assert remote["secrets"] == {"sources": ["movierec-ray"]}
+    assert "gpu" not in flowconfig.step_decorators("train_retrieval", config, KUBERNETES, cluster=True)["resources"]
+    assert remote["secrets"] == {"sources": ["aws-secrets-manager.movierec-ray"]}
     assert remote["environment"] == {"vars": {"RAY_AUTH_MODE": "token"}}
-    local = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, config, remote=False, cluster=True)
+    local = flowconfig.step_decorators(flowconfig.CLUSTER_STEP, config, None, cluster=True)
     assert "secrets" not in local and "retry" not in local  # locally the run makes a token (prepare_local_cluster)
 
 
@@ -231,7 +337,8 @@ def test_remote_retrieval_workers_may_use_every_cpu_of_their_container(monkeypat
     """Locally train_retrieval gets half of --num-cpus beside tune_ranking; in a container of its
     own it gets them all, so two workers on two CPUs are fine there."""
     values = {s.key: s.default for s in SETTINGS} | {"retrieval.workers": 2, "ray.num_cpus": 2,
-                                                     "publish.repository_url": "https://pypi.example/movierec/"}
+                                                     "publish.repository_url": "https://pypi.example/movierec/",
+                                                     "deploy.image": IMAGE}
     monkeypatch.delenv("METAFLOW_DECOSPECS", raising=False)
     monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "local")
     monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run"])
@@ -246,7 +353,8 @@ def test_resources_are_settings_of_the_file_only():
     offered; the file's value is checked like any other."""
     file_only = {s.key for s in SETTINGS if s.file_only}
     assert file_only == {f"deploy.{name}" for name in ("cpu", "memory", "ray_memory", "timeout_hours", "retries",
-                                                                "schedule", "ray_token_secret")}
+                                                                "schedule", "image", "ray_token_secret",
+                                                                "publish_secret")}
     with pytest.raises(flowconfig.ConfigError, match=r"deploy.memory \(configuration file only\) must be at least"):
         flowconfig.check({"deploy.memory": 100})
 
@@ -276,7 +384,7 @@ class _Flow:
 def test_remotely_the_file_sizes_the_containers_so_the_command_line_may_not_resize_them(monkeypatch):
     """@resources is fixed from the file when the flow is launched or deployed; Ray reads the
     Parameters: --num-cpus 8 on a 2-CPU pod, or a GPU worker in a pod without one."""
-    file = {"publish.repository_url": "https://pypi.example/movierec/"}
+    file = {"publish.repository_url": "https://pypi.example/movierec/", "deploy.image": IMAGE}
     monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "kubernetes")
     with pytest.raises(MetaflowException, match=r"ray.num_cpus \(--num-cpus\) is 8 but the file says 2"):
         flowconfig.settings_of(_Flow(file, {"ray.num_cpus": 8}))
@@ -288,13 +396,13 @@ def test_remotely_the_file_sizes_the_containers_so_the_command_line_may_not_resi
 def test_a_remote_run_needs_a_repository_url_from_the_file_or_the_command_line(monkeypatch):
     """The file alone need not have one for `run --with kubernetes --repository-url ...` (parsed
     before the option is read); the run's settings must."""
-    defaults = {s.key: s.default for s in SETTINGS}
+    defaults = {s.key: s.default for s in SETTINGS} | {"deploy.image": IMAGE}
     monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "run", "--with", "kubernetes"])
     flowconfig.check(defaults)  # the file, as parsed for `run --with kubernetes --repository-url ...`
     monkeypatch.setattr(flowconfig.sys, "argv", ["flow.py", "--with", "kubernetes", "argo-workflows", "create"])
     with pytest.raises(flowconfig.ConfigError, match="is required when steps run on Kubernetes"):
         flowconfig.check(defaults)  # a deployment takes its values from the file
     monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", "kubernetes")
-    flowconfig.settings_of(_Flow({}, {"publish.repository_url": "https://pypi.example/movierec/"}))
+    flowconfig.settings_of(_Flow({"deploy.image": IMAGE}, {"publish.repository_url": "https://pypi.example/movierec/"}))
     with pytest.raises(MetaflowException, match=r"publish.repository_url \(--repository-url\) is required"):
-        flowconfig.settings_of(_Flow({}, {}))
+        flowconfig.settings_of(_Flow({"deploy.image": IMAGE}, {}))

@@ -1,5 +1,6 @@
 """Building and publishing wheels: versions, contents, atomic and idempotent uploads."""
 
+import base64
 import hashlib
 import http.server
 import io
@@ -8,6 +9,7 @@ import sys
 import tempfile
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 from packaging.version import Version
@@ -35,6 +37,32 @@ def test_versions_follow_the_start_time_whatever_the_scheduler_calls_the_run():
     service = packaging.run_version("7", 1795493908000000, base="0.1.0")
     assert local == "0.1.0.post1795493907879854"  # a local run's id is its start time: versions do not change
     assert Version(local) < Version(argo) < Version(sfn) < Version(service)
+
+
+def test_a_resumed_run_is_versioned_when_it_publishes_not_by_the_start_it_cloned():
+    """resume clones start, and with it start's time: the resumed run's version was its origin's,
+    so one that re-ran training found "its" version published (by the origin) and reported the
+    origin's wheel instead of uploading its own model."""
+    from movierec.pipeline import version_time
+
+    assert version_time(1795493907879854, None, now_us=1795494000000000) == 1795493907879854
+    assert version_time(1795493907879854, "1795493907879854", now_us=1795494000000000) == 1795494000000000
+    assert version_time(None, "argo-recommenderflow-zz9", now_us=1795494000000000) == 1795494000000000
+    assert version_time(1795493907879854, "1795493907879854") > 1795493907879854  # now, by default
+
+
+def test_the_resumed_flow_publishes_its_own_version(runs):
+    """The real flow, failed in evaluate and resumed (conftest's ``runs``): the resumed run's
+    start is the origin's clone, its publish step stamps a later time, and the wheel is named by it."""
+    from movierec.bundle import read_bundle
+
+    _, failed_run, resumed_status, resumed_run, _ = runs
+    assert resumed_status == "successful"
+    cloned = resumed_run["start"].task.data.started_us
+    assert cloned == failed_run["start"].task.data.started_us
+    info = read_bundle(resumed_run["publish"].task.data.bundle)[0]
+    assert info["run_id"] == resumed_run.id and info["started_us"] > cloned
+    assert resumed_run["publish"].task.data.publication["version"] == f"0.1.0.post{info['started_us']}"
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +259,259 @@ def test_publishing_a_version_again_reports_and_pins_the_wheel_already_published
     assert first.uploaded and not again.uploaded and again.version == first.version
     assert again_wheel == first_wheel and again.sha256 == first.sha256 == hashlib.sha256(first_wheel).hexdigest()
     assert again.install_command.endswith(f"#sha256={first.sha256}'")
+
+
+def _link_page(href: str) -> type:
+    """A repository whose movierec index page links ``href``; records the headers of every request."""
+
+    class Index(_Recorder):
+        seen: list = []
+
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            type(self).seen.append(dict(self.headers))
+            body = f'<a href="{href}">movierec-1.0-py3-none-any.whl</a>'.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Index
+
+
+def _file_server(data: bytes) -> type:
+    class Files(_Recorder):
+        seen: list = []
+
+        def do_GET(self):  # noqa: N802
+            type(self).seen.append(dict(self.headers))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Files
+
+
+def test_credentials_go_to_the_repository_origin_only_and_a_copy_counts_by_its_sha256(tmp_path, monkeypatch):
+    """An index linking its wheel on another host got the TWINE_* Basic credentials sent there
+    (over plain http too), and a link without #sha256= made `not a wheel` the published copy."""
+    monkeypatch.setenv("TWINE_USERNAME", "aws")
+    monkeypatch.setenv("TWINE_PASSWORD", "secret-token")
+    wheel = b"PK\x03\x04 the published wheel"
+    files = _file_server(wheel)
+    files_server, files_url = _serve(files)
+    name = "movierec-1.0-py3-none-any.whl"
+    servers = [files_server]
+    try:
+        digest = hashlib.sha256(wheel).hexdigest()
+        index = _link_page(f"{files_url}/packages/{name}#sha256={digest}")
+        index_server, index_url = _serve(index)
+        servers.append(index_server)
+        copy = packaging.published_copy(name, index_url + "/", tmp_path, tmp_path)
+        assert copy.read_bytes() == wheel
+        assert index.seen[0]["Authorization"] == "Basic " + base64.b64encode(b"aws:secret-token").decode()
+        assert files.seen and all("Authorization" not in h for h in files.seen)  # the other origin got no token
+
+        unchecked = _link_page(f"{files_url}/packages/{name}")  # no #sha256=: nothing to check a download by
+        unchecked_server, unchecked_url = _serve(unchecked)
+        servers.append(unchecked_server)
+        with pytest.raises(packaging.PublishError, match=f"lists {name} without a #sha256="):
+            packaging.published_copy(name, unchecked_url + "/", tmp_path, tmp_path / "second")
+        assert not (tmp_path / "second").exists()
+
+        other = _link_page(f"{files_url}/packages/{name}#sha256={'0' * 64}")  # a sha256 the bytes do not have
+        other_server, other_url = _serve(other)
+        servers.append(other_server)
+        with pytest.raises(packaging.PublishError, match="does not match the sha256 its index lists"):
+            packaging.published_copy(name, other_url + "/", tmp_path, tmp_path / "third")
+        assert not (tmp_path / "third").exists()
+    finally:
+        for server in servers:
+            server.shutdown()
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+def test_a_refused_index_check_is_an_error_not_an_unpublished_version(status, monkeypatch):
+    """A 401/403 (expired token, wrong secret) on the "already published?" check read as "not
+    published yet", so the step went on to upload, or reported a version as new."""
+    refusing = type("Refusing", (_Recorder,), {"seen": [], "do_GET": lambda self: (
+        self.send_response(status), self.end_headers())})
+    server, url = _serve(refusing)
+    monkeypatch.setenv("TWINE_USERNAME", "aws")
+    monkeypatch.setenv("TWINE_PASSWORD", "expired")
+    try:
+        with pytest.raises(packaging.PublishError, match=f"HTTP {status} .*cannot tell whether this version is "
+                                                         "published"):
+            packaging.already_on_server(url + "/", "movierec-1.0-py3-none-any.whl")
+    finally:
+        server.shutdown()
+
+
+CODEARTIFACT_URL = "https://ml-models-123456789012.d.codeartifact.eu-west-1.amazonaws.com/pypi/recommenders/"
+
+
+def test_codeartifact_repositories_are_recognised_by_their_endpoint():
+    assert packaging.codeartifact_repository(CODEARTIFACT_URL) == {
+        "domain": "ml-models", "owner": "123456789012", "region": "eu-west-1"}
+    assert packaging.codeartifact_repository(
+        "https://acme-210987654321.d.codeartifact.cn-north-1.amazonaws.com.cn/pypi/x/") == {
+        "domain": "acme", "owner": "210987654321", "region": "cn-north-1"}
+    for other in ("https://pypi.example/movierec/", "http://127.0.0.1:8080/",
+                  "https://ml-models-1234.d.codeartifact.eu-west-1.amazonaws.com/pypi/r/",  # no 12-digit account
+                  "https://ml-models-123456789012.d.codeartifact.eu-west-1.amazonaws.com.evil.example/pypi/r/"):
+        assert packaging.codeartifact_repository(other) is None, other
+
+
+class _CodeArtifact(http.server.BaseHTTPRequestHandler):
+    """A stand-in for CodeArtifact on loopback: GetAuthorizationToken (``POST /v1/authorization-token``,
+    as boto3 sends it) and a PyPI repository under ``/pypi/recommenders/`` that takes only the token
+    it handed out (Basic ``aws:<token>``), as CodeArtifact does: twine uploads, the simple index
+    with each file's sha256, the files."""
+
+    token = "ca-token-0001"
+    tokens_asked: list = []
+    files: dict = {}
+
+    def _authorized(self) -> bool:
+        expected = "Basic " + base64.b64encode(f"aws:{self.token}".encode()).decode()
+        if self.headers.get("Authorization") == expected:
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="codeartifact"')
+        self.end_headers()
+        return False
+
+    def _answer(self, body: bytes, content_type: str = "text/html") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        import email
+        import json
+        import urllib.parse
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        path, _, query = self.path.partition("?")
+        if path == "/v1/authorization-token":
+            type(self).tokens_asked.append({"query": urllib.parse.parse_qs(query),
+                                            "signed": self.headers.get("Authorization", "")})
+            return self._answer(json.dumps({"authorizationToken": self.token, "expiration": 1900000000}).encode(),
+                                "application/json")
+        if path != "/pypi/recommenders/" or not self._authorized():
+            return None if path == "/pypi/recommenders/" else self.send_error(404)
+        form = email.message_from_bytes(f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
+        for part in form.get_payload():
+            if part.get_param("name", header="content-disposition") == "content":
+                type(self).files[part.get_filename()] = part.get_payload(decode=True)
+        self._answer(b"OK")
+
+    def do_GET(self):  # noqa: N802
+        if not self._authorized():
+            return
+        if self.path == "/pypi/recommenders/simple/movierec/":
+            if not self.files:
+                return self.send_error(404)
+            links = "".join(f'<a href="../../files/{n}#sha256={hashlib.sha256(d).hexdigest()}">{n}</a>'
+                            for n, d in self.files.items())
+            return self._answer(links.encode())
+        name = self.path.removeprefix("/pypi/recommenders/files/")
+        return self._answer(self.files[name], "application/octet-stream") if name in self.files else \
+            self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_codeartifact_credentials_come_from_the_machines_own_aws_role(wheel, monkeypatch, tmp_path):
+    """A deployed flow had no TWINE_* in its pods, and a static CodeArtifact token lives 12 h at
+    most: with none set, publish asks CodeArtifact for a token with its own AWS credentials (the
+    pod's role), as `aws codeartifact login --tool twine` does, and uploads with it; the stand-in
+    takes only that token."""
+    stand_in = type("StandIn", (_CodeArtifact,), {"tokens_asked": [], "files": {}})
+    server, url = _serve(stand_in)
+    for name in ("TWINE_USERNAME", "TWINE_PASSWORD", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPODROLE000000001")  # what a pod's role hands boto3
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "pod-role-secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CODEARTIFACT", url)
+    try:
+        credentials = packaging.repository_credentials(CODEARTIFACT_URL)
+        assert credentials == {"TWINE_USERNAME": "aws", "TWINE_PASSWORD": "ca-token-0001"}
+        (asked,) = stand_in.tokens_asked
+        assert asked["query"] == {"domain": ["ml-models"], "domain-owner": ["123456789012"], "duration": ["3600"]}
+        assert asked["signed"].startswith("AWS4-HMAC-SHA256 Credential=AKIAPODROLE000000001/")
+        assert "/eu-west-1/codeartifact/aws4_request" in asked["signed"]
+
+        repository = url + "/pypi/recommenders/"
+        with pytest.raises(packaging.PublishError, match="HTTP 401 .*credentials were refused"):
+            packaging.upload(wheel, repository, {"TWINE_USERNAME": "aws", "TWINE_PASSWORD": "yesterdays-token"})
+        assert packaging.upload(wheel, repository, credentials) is True
+        assert stand_in.files == {wheel.name: wheel.read_bytes()}
+        assert packaging.upload(wheel, repository, credentials) is False  # listed now: not uploaded again
+        copy = packaging.published_copy(wheel.name, repository, tmp_path, tmp_path, credentials)
+        assert copy.read_bytes() == wheel.read_bytes()
+    finally:
+        server.shutdown()
+
+    # Set variables (a shell, CI, or the publish step's @secrets source) come first; no CodeArtifact call then.
+    monkeypatch.setenv("TWINE_USERNAME", "ci")
+    monkeypatch.setenv("TWINE_PASSWORD", "from-a-secret")
+    assert packaging.repository_credentials(CODEARTIFACT_URL) == {"TWINE_USERNAME": "ci",
+                                                                  "TWINE_PASSWORD": "from-a-secret"}
+    assert len(stand_in.tokens_asked) == 1
+    monkeypatch.delenv("TWINE_PASSWORD")
+    assert packaging.repository_credentials("https://pypi.example/movierec/") == {}
+
+
+def test_a_codeartifact_token_that_cannot_be_had_says_what_to_give_the_step(monkeypatch, tmp_path):
+    refusing = type("Refusing", (_Recorder,), {"seen": [], "do_POST": lambda self: (
+        self.send_response(403), self.send_header("Content-Length", "2"), self.end_headers(), self.wfile.write(b"{}"))})
+    server, url = _serve(refusing)
+    for name in ("TWINE_USERNAME", "TWINE_PASSWORD", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPODROLE000000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "pod-role-secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CODEARTIFACT", url)
+    try:
+        with pytest.raises(packaging.PublishError, match=r"no CodeArtifact token for domain ml-models \(account "
+                                                         r"123456789012, eu-west-1\) .*codeartifact:GetAuthorization"):
+            packaging.repository_credentials(CODEARTIFACT_URL)
+    finally:
+        server.shutdown()
+
+
+def test_a_pypiserver_that_cannot_start_says_why():
+    """Its stderr went to /dev/null: a port in use read "did not answer within 30s", 30 s later."""
+    import socket
+    import time
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        started = time.monotonic()
+        with pytest.raises(packaging.PublishError, match="(?s)exited with code 1:.*Address already in use"):
+            with packaging.LocalPypiServer(Path(tempfile.gettempdir()), port=busy.getsockname()[1]):
+                pass
+    assert time.monotonic() - started < 20
+
+
+def test_concurrent_index_rewrites_do_not_share_a_temporary_file(tmp_path):
+    """Both pages were written through one `index.tmp`: two publishers into one index wrote into
+    each other's file and renamed it from under each other (FileNotFoundError, or a torn page)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "packages").mkdir()
+    for i in range(30):
+        (tmp_path / "packages" / f"movierec-1.0.post{i}-py3-none-any.whl").write_bytes(b"x" * 1000 * i)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: packaging.write_simple_index(tmp_path), range(200)))
+    page = (tmp_path / "simple" / "movierec" / "index.html").read_text()
+    assert page.count("<a href=") == 30 and page.endswith("</body></html>\n")
+    assert sorted(p.name for p in (tmp_path / "simple").rglob("*")) == ["index.html", "index.html", "movierec"]
