@@ -127,9 +127,12 @@ class InteractionStore:
             psycopg.connect(self.location, connect_timeout=CONNECT_TIMEOUT).close()
         except psycopg.Error as exc:
             raise StoreError(f"{self.label}: cannot connect ({str(exc).strip().splitlines()[0]})") from None
-        return ConnectionPool(self.location, min_size=1, max_size=POOL_SIZE, timeout=POOL_WAIT, open=True,
-                              kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
-                              check=ConnectionPool.check_connection, name="movierec-store")
+        # reconnect_timeout: the pool retries a failed connection with growing pauses, then gives
+        # up and the next statement starts a fresh attempt. Its default (5 min) let the pauses
+        # grow past POOL_WAIT, so statements still failed for seconds after the database was back.
+        return ConnectionPool(self.location, min_size=1, max_size=POOL_SIZE, timeout=POOL_WAIT,
+                              reconnect_timeout=POOL_WAIT, open=True, check=ConnectionPool.check_connection,
+                              kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT}, name="movierec-store")
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's SQLite connection (a SQLite connection is cheap and must stay in its thread)."""
