@@ -246,18 +246,20 @@ class SecurityHeaders:
         return await self.app(scope, receive, send_secured)
 
 
-def _hashes(html: str, tag: str) -> str:
-    """CSP sources for exactly the inline ``<tag>`` blocks of ``html``: their sha256."""
-    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
-                    for body in re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S))
+def _sources(html: str, tag: str, *more: str) -> str:
+    """CSP sources for exactly the inline ``<tag>`` blocks of ``html`` (their sha256), and ``more``."""
+    return " ".join([*(f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+                       for body in re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)), *more])
 
 
-def inline_policy(html: str, scripts: str = "", styles: str = "", images: str = "") -> str:
+def inline_policy(html: str, scripts: tuple[str, ...] = (), styles: tuple[str, ...] = (),
+                  images: tuple[str, ...] = ()) -> str:
     """The Content-Security-Policy of an HTML page of this API: its own inline scripts and styles
     (by hash) and the given further sources, requests to this origin only, and no framing."""
-    return (f"default-src 'none'; script-src {_hashes(html, 'script')} {scripts}; "
-            f"style-src {_hashes(html, 'style')} {styles}; img-src 'self' {images}; connect-src 'self'; "
-            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    image_sources = " ".join(("'self'", *images))
+    return (f"default-src 'none'; script-src {_sources(html, 'script', *scripts)}; "
+            f"style-src {_sources(html, 'style', *styles)}; img-src {image_sources}; "
+            "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 DOCS_HTML = f"""<!doctype html>
@@ -278,8 +280,8 @@ DOCS_HTML = f"""<!doctype html>
 """
 # Swagger UI sets style attributes as it renders (hence 'unsafe-inline' for styles, which run no
 # code) and draws icons as data: images.
-DOCS_POLICY = inline_policy(DOCS_HTML, scripts=f"{SWAGGER_UI}swagger-ui-bundle.js",
-                            styles=f"{SWAGGER_UI}swagger-ui.css 'unsafe-inline'", images="data:")
+DOCS_POLICY = inline_policy(DOCS_HTML, scripts=(f"{SWAGGER_UI}swagger-ui-bundle.js",),
+                            styles=(f"{SWAGGER_UI}swagger-ui.css", "'unsafe-inline'"), images=("data:",))
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict]:
