@@ -16,6 +16,9 @@ counted as they arrive (a chunked upload has no Content-Length to check), JSON o
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import logging
 import re
 from importlib import resources
 from typing import Annotated
@@ -29,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from movierec import __version__
-from movierec.feedback import InteractionStore, Rating
+from movierec.feedback import InteractionStore, Rating, StoreError
 from movierec.ids import MAX_ID
 from movierec.serving import Recommendation, Recommender, RecommenderError, UnknownMovieError, UnknownUserError
 from movierec.settings import CANDIDATES
@@ -43,6 +46,16 @@ LIMITS = (f"Limits: k 1-{MAX_K}; ids 0-{MAX_ID} (integers; true/false are not id
           f"characters; request bodies JSON (415 otherwise), at most {MAX_BODY:,} bytes (413 beyond), sent within "
           f"{BODY_TIMEOUT:g} s (408 beyond). Unknown ids: 404; invalid fields: 422; requests the model cannot "
           "answer: 400.")
+# /docs: Swagger UI from jsDelivr, one pinned release whose files the browser checks against these
+# hashes (Subresource Integrity; sha384 of swagger-ui-dist 5.35.0's files as npm ships them, which
+# jsDelivr serves unchanged): a changed file is refused, not run on this API's origin.
+SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0/"
+SWAGGER_INTEGRITY = {"swagger-ui-bundle.js": "sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduGpSyF3ZSSLkX9",
+                     "swagger-ui.css": "sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V5aGxEcf7z+KuRNwBhoxKVN1i3D5I"}
+SWAGGER_INIT = ("SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui', deepLinking: true, validatorUrl: null, "
+                "presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset], "
+                "layout: 'BaseLayout'});")
+log = logging.getLogger("movierec.api")
 
 
 
@@ -205,6 +218,72 @@ class BodyGuard:
             return None, 408
 
 
+class SecurityHeaders:
+    """ASGI middleware giving every response what keeps a browser from framing the API's pages (the
+    page has a Rate button to click-jack), from reading an answer as another type than it says, and
+    from running anything but the page's own code: nosniff, X-Frame-Options, no referrer, and a
+    Content-Security-Policy of ``default-src 'none'`` unless the response set its own (the HTML
+    pages do: :func:`inline_policy`)."""
+
+    DEFAULTS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                (b"referrer-policy", b"no-referrer"),
+                (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"))
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message = {**message, "headers": headers + [h for h in self.DEFAULTS if h[0] not in present]}
+            await send(message)
+
+        return await self.app(scope, receive, send_secured)
+
+
+def _sources(html: str, tag: str, *more: str) -> str:
+    """CSP sources for exactly the inline ``<tag>`` blocks of ``html`` (their sha256), and ``more``."""
+    return " ".join([*(f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+                       for body in re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)), *more])
+
+
+def inline_policy(html: str, scripts: tuple[str, ...] = (), styles: tuple[str, ...] = (),
+                  images: tuple[str, ...] = ()) -> str:
+    """The Content-Security-Policy of an HTML page of this API: its own inline scripts and styles
+    (by hash) and the given further sources, requests to this origin only, and no framing."""
+    image_sources = " ".join(("'self'", *images))
+    return (f"default-src 'none'; script-src {_sources(html, 'script', *scripts)}; "
+            f"style-src {_sources(html, 'style', *styles)}; img-src {image_sources}; "
+            "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+DOCS_HTML = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>movierec API</title>
+<link rel="stylesheet" href="{SWAGGER_UI}swagger-ui.css" integrity="{SWAGGER_INTEGRITY['swagger-ui.css']}"
+      crossorigin="anonymous">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{SWAGGER_UI}swagger-ui-bundle.js" integrity="{SWAGGER_INTEGRITY['swagger-ui-bundle.js']}"
+        crossorigin="anonymous"></script>
+<script>{SWAGGER_INIT}</script>
+</body>
+</html>
+"""
+# Swagger UI sets style attributes as it renders (hence 'unsafe-inline' for styles, which run no
+# code) and draws icons as data: images.
+DOCS_POLICY = inline_policy(DOCS_HTML, scripts=(f"{SWAGGER_UI}swagger-ui-bundle.js",),
+                            styles=(f"{SWAGGER_UI}swagger-ui.css", "'unsafe-inline'"), images=("data:",))
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict]:
     """Where and what, never the input: the input may be bytes, NaN or megabytes, none of which a
     JSON error response can or should carry."""
@@ -217,13 +296,16 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     """The API over one loaded model; ``store`` keeps the ratings users send (``POST /ratings``)
     and serves from them: a known user's rated movies leave their recommendations, a user the
     model has never seen is recommended from what they rated."""
-    app = FastAPI(title="movierec", version=__version__,
+    app = FastAPI(title="movierec", version=__version__, docs_url=None, redoc_url=None,  # /docs: below
                   description="Two-stage movie recommendations (candidate sources, then a learned ranker that also "
                               "weighs the rating model's stars, where the data has ratings). " + LIMITS)
     errors = {404: {"model": Error, "description": "unknown user or movie id"},
               400: {"model": Error, "description": "a request the model cannot answer"}}
 
     app.add_middleware(BodyGuard, timeout=body_timeout)
+    app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry the headers too
+    page_html = (resources.files("movierec") / "web" / "index.html").read_text()
+    page_policy = inline_policy(page_html)
 
     @app.exception_handler(UnknownUserError)
     @app.exception_handler(UnknownMovieError)
@@ -237,6 +319,11 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StoreError)
+    async def store_down(_: Request, exc: StoreError) -> JSONResponse:
+        log.warning("movierec: the ratings store failed: %s", exc)
+        return _error(503, "the ratings store is unavailable; try again later")
 
     @app.exception_handler(Exception)
     async def failed(_: Request, exc: Exception) -> JSONResponse:
@@ -255,7 +342,12 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         """A page where a person picks a user, or finds movies they liked, and sees recommendations."""
-        return HTMLResponse((resources.files("movierec") / "web" / "index.html").read_text())
+        return HTMLResponse(page_html, headers={"Content-Security-Policy": page_policy})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Swagger UI over /openapi.json, its files pinned by hash (SWAGGER_INTEGRITY)."""
+        return HTMLResponse(DOCS_HTML, headers={"Content-Security-Policy": DOCS_POLICY})
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -266,16 +358,35 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         """Which run, data and metrics the served model comes from, and what runs its rating model."""
         return rec.describe()
 
+    degraded = False  # whether the last read of the store failed (logged once per outage, not per request)
+
     async def stored_ratings(user_id: int) -> list[Rating]:
         """The user's ratings in the store. SQLite in WAL mode never makes a reader wait for a
         writer, so that read stays on the event loop (a worker thread cost 22% of GET
         recommendations' throughput: 354 against 453 requests/s here); a PostgreSQL read is a
-        network round trip, made in a worker thread."""
+        network round trip, made in a worker thread. When the store cannot be read, a user the
+        model knows is still recommended to, from the model alone (what they rated since may come
+        up again); a user it knows only from the store gets the StoreError (503)."""
+        nonlocal degraded
         if store is None:
             return []
-        if store.postgres:
-            return await run_in_threadpool(store.ratings_of, user_id)
-        return store.ratings_of(user_id)
+        try:
+            if store.postgres:
+                ratings = await run_in_threadpool(store.ratings_of, user_id)
+            else:
+                ratings = store.ratings_of(user_id)
+        except StoreError as exc:
+            if not rec.knows_user(user_id):
+                raise
+            if not degraded:
+                log.warning("movierec: %s; recommending to known users without their stored ratings until it "
+                            "can be read again", exc)
+            degraded = True
+            return []
+        if degraded:
+            log.warning("movierec: the ratings store can be read again")
+            degraded = False
+        return ratings
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
     async def recommend(user_id: ID, k: K = 10, exclude_rated: bool = True) -> Recommendations:

@@ -7,13 +7,15 @@
     movierec info
     movierec serve --host 127.0.0.1 --port 8000     # the REST API (see movierec.api)
 
-Unknown ids and bad arguments print one line to stderr and exit with code 2.
+Unknown ids, bad arguments and a ratings store that cannot be opened print one line to stderr and
+exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from movierec.serving import BACKENDS, Recommendation, Recommender, RecommenderError
@@ -48,6 +50,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def name_metaflow_user() -> None:
+    """Name the Metaflow user "movierec" in a shell that names none Metaflow accepts (no
+    METAFLOW_USER, SUDO_USER, USERNAME or USER, or only "root": a root container), as the flow
+    does when it runs there (flows/recommender_flow.py), so the latest run it made is found."""
+    if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
+        os.environ["METAFLOW_USER"] = "movierec"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movierec",
                                      description="Movie recommendations from a trained movierec model.")
@@ -78,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="serve the REST API (OpenAPI at /docs) until interrupted")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--store", default="movierec-ratings.sqlite3", metavar="FILE|URL",
-                   help="where the ratings users send (POST /ratings) are kept: a SQLite file (created if absent; "
-                        "default movierec-ratings.sqlite3 here) or postgresql://user@host/db (password from "
-                        "PGPASSWORD; pip install 'movierec[postgres]')")
+    v.add_argument("--store", default="movierec-ratings.sqlite3", metavar="FILE|URL|none",
+                   help="where the ratings users send (POST /ratings) are kept: a SQLite file (created if absent, "
+                        "readable by its owner only; default movierec-ratings.sqlite3 here), "
+                        "postgresql://user@host/db (password from PGPASSWORD or ~/.pgpass, never in the URL; "
+                        "pip install 'movierec[postgres]'), or none (POST /ratings refused, nothing written)")
     v.add_argument("--body-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="answer 408 to a client that has not sent its whole request body within this time (default 10)")
     return parser
@@ -89,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    name_metaflow_user()
     try:
         rec = Recommender.load(args.model, args.backend)
         if args.command == "recommend":
@@ -104,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise RecommenderError(f"serving needs the 'serve' extra: pip install 'movierec[serve]' ({exc})") \
                     from exc
 
-            from movierec.feedback import InteractionStore
-            from movierec.settings import database_url_problem
+            from movierec.feedback import InteractionStore, StoreError
 
-            if args.store.startswith(("postgresql://", "postgres://")) and (why := database_url_problem(args.store)):
-                raise RecommenderError(f"--store {why}")
-            store = InteractionStore(args.store)
+            try:
+                store = None if args.store == "none" else InteractionStore(args.store)
+            except StoreError as exc:
+                raise RecommenderError(f"--store {exc}") from None
+            kept = f"ratings kept in {store.label}" if store is not None else "no ratings kept (--store none)"
             print(f"movierec: serving {rec.info.get('run_id', 'the model')} on http://{args.host}:{args.port} "
-                  f"(API description: /docs), ratings kept in {store.location}", file=sys.stderr, flush=True)
+                  f"(API description: /docs), {kept}", file=sys.stderr, flush=True)
             serve(rec, args.host, args.port, args.body_timeout, store)
         elif args.command == "predict":
             print(f"{rec.predict_rating(args.user, args.movie):.2f}")

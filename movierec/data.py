@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from movierec.checksums import sha256
 from movierec.ids import MAX_ID
-from movierec.settings import ColumnSettings
+from movierec.settings import ColumnSettings, redact_url
 
 RATINGS_SCHEMA = pa.schema(
     [("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float32()), ("timestamp", pa.int64())]
@@ -905,18 +905,18 @@ def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_qu
     checked and tidied like files. ``url`` holds no password: libpq reads PGPASSWORD or ~/.pgpass."""
     import adbc_driver_postgresql.dbapi as pg
 
-    where = urllib.parse.urlsplit(url)
+    where, shown = urllib.parse.urlsplit(url), redact_url(url)  # messages print the URL without a password
     try:
         conn = pg.connect(url)
     except Exception as exc:
-        raise DataError(f"{url}: cannot connect ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{shown}: cannot connect ({str(exc).splitlines()[0]})") from None
     with conn:
-        raw = _query(conn, f"{url} (ratings query)", ratings_query, ("user_id", "item_id", "rating", "timestamp"))
-        ratings = _validate_ratings(f"{url} (ratings query)", _cast(f"{url} (ratings query)", raw, dict(zip(
+        raw = _query(conn, f"{shown} (ratings query)", ratings_query, ("user_id", "item_id", "rating", "timestamp"))
+        ratings = _validate_ratings(f"{shown} (ratings query)", _cast(f"{shown} (ratings query)", raw, dict(zip(
             RATINGS_SCHEMA.names, RATINGS_SCHEMA.types))))
         items = ITEMS_SCHEMA.empty_table()
         if movies_query:
-            label = f"{url} (movies query)"
+            label = f"{shown} (movies query)"
             movies = _query(conn, label, movies_query, ("item_id", "title", "genres"))
             listed = pa.types.is_list(movies["genres"].type)
             movies = _cast(label, movies.set_column(2, "genres", movies["genres"].fill_null([] if listed else "")),
@@ -928,7 +928,7 @@ def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_qu
             items = _items_table(movies["item_id"], titles, years, genres)
         users = USERS_SCHEMA.empty_table()
         if users_query:
-            label = f"{url} (users query)"
+            label = f"{shown} (users query)"
             users = _cast(label, _query(conn, label, users_query, tuple(USERS_SCHEMA.names)),
                           dict(zip(USERS_SCHEMA.names, USERS_SCHEMA.types)))
     return tidy(Dataset(where.path.strip("/") or "postgresql", ratings, items, users))

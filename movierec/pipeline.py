@@ -91,7 +91,7 @@ def _load(settings: Settings) -> data.Dataset:
         if not store.startswith(("postgresql://", "postgres://")) and not Path(store).expanduser().is_file():
             raise data.DataError(f"{store}: no such ratings store (movierec serve --store writes one)")
         kept = InteractionStore(store)
-        dataset = data.with_feedback(dataset, kept.table(), kept.location)
+        dataset = data.with_feedback(dataset, kept.table(), kept.label)
     for note in dataset.warnings:
         print(f"[start] warning: {note}", flush=True)
     return dataset.head(source.max_ratings)

@@ -102,17 +102,53 @@ class ColumnSettings:
     genres_separator: str = setting("|", "genres-separator", "items file: what separates genres in a text column")
 
 
+SECRET_KEYS = ("password", "sslpassword")  # libpq's connection keywords that hold a secret
+HOLDS_SECRET = ("must not hold a password (user:password@, ?password= or ?sslpassword=: it would be stored with the "
+                "run and printed): set PGPASSWORD or ~/.pgpass instead")
+
+
 def database_url_problem(url: str) -> str | None:
-    """What is wrong with a database URL, or None: PostgreSQL only, and no password in it (the URL
-    is stored and printed with the run; libpq reads PGPASSWORD or ~/.pgpass)."""
+    """What is wrong with a database URL, or None: PostgreSQL only, and no password anywhere in it
+    (the URL is stored and printed with the run; libpq reads PGPASSWORD or ~/.pgpass). Read as
+    libpq reads it (psycopg's conninfo), which also takes ``?password=`` and percent-encoded keys;
+    a secret is looked for before libpq parses, as its parse errors quote the offending text."""
     if not url:
         return None
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        return f"must be a postgresql:// URL, got {url}"
+        return f"must be a postgresql:// URL, got {redact_url(url)}"
+    if parts.password is not None or any(map(_secret_parameter, parts.query.split("&"))):
+        return HOLDS_SECRET
+    try:
+        from psycopg import conninfo
+    except ImportError:
+        return "needs psycopg to be read: pip install 'movierec[postgres]'"
+    try:
+        options = conninfo.conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError: what libpq could not read
+        return f"is not a valid PostgreSQL URL ({str(exc).strip().splitlines()[0]})"
+    return HOLDS_SECRET if any(key in options for key in SECRET_KEYS) else None
+
+
+def redact_url(location: str) -> str:
+    """``location`` as it may be printed or stored: a URL's password, and the values of its
+    ``password``/``sslpassword`` query parameters, replaced by ``***`` (anything else unchanged,
+    byte for byte). A checked URL holds none; this keeps one that slipped past out of logs."""
+    parts = urllib.parse.urlsplit(location)
+    if not parts.scheme or not parts.netloc and not parts.query:
+        return location
+    netloc = parts.netloc
     if parts.password is not None:
-        return "must not hold a password (it would be stored with the run and printed): set PGPASSWORD or ~/.pgpass"
-    return None
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = "&".join(f"{piece.partition('=')[0]}=***" if _secret_parameter(piece) else piece
+                     for piece in parts.query.split("&"))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _secret_parameter(piece: str) -> bool:
+    """Whether ``name=value`` of a URL's query sets a secret (its name percent-decoded, as libpq reads it)."""
+    return urllib.parse.unquote_plus(piece.partition("=")[0]).lower() in SECRET_KEYS
 
 
 def store_problem(location: str) -> str | None:

@@ -3,6 +3,7 @@
 import contextlib
 import http.client
 import json
+import re
 import shutil
 import socket
 import time
@@ -225,14 +226,14 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
 @contextlib.contextmanager
 def _user_page(base: str, user: int):
     """The page at ``base`` in headless Chromium, the model loaded and ``user``'s recommendations shown."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
         try:
             page = browser.new_page()
             page.goto(base + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('run test')")
+            expect(page.locator("#model")).to_contain_text("run test")
             page.fill("#user-id", str(user))
             page.click("#user-go")
             page.wait_for_selector("tr.result")
@@ -244,6 +245,8 @@ def _user_page(base: str, user: int):
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_web_page_recommends_in_a_real_browser(server):
     """The page at / in headless Chromium: a user's recommendations, then ones from liked movies."""
+    from playwright.sync_api import expect
+
     base, rec = server
     user = int(rec.user_ids[5])
     expected = [r.title + (f" ({r.year})" if r.year else "") for r in rec.recommend(user, 10)]
@@ -256,12 +259,11 @@ def test_web_page_recommends_in_a_real_browser(server):
         # rating the first recommendation stores it, and the refreshed list leaves it out
         page.select_option("tr.result >> nth=0 >> select.stars", "4.5")
         page.click("tr.result >> nth=0 >> button.rate")
-        page.wait_for_function(f"!document.querySelector('tr.result td:nth-child(2)').textContent"
-                               f".startsWith({json.dumps(expected[0])})")
+        expect(page.locator("tr.result td:nth-child(2)").first).not_to_have_text(expected[0])
         assert expected[0] not in page.locator("tr.result td:nth-child(2)").all_inner_texts()
         page.fill("#user-id", "999999")
         page.click("#user-go")
-        page.wait_for_function("document.getElementById('error').textContent.includes('unknown user')")
+        expect(page.locator("#error")).to_contain_text("unknown user")
         page.fill("#query", "movie 1")
         page.click("#search-go")
         page.click("button.match >> nth=0")
@@ -309,3 +311,71 @@ def test_a_model_of_implicit_only_data_over_http(tiny_implicit_bundle, light_ins
                           "--user", str(user), "--movie", str(movies[0])], capture_output=True, text=True,
                          env=clean_env(), timeout=120)
     assert cli.returncode == 2 and "implicit-only data" in cli.stderr
+
+
+def _headers(base: str, path: str) -> tuple[dict[str, str], str]:
+    with urllib.request.urlopen(base + path, timeout=30) as resp:
+        return {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode()
+
+
+def test_every_answer_forbids_framing_and_sniffing_and_pages_run_only_their_own_code(server):
+    """Before: no CSP, no frame protection (the page has a Rate button to click-jack), no nosniff."""
+    base, _ = server
+    for path in ("/", "/health", "/docs", "/openapi.json"):
+        headers, _ = _headers(base, path)
+        assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff", path
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+    assert _headers(base, "/health")[0]["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    page_policy = _headers(base, "/")[0]["content-security-policy"]
+    assert page_policy.startswith("default-src 'none'; script-src 'sha256-") and "connect-src 'self'" in page_policy
+    assert "unsafe-inline" not in page_policy and "http" not in page_policy  # nothing from elsewhere
+
+
+def test_docs_load_one_pinned_swagger_ui_release_checked_by_hash(server):
+    """/docs pulled "swagger-ui-dist@5" (whatever 5.x the CDN serves today) without integrity
+    hashes, so a changed file would have run on the API's origin. Now one release, each file with
+    its sha384 (taken from the npm package swagger-ui-dist 5.35.0, which jsDelivr serves as is),
+    and the page's policy allows those two files and its own inline script only."""
+    base, _ = server
+    headers, html = _headers(base, "/docs")
+    cdn = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0/"
+    assert (f'<script src="{cdn}swagger-ui-bundle.js" integrity="sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGE'
+            'fScduGpSyF3ZSSLkX9"\n        crossorigin="anonymous"></script>') in html
+    assert (f'<link rel="stylesheet" href="{cdn}swagger-ui.css" integrity="sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V'
+            '5aGxEcf7z+KuRNwBhoxKVN1i3D5I"\n      crossorigin="anonymous">') in html
+    assert re.findall(r'(?:src|href)="(https?://[^"]+)"', html) == [
+        f"{cdn}swagger-ui.css", f"{cdn}swagger-ui-bundle.js"]  # nothing else from elsewhere (no favicon)
+    policy = headers["content-security-policy"]
+    assert "script-src 'sha256-" in policy and f" {cdn}swagger-ui-bundle.js;" in policy
+    assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+    assert call(base, "GET", "/redoc")[0] == 404  # it loaded an unpinned "redoc@2" the same way
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_page_keeps_ids_above_2_53_exact_under_its_policy(server):
+    """A user id of 2^53 + 1 (ids go up to 2^63 - 1): the page read it as a JavaScript number,
+    9007199254740992, and asked for an unknown user's recommendations. Now it shows theirs, rates
+    for exactly that user, and the browser reports no policy violation doing it."""
+    base, rec = server
+    user, liked = 2**53 + 1, int(rec.item_ids[2])
+    assert call(base, "POST", "/ratings", {"user_id": user, "movie_id": liked, "rating": 5.0})[0] == 201
+    expected = [r.title + (f" ({r.year})" if r.year else "") for r in rec.recommend_for_history([(liked, 5.0)], 10)]
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            page = browser.new_page()
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
+            page.goto(base + "/")
+            expect(page.locator("#model")).to_contain_text("run test")
+            page.fill("#user-id", str(user))
+            page.click("#user-go")
+            page.wait_for_selector("tr.result")
+            assert page.locator("tr.result td:nth-child(2)").all_inner_texts() == expected, page.text_content("#error")
+            page.click("tr.result >> nth=0 >> button.rate")  # stored for 2^53 it would stay listed
+            expect(page.locator("tr.result td:nth-child(2)").first).not_to_have_text(expected[0])
+        finally:
+            browser.close()
+    assert not [m for m in console if "Content Security Policy" in m], console

@@ -56,3 +56,102 @@ def test_serve_refuses_a_body_timeout_that_is_not_positive(bundle_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             cli.main(["--model", bundle_path, "serve", "--body-timeout", value])
         assert exit_.value.code == 2 and "positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("folder", "is a folder, expected a SQLite file"),
+    ("text file", "cannot be opened as a SQLite ratings store (file is not a database)"),
+    ("closed port", "cannot connect ("),
+])
+def test_serve_says_in_one_line_why_a_store_cannot_be_opened(bundle_path, tmp_path, capsys, kind, words):
+    """Before: a raw traceback (sqlite3.OperationalError, sqlite3.DatabaseError, psycopg's)."""
+    from conftest import free_port
+
+    store = f"postgresql://me@127.0.0.1:{free_port()}/db" if kind == "closed port" else str(tmp_path / "ratings")
+    if kind == "folder":
+        (tmp_path / "ratings").mkdir()
+    elif kind == "text file":
+        (tmp_path / "ratings").write_text("notes " * 200)
+    assert cli.main(["--model", bundle_path, "serve", "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"movierec: error: --store {store}: {words}") and len(err.splitlines()) == 1, err
+
+
+def _serve(bundle_path: str, folder, *args: str):
+    """`movierec serve` of this checkout in ``folder``: (process, base URL) once it answers."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port, wait_for_http
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "movierec.cli", "--model", bundle_path, "serve", "--port", str(port),
+                             *args], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    wait_for_http(f"http://127.0.0.1:{port}/health", proc, "movierec serve")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def test_serve_with_store_none_writes_nothing_and_refuses_ratings(bundle_path, tmp_path):
+    """Before: --store none made a SQLite file named "none" and kept ratings in it."""
+    from conftest import call
+
+    proc, base = _serve(bundle_path, tmp_path, "--store", "none")
+    try:
+        status, body = call(base, "POST", "/ratings", {"user_id": 1, "movie_id": int(Recommender.load(
+            bundle_path).item_ids[0]), "rating": 4.0})
+        assert status == 400 and "keeps no ratings" in body["error"]
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "no ratings kept (--store none)" in output and list(tmp_path.iterdir()) == []
+
+
+FAKE_FLOW = '''
+from metaflow import FlowSpec, step
+
+
+class RecommenderFlow(FlowSpec):
+    """Stands for the real flow: its publish step keeps a bundle as the artifact `bundle`."""
+
+    @step
+    def start(self):
+        self.next(self.publish)
+
+    @step
+    def publish(self):
+        self.bundle = open({bundle!r}, "rb").read()
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    RecommenderFlow()
+'''
+
+
+def test_the_latest_run_is_found_in_a_shell_without_a_user_name(bundle_path, tmp_path):
+    """A root container (no USER, USERNAME, SUDO_USER or METAFLOW_USER): the flow runs as
+    "movierec" there (flows/recommender_flow.py); `movierec info` without --model said "no model"
+    (Metaflow could not name the user whose runs to look in) and now finds that run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "flow.py").write_text(FAKE_FLOW.format(bundle=bundle_path))
+    env = {k: v for k, v in os.environ.items() if k not in ("USER", "USERNAME", "SUDO_USER", "METAFLOW_USER")}
+    env.update(METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path), METAFLOW_HOME=str(tmp_path),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    run = subprocess.run([sys.executable, "flow.py", "--quiet", "run"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**env, "METAFLOW_USER": "movierec"}, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    info = subprocess.run([sys.executable, "-m", "movierec.cli", "info"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**env, "USER": "root"}, timeout=300)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["run_id"] == "test"
