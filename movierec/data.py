@@ -880,7 +880,7 @@ def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
     less is left out: such data records what users chose, and a dislike is no choice to learn from."""
     if feedback.num_rows == 0:
         return replace(dataset, warnings=[*dataset.warnings, f"{origin}: no ratings yet"])
-    feedback, disliked = feedback.cast(RATINGS_SCHEMA), 0
+    feedback, disliked = feedback.select(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA), 0  # not who wrote them
     if dataset.implicit:
         liked = pc.greater(feedback["rating"], 2.5)
         disliked = feedback.num_rows - pc.sum(liked).as_py()

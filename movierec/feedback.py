@@ -6,9 +6,14 @@ SQLite by default, from Python's standard library: embedded, nothing to set up, 
 install. WAL mode lets readers go on while one writer writes, and a busy timeout makes concurrent
 writers (several server processes on one file) wait for each other instead of failing. Or the
 same table in PostgreSQL (``postgresql://user@host/db``, through psycopg: ``movierec[postgres]``;
-the password from PGPASSWORD or ~/.pgpass), for servers on several machines. A rating is
-identified by (user, movie, timestamp): storing the same one twice keeps one row, so a client may
-retry a request whose answer it did not get.
+the password from PGPASSWORD or ~/.pgpass), for servers on several machines.
+
+Each row is one rating as it was given: a user's latest rating of a movie is the one that counts.
+Sending the rating a movie already has stores nothing (so a client may retry a request whose
+answer it did not get); a different one is a correction, stored as the latest even when it comes
+within the same second, or after a rating stamped in the future (``timestamp`` is part of the key,
+so a correction goes one second past the rating it replaces). ``written_by`` names the API key
+that wrote a row (``movierec.access``; '' for rows written before keys, or by the library).
 """
 
 from __future__ import annotations
@@ -28,10 +33,14 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     movie_id BIGINT NOT NULL,
     rating REAL NOT NULL CHECK (rating >= 0.5 AND rating <= 5),
     timestamp BIGINT NOT NULL,
+    written_by TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (user_id, movie_id, timestamp)
 )
 """
+# A user's latest ratings, newest first, without sorting all of theirs (serving reads only the latest)
+INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_user_time ON {TABLE} (user_id, timestamp)"
 POSTGRES = ("postgresql://", "postgres://")
+LATEST = 1000  # how many of a user's latest ratings serving reads: a POST /recommendations history's limit too
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -41,6 +50,21 @@ class Rating:
     movie_id: int
     rating: float
     timestamp: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """What storing a rating did: ``stored`` is false when the movie already had that rating
+    (nothing written); ``previous`` is the rating it replaced (None: the user's first of it);
+    ``timestamp`` is the stored row's."""
+
+    stored: bool
+    previous: float | None
+    timestamp: int
+
+    @property
+    def correction(self) -> bool:
+        return self.stored and self.previous is not None
 
 
 class InteractionStore:
@@ -57,6 +81,7 @@ class InteractionStore:
         if not self.postgres:
             self._connection().execute("PRAGMA journal_mode=WAL")
         self._execute(SCHEMA)
+        self._migrate()
 
     def _connection(self):
         conn = getattr(self._local, "conn", None)
@@ -81,36 +106,77 @@ class InteractionStore:
         """``sql`` with ``?`` placeholders, on either database (psycopg's are ``%s``)."""
         return self._connection().execute(sql.replace("?", "%s") if self.postgres else sql, params)
 
-    def add(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None) -> bool:
-        """Store one rating (``timestamp``: seconds, default now); False when that exact rating was
-        already stored. Raises ValueError for ids or stars out of range."""
+    def _migrate(self) -> None:
+        """Bring a table written by an earlier version up to this one: the ``written_by`` column
+        (its rows: '') and the index serving reads a user's latest ratings by. Another process
+        may do the same at the same moment: a column it added first is no error."""
+        columns = [d[0] for d in self._execute(f"SELECT * FROM {TABLE} LIMIT 0").description]
+        if "written_by" not in columns:
+            add = f"ALTER TABLE {TABLE} ADD COLUMN {'IF NOT EXISTS ' if self.postgres else ''}written_by " \
+                  "TEXT NOT NULL DEFAULT ''"
+            try:
+                self._execute(add)
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
+        self._execute(INDEX)
+
+    def rate(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None,
+             written_by: str = "") -> Change:
+        """Store one rating (``timestamp``: seconds, default now) unless it is the movie's latest
+        rating by that user already; a different one is stored as the latest, at least one second
+        after the rating it replaces. ``written_by``: the API key's id. Raises ValueError for ids
+        or stars out of range."""
         for name, value in (("user_id", user_id), ("movie_id", movie_id)):
             if not 0 <= value <= MAX_ID:
                 raise ValueError(f"{name} {value} out of range, expected an integer from 0 to {MAX_ID}")
         if not 0.5 <= rating <= 5.0:  # also false for nan
             raise ValueError(f"rating {rating} is not a number from 0.5 to 5")
         when = int(time.time()) if timestamp is None else int(timestamp)
-        cur = self._execute(f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                            (user_id, movie_id, rating, when))
-        return cur.rowcount == 1
+        # Another writer may store a rating of the same movie between the read and the insert: the
+        # insert then meets its timestamp (the key) and stores nothing, and the read is made again.
+        for _ in range(10):
+            latest = self._execute(f"SELECT rating, timestamp FROM {TABLE} WHERE user_id = ? AND movie_id = ? "
+                                   "ORDER BY timestamp DESC LIMIT 1", (user_id, movie_id)).fetchone()
+            if latest is not None and abs(latest[0] - rating) < 1e-6:  # PostgreSQL's REAL: float32
+                return Change(False, latest[0], latest[1])
+            at = when if latest is None else max(when, latest[1] + 1)
+            cur = self._execute(f"INSERT INTO {TABLE} (user_id, movie_id, rating, timestamp, written_by) "
+                                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                (user_id, movie_id, rating, at, written_by))
+            if cur.rowcount == 1:
+                return Change(True, None if latest is None else latest[0], at)
+        raise RuntimeError(f"user {user_id}'s rating of movie {movie_id}: other writers kept storing ratings of it")
 
-    def ratings_of(self, user_id: int) -> list[Rating]:
-        """The user's stored ratings, oldest first; a movie rated again counts with its latest rating."""
+    def add(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None) -> bool:
+        """:meth:`rate`, answering only whether a row was written (False: the movie already had
+        that rating)."""
+        return self.rate(user_id, movie_id, rating, timestamp).stored
+
+    def ratings_of(self, user_id: int, latest: int = LATEST) -> list[Rating]:
+        """The user's stored ratings among their ``latest`` ones (by the index: a user with a
+        million rows costs what one with ``latest`` does), oldest first; a movie rated again
+        counts with its latest rating."""
         rows = self._execute(f"SELECT user_id, movie_id, rating, timestamp FROM {TABLE} WHERE user_id = ? "
-                             "ORDER BY timestamp", (user_id,)).fetchall()
-        latest = {movie: Rating(user, movie, stars, when) for user, movie, stars, when in rows}
-        return sorted(latest.values(), key=lambda r: r.timestamp)
+                             "ORDER BY timestamp DESC LIMIT ?", (user_id, latest)).fetchall()
+        newest: dict[int, Rating] = {}
+        for user, movie, stars, when in rows:
+            newest.setdefault(movie, Rating(user, movie, stars, when))
+        return sorted(newest.values(), key=lambda r: r.timestamp)
 
     def table(self):
-        """Every stored rating as an Arrow table in ``movierec.data.RATINGS_SCHEMA`` (for training;
-        imports pyarrow, which serving never needs)."""
+        """Every stored rating as an Arrow table: ``movierec.data.RATINGS_SCHEMA``'s columns, then
+        ``written_by`` (utf8, the key that wrote the row), for training (imports pyarrow, which
+        serving never needs)."""
         import pyarrow as pa
 
         from movierec.data import RATINGS_SCHEMA
 
-        rows = self._execute(f"SELECT user_id, movie_id, rating, timestamp FROM {TABLE} ORDER BY timestamp").fetchall()
-        columns = list(zip(*rows)) if rows else [[], [], [], []]
-        return pa.table(dict(zip(RATINGS_SCHEMA.names, columns)), schema=RATINGS_SCHEMA)
+        schema = RATINGS_SCHEMA.append(pa.field("written_by", pa.string()))
+        rows = self._execute(f"SELECT user_id, movie_id, rating, timestamp, written_by FROM {TABLE} "
+                             "ORDER BY timestamp").fetchall()
+        columns = list(zip(*rows)) if rows else [[]] * len(schema)
+        return pa.table(dict(zip(schema.names, columns)), schema=schema)
 
     def count(self) -> int:
         return self._execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
