@@ -48,8 +48,9 @@ ID_HEX = 12  # a key is mr_<12 hex digits>_<secret>
 REFRESH_S = 1.0  # how often a server looks at the keys file for a change
 
 
-class KeyFileError(ValueError):
-    """A keys file that cannot be read or written, or a request to it that cannot be done."""
+class AccessError(ValueError):
+    """A keys file that cannot be read or written, a key that cannot be made or revoked as asked,
+    or an access setting that makes no sense."""
 
 
 def parse_users(text: str) -> tuple[tuple[int, int], ...]:
@@ -58,10 +59,10 @@ def parse_users(text: str) -> tuple[tuple[int, int], ...]:
     for part in text.split(","):
         match = re.fullmatch(r"\s*([0-9]{1,19})\s*(?:-\s*([0-9]{1,19})\s*)?", part)
         if not match:
-            raise KeyFileError(f"users {text!r}: {part.strip()!r} is no user id or range; expected e.g. 1-100,205")
+            raise AccessError(f"users {text!r}: {part.strip()!r} is no user id or range; expected e.g. 1-100,205")
         low, high = int(match[1]), int(match[2] or match[1])
         if not low <= high <= MAX_ID:
-            raise KeyFileError(f"users {text!r}: range {low}-{high} must go upwards, within 0-{MAX_ID}")
+            raise AccessError(f"users {text!r}: range {low}-{high} must go upwards, within 0-{MAX_ID}")
         ranges.append((low, high))
     return tuple(ranges)
 
@@ -110,16 +111,16 @@ class KeyFile:
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise KeyFileError(f"{self.path}: not a movierec keys file ({type(exc).__name__}: {exc})") from None
+            raise AccessError(f"{self.path}: not a movierec keys file ({type(exc).__name__}: {exc})") from None
 
     def add(self, users: tuple[tuple[int, int], ...] = (), backend: bool = False, name: str = "",
             rate: float | None = None) -> tuple[Key, str]:
         """A new key for ``users`` (or any user: ``backend``): (the key as kept, its secret, which
         is nowhere else)."""
         if backend == bool(users):
-            raise KeyFileError("a key is for some users (--users) or for a trusted backend (--backend), one of them")
+            raise AccessError("a key is for some users (--users) or for a trusted backend (--backend), one of them")
         if rate is not None and not 0 < rate < math.inf:
-            raise KeyFileError(f"rate {rate}: expected a positive number of writes per second")
+            raise AccessError(f"rate {rate}: expected a positive number of writes per second")
         with self._locked() as keys:
             key_id = f"{PREFIX}{secrets.token_hex(ID_HEX // 2)}"
             secret = f"{key_id}_{secrets.token_urlsafe(32)}"
@@ -135,7 +136,7 @@ class KeyFile:
                     if key.revoked is None:
                         keys[n] = Key(**{**asdict(key), "revoked": int(time.time())})
                     return keys[n]
-        raise KeyFileError(f"{self.path}: no key {key_id!r} (movierec keys list shows them)")
+        raise AccessError(f"{self.path}: no key {key_id!r} (movierec keys list shows them)")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[list[Key]]:
@@ -197,15 +198,15 @@ class Access:
 
     def __post_init__(self) -> None:
         if not 0 < self.write_rate < math.inf:
-            raise KeyFileError(f"write rate {self.write_rate}: expected a positive number of writes per second")
+            raise AccessError(f"write rate {self.write_rate}: expected a positive number of writes per second")
         for host in self.allowed_hosts:
             if not host or (host.startswith("*") and host not in ("*",) and not host.startswith("*.")):
-                raise KeyFileError(f"allowed host {host!r}: expected a name, an address, *.domain or *")
+                raise AccessError(f"allowed host {host!r}: expected a name, an address, *.domain or *")
         self.allowed_hosts = tuple(h.lower().rstrip(".") for h in self.allowed_hosts)
         self._refresh(strict=True)
 
     def _refresh(self, strict: bool = False) -> None:
-        """Re-read the keys file if it changed; ``strict``: raise KeyFileError for a bad one
+        """Re-read the keys file if it changed; ``strict``: raise AccessError for a bad one
         (at start), instead of leaving no key valid (while serving)."""
         now = time.monotonic()
         if self.keys_file is None or now - self._checked < REFRESH_S:
@@ -221,7 +222,7 @@ class Access:
             return
         try:
             self._keys = {key.id: key for key in file.keys()}
-        except KeyFileError as exc:
+        except AccessError as exc:
             if strict:
                 raise
             print(f"movierec: {exc}; no key is valid until it is fixed", file=sys.stderr, flush=True)

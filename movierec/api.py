@@ -11,6 +11,8 @@ Input limits are in ``LIMITS`` (and the OpenAPI description): bad input is a 4xx
 Bodies are read by :class:`BodyGuard` before any handler sees them: at most ``MAX_BODY`` bytes
 counted as they arrive (a chunked upload has no Content-Length to check), JSON only, and within
 ``body_timeout`` seconds, so neither a large nor a stalled upload ties up memory or connections.
+Before that, :class:`movierec.access.AccessGuard` answers only allowed Host names and checks the
+API key a write (or, when so configured, a read) needs.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def _hosts(text: str) -> tuple[str, ...]:
 
 def _keys_command(args: argparse.Namespace) -> None:
     """``movierec keys add|list|revoke``: the API keys a server lets write (movierec.access)."""
-    from movierec.access import KeyFile, KeyFileError, parse_users
+    from movierec.access import AccessError, KeyFile, parse_users
 
     keys = KeyFile(args.keys)
     try:
@@ -84,7 +84,7 @@ def _keys_command(args: argparse.Namespace) -> None:
                 state = "revoked" if key.revoked is not None else "active"
                 rate = f"{key.rate:g}/s" if key.rate else "server's rate"
                 print(f"{key.id}\t{state}\t{key.scope()}\t{rate}\t{key.name}")
-    except KeyFileError as exc:
+    except AccessError as exc:
         raise RecommenderError(str(exc)) from None
 
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RecommenderError(f"serving needs the 'serve' extra: pip install 'movierec[serve]' ({exc})") \
                     from exc
 
-            from movierec.access import LOOPBACK_HOSTS, Access, KeyFileError
+            from movierec.access import LOOPBACK_HOSTS, Access, AccessError
             from movierec.feedback import InteractionStore
             from movierec.settings import database_url_problem
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 access = Access(args.keys, args.allowed_hosts or (*LOOPBACK_HOSTS, *bound), args.read_key_required,
                                 args.write_rate)
-            except KeyFileError as exc:
+            except AccessError as exc:
                 raise RecommenderError(str(exc)) from None
             print(f"movierec: serving {rec.info.get('run_id', 'the model')} on http://{args.host}:{args.port} "
                   f"(API description: /docs), ratings kept in {store.location}", file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import pytest
 from conftest import call, serving
 
 from movierec import cli
-from movierec.access import KEYS_FILE, Access, AccessDenied, KeyFile, KeyFileError, parse_users
+from movierec.access import KEYS_FILE, Access, AccessDenied, AccessError, KeyFile, parse_users
 from movierec.serving import Recommender
 
 
@@ -75,10 +75,10 @@ def test_a_key_needs_exactly_one_scope_and_a_positive_rate(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             cli.build_parser().parse_args(["keys", *args])
         assert exit_.value.code == 2
-    with pytest.raises(KeyFileError, match="one of them"):
+    with pytest.raises(AccessError, match="one of them"):
         KeyFile(tmp_path / "k.json").add(users=parse_users("1"), backend=True)
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(KeyFileError, match="not a movierec keys file"):
+    with pytest.raises(AccessError, match="not a movierec keys file"):
         Access(tmp_path / "bad.json")
 
 
