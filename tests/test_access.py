@@ -146,7 +146,7 @@ def keyed(tmp_path_factory, tiny_bundle, light_install):
 def _rows(store) -> list[tuple]:
     with sqlite3.connect(store) as db:
         return db.execute("SELECT user_id, movie_id, rating, written_by FROM movierec_feedback "
-                          "ORDER BY timestamp, written_by").fetchall()
+                          "ORDER BY rowid").fetchall()  # as written
 
 
 def test_writes_need_a_key_that_may_write_for_the_user(keyed):
@@ -247,3 +247,15 @@ def test_reads_need_a_key_when_the_server_says_so(tmp_path, tiny_bundle, light_i
         for path in ("/health", "/", "/openapi.json"):
             assert _send(base, "GET", path, headers={"Host": "movierec.test"})[0] == 200, path
         assert _send(base, "GET", "/health", headers={"Host": "localhost"})[0] == 400  # not in this allowlist
+
+
+def test_the_api_description_says_writes_need_a_key(keyed):
+    """/docs gets an Authorize button for the key, and the refusals are described."""
+    base = keyed[0]
+    status, spec = call(base, "GET", "/openapi.json")
+    post = spec["paths"]["/ratings"]["post"]
+    assert status == 200 and post["security"] == [{"apiKey": []}] and {"401", "403", "429"} <= set(post["responses"])
+    assert spec["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "an API key from `movierec keys add`, sent as Authorization: Bearer <key>"}
+    assert "security" not in spec["paths"]["/users/{user_id}/recommendations"]["get"]

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import call, serving
+from test_postgres import postgres  # noqa: F401 (the fixture: a real PostgreSQL server on loopback)
 
 from movierec.access import KEYS_FILE, KeyFile
 from movierec.feedback import InteractionStore
@@ -65,6 +66,21 @@ def test_a_store_written_before_keys_gains_the_written_by_column(tmp_path):
     assert str(table.schema.field("written_by").type) == "string"
     assert table.column("written_by").to_pylist() == ["", "mr_0123456789ab"]
     assert InteractionStore(path).count() == 2  # opened again (and by several processes at once): no error
+
+
+def test_a_postgresql_table_from_before_keys_is_migrated_and_takes_corrections(postgres):  # noqa: F811
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS movierec_feedback")
+        db.execute(OLD_SCHEMA)
+        db.execute("INSERT INTO movierec_feedback VALUES (1, 10, 3.7, 100)")
+    store, again = InteractionStore(postgres), InteractionStore(postgres)  # the second finds it migrated
+    assert again.rate(1, 10, 3.7, 100).stored is False  # REAL keeps 3.7 as float32: still the same rating
+    fix = store.rate(1, 10, 2.0, 100, written_by="mr_0123456789ab")
+    assert (fix.stored, fix.correction, fix.timestamp) == (True, True, 101)
+    assert [(r.movie_id, r.rating) for r in store.ratings_of(1, latest=1)] == [(10, 2.0)]
+    assert store.table().column("written_by").to_pylist() == ["", "mr_0123456789ab"]
 
 
 def test_a_flooded_user_costs_their_latest_ratings_only(tmp_path):
