@@ -117,6 +117,25 @@ def _write_many(args: tuple[str, int, int]) -> int:
     return sum(store.add(writer, movie, 3.0, 1000 + movie) for movie in range(n))
 
 
+def _correct_many(args: tuple[str, int]) -> int:
+    path, writer = args
+    store = InteractionStore(path)
+    return sum(store.rate(1, 1, 0.5 * (writer + 1), 1_000).stored for _ in range(30))
+
+
+def test_writers_correcting_one_rating_at_once_all_land(tmp_path):
+    """8 processes correct the same rating 30 times each within one second (each with its own
+    stars): a correction that meets another writer's (same timestamp) is tried again one second
+    on, so every change reported stored is a row, and each writer's first one is a change."""
+    path = str(tmp_path / "r.sqlite3")
+    InteractionStore(path)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        stored = pool.map(_correct_many, [(path, writer) for writer in range(8)])
+    rows = sqlite3.connect(path).execute("SELECT count(*), count(DISTINCT timestamp) FROM movierec_feedback"
+                                         ).fetchone()
+    assert min(stored) >= 1 and rows == (sum(stored), sum(stored))
+
+
 def test_concurrent_writer_processes_lose_nothing(tmp_path):
     path = str(tmp_path / "r.sqlite3")
     InteractionStore(path)
