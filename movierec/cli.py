@@ -80,6 +80,8 @@ def _keys_command(args: argparse.Namespace) -> None:
             print(f"movierec: key {key.id} revoked (servers reading {keys.path} refuse it within a second)",
                   file=sys.stderr)
         else:
+            if not keys.keys():
+                print(f"movierec: no keys in {keys.path} (movierec keys add makes one)", file=sys.stderr)
             for key in keys.keys():
                 state = "revoked" if key.revoked is not None else "active"
                 rate = f"{key.rate:g}/s" if key.rate else "server's rate"

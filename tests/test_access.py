@@ -129,6 +129,13 @@ def test_a_key_over_its_write_rate_waits(tmp_path):
 def test_only_allowed_host_names_are_answered(host, allowed):
     access = Access(None, allowed_hosts=("localhost", "127.0.0.1", "::1", "api.example.com", "*.b.example.com"))
     assert access.host_allowed(host) is allowed
+    assert Access(None, allowed_hosts=("*",)).host_allowed(host) is (host is not None)
+
+
+@pytest.mark.parametrize("hosts", [("*example.com",), ("",), ("**",)])
+def test_a_host_pattern_that_is_no_name_is_refused(hosts):
+    with pytest.raises(AccessError, match="expected a name, an address, \\*.domain or \\*"):
+        Access(None, allowed_hosts=hosts)
 
 
 @pytest.fixture(scope="module")
