@@ -55,8 +55,8 @@ class Rating:
 @dataclass(frozen=True)
 class Change:
     """What storing a rating did: ``stored`` is false when the movie already had that rating
-    (nothing written); ``previous`` is the rating it replaced (None: the user's first of it);
-    ``timestamp`` is the stored row's."""
+    (nothing written); ``previous`` is the movie's latest rating by the user before (None: there
+    was none; the same rating when nothing was stored); ``timestamp`` is the latest row's."""
 
     stored: bool
     previous: float | None
