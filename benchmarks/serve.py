@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serve.py                       # the latest local RecommenderFlow run
     .venv/bin/python benchmarks/serve.py --model <run id|bundle.zip> --duration 60 --connections 8
     .venv/bin/python benchmarks/serve.py --parts install       # one part only
+    .venv/bin/python benchmarks/serve.py --parts latency --baseline /tmp/main   # against older code, side by side
 
 ``install``: the model's wheel installed into fresh virtual environments, side by side: the
 light install (``movierec``: numpy + Annoy), with ``[onnx]``, and the full one (``[train]``:
@@ -13,8 +14,14 @@ each with the rating backend that installation runs (numpy, onnx, torch).
 and over HTTP `movierec serve` in its own process on loopback, loaded by wrk (Debian's `wrk`
 package) for ``--duration`` seconds over ``--connections`` connections, every request for a
 random known user; for each rating backend, side by side; then POST /ratings under the same load
-(random known users, movies and stars, into the default SQLite store), with the rows it stored. Writes its sections of
-benchmarks/RESULTS.md (``serve-install``, ``serve``).
+(random known users, movies and stars, into the default SQLite store), with the rows it stored. The
+server runs as an operator would run it: every request names its Host (checked against the
+allowlist), every one sends an API key (a backend key, with a write rate no run reaches), and
+reads need one too (``--read-key-required``), so the figures include the access checks.
+``--baseline DIR``: the same loads against `movierec serve` from another checkout (e.g. ``git
+archive main | tar -x -C DIR``), alternating with this one's, ``--rounds`` times (its server gets
+the same requests and ignores the key). Writes its sections of benchmarks/RESULTS.md
+(``serve-install``, ``serve``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import numpy as np
 from results import emit, markdown_table
 
 from movierec import packaging
+from movierec.access import KEYS_FILE, KeyFile
 from movierec.bundle import bundle_of_run
 from movierec.feedback import InteractionStore
 from movierec.serving import BACKENDS, Recommender
@@ -148,18 +156,20 @@ def in_process(rec: Recommender, n: int = 2000) -> list[dict]:
 
 WRK_READ = """
 local ids = {%(users)s}
+local headers = {["Host"] = "localhost", ["Authorization"] = "Bearer %(key)s"}
 math.randomseed(42)
 request = function()
-  return wrk.format("GET", "/users/" .. ids[math.random(#ids)] .. "/recommendations?k=10")
+  return wrk.format("GET", "/users/" .. ids[math.random(#ids)] .. "/recommendations?k=10", headers)
 end
 """
 WRK_WRITE = """
 local users, movies = {%(users)s}, {%(movies)s}
+local headers = {["Host"] = "localhost", ["Authorization"] = "Bearer %(key)s", ["Content-Type"] = "application/json"}
 math.randomseed(7)
 request = function()
   local body = string.format('{"user_id": %%d, "movie_id": %%d, "rating": %%.1f}', users[math.random(#users)],
                              movies[math.random(#movies)], math.random(1, 10) / 2)
-  return wrk.format("POST", "/ratings", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/ratings", headers, body)
 end
 """
 
@@ -169,9 +179,11 @@ def _seconds(text: str) -> float:
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
 
 
-def over_http(rec: Recommender, model_arg: str, duration: int, connections: int, lua: str = WRK_READ) -> dict:
+def over_http(rec: Recommender, model_arg: str, duration: int, connections: int, lua: str = WRK_READ,
+              baseline: Path | None = None) -> dict:
     """wrk's figures for the ``lua`` script (GET recommendations, or POST /ratings: ``WRK_WRITE``) against
-    `movierec serve` over ``model_arg``, and how many ratings its store holds afterwards."""
+    `movierec serve` over ``model_arg`` (from the ``baseline`` checkout: without the access options,
+    which older code lacks), and how many ratings its store holds afterwards."""
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: apt-get install wrk")
     import socket
@@ -179,22 +191,26 @@ def over_http(rec: Recommender, model_arg: str, duration: int, connections: int,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "movierec.cli", "--model", model_arg, "--backend", rec.backend, "serve",
-           "--port", str(port)]
+    cmd = [sys.executable, "-m", "movierec.cli", "--model", str(Path(model_arg).resolve()) if Path(model_arg).exists()
+           else model_arg, "--backend", rec.backend, "serve", "--port", str(port)]
     store = tempfile.mkdtemp(prefix="movierec-serve-")
     cmd += ["--store", os.path.join(store, "ratings.sqlite3")]
-    server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, cwd=REPO)
+    _, key = KeyFile(os.path.join(store, KEYS_FILE)).add(backend=True, name="benchmark", rate=1e9)
+    if baseline is None:
+        cmd += ["--keys", os.path.join(store, KEYS_FILE), "--read-key-required"]
+    env = os.environ | {"PYTHONPATH": str(baseline or REPO)}
+    server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, cwd=baseline or REPO, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
             try:
-                urllib.request.urlopen(base + "/health", timeout=1)
+                urllib.request.urlopen(base + "/health", timeout=1)  # /health needs no key
                 break
             except OSError:
                 time.sleep(0.2)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
             script.write(lua % {"users": ", ".join(str(int(u)) for u in rec.user_ids),
-                                        "movies": ", ".join(str(int(m)) for m in rec.item_ids)})
+                                "movies": ", ".join(str(int(m)) for m in rec.item_ids), "key": key})
         out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name,
                               base], capture_output=True, text=True, check=True).stdout
         os.unlink(script.name)
@@ -224,13 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=60, help="seconds of HTTP load (default 60)")
     parser.add_argument("--connections", type=int, default=8, help="concurrent HTTP connections (default 8)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="another checkout whose `movierec serve` gets the same HTTP loads (numpy backend), "
+                             "alternating with this one's")
+    parser.add_argument("--rounds", type=int, default=1, help="with --baseline: how many times each pair alternates")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     rec, model_arg = load(args.model, "numpy")
     if not rec.user_data:
         raise SystemExit(f"{model_arg}: a bundle without per-user data: serve.py measures per-user queries")
     info = rec.info.get("dataset") or {}
-    model = (f"Model: run {rec.info.get('run_id')}, {info.get('ratings', '?'):,} ratings, {len(rec.user_ids):,} "
+    ratings = f"{info['ratings']:,}" if "ratings" in info else "?"  # a bundle made outside a run may not say
+    model = (f"Model: run {rec.info.get('run_id')}, {ratings} ratings, {len(rec.user_ids):,} "
              f"users, {len(rec.item_ids):,} movies.")
     if "install" in parts:
         with tempfile.TemporaryDirectory() as work:
@@ -259,17 +280,27 @@ def main(argv: list[str] | None = None) -> int:
         for backend in BACKENDS:
             rec, model_arg = load(args.model, backend)
             rows += in_process(rec)
-            http_rows.append(http_row("GET recommendations", backend,
-                                      over_http(rec, model_arg, args.duration, args.connections)))
+            if args.baseline is None:
+                http_rows.append(http_row("GET recommendations", backend,
+                                          over_http(rec, model_arg, args.duration, args.connections)))
         rec, model_arg = load(args.model, "numpy")
-        http_rows.append(http_row("POST /ratings (SQLite)", "numpy",
-                                  over_http(rec, model_arg, args.duration, args.connections, WRK_WRITE)))
+        if args.baseline is None:
+            http_rows.append(http_row("POST /ratings (SQLite)", "numpy",
+                                      over_http(rec, model_arg, args.duration, args.connections, WRK_WRITE)))
+        else:  # side by side, alternating, so a machine's changing load weighs on both alike
+            for _ in range(args.rounds):
+                for request, lua in (("GET recommendations", WRK_READ), ("POST /ratings (SQLite)", WRK_WRITE)):
+                    for tree in (args.baseline, None):
+                        http_rows.append(http_row(f"{request}, {'baseline' if tree else 'this checkout'}", "numpy",
+                                                  over_http(rec, model_arg, args.duration, args.connections, lua,
+                                                            tree)))
         rows.sort(key=lambda r: r["query"])  # each query's backends side by side
         text = ("## Serving (`benchmarks/serve.py --parts latency`)\n\n" + model + "\n\nIn process, one thread:\n\n"
                 + markdown_table(rows, ["query", "backend", "calls", "p50 ms", "p99 ms", "mean ms"])
                 + "\n\nOver HTTP on loopback (`movierec serve`, one process; GET /users/{random user}/recommendations"
                 "?k=10, and POST /ratings of random known users, movies and stars into the default SQLite store; "
-                "a rating repeated within a second is stored once):\n\n" + markdown_table(http_rows, list(http_rows[0]))
+                "the same rating of a movie again is stored once; Host checked, an API key on every request, "
+                "reads too):\n\n" + markdown_table(http_rows, list(http_rows[0]))
                 + "\n\nGoals: in process p50 <= 2 ms and p99 <= 10 ms; over HTTP >= 500 requests/s with p99 <= 50 ms "
                 "and no errors.\n")
         emit("serve", text, not args.no_write)

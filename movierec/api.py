@@ -11,6 +11,8 @@ Input limits are in ``LIMITS`` (and the OpenAPI description): bad input is a 4xx
 Bodies are read by :class:`BodyGuard` before any handler sees them: at most ``MAX_BODY`` bytes
 counted as they arrive (a chunked upload has no Content-Length to check), JSON only, and within
 ``body_timeout`` seconds, so neither a large nor a stalled upload ties up memory or connections.
+Before that, :class:`movierec.access.AccessGuard` answers only allowed Host names and checks the
+API key a write (or, when so configured, a read) needs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import base64
 import hashlib
 import logging
 import re
+import time
 from importlib import resources
 from typing import Annotated
 
@@ -32,6 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from movierec import __version__
+from movierec.access import SCOPE_KEY, Access, AccessDenied, AccessGuard
 from movierec.feedback import InteractionStore, Rating, StoreError
 from movierec.ids import MAX_ID
 from movierec.serving import Recommendation, Recommender, RecommenderError, UnknownMovieError, UnknownUserError
@@ -41,11 +45,14 @@ MAX_K = CANDIDATES  # answers are at most as long as the candidate lists the ran
 MAX_ITEMS = 1000
 MAX_BODY = 256 * 1024
 BODY_TIMEOUT = 10.0  # seconds a client may take to send its body
+MAX_SKEW = 300  # seconds a rating's client-given timestamp may be from the server's clock
 LIMITS = (f"Limits: k 1-{MAX_K}; ids 0-{MAX_ID} (integers; true/false are not ids); a history of at most {MAX_ITEMS} "
           f"movies; at most {MAX_ITEMS} (user, movie) pairs per prediction request; title queries of 1-100 "
           f"characters; request bodies JSON (415 otherwise), at most {MAX_BODY:,} bytes (413 beyond), sent within "
-          f"{BODY_TIMEOUT:g} s (408 beyond). Unknown ids: 404; invalid fields: 422; requests the model cannot "
-          "answer: 400.")
+          f"{BODY_TIMEOUT:g} s (408 beyond); a rating's timestamp within {MAX_SKEW} s of the server's clock. "
+          "Unknown ids: 404; invalid fields: 422; requests the model cannot answer: 400. Writes (POST /ratings) "
+          "need an API key (Authorization: Bearer <key>; 401 without one, 403 for a user outside its scope, 429 "
+          "over its write rate); a Host the server does not answer to: 400.")
 # /docs: Swagger UI from jsDelivr, one pinned release whose files the browser checks against these
 # hashes (Subresource Integrity; sha384 of swagger-ui-dist 5.35.0's files as npm ships them, which
 # jsDelivr serves unchanged): a changed file is refused, not run on this API's origin.
@@ -56,7 +63,6 @@ SWAGGER_INIT = ("SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui', d
                 "presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset], "
                 "layout: 'BaseLayout'});")
 log = logging.getLogger("movierec.api")
-
 
 
 def _digits(value: object) -> object:
@@ -128,12 +134,16 @@ class NewRating(BaseModel):
     movie_id: BodyId
     rating: float = Field(ge=0.5, le=5.0, strict=True, allow_inf_nan=False, description="0.5-5 stars")
     timestamp: int | None = Field(None, ge=0, le=2**40, strict=True,
-                                  description="seconds since 1970 (default: now); with user and movie, what makes "
-                                              "a rating the same one when a client retries")
+                                  description=f"seconds since 1970, within {MAX_SKEW} s of the server's clock "
+                                              "(default: the server's clock)")
 
 
 class Stored(BaseModel):
-    stored: bool = Field(description="false when this exact rating was stored before (a retried request)")
+    stored: bool = Field(description="false when the movie already had this rating from this user (e.g. a retried "
+                                     "request): nothing changed")
+    correction: bool = Field(description="true when it replaced a different earlier rating of the movie")
+    previous_rating: float | None = Field(description="the rating it replaced, or the same one when not stored")
+    timestamp: int = Field(description="the stored rating's time (a correction's is past the one it replaced)")
 
 
 class Error(BaseModel):
@@ -291,19 +301,27 @@ def _validation_errors(exc: RequestValidationError) -> list[dict]:
             for e in exc.errors()]
 
 
-def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: InteractionStore | None = None
-               ) -> FastAPI:
+def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: InteractionStore | None = None,
+               access: Access | None = None) -> FastAPI:
     """The API over one loaded model; ``store`` keeps the ratings users send (``POST /ratings``)
     and serves from them: a known user's rated movies leave their recommendations, a user the
-    model has never seen is recommended from what they rated."""
+    model has never seen is recommended from what they rated. ``access``: who may write, and
+    read (default: no keys, so no writes; loopback Host names)."""
+    access = access if access is not None else Access(keys_file=None)
     app = FastAPI(title="movierec", version=__version__, docs_url=None, redoc_url=None,  # /docs: below
                   description="Two-stage movie recommendations (candidate sources, then a learned ranker that also "
                               "weighs the rating model's stars, where the data has ratings). " + LIMITS)
     errors = {404: {"model": Error, "description": "unknown user or movie id"},
               400: {"model": Error, "description": "a request the model cannot answer"}}
+    keyed = {401: {"model": Error, "description": "no valid API key"},
+             403: {"model": Error, "description": "the key may not write for this user"},
+             429: {"model": Error, "description": "the key is over its write rate (Retry-After: seconds)"}}
 
     app.add_middleware(BodyGuard, timeout=body_timeout)
-    app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry the headers too
+    # a request for another host, or without the key it needs, is refused unread
+    app.add_middleware(AccessGuard, access=access, writes=frozenset({("POST", "/ratings")}),
+                       open_paths=frozenset({"/", "/health", "/docs", "/openapi.json"}))
+    app.add_middleware(SecurityHeaders)  # outermost: the guards' refusals carry the headers too
     page_html = (resources.files("movierec") / "web" / "index.html").read_text()
     page_policy = inline_policy(page_html)
 
@@ -315,6 +333,10 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     @app.exception_handler(RecommenderError)
     async def bad_request(_: Request, exc: RecommenderError) -> JSONResponse:
         return _error(400, str(exc))
+
+    @app.exception_handler(AccessDenied)
+    async def denied(_: Request, exc: AccessDenied) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -401,18 +423,30 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         history = [(r.movie_id, r.rating) for r in since]
         return Recommendations(user_id=user_id, recommendations=_movies(rec.recommend_for_history(history, k)))
 
-    @app.post("/ratings", response_model=Stored, status_code=201, responses=errors)
-    async def add_rating(body: NewRating) -> Stored:
+    @app.post("/ratings", response_model=Stored, status_code=201, responses={**errors, **keyed},
+              openapi_extra={"security": [{"apiKey": []}]})
+    async def add_rating(body: NewRating, request: Request) -> Stored:
         """Store a user's rating of a movie (a new user's too): their next recommendations take it
-        into account, and the next training run can learn from it (see README, Feedback)."""
+        into account, and the next training run can learn from it (see README, Feedback). Needs an
+        API key that may write for the user. A different rating of a movie the user rated before
+        is a correction: stored, and the latest; the same rating again stores nothing."""
+        key = request.scope.get(SCOPE_KEY)
+        access.authorize_write(key, body.user_id)
         if store is None:
             raise RecommenderError("this server keeps no ratings (start it with movierec serve --store FILE)")
         if not rec.has_movie(body.movie_id):
             raise UnknownMovieError(body.movie_id)  # a 404, as everywhere
+        if body.timestamp is not None and abs(body.timestamp - time.time()) > MAX_SKEW:
+            # a time far ahead would outrank every later rating of the movie; the server's clock is the default
+            raise RequestValidationError([{
+                "loc": ("body", "timestamp"), "type": "value_error",
+                "msg": f"{body.timestamp} is more than {MAX_SKEW} s from the server's clock ({int(time.time())}); "
+                       "leave it out and the server stamps the time"}])
         # A worker thread: a write may wait on another writer's lock (SQLite's busy timeout, a
         # PostgreSQL round trip), which on the event loop would stall every other request.
-        stored = await run_in_threadpool(store.add, body.user_id, body.movie_id, body.rating, body.timestamp)
-        return Stored(stored=stored)
+        change = await run_in_threadpool(store.rate, body.user_id, body.movie_id, body.rating, body.timestamp, key.id)
+        return Stored(stored=change.stored, correction=change.correction, previous_rating=change.previous,
+                      timestamp=change.timestamp)
 
     @app.post("/recommendations", response_model=Recommendations, responses=errors)
     async def recommend_for_history(body: HistoryRequest) -> Recommendations:
@@ -439,11 +473,23 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         return Predictions(predictions=[Prediction(user_id=u, movie_id=m, predicted_rating=r)
                                         for u, m, r in zip(users, movies, ratings)])
 
+    described = app.openapi
+
+    def openapi() -> dict:
+        """The description, with the API key named as the scheme writes need (so /docs has an
+        Authorize button that sends it)."""
+        schema = described()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "an API key from `movierec keys add`, sent as Authorization: Bearer <key>"}
+        return schema
+
+    app.openapi = openapi
     return app
 
 
 def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = BODY_TIMEOUT,
-          store: InteractionStore | None = None) -> None:
+          store: InteractionStore | None = None, access: Access | None = None) -> None:
     """Serve until interrupted. The loaded model and app are moved out of the garbage collector's
     sight first (``gc.freeze``): otherwise every full collection walks them again, which showed up
     as 30-40 ms stalls in the slowest 1% of requests under load."""
@@ -451,7 +497,7 @@ def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, body_time
 
     import uvicorn
 
-    app = create_app(rec, body_timeout, store)
+    app = create_app(rec, body_timeout, store, access)
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

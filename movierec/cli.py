@@ -6,6 +6,7 @@
     movierec predict --user 1 --movie 50
     movierec info
     movierec serve --host 127.0.0.1 --port 8000     # the REST API (see movierec.api)
+    movierec keys add --users 1-100                 # an API key that may write ratings for users 1-100
 
 Unknown ids, bad arguments and a ratings store that cannot be opened print one line to stderr and
 exit with code 2.
@@ -58,6 +59,47 @@ def name_metaflow_user() -> None:
         os.environ["METAFLOW_USER"] = "movierec"
 
 
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of writes per second, got {text}")
+    return value
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip() for h in text.split(",") if h.strip())
+    if not hosts:
+        raise argparse.ArgumentTypeError("expected host names separated by commas, e.g. localhost,api.example.com")
+    return hosts
+
+
+def _keys_command(args: argparse.Namespace) -> None:
+    """``movierec keys add|list|revoke``: the API keys a server lets write (movierec.access)."""
+    from movierec.access import AccessError, KeyFile, parse_users
+
+    keys = KeyFile(args.keys)
+    try:
+        if args.action == "add":
+            users = parse_users(args.users) if args.users is not None else ()
+            key, secret = keys.add(users, args.backend_key, args.name, args.rate)
+            print(f"movierec: key {key.id} for {key.scope()} added to {keys.path}; its secret is shown this "
+                  "once only (send it as 'Authorization: Bearer <secret>'):", file=sys.stderr)
+            print(secret)
+        elif args.action == "revoke":
+            key = keys.revoke(args.id)
+            print(f"movierec: key {key.id} revoked (servers reading {keys.path} refuse it within a second)",
+                  file=sys.stderr)
+        else:
+            if not keys.keys():
+                print(f"movierec: no keys in {keys.path} (movierec keys add makes one)", file=sys.stderr)
+            for key in keys.keys():
+                state = "revoked" if key.revoked is not None else "active"
+                rate = f"{key.rate:g}/s" if key.rate else "server's rate"
+                print(f"{key.id}\t{state}\t{key.scope()}\t{rate}\t{key.name}")
+    except AccessError as exc:
+        raise RecommenderError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movierec",
                                      description="Movie recommendations from a trained movierec model.")
@@ -95,6 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
                         "pip install 'movierec[postgres]'), or none (POST /ratings refused, nothing written)")
     v.add_argument("--body-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="answer 408 to a client that has not sent its whole request body within this time (default 10)")
+    v.add_argument("--keys", default="movierec-keys.json", metavar="FILE",
+                   help="the API keys that may write ratings (movierec keys add makes them; re-read within a second "
+                        "of a change; default movierec-keys.json here). Writes without a valid key get 401")
+    v.add_argument("--allowed-hosts", type=_hosts, default=None, metavar="NAME,...",
+                   help="the Host names requests may be sent to, others get 400 (against DNS rebinding): names, "
+                        "addresses, *.example.com, or * for any (default: localhost, 127.0.0.1, ::1 and --host)")
+    v.add_argument("--read-key-required", action="store_true",
+                   help="reads need an API key too (any valid key; default: reads are open); /, /health and the "
+                        "API description stay open")
+    v.add_argument("--write-rate", type=_rate, default=10.0, metavar="PER_SECOND",
+                   help="writes each key may make per second, in bursts of up to a second's worth (default 10; a "
+                        "key's own rate, keys add --rate, overrides it); beyond it: 429 with Retry-After")
+    k = sub.add_parser("keys", help="add, list or revoke the API keys that may write ratings through the REST API",
+                       description="API keys for movierec serve: a key may write ratings for some users (--users) "
+                                   "or for any user (--backend); only its SHA-256 is kept, in the keys file (mode "
+                                   "0600), so its secret is printed once, when it is added.")
+    k.add_argument("--keys", default="movierec-keys.json", metavar="FILE",
+                   help="the keys file (default movierec-keys.json here, where movierec serve looks)")
+    actions = k.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="a new key; prints its secret (once) on stdout")
+    scope = add.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--users", metavar="RANGES", help="the users it may write for, e.g. 1-100,205")
+    scope.add_argument("--backend", dest="backend_key", action="store_true",
+                       help="a trusted backend: may write for any user")
+    add.add_argument("--name", default="", help="what the key is for (shown by keys list)")
+    add.add_argument("--rate", type=_rate, default=None, metavar="PER_SECOND",
+                     help="its writes per second (default: the server's --write-rate)")
+    actions.add_parser("list", help="every key: id, active or revoked, scope, rate, name (never a secret)")
+    revoke = actions.add_parser("revoke", help="refuse a key from now on (kept in the file, marked revoked)")
+    revoke.add_argument("id", help="the key's id (mr_ and 12 hex digits, as keys list shows)")
     return parser
 
 
@@ -102,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     name_metaflow_user()
     try:
+        if args.command == "keys":  # no model needed
+            _keys_command(args)
+            return 0
         rec = Recommender.load(args.model, args.backend)
         if args.command == "recommend":
             _print(rec.recommend(args.user, args.k, exclude_rated=not args.include_rated), args.json)
@@ -116,16 +191,24 @@ def main(argv: list[str] | None = None) -> int:
                 raise RecommenderError(f"serving needs the 'serve' extra: pip install 'movierec[serve]' ({exc})") \
                     from exc
 
+            from movierec.access import LOOPBACK_HOSTS, Access, AccessError
             from movierec.feedback import InteractionStore, StoreError
 
             try:
                 store = None if args.store == "none" else InteractionStore(args.store)
             except StoreError as exc:
                 raise RecommenderError(f"--store {exc}") from None
-            kept = f"ratings kept in {store.label}" if store is not None else "no ratings kept (--store none)"
+            bound = () if args.host in ("0.0.0.0", "::", "") else (args.host,)
+            try:
+                access = Access(args.keys, args.allowed_hosts or (*LOOPBACK_HOSTS, *bound), args.read_key_required,
+                                args.write_rate)
+            except AccessError as exc:
+                raise RecommenderError(str(exc)) from None
+            kept = (f"ratings kept in {store.label}, written with a key from {args.keys}" if store is not None
+                    else "no ratings kept (--store none)")
             print(f"movierec: serving {rec.info.get('run_id', 'the model')} on http://{args.host}:{args.port} "
                   f"(API description: /docs), {kept}", file=sys.stderr, flush=True)
-            serve(rec, args.host, args.port, args.body_timeout, store)
+            serve(rec, args.host, args.port, args.body_timeout, store, access)
         elif args.command == "predict":
             print(f"{rec.predict_rating(args.user, args.movie):.2f}")
         else:

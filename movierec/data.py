@@ -95,10 +95,11 @@ class Dataset:
     warnings: list[str] = field(default_factory=list)
     implicit: bool = False
     feedback: pa.Table = field(default_factory=RATINGS_SCHEMA.empty_table)
+    feedback_keys: list[dict] = field(default_factory=list)  # the store's rows per API key (with_feedback)
 
     def _meta(self) -> dict:
         return {"name": self.name, "duplicates_dropped": self.duplicates_dropped, "warnings": self.warnings,
-                "implicit": self.implicit}
+                "implicit": self.implicit, "feedback_keys": self.feedback_keys}
 
     def to_bytes(self) -> dict[str, bytes]:
         """Parquet bytes per table: a compact, library-independent Metaflow artifact."""
@@ -934,7 +935,8 @@ def load_postgres(url: str, ratings_query: str, movies_query: str = "", users_qu
     return tidy(Dataset(where.path.strip("/") or "postgresql", ratings, items, users))
 
 
-def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
+def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str, leave_out: frozenset[str] = frozenset()
+                  ) -> Dataset:
     """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) as its
     ``feedback``, apart from its ratings: they join training only (``movierec.split.join_training``).
     ``feedback`` may have more columns than the four of ``RATINGS_SCHEMA``; those are taken by
@@ -942,15 +944,28 @@ def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
     not know (neither in its movies table nor rated in it: e.g. removed from the next export) is
     dropped and counted, not an error, so one stale rating cannot stop every retrain.
     Into implicit-only data a rating above 2.5 stars goes as an interaction (1.0), one of 2.5 or
-    less is left out: such data records what users chose, and a dislike is no choice to learn from."""
+    less is left out: such data records what users chose, and a dislike is no choice to learn from.
+    ``written_by`` (the API key that wrote a row, '' for none): the rows of each key are counted
+    (``feedback_keys``, for the start card), and those of the keys in ``leave_out`` dropped before
+    anything else, so the ratings of a key found sending fake ones never train."""
     if feedback.num_rows == 0:
         return replace(dataset, warnings=[*dataset.warnings, f"{origin}: no ratings yet"])
     missing = [name for name in RATINGS_SCHEMA.names if name not in feedback.column_names]
     if missing:
         raise DataError(f"{origin}: the ratings store has no column(s) {', '.join(missing)}, expected "
                         f"{', '.join(RATINGS_SCHEMA.names)}")
+    writers = (feedback["written_by"].to_numpy(zero_copy_only=False).astype(str)
+               if "written_by" in feedback.column_names else np.full(feedback.num_rows, ""))
+    keys, counts = np.unique(writers, return_counts=True)
+    per_key = [{"key": key or "(no key)", "ratings": int(n), "training": key not in leave_out}
+               for key, n in zip(keys, counts)]
+    notes = [f"no ratings of key {key or '(no key)'} to leave out" for key in sorted(leave_out - set(keys))]
+    if leave_out:
+        dropped = np.isin(writers, list(leave_out))
+        notes.append(f"{int(dropped.sum()):,} ratings of {len(leave_out)} key(s) left out (--feedback-leave-out)")
+        feedback = feedback.filter(pa.array(~dropped))
     feedback, repeated = drop_duplicate_ratings(feedback.select(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA))
-    notes = [f"{repeated:,} earlier ratings of a movie the same user rated again left out"] if repeated else []
+    notes += [f"{repeated:,} earlier ratings of a movie the same user rated again left out"] if repeated else []
     if dataset.implicit:
         liked = pc.greater(feedback["rating"], 2.5)
         notes.append(f"as interactions: the data has no ratings; {feedback.num_rows - pc.sum(liked).as_py():,} of "
@@ -966,7 +981,7 @@ def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str) -> Dataset:
         feedback = feedback.filter(pa.array(~unknown))
     added = (f"{origin}: {feedback.num_rows:,} ratings users sent added, for training only (the split leaves out "
              "those of its test pairs)")
-    return replace(dataset, feedback=feedback,
+    return replace(dataset, feedback=feedback, feedback_keys=per_key,
                    warnings=[*dataset.warnings, added + (f" ({'; '.join(notes)})" if notes else "")])
 
 

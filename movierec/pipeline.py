@@ -21,7 +21,7 @@ from movierec.cluster import CLUSTER_HEAD_PORT, ray_session, session_dir, stop_s
 from movierec.features import Encoded, encode
 from movierec.flowconfig import runs_remotely
 from movierec.protocols import get_protocol
-from movierec.settings import Settings
+from movierec.settings import Settings, key_ids
 from movierec.split import DataSplit, Split, join_training, split_ratings
 
 # The model modules import torch (1.5 s): steps that only load, split or report skip it.
@@ -91,7 +91,9 @@ def _load(settings: Settings) -> data.Dataset:
         if not store.startswith(("postgresql://", "postgres://")) and not Path(store).expanduser().is_file():
             raise data.DataError(f"{store}: no such ratings store (movierec serve --store writes one)")
         kept = InteractionStore(store)
-        dataset = data.with_feedback(dataset, kept.table(), kept.label)
+        dataset = data.with_feedback(dataset, kept.table(), kept.label, key_ids(source.feedback_leave_out))
+    elif source.feedback_leave_out:
+        raise ValueError("--feedback-leave-out names keys of a --feedback-store: give the store too")
     for note in dataset.warnings:
         print(f"[start] warning: {note}", flush=True)
     return dataset.head(source.max_ratings)

@@ -47,6 +47,10 @@ def data_card(dataset: Dataset, source: str) -> list:
         key_values({**stats, "median ratings per user": float(np.median(per_user)) if len(per_user) else 0.0}),
         *([] if dataset.implicit else [bar_chart(stars, "stars", "ratings", "Rating distribution")]),
         table(sorted(({"genre": g, "movies": n} for g, n in top_genres.items()), key=lambda r: -r["movies"])[:20]),
+        *([heading("Ratings users sent, by API key", [
+            "Rows of the `--feedback-store` per key that wrote them (`movierec keys list` names the keys); "
+            "`--feedback-leave-out` keeps a key's rows out of training."]),
+           table(dataset.feedback_keys, ["key", "ratings", "training"])] if dataset.feedback_keys else []),
     ]
 
 

@@ -12,6 +12,7 @@ each of them 1.5 s.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -151,6 +152,23 @@ def _secret_parameter(piece: str) -> bool:
     return urllib.parse.unquote_plus(piece.partition("=")[0]).lower() in SECRET_KEYS
 
 
+UNKEYED = "unkeyed"  # --feedback-leave-out's name for stored ratings no API key wrote (written_by '')
+
+
+def key_ids_problem(text: str) -> str | None:
+    """What is wrong with a comma-separated list of API key ids (``movierec.access``: mr_ and 12
+    hex digits, as ``movierec keys list`` shows them) or UNKEYED, or None."""
+    bad = [part for part in text.split(",") if part.strip() != UNKEYED
+           and not re.fullmatch(r"mr_[0-9a-f]{12}", part.strip())] if text else []
+    return (f"expected API key ids (mr_ and 12 hex digits, as movierec keys list shows) or {UNKEYED}, separated by "
+            f"commas; got {', '.join(map(repr, bad))}") if bad else None
+
+
+def key_ids(text: str) -> frozenset[str]:
+    """The ``written_by`` values a --feedback-leave-out list names ('' for UNKEYED)."""
+    return frozenset("" if part.strip() == UNKEYED else part.strip() for part in text.split(",") if part.strip())
+
+
 def store_problem(location: str) -> str | None:
     """What is wrong with an interaction store's location: a database URL is checked as one (a
     file path is checked when it is opened)."""
@@ -183,6 +201,10 @@ class DataSettings:
                                   "--store: a SQLite file or postgresql://user@host/db): added to the data, a later "
                                   "rating of the same movie replacing the earlier; empty: none",
                                   check=store_problem)
+    feedback_leave_out: str = setting("", "feedback-leave-out", "API keys whose ratings in --feedback-store are left "
+                                      f"out of training (ids, mr_ and 12 hex digits as movierec keys list shows, "
+                                      f"comma-separated; {UNKEYED}: rows no key wrote), e.g. a key that sent fake "
+                                      "ratings; the start card counts the store's rows per key", check=key_ids_problem)
 
 
 @dataclass(frozen=True)

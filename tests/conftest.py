@@ -233,10 +233,12 @@ def wait_for_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 
 
 
 def call(base: str, method: str, path: str, body: object = None, raw: bytes | None = None,
-         content_type: str | None = "application/json") -> tuple[int, object]:
+         content_type: str | None = "application/json", key: str | None = None) -> tuple[int, object]:
+    """(status, JSON answer) of one request; ``key``: the API key to send (Authorization: Bearer)."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={} if content_type is None else {"Content-Type": content_type})
+    headers = ({} if content_type is None else {"Content-Type": content_type}) | (
+        {} if key is None else {"Authorization": f"Bearer {key}"})
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -271,15 +273,16 @@ def light_install(tmp_path_factory, tiny_bundle) -> Path:
 
 
 @contextlib.contextmanager
-def serving(light_install: Path, bundle: bytes, folder: Path) -> typing.Iterator[tuple[str, Path]]:
-    """`movierec serve` from the light installation over ``bundle``, its ratings store in
-    ``folder``: (base URL, the store's file)."""
+def serving(light_install: Path, bundle: bytes, folder: Path, *options: str) -> typing.Iterator[tuple[str, Path]]:
+    """`movierec serve` from the light installation over ``bundle``, its ratings store (and its
+    default keys file, movierec-keys.json) in ``folder``, with more ``options`` for `serve`:
+    (base URL, the store's file)."""
     path, store = folder / "model.zip", folder / "ratings.sqlite3"
     path.write_bytes(bundle)
     port = free_port()
     proc = subprocess.Popen([str(light_install / "bin" / "movierec"), "--model", str(path), "serve", "--port",
-                             str(port), "--body-timeout", str(BODY_TIMEOUT), "--store", str(store)], cwd=folder,
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             str(port), "--body-timeout", str(BODY_TIMEOUT), "--store", str(store), *options],
+                            cwd=folder, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(base + "/health", proc, "movierec serve")

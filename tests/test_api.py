@@ -147,7 +147,7 @@ def test_a_client_expecting_100_continue_is_refused_before_sending_a_non_json_bo
     base, _ = server
     url = urllib.parse.urlsplit(base)
     with socket.create_connection((url.hostname, url.port), timeout=30) as s:
-        s.sendall(b"POST /recommendations HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        s.sendall(b"POST /recommendations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
                   b"Content-Length: 16\r\nExpect: 100-continue\r\n\r\n")
         assert s.recv(65536).startswith(b"HTTP/1.1 415 ")  # no "100 Continue" first
 
@@ -187,7 +187,7 @@ def test_stalled_uploads_time_out(server):
     socks = []
     for _ in range(20):
         s = socket.create_connection((url.hostname, url.port), timeout=BODY_TIMEOUT + 10)
-        s.sendall(b"POST /predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /predictions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 100\r\n\r\n{\"pairs\": [")
         socks.append(s)
     started = time.monotonic()
@@ -224,8 +224,9 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
 
 
 @contextlib.contextmanager
-def _user_page(base: str, user: int):
-    """The page at ``base`` in headless Chromium, the model loaded and ``user``'s recommendations shown."""
+def _user_page(base: str, user: int, key: str = ""):
+    """The page at ``base`` in headless Chromium, the model loaded and ``user``'s recommendations
+    shown; ``key`` typed in as the page's API key."""
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -235,6 +236,7 @@ def _user_page(base: str, user: int):
             page.goto(base + "/")
             expect(page.locator("#model")).to_contain_text("run test")
             page.fill("#user-id", str(user))
+            page.fill("#api-key", key)
             page.click("#user-go")
             page.wait_for_selector("tr.result")
             yield page
@@ -243,20 +245,32 @@ def _user_page(base: str, user: int):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_web_page_recommends_in_a_real_browser(server):
-    """The page at / in headless Chromium: a user's recommendations, then ones from liked movies."""
+def test_web_page_recommends_in_a_real_browser(tiny_bundle, light_install, tmp_path):
+    """The page at / in headless Chromium: a user's recommendations, rating one with the API key
+    typed into the page (refused without it), then recommendations from liked movies."""
+    from conftest import serving
     from playwright.sync_api import expect
 
-    base, rec = server
+    from movierec.access import KEYS_FILE, KeyFile, parse_users
+    from movierec.serving import Recommender
+
+    rec = Recommender.from_bytes(tiny_bundle)
     user = int(rec.user_ids[5])
+    _, key = KeyFile(tmp_path / KEYS_FILE).add(users=parse_users(str(user)), name="the page")
     expected = [r.title + (f" ({r.year})" if r.year else "") for r in rec.recommend(user, 10)]
     SCREENSHOTS.mkdir(exist_ok=True)
-    with _user_page(base, user) as page:
+    with serving(light_install, tiny_bundle, tmp_path) as (base, _), _user_page(base, user) as page:
         assert page.locator("tr.result td:nth-child(2)").all_inner_texts() == expected
         assert page.locator("#rating-head").is_visible()
         assert [float(t) for t in page.locator("tr.result td:nth-child(4)").all_inner_texts()] == pytest.approx(
             [r.predicted_rating for r in rec.recommend(user, 10)], abs=0.006)
-        # rating the first recommendation stores it, and the refreshed list leaves it out
+        # without a key the page cannot rate; with one, rating the first recommendation stores it,
+        # and the refreshed list leaves it out
+        page.click("tr.result >> nth=0 >> button.rate")
+        expect(page.locator("#error")).to_contain_text("needs an API key")
+        page.fill("#api-key", key)
+        page.click("#user-go")
+        page.wait_for_selector("tr.result")
         page.select_option("tr.result >> nth=0 >> select.stars", "4.5")
         page.click("tr.result >> nth=0 >> button.rate")
         expect(page.locator("tr.result td:nth-child(2)").first).not_to_have_text(expected[0])
@@ -284,10 +298,12 @@ def test_a_model_of_implicit_only_data_over_http(tiny_implicit_bundle, light_ins
 
     from conftest import clean_env, serving
 
+    from movierec.access import KEYS_FILE, KeyFile
     from movierec.serving import Recommender
 
     rec = Recommender.from_bytes(tiny_implicit_bundle)
     user, movies = int(rec.user_ids[0]), [int(m) for m in rec.item_ids[:3]]
+    _, key = KeyFile(tmp_path / KEYS_FILE).add(backend=True)
     with serving(light_install, tiny_implicit_bundle, tmp_path) as (base, _):
         assert call(base, "GET", "/model")[1]["implicit"] is True
         status, body = call(base, "GET", f"/users/{user}/recommendations?k=5")
@@ -298,7 +314,7 @@ def test_a_model_of_implicit_only_data_over_http(tiny_implicit_bundle, light_ins
         assert status == 400 and "implicit-only data" in body["error"]
         new = int(rec.user_ids.max()) + 1
         for movie in movies:
-            assert call(base, "POST", "/ratings", {"user_id": new, "movie_id": movie, "rating": 4.0})[0] == 201
+            assert call(base, "POST", "/ratings", {"user_id": new, "movie_id": movie, "rating": 4.0}, key=key)[0] == 201
         status, body = call(base, "GET", f"/users/{new}/recommendations?k=5")
         assert status == 200 and [m["movie_id"] for m in body["recommendations"]] == [
             r.movie_id for r in rec.recommend_for_history(movies, 5)]
