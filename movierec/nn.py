@@ -21,7 +21,7 @@ from movierec.features import Encoded
 def _small_init(module: nn.Module, std: float = 0.05) -> None:
     """Small embedding weights: default N(0, 1) makes early dot products huge and training unstable."""
     for m in module.modules():
-        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+        if isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, std)
             if m.padding_idx is not None:
                 with torch.no_grad():
@@ -36,6 +36,23 @@ def index_tensor(x: np.ndarray) -> torch.Tensor:
     """An int64 tensor (a copy) of dense indices: arrays store int32 ids to halve their memory,
     while torch's gather/index ops and Ray's read-only object-store arrays want their own int64."""
     return torch.tensor(np.ascontiguousarray(x), dtype=torch.long)
+
+
+def lookup(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
+    """``table(idx)`` for a small dense table, as a gather whose backward is an index_add:
+    nn.Embedding's backward sorts the indices first, which made each of the rating model's
+    feature lookups cost ~1.7x as much per training step."""
+    return table.weight.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+
+
+def bag_mean(table: nn.Embedding, bags: torch.Tensor) -> torch.Tensor:
+    """The mean embedding of each row of ``bags`` (indices padded with 0, which never counts; an
+    all-padding row gives zeros): nn.EmbeddingBag's mean with ``padding_idx=0``, as a gather and a
+    weighted sum, whose forward and backward took 0.5x (title tokens) to 0.7x (genres) of its
+    time per rating-model step on CPU."""
+    weights = (bags != 0).to(table.weight.dtype)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1)
+    return (lookup(table, bags) * weights[..., None]).sum(-2)
 
 
 class UserEncoder(nn.Module):
@@ -87,20 +104,21 @@ class UserEncoder(nn.Module):
         return total / count.clamp(min=1)[:, None]
 
     def forward(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [self.id(users)] + [self.feats[n](getattr(self, f"f_{n}")[users]) for n in self.names]
+        parts = [self.id(users)] + [lookup(self.feats[n], getattr(self, f"f_{n}")[users]) for n in self.names]
         if self.history is not None:
             parts.append(self.history_mean(users, exclude))
         return torch.cat(parts, dim=-1)
 
 
 class ItemEncoder(nn.Module):
-    """Concatenated embeddings of a movie's id, genres (bag), title tokens (bag) and year bucket."""
+    """Concatenated embeddings of a movie's id, genres (bag), title tokens (bag) and year bucket.
+    The bags are tables whose row 0 is padding (see :func:`bag_mean`)."""
 
     def __init__(self, sizes: dict[str, int], features: dict[str, torch.Tensor], dim: int, feat_dim: int = 16):
         super().__init__()
         self.id = nn.Embedding(sizes["item"], dim, sparse=True)
-        self.genres = nn.EmbeddingBag(sizes["genres"], feat_dim, mode="mean", padding_idx=0)
-        self.title = nn.EmbeddingBag(sizes["title"], feat_dim, mode="mean", padding_idx=0)
+        self.genres = nn.Embedding(sizes["genres"], feat_dim, padding_idx=0)
+        self.title = nn.Embedding(sizes["title"], feat_dim, padding_idx=0)
         self.year = nn.Embedding(sizes["year"], feat_dim // 2)
         for n in ("genres", "title", "year"):
             self.register_buffer(f"f_{n}", features[n].clone())
@@ -111,9 +129,9 @@ class ItemEncoder(nn.Module):
         return torch.cat(
             [
                 self.id(items),
-                self.genres(self.f_genres[items]),
-                self.title(self.f_title[items]),
-                self.year(self.f_year[items, 0]),
+                bag_mean(self.genres, self.f_genres[items]),
+                bag_mean(self.title, self.f_title[items]),
+                lookup(self.year, self.f_year[items, 0]),
             ],
             dim=-1,
         )

@@ -172,7 +172,7 @@ class FoldedRatingModel(nn.Module):
     """A trained RatingModel with each user's and movie's side (``user_side``/``item_side``) stored
     as tables. Those sides depend only on ids and fixed features, so serving needs per pair just
     two gathers, an add and the head's last layers: about 10x faster than re-encoding at each call,
-    and a graph of plain ops that exports to ONNX (EmbeddingBag with padding does not export well)."""
+    and a graph of plain ops that exports to ONNX."""
 
     def __init__(self, user: list[torch.Tensor], item: list[torch.Tensor], rest: nn.Module, global_mean: float):
         super().__init__()
