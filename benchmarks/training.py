@@ -20,9 +20,9 @@ movies; the ratings are a synthetic sample of that shape, as only the batches ma
 
 ``--rating-vs REF`` (section ``training-rating``) instead times the rating model's Tune trial as
 it trains, side by side with the same trial of git ``REF`` (e.g. main): ML-100K's ratings, one
-validation carve-out, the same settings and seed, old and new alternating epoch by epoch-set so
-a busy machine slows both alike; each side's examples/s per epoch (medians) and its validation
-RMSE after the same epochs.
+validation carve-out, the same settings and seed (each trial with its own random state), old
+and new alternating epoch by epoch so a busy machine slows both alike; each side's examples/s
+per epoch (medians) and its validation RMSE after the same epochs.
 
 Gradient exchange between Ray Train workers is not in these steps: ``benchmarks/gradients.py``
 measures it with two workers. ``--device cuda`` runs the same steps on a GPU (the peak is then
@@ -288,15 +288,18 @@ def rating_vs(args: argparse.Namespace) -> str:
         model = module.RatingModel(enc.vocab_sizes, user_feats, item_feats, float(data[2].mean()), p["dim"],
                                    p["hidden"], p["dropout"])
         sides[label] = {"module": module, "model": model, "opt": optimizer(model, p["lr"], p["weight_decay"]),
-                        "gen": torch.Generator().manual_seed(42), "speeds": [], "cpu": [], "rmse": []}
+                        "gen": torch.Generator().manual_seed(42), "rng": torch.get_rng_state(), "speeds": [],
+                        "cpu": [], "rmse": []}
     for epoch in range(args.rating_epochs):
         for label, side in sides.items() if epoch % 2 == 0 else reversed(sides.items()):
+            torch.set_rng_state(side["rng"])  # each trial its own dropout masks, as in its own process
             start, cpu = time.perf_counter(), time.process_time()
             if side["module"] is ranking:
                 ranking.train_epoch(side["model"], side["opt"], data, args.rating_batch, p["l2"], side["gen"])
             else:
                 old_epoch(side["model"], side["opt"], data, args.rating_batch, p["l2"], side["gen"], old_nn)
             side["speeds"].append(len(data[0]) / (time.perf_counter() - start))
+            side["rng"] = torch.get_rng_state()
             side["cpu"].append(len(data[0]) / (time.process_time() - cpu))
             side["rmse"].append(rmse(side["module"].predict(side["model"], *val[:2]), val[2]))
             print(f"[training] {label} epoch {epoch + 1}: {side['speeds'][-1]:,.0f} examples/s "
@@ -313,7 +316,7 @@ def rating_vs(args: argparse.Namespace) -> str:
     curve = [{"epoch": e + 1, **{f"{label} RMSE": f"{s['rmse'][e]:.4f}" for label, s in sides.items()}}
              for e in range(args.rating_epochs)]
     return (f"## The rating model's Tune trial, `{args.rating_vs}` against this tree "
-            f"(`benchmarks/training.py --rating-vs {args.rating_vs}`)\n\n"
+            f"(`benchmarks/training.py --rating-vs {args.rating_vs} --threads {args.threads}`)\n\n"
             f"CPU: **{cpu_model()}**; one process, {args.threads} torch thread(s) (what a Tune trial gets); "
             f"bf16 autocast would be {'on' if bf16_autocast('auto', torch.device('cpu')) else 'off'} here "
             f"(`bf16_autocast('auto')`); torch {torch.__version__}. ML-100K ({len(fit_idx):,} training ratings, "
@@ -335,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", default="training", help="the RESULTS.md section this run writes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--rating-vs", metavar="REF", help="instead: time the rating model's Tune trial against "
-                        "git REF's (e.g. main), side by side, into the training-rating section")
+                        "git REF's (e.g. main), side by side, into the training-rating section (with --threads 1: "
+                        "what the flow gives each trial)")
     parser.add_argument("--rating-epochs", type=int, default=8, help="epochs of each --rating-vs trial")
     parser.add_argument("--rating-batch", type=int, default=1024, help="batch size of the --rating-vs trials")
     parser.add_argument("--data", default="data/ml-100k", help="the --rating-vs trials' MovieLens directory")
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device(args.device)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"one process, {args.threads} torch threads")
+             else f"{cpu_model()}, one process, {args.threads} torch threads")
 
     peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     print(f"[training] matmul peak ({where}): fp32 {peak['fp32']:,.0f} GFLOP/s, bf16 {peak['bf16']:,.0f} GFLOP/s",
