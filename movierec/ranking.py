@@ -106,7 +106,8 @@ class RatingModel(nn.Module):
         vector), so the id tables are read once and their sparse gradients have one entry per row."""
         user, item = self.user_side(users, items), self.item_side(items)
         (u, _, bu), (v, _, bv) = user, item
-        l2 = (u.pow(2).sum(-1) + v.pow(2).sum(-1) + (bu - self.global_mean).pow(2) + bv.pow(2)).mean()
+        bias = bu - self.global_mean  # the user's side carries the global mean with their bias
+        l2 = (u.pow(2).sum(-1) + v.pow(2).sum(-1) + bias.pow(2) + bv.pow(2)).mean()
         return combine(user, item, self.head[1:]), l2
 
     def attach_blend(self, mf: BiasedMF, weight: float) -> None:
