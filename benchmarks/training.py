@@ -317,7 +317,8 @@ def rating_vs(args: argparse.Namespace) -> str:
              for e in range(args.rating_epochs)]
     return (f"## The rating model's Tune trial, `{args.rating_vs}` against this tree "
             f"(`benchmarks/training.py --rating-vs {args.rating_vs} --threads {args.threads}`)\n\n"
-            f"CPU: **{cpu_model()}**; one process, {args.threads} torch thread(s) (what a Tune trial gets); "
+            f"CPU: **{cpu_model()}**; one process, {args.threads} torch thread(s)"
+            f"{' (what a Tune trial gets)' if args.threads == 1 else ''}; "
             f"bf16 autocast would be {'on' if bf16_autocast('auto', torch.device('cpu')) else 'off'} here "
             f"(`bf16_autocast('auto')`); torch {torch.__version__}. ML-100K ({len(fit_idx):,} training ratings, "
             f"{len(val_idx):,} validation), batch {args.rating_batch:,}, "
