@@ -111,6 +111,90 @@ def test_bf16_autocast_follows_the_setting_and_the_hardware():
     assert nn.bf16_autocast("auto", cpu) == torch.cpu._is_avx512_bf16_supported()
 
 
+class _Tiny(torch.nn.Module):
+    """A sparse id table and bias (as the models have them) and a dense layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.id = torch.nn.Embedding(40, 4, sparse=True)
+        self.bias = torch.nn.Embedding(40, 1, sparse=True)
+        self.out = torch.nn.Linear(4, 1)
+
+    def forward(self, i: torch.Tensor) -> torch.Tensor:
+        return self.out(self.id(i))[:, 0] + self.bias(i)[:, 0]
+
+
+def test_sparse_dense_adam_is_torchs_adam_and_sparse_adam():
+    """The fused dense half and the gather/scatter lazy half follow torch's Adam and SparseAdam step
+    for step (batches with repeated rows included), and rows no batch touched never move."""
+    torch.manual_seed(0)
+    mine, ref = _Tiny(), _Tiny()
+    ref.load_state_dict(mine.state_dict())
+    start = mine.id.weight.detach().clone()
+    opt = nn.SparseDenseAdam(mine, 1e-2, 1e-3)
+    torch_opts = [torch.optim.Adam(ref.out.parameters(), lr=1e-2, weight_decay=1e-3),
+                  torch.optim.SparseAdam([ref.id.weight, ref.bias.weight], lr=1e-2)]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(25):
+        i, y = torch.randint(0, 30, (16,), generator=gen), torch.randn(16, generator=gen)  # rows 30-39: never
+        for model, step in ((mine, [opt]), (ref, torch_opts)):
+            for o in step:
+                o.zero_grad()
+            ((model(i) - y) ** 2).mean().backward()
+            for o in step:
+                o.step()
+    for (name, a), b in zip(mine.state_dict().items(), ref.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert torch.equal(mine.id.weight[30:], start[30:]) and not torch.equal(mine.id.weight[:30], start[:30])
+
+
+def test_bag_mean_and_lookup_are_embedding_bag_and_embedding():
+    """The encoders' gathers give nn.EmbeddingBag's padded mean (an all-padding bag: zeros) and
+    nn.Embedding's rows, with the same gradients (none into the padding row)."""
+    torch.manual_seed(0)
+    bag = torch.nn.EmbeddingBag(12, 3, mode="mean", padding_idx=0)
+    table = torch.nn.Embedding(12, 3, padding_idx=0)
+    table.weight.data.copy_(bag.weight.data)
+    bags = torch.tensor([[3, 5, 0, 0], [0, 0, 0, 0], [7, 7, 2, 11], [4, 0, 0, 0]])
+    weights = torch.randn(4, 3)
+    ours = nn.bag_mean(table, bags)
+    assert torch.allclose(ours, bag(bags), atol=1e-6) and torch.equal(ours[1], torch.zeros(3))
+    (ours * weights).sum().backward()
+    (bag(bags) * weights).sum().backward()
+    assert torch.allclose(table.weight.grad, bag.weight.grad, atol=1e-6) and not table.weight.grad[0].any()
+    idx = torch.tensor([[1, 2], [2, 9]])
+    assert torch.equal(nn.lookup(table, idx), table(idx))
+
+
+def test_a_training_epoch_is_the_index_gathered_loop_with_its_l2(small_encoded):
+    """``train_epoch`` (one shuffle applied up front, the penalty from the prediction's own rows)
+    trains exactly as the trial loop did before: per-batch index gathers of the same permutation,
+    ``model(u, i, i)`` and the L2 of the id rows looked up again."""
+    enc = small_encoded
+    uf, itf = feature_tensors(enc, np.arange(len(enc.user_idx)))
+    data = (torch.as_tensor(enc.user_idx, dtype=torch.long), torch.as_tensor(enc.item_idx, dtype=torch.long),
+            torch.as_tensor(enc.rating, dtype=torch.float32))
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(ranking.RatingModel(enc.vocab_sizes, uf, itf, 3.5, dim=8, hidden=8, dropout=0.0))
+    new, old = models
+    opt_new, opt_old = nn.SparseDenseAdam(new, 1e-2, 1e-4), nn.SparseDenseAdam(old, 1e-2, 1e-4)
+    total = ranking.train_epoch(new, opt_new, data, 64, 0.1, torch.Generator().manual_seed(3))
+    expected = 0.0
+    for idx in torch.randperm(len(data[0]), generator=torch.Generator().manual_seed(3)).split(64):
+        u, i, r = (t[idx] for t in data)
+        mse = torch.nn.functional.mse_loss(old(u, i, i), r)
+        rows = [old.user.id(u), old.item.id(i), old.user_bias(u), old.item_bias(i)]
+        opt_old.zero_grad()
+        (mse + 0.1 * sum(x.pow(2).sum(-1) for x in rows).mean()).backward()
+        opt_old.step()
+        expected += mse.item() * len(idx)
+    assert total == pytest.approx(expected, rel=1e-5)
+    for (name, a), b in zip(new.state_dict().items(), old.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
 def test_two_tower_vectors_are_unit_and_survive_bytes(small_encoded):
     enc = small_encoded
     uf, itf = feature_tensors(enc)
