@@ -95,13 +95,18 @@ def _serve(bundle_path: str, folder, *args: str):
 
 
 def test_serve_with_store_none_writes_nothing_and_refuses_ratings(bundle_path, tmp_path):
-    """Before: --store none made a SQLite file named "none" and kept ratings in it."""
+    """Before: --store none made a SQLite file named "none" and kept ratings in it. A rating sent
+    with a valid key is refused as one the server cannot keep."""
     from conftest import call
 
-    proc, base = _serve(bundle_path, tmp_path, "--store", "none")
+    from movierec.access import KeyFile
+
+    keys = tmp_path.parent / f"{tmp_path.name}-keys.json"  # outside the folder that must stay empty
+    _, key = KeyFile(keys).add(backend=True)
+    proc, base = _serve(bundle_path, tmp_path, "--store", "none", "--keys", str(keys))
     try:
         status, body = call(base, "POST", "/ratings", {"user_id": 1, "movie_id": int(Recommender.load(
-            bundle_path).item_ids[0]), "rating": 4.0})
+            bundle_path).item_ids[0]), "rating": 4.0}, key=key)
         assert status == 400 and "keeps no ratings" in body["error"]
     finally:
         proc.terminate()
