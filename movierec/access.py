@@ -23,12 +23,15 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import os
 import re
 import secrets
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -51,6 +54,34 @@ REFRESH_S = 1.0  # how often a server looks at the keys file for a change
 class AccessError(ValueError):
     """A keys file that cannot be read or written, a key that cannot be made or revoked as asked,
     or an access setting that makes no sense."""
+
+
+def allowed_host(text: str) -> str:
+    """An ``--allowed-hosts`` entry as the Host check compares it (lower case, no trailing dot):
+    a name, an address (IPv6 without brackets), ``*.domain``, or ``*`` (any host). Refused, as
+    they would never match (or match more than meant): a port, brackets, a ``*`` elsewhere than
+    a leading ``*.``, and ``*.`` without a domain."""
+    host = text.strip().lower()
+    if host == "*":
+        return host
+    name = host.removeprefix("*.").removesuffix(".")
+    why = None
+    if "[" in name or "]" in name:
+        why = "no brackets (an IPv6 address is written bare, e.g. ::1)"
+    elif "*" in name:
+        why = "'*' only as a whole entry or as a leading '*.' of a domain"
+    elif ":" in name:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            why = "no port (the Host check ignores the port a client sends)"
+        else:
+            why = "an address, not *.address" if host.startswith("*.") else None
+    elif not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name):
+        why = "a name of letters, digits, '-' and '.'"
+    if why is not None:
+        raise AccessError(f"allowed host {text!r}: {why}; expected a name, an address, *.domain or *")
+    return f"*.{name}" if host.startswith("*.") else name
 
 
 def parse_users(text: str) -> tuple[tuple[int, int], ...]:
@@ -79,6 +110,9 @@ class Key:
     rate: float | None = None  # writes per second; None: the server's --write-rate
     created: int = 0
     revoked: int | None = None
+
+    def active(self) -> bool:
+        return self.revoked is None
 
     def may_write_for(self, user_id: int) -> bool:
         return self.backend or any(low <= user_id <= high for low, high in self.users)
@@ -129,20 +163,25 @@ class KeyFile:
         return key, secret
 
     def revoke(self, key_id: str) -> Key:
-        """Mark the key revoked (kept in the file, so the ratings it wrote still name a known key)."""
+        """Mark the key revoked (kept in the file, so the ratings it wrote still name a known key).
+        An unknown id changes nothing on disk: no file (or lock file) is created, none rewritten."""
+        unknown = AccessError(f"{self.path}: no key {key_id!r} (movierec keys list shows them)")
+        if not self.path.exists():
+            raise unknown
         with self._locked() as keys:
             for n, key in enumerate(keys):
                 if key.id == key_id:
                     if key.revoked is None:
                         keys[n] = Key(**{**asdict(key), "revoked": int(time.time())})
                     return keys[n]
-        raise AccessError(f"{self.path}: no key {key_id!r} (movierec keys list shows them)")
+            raise unknown  # inside the block: the file is not written back
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[list[Key]]:
         """The keys, to change in place; written back whole (a new file with mode 0600, renamed
         over the old one) when the block ends without an error. Two ``movierec keys`` at once wait
-        for each other on a lock file beside it."""
+        for each other on a lock file beside it. The new file gets an unpredictable name, created
+        exclusively (``mkstemp``): a link planted where it will be cannot redirect the write."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -150,9 +189,10 @@ class KeyFile:
             keys = self.keys()
             yield keys
             text = json.dumps({"keys": [asdict(k) for k in keys]}, indent=2) + "\n"
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            temporary = Path(name)
             try:
+                os.fchmod(fd, 0o600)  # mkstemp's mode already; said here, as the file holds the keys
                 with os.fdopen(fd, "w") as out:
                     out.write(text)
                     out.flush()
@@ -199,28 +239,37 @@ class Access:
     def __post_init__(self) -> None:
         if not 0 < self.write_rate < math.inf:
             raise AccessError(f"write rate {self.write_rate}: expected a positive number of writes per second")
-        for host in self.allowed_hosts:
-            if not host or (host.startswith("*") and host not in ("*",) and not host.startswith("*.")):
-                raise AccessError(f"allowed host {host!r}: expected a name, an address, *.domain or *")
-        self.allowed_hosts = tuple(h.lower().rstrip(".") for h in self.allowed_hosts)
+        self.allowed_hosts = tuple(allowed_host(h) for h in self.allowed_hosts)
         self._refresh(strict=True)
 
     def _refresh(self, strict: bool = False) -> None:
-        """Re-read the keys file if it changed; ``strict``: raise AccessError for a bad one
-        (at start), instead of leaving no key valid (while serving)."""
+        """Re-read the keys file if it changed (its contents or its mode); ``strict``: raise
+        AccessError for a bad one (at start), instead of leaving no key valid, said once (while
+        serving). Bad: unreadable (its folder, its permissions), not a keys file, or writable by
+        group or others (whoever can write it can add a key)."""
         now = time.monotonic()
         if self.keys_file is None or now - self._checked < REFRESH_S:
             return
         self._checked = now
         file = KeyFile(self.keys_file)
+        problem = None
         try:
-            stat = file.path.stat()
-            seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            status = file.path.stat()
+            seen: tuple | None = (status.st_mtime_ns, status.st_size, status.st_ino, status.st_mode)
+            if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                problem = AccessError(f"{file.path}: writable by group or others (mode "
+                                      f"{stat.S_IMODE(status.st_mode):04o}), so anyone of them could add a key; "
+                                      f"chmod 600 {file.path}")
         except FileNotFoundError:
             seen = None
+        except OSError as exc:
+            seen = ("unreadable", exc.errno)  # the same failure again is not news
+            problem = AccessError(f"{file.path}: cannot be read ({exc.strerror or exc})")
         if seen == self._seen and not strict:
             return
         try:
+            if problem is not None:
+                raise problem
             self._keys = {key.id: key for key in file.keys()}
         except AccessError as exc:
             if strict:
@@ -228,6 +277,11 @@ class Access:
             print(f"movierec: {exc}; no key is valid until it is fixed", file=sys.stderr, flush=True)
             self._keys = {}
         self._seen = seen
+
+    def active_keys(self) -> int:
+        """How many keys (not revoked) the keys file holds now."""
+        self._refresh()
+        return sum(key.active() for key in self._keys.values())
 
     def host_allowed(self, host: str | None) -> bool:
         """Whether a Host header (``name``, ``name:port``, ``[v6 address]:port``) names an allowed host."""
@@ -253,7 +307,7 @@ class Access:
         # constant time in the secret: a wrong guess learns nothing from how long the answer took
         if not hmac.compare_digest(_digest(presented), key.sha256 if key else "0" * 64) or key is None:
             raise AccessDenied(401, "unknown API key")
-        if key.revoked is not None:
+        if not key.active():
             raise AccessDenied(401, f"API key {key.id} was revoked")
         return key
 
@@ -281,14 +335,17 @@ SCOPE_KEY = "movierec.key"  # where AccessGuard leaves the request's key (a Key,
 
 class AccessGuard:
     """ASGI middleware in front of the API: refuses a request for a host not allowed (400)
-    before anything else, a request with a key that is not valid (401) and one without a key
-    where one is needed (401: ``writes``, as (method, path); every path but ``open_paths`` when
-    reads need one too); leaves the request's key for the handlers (``SCOPE_KEY``), which check
-    what it may write. Refused requests' bodies are not read, so their connections close."""
+    before anything else (but on ``any_host`` paths: a health check carries no data, and a load
+    balancer's or Kubernetes' probe names the machine's own address), a request with a key that
+    is not valid (401) and one without a key where one is needed (401: ``writes``, as (method,
+    path); every path but ``open_paths`` when reads need one too); leaves the request's key for
+    the handlers (``SCOPE_KEY``), which check what it may write. Refused requests' bodies are not
+    read, so their connections close."""
 
     def __init__(self, app: ASGIApp, access: Access, writes: frozenset[tuple[str, str]],
-                 open_paths: frozenset[str]):
+                 open_paths: frozenset[str], any_host: frozenset[str] = frozenset()):
         self.app, self.access, self.writes, self.open_paths = app, access, writes, open_paths
+        self.any_host = any_host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -299,7 +356,7 @@ class AccessGuard:
                 host = value.decode("latin-1")
             elif name == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-        if not self.access.host_allowed(host):
+        if scope["path"] not in self.any_host and not self.access.host_allowed(host):
             return await _refuse(send, 400, "this server does not answer to that Host header (movierec serve "
                                             "--allowed-hosts names the hosts it does)", {})
         key = None

@@ -5,6 +5,8 @@ files and a real `movierec serve` on loopback."""
 import hashlib
 import http.client
 import json
+import os
+import re
 import sqlite3
 import stat
 import time
@@ -218,7 +220,8 @@ def test_a_request_for_another_host_is_refused_unread(keyed):
     for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
         status, headers, answer = _send(base, "POST", "/ratings", body, {"Host": host, **auth})
         assert status == 400 and "Host" in answer["error"] and headers["connection"] == "close"
-        assert _send(base, "GET", "/health", headers={"Host": host})[0] == 400
+        assert _send(base, "GET", "/model", headers={"Host": host})[0] == 400
+        assert _send(base, "GET", "/health", headers={"Host": host})[0] == 200  # a probe's Host: its own address
     assert _rows(store) == before
     assert _send(base, "POST", "/ratings", body, {"Host": f"localhost:{port}", **auth})[0] == 201
 
@@ -253,7 +256,7 @@ def test_reads_need_a_key_when_the_server_says_so(tmp_path, tiny_bundle, light_i
         assert status == 401
         for path in ("/health", "/", "/openapi.json"):
             assert _send(base, "GET", path, headers={"Host": "movierec.test"})[0] == 200, path
-        assert _send(base, "GET", "/health", headers={"Host": "localhost"})[0] == 400  # not in this allowlist
+        assert _send(base, "GET", "/model", headers={"Host": "localhost"})[0] == 400  # not in this allowlist
 
 
 def test_the_api_description_says_writes_need_a_key(keyed):
@@ -266,3 +269,100 @@ def test_the_api_description_says_writes_need_a_key(keyed):
         "type": "http", "scheme": "bearer",
         "description": "an API key from `movierec keys add`, sent as Authorization: Bearer <key>"}
     assert "security" not in spec["paths"]["/users/{user_id}/recommendations"]["get"]
+
+
+@pytest.mark.parametrize("host, why", [
+    ("*.", "a name of letters"), ("api.example.com:443", "no port"), ("[::1]", "no brackets"),
+    ("a*b", "'*' only as"), ("*.::1", "an address, not *.address"), ("localhost:", "no port"),
+])
+def test_an_allowed_host_that_would_never_match_or_match_any_is_refused(host, why):
+    """Before: "*." became "*" (any host), and a port, brackets or an inner '*' were taken but
+    never matched a request."""
+    with pytest.raises(AccessError, match=re.escape(f"allowed host {host!r}: {why}")):
+        Access(None, allowed_hosts=(host,))
+
+
+def test_allowed_hosts_are_compared_as_normalised():
+    access = Access(None, allowed_hosts=("*.Example.COM.", "::1", " API.test "))
+    assert access.allowed_hosts == ("*.example.com", "::1", "api.test")
+    assert access.host_allowed("a.example.com:443") and access.host_allowed("[::1]:80")
+    assert not access.host_allowed("evil.com")
+
+
+def _waiting(monkeypatch) -> None:
+    """A server's keys file looked at on every request (not once a second)."""
+    monkeypatch.setattr("movierec.access.REFRESH_S", 0.0)
+
+
+def test_a_keys_file_that_cannot_be_looked_at_stops_a_start_and_leaves_no_key_valid_while_serving(
+        tmp_path, monkeypatch, capsys):
+    """Before: stat() failing otherwise than "not found" raised NotADirectoryError (a traceback at
+    start; while serving a plain-text 500, and the old keys, a revoked one too, kept working)."""
+    _waiting(monkeypatch)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(AccessError, match=f"{tmp_path / 'file' / KEYS_FILE}: cannot be read \\(Not a directory"):
+        Access(tmp_path / "file" / KEYS_FILE)
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    key, secret = KeyFile(folder / KEYS_FILE).add(backend=True)
+    access = Access(folder / KEYS_FILE)
+    assert access.authenticate(f"Bearer {secret}") == key
+    folder.rename(tmp_path / "moved")
+    folder.write_text("")  # its parent is now a file
+    for _ in range(3):
+        with pytest.raises(AccessDenied, match="unknown API key"):
+            access.authenticate(f"Bearer {secret}")
+    assert capsys.readouterr().err.count("cannot be read (Not a directory); no key is valid until it is fixed") == 1
+    folder.unlink()
+    (tmp_path / "moved").rename(folder)
+    assert access.authenticate(f"Bearer {secret}") == key
+
+
+def test_a_keys_file_others_may_write_is_refused(tmp_path, monkeypatch, capsys):
+    """Whoever may write the keys file may add a key: before, a file of mode 0666 was used."""
+    _waiting(monkeypatch)
+    path = tmp_path / KEYS_FILE
+    key, secret = KeyFile(path).add(backend=True)
+    path.chmod(0o620)
+    with pytest.raises(AccessError, match=f"{path}: writable by group or others \\(mode 0620\\).*chmod 600 {path}"):
+        Access(path)
+    path.chmod(0o600)
+    access = Access(path)
+    assert access.authenticate(f"Bearer {secret}") == key
+    path.chmod(0o602)
+    with pytest.raises(AccessDenied, match="unknown API key"):
+        access.authenticate(f"Bearer {secret}")
+    assert "(mode 0602), so anyone of them could add a key; chmod 600" in capsys.readouterr().err
+    path.chmod(0o600)
+    assert access.authenticate(f"Bearer {secret}") == key
+
+
+def test_the_keys_file_is_not_written_through_a_planted_link(tmp_path):
+    """Before: the new file was .movierec-keys.json.<pid>.tmp, opened with O_CREAT|O_TRUNC: a link
+    planted there made `keys add` overwrite the file it pointed to, and put the link in the keys
+    file's place."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    path = tmp_path / KEYS_FILE
+    (tmp_path / f".{KEYS_FILE}.{os.getpid()}.tmp").symlink_to(victim)
+    key, _ = KeyFile(path).add(users=parse_users("1"))
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [k.id for k in KeyFile(path).keys()] == [key.id]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [KEYS_FILE, f"{KEYS_FILE}.lock", f".{KEYS_FILE}.{os.getpid()}.tmp", "victim"])  # no temporary left
+
+
+def test_revoking_an_unknown_key_changes_nothing_on_disk(tmp_path):
+    """Before: the file was rewritten (a new inode) and, where there was none, created."""
+    path = tmp_path / KEYS_FILE
+    KeyFile(path).add(backend=True)
+    before = path.stat()
+    with pytest.raises(AccessError, match="no key 'mr_000000000000'"):
+        KeyFile(path).revoke("mr_000000000000")
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    missing = tmp_path / "none" / KEYS_FILE
+    with pytest.raises(AccessError, match="no key 'mr_000000000000'"):
+        KeyFile(missing).revoke("mr_000000000000")
+    assert not missing.parent.exists()
