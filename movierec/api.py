@@ -23,8 +23,9 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from movierec import __version__
 from movierec.access import SCOPE_KEY, Access, AccessDenied, AccessGuard
-from movierec.feedback import InteractionStore, Rating, StoreError
+from movierec.feedback import POOL_WAIT, InteractionStore, Rating, StoreError
 from movierec.ids import MAX_ID
 from movierec.serving import Recommendation, Recommender, RecommenderError, UnknownMovieError, UnknownUserError
 from movierec.settings import CANDIDATES
@@ -63,6 +64,7 @@ SWAGGER_INIT = ("SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui', d
                 "presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset], "
                 "layout: 'BaseLayout'});")
 log = logging.getLogger("movierec.api")
+T = TypeVar("T")
 
 
 def _digits(value: object) -> object:
@@ -256,6 +258,47 @@ class SecurityHeaders:
         return await self.app(scope, receive, send_secured)
 
 
+class StoreBreaker:
+    """The ratings store as the handlers call it, with a circuit breaker. In a PostgreSQL outage
+    each store call waits ``POOL_WAIT`` seconds for a connection before it fails: with 40 clients
+    every request took 3 s and held a worker thread. So after a call fails, the store is left
+    alone for ``pause`` seconds (calls fail at once: a known user gets the model's own
+    recommendations, others a 503), then the next call probes it, alone (calls meanwhile fail at
+    once too). The outage is logged when it starts and when the store answers again, not per
+    request."""
+
+    def __init__(self, store: InteractionStore, pause: float = POOL_WAIT):
+        self.store, self.pause = store, pause
+        self.down = False
+        self._retry_at = -float("inf")  # time.monotonic() from which a call may try the store again
+        self._probing = False
+
+    async def call(self, work: Callable[..., T], *args: object, thread: bool = True) -> T:
+        """``work(*args)``, in a worker thread (``thread``) or on the event loop; StoreError at
+        once while the store is left alone."""
+        if self.down and (self._probing or time.monotonic() < self._retry_at):
+            raise StoreError(f"{self.store.label}: unavailable (tried again every {self.pause:g} s)")
+        probe = self.down
+        self._probing = self._probing or probe
+        try:
+            result = await run_in_threadpool(work, *args) if thread else work(*args)
+        except StoreError as exc:
+            self._retry_at = time.monotonic() + self.pause
+            if not self.down:
+                log.warning("movierec: the ratings store failed (%s); recommending to known users without their "
+                            "stored ratings and answering 503 to the rest, trying it again every %g s", exc,
+                            self.pause)
+            self.down = True
+            raise
+        finally:
+            if probe:
+                self._probing = False
+        if self.down:
+            log.warning("movierec: the ratings store can be read again")
+            self.down = False
+        return result
+
+
 def _sources(html: str, tag: str, *more: str) -> str:
     """CSP sources for exactly the inline ``<tag>`` blocks of ``html`` (their sha256), and ``more``."""
     return " ".join([*(f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
@@ -320,7 +363,8 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     app.add_middleware(BodyGuard, timeout=body_timeout)
     # a request for another host, or without the key it needs, is refused unread
     app.add_middleware(AccessGuard, access=access, writes=frozenset({("POST", "/ratings")}),
-                       open_paths=frozenset({"/", "/health", "/docs", "/openapi.json"}))
+                       open_paths=frozenset({"/", "/health", "/docs", "/openapi.json"}),
+                       any_host=frozenset({"/health"}))
     app.add_middleware(SecurityHeaders)  # outermost: the guards' refusals carry the headers too
     page_html = (resources.files("movierec") / "web" / "index.html").read_text()
     page_policy = inline_policy(page_html)
@@ -344,7 +388,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
 
     @app.exception_handler(StoreError)
     async def store_down(_: Request, exc: StoreError) -> JSONResponse:
-        log.warning("movierec: the ratings store failed: %s", exc)
+        # logged by the StoreBreaker, once per outage
         return _error(503, "the ratings store is unavailable; try again later")
 
     @app.exception_handler(Exception)
@@ -380,35 +424,24 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         """Which run, data and metrics the served model comes from, and what runs its rating model."""
         return rec.describe()
 
-    degraded = False  # whether the last read of the store failed (logged once per outage, not per request)
+    breaker = StoreBreaker(store) if store is not None else None
 
     async def stored_ratings(user_id: int) -> list[Rating]:
         """The user's ratings in the store. SQLite in WAL mode never makes a reader wait for a
         writer, so that read stays on the event loop (a worker thread cost 22% of GET
         recommendations' throughput: 354 against 453 requests/s here); a PostgreSQL read is a
-        network round trip, made in a worker thread. When the store cannot be read, a user the
-        model knows is still recommended to, from the model alone (what they rated since may come
-        up again); a user it knows only from the store gets the StoreError (503)."""
-        nonlocal degraded
-        if store is None:
+        network round trip, made in a worker thread. When the store cannot be read (or is left
+        alone after failing: StoreBreaker), a user the model knows is still recommended to, from
+        the model alone (what they rated since may come up again); a user it knows only from the
+        store gets the StoreError (503)."""
+        if breaker is None:
             return []
         try:
-            if store.postgres:
-                ratings = await run_in_threadpool(store.ratings_of, user_id)
-            else:
-                ratings = store.ratings_of(user_id)
-        except StoreError as exc:
+            return await breaker.call(breaker.store.ratings_of, user_id, thread=breaker.store.postgres)
+        except StoreError:
             if not rec.knows_user(user_id):
                 raise
-            if not degraded:
-                log.warning("movierec: %s; recommending to known users without their stored ratings until it "
-                            "can be read again", exc)
-            degraded = True
             return []
-        if degraded:
-            log.warning("movierec: the ratings store can be read again")
-            degraded = False
-        return ratings
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
     async def recommend(user_id: ID, k: K = 10, exclude_rated: bool = True) -> Recommendations:
@@ -432,7 +465,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         is a correction: stored, and the latest; the same rating again stores nothing."""
         key = request.scope.get(SCOPE_KEY)
         access.authorize_write(key, body.user_id)
-        if store is None:
+        if breaker is None:
             raise RecommenderError("this server keeps no ratings (start it with movierec serve --store FILE)")
         if not rec.has_movie(body.movie_id):
             raise UnknownMovieError(body.movie_id)  # a 404, as everywhere
@@ -444,7 +477,8 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
                        "leave it out and the server stamps the time"}])
         # A worker thread: a write may wait on another writer's lock (SQLite's busy timeout, a
         # PostgreSQL round trip), which on the event loop would stall every other request.
-        change = await run_in_threadpool(store.rate, body.user_id, body.movie_id, body.rating, body.timestamp, key.id)
+        change = await breaker.call(breaker.store.rate, body.user_id, body.movie_id, body.rating, body.timestamp,
+                                    key.id)
         return Stored(stored=change.stored, correction=change.correction, previous_rating=change.previous,
                       timestamp=change.timestamp)
 

@@ -179,30 +179,34 @@ def _server_connections(url: str) -> int:
 
 
 @contextlib.contextmanager
-def _serving_from(url: str, bundle: bytes, folder: Path) -> Iterator[tuple[str, list[str]]]:
+def _serving_from(url: str, bundle: bytes, folder: Path) -> Iterator[tuple[str, list[str], str]]:
     """`movierec serve --store URL` of this checkout: (base URL, its output lines so far, filled in
-    when the block ends)."""
+    when the block ends, a backend API key whose writes no rate limits)."""
     from conftest import wait_for_http
 
+    from movierec.access import KEYS_FILE, KeyFile
+
     (folder / "model.zip").write_bytes(bundle)
+    _, key = KeyFile(folder / KEYS_FILE).add(backend=True)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PGPASSWORD": PASSWORD}
     proc = subprocess.Popen([sys.executable, "-m", "movierec.cli", "--model", str(folder / "model.zip"), "serve",
-                             "--port", str(port), "--store", url + "?application_name=movierec-serve"], cwd=folder,
+                             "--port", str(port), "--store", url + "?application_name=movierec-serve",
+                             "--write-rate", "1e6"], cwd=folder,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", proc, "movierec serve")
-        yield f"http://127.0.0.1:{port}", output
+        yield f"http://127.0.0.1:{port}", output, key
     finally:
         proc.terminate()
         output.extend(proc.communicate(timeout=30)[0].splitlines())
     assert not [line for line in output if "Traceback" in line or PASSWORD in line], output
 
 
-def _status(base: str, method: str, path: str, body: dict | None = None) -> int:
+def _status(base: str, method: str, path: str, body: dict | None = None, key: str | None = None) -> int:
     try:
-        return call(base, method, path, body)[0]
+        return call(base, method, path, body, key=key)[0]
     except urllib.error.URLError:  # no answer at all: as bad as a 500
         return -1
 
@@ -220,19 +224,19 @@ def test_serve_uses_a_restarted_postgresql_again_without_a_single_error(postgres
     statuses: dict[str, list[int]] = {"GET": [], "POST": []}
     stop, held = threading.Event(), []
 
-    def client(base: str, n: int) -> None:
+    def client(base: str, n: int, key: str) -> None:
         turn = 0
         while not stop.is_set():
             turn += 1
             statuses["GET"].append(_status(base, "GET", f"/users/{users[n % len(users)]}/recommendations?k=5"))
             statuses["POST"].append(_status(base, "POST", "/ratings", {
                 "user_id": 7_000_000 + n, "movie_id": movies[turn % len(movies)], "rating": 4.0,
-                "timestamp": 1_700_000_000 + turn}))
+                "timestamp": int(time.time()) + turn % 100}, key))
 
     data = _data_folder(postgres)
-    with _serving_from(postgres, tiny_bundle, tmp_path) as (base, _), ThreadPoolExecutor(16) as pool:
+    with _serving_from(postgres, tiny_bundle, tmp_path) as (base, _, key), ThreadPoolExecutor(16) as pool:
         for n in range(16):
-            pool.submit(client, base, n)
+            pool.submit(client, base, n, key)
         time.sleep(1.5)
         held.append(_server_connections(postgres))
         _pg_ctl(data, "restart")
@@ -248,31 +252,50 @@ def test_serve_uses_a_restarted_postgresql_again_without_a_single_error(postgres
 def test_while_postgresql_is_down_known_users_still_get_recommendations(postgres, tiny_bundle, tmp_path):
     """The store stopped, not restarted: a user the model knows is recommended to from the model
     alone (logged once), a user known only from the store and a new rating get a 503 that says
-    so; once the server is back, stored ratings count again (before: 500s until serve restarted)."""
+    so; once the server is back, stored ratings count again (before: 500s until serve restarted).
+    Only the first request waits for the pool (POOL_WAIT): then the store is left alone for a
+    while, so the rest answer at once (before: each waited 3 s, holding a worker thread), and the
+    outage is logged twice, when it starts and when it ends (before: each 503 too)."""
+    from movierec.feedback import POOL_WAIT
+
     rec = Recommender.from_bytes(tiny_bundle)
     known, movies = int(rec.user_ids[3]), [int(m) for m in rec.item_ids[:3]]
     newcomer = int(rec.user_ids.max()) + 77
     data = _data_folder(postgres)
-    with _serving_from(postgres, tiny_bundle, tmp_path) as (base, output):
+    with _serving_from(postgres, tiny_bundle, tmp_path) as (base, output, key):
         first = call(base, "GET", f"/users/{known}/recommendations?k=5")[1]["recommendations"][0]["movie_id"]
-        assert call(base, "POST", "/ratings", {"user_id": known, "movie_id": first, "rating": 1.0})[0] == 201
+        assert call(base, "POST", "/ratings", {"user_id": known, "movie_id": first, "rating": 1.0}, key=key)[0] == 201
         for movie in movies:
-            assert call(base, "POST", "/ratings", {"user_id": newcomer, "movie_id": movie, "rating": 5.0})[0] == 201
+            rating = {"user_id": newcomer, "movie_id": movie, "rating": 5.0}
+            assert call(base, "POST", "/ratings", rating, key=key)[0] == 201
         _pg_ctl(data, "stop")
+        took = []
         try:
-            for _ in range(2):
+            for _ in range(6):
+                started = time.monotonic()
                 status, body = call(base, "GET", f"/users/{known}/recommendations?k=5")
+                took.append(time.monotonic() - started)
                 assert status == 200 and [m["movie_id"] for m in body["recommendations"]] == [
                     r.movie_id for r in rec.recommend(known, 5)]  # the model's own list: the rating unread
+            started = time.monotonic()
             assert call(base, "GET", f"/users/{newcomer}/recommendations?k=5") == (
                 503, {"error": "the ratings store is unavailable; try again later"})
-            assert call(base, "POST", "/ratings", {"user_id": known, "movie_id": movies[0], "rating": 3.0})[0] == 503
+            rating = {"user_id": known, "movie_id": movies[0], "rating": 3.0}
+            assert call(base, "POST", "/ratings", rating, key=key)[0] == 503
+            took.append(time.monotonic() - started)
         finally:
             _pg_ctl(data, "start")
+        print("seconds per request in the outage:", [round(t, 3) for t in took])
+        assert max(took[1:]) < 1.0 < POOL_WAIT, took
+        deadline = time.monotonic() + 3 * POOL_WAIT  # the store is tried again POOL_WAIT after it failed
+        while call(base, "GET", f"/users/{newcomer}/recommendations?k=5")[0] == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         after = call(base, "GET", f"/users/{known}/recommendations?k=5")
         newcomer_after = call(base, "GET", f"/users/{newcomer}/recommendations?k=5")[0]
     logged = "\n".join(output)
     assert after[0] == 200 and first not in [m["movie_id"] for m in after[1]["recommendations"]], logged
     assert newcomer_after == 200
     assert logged.count("recommending to known users without their stored ratings") == 1, logged
-    assert "the ratings store can be read again" in logged
+    assert logged.count("the ratings store can be read again") == 1, logged
+    assert len([line for line in output if "ratings store" in line]) == 2, logged
