@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a change; default movierec-keys.json here). Writes without a valid key get 401")
     v.add_argument("--allowed-hosts", type=_hosts, default=None, metavar="NAME,...",
                    help="the Host names requests may be sent to, others get 400 (against DNS rebinding): names, "
-                        "addresses, *.example.com, or * for any (default: localhost, 127.0.0.1, ::1 and --host)")
+                        "addresses (IPv6 without brackets, no ports), *.example.com, or * for any (default: localhost, "
+                        "127.0.0.1, ::1 and --host unless it is 0.0.0.0 or ::); /health answers any Host")
     v.add_argument("--read-key-required", action="store_true",
                    help="reads need an API key too (any valid key; default: reads are open); /, /health and the "
                         "API description stay open")
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 store = None if args.store == "none" else InteractionStore(args.store)
             except StoreError as exc:
                 raise RecommenderError(f"--store {exc}") from None
-            bound = () if args.host in ("0.0.0.0", "::", "") else (args.host,)
+            wildcard = args.host in ("0.0.0.0", "::", "")
+            bound = () if wildcard else (args.host,)
             try:
                 access = Access(args.keys, args.allowed_hosts or (*LOOPBACK_HOSTS, *bound), args.read_key_required,
                                 args.write_rate)
@@ -208,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
                     else "no ratings kept (--store none)")
             print(f"movierec: serving {rec.info.get('run_id', 'the model')} on http://{args.host}:{args.port} "
                   f"(API description: /docs), {kept}", file=sys.stderr, flush=True)
+            if wildcard and args.allowed_hosts is None:
+                print(f"movierec: warning: --host {args.host or repr('')} listens on every address, but only requests "
+                      "naming localhost, 127.0.0.1 or ::1 are answered: remote clients get 400 (all but /health); "
+                      "pass --allowed-hosts with the names they use, e.g. --allowed-hosts api.example.com,10.0.0.5",
+                      file=sys.stderr, flush=True)
+            if store is not None and not access.active_keys():
+                print(f"movierec: no active API key in {args.keys}, so every POST /ratings gets 401: "
+                      f"movierec keys add --keys {args.keys} --users RANGES (or --backend) makes one",
+                      file=sys.stderr, flush=True)
             serve(rec, args.host, args.port, args.body_timeout, store, access)
         elif args.command == "predict":
             print(f"{rec.predict_rating(args.user, args.movie):.2f}")

@@ -160,3 +160,62 @@ def test_the_latest_run_is_found_in_a_shell_without_a_user_name(bundle_path, tmp
                           text=True, env={**env, "USER": "root"}, timeout=300)
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["run_id"] == "test"
+
+
+@pytest.mark.parametrize("problem, words", [
+    ("parent is a file", "cannot be read (Not a directory)"),
+    ("others may write", "writable by group or others (mode 0666), so anyone of them could add a key; chmod 600"),
+])
+def test_serve_refuses_a_keys_file_it_cannot_read_or_others_may_write_in_one_line(bundle_path, tmp_path, capsys,
+                                                                                  problem, words):
+    """Before: a NotADirectoryError traceback; a keys file of mode 0666 was used as it was."""
+    from movierec.access import KeyFile
+
+    if problem == "parent is a file":
+        (tmp_path / "file").write_text("")
+        keys = tmp_path / "file" / "keys.json"
+    else:
+        keys = tmp_path / "keys.json"
+        KeyFile(keys).add(backend=True)
+        keys.chmod(0o666)
+    # an address this machine lacks: code that let the file through fails to bind, not serves on
+    assert cli.main(["--model", bundle_path, "serve", "--store", "none", "--keys", str(keys), "--host",
+                     "203.0.113.7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"movierec: error: {keys}: {words}") and len(err.splitlines()) == 1, err
+
+
+def test_serve_on_every_address_says_what_remote_clients_need_and_that_no_key_may_write(bundle_path, tmp_path):
+    """Before: `--host 0.0.0.0` answered remote clients 400 without a word (probes of /health
+    too), and a server without a key said nothing while every write got 401."""
+    import urllib.request
+
+    from movierec.access import KeyFile
+
+    keys = tmp_path / "keys.json"
+    key, _ = KeyFile(keys).add(backend=True)
+    KeyFile(keys).revoke(key.id)  # revoked: no active key
+    proc, base = _serve(bundle_path, tmp_path, "--host", "0.0.0.0", "--keys", str(keys), "--store",
+                        str(tmp_path / "ratings.sqlite3"))
+    try:
+        def status(path: str) -> int:
+            request = urllib.request.Request(base + path, headers={"Host": "10.1.2.3:8000"})  # a pod's address
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    return answer.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert (status("/health"), status("/model")) == (200, 400)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    lines = output.splitlines()
+    assert [line for line in lines if "warning: --host 0.0.0.0 listens on every address" in line and
+            "remote clients get 400" in line and "--allowed-hosts" in line], output
+    assert [line for line in lines if f"no active API key in {keys}, so every POST /ratings gets 401: "
+            f"movierec keys add --keys {keys}" in line], output
+    proc, base = _serve(bundle_path, tmp_path, "--keys", str(keys), "--store", "none")
+    proc.terminate()
+    output = proc.communicate(timeout=30)[0]
+    assert "warning" not in output and "no active API key" not in output, output  # no store: no writes to key
