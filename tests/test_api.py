@@ -368,17 +368,23 @@ def test_docs_load_one_pinned_swagger_ui_release_checked_by_hash(server):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_the_page_keeps_ids_above_2_53_exact_under_its_policy(server):
+def test_the_page_keeps_ids_above_2_53_exact_under_its_policy(tiny_bundle, light_install, tmp_path):
     """A user id of 2^53 + 1 (ids go up to 2^63 - 1): the page read it as a JavaScript number,
     9007199254740992, and asked for an unknown user's recommendations. Now it shows theirs, rates
-    for exactly that user, and the browser reports no policy violation doing it."""
-    base, rec = server
-    user, liked = 2**53 + 1, int(rec.item_ids[2])
-    assert call(base, "POST", "/ratings", {"user_id": user, "movie_id": liked, "rating": 5.0})[0] == 201
-    expected = [r.title + (f" ({r.year})" if r.year else "") for r in rec.recommend_for_history([(liked, 5.0)], 10)]
+    for exactly that user (with a key for that user only), and the browser reports no policy
+    violation doing it."""
+    from conftest import serving
     from playwright.sync_api import expect, sync_playwright
 
-    with sync_playwright() as p:
+    from movierec.access import KEYS_FILE, KeyFile, parse_users
+    from movierec.serving import Recommender
+
+    rec = Recommender.from_bytes(tiny_bundle)
+    user, liked = 2**53 + 1, int(rec.item_ids[2])
+    _, key = KeyFile(tmp_path / KEYS_FILE).add(users=parse_users(str(user)))
+    expected = [r.title + (f" ({r.year})" if r.year else "") for r in rec.recommend_for_history([(liked, 5.0)], 10)]
+    with serving(light_install, tiny_bundle, tmp_path) as (base, _), sync_playwright() as p:
+        assert call(base, "POST", "/ratings", {"user_id": user, "movie_id": liked, "rating": 5.0}, key=key)[0] == 201
         browser = p.chromium.launch(executable_path=CHROMIUM)
         try:
             page = browser.new_page()
@@ -386,6 +392,7 @@ def test_the_page_keeps_ids_above_2_53_exact_under_its_policy(server):
             page.on("console", lambda message: console.append(message.text))
             page.goto(base + "/")
             expect(page.locator("#model")).to_contain_text("run test")
+            page.fill("#api-key", key)
             page.fill("#user-id", str(user))
             page.click("#user-go")
             page.wait_for_selector("tr.result")
