@@ -8,7 +8,8 @@ to any user (``--backend``: a trusted backend); a key never reads more than any 
 ``movierec keys add`` prints a key once; the keys file keeps only its SHA-256 (a key is 256
 random bits, so a hash needs no salt or stretching), is written with mode 0600 and replaced whole
 (never half-written), and a running server re-reads it within a second of a change, so a revoked
-key stops working without a restart. Presented keys are compared in constant time
+key stops working without a restart; a server refuses a keys file group or others may write
+(they could add a key). Presented keys are compared in constant time
 (``hmac.compare_digest``). The part of a key before its secret (``mr_<id>``) is its public id:
 the interaction store records it with each rating the key wrote.
 
