@@ -402,3 +402,48 @@ def test_the_page_keeps_ids_above_2_53_exact_under_its_policy(tiny_bundle, light
         finally:
             browser.close()
     assert not [m for m in console if "Content Security Policy" in m], console
+
+
+def test_the_store_breaker_leaves_a_failed_store_alone_then_probes_it_alone(tmp_path, caplog):
+    """What serving in a PostgreSQL outage relies on (tests/test_postgres.py times it with a real
+    server), here with store work that fails on cue: after a failure no call reaches the store
+    for ``pause`` seconds, then one call probes it while the others fail at once, and the outage
+    is logged twice (when it starts, when it ends), not per call."""
+    import asyncio
+    import logging
+
+    from movierec.api import StoreBreaker
+    from movierec.feedback import InteractionStore, StoreError
+
+    breaker = StoreBreaker(InteractionStore(tmp_path / "ratings.sqlite3"), pause=0.3)
+    reached, down = [], True
+
+    def read(wait: float = 0.0) -> str:
+        reached.append(wait)
+        time.sleep(wait)  # a probe in flight, in a worker thread
+        if down:
+            raise StoreError("store: down")
+        return "rows"
+
+    async def through(wait: float = 0.0) -> str:
+        try:
+            return await breaker.call(read, wait, thread=wait > 0)
+        except StoreError as exc:
+            return str(exc)
+
+    async def run() -> tuple:
+        nonlocal down
+        failed = await through()
+        fast = [await through() for _ in range(5)]  # within the pause: the store untouched
+        await asyncio.sleep(0.35)
+        down = False
+        probe_and_others = await asyncio.gather(through(0.1), through(), through())
+        return failed, fast, probe_and_others, await through()
+
+    with caplog.at_level(logging.WARNING, "movierec.api"):
+        failed, fast, (probe, *others), after = asyncio.run(run())
+    assert failed == "store: down" and reached == [0.0, 0.1, 0.0]  # the failure, the probe, the call after it
+    assert all("unavailable (tried again every 0.3 s)" in answer for answer in fast + others)
+    assert (probe, after) == ("rows", "rows")
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2 and "recommending to known users without" in logged[0] and "read again" in logged[1]
