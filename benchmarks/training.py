@@ -18,12 +18,6 @@ movies; the ratings are a synthetic sample of that shape, as only the batches ma
 - where a step's time goes (``torch.profiler``), before and after for the two-tower: the step's
   phases (forward, loss, backward, optimizer) and the most expensive operators.
 
-``--rating-vs REF`` (section ``training-rating``) instead times the rating model's Tune trial as
-it trains, side by side with the same trial of git ``REF`` (e.g. main): ML-100K's ratings, one
-validation carve-out, the same settings and seed (each trial with its own random state), old
-and new alternating epoch by epoch so a busy machine slows both alike; each side's examples/s
-per epoch (medians) and its validation RMSE after the same epochs.
-
 Gradient exchange between Ray Train workers is not in these steps: ``benchmarks/gradients.py``
 measures it with two workers. ``--device cuda`` runs the same steps on a GPU (the peak is then
 the GPU's, measured on 8192² matrices, and steps are timed between CUDA synchronisations; the
@@ -33,17 +27,11 @@ operator profile is the CPU run's only).
 from __future__ import annotations
 
 import argparse
-import importlib
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -52,11 +40,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from movierec import ranking, synthetic
-from movierec.data import load_dataset
+from movierec import synthetic
 from movierec.features import encode
-from movierec.metrics import rmse
-from movierec.nn import SparseDenseAdam, bf16_autocast, compiled, feature_tensors, index_tensor, training_threads
+from movierec.nn import SparseDenseAdam, compiled, feature_tensors, index_tensor, training_threads
 from movierec.ranking import RatingModel
 from movierec.retrieval import TwoTower, in_batch_loss, popularity_log_q
 from movierec.settings import RetrievalConfig
@@ -172,8 +158,7 @@ def rating_trainer(enc, users: torch.Tensor, items: torch.Tensor, ratings: torch
 
     def rating_loss(idx: torch.Tensor) -> torch.Tensor:
         u, i = users[idx], items[idx]
-        pred, penalty = rating.fit_terms(u, i)
-        return nn.functional.mse_loss(pred, ratings[idx]) + 0.05 * penalty
+        return nn.functional.mse_loss(rating(u, i, i), ratings[idx]) + 0.05 * rating.id_l2(u, i)
 
     return Trainer("rating model (dim 64, hidden 64)", rating, rating_loss, SparseDenseAdam(rating, 3e-3, 1e-4))
 
@@ -226,109 +211,6 @@ def breakdown(trainer: Trainer, n: int, batch_size: int, steps: int) -> tuple[li
     return phases, top
 
 
-RATING_TRIAL = {"dim": 64, "hidden": 64, "dropout": 0.1, "lr": 3e-3, "weight_decay": 1e-4, "l2": 0.05}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (figures from different CPUs are not comparable)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def modules_at(ref: str, tmp: Path) -> tuple[ModuleType, ModuleType]:
-    """``movierec.nn`` and ``movierec.ranking`` as git ``ref`` has them, importable side by side
-    with today's (as ``movierec_<ref>.nn``/``.ranking``; every other module is today's)."""
-    package = "movierec_" + "".join(c if c.isalnum() else "_" for c in ref)
-    (tmp / package).mkdir()
-    (tmp / package / "__init__.py").write_text("")
-    for name in ("nn", "ranking"):
-        source = subprocess.run(["git", "show", f"{ref}:movierec/{name}.py"], check=True, capture_output=True,
-                                text=True, cwd=Path(__file__).resolve().parent).stdout
-        (tmp / package / f"{name}.py").write_text(source.replace("from movierec.nn import",
-                                                                 f"from {package}.nn import"))
-    sys.path.insert(0, str(tmp))
-    return importlib.import_module(f"{package}.nn"), importlib.import_module(f"{package}.ranking")
-
-
-def old_epoch(model: nn.Module, opt: object, data: tuple[torch.Tensor, ...], batch_size: int, l2: float,
-              gen: torch.Generator, old_nn: ModuleType) -> None:
-    """One epoch of the trial loop as ``ranking._trainable`` ran it before issue 28 (per-batch
-    index gathers, the L2 term's own lookups, torch's SparseAdam)."""
-    users, items, ratings = data
-    model.train()
-    for idx in old_nn.batches(len(users), batch_size, gen):
-        u, i = users[idx], items[idx]
-        mse = nn.functional.mse_loss(model(u, i, i), ratings[idx])
-        loss = mse + l2 * model.id_l2(u, i)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        mse.item()
-
-
-def rating_vs(args: argparse.Namespace) -> str:
-    """The rating model's Tune trial, ``args.rating_vs`` against today's, alternating (see the docstring)."""
-    from movierec.split import holdout
-
-    enc = encode(load_dataset(Path(args.data), cache=False))
-    fit_idx, val_idx = holdout(np.arange(len(enc.rating)), 0.1, 42)
-    user_feats, item_feats = feature_tensors(enc)
-    data = tuple(index_tensor(a[fit_idx]) for a in (enc.user_idx, enc.item_idx)) + (
-        torch.as_tensor(enc.rating[fit_idx], dtype=torch.float32),)
-    val = enc.user_idx[val_idx], enc.item_idx[val_idx], enc.rating[val_idx]
-    p = RATING_TRIAL
-    tmp = Path(tempfile.mkdtemp(prefix="rating-vs-"))
-    old_nn, old_ranking = modules_at(args.rating_vs, tmp)
-    sides = {}
-    for label, module, optimizer in ((args.rating_vs, old_ranking, old_nn.SparseDenseAdam),
-                                     ("this tree", ranking, SparseDenseAdam)):
-        torch.manual_seed(42)
-        model = module.RatingModel(enc.vocab_sizes, user_feats, item_feats, float(data[2].mean()), p["dim"],
-                                   p["hidden"], p["dropout"])
-        sides[label] = {"module": module, "model": model, "opt": optimizer(model, p["lr"], p["weight_decay"]),
-                        "gen": torch.Generator().manual_seed(42), "rng": torch.get_rng_state(), "speeds": [],
-                        "cpu": [], "rmse": []}
-    for epoch in range(args.rating_epochs):
-        for label, side in sides.items() if epoch % 2 == 0 else reversed(sides.items()):
-            torch.set_rng_state(side["rng"])  # each trial its own dropout masks, as in its own process
-            start, cpu = time.perf_counter(), time.process_time()
-            if side["module"] is ranking:
-                ranking.train_epoch(side["model"], side["opt"], data, args.rating_batch, p["l2"], side["gen"])
-            else:
-                old_epoch(side["model"], side["opt"], data, args.rating_batch, p["l2"], side["gen"], old_nn)
-            side["speeds"].append(len(data[0]) / (time.perf_counter() - start))
-            side["rng"] = torch.get_rng_state()
-            side["cpu"].append(len(data[0]) / (time.process_time() - cpu))
-            side["rmse"].append(rmse(side["module"].predict(side["model"], *val[:2]), val[2]))
-            print(f"[training] {label} epoch {epoch + 1}: {side['speeds'][-1]:,.0f} examples/s "
-                  f"({side['cpu'][-1]:,.0f} per CPU second), "
-                  f"validation RMSE {side['rmse'][-1]:.4f}", flush=True)
-    old, new = sides.values()
-    ratio = statistics.median(new["speeds"]) / statistics.median(old["speeds"])
-    cpu_ratio = statistics.median(new["cpu"]) / statistics.median(old["cpu"])
-    rows = [{"code": label, "examples/s (median of epochs)": f"{statistics.median(s['speeds']):,.0f}",
-             "slowest, fastest epoch": f"{min(s['speeds']):,.0f}, {max(s['speeds']):,.0f}",
-             "examples per CPU second (median)": f"{statistics.median(s['cpu']):,.0f}",
-             f"validation RMSE after {args.rating_epochs} epochs": f"{s['rmse'][-1]:.4f}",
-             "best validation RMSE": f"{min(s['rmse']):.4f}"} for label, s in sides.items()]
-    curve = [{"epoch": e + 1, **{f"{label} RMSE": f"{s['rmse'][e]:.4f}" for label, s in sides.items()}}
-             for e in range(args.rating_epochs)]
-    return (f"## The rating model's Tune trial, `{args.rating_vs}` against this tree "
-            f"(`benchmarks/training.py --rating-vs {args.rating_vs} --threads {args.threads}`)\n\n"
-            f"CPU: **{cpu_model()}**; one process, {args.threads} torch thread(s)"
-            f"{' (what a Tune trial gets)' if args.threads == 1 else ''}; "
-            f"bf16 autocast would be {'on' if bf16_autocast('auto', torch.device('cpu')) else 'off'} here "
-            f"(`bf16_autocast('auto')`); torch {torch.__version__}. ML-100K ({len(fit_idx):,} training ratings, "
-            f"{len(val_idx):,} validation), batch {args.rating_batch:,}, "
-            f"{', '.join(f'{k} {v:g}' for k, v in p.items())}, seed 42 for both; the two trials alternate "
-            f"epoch by epoch on the same machine. **{ratio:.2f}x** the examples/s of `{args.rating_vs}` "
-            f"({cpu_ratio:.2f}x per CPU second of the process, which other processes on a shared machine "
-            f"disturb less).\n\n"
-            + markdown_table(rows, list(rows[0])) + "\n\n" + markdown_table(curve, list(curve[0])) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (a Ray worker's CPUs)")
@@ -338,20 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU")
     parser.add_argument("--section", default="training", help="the RESULTS.md section this run writes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--rating-vs", metavar="REF", help="instead: time the rating model's Tune trial against "
-                        "git REF's (e.g. main), side by side, into the training-rating section (with --threads 1: "
-                        "what the flow gives each trial)")
-    parser.add_argument("--rating-epochs", type=int, default=8, help="epochs of each --rating-vs trial")
-    parser.add_argument("--rating-batch", type=int, default=1024, help="batch size of the --rating-vs trials")
-    parser.add_argument("--data", default="data/ml-100k", help="the --rating-vs trials' MovieLens directory")
     args = parser.parse_args(argv)
     training_threads(args.threads)
-    if args.rating_vs:
-        emit("training-rating", rating_vs(args), write=not args.no_write)
-        return 0
     device = torch.device(args.device)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"{cpu_model()}, one process, {args.threads} torch threads")
+             else f"one process, {args.threads} torch threads")
 
     peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     print(f"[training] matmul peak ({where}): fp32 {peak['fp32']:,.0f} GFLOP/s, bf16 {peak['bf16']:,.0f} GFLOP/s",

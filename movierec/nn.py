@@ -21,7 +21,7 @@ from movierec.features import Encoded
 def _small_init(module: nn.Module, std: float = 0.05) -> None:
     """Small embedding weights: default N(0, 1) makes early dot products huge and training unstable."""
     for m in module.modules():
-        if isinstance(m, nn.Embedding):
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
             nn.init.normal_(m.weight, 0.0, std)
             if m.padding_idx is not None:
                 with torch.no_grad():
@@ -36,23 +36,6 @@ def index_tensor(x: np.ndarray) -> torch.Tensor:
     """An int64 tensor (a copy) of dense indices: arrays store int32 ids to halve their memory,
     while torch's gather/index ops and Ray's read-only object-store arrays want their own int64."""
     return torch.tensor(np.ascontiguousarray(x), dtype=torch.long)
-
-
-def lookup(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
-    """``table(idx)`` for a small dense table, as a gather whose backward is an index_add:
-    nn.Embedding's backward sorts the indices first, which made each of the rating model's
-    feature lookups cost ~1.7x as much per training step."""
-    return table.weight.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
-
-
-def bag_mean(table: nn.Embedding, bags: torch.Tensor) -> torch.Tensor:
-    """The mean embedding of each row of ``bags`` (indices padded with 0, which never counts; an
-    all-padding row gives zeros): nn.EmbeddingBag's mean with ``padding_idx=0``, as a gather and a
-    weighted sum, whose forward and backward took 0.5x (title tokens) to 0.7x (genres) of its
-    time per rating-model step on CPU."""
-    weights = (bags != 0).to(table.weight.dtype)
-    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1)
-    return (lookup(table, bags) * weights[..., None]).sum(-2)
 
 
 class UserEncoder(nn.Module):
@@ -104,21 +87,20 @@ class UserEncoder(nn.Module):
         return total / count.clamp(min=1)[:, None]
 
     def forward(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [self.id(users)] + [lookup(self.feats[n], getattr(self, f"f_{n}")[users]) for n in self.names]
+        parts = [self.id(users)] + [self.feats[n](getattr(self, f"f_{n}")[users]) for n in self.names]
         if self.history is not None:
             parts.append(self.history_mean(users, exclude))
         return torch.cat(parts, dim=-1)
 
 
 class ItemEncoder(nn.Module):
-    """Concatenated embeddings of a movie's id, genres (bag), title tokens (bag) and year bucket.
-    The bags are tables whose row 0 is padding (see :func:`bag_mean`)."""
+    """Concatenated embeddings of a movie's id, genres (bag), title tokens (bag) and year bucket."""
 
     def __init__(self, sizes: dict[str, int], features: dict[str, torch.Tensor], dim: int, feat_dim: int = 16):
         super().__init__()
         self.id = nn.Embedding(sizes["item"], dim, sparse=True)
-        self.genres = nn.Embedding(sizes["genres"], feat_dim, padding_idx=0)
-        self.title = nn.Embedding(sizes["title"], feat_dim, padding_idx=0)
+        self.genres = nn.EmbeddingBag(sizes["genres"], feat_dim, mode="mean", padding_idx=0)
+        self.title = nn.EmbeddingBag(sizes["title"], feat_dim, mode="mean", padding_idx=0)
         self.year = nn.Embedding(sizes["year"], feat_dim // 2)
         for n in ("genres", "title", "year"):
             self.register_buffer(f"f_{n}", features[n].clone())
@@ -129,9 +111,9 @@ class ItemEncoder(nn.Module):
         return torch.cat(
             [
                 self.id(items),
-                bag_mean(self.genres, self.f_genres[items]),
-                bag_mean(self.title, self.f_title[items]),
-                lookup(self.year, self.f_year[items, 0]),
+                self.genres(self.f_genres[items]),
+                self.title(self.f_title[items]),
+                self.year(self.f_year[items, 0]),
             ],
             dim=-1,
         )
@@ -177,60 +159,30 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
 
 
 class SparseDenseAdam:
-    """Adam for the dense parameters and lazy Adam (SparseAdam's update) for the id tables.
+    """Adam for the dense parameters and lazy Adam (SparseAdam) for the id tables.
 
     A batch touches a few thousand of ML-20M's 138k users, yet dense Adam updates every row of
     every table each step: that was 90% of a step's time and capped training at a few thousand
     examples/s. Tables built with ``sparse=True`` get sparse gradients, and only their touched
     rows are updated. Lazy updates skip weight decay on untouched rows; models that want the id
     rows regularised add an L2 term for the rows in the batch to their loss.
-
-    Both halves are written for a step's fixed cost, which is what a small batch pays for: the
-    dense half is torch's fused Adam (one kernel per tensor instead of a dozen), and the id
-    tables' rows are updated by ``_lazy_adam`` with plain gathers and scatters, the arithmetic of
-    ``torch.optim.SparseAdam`` without the sparse tensors it builds for every intermediate (its
-    step was a third of a rating-model step at batch 1,024).
     """
 
-    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0):
         sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
         ids = {id(p) for p in sparse}
         dense = [p for p in model.parameters() if id(p) not in ids]
-        self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
-        self.sparse = list({id(p): p for p in sparse}.values())  # a tied table once
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.sparse]
-        self.steps = [0] * len(self.sparse)  # per table, as SparseAdam counts: updates it took part in
+        self.optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)]
+        if sparse:
+            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
 
     def zero_grad(self) -> None:
-        self.dense.zero_grad()
-        for p in self.sparse:
-            p.grad = None
+        for opt in self.optimizers:
+            opt.zero_grad()
 
-    @torch.no_grad()
     def step(self) -> None:
-        self.dense.step()
-        for i, (p, (m, v)) in enumerate(zip(self.sparse, self.moments)):
-            if p.grad is not None:
-                self.steps[i] += 1
-                _lazy_adam(p, p.grad, m, v, self.lr, self.betas, self.eps, self.steps[i])
-
-
-def _lazy_adam(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-               lr: float, betas: tuple[float, float], eps: float, step: int) -> None:
-    """One Adam update of the rows of ``param`` that the sparse COO ``grad`` touches, with their
-    moments; other rows and their moments stay as they are. The same arithmetic as
-    ``torch.optim.SparseAdam`` (bias corrections from this table's ``step`` count)."""
-    grad = grad.coalesce()  # a row looked up twice in a batch has two entries to sum
-    rows, values = grad.indices()[0], grad.values()
-    beta1, beta2 = betas
-    m = exp_avg.index_select(0, rows).lerp_(values, 1 - beta1)
-    v = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
-    exp_avg.index_copy_(0, rows, m)
-    exp_avg_sq.index_copy_(0, rows, v)
-    step_size = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
-    param.index_add_(0, rows, m.div_(v.sqrt_().add_(eps)), alpha=-step_size)
+        for opt in self.optimizers:
+            opt.step()
 
 
 def training_threads(n: int) -> None:

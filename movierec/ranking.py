@@ -15,7 +15,6 @@ import copy
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +28,7 @@ from movierec.nn import (
     ItemEncoder,
     SparseDenseAdam,
     UserEncoder,
+    batches,
     cpu_state,
     feature_tensors,
     features_from_state,
@@ -53,7 +53,7 @@ def search_space() -> dict:
         "dropout": tune.uniform(0.0, 0.4),
         "lr": tune.loguniform(1e-3, 5e-3),
         "weight_decay": tune.loguniform(1e-5, 5e-4),  # dense layers
-        "l2": tune.loguniform(1e-2, 3e-1),  # id embeddings and biases, per rating (see RatingModel.fit_terms)
+        "l2": tune.loguniform(1e-2, 3e-1),  # id embeddings and biases, per rating (see RatingModel.id_l2)
         "batch_size": tune.choice([512, 1024]),  # smaller batches cost more per example than they gain
     }
 
@@ -98,17 +98,11 @@ class RatingModel(nn.Module):
         """Predicted ratings; in training ``exclude=items`` keeps the rated movie out of the history."""
         return combine(self.user_side(users, exclude), self.item_side(items), self.head[1:])
 
-    def fit_terms(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training's predictions (each rated movie kept out of its user's history) and the mean
-        squared norm of the batch's user and movie id embeddings and biases: the per-rating L2
-        penalty of matrix factorisation, applied where lazy Adam cannot decay (SparseDenseAdam).
-        The penalty reuses the rows the prediction looked up (the id embedding leads each side's
-        vector), so the id tables are read once and their sparse gradients have one entry per row."""
-        user, item = self.user_side(users, items), self.item_side(items)
-        (u, _, bu), (v, _, bv) = user, item
-        bias = bu - self.global_mean  # the user's side carries the global mean with their bias
-        l2 = (u.pow(2).sum(-1) + v.pow(2).sum(-1) + bias.pow(2) + bv.pow(2)).mean()
-        return combine(user, item, self.head[1:]), l2
+    def id_l2(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Mean squared norm of the batch's user and movie id embeddings and biases: the per-rating
+        L2 penalty of matrix factorisation, applied where lazy Adam cannot decay (SparseDenseAdam)."""
+        rows = [self.user.id(users), self.item.id(items), self.user_bias(users), self.item_bias(items)]
+        return sum(r.pow(2).sum(-1) for r in rows).mean()
 
     def attach_blend(self, mf: BiasedMF, weight: float) -> None:
         """Predict ``weight`` x this model + (1 - weight) x ``mf`` from now on (in ``fold``; the
@@ -173,7 +167,7 @@ class FoldedRatingModel(nn.Module):
     """A trained RatingModel with each user's and movie's side (``user_side``/``item_side``) stored
     as tables. Those sides depend only on ids and fixed features, so serving needs per pair just
     two gathers, an add and the head's last layers: about 10x faster than re-encoding at each call,
-    and a graph of plain ops that exports to ONNX."""
+    and a graph of plain ops that exports to ONNX (EmbeddingBag with padding does not export well)."""
 
     def __init__(self, user: list[torch.Tensor], item: list[torch.Tensor], rest: nn.Module, global_mean: float):
         super().__init__()
@@ -224,30 +218,6 @@ class TrialPlan:
         return {"cpu": self.threads, **({"gpu": 1 / self.trials_per_gpu} if self.trials_per_gpu else {})}
 
 
-def train_epoch(model: RatingModel, opt: SparseDenseAdam, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                batch_size: int, l2: float, gen: torch.Generator,
-                done: Callable[[int], object] = lambda n: None) -> float:
-    """One epoch over (users, items, ratings) in shuffled batches; returns the summed squared error.
-
-    The epoch's order is applied once, to contiguous copies that each batch then slices: the
-    same batches as gathering each batch's examples by index, without three gathers a step.
-    ``done`` hears how many examples each step trained on (progress lines)."""
-    model.train()
-    perm = torch.randperm(len(data[0]), generator=gen).to(data[0].device)
-    users, items, ratings = (t[perm] for t in data)
-    total = torch.zeros((), device=users.device)
-    for i in range(0, len(users), batch_size):
-        u, v, r = users[i : i + batch_size], items[i : i + batch_size], ratings[i : i + batch_size]
-        pred, penalty = model.fit_terms(u, v)
-        mse = nn.functional.mse_loss(pred, r)
-        opt.zero_grad()
-        (mse + l2 * penalty).backward()
-        opt.step()
-        total += mse.detach() * len(u)
-        done(len(u))
-    return float(total)
-
-
 def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
     """One Tune trial: train, report validation RMSE every epoch, checkpoint only on improvement.
 
@@ -268,10 +238,19 @@ def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
     best = float("inf")
     trial = tune.get_context().get_trial_id()
     for epoch in range(plan.max_epochs):
-        start = time.perf_counter()
+        model.train()
+        total, start = 0.0, time.perf_counter()
         progress = Progress(len(users), f"[tune_ranking] trial {trial} epoch {epoch + 1}/{plan.max_epochs}")
-        total = train_epoch(model, opt, (users, items, ratings), params["batch_size"], params["l2"], gen,
-                            progress.update)
+        for idx in batches(len(users), params["batch_size"], gen):
+            idx = idx.to(device)
+            u, i = users[idx], items[idx]
+            mse = nn.functional.mse_loss(model(u, i, i), ratings[idx])
+            loss = mse + params["l2"] * model.id_l2(u, i)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += mse.item() * len(idx)
+            progress.update(len(idx))
         speed = len(users) / max(time.perf_counter() - start, 1e-9)
         val = _rmse(model, data["val_users"], data["val_items"], data["val_ratings"])
         metrics = {"val_rmse": val, "train_rmse": float(np.sqrt(total / len(users))), "epoch": epoch + 1,
