@@ -115,10 +115,14 @@ def database_url_problem(url: str) -> str | None:
     a secret is looked for before libpq parses, as its parse errors quote the offending text."""
     if not url:
         return None
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError as exc:  # e.g. an unclosed [IPv6 address]: urlsplit's message holds no part of the URL
+        return f"is not a valid PostgreSQL URL ({exc})"
     if parts.scheme not in ("postgresql", "postgres"):
         return f"must be a postgresql:// URL, got {redact_url(url)}"
-    if parts.password is not None or any(map(_secret_parameter, parts.query.split("&"))):
+    if password is not None or any(map(_secret_parameter, parts.query.split("&"))):
         return HOLDS_SECRET
     try:
         from psycopg import conninfo
@@ -135,7 +139,10 @@ def redact_url(location: str) -> str:
     """``location`` as it may be printed or stored: a URL's password, and the values of its
     ``password``/``sslpassword`` query parameters, replaced by ``***`` (anything else unchanged,
     byte for byte). A checked URL holds none; this keeps one that slipped past out of logs."""
-    parts = urllib.parse.urlsplit(location)
+    try:
+        parts = urllib.parse.urlsplit(location)
+    except ValueError:  # not a URL that can be read: nothing of it is printed
+        return "<a malformed URL>"
     if not parts.scheme or not parts.netloc and not parts.query:
         return location
     netloc = parts.netloc

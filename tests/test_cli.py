@@ -219,3 +219,13 @@ def test_serve_on_every_address_says_what_remote_clients_need_and_that_no_key_ma
     proc.terminate()
     output = proc.communicate(timeout=30)[0]
     assert "warning" not in output and "no active API key" not in output, output  # no store: no writes to key
+
+
+def test_a_database_url_urllib_cannot_read_is_one_line_without_its_password(bundle_path, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Before: `--store postgresql://me:secret@[::1/db` (an unclosed IPv6 bracket) raised urllib's
+    ValueError out of the URL check, a traceback instead of exit 2."""
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["--model", bundle_path, "serve", "--store", "postgresql://me:secret@[::1/db"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a valid PostgreSQL URL" in err and "secret" not in err
