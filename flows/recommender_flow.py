@@ -105,8 +105,9 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def publish(self):
-        # a resumed run has start's time cloned from the run it resumed: it gets a version of its own
-        started_us = pipeline.version_time(getattr(self, "started_us", None), current.origin_run_id)
+        # a resumed run has start's time cloned from the run it resumed: it gets a version of its own,
+        # the same in every retry of this step
+        started_us = pipeline.publish_time(getattr(self, "started_us", None))
         run = {"flow": current.flow_name, "run_id": current.run_id, "started_us": started_us,
                "dataset": self.data_stats, "metrics": self.metrics}
         self.bundle, publication, self.wheel = pipeline.publish(self.data_split, self._stages(), self.settings, run)

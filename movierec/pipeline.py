@@ -8,7 +8,6 @@ benchmarks and notebooks. Values that travel together travel as one: a :class:`D
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,9 +36,9 @@ if TYPE_CHECKING:
     from movierec.sources import SourceModels
     from movierec.stages import TwoStage
 
-__all__ = ["DataSplit", "InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "ray_storage",
-           "split_data", "split_for", "stages", "train_ranker", "train_retrieval", "train_retrieval_on_cluster",
-           "tune_ranking", "version_time"]
+__all__ = ["DataSplit", "InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "publish_time",
+           "ray_storage", "run_created_us", "split_data", "split_for", "stages", "train_ranker", "train_retrieval",
+           "train_retrieval_on_cluster", "tune_ranking", "version_time"]
 
 
 class InputError(MetaflowException, data.DataError):
@@ -248,15 +247,39 @@ def evaluate(data_split: DataSplit, stages: TwoStage) -> Report:
     return Evaluator(data_split.enc, data_split.split).run(stages)
 
 
-def version_time(started_us: int | None, origin_run_id: str | None, now_us: int | None = None) -> int:
+def version_time(started_us: int | None, origin_run_id: str | None, created_us: int | None) -> int:
     """The microsecond a run's wheel version is made of (``packaging.run_version``): when its
-    ``start`` ran (``started_us``), or, in a resumed run (``origin_run_id``), ``now_us`` (default
-    now), when its publish step runs. ``resume`` clones ``start`` with its artifacts, so the origin's
-    time named the origin's version: a resumed run that re-ran training found that version already
-    published (by the origin) and reported the origin's wheel, never uploading its own model."""
+    ``start`` ran (``started_us``), or, in a resumed run (``origin_run_id``), when the resumed run
+    was created (``created_us``, :func:`run_created_us`). ``resume`` clones ``start`` with its
+    artifacts, so the origin's time named the origin's version: a resumed run that re-ran training
+    found that version already published (by the origin) and reported the origin's wheel, never
+    uploading its own model. The creation time, not the publish attempt's clock, because a retried
+    ``publish`` must find the version its first attempt may have uploaded, not make a second one."""
     if origin_run_id is None and started_us is not None:
         return started_us
-    return time.time_ns() // 1000 if now_us is None else now_us
+    if created_us is None:
+        raise ValueError(f"version_time: the resumed run (of {origin_run_id}) needs its creation time (created_us)")
+    return created_us
+
+
+def run_created_us(flow_name: str, run_id: str) -> int:
+    """When run ``flow_name/run_id`` was created, in microseconds since the epoch, as its metadata
+    (local or the service) recorded it: the same in every step and every retry of the run. The
+    client's ``created_at`` is a naive local datetime made from the recorded epoch milliseconds;
+    ``timestamp()`` undoes that exactly, and the rounding drops float noise below a millisecond."""
+    from metaflow import Run
+
+    return round(Run(f"{flow_name}/{run_id}").created_at.timestamp() * 1000) * 1000
+
+
+def publish_time(started_us: int | None) -> int:
+    """:func:`version_time` of the running run (``metaflow.current``), its start time
+    ``started_us`` as the ``start`` step stored it; the metadata is only asked in a resumed run."""
+    from metaflow import current
+
+    origin = current.origin_run_id
+    created = None if origin is None else run_created_us(current.flow_name, current.run_id)
+    return version_time(started_us, origin, created)
 
 
 def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadata: dict

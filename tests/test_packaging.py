@@ -39,16 +39,19 @@ def test_versions_follow_the_start_time_whatever_the_scheduler_calls_the_run():
     assert Version(local) < Version(argo) < Version(sfn) < Version(service)
 
 
-def test_a_resumed_run_is_versioned_when_it_publishes_not_by_the_start_it_cloned():
+def test_a_resumed_run_is_versioned_when_it_was_created_not_by_the_start_it_cloned():
     """resume clones start, and with it start's time: the resumed run's version was its origin's,
     so one that re-ran training found "its" version published (by the origin) and reported the
-    origin's wheel instead of uploading its own model."""
+    origin's wheel instead of uploading its own model. The resumed run's creation time names it,
+    not the publish attempt's clock: a retried publish makes no second version of one run."""
     from movierec.pipeline import version_time
 
-    assert version_time(1795493907879854, None, now_us=1795494000000000) == 1795493907879854
-    assert version_time(1795493907879854, "1795493907879854", now_us=1795494000000000) == 1795494000000000
-    assert version_time(None, "argo-recommenderflow-zz9", now_us=1795494000000000) == 1795494000000000
-    assert version_time(1795493907879854, "1795493907879854") > 1795493907879854  # now, by default
+    assert version_time(1795493907879854, None, created_us=None) == 1795493907879854
+    assert version_time(1795493907879854, None, created_us=1795494000000000) == 1795493907879854
+    assert version_time(1795493907879854, "1795493907879854", created_us=1795494000000000) == 1795494000000000
+    assert version_time(None, "argo-recommenderflow-zz9", created_us=1795494000000000) == 1795494000000000
+    with pytest.raises(ValueError, match="needs its creation time"):
+        version_time(1795493907879854, "1795493907879854", created_us=None)
 
 
 def test_the_resumed_flow_publishes_its_own_version(runs):
@@ -62,6 +65,8 @@ def test_the_resumed_flow_publishes_its_own_version(runs):
     assert cloned == failed_run["start"].task.data.started_us
     info = read_bundle(resumed_run["publish"].task.data.bundle)[0]
     assert info["run_id"] == resumed_run.id and info["started_us"] > cloned
+    # the run's creation time, which every retry of publish reads alike, not the attempt's clock
+    assert info["started_us"] == round(resumed_run.created_at.timestamp() * 1000) * 1000
     assert resumed_run["publish"].task.data.publication["version"] == f"0.1.0.post{info['started_us']}"
 
 
