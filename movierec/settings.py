@@ -66,8 +66,12 @@ def repository_url_problem(url: str) -> str | None:
     be https unless the server is on this machine."""
     if not url:
         return None
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is not None or parts.password is not None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        credentials = parts.username is not None or parts.password is not None
+    except ValueError as exc:  # e.g. an unclosed [IPv6 address]: urlsplit's message holds no part of the URL
+        return f"is not a valid URL ({exc})"
+    if credentials:
         return ("must not hold credentials (they would be stored with the run and printed): set TWINE_USERNAME "
                 "and TWINE_PASSWORD instead")
     if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK):

@@ -53,3 +53,22 @@ def test_retrieval_takes_half_the_local_cpus_beside_tuning(cpus, share):
 def test_a_cluster_is_not_split():
     ray = RaySettings(address="10.0.0.5:6379", num_cpus=2)
     assert ray.beside_tuning() == ray
+
+
+@pytest.mark.parametrize("url", ["postgresql://[::1", "postgresql://me:secret@[::1/db", "postgres://[::1]x:5432/db"])
+def test_a_database_url_urllib_cannot_read_is_a_problem_not_an_exception(url):
+    """urlsplit raises ValueError on an unclosed [IPv6 bracket: the check answers in a line that
+    echoes no password, where it once let the error out (a traceback in serve and train)."""
+    from movierec.settings import database_url_problem, store_problem
+
+    for check in (database_url_problem, store_problem):
+        why = check(url)
+        assert why is not None and why.startswith("is not a valid PostgreSQL URL") and "secret" not in why
+
+
+def test_a_repository_url_urllib_cannot_read_is_a_problem_not_an_exception():
+    """The same unclosed bracket in --publish-repository-url raised out of the settings' check."""
+    from movierec.settings import repository_url_problem
+
+    why = repository_url_problem("https://me:secret@[::1/simple/")
+    assert why is not None and why.startswith("is not a valid URL") and "secret" not in why
