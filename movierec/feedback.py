@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )
 """
 # A user's latest ratings, newest first, without sorting all of theirs (serving reads only the latest)
-INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_user_time ON {TABLE} (user_id, timestamp)"
+INDEX = f"{TABLE}_user_time ON {TABLE} (user_id, timestamp)"
 POSTGRES = ("postgresql://", "postgres://")
 LATEST = 1000  # how many of a user's latest ratings serving reads: a POST /recommendations history's limit too
 BUSY_TIMEOUT_MS = 30_000
@@ -212,7 +212,10 @@ class InteractionStore:
             except StoreError as exc:  # SQLite has no IF NOT EXISTS here
                 if "duplicate column" not in str(exc):
                     raise
-        self._execute(INDEX)
+        # PostgreSQL builds the index CONCURRENTLY (outside a transaction: the pool is autocommit):
+        # a plain build locks the table against writes while it reads every row, so the first start
+        # against a large table stopped the running servers' POST /ratings for as long.
+        self._execute(f"CREATE INDEX {'CONCURRENTLY ' if self.postgres else ''}IF NOT EXISTS {INDEX}")
 
     def rate(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None,
              written_by: str = "") -> Change:
@@ -228,17 +231,25 @@ class InteractionStore:
         when = int(time.time()) if timestamp is None else int(timestamp)
         # Another writer may store a rating of the same movie between the read and the insert: the
         # insert then meets its timestamp (the key) and stores nothing, and the read is made again.
+        # So may this one: an insert committed on a connection that dropped before its reply is
+        # run again by _execute, and meets its own row. The read then finds the row it tried to
+        # write (its stars, its key, its timestamp) and answers stored, as the write happened.
+        tried: tuple[int, float | None] | None = None  # the (timestamp, previous) an insert met a row at
         for _ in range(10):
-            latest = self._execute(f"SELECT rating, timestamp FROM {TABLE} WHERE user_id = ? AND movie_id = ? "
-                                   "ORDER BY timestamp DESC LIMIT 1", (user_id, movie_id)).fetchone()
+            latest = self._execute(f"SELECT rating, timestamp, written_by FROM {TABLE} WHERE user_id = ? "
+                                   "AND movie_id = ? ORDER BY timestamp DESC LIMIT 1", (user_id, movie_id)).fetchone()
             if latest is not None and abs(latest[0] - rating) < 1e-6:  # PostgreSQL's REAL: float32
+                if tried is not None and (latest[1], latest[2]) == (tried[0], written_by):
+                    return Change(True, tried[1], tried[0])
                 return Change(False, latest[0], latest[1])
+            previous = None if latest is None else latest[0]
             at = when if latest is None else max(when, latest[1] + 1)
             cur = self._execute(f"INSERT INTO {TABLE} (user_id, movie_id, rating, timestamp, written_by) "
                                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                                 (user_id, movie_id, rating, at, written_by))
             if cur.rowcount == 1:
-                return Change(True, None if latest is None else latest[0], at)
+                return Change(True, previous, at)
+            tried = (at, previous)
         raise RuntimeError(f"user {user_id}'s rating of movie {movie_id}: other writers kept storing ratings of it")
 
     def add(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None) -> bool:

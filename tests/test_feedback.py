@@ -366,3 +366,50 @@ def test_a_run_with_the_feedback_store_learns_what_a_new_user_rated(runs, light_
     mine, usual = horror(new), sum(others) / len(others)
     print(f"horror films in the top 10: the new user {mine}, other users {usual:.2f} on average")
     assert mine >= 2 and mine >= 3 * usual, (mine, usual, [(r.title, r.genres) for r in second.recommend(new)])
+
+
+class _ReplyLostStore(InteractionStore):
+    """A store whose first INSERT commits and then loses its reply, as a PostgreSQL connection
+    that drops after the commit: ``_execute`` runs the statement once more on a fresh connection
+    (its retry of a dropped statement), and that run meets the committed row and stores nothing."""
+
+    lost = False
+
+    def _execute(self, sql: str, params: tuple = ()):
+        if sql.startswith("INSERT") and not self.lost:
+            self.lost = True
+            super()._execute(sql, params)  # committed; the reply never came
+        return super()._execute(sql, params)
+
+
+def test_a_rating_whose_insert_reply_was_lost_is_answered_stored(tmp_path):
+    """Before: the retried INSERT hit ON CONFLICT DO NOTHING and rate() answered stored: false
+    (POST /ratings: 200, "already had that rating") for a rating it had just written."""
+    store = _ReplyLostStore(tmp_path / "r.sqlite3")
+    store.rate(7, 50, 2.0, 100, written_by="mr_0123456789ab")
+    store.lost = False
+    fix = store.rate(7, 50, 4.0, 100, written_by="mr_0123456789ab")
+    assert (fix.stored, fix.correction, fix.previous, fix.timestamp) == (True, True, 2.0, 101)
+    store.lost = False
+    first = store.rate(8, 60, 3.5, 200, written_by="mr_0123456789ab")
+    assert (first.stored, first.correction, first.previous, first.timestamp) == (True, False, None, 200)
+    assert store.count() == 3  # each written once
+    again = store.rate(8, 60, 3.5, 300, written_by="mr_0123456789ab")  # a client's retry: still nothing new
+    assert (again.stored, again.previous, again.timestamp) == (False, 3.5, 200)
+
+
+def test_another_keys_identical_row_at_that_moment_is_not_taken_for_ones_own(tmp_path):
+    """The row an insert met is its own only if it holds its key too: another key's rating of
+    the same stars at the same second was theirs, and this rating stored nothing."""
+    store = InteractionStore(tmp_path / "r.sqlite3")
+    assert store.rate(7, 50, 2.0, 100, written_by="mr_aaaaaaaaaaaa").stored
+
+    class OtherKeyFirst(InteractionStore):
+        def _execute(self, sql: str, params: tuple = ()):
+            if sql.startswith("INSERT") and params[3] == 101:  # another key's insert lands first
+                super()._execute(sql, (*params[:4], "mr_bbbbbbbbbbbb"))
+            return super()._execute(sql, params)
+
+    change = OtherKeyFirst(tmp_path / "r.sqlite3").rate(7, 50, 4.0, 100, written_by="mr_aaaaaaaaaaaa")
+    assert (change.stored, change.previous, change.timestamp) == (False, 4.0, 101)
+    assert store.table().column("written_by").to_pylist() == ["mr_aaaaaaaaaaaa", "mr_bbbbbbbbbbbb"]

@@ -299,3 +299,36 @@ def test_while_postgresql_is_down_known_users_still_get_recommendations(postgres
     assert logged.count("recommending to known users without their stored ratings") == 1, logged
     assert logged.count("the ratings store can be read again") == 1, logged
     assert len([line for line in output if "ratings store" in line]) == 2, logged
+
+
+def test_a_store_building_its_index_leaves_the_running_servers_writes_alone(postgres):
+    """A store opened against a table without the index builds it; while that waits for a
+    transaction still open on the table, another server's write goes through (before: a plain
+    CREATE INDEX queued for its table lock, and every write queued behind it, here past a 2 s
+    lock_timeout; on a large table, for as long as the build read every row)."""
+    import psycopg
+
+    from movierec.feedback import TABLE, InteractionStore
+
+    InteractionStore(postgres).close()  # the table, as a running server has it
+    with psycopg.connect(postgres, autocommit=True) as admin, psycopg.connect(postgres) as open_txn:
+        admin.execute(f"DROP INDEX IF EXISTS {TABLE}_user_time")  # as before this version's index
+        open_txn.execute(f"INSERT INTO {TABLE} VALUES (9001, 1, 3.0, 1, '')")  # a writer mid-transaction
+        with ThreadPoolExecutor(1) as pool:
+            opening = pool.submit(InteractionStore, postgres)  # a new server starting
+            try:
+                deadline = time.monotonic() + 30
+                while not admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND query LIKE 'CREATE INDEX%'").fetchone()[0]:
+                    assert time.monotonic() < deadline and not opening.done(), "the index build never waited"
+                    time.sleep(0.05)
+                with psycopg.connect(postgres, autocommit=True) as writer:
+                    writer.execute("SET lock_timeout = '2s'")
+                    writer.execute(f"INSERT INTO {TABLE} VALUES (9002, 1, 4.0, 1, '')")  # another server's write
+            finally:
+                open_txn.commit()  # the build goes on (the pool waits for it, failed or not)
+            store = opening.result(timeout=60)
+        valid = admin.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
+                              (f"{TABLE}_user_time",)).fetchone()
+    assert valid == (True,) and {r.rating for u in (9001, 9002) for r in store.ratings_of(u)} == {3.0, 4.0}
+    store.close()
