@@ -51,7 +51,7 @@ import movierec
 from movierec.bundle import KNOWN_FILES, bundle_of_run, read_bundle
 from movierec.checksums import sha256
 from movierec.errors import BundleError
-from movierec.settings import PublishSettings, repository_url_problem
+from movierec.settings import PublishSettings, fetch_url_problem, redact_url, repository_url_problem
 
 SOURCE_ROOT = Path(movierec.__file__).resolve().parent.parent
 DEFAULT_INDEX_DIR = SOURCE_ROOT / "dist" / "pypi"
@@ -61,6 +61,9 @@ CODEARTIFACT_HOST = re.compile(r"(?P<domain>[a-z][a-z0-9-]*[a-z0-9])-(?P<owner>\
                                r"(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
 # How long a CodeArtifact token asked for here lives: one publish (build, check, upload) takes minutes.
 TOKEN_SECONDS = 3600
+# The most bytes read from a repository in one answer (its index page, or a published wheel: the
+# code, the models and their per-user data): a server answering without end does not fill the memory.
+MAX_DOWNLOAD = 512 * 2**20
 
 
 class PublishError(RuntimeError):
@@ -237,13 +240,25 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 def _get(url: str, repository_url: str, credentials: dict[str, str], timeout: float) -> bytes:
     """GET ``url``, following no redirect, with ``credentials`` as basic auth only when ``url`` is
     on the repository's own origin (scheme, host and port), which ``check_repository_url`` holds
-    to https or loopback: an index may link its files on another host, or over plain http."""
+    to https or loopback: an index may link its files on another host, or over plain http.
+    Only https, or http on loopback (``fetch_url_problem``): an index's link may name anything
+    urllib opens, and a ``file:`` link with the sha256 of a file on this machine made that file
+    the published copy. At most ``MAX_DOWNLOAD`` bytes are read."""
+    shown = redact_url(url)
+    if (why := fetch_url_problem(url)) is not None:
+        raise PublishError(f"not fetched: {shown} {why}")
     request = urllib.request.Request(url)
     if credentials and _origin(url) == _origin(repository_url) and repository_url_problem(url) is None:
         token = base64.b64encode(f"{credentials['TWINE_USERNAME']}:{credentials['TWINE_PASSWORD']}".encode())
         request.add_header("Authorization", f"Basic {token.decode()}")
+    too_large = PublishError(f"{shown}: larger than {MAX_DOWNLOAD:,} bytes (packaging.MAX_DOWNLOAD); not read")
     with urllib.request.build_opener(_NoRedirects).open(request, timeout=timeout) as resp:
-        return resp.read()
+        if (resp.length or 0) > MAX_DOWNLOAD:  # the Content-Length it announces
+            raise too_large
+        data = resp.read(MAX_DOWNLOAD + 1)
+    if len(data) > MAX_DOWNLOAD:
+        raise too_large
+    return data
 
 
 def _published_links(repository_url: str, credentials: dict[str, str]) -> dict[str, str]:
@@ -265,7 +280,10 @@ def _published_links(repository_url: str, credentials: dict[str, str]) -> dict[s
         raise PublishError(f"{page}: unreachable ({exc}); cannot tell whether this version is published") from None
     links = {}
     for href in re.findall(r'href="([^"]+)"', text):
-        url, _, fragment = urllib.parse.urljoin(page, html.unescape(href)).partition("#")
+        try:
+            url, _, fragment = urllib.parse.urljoin(page, html.unescape(href)).partition("#")
+        except ValueError:  # not a URL (an unclosed [IPv6 bracket): a link nothing could follow
+            continue
         links[urllib.parse.unquote(url.rsplit("/", 1)[-1])] = url + (f"#{fragment}" if fragment.startswith(
             "sha256=") else "")
     return links

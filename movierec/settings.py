@@ -74,9 +74,22 @@ def repository_url_problem(url: str) -> str | None:
     if credentials:
         return ("must not hold credentials (they would be stored with the run and printed): set TWINE_USERNAME "
                 "and TWINE_PASSWORD instead")
-    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
-        return f"must be https:// (plain http only on loopback), got {url}"
-    return None
+    why = fetch_url_problem(url)
+    return None if why is None else f"{why}, got {url}"
+
+
+def fetch_url_problem(url: str) -> str | None:
+    """What is wrong with a URL publishing talks to (a repository, a link on its index), or None:
+    https, or plain http to this machine only, where nothing on the way can read or change it;
+    nothing else urllib would open (file:, ftp:, data:)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:  # e.g. an unclosed [IPv6 address]: urlsplit's message holds no part of the URL
+        return f"is not a valid URL ({exc})"
+    if parts.scheme == "https" or parts.scheme == "http" and host in LOOPBACK:
+        return None
+    return "must be https:// (plain http only on loopback)"
 
 
 def secret_source_problem(source: str) -> str | None:

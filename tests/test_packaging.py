@@ -520,3 +520,57 @@ def test_concurrent_index_rewrites_do_not_share_a_temporary_file(tmp_path):
     page = (tmp_path / "simple" / "movierec" / "index.html").read_text()
     assert page.count("<a href=") == 30 and page.endswith("</body></html>\n")
     assert sorted(p.name for p in (tmp_path / "simple").rglob("*")) == ["index.html", "index.html", "movierec"]
+
+
+@pytest.mark.parametrize("scheme", ["file", "ftp", "http-elsewhere"])
+def test_an_index_link_urllib_would_open_but_is_not_https_is_not_the_published_copy(scheme, tmp_path):
+    """A link was followed with urllib's default opener: a ``file:`` link with the sha256 of a file
+    on this machine made that file the published copy (and the install command's); ``ftp:`` and
+    plain http to another host went unencrypted."""
+    wheel = b"PK\x03\x04 a file on the publishing machine"
+    digest = hashlib.sha256(wheel).hexdigest()
+    local = tmp_path / "movierec-1.0-py3-none-any.whl"
+    local.write_bytes(wheel)
+    href = {"file": local.as_uri(), "ftp": "ftp://127.0.0.1/movierec-1.0-py3-none-any.whl",
+            "http-elsewhere": "http://example.com/movierec-1.0-py3-none-any.whl"}[scheme]
+    index_server, index_url = _serve(_link_page(f"{href}#sha256={digest}"))
+    try:
+        with pytest.raises(packaging.PublishError, match=r"not fetched: .* must be https:// \(plain http only on"):
+            packaging.published_copy(local.name, index_url + "/", tmp_path, tmp_path / "out", credentials={})
+    finally:
+        index_server.shutdown()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_download_past_the_cap_is_refused_not_read_into_memory(announced, tmp_path, monkeypatch):
+    """An index or wheel was read whole, however much the server sent. Over the cap: refused at
+    its Content-Length, or (sent without one, chunked) once it has read one byte more."""
+    monkeypatch.setattr(packaging, "MAX_DOWNLOAD", 1000)
+    wheel = b"PK\x03\x04" + b"x" * 1500
+    files = _file_server(wheel)
+    if not announced:
+        class Chunked(files):  # Transfer-Encoding: chunked, no Content-Length
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for start in range(0, len(wheel), 500):
+                    piece = wheel[start:start + 500]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+        files = Chunked
+    files_server, files_url = _serve(files)
+    name = "movierec-1.0-py3-none-any.whl"
+    index_server, index_url = _serve(_link_page(f"{files_url}/{name}#sha256={hashlib.sha256(wheel).hexdigest()}"))
+    try:
+        with pytest.raises(packaging.PublishError, match=r"larger than 1,000 bytes \(packaging.MAX_DOWNLOAD\)"):
+            packaging.published_copy(name, index_url + "/", tmp_path, tmp_path / "out", credentials={})
+        monkeypatch.setattr(packaging, "MAX_DOWNLOAD", len(wheel))  # exactly the cap: taken
+        assert packaging.published_copy(name, index_url + "/", tmp_path, tmp_path / "out", credentials={}
+                                        ).read_bytes() == wheel
+    finally:
+        files_server.shutdown()
+        index_server.shutdown()
