@@ -325,9 +325,11 @@ def deploys(argv: list[str] | None = None) -> bool:
 def step_decorators(step_name: str, config: object, compute: Compute | None, cluster: bool = False
                     ) -> dict[str, dict[str, object]]:
     """Metaflow step decorators (name -> arguments) for ``step_name`` from the ``config`` Config:
-    ``resources`` (see ``DeploySettings``), ``timeout``, publish's ``secrets`` (its repository
-    credentials, when a source is set), and where the steps run remotely (``compute``) the compute
-    decorator with the command line's options and the file's image, and ``retry``; in
+    ``resources`` (see ``DeploySettings``), ``timeout``, and where the steps run remotely
+    (``compute``) the compute decorator with the command line's options and the file's image,
+    ``retry``, and publish's ``secrets`` (its repository credentials, when a source is set: a local
+    run has TWINE_* in its own environment or the machine's AWS role, and Metaflow refuses a secret
+    that would overwrite a variable the environment already has, as a CI job that exports them); in
     RecommenderClusterFlow (``cluster``) train_on_cluster's nodes share the retrieval GPUs, and
     get the Ray token secret remotely."""
     remote = compute is not None
@@ -352,7 +354,7 @@ def step_decorators(step_name: str, config: object, compute: Compute | None, clu
         # Ray reads RAY_AUTH_MODE when imported, before @secrets has set the token in the task
         decorators["environment"] = {"vars": {"RAY_AUTH_MODE": "token"}}
         decorators["secrets"] = {"sources": [res["ray_token_secret"]]}
-    if step_name == "publish" and res["publish_secret"]:
+    if remote and step_name == "publish" and res["publish_secret"]:
         decorators["secrets"] = {"sources": [res["publish_secret"]]}
     return decorators
 

@@ -430,8 +430,9 @@ class DeploySettings:
                                     "RecommenderClusterFlow's Ray cluster share (Ray refuses a node without it); "
                                     "required to run that flow on Kubernetes or AWS Batch", check=secret_source_problem)
     publish_secret: str = setting("", "", "Metaflow @secrets source (<backend>.<id>) holding TWINE_USERNAME and "
-                                  "TWINE_PASSWORD for publish.repository_url, given to the publish step; empty: "
-                                  "publish reads them from its environment, or, for a CodeArtifact repository, gets "
+                                  "TWINE_PASSWORD for publish.repository_url, given to the publish step on Kubernetes "
+                                  "or AWS Batch (a local run reads its own environment); empty: publish reads them "
+                                  "from its environment, or, for a CodeArtifact repository, gets "
                                   "a token with the step's own AWS role", check=secret_source_problem)
 
 

@@ -188,7 +188,7 @@ def test_remote_steps_run_in_the_files_image_with_the_command_lines_options_and_
     """Without `:image=` every step compiled to Metaflow's python:3.11 (no torch, no Ray): the
     image is the file's deploy.image, added with the options `--with kubernetes:...` gave (which
     Metaflow then ignores for steps that have the decorator); the publish step gets its
-    repository credentials from the configured @secrets source, wherever it runs."""
+    repository credentials from the configured @secrets source, on Kubernetes and on Batch."""
     config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "deploy.image": IMAGE,
                               "deploy.publish_secret": "aws-secrets-manager.movierec-pypi"})
     compute = flowconfig.Compute("kubernetes", {"service_account": "movierec", "namespace": "ml"})
@@ -197,10 +197,9 @@ def test_remote_steps_run_in_the_files_image_with_the_command_lines_options_and_
         "kubernetes": {"service_account": "movierec", "namespace": "ml", "image": IMAGE},
         "retry": {"times": 2, "minutes_between_retries": 1},
         "secrets": {"sources": ["aws-secrets-manager.movierec-pypi"]}}
-    assert flowconfig.step_decorators("publish", config, flowconfig.Compute("batch"))["batch"] == {"image": IMAGE}
-    assert flowconfig.step_decorators("publish", config, None) == {
-        "resources": {"cpu": 2, "memory": 8192}, "timeout": {"hours": 24},
-        "secrets": {"sources": ["aws-secrets-manager.movierec-pypi"]}}
+    on_batch = flowconfig.step_decorators("publish", config, flowconfig.Compute("batch"))
+    assert on_batch["batch"] == {"image": IMAGE} and on_batch["secrets"] == {
+        "sources": ["aws-secrets-manager.movierec-pypi"]}
     assert "secrets" not in flowconfig.step_decorators("evaluate", config, compute)
 
 
@@ -406,3 +405,16 @@ def test_a_remote_run_needs_a_repository_url_from_the_file_or_the_command_line(m
     flowconfig.settings_of(_Flow({"deploy.image": IMAGE}, {"publish.repository_url": "https://pypi.example/movierec/"}))
     with pytest.raises(MetaflowException, match=r"publish.repository_url \(--repository-url\) is required"):
         flowconfig.settings_of(_Flow({"deploy.image": IMAGE}, {}))
+
+
+def test_a_local_run_publishes_with_its_own_environment_not_the_publish_secret():
+    """The publish secret was given to a local run's publish step too: @secrets then refused the
+    run where TWINE_* were already exported (a CI job, as buildspec.yml does: "Secret ... will
+    inject 'TWINE_USERNAME' as env var, but it already exists in env"), and a laptop needed the
+    secret backend's credentials for what its own TWINE_* or AWS role already did."""
+    config = flowconfig.nest({**{s.key: s.default for s in SETTINGS}, "deploy.image": IMAGE,
+                              "deploy.publish_secret": "aws-secrets-manager.movierec-pypi"})
+    assert flowconfig.step_decorators("publish", config, None) == {
+        "resources": {"cpu": 2, "memory": 8192}, "timeout": {"hours": 24}}
+    remote = flowconfig.step_decorators("publish", config, flowconfig.Compute("kubernetes", {}))
+    assert remote["secrets"] == {"sources": ["aws-secrets-manager.movierec-pypi"]}
