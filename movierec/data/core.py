@@ -62,7 +62,7 @@ ML100K_SHA256 = {
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
 }
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "ml-100k"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "ml-100k"
 
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
@@ -1092,6 +1092,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
