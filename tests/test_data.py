@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 
 from movierec import data, synthetic
-from movierec.data import DataError, core
+from movierec.data import DataError, layouts
 from movierec.settings import ColumnSettings
 
 REAL_ML100K = Path(__file__).parent.parent / "data" / "ml-100k"
@@ -660,7 +660,7 @@ def test_concurrent_first_loads_all_succeed_and_leave_one_cache(csv_dir: Path):
 def test_a_cache_written_by_an_older_loader_is_not_read(csv_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """A cache of the format before duplicates were dropped broke every load (KeyError in meta.json):
     the format is part of the cache key, so an older format's cache is never read."""
-    monkeypatch.setattr(core, "CACHE_FORMAT", 1)
+    monkeypatch.setattr(layouts, "CACHE_FORMAT", 1)
     data.load_dataset(csv_dir)
     (old,) = (csv_dir / ".parquet-cache").iterdir()
     (old / "meta.json").write_text('{"name": "ml-tiny", "layout": "grouplens-csv"}')  # as format 1 wrote it
