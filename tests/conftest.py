@@ -48,6 +48,19 @@ for _name, _original in _TYPING.items():
     else:
         setattr(typing, _name, _original)
 
+# after Metaflow's environment above: it imports movierec.data
+from data_samples import (  # noqa: E402
+    MOVIES_CSV,
+    MOVIES_DAT,
+    RATINGS_CSV,
+    RATINGS_DAT,
+    RB_INTER,
+    RB_ITEM,
+    RB_USER,
+    USERS_DAT,
+    _write,
+)
+
 ML100K = Path(__file__).resolve().parent.parent / "data" / "ml-100k"
 FLOW = str(Path(__file__).resolve().parent.parent / "flows" / "recommender_flow.py")
 BUDGET = {"retrieval_epochs": 3, "tune_samples": 2, "tune_epochs": 2, "n_trees": 20}
@@ -98,6 +111,24 @@ def ml100k_dir() -> Path:
     if not (ML100K / "ml-100k.inter").exists():
         pytest.skip("ML-100K not fetched: run `make data`")
     return ML100K
+
+
+# Small folders of three layouts, shared by the tests of movierec.data (sample files: tests/data_samples.py).
+@pytest.fixture
+def csv_dir(tmp_path: Path) -> Path:
+    return _write(tmp_path / "ml-tiny", {"ratings.csv": RATINGS_CSV, "movies.csv": MOVIES_CSV})
+
+
+@pytest.fixture
+def ml1m_dir(tmp_path: Path) -> Path:
+    files = {"ratings.dat": RATINGS_DAT, "movies.dat": MOVIES_DAT.encode("latin-1"), "users.dat": USERS_DAT}
+    return _write(tmp_path / "ml-1m", files)
+
+
+@pytest.fixture
+def recbole_dir(tmp_path: Path) -> Path:
+    files = {"ml-100k.inter": RB_INTER, "ml-100k.item": RB_ITEM, "ml-100k.user": RB_USER}
+    return _write(tmp_path / "ml-100k", files)
 
 
 def tiny_stages(enc):
