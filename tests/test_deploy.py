@@ -40,7 +40,8 @@ def configuration(**sections: dict) -> str:
 INDEX = configuration()
 BUCKET = "movierec-ci"
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/movierec"
-MODULES = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "movierec").glob("*.py"))
+PACKAGE = Path(__file__).resolve().parents[1] / "movierec"
+MODULES = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py"))  # subpackages' too (data/)
 
 
 @pytest.fixture(scope="module")

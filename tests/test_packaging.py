@@ -81,6 +81,7 @@ def test_wheel_holds_code_bundle_and_console_script(wheel):
     for f in KNOWN_FILES:  # the tiny bundle carries per-user data and both ONNX graphs
         assert f"movierec/bundle/{f}" in names
     assert "movierec/serving.py" in names and "movierec/cli.py" in names
+    assert {"movierec/data/__init__.py", "movierec/data/core.py", "movierec/data/__main__.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n]
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(wheel).read(meta).decode()
