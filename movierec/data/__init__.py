@@ -1,7 +1,6 @@
 """Loading movie ratings into one normalised shape: the public face of the package.
 
-Every source ends up as a :class:`Dataset` of three Arrow tables with fixed schemas. The package's
-modules, each imported here and nowhere re-implemented:
+Every source ends up as a :class:`Dataset` of three Arrow tables with fixed schemas. The modules:
 
 - ``core``: :class:`Dataset`, the schemas, :class:`DataError`, the checks every reader shares,
   tidying (duplicates), and joining the ratings users sent (:func:`with_feedback`);

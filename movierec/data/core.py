@@ -67,13 +67,14 @@ class Dataset:
     feedback: pa.Table = field(default_factory=RATINGS_SCHEMA.empty_table)
     feedback_keys: list[dict] = field(default_factory=list)  # the store's rows per API key (with_feedback)
 
-    def _meta(self) -> dict:
+    def meta(self) -> dict:
+        """What the tables do not hold, as JSON: kept with them in the artifact and the Parquet cache."""
         return {"name": self.name, "duplicates_dropped": self.duplicates_dropped, "warnings": self.warnings,
                 "implicit": self.implicit, "feedback_keys": self.feedback_keys}
 
     def to_bytes(self) -> dict[str, bytes]:
         """Parquet bytes per table: a compact, library-independent Metaflow artifact."""
-        out = {"meta": json.dumps(self._meta()).encode()}
+        out = {"meta": json.dumps(self.meta()).encode()}
         for key in ("ratings", "items", "users", "feedback"):
             sink = pa.BufferOutputStream()
             pq.write_table(getattr(self, key), sink)

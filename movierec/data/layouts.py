@@ -71,7 +71,7 @@ def _write_cache(d: Path, cache_dir: Path, dataset: Dataset, layout: str) -> Non
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the cache from others sharing the data folder
         for key in ("ratings", "items", "users"):
             pq.write_table(getattr(dataset, key), tmp / f"{key}.parquet")
-        (tmp / "meta.json").write_text(json.dumps({**dataset._meta(), "layout": layout}))
+        (tmp / "meta.json").write_text(json.dumps({**dataset.meta(), "layout": layout}))
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.parent.iterdir():  # caches of earlier versions of the files
             if stale.name != cache_dir.name:
