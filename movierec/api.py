@@ -522,7 +522,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     return app
 
 
-def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = BODY_TIMEOUT,
+def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, *, body_timeout: float = BODY_TIMEOUT,
           store: InteractionStore | None = None, access: Access | None = None) -> None:
     """Serve until interrupted. The loaded model and app are moved out of the garbage collector's
     sight first (``gc.freeze``): otherwise every full collection walks them again, which showed up
