@@ -223,7 +223,7 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
     from movierec.sources import interactions
 
     fit_idx, val_idx = validation_split(data_split.split.train, settings)
-    fit, val = Interactions.of(data_split.enc, fit_idx), Interactions.of(data_split.enc, val_idx)
+    fit, val = (Interactions.of(data_split.enc, rows, stars=False) for rows in (fit_idx, val_idx))
     users = np.unique(val.users)
     seen = fit.csr()
     history = interactions(fit.users, fit.items, fit.n_users, fit.n_items)

@@ -366,8 +366,9 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
     blend = {}
     if search.blend:
         model = RatingModel.from_state(dict(enc.vocab_sizes), params, state_from_bytes(state))
-        blend = _blend(model, Interactions.of(enc, trial_idx), Interactions.of(enc, fit_idx),
-                       Interactions.of(enc, val_idx), settings)
+        fit = Interactions.of(enc, fit_idx)
+        search = fit if trial_idx is fit_idx else Interactions.of(enc, trial_idx)  # one copy when not sampled
+        blend = _blend(model, search, fit, Interactions.of(enc, val_idx), settings)
         state = state_to_bytes(model)
     return RankingResult(state=state, params=params, sizes=dict(enc.vocab_sizes),
                          val_rmse=float(best.metrics_dataframe["val_rmse"].min()), trials=trials, curves=curves,

@@ -300,7 +300,7 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
     # LightGCN learns from the interactions alone: only the two-tower model takes features.
     user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
                               if cfg.model == "two_tower" else ({}, {}))
-    fit = Interactions.of(enc, fit_idx)
+    fit = Interactions.of(enc, fit_idx, stars=False)
     seen_ptr, seen = fit.csr()
     data = {
         "users": fit.users,

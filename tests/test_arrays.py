@@ -20,6 +20,7 @@ def test_of_encoded_rows_gives_their_pairs_stars_and_sizes(small_encoded):
     np.testing.assert_array_equal(got.ratings, enc.rating[rows])
     assert (got.n_users, got.n_items, len(got)) == (enc.n_users, enc.n_items, 3)
     assert len(Interactions.of(enc)) == len(enc.user_idx)  # default: every rating
+    assert Interactions.of(enc, rows, stars=False).ratings is None
 
 
 def test_csr_is_each_users_movies_and_subset_keeps_the_index_spaces():
