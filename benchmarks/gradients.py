@@ -68,7 +68,7 @@ def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
                 dist.destroy_process_group()
                 return
             u, v = net(users[idx], items[idx])
-            loss = in_batch_loss(u, v, items[idx], log_q, 0.2)
+            loss = in_batch_loss(u, v, items[idx], log_q, temperature=0.2)
             opt.zero_grad()
             loss.backward()
             if mode == "movierec":

@@ -151,7 +151,7 @@ def validation_split(enc: Encoded, train: np.ndarray, protocol: str, seed: int) 
     """A carve-out of the training ratings drawn as the protocol draws its test split."""
     p = get_protocol(protocol)
     inner = split_ratings(enc.user_idx[train], enc.item_idx[train], enc.timestamp[train], p.split_method,
-                          p.test_fraction, seed)
+                          p.test_fraction, seed=seed)
     return Split(train[inner.train], train[inner.test], inner.method, inner.dropped_test)
 
 

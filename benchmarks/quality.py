@@ -21,6 +21,7 @@ from pathlib import Path
 from results import emit, markdown_table, mean_std
 
 from movierec import baselines, data, pipeline
+from movierec.arrays import Interactions
 from movierec.evaluation import Evaluator
 from movierec.features import encode
 from movierec.protocols import PROTOCOLS
@@ -70,11 +71,11 @@ def evaluate_once(enc, protocol: str, seed: int, args: argparse.Namespace, stora
             recall = {**report.recall, "union size": report.union_size}
         else:  # its two-stage row by name, and its retrieval-only row
             rows += [{**report.rows[0], "model": "two-stage (LightGCN, exact retrieval)"}, report.rows[2]]
-    u, i, r = enc.user_idx[split.train], enc.item_idx[split.train], enc.rating[split.train]
+    train = Interactions.of(enc, split.train)
     test_u, test_i = enc.user_idx[split.test], enc.item_idx[split.test]
     for name, model in [
-        ("global mean + biases", baselines.biases(u, i, r, enc.n_users, enc.n_items)),
-        ("matrix factorisation", baselines.matrix_factorization(u, i, r, enc.n_users, enc.n_items, seed=seed)),
+        ("global mean + biases", baselines.biases(train)),
+        ("matrix factorisation", baselines.matrix_factorization(train, seed=seed)),
     ]:
         rows.append(evaluator.factorized_row(name, model.user_vecs, model.item_vecs, model.predict(test_u, test_i)))
     return rows, recall

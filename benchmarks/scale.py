@@ -84,7 +84,7 @@ def data_part(n: int) -> str:
 
 def eval_part(n: int, loop_users: int = 2000, dim: int = 64) -> str:
     enc = encode(synthetic.ml20m_like(n))
-    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, 42)
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=42)
     ev = Evaluator(enc, split)
     rng = np.random.default_rng(0)
     user_vecs = rng.normal(size=(enc.n_users, dim)).astype(np.float32)

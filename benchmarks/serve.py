@@ -179,7 +179,7 @@ def _seconds(text: str) -> float:
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
 
 
-def over_http(rec: Recommender, model_arg: str, duration: int, connections: int, lua: str = WRK_READ,
+def over_http(rec: Recommender, model_arg: str, duration: int, connections: int, *, lua: str = WRK_READ,
               baseline: Path | None = None) -> dict:
     """wrk's figures for the ``lua`` script (GET recommendations, or POST /ratings: ``WRK_WRITE``) against
     `movierec serve` over ``model_arg`` (from the ``baseline`` checkout: without the access options,
@@ -286,14 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         rec, model_arg = load(args.model, "numpy")
         if args.baseline is None:
             http_rows.append(http_row("POST /ratings (SQLite)", "numpy",
-                                      over_http(rec, model_arg, args.duration, args.connections, WRK_WRITE)))
+                                      over_http(rec, model_arg, args.duration, args.connections, lua=WRK_WRITE)))
         else:  # side by side, alternating, so a machine's changing load weighs on both alike
             for _ in range(args.rounds):
                 for request, lua in (("GET recommendations", WRK_READ), ("POST /ratings (SQLite)", WRK_WRITE)):
                     for tree in (args.baseline, None):
                         http_rows.append(http_row(f"{request}, {'baseline' if tree else 'this checkout'}", "numpy",
-                                                  over_http(rec, model_arg, args.duration, args.connections, lua,
-                                                            tree)))
+                                                  over_http(rec, model_arg, args.duration, args.connections, lua=lua,
+                                                            baseline=tree)))
         rows.sort(key=lambda r: r["query"])  # each query's backends side by side
         text = ("## Serving (`benchmarks/serve.py --parts latency`)\n\n" + model + "\n\nIn process, one thread:\n\n"
                 + markdown_table(rows, ["query", "backend", "calls", "p50 ms", "p99 ms", "mean ms"])

@@ -143,7 +143,7 @@ def two_tower(enc, users: torch.Tensor, items: torch.Tensor, setup: Setup) -> Tr
 
     def retrieval_loss(idx: torch.Tensor) -> torch.Tensor:
         u, v = towers(users[idx], items[idx])
-        return loss_fn(u, v, items[idx], log_q, cfg.temperature, setup.negatives)
+        return loss_fn(u, v, items[idx], log_q, temperature=cfg.temperature, negatives=setup.negatives)
 
     return Trainer(f"two-tower retrieval, {setup.label()}", towers, retrieval_loss,
                    SparseDenseAdam(towers, cfg.learning_rate(setup.batch), cfg.weight_decay), setup.bf16)
@@ -172,7 +172,7 @@ def flops_per_example(trainer: Trainer, batch: torch.Tensor) -> float:
     return counter.get_total_flops() / len(batch)
 
 
-def throughput(trainer: Trainer, n: int, batch_size: int, steps: int, device: torch.device, warmup: int = 5
+def throughput(trainer: Trainer, n: int, batch_size: int, steps: int, *, device: torch.device, warmup: int = 5
                ) -> float:
     """Median examples/s of ``steps`` steps after ``warmup`` untimed ones."""
     gen = torch.Generator().manual_seed(1)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     def measure(trainer: Trainer, batch_size: int, note: str = "", counted: Trainer | None = None) -> None:
         """One row; FLOPs are counted on ``counted`` (an uncompiled twin), as compiled code hides them."""
         flops = flops_per_example(counted or trainer, torch.randint(0, len(users), (batch_size,), device=device))
-        speed = throughput(trainer, len(users), batch_size, args.steps, device)
+        speed = throughput(trainer, len(users), batch_size, args.steps, device=device)
         achieved = flops * speed / 1e9
         rows.append({"model": trainer.name, "flow default": note, "MFLOP per example": f"{flops / 1e6:.2f}",
                      "examples/s": f"{speed:,.0f}", "GFLOP/s": f"{achieved:.1f}",

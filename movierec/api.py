@@ -24,6 +24,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from typing import Annotated, TypeVar
 
@@ -477,8 +478,8 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
                        "leave it out and the server stamps the time"}])
         # A worker thread: a write may wait on another writer's lock (SQLite's busy timeout, a
         # PostgreSQL round trip), which on the event loop would stall every other request.
-        change = await breaker.call(breaker.store.rate, body.user_id, body.movie_id, body.rating, body.timestamp,
-                                    key.id)
+        change = await breaker.call(partial(breaker.store.rate, body.user_id, body.movie_id, body.rating,
+                                            timestamp=body.timestamp, written_by=key.id))
         return Stored(stored=change.stored, correction=change.correction, previous_rating=change.previous,
                       timestamp=change.timestamp)
 
@@ -522,7 +523,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     return app
 
 
-def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, body_timeout: float = BODY_TIMEOUT,
+def serve(rec: Recommender, host: str = "127.0.0.1", port: int = 8000, *, body_timeout: float = BODY_TIMEOUT,
           store: InteractionStore | None = None, access: Access | None = None) -> None:
     """Serve until interrupted. The loaded model and app are moved out of the garbage collector's
     sight first (``gc.freeze``): otherwise every full collection walks them again, which showed up

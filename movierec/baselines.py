@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from movierec.arrays import Interactions
 from movierec.nn import batches
 
 
@@ -33,10 +34,10 @@ class Factorized:
         return np.clip(pred, 0.5, 5.0)
 
 
-def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int, *,
-           reg: float = 10.0, iterations: int = 10) -> Factorized:
+def biases(train: Interactions, *, reg: float = 10.0, iterations: int = 10) -> Factorized:
     """Global mean + regularised user and item biases, fitted by alternating least squares
     (Koren's baseline predictor). Ranks movies by item bias: popularity by quality."""
+    users, items, ratings, n_users, n_items = train.users, train.items, train.stars(), train.n_users, train.n_items
     mu = float(ratings.mean())
     bu, bi = np.zeros(n_users), np.zeros(n_items)
     n_u = np.bincount(users, minlength=n_users)
@@ -44,14 +45,15 @@ def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: i
     for _ in range(iterations):
         bi = np.bincount(items, weights=ratings - mu - bu[users], minlength=n_items) / (n_i + reg)
         bu = np.bincount(users, weights=ratings - mu - bi[items], minlength=n_users) / (n_u + reg)
-    return Factorized(np.ones((n_users, 1), np.float32), bi[:, None].astype(np.float32), mu, bu, bi)
+    return Factorized(user_vecs=np.ones((n_users, 1), np.float32), item_vecs=bi[:, None].astype(np.float32),
+                      global_mean=mu, user_bias=bu, item_bias=bi)
 
 
-def matrix_factorization(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int,
-                         *, dim: int = 32, epochs: int = 20, lr: float = 5e-3, weight_decay: float = 0.1,
-                         batch_size: int = 1024, seed: int = 42) -> Factorized:
+def matrix_factorization(train: Interactions, *, dim: int = 32, epochs: int = 20, lr: float = 5e-3,
+                         weight_decay: float = 0.1, batch_size: int = 1024, seed: int = 42) -> Factorized:
     """Biased matrix factorisation (Funk SVD) trained on squared error with Adam and L2 on the
     parameters a batch touches. Ranks movies by item bias + factor dot product."""
+    users, items, ratings, n_users, n_items = train.users, train.items, train.stars(), train.n_users, train.n_items
     torch.manual_seed(seed)
     p = torch.nn.Parameter(torch.randn(n_users, dim) * 0.05)
     q = torch.nn.Parameter(torch.randn(n_items, dim) * 0.05)
@@ -73,4 +75,5 @@ def matrix_factorization(users: np.ndarray, items: np.ndarray, ratings: np.ndarr
     P, Q, BU, BI = (t.detach().numpy() for t in (p, q, bu, bi))
     user_vecs = np.hstack([P, np.ones((n_users, 1), np.float32)])
     item_vecs = np.hstack([Q, BI[:, None]])
-    return Factorized(user_vecs, item_vecs, mu, BU, BI, P, Q)
+    return Factorized(user_vecs=user_vecs, item_vecs=item_vecs, global_mean=mu, user_bias=BU, item_bias=BI,
+                      user_factors=P, item_factors=Q)

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"movierec: no active API key in {args.keys}, so every POST /ratings gets 401: "
                       f"movierec keys add --keys {args.keys} --users RANGES (or --backend) makes one",
                       file=sys.stderr, flush=True)
-            serve(rec, args.host, args.port, args.body_timeout, store, access)
+            serve(rec, args.host, args.port, body_timeout=args.body_timeout, store=store, access=access)
         elif args.command == "predict":
             print(f"{rec.predict_rating(args.user, args.movie):.2f}")
         else:

@@ -152,7 +152,7 @@ def stop_session_processes(session: str, grace_s: float = 10.0) -> int:
     return len(mine)
 
 
-def storage_path(flow: str, run_id: str, step: str, attempt: int = 0, datastore: str = "local",
+def storage_path(flow: str, run_id: str, step: str, attempt: int = 0, *, datastore: str = "local",
                  root: str | None = None) -> str:
     """Where a step's Ray results go, one place per run, step and attempt (a retried step starts
     afresh): in the run's ``datastore`` when it is S3 or Google Cloud Storage (as on Kubernetes and

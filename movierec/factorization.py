@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from movierec.arrays import Interactions
+
 
 @dataclass
 class BiasedMF:
@@ -36,7 +38,7 @@ class BiasedMF:
         return np.clip(raw, 0.5, 5.0)
 
 
-def _half_step(rows: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_rows: int, other: np.ndarray,
+def _half_step(rows: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_rows: int, *, other: np.ndarray,
                other_bias: np.ndarray, reg: float) -> tuple[np.ndarray, np.ndarray]:
     """Factors and biases of every row given the other side fixed: for each row, ridge regression
     of its residual ratings on the other side's [factors, 1], penalty ``reg`` x its count.
@@ -59,19 +61,21 @@ def _half_step(rows: np.ndarray, cols: np.ndarray, targets: np.ndarray, n_rows: 
     return solved[:, :k], solved[:, k]
 
 
-def fit_biased_mf(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int, *,
-                  factors: int = 32, regularization: float = 0.05, iterations: int = 10, seed: int = 0) -> BiasedMF:
+def fit_biased_mf(ratings: Interactions, *, factors: int = 32, regularization: float = 0.05, iterations: int = 10,
+                  seed: int = 0) -> BiasedMF:
     """ALS-WR on (user, movie, stars) triples; movie factors start small and random, each
     iteration solves every user, then every movie."""
-    mean = float(ratings.mean())
-    centred = ratings.astype(np.float64) - mean
-    q = np.random.default_rng(seed).normal(scale=0.1, size=(n_items, factors))
-    bi = np.zeros(n_items)
+    users, items, stars = ratings.users, ratings.items, ratings.stars()
+    mean = float(stars.mean())
+    centred = stars.astype(np.float64) - mean
+    q = np.random.default_rng(seed).normal(scale=0.1, size=(ratings.n_items, factors))
+    bi = np.zeros(ratings.n_items)
     for _ in range(iterations):
-        p, bu = _half_step(users, items, centred, n_users, q, bi, regularization)
-        q, bi = _half_step(items, users, centred, n_items, p, bu, regularization)
-    return BiasedMF(mean, bu.astype(np.float32), bi.astype(np.float32), p.astype(np.float32), q.astype(np.float32),
-                    regularization)
+        p, bu = _half_step(users, items, centred, ratings.n_users, other=q, other_bias=bi, reg=regularization)
+        q, bi = _half_step(items, users, centred, ratings.n_items, other=p, other_bias=bu, reg=regularization)
+    return BiasedMF(mean=mean, user_bias=bu.astype(np.float32), item_bias=bi.astype(np.float32),
+                    user_factors=p.astype(np.float32), item_factors=q.astype(np.float32),
+                    regularization=regularization)
 
 
 def blend_weight(first: np.ndarray, second: np.ndarray, truth: np.ndarray) -> float:

@@ -19,14 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from movierec.arrays import Interactions
 from movierec.nn import sparse_mm
 
 
-def normalized_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:
-    """Symmetric ``D^-1/2 A D^-1/2`` of the bipartite graph, users first then movies, as sparse CSR.
-    Repeated (user, movie) pairs count once."""
+def normalized_adjacency(edges: Interactions) -> torch.Tensor:
+    """Symmetric ``D^-1/2 A D^-1/2`` of the bipartite graph of the ``edges`` pairs, users first
+    then movies, as sparse CSR. Repeated (user, movie) pairs count once."""
+    n_users, n_items = edges.n_users, edges.n_items
     n = n_users + n_items
-    pairs = np.unique(users.astype(np.int64) * n_items + items, return_index=False)
+    pairs = np.unique(edges.users.astype(np.int64) * n_items + edges.items, return_index=False)
     u, i = pairs // n_items, pairs % n_items + n_users
     rows, cols = np.concatenate([u, i]), np.concatenate([i, u])
     degree = np.bincount(rows, minlength=n).astype(np.float64)

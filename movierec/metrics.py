@@ -12,7 +12,7 @@ import numpy as np
 KS = (1, 5, 10, 50, 100)
 
 
-def target_ranks(user_vecs: np.ndarray, item_vecs: np.ndarray, users: np.ndarray, items: np.ndarray,
+def target_ranks(user_vecs: np.ndarray, item_vecs: np.ndarray, users: np.ndarray, items: np.ndarray, *,
                  cap: int = max(KS), chunk: int = 1024) -> np.ndarray:
     """0-based rank of each (user, item) pair's item among all items by dot product; ranks of
     ``cap`` or more are reported as ``cap`` (top-K accuracy needs nothing beyond the largest K).

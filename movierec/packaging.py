@@ -227,7 +227,7 @@ def upload(wheel: Path, repository_url: str, credentials: dict[str, str] | None 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """urllib keeps an Authorization header across a redirect to another host; don't follow any."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: PLR0917 (urllib calls it so)
         raise PublishError(f"{req.full_url} redirected ({code}) to {newurl}: not followed, so the credentials "
                            "stay with the repository they are for; give the final URL as --repository-url")
 
@@ -470,7 +470,8 @@ def publish(bundle: bytes, settings: PublishSettings) -> tuple[Publication, byte
         install = install_command(version, wheel, repository_url, index_dir, credentials)
         print(f"[publish] movierec {version} {'uploaded to' if uploaded else 'already in'} {where}", flush=True)
         blob = wheel.read_bytes()
-    return Publication(version, wheel.name, sha256(blob), len(blob), where, install, uploaded), blob
+    return Publication(version=version, wheel=wheel.name, sha256=sha256(blob), size=len(blob), repository=where,
+                       install_command=install, uploaded=uploaded), blob
 
 
 def main(argv: list[str] | None = None) -> int:

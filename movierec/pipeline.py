@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from metaflow.exception import MetaflowException
 
-from movierec import arrays, data, metrics, synthetic
+from movierec import data, metrics, synthetic
+from movierec.arrays import Interactions
 from movierec.cluster import CLUSTER_HEAD_PORT, ray_session, session_dir, stop_session_processes, storage_path
 from movierec.features import Encoded, encode
 from movierec.flowconfig import runs_remotely
@@ -105,7 +106,7 @@ def split_for(enc: Encoded, protocol: str, seed: int, n_base: int | None = None)
     p = get_protocol(protocol)
     n_base = len(enc.user_idx) if n_base is None else n_base
     base = split_ratings(enc.user_idx[:n_base], enc.item_idx[:n_base], enc.timestamp[:n_base], p.split_method,
-                         p.test_fraction, seed)
+                         p.test_fraction, seed=seed)
     return join_training(base, enc.user_idx, enc.item_idx, enc.timestamp, n_base)
 
 
@@ -126,8 +127,8 @@ def ray_storage(flow: FlowSpec) -> str:
     from metaflow import current
 
     store = flow._datastore
-    return storage_path(current.flow_name, current.run_id, current.step_name, current.retry_count, store.TYPE,
-                        store._storage_impl.datastore_root)
+    return storage_path(current.flow_name, current.run_id, current.step_name, current.retry_count,
+                        datastore=store.TYPE, root=store._storage_impl.datastore_root)
 
 
 def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, beside_tuning: bool = False
@@ -221,23 +222,22 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
     from movierec.retrieval import validation_split
     from movierec.sources import interactions
 
-    enc = data_split.enc
     fit_idx, val_idx = validation_split(data_split.split.train, settings)
-    fit_users, fit_items = enc.user_idx[fit_idx], enc.item_idx[fit_idx]
-    users = np.unique(enc.user_idx[val_idx])
-    seen = arrays.csr(fit_users, fit_items, enc.n_users)
-    history = interactions(fit_users, fit_items, enc.n_users, enc.n_items)
+    fit, val = (Interactions.of(data_split.enc, rows, stars=False) for rows in (fit_idx, val_idx))
+    users = np.unique(val.users)
+    seen = fit.csr()
+    history = interactions(fit.users, fit.items, fit.n_users, fit.n_items)
     rate = stages.rater()
-    popularity = np.bincount(fit_items, minlength=enc.n_items)
+    popularity = np.bincount(fit.items, minlength=fit.n_items)
     parts = []
     for part in np.array_split(users, max(1, -(-len(users) // 1024))):  # [users, movies] scores a chunk at a time
         parts.append(candidates(part, stages.scores(part, history[part], stages.sources.tuning), seen,
-                                rate, popularity, settings.ranker.candidates))
+                                rate, popularity, n=settings.ranker.candidates))
     cands = concat(parts)
-    keys = metrics.relevant_keys(enc.user_idx[val_idx], enc.item_idx[val_idx], enc.n_items)
+    keys = metrics.relevant_keys(val.users, val.items, val.n_items)
     with ray_session(settings.ray):
-        return search(cands, users, keys, enc.n_items, settings.ranker.candidates, settings.seed, storage,
-                      settings.ray.num_cpus)
+        return search(cands, users, keys, val.n_items, settings.ranker.candidates, seed=settings.seed,
+                      storage_path=storage, concurrency=settings.ray.num_cpus)
 
 
 def evaluate(data_split: DataSplit, stages: TwoStage) -> Report:

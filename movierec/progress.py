@@ -23,7 +23,7 @@ class Progress:
     """``p = Progress(total, "[train] epoch 1/3")``, then ``p.update(n)`` as work is done; quiet
     for short work, since nothing is printed before ``every`` seconds have passed."""
 
-    def __init__(self, total: int, label: str, unit: str = "examples", every: float = 10.0, width: int = 20,
+    def __init__(self, total: int, label: str, *, unit: str = "examples", every: float = 10.0, width: int = 20,
                  stream: TextIO | None = None):
         self.total, self.label, self.unit, self.every, self.width = max(1, total), label, unit, every, width
         self.stream = stream or sys.stdout

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from movierec.arrays import Interactions
 from movierec.factorization import BiasedMF, blend_weight, fit_biased_mf
 from movierec.features import Encoded
 from movierec.metrics import rmse
@@ -66,7 +67,7 @@ def combine(user: tuple[torch.Tensor, ...], item: tuple[torch.Tensor, ...], rest
 
 
 class RatingModel(nn.Module):
-    def __init__(self, sizes: dict[str, int], user_feats, item_feats, global_mean: float,
+    def __init__(self, sizes: dict[str, int], user_feats, item_feats, global_mean: float, *,
                  dim: int = 32, hidden: int = 64, dropout: float = 0.1):
         super().__init__()
         self.user = UserEncoder(sizes, user_feats, dim)
@@ -140,7 +141,7 @@ class RatingModel(nn.Module):
     @classmethod
     def from_state(cls, sizes: dict[str, int], params: dict, state: dict) -> RatingModel:
         model = cls(sizes, features_from_state(state, "user."), features_from_state(state, "item."),
-                    float(state["global_mean"]), params["dim"], params["hidden"], params["dropout"])
+                    float(state["global_mean"]), dim=params["dim"], hidden=params["hidden"], dropout=params["dropout"])
         if "blend_weight" in state:
             _check_blend(state, sizes["user"], sizes["item"])
             model.attach_blend(BiasedMF(float(state["mf_mean"][0]), *(state[k].numpy() for k in (
@@ -230,7 +231,7 @@ def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
     device = training_device(plan.resources().get("gpu", 0))
     torch.manual_seed(plan.seed)
     model = RatingModel(data["sizes"], data["user_features"], data["item_features"], data["global_mean"],
-                        params["dim"], params["hidden"], params["dropout"]).to(device)
+                        dim=params["dim"], hidden=params["hidden"], dropout=params["dropout"]).to(device)
     opt = SparseDenseAdam(model, params["lr"], params["weight_decay"])
     users, items = index_tensor(data["users"]).to(device), index_tensor(data["items"]).to(device)
     ratings = torch.tensor(data["ratings"], device=device)  # a copy: arrays from Ray's object store are read-only
@@ -365,36 +366,38 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
     blend = {}
     if search.blend:
         model = RatingModel.from_state(dict(enc.vocab_sizes), params, state_from_bytes(state))
-        blend = _blend(model, enc, trial_idx, fit_idx, val_idx, settings)
+        fit = Interactions.of(enc, fit_idx)
+        search = fit if trial_idx is fit_idx else Interactions.of(enc, trial_idx)  # one copy when not sampled
+        blend = _blend(model, search, fit, Interactions.of(enc, val_idx), settings)
         state = state_to_bytes(model)
     return RankingResult(state=state, params=params, sizes=dict(enc.vocab_sizes),
                          val_rmse=float(best.metrics_dataframe["val_rmse"].min()), trials=trials, curves=curves,
                          blend=blend)
 
 
-def _blend(model: RatingModel, enc: Encoded, search_idx: np.ndarray, fit_idx: np.ndarray, val_idx: np.ndarray,
-           settings: Settings) -> dict:
-    """Fit biased MF on ``search_idx`` (the Tune trials' ratings: all training ratings, or a
-    sample on large data) for each regularisation of the grid, each with its least-squares blend
-    weight on the validation ratings; refit the best on all of ``fit_idx`` when that is more (the
-    penalty is per rating, so it carries); attach the blend to ``model`` and say what was tried."""
+def _blend(model: RatingModel, search: Interactions, fit: Interactions, val: Interactions, settings: Settings
+           ) -> dict:
+    """Fit biased MF on ``search`` (the Tune trials' ratings: all training ratings, or a sample
+    on large data) for each regularisation of the grid, each with its least-squares blend weight
+    on the ``val`` ratings; refit the best on all of ``fit`` when that is more (the penalty is per
+    rating, so it carries); attach the blend to ``model`` and say what was tried."""
     cfg = settings.tune
-    val_users, val_items, val_ratings = enc.user_idx[val_idx], enc.item_idx[val_idx], enc.rating[val_idx]
+    val_users, val_items, val_ratings = val.users, val.items, val.stars()
     own = predict(model, val_users, val_items)
 
-    def fitted(idx: np.ndarray, reg: float) -> tuple[float, BiasedMF, float]:
-        mf = fit_biased_mf(enc.user_idx[idx], enc.item_idx[idx], enc.rating[idx], enc.n_users, enc.n_items,
-                           factors=cfg.mf_factors, regularization=reg, iterations=cfg.mf_iterations, seed=settings.seed)
+    def fitted(ratings: Interactions, reg: float) -> tuple[float, BiasedMF, float]:
+        mf = fit_biased_mf(ratings, factors=cfg.mf_factors, regularization=reg, iterations=cfg.mf_iterations,
+                           seed=settings.seed)
         theirs = mf.predict(val_users, val_items)
         weight = blend_weight(own, theirs, val_ratings)
-        tried.append({"regularization": reg, "ratings": len(idx), "mf_val_rmse": rmse(theirs, val_ratings),
+        tried.append({"regularization": reg, "ratings": len(ratings), "mf_val_rmse": rmse(theirs, val_ratings),
                       "weight": weight, "blend_val_rmse": rmse(weight * own + (1 - weight) * theirs, val_ratings)})
         return tried[-1]["blend_val_rmse"], mf, weight
 
     tried: list[dict] = []
-    best = min((fitted(search_idx, reg) for reg in cfg.mf_regularization), key=lambda t: t[0])
-    if len(search_idx) < len(fit_idx):
-        best = fitted(fit_idx, best[1].regularization)
+    best = min((fitted(search, reg) for reg in cfg.mf_regularization), key=lambda t: t[0])
+    if len(search) < len(fit):
+        best = fitted(fit, best[1].regularization)
     model.attach_blend(best[1], best[2])
     before = rmse(own, val_ratings)
     after = _rmse(model, val_users, val_items, val_ratings)  # as served: the folded blend, clipped once

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from movierec.arrays import csr, csr_rows
+from movierec.arrays import Interactions, csr_rows
 from movierec.distributed import average_gradients, broadcast_parameters, distinct_over_workers, mean_over_workers
 from movierec.features import Encoded
 from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
@@ -80,7 +80,7 @@ def popularity_log_q(items: np.ndarray, n_items: int) -> torch.Tensor:
     return torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32)
 
 
-def in_batch_loss(u: torch.Tensor, v: torch.Tensor, items: torch.Tensor, log_q: torch.Tensor, temperature: float,
+def in_batch_loss(u: torch.Tensor, v: torch.Tensor, items: torch.Tensor, log_q: torch.Tensor, *, temperature: float,
                   negatives: int | None = None) -> torch.Tensor:
     """Sampled softmax with logQ correction: each pair's positive against shared negatives, the
     first ``negatives`` movies of the batch (all of it by default). Batches are shuffled, so those
@@ -122,7 +122,7 @@ class RetrievalResult:
         return torch.cat(users).numpy(), torch.cat(items).numpy()
 
 
-def validation_dcg(model: TwoTower | LightGCN, users: torch.Tensor, items: torch.Tensor, n_items: int,
+def validation_dcg(model: TwoTower | LightGCN, users: torch.Tensor, items: torch.Tensor, n_items: int, *,
                    seen_rows: np.ndarray, seen_items: np.ndarray) -> float:
     """Mean 1/log2(rank + 2) of each held-out (user, movie) pair's movie among the movies the user
     has not rated (as recommendations are made): a cutoff-free, top-weighted ranking score for
@@ -160,7 +160,7 @@ def _quiet_report_notices() -> None:
 def _build(cfg: RetrievalConfig, sizes: dict[str, int], data: dict) -> TwoTower | LightGCN:
     """The untrained model ``cfg.model`` names; LightGCN's graph is every training pair (not a shard)."""
     if cfg.model == "lightgcn":
-        graph = normalized_adjacency(data["users"], data["items"], sizes["user"], sizes["item"])
+        graph = normalized_adjacency(Interactions(data["users"], data["items"], sizes["user"], sizes["item"]))
         return LightGCN(sizes["user"], sizes["item"], graph, cfg.dim, cfg.layers)
     user_feats = {k: index_tensor(v) for k, v in data["user_features"].items()}
     item_feats = {k: index_tensor(v) for k, v in data["item_features"].items()}
@@ -215,6 +215,7 @@ def _train_loop(config: dict) -> None:
     gen = torch.Generator().manual_seed(seed + rank)
     history = []
     val_users, val_items = index_tensor(data["val_users"]).to(device), index_tensor(data["val_items"]).to(device)
+    val_seen_rows, val_seen_items = data["val_seen"]
     best, best_state, stale = -1.0, None, 0
     for epoch in range(epochs):
         start, total = time.perf_counter(), 0.0
@@ -224,7 +225,7 @@ def _train_loop(config: dict) -> None:
             idx = idx.to(device)
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 u, v = model(users[idx], items[idx])
-                loss = loss_fn(u, v, items[idx], log_q, cfg.temperature, cfg.negatives)
+                loss = loss_fn(u, v, items[idx], log_q, temperature=cfg.temperature, negatives=cfg.negatives)
             opt.zero_grad()
             loss.backward()
             average_gradients(model)
@@ -236,7 +237,8 @@ def _train_loop(config: dict) -> None:
         seconds = time.perf_counter() - start
         # Every worker holds the same weights after the averaged steps and scores the same
         # validation pairs, so all of them reach the same stopping decision.
-        score = validation_dcg(model, val_users, val_items, config["sizes"]["item"], *data["val_seen"])
+        score = validation_dcg(model, val_users, val_items, config["sizes"]["item"], seen_rows=val_seen_rows,
+                               seen_items=val_seen_items)
         row = {"epoch": epoch + 1, "loss": float(mean), "val_dcg": score, "seconds": seconds,
                "examples_per_s": steps * batch * world / max(seconds, 1e-9)}
         history.append(row)
@@ -281,7 +283,7 @@ def validation_split(train_idx: np.ndarray, settings: Settings) -> tuple[np.ndar
     return holdout(train_idx, settings.retrieval.val_fraction, settings.seed, cap=MAX_VALIDATION)
 
 
-def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, name: str = "retrieval",
+def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, *, name: str = "retrieval",
           spread: bool = False) -> RetrievalResult:
     """Train the retrieval model ``settings.retrieval`` describes on ``train_idx`` with Ray Train
     (inside a Ray session), each worker on its share of ``settings.ray.num_cpus``, for as many
@@ -298,10 +300,11 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
     # LightGCN learns from the interactions alone: only the two-tower model takes features.
     user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
                               if cfg.model == "two_tower" else ({}, {}))
-    seen_ptr, seen = csr(enc.user_idx[fit_idx], enc.item_idx[fit_idx], enc.n_users)
+    fit = Interactions.of(enc, fit_idx, stars=False)
+    seen_ptr, seen = fit.csr()
     data = {
-        "users": enc.user_idx[fit_idx],
-        "items": enc.item_idx[fit_idx],
+        "users": fit.users,
+        "items": fit.items,
         "val_users": enc.user_idx[val_idx],
         "val_items": enc.item_idx[val_idx],
         "val_seen": csr_rows(seen_ptr, seen, enc.user_idx[val_idx]),

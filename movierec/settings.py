@@ -51,7 +51,7 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 SECRETS_BACKENDS = ("aws-secrets-manager", "gcp-secret-manager", "az-key-vault")
 
 
-def setting(default: Any, option: str, help: str, minimum: int | None = None, choices: tuple[str, ...] = (),
+def setting(default: Any, option: str, help: str, *, minimum: int | None = None, choices: tuple[str, ...] = (),
             check: Callable[[Any], str | None] | None = None) -> Any:
     """A dataclass field that is a user setting: its command-line ``option`` (without ``--``; ""
     for a setting of the configuration file only), a ``help`` line, and what values it takes (an

@@ -57,6 +57,7 @@ def split_ratings(
     timestamp: np.ndarray,
     method: str = "random",
     test_fraction: float = 0.2,
+    *,
     seed: int = 42,
 ) -> Split:
     """Split ratings into train and test.

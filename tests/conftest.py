@@ -138,6 +138,7 @@ def tiny_stages(enc):
 
     import torch
 
+    from movierec.arrays import Interactions
     from movierec.factorization import fit_biased_mf
     from movierec.index import build_index
     from movierec.nn import feature_tensors, state_to_bytes
@@ -157,8 +158,7 @@ def tiny_stages(enc):
     params = {"dim": 8, "hidden": 8, "dropout": 0.0}
     ranker = RatingModel(enc.vocab_sizes, uf, itf, float(enc.rating.mean()), **params)
     train = split.train  # blended as the flow blends it, so bundles and serving carry the blend
-    ranker.attach_blend(fit_biased_mf(enc.user_idx[train], enc.item_idx[train], enc.rating[train], enc.n_users,
-                                      enc.n_items, factors=4, iterations=3), 0.5)
+    ranker.attach_blend(fit_biased_mf(Interactions.of(enc, train), factors=4, iterations=3), 0.5)
     retrieval = RetrievalResult(state_to_bytes(towers), cfg, enc.vocab_sizes)
     ranking = RankingResult(state_to_bytes(ranker), params, enc.vocab_sizes, 1.0)
     users, items = retrieval.embeddings()

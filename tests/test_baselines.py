@@ -1,6 +1,7 @@
 import numpy as np
 
 from movierec import baselines, metrics
+from movierec.arrays import Interactions
 
 
 def _ratings(rng, n_users=60, n_items=40, n=1500):
@@ -12,7 +13,7 @@ def _ratings(rng, n_users=60, n_items=40, n=1500):
 
 def test_biases_recover_item_quality(rng):
     u, i, r = _ratings(rng)
-    model = baselines.biases(u, i, r, 60, 40, reg=1.0)
+    model = baselines.biases(Interactions(u, i, 60, 40, r), reg=1.0)
     assert np.corrcoef(model.item_bias, np.linspace(-1, 1, 40))[0, 1] > 0.95
     assert metrics.rmse(model.predict(u, i), r) < metrics.rmse(np.full(len(r), r.mean()), r)
     # Ordering by the item vectors is ordering by item bias.
@@ -21,7 +22,7 @@ def test_biases_recover_item_quality(rng):
 
 def test_matrix_factorization_fits_and_vectors_match_predictions(rng):
     u, i, r = _ratings(rng)
-    model = baselines.matrix_factorization(u, i, r, 60, 40, dim=4, epochs=15, weight_decay=0.01)
+    model = baselines.matrix_factorization(Interactions(u, i, 60, 40, r), dim=4, epochs=15, weight_decay=0.01)
     assert metrics.rmse(model.predict(u, i), r) < 0.6
     # user_vecs . item_vecs differs from the prediction only by per-user constants (mean + user bias).
     raw = model.global_mean + model.user_bias[u] + (model.user_vecs[u] * model.item_vecs[i]).sum(1)

@@ -4,6 +4,7 @@ device a process trains on, and that models and checkpoints move between devices
 import pytest
 import torch
 
+from movierec.arrays import Interactions
 from movierec.graph import LightGCN, normalized_adjacency
 from movierec.nn import cpu_state, training_device
 from movierec.ranking import TrialPlan
@@ -31,7 +32,7 @@ def test_lightgcn_moves_its_graph_with_its_weights_and_checkpoints_are_on_the_cp
     first propagation); a dtype cast shows the same path on CPU."""
     import numpy as np
 
-    graph = normalized_adjacency(np.array([0, 1, 1]), np.array([0, 0, 1]), 2, 2)
+    graph = normalized_adjacency(Interactions(np.array([0, 1, 1]), np.array([0, 0, 1]), 2, 2))
     model = LightGCN(2, 2, graph, dim=4).to(torch.float64)
     assert model.graph.dtype == torch.float64 and model.embedding.weight.dtype == torch.float64
     assert model.propagate().dtype == torch.float64

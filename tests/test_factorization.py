@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from movierec import export, factorization, rater
+from movierec.arrays import Interactions
 from movierec.nn import feature_tensors, state_from_bytes, state_to_bytes
 from movierec.ranking import RankingResult, RatingModel, predict
 
@@ -15,7 +16,7 @@ def test_one_half_step_is_the_ridge_regression_worked_by_hand():
     is [[1, 1], [2, 1]] (factor, bias); penalty 0.5 x 2 ratings: A = [[6, 3], [3, 3]], b = [5, 3],
     so x = A⁻¹b = [2/3, 1/3]. A user with no rating keeps zeros."""
     factors, bias = factorization._half_step(np.array([0, 0]), np.array([0, 1]), np.array([1.0, 2.0]), 2,
-                                             np.array([[1.0], [2.0]]), np.zeros(2), reg=0.5)
+                                             other=np.array([[1.0], [2.0]]), other_bias=np.zeros(2), reg=0.5)
     np.testing.assert_allclose(factors[:, 0], [2 / 3, 0.0])
     np.testing.assert_allclose(bias, [1 / 3, 0.0])
 
@@ -26,8 +27,8 @@ def test_als_recovers_a_dense_rank_one_matrix_with_biases():
     p, q = rng.normal(size=n_users), rng.normal(size=n_items)
     truth = 3.0 + rng.normal(0, 0.3, n_users)[:, None] + rng.normal(0, 0.3, n_items)[None, :] + 0.5 * np.outer(p, q)
     users, items = np.divmod(np.arange(n_users * n_items), n_items)
-    mf = factorization.fit_biased_mf(users, items, truth.ravel(), n_users, n_items, factors=1, regularization=1e-6,
-                                     iterations=30)
+    mf = factorization.fit_biased_mf(Interactions(users, items, n_users, n_items, truth.ravel()), factors=1,
+                                     regularization=1e-6, iterations=30)
     assert np.abs(mf.predict(users, items) - truth.ravel()).max() < 0.01
 
 
@@ -46,8 +47,7 @@ def blended(small_encoded):
     model = RatingModel(enc.vocab_sizes, *feature_tensors(enc), float(enc.rating.mean()), dim=8, hidden=8).eval()
     for p in model.head.parameters():  # a head that matters, still well inside the star scale
         p.data.normal_(0, 0.3)
-    mf = factorization.fit_biased_mf(enc.user_idx, enc.item_idx, enc.rating, enc.n_users, enc.n_items, factors=4,
-                                     regularization=0.1, iterations=5)
+    mf = factorization.fit_biased_mf(Interactions.of(enc), factors=4, regularization=0.1, iterations=5)
     rng = np.random.default_rng(1)
     users, items = rng.integers(0, enc.n_users, 400), rng.integers(0, enc.n_items, 400)
     own = predict(model, users, items)

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from movierec import export, rater
+from movierec.arrays import Interactions
 from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
 from movierec.settings import RetrievalConfig
 
 
 def test_adjacency_is_symmetric_degree_normalised_and_counts_repeats_once():
     # users 0,1 and movies 0,1: u0-m0 (twice), u0-m1, u1-m0. Degrees: u0 2, u1 1, m0 2, m1 1.
-    graph = normalized_adjacency(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 0]), 2, 2).to_dense().numpy()
+    graph = normalized_adjacency(Interactions(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 0]), 2, 2)).to_dense().numpy()
     h = 1 / np.sqrt(2)
     expected = np.array([
         [0, 0, 0.5, h],  # u0: m0 (1/sqrt(2*2)), m1 (1/sqrt(2*1))
@@ -23,7 +24,7 @@ def test_adjacency_is_symmetric_degree_normalised_and_counts_repeats_once():
 
 
 def test_propagation_is_the_normalised_mean_over_layers():
-    graph = normalized_adjacency(np.array([0, 0, 1]), np.array([0, 1, 0]), 2, 2)
+    graph = normalized_adjacency(Interactions(np.array([0, 0, 1]), np.array([0, 1, 0]), 2, 2))
     torch.manual_seed(0)
     model = LightGCN(2, 2, graph, dim=3, layers=2)
     e, a = model.embedding.weight.detach(), graph.to_dense()
@@ -42,7 +43,7 @@ def test_propagation_is_the_normalised_mean_over_layers():
 
 
 def test_gradients_reach_every_embedding_through_the_graph():
-    graph = normalized_adjacency(np.array([0, 1]), np.array([0, 0]), 2, 1)
+    graph = normalized_adjacency(Interactions(np.array([0, 1]), np.array([0, 0]), 2, 1))
     model = LightGCN(2, 1, graph, dim=4, layers=1)
     users, items = model(torch.tensor([0]), torch.tensor([0]))
     (users * items).sum().backward()
@@ -61,8 +62,7 @@ def test_unknown_retrieval_model_is_refused():
 
 def test_lightgcn_user_table_exports_to_onnx(small_encoded, rng):
     enc = small_encoded
-    users, items = enc.user_idx[:3000], enc.item_idx[:3000]
-    model = LightGCN(enc.n_users, enc.n_items, normalized_adjacency(users, items, enc.n_users, enc.n_items), 8)
+    model = LightGCN(enc.n_users, enc.n_items, normalized_adjacency(Interactions.of(enc, np.arange(3000))), 8)
     tables = model.tables().eval()
     from movierec.nn import feature_tensors
     from movierec.ranking import RatingModel

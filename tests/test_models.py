@@ -59,8 +59,8 @@ def test_shared_negatives_by_hand():
     assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-6)
     # every negative: the same softmax as the whole batch's
     whole = retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, temperature=1.0)
-    assert whole.item() == pytest.approx(retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, 1.0,
-                                                                 negatives=99).item())
+    assert whole.item() == pytest.approx(retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q,
+                                                                 temperature=1.0, negatives=99).item())
 
 
 COMPILE_CHECK = """
@@ -169,7 +169,7 @@ def test_validation_dcg_ranks_among_each_users_unseen_movies(small_encoded):
     # Pair 0's user rated movies 7 and 9 in training, pair 2's user movie 4 (pair 1's target).
     seen_rows, seen_items = np.array([0, 0, 2]), np.array([7, 9, 4])
     got = retrieval.validation_dcg(model, torch.as_tensor(users), torch.as_tensor(items), enc.n_items,
-                                   seen_rows, seen_items)
+                                   seen_rows=seen_rows, seen_items=seen_items)
     with torch.no_grad():
         scores = (model.user_vectors(torch.as_tensor(users)) @ model.item_vectors(torch.arange(enc.n_items)).T).numpy()
     scores[seen_rows, seen_items] = -np.inf
