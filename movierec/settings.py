@@ -310,8 +310,9 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    """The candidate sources beside the retrieval model (``movierec.sources``); each grid is
-    searched on the retrieval model's validation pairs."""
+    """The candidate sources beside the retrieval model (``movierec.sources``): each source's
+    switch (the field named as the source) and its grid, searched on the retrieval model's
+    validation pairs. The source class reads its own fields."""
 
     ease: bool = setting(True, "ease", "EASE item-item model as a candidate source")
     ease_max_items: int = setting(10_000, "ease-max-items", "EASE covers at most this many of the most-rated "
