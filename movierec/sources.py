@@ -18,6 +18,11 @@ grid) and its tests; a bundle naming a source this code does not know is refused
   same matrix (confidence ``alpha`` for a rated movie, 1 for the others). A history is folded in
   with the same least-squares step ALS takes for a user (:meth:`Als.user_vector`), so serving
   needs no ``implicit``.
+- **RP3beta** (Paudel et al., 2017): a random walk item -> user -> item over the same matrix,
+  each step's transition probabilities raised to ``alpha`` and the arrival movie's score divided
+  by its popularity to the power ``beta`` (less weight to what everyone rated). Item-item like
+  EASE, over the ``rp3beta_max_items`` most-rated movies. Off by default (``--rp3beta``; its
+  measurement on ML-100K is in the README, "Two stages").
 
 Each source's hyper-parameters are chosen on the retrieval model's validation pairs (carved from
 train, never test) by nDCG@10 of the source alone (:func:`fit_sources`).
@@ -304,6 +309,43 @@ def fit_als(x: sp.csr_matrix, factors: int, regularization: float, alpha: float,
         model.fit(x, show_progress=False)
     return Als(np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32),
                regularization, alpha)
+
+
+def fit_rp3beta(x: sp.csr_matrix, alpha: float, beta: float, max_items: int) -> RP3beta:
+    """RP3beta's item-item matrix over the ``max_items`` most-rated movies of ``x``:
+    ``W = P_iu^alpha P_ui^alpha`` (row-stochastic movie -> user and user -> movie transitions of
+    the binary matrix, each probability raised to ``alpha``), column ``j`` divided by movie ``j``'s
+    rating count to the power ``beta``, zero diagonal. A user's transitions are over all the movies
+    they rated, covered or not."""
+    items = _most_rated(x, max_items)
+    user_degree = np.asarray(x.sum(1)).ravel()
+    sub = x[:, items].tocsr().astype(np.float64)
+    item_degree = np.asarray(sub.sum(0)).ravel()
+    p_ui = sub.multiply(np.divide(1.0, user_degree, out=np.zeros_like(user_degree, np.float64),
+                                  where=user_degree > 0)[:, None]).tocsr()
+    p_iu = sub.T.multiply(np.divide(1.0, item_degree, out=np.zeros_like(item_degree),
+                                    where=item_degree > 0)[:, None]).tocsr()
+    p_ui.data **= alpha
+    p_iu.data **= alpha
+    weights = (p_iu @ p_ui).toarray()
+    weights *= np.divide(1.0, item_degree ** beta, out=np.zeros_like(item_degree), where=item_degree > 0)[None, :]
+    weights[np.diag_indices_from(weights)] = 0.0
+    return RP3beta(items, weights.astype(np.float32), x.shape[1])
+
+
+@register
+@dataclass
+class RP3beta(ItemItem):
+    name: ClassVar[str] = "rp3beta"
+    label: ClassVar[str] = "RP3beta"
+
+    @classmethod
+    def grid(cls, config: SourcesConfig) -> list[dict]:
+        return [{"alpha": a, "beta": b} for a, b in itertools.product(config.rp3beta_alphas, config.rp3beta_betas)]
+
+    @classmethod
+    def fit(cls, x: sp.csr_matrix, params: dict, config: SourcesConfig, seed: int) -> RP3beta:
+        return fit_rp3beta(x, params["alpha"], params["beta"], config.rp3beta_max_items)
 
 
 Sources = dict[str, CandidateSource]  # fitted sources by name, in the registry's order (switched off: absent)

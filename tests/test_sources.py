@@ -99,3 +99,31 @@ def test_only_the_switched_on_sources_are_fitted_and_chosen(x):
                                  dataclasses.replace(CONFIG, als=False), seed=0)
     assert "als" not in models.final and list(models.final) == list(models.tuning) == list(models.chosen)
     assert list(models.final) == [name for name in sources.SOURCES if name != "als"]  # the registry's order
+
+
+def test_rp3beta_is_the_two_step_walk_by_hand():
+    """3 users x 3 movies: user 0 rated movies 0 and 1, user 1 movies 1 and 2, user 2 movie 0.
+    Movie -> user transitions: movie 0 -> users 0, 2 (1/2 each), movie 1 -> users 0, 1, movie 2 ->
+    user 1; user -> movie: user 0 -> 0, 1 (1/2 each), user 1 -> 1, 2, user 2 -> 0. At alpha 1 the
+    walk is W[0] = (.75, .25, 0), W[1] = (.25, .5, .25), W[2] = (0, .5, .5); the diagonal goes, and
+    beta 0.5 divides column j by sqrt(count_j) = (√2, √2, 1): the rarer movie 2 gains."""
+    x = sources.interactions(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 0]), 3, 3)
+    r2 = np.sqrt(2)
+    model = sources.fit_rp3beta(x, alpha=1.0, beta=0.5, max_items=10)
+    np.testing.assert_allclose(model.weights, [[0, 0.25 / r2, 0], [0.25 / r2, 0, 0.25], [0, 0.5 / r2, 0]], rtol=1e-6)
+    # user 0 (movies 0 and 1): W[0] + W[1]; movie 2, rated by one user, now ranks first
+    np.testing.assert_allclose(model.scores(np.array([0]), x[[0]]), [[0.25 / r2, 0.25 / r2, 0.25]], rtol=1e-6)
+    np.testing.assert_allclose(model.fold_in(np.array([0, 1])), [0.25 / r2, 0.25 / r2, 0.25], rtol=1e-6)
+    # alpha 2 squares each transition probability: W[0, 1] = (1/2)² (1/2)² (via user 0)
+    np.testing.assert_allclose(sources.fit_rp3beta(x, alpha=2.0, beta=0.0, max_items=10).weights[0, 1], 1 / 16)
+
+
+def test_rp3beta_covers_the_most_rated_movies_and_walks_over_all_of_a_users_ratings():
+    """Covering 2 of 4 movies: the others score 0, and a user's transitions still divide by
+    everything they rated (user 2's movie 3 is uncovered but dilutes their step)."""
+    x = sources.interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4)
+    model = sources.fit_rp3beta(x, alpha=1.0, beta=0.0, max_items=2)
+    assert model.items.tolist() == [0, 1]
+    # movie 0 -> user 0 (1) -> movie 1 (1/2); movie 1 -> users 0, 1, 2 (1/3 each) -> movie 0 via user 0 (1/2)
+    np.testing.assert_allclose(model.weights, [[0, 0.5], [1 / 6, 0]], rtol=1e-6)
+    assert (model.scores(np.arange(3), x)[:, [2, 3]] == 0).all()
