@@ -102,6 +102,22 @@ def test_a_ranker_for_other_features_than_the_data_is_refused(tiny_implicit_bund
             Recommender(bundle.check_bundle(info, files))
 
 
+def test_load_bundle_returns_the_typed_checked_bundle_that_the_recommender_wires(tiny_bundle, tiny_private_bundle,
+                                                                                 tiny_models):
+    """bundle.load_bundle does all the reading and checking; the sources come back through the
+    registry as the classes that were fitted, and a bundle without users has no per-user field."""
+    loaded = bundle.load_bundle(tiny_bundle)
+    _, stages = tiny_models
+    assert isinstance(loaded, bundle.Bundle) and loaded.origin == "bundle" and loaded.backend == "numpy"
+    assert {n: type(s) for n, s in loaded.sources.items()} == {n: type(s) for n, s in stages.sources.final.items()}
+    assert loaded.ranker.features == stages.ranker.features and loaded.rate is not None
+    private = bundle.load_bundle(tiny_private_bundle, origin="private.zip")
+    assert private.origin == "private.zip" and private.rate is None and private.backend == "none"
+    assert all(getattr(private, f) is None for f in ("user_vectors", "user_ids", "rated_indptr", "rated"))
+    assert private.sources["als"].user_factors is None
+    assert Recommender(loaded).recommend(int(loaded.user_ids[0]), 3)
+
+
 def test_a_ranker_feature_that_no_source_provides_is_refused(tiny_bundle):
     """A bundle whose ranker weighs ALS, without ALS among its sources: serving filled the feature
     with zeros (ranker.feature_values) and answered, ordered by a ranker missing a column."""
