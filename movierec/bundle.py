@@ -7,10 +7,11 @@ A bundle is a zip (or, inside an installed wheel, a folder) holding:
   instead of crashing Annoy or numpy)
 - ``vectors.npz``: every movie's retrieval vector, baseline rating (global mean + movie bias; not
   for implicit-only data) and training popularity, and, with per-user data, every user's
-  retrieval and ALS vectors
-- ``sources.npz``: the other candidate sources (``movierec.sources``): EASEᴿ's item-item weights
-  over the movies it covers, ALS's movie factors; ``model.json`` holds the learned ranker's
-  standardisation and weights (``movierec.ranker``)
+  retrieval vector
+- ``sources.npz``: the other candidate sources (``movierec.sources``), each source's arrays
+  under its name (``ease/weights``, ``als/items``, with per-user data ``als/users``...);
+  ``model.json``'s ``sources`` names them, with what each chose and its settings, and holds the
+  learned ranker's standardisation and weights (``movierec.ranker``)
 - ``items.ann``: the Annoy index over movie vectors
 - ``ids.npz``: raw movie ids and release years by dense index; with per-user data also raw user
   ids and each user's rated movies
@@ -27,14 +28,17 @@ models with user tables): it answers history-based requests only, for data whose
 travel inside a published wheel.
 
 The publish step keeps the zip as an artifact and packages it into the wheel (``movierec.packaging``).
+:func:`load_bundle` reads one into a :class:`Bundle`, every file checked against the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,14 +46,20 @@ import numpy as np
 
 from movierec.arrays import csr
 from movierec.checksums import sha256
-from movierec.errors import BundleError
+from movierec.errors import BundleError, RecommenderError
+from movierec.index import Index
+from movierec.ranker import Ranker, Rate, features
+from movierec.rater import RatingTables, onnx_session
+from movierec.settings import IndexSettings
+from movierec.sources import CandidateSource, source_class
 
 if TYPE_CHECKING:  # packaging and serving import this module and must stay free of torch
     from movierec.split import DataSplit
     from movierec.stages import TwoStage
 
-BUNDLE_FORMAT = 5  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker;
-# 4: rating.npz (served without torch); 5: models of implicit-only data (no rating model)
+BUNDLE_FORMAT = 6  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker;
+# 4: rating.npz (served without torch); 5: models of implicit-only data (no rating model); 6: each source's
+# arrays under its name in sources.npz (ALS's user factors moved there from vectors.npz), its settings in model.json
 CORE_FILES = ("model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json")
 USER_FILES = ("rating.npz", "ranking.pt", "retrieval.pt")  # present when the bundle carries per-user data
 RATING_FILES = ("rating.npz", "ranking.pt")  # ... and there is a rating model (not for implicit-only data)
@@ -75,6 +85,12 @@ def non_finite(arrays: dict[str, np.ndarray | None]) -> list[str]:
     return [name for name, values in arrays.items() if values is not None and not np.isfinite(values).all()]
 
 
+def _source_arrays(sources: dict[str, CandidateSource], user_data: bool) -> dict[str, np.ndarray]:
+    """Every source's arrays under its own name: ``<source>/<array>``."""
+    return {f"{name}/{key}": value for name, source in sources.items()
+            for key, value in source.to_arrays(user_data)[0].items()}
+
+
 def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bool = True) -> bytes:
     """Zip the trained models, vectors, index and vocabularies (see the module docstring);
     ``user_data=False`` leaves out everything that has a row per user."""
@@ -88,13 +104,7 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
                "popularity": np.bincount(enc.item_idx[train_idx], minlength=enc.n_items).astype(np.float32)}
     if folded is not None:
         vectors["item_baselines"] = folded.item_baselines()
-    second = {}
-    if sources.ease is not None:
-        second.update(ease_items=sources.ease.items, ease_weights=sources.ease.weights)
-    if sources.als is not None:
-        second["als_items"] = sources.als.item_factors
-    diverged = non_finite({**vectors, **second, "users": index.user_vectors,
-                           "als_users": sources.als.user_factors if sources.als is not None else None})
+    diverged = non_finite({**vectors, "users": index.user_vectors, **_source_arrays(sources, user_data=True)})
     if diverged:
         raise ValueError(f"not publishing a model with NaN or infinite values in {', '.join(diverged)}: its "
                          "training diverged")
@@ -104,8 +114,6 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
         indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
         ids.update(user_ids=enc.user_ids, rated_indptr=indptr, rated=rated)
         vectors["users"] = index.user_vectors.astype(np.float32)
-        if sources.als is not None:
-            vectors["als_users"] = sources.als.user_factors
         exported, exports = export_serving_models(folded, stages.retrieval.model(), enc.n_users, enc.n_items)
         files.update({"retrieval.pt": stages.retrieval.state, **exported})
         if stages.ranking is not None:
@@ -113,7 +121,7 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
     sizes = dict(enc.vocab_sizes) if user_data else {k: v for k, v in enc.vocab_sizes.items() if k == "item"}
     files.update({
         "vectors.npz": _npz(**vectors),
-        "sources.npz": _npz(**second),
+        "sources.npz": _npz(**_source_arrays(sources, user_data)),
         "items.ann": index.blob,
         "ids.npz": _npz(**ids),
         "items.json": json.dumps({"titles": enc.titles, "genres": enc.genres}).encode(),
@@ -126,9 +134,8 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
         "retrieval": asdict(stages.retrieval.config),
         "ranking": stages.ranking.params if stages.ranking is not None else None,
         "index": asdict(index.settings),
-        "sources": {**stages.sources.chosen,
-                    **({"als_fold_in": {"regularization": sources.als.regularization, "alpha": sources.als.alpha}}
-                       if sources.als is not None else {})},
+        "sources": {name: {**stages.sources.chosen[name], "settings": source.to_arrays(user_data)[1]}
+                    for name, source in sources.items()},
         "ranker": {"features": list(ranker.features), "mean": ranker.mean.tolist(), "scale": ranker.scale.tolist(),
                    "weights": ranker.weights.tolist(), "candidates": ranker.candidates},
         "exports": exports,
@@ -213,6 +220,208 @@ def read_bundle(source: str | Path | bytes) -> tuple[dict, dict[str, bytes]]:
     if unexpected:
         raise BundleError(f"{where}: {', '.join(unexpected)}: not recorded in model.json")
     return info, files
+
+
+BACKENDS = ("numpy", "onnx", "torch")
+
+
+@dataclass
+class Bundle:
+    """A bundle read and checked (:func:`load_bundle`): every array agrees with the others in
+    shape, every value is finite, every source is one this code knows and the ranker weighs only
+    features the bundle provides, so a query cannot fail on the model (an IndexError, NaN scores,
+    a source's feature silently zero). Per-user fields are None in a bundle without per-user data."""
+
+    info: dict  # model.json
+    origin: str  # where it was read from, for messages
+    temperature: float  # of the retrieval model's logits
+    user_data: bool
+    implicit: bool  # trained on implicit-only data: no rating model
+    item_vectors: np.ndarray  # [movies, dim] retrieval vectors
+    baselines: np.ndarray | None  # [movies] global mean + movie bias (None: implicit-only data)
+    popularity: np.ndarray  # [movies] training ratings
+    user_vectors: np.ndarray | None  # [users, dim]
+    item_ids: np.ndarray  # raw movie ids by dense index, increasing
+    years: np.ndarray
+    user_ids: np.ndarray | None  # raw user ids by dense index, increasing
+    rated_indptr: np.ndarray | None  # each user's training movies, CSR over users
+    rated: np.ndarray | None
+    titles: list[str]
+    genres: list[list[str]]
+    index: Index  # Annoy over item_vectors
+    sources: dict[str, CandidateSource]  # the fitted candidate sources by name, in the ranker's order
+    ranker: Ranker
+    backend: str  # what runs the rating model: numpy, onnx, torch; "none" where there is none to run
+    rate: Rate | None  # stars of aligned (user, movie) index pairs; None without users or rating model
+
+
+def load_bundle(source: str | Path | bytes, backend: str = "numpy", origin: str | None = None) -> Bundle:
+    """The bundle zip (a path or its bytes) or folder ``source``, every file checked against its
+    recorded sha256 (:func:`read_bundle`) and against the others (:func:`check_bundle`), its
+    rating model run by ``backend``. ``origin`` names it in messages (default: the path, or
+    "bundle" for bytes). Raises BundleError naming the bundle and the file at fault."""
+    info, files = read_bundle(source)
+    return check_bundle(info, files, origin or ("bundle" if isinstance(source, bytes) else str(source)), backend)
+
+
+@contextlib.contextmanager
+def _reading(origin: str, name: str) -> Iterator[None]:
+    """Any failure while one bundle file is parsed becomes a BundleError naming that file: a
+    checksum cannot vouch for a file the publisher wrote wrong, and a user should see which file
+    of which bundle is at fault, not a numpy or torch traceback."""
+    try:
+        yield
+    except BundleError as exc:  # a candidate source's own check (movierec.sources), which names the source
+        raise BundleError(f"{origin}: {name}: cannot be read ({exc})") from exc
+    except RecommenderError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"{origin}: {name}: cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _require(ok: bool, what: str) -> None:
+    """Checks that a bundle's files agree with each other (inside ``_reading``, which names the
+    file): a bad length or index would otherwise surface as an IndexError at query time."""
+    if not ok:
+        raise ValueError(what)
+
+
+def _increasing(ids: np.ndarray) -> bool:
+    """Ids are looked up by binary search: they must be sorted and distinct."""
+    return bool(ids.ndim == 1 and (np.diff(ids) > 0).all())
+
+
+def _load_sources(info: dict, files: dict[str, bytes], n_items: int, n_users: int | None
+                  ) -> dict[str, CandidateSource]:
+    """The candidate sources model.json names, each read from its ``<name>/`` arrays in
+    sources.npz by its registered class, which checks them. A source this code does not know,
+    or arrays of a source model.json does not name, are refused."""
+    named = info.get("sources")
+    _require(isinstance(named, dict) and all(isinstance(v, dict) for v in named.values()),
+             "model.json names no candidate sources")
+    classes = {name: source_class(name) for name in named}
+    values = np.load(io.BytesIO(files["sources.npz"]), allow_pickle=False)
+    by_source: dict[str, dict[str, np.ndarray]] = {name: {} for name in named}
+    for key in values.files:
+        name, _, array = key.partition("/")
+        _require(name in by_source, f"arrays {key!r} of a source model.json does not name")
+        by_source[name][array] = values[key]
+    return {name: cls.from_arrays(by_source[name], named[name].get("settings", {}), n_items, n_users)
+            for name, cls in classes.items()}
+
+
+def check_bundle(info: dict, files: dict[str, bytes], origin: str = "bundle", backend: str = "numpy") -> Bundle:
+    """The :class:`Bundle` of ``info`` and ``files`` as :func:`read_bundle` returns them (each
+    file intact), after every check that its files agree with each other; BundleError naming
+    ``origin`` and the file at fault otherwise."""
+    with _reading(origin, "model.json"):
+        temperature = float(info["retrieval"]["temperature"])
+        user_data = bool(info["user_data"])
+        implicit = info.get("implicit", False)
+        _require(isinstance(implicit, bool), "implicit is not true or false")
+        settings = IndexSettings(**info["index"])
+    with _reading(origin, "vectors.npz"):
+        vectors = np.load(io.BytesIO(files["vectors.npz"]), allow_pickle=False)
+        item_vectors = vectors["items"]
+        n_items, dim = item_vectors.shape
+        # the rating model's movie part; implicit-only data has no rating model
+        baselines = None if implicit else vectors["item_baselines"]
+        _require(implicit or baselines.shape == (n_items,), f"baselines for other than {n_items} movies")
+        popularity = vectors["popularity"]
+        _require(popularity.shape == (n_items,), f"popularity for other than {n_items} movies")
+        user_vectors = vectors["users"] if user_data else None
+        _require(not user_data or user_vectors.shape[1:] == (dim,), "user and movie vectors differ")
+        diverged = non_finite({"items": item_vectors, "popularity": popularity, "item_baselines": baselines,
+                               "users": user_vectors})
+        _require(not diverged, f"NaN or infinite values in {', '.join(diverged)}")
+    n_users = len(user_vectors) if user_data else None
+    user_ids = rated_indptr = rated = None
+    with _reading(origin, "ids.npz"):
+        ids = np.load(io.BytesIO(files["ids.npz"]), allow_pickle=False)
+        item_ids, years = ids["item_ids"], ids["years"]
+        _require(item_ids.shape == years.shape == (n_items,), f"movie ids or years for other than {n_items} movies")
+        _require(_increasing(item_ids), "movie ids are not sorted and distinct")
+        if user_data:
+            user_ids, rated_indptr, rated = ids["user_ids"], ids["rated_indptr"], ids["rated"]
+            _require(user_ids.shape == (n_users,) and _increasing(user_ids),
+                     f"user ids are not {n_users} sorted, distinct ids")
+            _require(rated_indptr.shape == (n_users + 1,) and rated_indptr[0] == 0
+                     and (np.diff(rated_indptr) >= 0).all() and rated_indptr[-1] == len(rated),
+                     "rated_indptr does not index the rated movies")
+            _require(((rated >= 0) & (rated < n_items)).all(), "a rated movie is not in the catalogue")
+    with _reading(origin, "sources.npz"):
+        sources = _load_sources(info, files, n_items, n_users)
+    with _reading(origin, "model.json"):
+        ranker = info["ranker"]
+        mean, scale, weights = (np.asarray(ranker[key], np.float32) for key in ("mean", "scale", "weights"))
+        expected = features(sources, not implicit)
+        unprovided = [f for f in ranker["features"] if f not in (*expected, "rating")]
+        _require(not unprovided, f"the ranker weighs {', '.join(map(str, unprovided))}, which no candidate source "
+                 f"of this bundle provides (its features: {', '.join(expected)})")
+        _require(tuple(ranker["features"]) == expected and all(v.shape == (len(expected),)
+                                                               for v in (mean, scale, weights)),
+                 f"the ranker is not for this version's features{' of implicit-only data' if implicit else ''} "
+                 f"({', '.join(expected)})")
+        _require(all(np.isfinite(v).all() for v in (mean, scale, weights)) and (scale > 0).all(),
+                 "the ranker's weights or feature scales are not finite positive numbers")
+        ranker = Ranker(expected, mean, scale, weights, int(ranker["candidates"]), float("nan"))
+    with _reading(origin, "items.json"):
+        items = json.loads(files["items.json"])
+        titles, genres = items["titles"], items["genres"]
+        _require(len(titles) == len(genres) == n_items, f"titles or genres for other than {n_items} movies")
+    if backend not in BACKENDS:
+        raise RecommenderError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    used, rate = "none", None
+    if user_data and not implicit:
+        with _reading(origin, {"numpy": "rating.npz", "onnx": "ranking.onnx", "torch": "ranking.pt"}[backend]):
+            used, rate = backend, rating_backend(files, info, (n_users, n_items), backend)
+            corners = rate(np.array([0, n_users - 1]), np.array([0, n_items - 1]))
+            _require(corners.shape == (2,) and np.isfinite(corners).all(), "the rating model does not rate the "
+                     "first and last user and movie")
+    with _reading(origin, "items.ann"):
+        index = Index(files["items.ann"], dim, settings)
+        _require(len(index) == n_items, f"{len(index)} indexed movies for {n_items} movie vectors")
+    return Bundle(info, origin, temperature, user_data, implicit, item_vectors, baselines, popularity, user_vectors,
+                  item_ids, years, user_ids, rated_indptr, rated, titles, genres, index, sources, ranker, used, rate)
+
+
+def rating_backend(files: dict[str, bytes], info: dict, shape: tuple[int, int], choice: str = "numpy") -> Rate:
+    """``rate(user indices, movie indices)`` giving star ratings, with the runtime ``choice`` names:
+    numpy (``rating.npz``), onnxruntime (``ranking.onnx``) or torch (``ranking.pt``; the training
+    side's model, for installations with the ``train`` extra). The tables and the torch model must
+    be for ``shape`` (users, movies); the graph is probed at its corners by the caller."""
+    if choice == "numpy":
+        tables = RatingTables.from_bytes(files["rating.npz"])
+        _require(tables.shape == shape, "the rating model is for another number of users or movies")
+        return tables
+    if choice == "onnx":
+        if "ranking.onnx" not in files:
+            raise RecommenderError("backend 'onnx': this bundle has no ranking.onnx (the model did not export)")
+        try:
+            graph = onnx_session(files["ranking.onnx"])
+        except ImportError:
+            raise RecommenderError("backend 'onnx' needs onnxruntime: pip install 'movierec[onnx]'") from None
+        return lambda u, i: graph.run(None, {"users": np.asarray(u, np.int64), "items": np.asarray(i, np.int64)})[0]
+    if choice == "torch":
+        try:  # torch and what the training code imports with it (pyarrow...): the train extra
+            import torch
+
+            from movierec.nn import state_from_bytes
+            from movierec.ranking import RatingModel
+        except ImportError as exc:
+            raise RecommenderError(f"backend 'torch' needs the training code's packages ({exc.name} is missing): "
+                                   "pip install 'movierec[train]'") from None
+        torch.set_num_threads(1)  # single requests: thread start-up costs more than it saves
+        folded = RatingModel.from_state(info["sizes"], info["ranking"], state_from_bytes(files["ranking.pt"])).fold()
+        _require((len(folded.u), len(folded.v)) == shape, "the rating model is for another number of users or movies")
+
+        def rate(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return folded(torch.as_tensor(users, dtype=torch.int64),
+                              torch.as_tensor(items, dtype=torch.int64)).numpy()
+
+        return rate
+    raise RecommenderError(f"backend must be one of {', '.join(BACKENDS)}, got {choice!r}")
 
 
 FLOW = "RecommenderFlow"

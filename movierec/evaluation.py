@@ -5,7 +5,8 @@ top-K categorical accuracy over all movies (TFRS), RMSE/MAE of the rating model,
 NDCG/precision/recall@10 of recommendations of unseen movies (Microsoft Recommenders).
 
 Rows are the two-stage pipeline (exact and Annoy retrieval), each candidate source alone (the
-retrieval model, EASEᴿ, ALS), a popularity baseline and a global-mean baseline; beside them, each
+retrieval model and every fitted one of ``movierec.sources``), a popularity baseline and a
+global-mean baseline; beside them, each
 source's candidate recall and the union's. A cell is None where a metric does not apply to a row
 (a global mean cannot rank movies; a popularity list predicts no personal rating). Implicit-only
 data has no ratings: no rating model, no RMSE/MAE in any row and no global-mean row.
@@ -20,9 +21,9 @@ import numpy as np
 from movierec import arrays, metrics
 from movierec.features import Encoded
 from movierec.index import Index
-from movierec.ranker import Rate, candidates, top
+from movierec.ranker import RETRIEVAL, Rate, candidates, top
 from movierec.settings import CANDIDATES
-from movierec.sources import interactions
+from movierec.sources import SOURCES, interactions
 from movierec.split import Split
 from movierec.stages import TwoStage
 
@@ -152,7 +153,7 @@ class Evaluator:
         for part in np.array_split(users, max(1, -(-len(users) // chunk))):
             scores = stages.scores(part, self.history[part], stages.sources.final)
             n = stages.ranker.candidates
-            given = {"retrieval": self.candidates_annoy(stages.index.user_vectors, index, part, n)} if index else None
+            given = {RETRIEVAL: self.candidates_annoy(stages.index.user_vectors, index, part, n)} if index else None
             cands = candidates(part, scores, (self.seen_ptr, self.seen), rate, self.popularity, n, given,
                                depth=2 * n)
             tops.append(top(stages.ranker, cands, self.ndcg_k))
@@ -190,17 +191,17 @@ class Evaluator:
         annoy_top, _, _ = self.second_stage(stages, rate, self.annoy_users, index)
         na = {c: None for c in report_columns(self.ks, self.ndcg_k) if c != "model"}
         mean = np.full(len(self.test_ratings), self.global_mean)
-        names = {"retrieval": f"{stages.retrieval.config.name} retrieval only", "ease": "EASEᴿ source only",
-                 "als": "ALS source only"}
+        names = {RETRIEVAL: f"{stages.retrieval.config.name} retrieval only",
+                 **{name: f"{SOURCES[name].label} source only" for name in stages.sources.final}}
         rows = [
             {"model": "two-stage (exact retrieval)", **self.accuracy(exact_ranks), **rating,
              **self.ranking(exact_top)},
             {"model": "two-stage (Annoy retrieval)", **self.accuracy(annoy_ranks), **rating,
              **self.ranking(annoy_top, self.annoy_users)},
-            {"model": names["retrieval"], **self.accuracy(exact_ranks), "rmse": None, "mae": None,
-             **self.ranking(lists["retrieval"][:, : self.ndcg_k])},
+            {"model": names[RETRIEVAL], **self.accuracy(exact_ranks), "rmse": None, "mae": None,
+             **self.ranking(lists[RETRIEVAL][:, : self.ndcg_k])},
             *({"model": names[name], **na, **self.ranking(picked[:, : self.ndcg_k])}
-              for name, picked in lists.items() if name != "retrieval"),
+              for name, picked in lists.items() if name != RETRIEVAL),
             self.factorized_row("popularity baseline", np.ones((self.enc.n_users, 1), np.float32),
                                 self.popularity[:, None], None if implicit else self.item_mean[self.test_items]),
             *([] if implicit else [{"model": "global-mean baseline", **na,

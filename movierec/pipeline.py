@@ -176,7 +176,8 @@ def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storag
 
 
 def fit_sources(data_split: DataSplit, settings: Settings) -> SourceModels:
-    """EASEᴿ and ALS (``settings.sources``), chosen on the retrieval model's validation pairs."""
+    """The candidate sources ``settings.sources`` switches on (``movierec.sources``), each chosen on the
+    retrieval model's validation pairs."""
     from movierec.retrieval import validation_split
     from movierec.sources import fit_sources as fit
 

@@ -1,6 +1,6 @@
 """The second stage: the union of the candidate sources' lists, ordered by a learned ranker.
 
-Each source (the retrieval model, EASEᴿ, ALS: ``movierec.sources``) hands over its ``candidates``
+Each source (the retrieval model and the registered ones, ``movierec.sources``) hands over its ``candidates``
 best unseen movies; the union is scored by a linear function of per-candidate features: each
 source's raw score for the movie, the log of the rating model's predicted stars (not for
 implicit-only data, which has no rating model), and the log of the movie's popularity. The
@@ -24,16 +24,23 @@ measurement, and serving can score a candidate without a pass over the whole cat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from movierec import arrays, metrics
 
-FEATURES = ("retrieval", "ease", "als", "rating", "popularity")
-IMPLICIT_FEATURES = tuple(f for f in FEATURES if f != "rating")  # no rating model to ask
+RETRIEVAL = "retrieval"  # the two-tower (or LightGCN) vectors' score: a source of its own, not in the registry
 Rate = Callable[[np.ndarray, np.ndarray], np.ndarray]  # stars of aligned (user, movie) index pairs
+
+
+def features(sources: Iterable[str], rated: bool) -> tuple[str, ...]:
+    """The ranker's features for the candidate sources named (``movierec.sources``, in the
+    registry's order): the retrieval model's score, each source's, the rating model's stars
+    (``rated``; implicit-only data has no rating model) and popularity. They follow the sources
+    fitted, so a source switched off is no feature, rather than a column of zeros."""
+    return (RETRIEVAL, *sources, *(("rating",) if rated else ()), "popularity")
 
 
 @dataclass
@@ -61,7 +68,7 @@ class Candidates:
     items: np.ndarray
     values: np.ndarray
     lists: dict[str, np.ndarray]
-    features: tuple[str, ...] = FEATURES
+    features: tuple[str, ...]
 
 
 def union(lists: list[np.ndarray]) -> np.ndarray:
@@ -72,22 +79,23 @@ def union(lists: list[np.ndarray]) -> np.ndarray:
     return both[:, : max(1, int((both >= 0).sum(1).max()))]
 
 
-SOURCES = ("retrieval", "ease", "als")  # the features that are a source's raw score
-
-
 def feature_values(features: tuple[str, ...], scores: dict[str, np.ndarray], stars: np.ndarray | None,
                    popularity: np.ndarray) -> np.ndarray:
     """[..., features] values of candidates, the one definition training, evaluation and serving
     share (a feature computed apart in serving would drift from what the ranker was fitted on):
-    each source's raw score of the candidate (``scores`` by source name; a source without scores
-    counts 0), the log of its predicted stars clipped to 0.5-5 (``stars``; None where there is no
-    rating model, and then ``features`` has no rating) and the log of its training popularity.
-    All arrays have the candidates' shape."""
-    zeros = np.zeros(np.shape(popularity), np.float32)
-    columns = {name: scores.get(name, zeros) for name in SOURCES}
+    each source's raw score of the candidate (``scores`` by source name), the log of its predicted
+    stars clipped to 0.5-5 (``stars``; None where there is no rating model, and then ``features``
+    has no rating) and the log of its training popularity. All arrays have the candidates' shape.
+    A feature no source scored is a ValueError: filled with zeros, the ranker would weigh nothing
+    and only a parity test would notice."""
+    columns = dict(scores)
     columns["popularity"] = np.log1p(popularity)
     if stars is not None:
         columns["rating"] = np.log(np.clip(stars, 0.5, 5.0))
+    missing = [name for name in features if name not in columns]
+    if missing:
+        raise ValueError(f"the ranker weighs {', '.join(missing)}, which no candidate source scored (scored: "
+                         f"{', '.join(columns)})")
     return np.stack([columns[name] for name in features], axis=-1)
 
 
@@ -96,10 +104,11 @@ def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.
                depth: int = 0) -> Candidates:
     """Candidates of ``users`` (row r is ``users[r]``): the union of each source's ``n`` best
     movies the user has not rated (``seen``: CSR indptr and indices over users), with their
-    features. ``scores`` holds [rows, movies] scores by source name ("retrieval", and any of
-    ``movierec.sources``); ``lists`` may give a source's candidate lists instead (the Annoy
+    features (:func:`features` of the sources in ``scores``). ``scores`` holds [rows, movies]
+    scores by source name ("retrieval" first, then the fitted ``movierec.sources``); ``lists``
+    may give a source's candidate lists instead (the Annoy
     index's, for retrieval); ``ratings(users, movies)`` predicts stars for aligned pairs (None:
-    no rating model, and no rating feature, ``IMPLICIT_FEATURES``). Each
+    no rating model, and no rating feature). Each
     source's own list is kept ``depth`` long when that is more than ``n`` (evaluation measures
     what a source alone finds with as many candidates as the union has)."""
     rows, cols = arrays.csr_rows(seen[0], seen[1], users)
@@ -113,13 +122,13 @@ def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.
         picked[name] = arrays.top_k(masked, max(n, depth))
     items = union([p[:, :n] for p in picked.values()])
     safe = np.maximum(items, 0)
-    features = FEATURES if ratings is not None else IMPLICIT_FEATURES
+    names = features((name for name in scores if name != RETRIEVAL), ratings is not None)
     stars = None
     if ratings is not None:
         stars = ratings(np.repeat(users, items.shape[1]), safe.reshape(-1)).reshape(items.shape)
-    values = feature_values(features, {name: np.take_along_axis(s, safe, axis=1) for name, s in scores.items()},
+    values = feature_values(names, {name: np.take_along_axis(s, safe, axis=1) for name, s in scores.items()},
                             stars, popularity[safe])
-    return Candidates(items, values.astype(np.float32), picked, features)
+    return Candidates(items, values.astype(np.float32), picked, names)
 
 
 def concat(parts: list[Candidates]) -> Candidates:

@@ -310,8 +310,9 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    """The candidate sources beside the retrieval model (``movierec.sources``); each grid is
-    searched on the retrieval model's validation pairs."""
+    """The candidate sources beside the retrieval model (``movierec.sources``): each source's
+    switch (the field named as the source) and its grid, searched on the retrieval model's
+    validation pairs. The source class reads its own fields."""
 
     ease: bool = setting(True, "ease", "EASE item-item model as a candidate source")
     ease_max_items: int = setting(10_000, "ease-max-items", "EASE covers at most this many of the most-rated "
@@ -324,6 +325,10 @@ class SourcesConfig:
     als_regularization: tuple[float, ...] = (1.0, 10.0, 50.0)
     als_alpha: tuple[float, ...] = (1.0, 5.0)
     als_iterations: int = 15
+    rp3beta: bool = setting(False, "rp3beta", "RP3beta random-walk item-item model as a candidate source")
+    rp3beta_max_items: int = 10_000  # a dense square matrix of them, as for EASE
+    rp3beta_alphas: tuple[float, ...] = (0.5, 0.75, 1.0)
+    rp3beta_betas: tuple[float, ...] = (0.0, 0.25, 0.5)
     search_users: int = 20_000  # the grids are searched on at most this many users' ratings
 
 

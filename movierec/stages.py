@@ -1,5 +1,5 @@
 """The two stages' trained parts, kept together as they travel from training to evaluation and the
-bundle: what hands over candidates (the retrieval model's vectors and index, EASEᴿ, ALS) and what
+bundle: what hands over candidates (the retrieval model's vectors and index, the other sources) and what
 orders them (the rating model, whose stars are one feature, and the learned ranker). Implicit-only
 data has no rating model (``ranking`` is None) and the ranker no rating feature."""
 
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from movierec.ranker import RETRIEVAL
 
 if TYPE_CHECKING:  # the models import torch; these are their types only
     import scipy.sparse as sp
@@ -46,4 +48,5 @@ class TwoStage:
     def scores(self, users: np.ndarray, history: sp.csr_matrix, fitted: Sources) -> dict[str, np.ndarray]:
         """[users, movies] scores of every candidate source by name: the retrieval model's logits and
         ``fitted``'s (the sources as tuned, for the ranker's training, or as refitted, for evaluation)."""
-        return {"retrieval": self.logits(users), **fitted.scores(users, history)}
+        return {RETRIEVAL: self.logits(users),
+                **{name: source.scores(users, history) for name, source in fitted.items()}}

@@ -142,7 +142,7 @@ def tiny_stages(enc):
     from movierec.factorization import fit_biased_mf
     from movierec.index import build_index
     from movierec.nn import feature_tensors, state_to_bytes
-    from movierec.ranker import FEATURES, IMPLICIT_FEATURES, Ranker
+    from movierec.ranker import Ranker, features
     from movierec.ranking import RankingResult, RatingModel
     from movierec.retrieval import RetrievalResult, TwoTower
     from movierec.settings import IndexSettings, RetrievalConfig, SourcesConfig
@@ -167,10 +167,10 @@ def tiny_stages(enc):
     sources = fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val], enc.n_users,
                           enc.n_items, SourcesConfig(ease_lambdas=(10.0,), als_factors=(8,), als_regularization=(0.1,),
                                                      als_alpha=(1.0,), als_iterations=5), seed=0)
-    weights = dict(zip(FEATURES, (1.0, 0.5, 0.2, 0.3, 0.1)))
-    features = IMPLICIT_FEATURES if enc.implicit else FEATURES
-    second = Ranker(features, np.zeros(len(features), np.float32), np.ones(len(features), np.float32),
-                    np.array([weights[f] for f in features], np.float32), 20, 0.0)
+    weights = {"retrieval": 1.0, "ease": 0.5, "als": 0.2, "rating": 0.3, "popularity": 0.1}
+    names = features(sources.final, rated=not enc.implicit)  # the sources fitted, as the flow's ranker has them
+    second = Ranker(names, np.zeros(len(names), np.float32), np.ones(len(names), np.float32),
+                    np.array([weights[f] for f in names], np.float32), 20, 0.0)
     return DataSplit(enc, split), TwoStage(retrieval, index, sources, None if enc.implicit else ranking, second)
 
 

@@ -99,7 +99,35 @@ def test_a_ranker_for_other_features_than_the_data_is_refused(tiny_implicit_bund
             vectors = dict(np.load(io.BytesIO(files["vectors.npz"])))
             files["vectors.npz"] = bundle._npz(**vectors, item_baselines=np.zeros(len(vectors["items"]), np.float32))
         with pytest.raises(BundleError, match="model.json: .*the ranker is not for this version's features"):
-            Recommender(info, files)
+            Recommender(bundle.check_bundle(info, files))
+
+
+def test_load_bundle_returns_the_typed_checked_bundle_that_the_recommender_wires(tiny_bundle, tiny_private_bundle,
+                                                                                 tiny_models):
+    """bundle.load_bundle does all the reading and checking; the sources come back through the
+    registry as the classes that were fitted, and a bundle without users has no per-user field."""
+    loaded = bundle.load_bundle(tiny_bundle)
+    _, stages = tiny_models
+    assert isinstance(loaded, bundle.Bundle) and loaded.origin == "bundle" and loaded.backend == "numpy"
+    assert {n: type(s) for n, s in loaded.sources.items()} == {n: type(s) for n, s in stages.sources.final.items()}
+    assert loaded.ranker.features == stages.ranker.features and loaded.rate is not None
+    private = bundle.load_bundle(tiny_private_bundle, origin="private.zip")
+    assert private.origin == "private.zip" and private.rate is None and private.backend == "none"
+    assert all(getattr(private, f) is None for f in ("user_vectors", "user_ids", "rated_indptr", "rated"))
+    assert private.sources["als"].user_factors is None
+    assert Recommender(loaded).recommend(int(loaded.user_ids[0]), 3)
+
+
+def test_a_ranker_feature_that_no_source_provides_is_refused(tiny_bundle):
+    """A bundle whose ranker weighs ALS, without ALS among its sources: serving filled the feature
+    with zeros (ranker.feature_values) and answered, ordered by a ranker missing a column."""
+    info, files = bundle.read_bundle(tiny_bundle)
+    info["sources"].pop("als")
+    values = dict(np.load(io.BytesIO(files["sources.npz"])))
+    files["sources.npz"] = bundle._npz(**{k: v for k, v in values.items() if not k.startswith("als/")})
+    with pytest.raises(BundleError, match="model.json: .*the ranker weighs als, which no candidate source of this "
+                                          "bundle provides"):
+        Recommender(bundle.check_bundle(info, files))
 
 
 def test_history_for_unknown_user(rec):
@@ -271,11 +299,21 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
                       keep_checksums=False), "ranking.pt: cannot be read .*blend mf_user_bias .*not of shape"),
     (lambda b: _rezip(b, {"ranking.pt": _replace_state(b, "blend_weight", lambda t: t + 2)}, keep_checksums=False),
      "ranking.pt: cannot be read .*blend weight is not between 0 and 1"),
-    # ALS: user factors without movie factors, or movie factors without what folds a history in
-    (lambda b: _rezip(b, {"sources.npz": _npz_without(b, "sources.npz", "als_items")}, keep_checksums=False),
-     "sources.npz: cannot be read .*ALS user factors without movie factors"),
-    (lambda b: _change_model(b, lambda info: info["sources"].pop("als_fold_in")),
-     "sources.npz: cannot be read .*without the regularisation and alpha"),
+    # a source checks its own arrays and settings (movierec.sources): ALS without movie factors, or
+    # without what folds a history in; EASE's weights for other movies than it covers
+    (lambda b: _rezip(b, {"sources.npz": _npz_without(b, "sources.npz", "als/items")}, keep_checksums=False),
+     "sources.npz: cannot be read .*source 'als': no 'items' array"),
+    (lambda b: _change_model(b, lambda info: info["sources"]["als"].pop("settings")),
+     "sources.npz: cannot be read .*source 'als': no regularisation >= 0 and alpha > 0 to fold a history in"),
+    (lambda b: _rezip(b, {"sources.npz": _replace_npz(b, "sources.npz", "als/users", lambda a: a[:-1])},
+                      keep_checksums=False), "sources.npz: cannot be read .*source 'als': user factors of shape"),
+    (lambda b: _rezip(b, {"sources.npz": _replace_npz(b, "sources.npz", "ease/weights", lambda a: a[:, :-1])},
+                      keep_checksums=False), "sources.npz: cannot be read .*source 'ease': weights of shape"),
+    # a source this version does not know, or arrays no source is named for: refused, never ignored
+    (lambda b: _change_model(b, lambda info: info["sources"].update(itemknn=info["sources"].pop("ease"))),
+     "sources.npz: cannot be read .*unknown candidate source 'itemknn': this movierec knows ease, als"),
+    (lambda b: _change_model(b, lambda info: info["sources"].pop("ease")),
+     "sources.npz: cannot be read .*arrays 'ease/items' of a source model.json does not name"),
     (lambda b: _change_model(b, lambda info: info["ranker"].update(scale=[0.0] * 5)),
      "model.json: cannot be read .*feature scales are not finite positive"),
 ])
@@ -303,7 +341,7 @@ def test_a_model_with_nan_or_infinite_values_is_neither_published_nor_loaded(tin
                                          "diverged"):
         bundle.make_bundle(data_split, diverged, {"run_id": "test"})
     for name, key, message in (("vectors.npz", "items", "items"), ("vectors.npz", "users", "users"),
-                               ("sources.npz", "ease_weights", "ease_weights")):
+                               ("sources.npz", "ease/weights", "'weights'")):
         poisoned = _rezip(tiny_bundle, {name: _replace_npz(tiny_bundle, name, key, _poison)}, keep_checksums=False)
         with pytest.raises(BundleError, match=f"{name}: cannot be read .*NaN or infinite values in {message}"):
             Recommender.from_bytes(poisoned)
@@ -384,7 +422,7 @@ def test_private_bundle_carries_no_user_and_answers_history_requests(tiny_privat
         assert names == {"model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json"}
         assert set(np.load(io.BytesIO(zf.read("ids.npz")))) == {"item_ids", "years"}
         assert set(np.load(io.BytesIO(zf.read("vectors.npz")))) == {"items", "item_baselines", "popularity"}
-        assert set(np.load(io.BytesIO(zf.read("sources.npz")))) == {"ease_items", "ease_weights", "als_items"}
+        assert set(np.load(io.BytesIO(zf.read("sources.npz")))) == {"ease/items", "ease/weights", "als/items"}
         assert "user" not in json.loads(zf.read("model.json"))["sizes"]
     private, full = Recommender.from_bytes(tiny_private_bundle), Recommender.from_bytes(tiny_bundle)
     assert private.describe()["user_data"] is False and private.backend == "none"

@@ -7,6 +7,8 @@ import pytest
 from movierec import ranker, sources
 from movierec.settings import SourcesConfig
 
+FEATURES = ranker.features(("ease", "als"), rated=True)  # as the flow's ranker has them by default
+
 
 def test_ease_weights_are_the_closed_form_by_hand():
     # 3 users x 3 movies; P = (XᵀX + λI)⁻¹, B = I - P / diag(P) with a zero diagonal
@@ -18,14 +20,14 @@ def test_ease_weights_are_the_closed_form_by_hand():
     np.fill_diagonal(expected, 0)
     model = sources.fit_ease(x, lam, max_items=10)
     np.testing.assert_allclose(model.weights, expected, rtol=1e-5)
-    np.testing.assert_allclose(model.scores(x[[0]]), (np.array([[1, 1, 0]]) @ expected), rtol=1e-5)
+    np.testing.assert_allclose(model.scores(np.array([0]), x[[0]]), (np.array([[1, 1, 0]]) @ expected), rtol=1e-5)
 
 
 def test_ease_covers_only_the_most_rated_movies_and_scores_the_rest_zero():
     x = sources.interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4)
     model = sources.fit_ease(x, 1.0, max_items=2)
     assert model.items.tolist() == [0, 1]  # movie 1 rated 3 times; ties to the lower id
-    scores = model.scores(x)
+    scores = model.scores(np.arange(3), x)
     assert (scores[:, [2, 3]] == 0).all() and scores.shape == (3, 4)
 
 
@@ -38,7 +40,7 @@ def test_als_fold_in_is_the_user_step_of_implicit():
     x = sources.interactions(rng.integers(0, 40, 600), rng.integers(0, 30, 600), 40, 30)
     als = AlternatingLeastSquares(factors=4, regularization=0.1, alpha=2.0, iterations=10, random_state=0)
     als.fit(x, show_progress=False)
-    model = sources.AlsModel(np.asarray(als.user_factors), np.asarray(als.item_factors), 0.1, 2.0)
+    model = sources.Als(np.asarray(als.user_factors), np.asarray(als.item_factors), 0.1, 2.0)
     expected = np.asarray(als.recalculate_user(7, x[[7]])).ravel()
     np.testing.assert_allclose(model.user_vector(x[[7]].indices), expected, rtol=1e-3, atol=1e-4)
     assert np.abs(expected).max() > 0.01  # a real vector, not two zeros agreeing
@@ -55,8 +57,8 @@ def test_sources_are_chosen_on_validation_and_refitted_on_everything(small_encod
     assert models.chosen["ease"]["params"]["lambda"] in (1.0, 50.0) and 0 <= models.chosen["ease"]["val_ndcg"] <= 1
     lam = models.chosen["ease"]["params"]["lambda"]
     x_all = sources.interactions(enc.user_idx, enc.item_idx, enc.n_users, enc.n_items)
-    np.testing.assert_allclose(models.final.ease.weights, sources.fit_ease(x_all, lam, 10_000).weights, rtol=1e-5)
-    assert not np.allclose(models.tuning.ease.weights, models.final.ease.weights)  # the tuning fit lacks val
+    np.testing.assert_allclose(models.final["ease"].weights, sources.fit_ease(x_all, lam, 10_000).weights, rtol=1e-5)
+    assert not np.allclose(models.tuning["ease"].weights, models.final["ease"].weights)  # the tuning fit lacks val
 
 
 def test_union_keeps_each_movie_once_and_pads():
@@ -75,8 +77,9 @@ def test_candidates_exclude_seen_movies_and_carry_each_feature():
                               np.array([9, 0, 0, 0, 3]), n=2)
     assert [sorted(r[r >= 0].tolist()) for r in cands.items] == [[1, 2, 3, 4], [0, 2, 3]]
     row0 = {int(i): v for i, v in zip(cands.items[0], cands.values[0]) if i >= 0}
-    np.testing.assert_allclose(row0[3], [2.0, 0.9, 0.0, np.log(4.0), 0.0], rtol=1e-6)
-    np.testing.assert_allclose(row0[4], [1.0, 0.8, 0.0, np.log(4.0), np.log1p(3)], rtol=1e-6)
+    assert cands.features == ("retrieval", "ease", "rating", "popularity")  # the sources scored, no zero column
+    np.testing.assert_allclose(row0[3], [2.0, 0.9, np.log(4.0), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(row0[4], [1.0, 0.8, np.log(4.0), np.log1p(3)], rtol=1e-6)
 
 
 def test_without_a_rating_model_candidates_carry_every_feature_but_the_rating():
@@ -84,11 +87,11 @@ def test_without_a_rating_model_candidates_carry_every_feature_but_the_rating():
     retrieval, als = np.array([[3.0, 2.0, 1.0]], np.float32), np.array([[0.1, 0.2, 0.7]], np.float32)
     cands = ranker.candidates(users, {"retrieval": retrieval, "als": als}, (np.array([0, 0]), np.array([], int)),
                               None, np.array([4, 0, 1]), n=1)
-    assert cands.features == ranker.IMPLICIT_FEATURES == ("retrieval", "ease", "als", "popularity")
+    assert cands.features == ("retrieval", "als", "popularity")
     assert sorted(cands.items[0].tolist()) == [0, 2]
     by_movie = {int(i): v.tolist() for i, v in zip(cands.items[0], cands.values[0])}
-    np.testing.assert_allclose(by_movie[0], [3.0, 0.0, 0.1, np.log1p(4)], rtol=1e-6)
-    np.testing.assert_allclose(by_movie[2], [1.0, 0.0, 0.7, np.log1p(1)], rtol=1e-6)
+    np.testing.assert_allclose(by_movie[0], [3.0, 0.1, np.log1p(4)], rtol=1e-6)
+    np.testing.assert_allclose(by_movie[2], [1.0, 0.7, np.log1p(1)], rtol=1e-6)
 
 
 def test_evaluating_implicit_only_data_reports_no_rating_error(tiny_implicit_models):
@@ -129,13 +132,13 @@ def test_the_listwise_fit_finds_the_feature_that_orders_relevant_movies_first():
     users, width = 50, 30
     relevant = np.zeros((users, width), bool)
     relevant[:, :3] = True
-    values = rng.normal(size=(users, width, len(ranker.FEATURES))).astype(np.float32)
+    values = rng.normal(size=(users, width, len(FEATURES))).astype(np.float32)
     values[..., 1] = relevant + rng.normal(scale=0.1, size=(users, width))
     data = ranker._Validation(values, np.zeros((users, width), bool), relevant, np.full(users, 3))
     weights = ranker.fit_listwise(data, np.arange(users), l2=0.01)
     assert data.ndcg(weights, np.arange(users)) == pytest.approx(1.0)
     assert np.argmax(np.abs(weights)) == 1
-    assert data.ndcg(np.eye(len(ranker.FEATURES))[0], np.arange(users)) < 0.5
+    assert data.ndcg(np.eye(len(FEATURES))[0], np.arange(users)) < 0.5
 
 
 def test_the_listwise_fit_solves_a_two_candidate_list_by_hand_and_ignores_padding():
@@ -153,11 +156,11 @@ def test_the_listwise_fit_solves_a_two_candidate_list_by_hand_and_ignores_paddin
 
 
 def test_the_ranker_scores_standardised_features():
-    r = ranker.Ranker(ranker.FEATURES, np.array([1, 0, 0, 0, 0], np.float32), np.array([2, 1, 1, 1, 1], np.float32),
+    r = ranker.Ranker(FEATURES, np.array([1, 0, 0, 0, 0], np.float32), np.array([2, 1, 1, 1, 1], np.float32),
                       np.array([1, 1, 0, 0, 0], np.float32), 10, 0.0)
     values = np.array([[[3.0, 0.5, 9, 9, 9], [1.0, 2.0, 9, 9, 9]]], np.float32)
     np.testing.assert_allclose(r.score(values), [[1.5, 2.0]])
-    cands = ranker.Candidates(np.array([[7, 8]]), values, {})
+    cands = ranker.Candidates(np.array([[7, 8]]), values, {}, r.features)
     assert ranker.top(r, cands, 1).tolist() == [[8]]
 
 
@@ -171,7 +174,7 @@ def test_on_many_users_the_grids_are_searched_on_a_sample_and_lambda_scaled(smal
     users_with_fit = len(np.unique(enc.user_idx[fit]))
     assert models.chosen["ease"]["params"]["lambda"] == pytest.approx(10.0 * users_with_fit / 40)
     x_fit = sources.interactions(enc.user_idx[fit], enc.item_idx[fit], enc.n_users, enc.n_items)
-    np.testing.assert_allclose(models.tuning.ease.weights,
+    np.testing.assert_allclose(models.tuning["ease"].weights,
                                sources.fit_ease(x_fit, 10.0 * users_with_fit / 40, 10_000).weights, rtol=1e-5)
 
 
