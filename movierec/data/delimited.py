@@ -31,7 +31,7 @@ def _parse_value(text: str, typ: pa.DataType) -> None:
 
 
 def _locate_bad_line(
-    path: Path, text: str, delimiter: str, names: list[str], types: dict[str, pa.DataType], first_line: int
+    path: Path, text: str, delimiter: str, names: list[str], types: dict[str, pa.DataType], *, first_line: int
 ) -> str:
     """Slow path, run only after pyarrow refused a file: find the first offending line and say why."""
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
@@ -142,7 +142,7 @@ def read_table(
             body = text.split("\n", 1)[1] if skip and "\n" in text else "" if skip else text
             if not body.strip():
                 raise DataError(f"{path}: no data rows") from exc
-            raise DataError(_locate_bad_line(path, body, delimiter, names, types, skip + 1)) from exc
+            raise DataError(_locate_bad_line(path, body, delimiter, names, types, first_line=skip + 1)) from exc
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     for name in types:
