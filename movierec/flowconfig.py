@@ -388,14 +388,14 @@ def step_frame(step_name: str, flow: object, inputs: object = None) -> Iterator[
 
 
 def unchanged_inputs(flow: object, touched: set[str]) -> list[str]:
-    """Which of ``touched`` (attributes the step's code set on ``flow``) are input artifacts it only
-    read. Metaflow keeps an input it loads on the flow object and saves every artifact found
-    there again at the end of the step, under the hash of its new pickle, and a loaded value
-    does not pickle to the bytes it was loaded from (unpickling interns attribute names, so
-    shared strings come apart): each artifact a later step read was stored a second time, the
-    candidate sources' 20 MB among them. A value counts as unchanged when it pickles to the same
-    bytes as a fresh load of the stored input; one the step changed, in place or by assigning
-    it, differs and is saved as before."""
+    """Which of ``touched`` (attributes that appeared on ``flow`` while the step ran: loaded or
+    assigned) are input artifacts the step only read. Metaflow keeps an input it loads on the
+    flow object and saves every artifact found there again at the end of the step, under the
+    hash of its new pickle, and a loaded value does not pickle to the bytes it was loaded from
+    (unpickling interns attribute names, so shared strings come apart): each artifact a later
+    step read was stored a second time, the candidate sources' 20 MB among them. A value counts
+    as unchanged when it pickles to the same bytes as a fresh load of the stored input; one the
+    step changed, in place or by assigning it, differs and is saved as before."""
     store = flow._datastore  # the input's (in a join, the merged inputs'); no public accessor
     unchanged = []
     for name in sorted(touched):
