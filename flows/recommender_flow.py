@@ -8,7 +8,8 @@
 
 Each step is a call into ``movierec.pipeline`` plus its card. Every setting is a command-line
 option (``run --help``), added with its checks by ``flowconfig.configured``, which also wraps each
-step in fault injection (for tests) and a timing line.
+step in fault injection (for tests), a timing line, and hands on the inputs a step only read as
+they are stored (each artifact is stored once per run).
 """
 
 import os
@@ -27,7 +28,7 @@ from movierec import flowconfig, pipeline, reports  # noqa: E402
 
 
 @project(name="movierec")  # deployments per branch: argo-workflows create --branch / --production
-@package_suffixes(flowconfig.PACKAGE_SUFFIXES)
+@package_suffixes(flowconfig.PACKAGE_SUFFIXES)  # the code package carries what publish builds the wheel from
 @flowconfig.configured
 class RecommenderFlow(FlowSpec):
     """Load → split → (train retrieval + sources ∥ tune rating model) → build Annoy index → train ranker →
