@@ -30,6 +30,7 @@ class RecommenderClusterFlow(RecommenderFlow):
     @card
     @step
     def train_retrieval(self):
+        """Fit the candidate sources (EASE, ALS) and fan out to one task per Ray node."""
         self.sources = pipeline.fit_sources(self.data_split, self.settings)
         self.next(self.train_on_cluster, num_parallel=self.settings.ray.nodes)
 
@@ -37,6 +38,7 @@ class RecommenderClusterFlow(RecommenderFlow):
     @metaflow_ray(all_nodes_started_timeout=600)
     @step
     def train_on_cluster(self):
+        """Hold a Ray node; the control task trains the retrieval model across all of them."""
         # only the control task runs this; the other tasks hold a Ray node until it finishes
         self.retrieval = pipeline.train_retrieval_on_cluster(self.data_split, self.settings, pipeline.ray_storage(self),
                                                               current.parallel.main_ip)
@@ -46,6 +48,7 @@ class RecommenderClusterFlow(RecommenderFlow):
     @card
     @step
     def gather_retrieval(self, inputs):
+        """Take the retrieval model the control task trained."""
         # The control task trained the model; the others only held Ray nodes. Their copies of the
         # inherited artifacts are the same values, but those the control task read were saved again
         # (pickled anew), which merge_artifacts would take for a conflict.

@@ -8,7 +8,8 @@
 
 Each step is a call into ``movierec.pipeline`` plus its card. Every setting is a command-line
 option (``run --help``), added with its checks by ``flowconfig.configured``, which also wraps each
-step in fault injection (for tests) and a timing line.
+step in fault injection (for tests), a timing line, and hands on the inputs a step only read as
+they are stored (each artifact is stored once per run).
 """
 
 import os
@@ -20,19 +21,14 @@ import time
 if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
     os.environ["METAFLOW_USER"] = "movierec"
 
-# The code package a remote step runs from carries, besides the flow and the movierec package
-# (flows/movierec links it), what publishing builds the wheel from: setup.cfg, pyproject.toml and
-# README.md (linked here too) and the web page (movierec/web/index.html).
-_suffixes = os.environ.get("METAFLOW_DEFAULT_PACKAGE_SUFFIXES", ".py,.R,.RDS").split(",")
-os.environ["METAFLOW_DEFAULT_PACKAGE_SUFFIXES"] = ",".join(
-    dict.fromkeys([*_suffixes, ".py", ".cfg", ".toml", ".md", ".html"]))
-
 from metaflow import Config, FlowSpec, card, current, project, step  # noqa: E402
+from metaflow.plugins.package_suffixes_mutator import package_suffixes  # noqa: E402
 
 from movierec import flowconfig, pipeline, reports  # noqa: E402
 
 
 @project(name="movierec")  # deployments per branch: argo-workflows create --branch / --production
+@package_suffixes(flowconfig.PACKAGE_SUFFIXES)  # the code package carries what publish builds the wheel from
 @flowconfig.configured
 class RecommenderFlow(FlowSpec):
     """Load → split → (train retrieval + sources ∥ tune rating model) → build Annoy index → train ranker →
@@ -44,6 +40,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def start(self):
+        """Load the ratings and movies (ML-100K by default) and record the run's settings."""
         self.settings = flowconfig.settings_of(self)
         self.started_us = time.time_ns() // 1000  # the published wheel's version (pipeline.version_time)
         dataset = pipeline.load_data(self.settings)
@@ -57,6 +54,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def split(self):
+        """Encode the ratings and split them into train and test as the protocol says."""
         self.data_split = pipeline.split_data(self.dataset, self.settings)
         print(f"[split] {self.data_split.split.summary()}")
         current.card.extend(reports.split_card(self.data_split, self.settings.protocol))
@@ -65,6 +63,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def train_retrieval(self):
+        """Train the retrieval model with Ray Train and fit the candidate sources (EASE, ALS)."""
         self.retrieval = pipeline.train_retrieval(self.data_split, self.settings, pipeline.ray_storage(self),
                                                   beside_tuning=True)
         self.sources = pipeline.fit_sources(self.data_split, self.settings)
@@ -74,6 +73,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def tune_ranking(self):
+        """Search the rating model's hyper-parameters with Ray Tune (none for implicit-only data)."""
         self.ranking = pipeline.tune_ranking(self.data_split, self.settings, pipeline.ray_storage(self))
         current.card.extend(reports.ranking_card(self.ranking))
         self.next(self.build_index)
@@ -81,6 +81,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def build_index(self, inputs):
+        """Join both branches and build the Annoy index over the movies' vectors."""
         self.merge_artifacts(inputs)
         self.retrieval_index = pipeline.build_index(self.retrieval, self.settings)
         current.card.extend(reports.index_card(self.retrieval_index))
@@ -89,6 +90,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def train_ranker(self):
+        """Fit the second stage's learned ranker over the sources' candidates."""
         self.ranker = pipeline.train_ranker(self.data_split, self._stages(), self.settings, pipeline.ray_storage(self))
         current.card.extend(reports.ranker_card(self.ranker))
         self.next(self.evaluate)
@@ -96,6 +98,7 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def evaluate(self):
+        """Score both stages and the baselines on the test split."""
         report = pipeline.evaluate(self.data_split, self._stages())
         self.metrics, self.samples = report.rows, report.samples
         print(report.to_text())
@@ -105,19 +108,21 @@ class RecommenderFlow(FlowSpec):
     @card
     @step
     def publish(self):
+        """Bundle the models, build the wheel and upload it to the package repository."""
         # a resumed run has start's time cloned from the run it resumed: it gets a version of its own,
         # the same in every retry of this step
         started_us = pipeline.publish_time(getattr(self, "started_us", None))
         run = {"flow": current.flow_name, "run_id": current.run_id, "started_us": started_us,
                "dataset": self.data_stats, "metrics": self.metrics}
-        self.bundle, publication, self.wheel = pipeline.publish(self.data_split, self._stages(), self.settings, run)
-        self.publication = publication.to_dict()
+        self.bundle, publication = pipeline.publish(self.data_split, self._stages(), self.settings, run)
+        self.publication = publication.to_dict()  # the wheel: in publication["repository"], by name and sha256
         current.card.extend(reports.publish_card(self.publication, len(self.bundle)))
         self.next(self.end)
 
     @card(type="blank")  # the default card would render every artifact of the run again, bundle included
     @step
     def end(self):
+        """Print the headline metrics and how to install and use the published model."""
         lines = reports.finished_lines(current.run_id, self.publication, self.metrics, sys.argv[0])
         print("[end] " + "\n  ".join(lines))
         current.card.extend(reports.finished_card(lines))

@@ -14,7 +14,8 @@ adds one per setting, each checked as the command line is parsed, before a run e
 stores and prints parameter values, so a bad value, or a repository URL with a password in it,
 must never reach a run), gives each step its ``@resources``, ``@timeout``, ``@secrets`` and (on
 Kubernetes or AWS Batch) its image and ``@retry`` from the file, and wraps every step in
-:func:`step_frame`: fault injection for tests and a timing line, in one place. An error names the
+:func:`step_frame`: fault injection for tests, a timing line, and inputs a step only read
+handed on as stored (not saved again), in one place. An error names the
 setting and its option:
 ``retrieval.epochs (--retrieval-epochs) must be at least 1, got 0``.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import sys
 import time
 from collections.abc import Iterator
@@ -55,6 +57,11 @@ SHARED_DATASTORES = ("s3", "gs")
 # Settings that size the Ray steps' containers (step_decorators): on Kubernetes/Batch only the file's count.
 SIZING = ("ray.num_cpus", "ray.nodes", "retrieval.workers", "retrieval.gpus_per_worker", "tune.trials_per_gpu")
 REMOTE_COMPUTE = ("kubernetes", "batch")
+# What the code package a remote step runs from holds besides Metaflow's own suffixes (.py): what
+# publishing builds the wheel from, setup.cfg, pyproject.toml and README.md (flows/ links them, and
+# the movierec package), and the web page (movierec/web/index.html). The flows name them with
+# Metaflow's @package_suffixes mutator, which the subclass RecommenderClusterFlow inherits.
+PACKAGE_SUFFIXES = (".cfg", ".toml", ".md", ".html")
 
 
 def _named(key: str) -> str:
@@ -369,11 +376,35 @@ def sources(settings: Settings, config: dict) -> list[dict[str, object]]:
 
 def step_frame(step_name: str, flow: object, inputs: object = None) -> Iterator[None]:
     """What every step does around its own code: an injected fault when a test asks for one
-    (``movierec.faults``), and a line saying how long the step took."""
+    (``movierec.faults``), a line saying how long the step took, and the artifacts the step only
+    read handed on as stored (:func:`unchanged_inputs`), not saved again."""
     faults.maybe_fail(step_name)
     start = time.perf_counter()
+    before = set(vars(flow))
     yield
+    for name in unchanged_inputs(flow, set(vars(flow)) - before):
+        delattr(flow, name)  # Metaflow then passes the input's stored copy on to this task
     print(f"[{step_name}] finished in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def unchanged_inputs(flow: object, touched: set[str]) -> list[str]:
+    """Which of ``touched`` (attributes that appeared on ``flow`` while the step ran: loaded or
+    assigned) are input artifacts the step only read. Metaflow keeps an input it loads on the
+    flow object and saves every artifact found there again at the end of the step, under the
+    hash of its new pickle, and a loaded value does not pickle to the bytes it was loaded from
+    (unpickling interns attribute names, so shared strings come apart): each artifact a later
+    step read was stored a second time, the candidate sources' 20 MB among them. A value counts
+    as unchanged when it pickles to the same bytes as a fresh load of the stored input; one the
+    step changed, in place or by assigning it, differs and is saved as before."""
+    store = flow._datastore  # the input's (in a join, the merged inputs'); no public accessor
+    unchanged = []
+    for name in sorted(touched):
+        if name.startswith("_") or store is None or name not in store:
+            continue
+        value = pickle.dumps(vars(flow)[name], protocol=pickle.HIGHEST_PROTOCOL)
+        if value == pickle.dumps(store[name], protocol=pickle.HIGHEST_PROTOCOL):
+            unchanged.append(name)
+    return unchanged
 
 
 @functools.cache

@@ -283,14 +283,15 @@ def publish_time(started_us: int | None) -> int:
     return version_time(started_us, origin, created)
 
 
-def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadata: dict
-            ) -> tuple[bytes, Publication, bytes]:
-    """(bundle, publication, wheel): the models zipped into a bundle (``movierec.bundle``) with the
-    run's ``metadata`` (its ``run_id`` and ``started_us`` make the wheel's version), packaged into
-    a wheel and uploaded (``movierec.packaging``)."""
+def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadata: dict) -> tuple[bytes, Publication]:
+    """(bundle, publication): the models zipped into a bundle (``movierec.bundle``) with the run's
+    ``metadata`` (its ``run_id`` and ``started_us`` make the wheel's version), packaged into a wheel
+    and uploaded (``movierec.packaging``). The wheel itself is not returned: it is the bundle
+    again (21 MB on ML-100K) with the code, and lies in the repository, where the publication
+    (its name, sha256 and install command) finds it."""
     from movierec.bundle import make_bundle
     from movierec.packaging import publish as upload
 
     bundle = make_bundle(data_split, stages, metadata, user_data=settings.publish.user_data)
-    publication, wheel = upload(bundle, settings.publish)
-    return bundle, publication, wheel
+    publication, _ = upload(bundle, settings.publish)
+    return bundle, publication

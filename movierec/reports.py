@@ -21,6 +21,13 @@ if TYPE_CHECKING:  # the types only: the cards of light steps must not import to
     from movierec.sources import SourceModels
     from movierec.split import DataSplit
 
+# A card shows the best CARD_ROWS rows of a search's trials and the curves of its CARD_CURVES best
+# trials: a card holds every point it charts, so a search of hundreds of trials made a card of
+# thousands of rows, in each run's datastore. (Most of a card's 1.1 MB is Metaflow's own viewer,
+# its JavaScript and CSS, which each card's HTML embeds; the content here is 1 to 7 KB a step.)
+CARD_ROWS = 20
+CARD_CURVES = 10
+
 
 def settings_card(rows: list[dict[str, object]]) -> list:
     """The run's settings, and which came from the configuration file or the command line."""
@@ -92,11 +99,15 @@ def ranking_card(result: RankingResult | None) -> list:
         return [heading("Rating model: skipped", ["The data is implicit-only (no rating column): there are no "
                                                   "stars to learn, so no rating model was searched and the "
                                                   "ranker orders candidates without a predicted rating."])]
+    ranked = sorted(result.trials, key=lambda r: r["best_val_rmse"])
+    charted = {r["trial"] for r in ranked[:CARD_CURVES]}
+    curves = [{k: c[k] for k in ("trial", "epoch", "val_rmse")} for c in result.curves if c["trial"] in charted]
+    some = f" (the {CARD_CURVES} best of {len(ranked)})" if len(ranked) > CARD_CURVES else ""
     return [
         heading("Rating model search (Ray Tune + ASHA)",
                 [f"Best validation RMSE **{result.val_rmse:.4f}** with {result.params}."]),
-        line_chart(result.curves, "epoch", "val_rmse", "Validation RMSE per epoch, by trial", color="trial"),
-        table(sorted(result.trials, key=lambda r: r["best_val_rmse"])),
+        line_chart(curves, "epoch", "val_rmse", f"Validation RMSE per epoch, by trial{some}", color="trial"),
+        table(ranked[:CARD_ROWS]),
         *([heading("Blend with biased matrix factorisation (ALS-WR)",
                    [f"Weight of the rating model **{result.blend['weight']:.3f}**, MF regularisation "
                     f"{result.blend['regularization']}: validation RMSE {result.blend['model_val_rmse']:.4f} -> "
@@ -114,7 +125,7 @@ def ranker_card(ranker: Ranker) -> list:
                  f"other 30% (held-out nDCG@10 **{ranker.val_ndcg:.4f}**), then refitted on all of them; "
                  f"{ranker.candidates} candidates per source."]),
         key_values(weights),
-        table(ranker.trials[:20]),
+        table(ranker.trials[:CARD_ROWS]),
     ]
 
 

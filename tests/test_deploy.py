@@ -147,7 +147,8 @@ def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configura
         value = json.loads(spec["value"]) if spec["value"] else ""
         assert not (isinstance(value, str) and value.startswith(("/", "~", str(Path.home())))), (name, value)
 
-    # The code package the pods download holds every movierec module beside the flow.
+    # The code package the pods download holds every movierec module beside the flow, and what publish
+    # builds the wheel from (flowconfig.PACKAGE_SUFFIXES).
     code_url = next(e["value"] for e in templates["start"]["container"]["env"] if e["name"] == "METAFLOW_CODE_URL")
     bucket, key = code_url.removeprefix("s3://").split("/", 1)
     blob = client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -155,6 +156,7 @@ def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configura
         names = set(tar.getnames())
     assert "recommender_flow.py" in names
     assert {f"movierec/{m}" for m in MODULES} <= names
+    assert {"setup.cfg", "pyproject.toml", "README.md", "movierec/web/index.html"} <= names
 
 
 def test_gpu_settings_of_the_configuration_reach_the_containers(aws, tmp_path):

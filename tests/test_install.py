@@ -22,8 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def published(runs):
-    run = runs[3]
-    return run["publish"].task.data.publication, run["publish"].task.data.wheel
+    """(publication, wheel bytes): the run stores no copy of the wheel, its publication names it in
+    the index, with its sha256."""
+    publication = runs[3]["publish"].task.data.publication
+    wheel = (Path(publication["repository"]) / "packages" / publication["wheel"]).read_bytes()
+    assert hashlib.sha256(wheel).hexdigest() == publication["sha256"]
+    return publication, wheel
 
 
 def test_flow_published_to_a_pip_readable_local_index(published, tmp_path):
