@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from movierec.arrays import csr
+from movierec.arrays import Interactions
 from movierec.checksums import sha256
 from movierec.errors import BundleError, RecommenderError
 from movierec.index import Index
@@ -111,7 +111,7 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
     files: dict[str, bytes] = {}
     exports: dict = {"left_out": "published without per-user data"}
     if user_data:
-        indptr, rated = csr(enc.user_idx[train_idx], enc.item_idx[train_idx], enc.n_users)
+        indptr, rated = Interactions.of(enc, train_idx, stars=False).csr()
         ids.update(user_ids=enc.user_ids, rated_indptr=indptr, rated=rated)
         vectors["users"] = index.user_vectors.astype(np.float32)
         exported, exports = export_serving_models(folded, stages.retrieval.model(), enc.n_users, enc.n_items)
@@ -364,7 +364,7 @@ def check_bundle(info: dict, files: dict[str, bytes], origin: str = "bundle", ba
                  f"({', '.join(expected)})")
         _require(all(np.isfinite(v).all() for v in (mean, scale, weights)) and (scale > 0).all(),
                  "the ranker's weights or feature scales are not finite positive numbers")
-        ranker = Ranker(expected, mean, scale, weights, int(ranker["candidates"]), float("nan"))
+        ranker = Ranker(expected, mean, scale, weights, candidates=int(ranker["candidates"]), val_ndcg=float("nan"))
     with _reading(origin, "items.json"):
         items = json.loads(files["items.json"])
         titles, genres = items["titles"], items["genres"]
@@ -381,8 +381,10 @@ def check_bundle(info: dict, files: dict[str, bytes], origin: str = "bundle", ba
     with _reading(origin, "items.ann"):
         index = Index(files["items.ann"], dim, settings)
         _require(len(index) == n_items, f"{len(index)} indexed movies for {n_items} movie vectors")
-    return Bundle(info, origin, temperature, user_data, implicit, item_vectors, baselines, popularity, user_vectors,
-                  item_ids, years, user_ids, rated_indptr, rated, titles, genres, index, sources, ranker, used, rate)
+    return Bundle(info=info, origin=origin, temperature=temperature, user_data=user_data, implicit=implicit,
+                  item_vectors=item_vectors, baselines=baselines, popularity=popularity, user_vectors=user_vectors,
+                  item_ids=item_ids, years=years, user_ids=user_ids, rated_indptr=rated_indptr, rated=rated,
+                  titles=titles, genres=genres, index=index, sources=sources, ranker=ranker, backend=used, rate=rate)
 
 
 def rating_backend(files: dict[str, bytes], info: dict, shape: tuple[int, int], choice: str = "numpy") -> Rate:

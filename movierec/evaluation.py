@@ -89,8 +89,9 @@ class Evaluator:
         self.test_users = enc.user_idx[split.test]
         self.test_items = enc.item_idx[split.test]
         self.test_ratings = enc.rating[split.test]
-        self.seen_ptr, self.seen = arrays.csr(enc.user_idx[split.train], enc.item_idx[split.train], enc.n_users)
-        self.history = interactions(enc.user_idx[split.train], enc.item_idx[split.train], enc.n_users, enc.n_items)
+        train = arrays.Interactions.of(enc, split.train, stars=False)
+        self.seen_ptr, self.seen = train.csr()
+        self.history = interactions(train)
         self.users = np.unique(self.test_users)
         self.keys = metrics.relevant_keys(self.test_users, self.test_items, enc.n_items)
         self.n_relevant = np.bincount(self.keys // enc.n_items, minlength=enc.n_users)
@@ -154,8 +155,8 @@ class Evaluator:
             scores = stages.scores(part, self.history[part], stages.sources.final)
             n = stages.ranker.candidates
             given = {RETRIEVAL: self.candidates_annoy(stages.index.user_vectors, index, part, n)} if index else None
-            cands = candidates(part, scores, (self.seen_ptr, self.seen), rate, self.popularity, n, given,
-                               depth=2 * n)
+            cands = candidates(part, scores, (self.seen_ptr, self.seen), ratings=rate, popularity=self.popularity,
+                               n=n, lists=given, depth=2 * n)
             tops.append(top(stages.ranker, cands, self.ndcg_k))
             items.append(cands.items)
             for name, picked in cands.lists.items():

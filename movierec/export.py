@@ -88,7 +88,7 @@ def rating_tables(folded: nn.Module) -> RatingTables:
                             b=np.asarray(layers[1].bias[0].item(), np.float32))
 
 
-def export_serving_models(ranker: nn.Module | None, towers: nn.Module, n_users: int, n_items: int,
+def export_serving_models(ranker: nn.Module | None, towers: nn.Module, n_users: int, n_items: int, *,
                           sample: int = 2048, seed: int = 0) -> tuple[dict[str, bytes], dict]:
     """The files for a bundle that run without torch (``rating.npz`` and the ONNX graphs) and what
     to record about them (opset, parity on a sample).

@@ -128,14 +128,14 @@ def feature_tensors(enc: Encoded, history_idx: np.ndarray | None = None, max_his
     say most about current taste."""
     users = {k: index_tensor(v) for k, v in enc.user_features.items()}
     if history_idx is not None:
-        from movierec.arrays import csr
+        from movierec.arrays import Interactions, csr
 
         u = enc.user_idx[history_idx]
         order = np.lexsort((-enc.timestamp[history_idx], u))  # by user, newest first
         indptr, _ = csr(u, u, enc.n_users)
         rank = np.arange(len(order)) - indptr[u[order]]
         keep = history_idx[order[rank < max_history]]
-        indptr, items = csr(enc.user_idx[keep], enc.item_idx[keep], enc.n_users)
+        indptr, items = Interactions.of(enc, keep, stars=False).csr()
         users["history_indptr"], users["history_items"] = index_tensor(indptr), index_tensor(items)
     return users, {k: index_tensor(v) for k, v in enc.item_features.items()}
 

@@ -181,10 +181,9 @@ def fit_sources(data_split: DataSplit, settings: Settings) -> SourceModels:
     from movierec.retrieval import validation_split
     from movierec.sources import fit_sources as fit
 
-    enc = data_split.enc
     fit_idx, val_idx = validation_split(data_split.split.train, settings)
-    return fit(enc.user_idx[fit_idx], enc.item_idx[fit_idx], enc.user_idx[val_idx], enc.item_idx[val_idx],
-               enc.n_users, enc.n_items, settings.sources, settings.seed)
+    fit_pairs, val_pairs = (Interactions.of(data_split.enc, rows, stars=False) for rows in (fit_idx, val_idx))
+    return fit(fit_pairs, val_pairs, settings.sources, seed=settings.seed)
 
 
 def tune_ranking(data_split: DataSplit, settings: Settings, storage: str) -> RankingResult | None:
@@ -227,17 +226,17 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
     fit, val = (Interactions.of(data_split.enc, rows, stars=False) for rows in (fit_idx, val_idx))
     users = np.unique(val.users)
     seen = fit.csr()
-    history = interactions(fit.users, fit.items, fit.n_users, fit.n_items)
+    history = interactions(fit)
     rate = stages.rater()
     popularity = np.bincount(fit.items, minlength=fit.n_items)
     parts = []
     for part in np.array_split(users, max(1, -(-len(users) // 1024))):  # [users, movies] scores a chunk at a time
         parts.append(candidates(part, stages.scores(part, history[part], stages.sources.tuning), seen,
-                                rate, popularity, n=settings.ranker.candidates))
+                                ratings=rate, popularity=popularity, n=settings.ranker.candidates))
     cands = concat(parts)
     keys = metrics.relevant_keys(val.users, val.items, val.n_items)
     with ray_session(settings.ray):
-        return search(cands, users, keys, val.n_items, settings.ranker.candidates, seed=settings.seed,
+        return search(cands, users, keys, val.n_items, per_source=settings.ranker.candidates, seed=settings.seed,
                       storage_path=storage, concurrency=settings.ray.num_cpus)
 
 

@@ -99,7 +99,7 @@ def feature_values(features: tuple[str, ...], scores: dict[str, np.ndarray], sta
     return np.stack([columns[name] for name in features], axis=-1)
 
 
-def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.ndarray, np.ndarray],
+def candidates(users: np.ndarray, scores: dict[str, np.ndarray], seen: tuple[np.ndarray, np.ndarray], *,
                ratings: Rate | None, popularity: np.ndarray, n: int, lists: dict[str, np.ndarray] | None = None,
                depth: int = 0) -> Candidates:
     """Candidates of ``users`` (row r is ``users[r]``): the union of each source's ``n`` best
@@ -199,7 +199,7 @@ def _trial(config: dict, data: _Validation, fit_rows: np.ndarray, check_rows: np
     tune.report({"val_ndcg": data.ndcg(fit_listwise(data, fit_rows, config["l2"]), check_rows)})
 
 
-def search(cands: Candidates, users: np.ndarray, keys: np.ndarray, n_items: int, per_source: int, seed: int,
+def search(cands: Candidates, users: np.ndarray, keys: np.ndarray, n_items: int, *, per_source: int, seed: int,
            storage_path: str, concurrency: int) -> Ranker:
     """Learn the ranker on the validation candidates (inside a Ray session). Ray Tune searches the
     L2 penalty (a grid over ``L2``): for each, the listwise fit runs on 70% of the validation users
@@ -228,4 +228,5 @@ def search(cands: Candidates, users: np.ndarray, keys: np.ndarray, n_items: int,
     trials = sorted(({"l2": r.config["l2"], "val_ndcg": r.metrics["val_ndcg"]} for r in grid),
                     key=lambda t: (-t["val_ndcg"], -t["l2"]))
     weights = fit_listwise(data, np.arange(len(users)), trials[0]["l2"])
-    return Ranker(cands.features, mean, scale, weights.astype(np.float32), per_source, trials[0]["val_ndcg"], trials)
+    return Ranker(cands.features, mean, scale, weights.astype(np.float32), candidates=per_source,
+                  val_ndcg=trials[0]["val_ndcg"], trials=trials)

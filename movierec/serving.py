@@ -143,8 +143,9 @@ class Recommender:
 
     def _result(self, idx: np.ndarray, scores: np.ndarray, ratings: np.ndarray | None) -> list[Recommendation]:
         return [
-            Recommendation(int(self.item_ids[i]), self.titles[i], list(self.genres[i]),
-                           int(self.years[i]) or None, float(s), None if ratings is None else float(r))
+            Recommendation(movie_id=int(self.item_ids[i]), title=self.titles[i], genres=list(self.genres[i]),
+                           year=int(self.years[i]) or None, score=float(s),
+                           predicted_rating=None if ratings is None else float(r))
             for i, s, r in zip(idx, scores, ratings if ratings is not None else [None] * len(idx))
         ]
 
@@ -155,7 +156,7 @@ class Recommender:
         top = np.argpartition(-scores, n - 1)[:n]
         return top[np.argsort(-scores[top], kind="stable")]
 
-    def _second_stage(self, query: np.ndarray, history: np.ndarray, exclude: np.ndarray, user: int | None,
+    def _second_stage(self, query: np.ndarray, history: np.ndarray, exclude: np.ndarray, *, user: int | None,
                       ratings_of: Callable[[np.ndarray], np.ndarray] | None, k: int) -> list[Recommendation]:
         """Top-``k`` as evaluation orders them (``movierec.ranker``): the union of the retrieval
         model's candidates (from Annoy, for ``query``) and each candidate source's (of training
@@ -199,8 +200,8 @@ class Recommender:
         if extra:
             exclude = np.union1d(exclude, np.asarray(extra, np.int64))
         rate = self._rate
-        return self._second_stage(self.user_vectors[u], rated, exclude, u,
-                                  None if rate is None else lambda movies: rate(np.full(len(movies), u), movies), k)
+        ratings_of = None if rate is None else lambda movies: rate(np.full(len(movies), u), movies)
+        return self._second_stage(self.user_vectors[u], rated, exclude, user=u, ratings_of=ratings_of, k=k)
 
     def recommend_for_history(self, history: Iterable[int | tuple[int, float]], k: int = 10
                               ) -> list[Recommendation]:
@@ -230,8 +231,8 @@ class Recommender:
         query /= np.linalg.norm(query) or 1.0
         movies = np.unique(idx)
         baselines = self.baselines
-        return self._second_stage(query, movies, movies, None, None if baselines is None else lambda m: baselines[m],
-                                  k)
+        return self._second_stage(query, movies, movies, user=None, k=k,
+                                  ratings_of=None if baselines is None else lambda m: baselines[m])
 
     def predict_rating(self, user_id: int, movie_id: int) -> float:
         """The rating model's star rating (0.5–5) of a movie for a known user."""

@@ -48,11 +48,12 @@ if TYPE_CHECKING:  # scipy is a training dependency: serving folds histories in 
     import scipy.sparse as sp
 
 
-def interactions(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
-    """The binary user x movie matrix of (user, movie) pairs (repeats count once)."""
+def interactions(pairs: arrays.Interactions) -> sp.csr_matrix:
+    """The binary user x movie matrix of ``pairs`` (repeats count once; stars are not read)."""
     import scipy.sparse as sp
 
-    x = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
+    x = sp.csr_matrix((np.ones(len(pairs), np.float32), (pairs.users, pairs.items)),
+                      shape=(pairs.n_users, pairs.n_items))
     x.data[:] = 1.0
     return x
 
@@ -247,7 +248,8 @@ class Als(CandidateSource):
 
     @classmethod
     def fit(cls, x: sp.csr_matrix, params: dict, config: SourcesConfig, seed: int) -> Als:
-        return fit_als(x, params["factors"], params["regularization"], params["alpha"], config.als_iterations, seed)
+        return fit_als(x, params["factors"], params["regularization"], params["alpha"],
+                       iterations=config.als_iterations, seed=seed)
 
     def scores(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         return self.user_factors[users] @ self.item_factors.T
@@ -299,7 +301,7 @@ class Als(CandidateSource):
         return cls(users, items.astype(np.float32), float(fold_in["regularization"]), float(fold_in["alpha"]))
 
 
-def fit_als(x: sp.csr_matrix, factors: int, regularization: float, alpha: float, iterations: int,
+def fit_als(x: sp.csr_matrix, factors: int, regularization: float, alpha: float, *, iterations: int,
             seed: int) -> Als:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
@@ -383,17 +385,21 @@ def _best(grid: list, fit: Callable, score: Callable) -> tuple[object, object, f
     return best
 
 
-def fit_sources(users: np.ndarray, items: np.ndarray, val_users: np.ndarray, val_items: np.ndarray,
-                n_users: int, n_items: int, config: SourcesConfig, seed: int) -> SourceModels:
-    """:class:`SourceModels` of every source the settings switch on, from the fit pairs
-    (``users``, ``items``) and the validation pairs.
+def fit_sources(fit: arrays.Interactions, val: arrays.Interactions, config: SourcesConfig, *,
+                seed: int) -> SourceModels:
+    """:class:`SourceModels` of every source the settings switch on, from the ``fit`` pairs and
+    the validation pairs ``val`` (both in the same user and movie index spaces).
 
     The grids are searched on the ratings of at most ``config.search_users`` users, the validation
     users among them (every user of ML-100K and ML-1M): at ML-20M size a dozen ALS fits on every
     rating would take most of an hour. Settings that depend on the number of users (EASE's λ) are
     then rescaled by how many more users the full fit has (:meth:`CandidateSource.rescale`)."""
-    fit = interactions(users, items, n_users, n_items)
-    fit_users, targets = np.unique(users), np.unique(val_users)
+    if (fit.n_users, fit.n_items) != (val.n_users, val.n_items):
+        raise ValueError(f"fit_sources: the fit pairs index {fit.n_users} users x {fit.n_items} movies, the "
+                         f"validation pairs {val.n_users} x {val.n_items}: expected the same index spaces")
+    n_users, n_items = fit.n_users, fit.n_items
+    fit_matrix = interactions(fit)
+    fit_users, targets = np.unique(fit.users), np.unique(val.users)
     sampled = len(fit_users) > config.search_users
     if sampled:  # the validation users (a sample of them, if too many), then others up to the cap
         rng = np.random.default_rng(seed)
@@ -404,14 +410,15 @@ def fit_sources(users: np.ndarray, items: np.ndarray, val_users: np.ndarray, val
                                                       replace=False))
         keep = np.zeros(n_users, bool)
         keep[search_users] = True
-        search = interactions(users[keep[users]], items[keep[users]], n_users, n_items)
-        in_val = keep[val_users]
-        keys = metrics.relevant_keys(val_users[in_val], val_items[in_val], n_items)
+        search = interactions(fit.subset(keep[fit.users]))
+        in_val = keep[val.users]
+        keys = metrics.relevant_keys(val.users[in_val], val.items[in_val], n_items)
     else:
-        search, keys = fit, metrics.relevant_keys(val_users, val_items, n_items)
+        search, keys = fit_matrix, metrics.relevant_keys(val.users, val.items, n_items)
     growth = len(fit_users) / len(search_users) if sampled else 1.0
     history = search[targets]
-    full = interactions(np.concatenate([users, val_users]), np.concatenate([items, val_items]), n_users, n_items)
+    full = interactions(arrays.Interactions(np.concatenate([fit.users, val.users]),
+                                            np.concatenate([fit.items, val.items]), n_users, n_items))
     models = SourceModels({}, {}, {})
     for name, cls in SOURCES.items():
         if not cls.enabled(config):
@@ -420,6 +427,6 @@ def fit_sources(users: np.ndarray, items: np.ndarray, val_users: np.ndarray, val
                                      lambda m: _val_ndcg(m.scores(targets, history), targets, search, keys, n_items))
         params = cls.rescale(params, growth)
         models.chosen[name] = {"params": params, "val_ndcg": score}
-        models.tuning[name] = cls.fit(fit, params, config, seed) if sampled else model
+        models.tuning[name] = cls.fit(fit_matrix, params, config, seed) if sampled else model
         models.final[name] = cls.fit(full, params, config, seed)
     return models

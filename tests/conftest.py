@@ -164,9 +164,9 @@ def tiny_stages(enc):
     users, items = retrieval.embeddings()
     index = build_index(users, items, IndexSettings(n_trees=10))
     fit, val = holdout(split.train, 0.1, 0)
-    sources = fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val], enc.n_users,
-                          enc.n_items, SourcesConfig(ease_lambdas=(10.0,), als_factors=(8,), als_regularization=(0.1,),
-                                                     als_alpha=(1.0,), als_iterations=5), seed=0)
+    sources = fit_sources(Interactions.of(enc, fit), Interactions.of(enc, val),
+                          SourcesConfig(ease_lambdas=(10.0,), als_factors=(8,), als_regularization=(0.1,),
+                                        als_alpha=(1.0,), als_iterations=5), seed=0)
     weights = {"retrieval": 1.0, "ease": 0.5, "als": 0.2, "rating": 0.3, "popularity": 0.1}
     names = features(sources.final, rated=not enc.implicit)  # the sources fitted, as the flow's ranker has them
     second = Ranker(names, np.zeros(len(names), np.float32), np.ones(len(names), np.float32),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from movierec import sources
+from movierec.arrays import Interactions
 from movierec.errors import BundleError
 from movierec.settings import SourcesConfig
 
@@ -20,7 +21,8 @@ CONFIG = SourcesConfig(**{name: True for name in sources.SOURCES}, ease_lambdas=
 @pytest.fixture(scope="module")
 def x():
     rng = np.random.default_rng(0)
-    return sources.interactions(rng.integers(0, N_USERS, 300), rng.integers(0, N_ITEMS, 300), N_USERS, N_ITEMS)
+    return sources.interactions(Interactions(rng.integers(0, N_USERS, 300), rng.integers(0, N_ITEMS, 300), N_USERS,
+                                             N_ITEMS))
 
 
 @pytest.fixture(scope="module", params=list(sources.SOURCES))
@@ -93,21 +95,27 @@ def test_als_refuses_what_cannot_fold_a_history_in(x):
 
 def test_only_the_switched_on_sources_are_fitted_and_chosen(x):
     rng = np.random.default_rng(1)
-    users, items = rng.integers(0, N_USERS, 300), rng.integers(0, N_ITEMS, 300)
-    val_users, val_items = rng.integers(0, N_USERS, 40), rng.integers(0, N_ITEMS, 40)
-    models = sources.fit_sources(users, items, val_users, val_items, N_USERS, N_ITEMS,
-                                 dataclasses.replace(CONFIG, als=False), seed=0)
+    fit = Interactions(rng.integers(0, N_USERS, 300), rng.integers(0, N_ITEMS, 300), N_USERS, N_ITEMS)
+    val = Interactions(rng.integers(0, N_USERS, 40), rng.integers(0, N_ITEMS, 40), N_USERS, N_ITEMS)
+    models = sources.fit_sources(fit, val, dataclasses.replace(CONFIG, als=False), seed=0)
     assert "als" not in models.final and list(models.final) == list(models.tuning) == list(models.chosen)
     assert list(models.final) == [name for name in sources.SOURCES if name != "als"]  # the registry's order
 
 
+def test_fit_and_validation_pairs_in_other_index_spaces_are_refused_by_name():
+    """Pairs of another catalogue used to be concatenated into one matrix of the fit's shape: a
+    validation movie beyond it failed inside scipy, one within it was silently another movie."""
+    fit = Interactions(np.array([0, 1]), np.array([0, 1]), N_USERS, N_ITEMS)
+    val = Interactions(np.array([0]), np.array([2]), N_USERS, N_ITEMS + 5)
+    with pytest.raises(ValueError, match=rf"{N_USERS} users x {N_ITEMS} movies.*{N_USERS} x {N_ITEMS + 5}"):
+        sources.fit_sources(fit, val, CONFIG, seed=0)
 def test_rp3beta_is_the_two_step_walk_by_hand():
     """3 users x 3 movies: user 0 rated movies 0 and 1, user 1 movies 1 and 2, user 2 movie 0.
     Movie -> user transitions: movie 0 -> users 0, 2 (1/2 each), movie 1 -> users 0, 1, movie 2 ->
     user 1; user -> movie: user 0 -> 0, 1 (1/2 each), user 1 -> 1, 2, user 2 -> 0. At alpha 1 the
     walk is W[0] = (.75, .25, 0), W[1] = (.25, .5, .25), W[2] = (0, .5, .5); the diagonal goes, and
     beta 0.5 divides column j by sqrt(count_j) = (√2, √2, 1): the rarer movie 2 gains."""
-    x = sources.interactions(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 0]), 3, 3)
+    x = sources.interactions(Interactions(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 0]), 3, 3))
     r2 = np.sqrt(2)
     model = sources.fit_rp3beta(x, alpha=1.0, beta=0.5, max_items=10)
     np.testing.assert_allclose(model.weights, [[0, 0.25 / r2, 0], [0.25 / r2, 0, 0.25], [0, 0.5 / r2, 0]], rtol=1e-6)
@@ -121,7 +129,7 @@ def test_rp3beta_is_the_two_step_walk_by_hand():
 def test_rp3beta_covers_the_most_rated_movies_and_walks_over_all_of_a_users_ratings():
     """Covering 2 of 4 movies: the others score 0, and a user's transitions still divide by
     everything they rated (user 2's movie 3 is uncovered but dilutes their step)."""
-    x = sources.interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4)
+    x = sources.interactions(Interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4))
     model = sources.fit_rp3beta(x, alpha=1.0, beta=0.0, max_items=2)
     assert model.items.tolist() == [0, 1]
     # movie 0 -> user 0 (1) -> movie 1 (1/2); movie 1 -> users 0, 1, 2 (1/3 each) -> movie 0 via user 0 (1/2)

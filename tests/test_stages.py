@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from movierec import ranker, sources
+from movierec.arrays import Interactions
 from movierec.settings import SourcesConfig
 
 FEATURES = ranker.features(("ease", "als"), rated=True)  # as the flow's ranker has them by default
@@ -12,7 +13,7 @@ FEATURES = ranker.features(("ease", "als"), rated=True)  # as the flow's ranker 
 
 def test_ease_weights_are_the_closed_form_by_hand():
     # 3 users x 3 movies; P = (XᵀX + λI)⁻¹, B = I - P / diag(P) with a zero diagonal
-    x = sources.interactions(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 0]), 3, 3)
+    x = sources.interactions(Interactions(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 0]), 3, 3))
     lam = 1.0
     gram = np.array([[2, 1, 0], [1, 2, 1], [0, 1, 1]], float) + lam * np.eye(3)
     p = np.linalg.inv(gram)
@@ -24,7 +25,7 @@ def test_ease_weights_are_the_closed_form_by_hand():
 
 
 def test_ease_covers_only_the_most_rated_movies_and_scores_the_rest_zero():
-    x = sources.interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4)
+    x = sources.interactions(Interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4))
     model = sources.fit_ease(x, 1.0, max_items=2)
     assert model.items.tolist() == [0, 1]  # movie 1 rated 3 times; ties to the lower id
     scores = model.scores(np.arange(3), x)
@@ -37,7 +38,7 @@ def test_als_fold_in_is_the_user_step_of_implicit():
     from implicit.cpu.als import AlternatingLeastSquares
 
     rng = np.random.default_rng(0)
-    x = sources.interactions(rng.integers(0, 40, 600), rng.integers(0, 30, 600), 40, 30)
+    x = sources.interactions(Interactions(rng.integers(0, 40, 600), rng.integers(0, 30, 600), 40, 30))
     als = AlternatingLeastSquares(factors=4, regularization=0.1, alpha=2.0, iterations=10, random_state=0)
     als.fit(x, show_progress=False)
     model = sources.Als(np.asarray(als.user_factors), np.asarray(als.item_factors), 0.1, 2.0)
@@ -52,11 +53,10 @@ def test_sources_are_chosen_on_validation_and_refitted_on_everything(small_encod
     fit, val = np.arange(n - 600), np.arange(n - 600, n)
     config = SourcesConfig(ease_lambdas=(1.0, 50.0), als_factors=(4,), als_regularization=(0.1,), als_alpha=(1.0,),
                            als_iterations=3)
-    models = sources.fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val],
-                                 enc.n_users, enc.n_items, config, seed=0)
+    models = sources.fit_sources(Interactions.of(enc, fit), Interactions.of(enc, val), config, seed=0)
     assert models.chosen["ease"]["params"]["lambda"] in (1.0, 50.0) and 0 <= models.chosen["ease"]["val_ndcg"] <= 1
     lam = models.chosen["ease"]["params"]["lambda"]
-    x_all = sources.interactions(enc.user_idx, enc.item_idx, enc.n_users, enc.n_items)
+    x_all = sources.interactions(Interactions.of(enc))
     np.testing.assert_allclose(models.final["ease"].weights, sources.fit_ease(x_all, lam, 10_000).weights, rtol=1e-5)
     assert not np.allclose(models.tuning["ease"].weights, models.final["ease"].weights)  # the tuning fit lacks val
 
@@ -73,8 +73,8 @@ def test_candidates_exclude_seen_movies_and_carry_each_feature():
     retrieval = np.array([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
     ease = np.array([[0.0, 0.0, 0.0, 0.9, 0.8], [0.9, -0.1, 0.5, 0.0, 0.0]], np.float32)
     seen = (np.array([0, 1, 2]), np.array([0, 4]))  # user 0 rated movie 0, user 1 movie 4
-    cands = ranker.candidates(users, {"retrieval": retrieval, "ease": ease}, seen, lambda u, i: np.full(len(u), 4.0),
-                              np.array([9, 0, 0, 0, 3]), n=2)
+    cands = ranker.candidates(users, {"retrieval": retrieval, "ease": ease}, seen,
+                              ratings=lambda u, i: np.full(len(u), 4.0), popularity=np.array([9, 0, 0, 0, 3]), n=2)
     assert [sorted(r[r >= 0].tolist()) for r in cands.items] == [[1, 2, 3, 4], [0, 2, 3]]
     row0 = {int(i): v for i, v in zip(cands.items[0], cands.values[0]) if i >= 0}
     assert cands.features == ("retrieval", "ease", "rating", "popularity")  # the sources scored, no zero column
@@ -86,7 +86,7 @@ def test_without_a_rating_model_candidates_carry_every_feature_but_the_rating():
     users = np.array([0])
     retrieval, als = np.array([[3.0, 2.0, 1.0]], np.float32), np.array([[0.1, 0.2, 0.7]], np.float32)
     cands = ranker.candidates(users, {"retrieval": retrieval, "als": als}, (np.array([0, 0]), np.array([], int)),
-                              None, np.array([4, 0, 1]), n=1)
+                              ratings=None, popularity=np.array([4, 0, 1]), n=1)
     assert cands.features == ("retrieval", "als", "popularity")
     assert sorted(cands.items[0].tolist()) == [0, 2]
     by_movie = {int(i): v.tolist() for i, v in zip(cands.items[0], cands.values[0])}
@@ -157,7 +157,7 @@ def test_the_listwise_fit_solves_a_two_candidate_list_by_hand_and_ignores_paddin
 
 def test_the_ranker_scores_standardised_features():
     r = ranker.Ranker(FEATURES, np.array([1, 0, 0, 0, 0], np.float32), np.array([2, 1, 1, 1, 1], np.float32),
-                      np.array([1, 1, 0, 0, 0], np.float32), 10, 0.0)
+                      np.array([1, 1, 0, 0, 0], np.float32), candidates=10, val_ndcg=0.0)
     values = np.array([[[3.0, 0.5, 9, 9, 9], [1.0, 2.0, 9, 9, 9]]], np.float32)
     np.testing.assert_allclose(r.score(values), [[1.5, 2.0]])
     cands = ranker.Candidates(np.array([[7, 8]]), values, {}, r.features)
@@ -169,11 +169,10 @@ def test_on_many_users_the_grids_are_searched_on_a_sample_and_lambda_scaled(smal
     n = len(enc.user_idx)
     fit, val = np.arange(n - 600), np.arange(n - 600, n)
     config = SourcesConfig(ease_lambdas=(10.0,), als=False, search_users=40)
-    models = sources.fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val],
-                                 enc.n_users, enc.n_items, config, seed=0)
+    models = sources.fit_sources(Interactions.of(enc, fit), Interactions.of(enc, val), config, seed=0)
     users_with_fit = len(np.unique(enc.user_idx[fit]))
     assert models.chosen["ease"]["params"]["lambda"] == pytest.approx(10.0 * users_with_fit / 40)
-    x_fit = sources.interactions(enc.user_idx[fit], enc.item_idx[fit], enc.n_users, enc.n_items)
+    x_fit = sources.interactions(Interactions.of(enc, fit))
     np.testing.assert_allclose(models.tuning["ease"].weights,
                                sources.fit_ease(x_fit, 10.0 * users_with_fit / 40, 10_000).weights, rtol=1e-5)
 
@@ -187,8 +186,7 @@ def test_few_validation_users_still_cap_the_search_by_the_users_in_the_fit_data(
     val = np.flatnonzero(np.isin(enc.user_idx, val_users))[::3]
     fit = np.setdiff1d(np.arange(len(enc.user_idx)), val)
     config = SourcesConfig(ease_lambdas=(10.0,), als=False, search_users=40)
-    models = sources.fit_sources(enc.user_idx[fit], enc.item_idx[fit], enc.user_idx[val], enc.item_idx[val],
-                                 enc.n_users, enc.n_items, config, seed=0)
+    models = sources.fit_sources(Interactions.of(enc, fit), Interactions.of(enc, val), config, seed=0)
     users_with_fit = len(np.unique(enc.user_idx[fit]))
     assert users_with_fit > 100
     assert models.chosen["ease"]["params"]["lambda"] == pytest.approx(10.0 * users_with_fit / 40)
@@ -205,8 +203,9 @@ def test_candidates_of_chunks_concatenate_to_the_candidates_of_all_users():
     seen = (np.arange(0, 13, 2), rng.integers(0, 12, 12))
     rate = lambda u, i: np.full(len(u), 3.0)  # noqa: E731
     popularity = rng.integers(0, 9, 12)
-    whole = ranker.candidates(users, scores, seen, rate, popularity, n=3)
-    parts = [ranker.candidates(users[s], {k: v[s] for k, v in scores.items()}, seen, rate, popularity, n=3)
+    whole = ranker.candidates(users, scores, seen, ratings=rate, popularity=popularity, n=3)
+    parts = [ranker.candidates(users[s], {k: v[s] for k, v in scores.items()}, seen, ratings=rate,
+                               popularity=popularity, n=3)
              for s in (slice(0, 2), slice(2, 6))]
     joined = ranker.concat(parts)
     assert parts[0].items.shape[1] < parts[1].items.shape[1] and (joined.items[:2, -1] == -1).all()
