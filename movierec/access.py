@@ -159,7 +159,8 @@ class KeyFile:
         with self._locked() as keys:
             key_id = f"{PREFIX}{secrets.token_hex(ID_HEX // 2)}"
             secret = f"{key_id}_{secrets.token_urlsafe(32)}"
-            key = Key(key_id, _digest(secret), users, backend, name, rate, int(time.time()))
+            key = Key(key_id, _digest(secret), users=users, backend=backend, name=name, rate=rate,
+                      created=int(time.time()))
             keys.append(key)
         return key, secret
 

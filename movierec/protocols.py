@@ -30,26 +30,27 @@ class Protocol:
 
 PROTOCOLS = {
     "tfrs": Protocol(
-        "tfrs", "random", 0.2,
-        "TensorFlow Recommenders tutorials: 80/20 random split of all ratings (seed 42); top-K accuracy over "
-        "all movies with seen movies not excluded",
-        (("TFRS retrieval tutorial (basic)", "top100 0.233"), ("TFRS deep retrieval with features", "top100 ~0.29"),
-         ("TFRS ranking tutorial", "RMSE ~1.10")),
-        (("BiVAE (cornac)", "nDCG@10 0.434, top100 0.417"), ("EASEᴿ (cornac)", "nDCG@10 0.427"),
-         ("ALS (implicit)", "nDCG@10 0.431"), ("SVD++ (Surprise)", "RMSE 0.921"))),
+        name="tfrs", split_method="random", test_fraction=0.2,
+        description="TensorFlow Recommenders tutorials: 80/20 random split of all ratings (seed 42); top-K accuracy "
+        "over all movies with seen movies not excluded",
+        published=(("TFRS retrieval tutorial (basic)", "top100 0.233"),
+                   ("TFRS deep retrieval with features", "top100 ~0.29"), ("TFRS ranking tutorial", "RMSE ~1.10")),
+        measured=(("BiVAE (cornac)", "nDCG@10 0.434, top100 0.417"), ("EASEᴿ (cornac)", "nDCG@10 0.427"),
+                  ("ALS (implicit)", "nDCG@10 0.431"), ("SVD++ (Surprise)", "RMSE 0.921"))),
     "msr": Protocol(
-        "msr", "stratified", 0.25,
-        "Microsoft Recommenders benchmark: per-user stratified 75/25 random split (seed 42); top-10 of unseen "
-        "movies, every held-out movie relevant",
-        (("LightGCN (Microsoft Recommenders)", "nDCG@10 0.420"), ("SAR", "nDCG@10 0.383")),
-        (("BiVAE (cornac)", "nDCG@10 0.484, P@10 0.421, R@10 0.227"), ("ALS (implicit)", "nDCG@10 0.474"),
-         ("EASEᴿ (cornac)", "nDCG@10 0.465"), ("BPR (implicit)", "nDCG@10 0.308"), ("SVD++ (Surprise)", "RMSE 0.923"))),
+        name="msr", split_method="stratified", test_fraction=0.25,
+        description="Microsoft Recommenders benchmark: per-user stratified 75/25 random split (seed 42); top-10 of "
+        "unseen movies, every held-out movie relevant",
+        published=(("LightGCN (Microsoft Recommenders)", "nDCG@10 0.420"), ("SAR", "nDCG@10 0.383")),
+        measured=(("BiVAE (cornac)", "nDCG@10 0.484, P@10 0.421, R@10 0.227"), ("ALS (implicit)", "nDCG@10 0.474"),
+                  ("EASEᴿ (cornac)", "nDCG@10 0.465"), ("BPR (implicit)", "nDCG@10 0.308"),
+                  ("SVD++ (Surprise)", "RMSE 0.923"))),
     "temporal": Protocol(
-        "temporal", "temporal", 0.2,
-        "Production-like: one global time cutoff, the latest 20% of ratings are test; users and movies first seen "
-        "after the cutoff cannot be scored and are dropped (counted in the split card)", (),
-        (("BiVAE (cornac)", "nDCG@10 0.191, R@10 0.079"), ("EASEᴿ (cornac)", "nDCG@10 0.177, R@10 0.096"),
-         ("SVD++ (Surprise)", "RMSE 0.975"))),
+        name="temporal", split_method="temporal", test_fraction=0.2,
+        description="Production-like: one global time cutoff, the latest 20% of ratings are test; users and movies "
+        "first seen after the cutoff cannot be scored and are dropped (counted in the split card)",
+        measured=(("BiVAE (cornac)", "nDCG@10 0.191, R@10 0.079"), ("EASEᴿ (cornac)", "nDCG@10 0.177, R@10 0.096"),
+                  ("SVD++ (Surprise)", "RMSE 0.975"))),
 }
 
 

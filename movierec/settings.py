@@ -508,7 +508,8 @@ def _walk(cls: type, prefix: str = "") -> Iterator[Setting]:
         key = prefix + f.name
         if "option" in f.metadata:
             m = f.metadata
-            yield Setting(key, f.default, m["option"], m["help"], m["minimum"], m["choices"], m["check"])
+            yield Setting(key, f.default, option=m["option"], help=m["help"], minimum=m["minimum"],
+                          choices=m["choices"], check_value=m["check"])
         elif isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
             yield from _walk(f.default_factory, key + ".")
 
