@@ -54,11 +54,13 @@ BUDGET = {"retrieval_epochs": 3, "tune_samples": 2, "tune_epochs": 2, "n_trees":
 
 
 # The quick tier (`make test-fast`, `-m "not integration"`) leaves out every test that starts something heavy:
-# a flow run, Ray, a fresh virtual environment, a server process, a browser or a database server. Modules made of
-# such tests are named here; elsewhere a test is integration when it uses one of these fixtures (or their
-# dependants: pytest lists them all in ``item.fixturenames``), or carries the marker itself.
+# a flow (even one that stops in its start step), Ray, a fresh virtual environment, a server process, worker
+# processes, a browser or a database server. Modules made of such tests are named here; elsewhere a test is
+# integration when it uses one of these fixtures (or their dependants: pytest lists them all in
+# ``item.fixturenames``), or carries the marker itself. ``metaflow_root`` is the datastore that flow processes
+# write into: a test asks for it to start the flow.
 INTEGRATION_MODULES = {"test_flow", "test_cluster", "test_deploy", "test_install", "test_postgres", "test_api_fuzz"}
-INTEGRATION_FIXTURES = {"runs", "light_install", "server", "postgres", "ray_trained"}
+INTEGRATION_FIXTURES = {"runs", "metaflow_root", "light_install", "server", "postgres", "ray_trained"}
 
 
 def pytest_collection_modifyitems(config, items):
