@@ -35,7 +35,7 @@ run: setup data  ## train, evaluate and publish on ML-100K (extra flow options: 
 test: setup data  ## the whole test suite (the README's test command)
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
-test-fast: setup data  ## the quick tier, after every change: no flow run, Ray, venv, server process, browser or database
+test-fast: setup data  ## the quick tier, after every change: no flow, Ray, venv, server or worker process, browser or database
 	$(BIN)/python -m pytest -q -m "not integration" tests $(PYTEST_ARGS)
 
 lint: setup  ## ruff

@@ -4,6 +4,7 @@ Metaflow reads its configuration when first imported, so the environment is set 
 any test module imports it.
 """
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -16,6 +17,7 @@ import tempfile
 import time
 import typing
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -67,11 +69,13 @@ BUDGET = {"retrieval_epochs": 3, "tune_samples": 2, "tune_epochs": 2, "n_trees":
 
 
 # The quick tier (`make test-fast`, `-m "not integration"`) leaves out every test that starts something heavy:
-# a flow run, Ray, a fresh virtual environment, a server process, a browser or a database server. Modules made of
-# such tests are named here; elsewhere a test is integration when it uses one of these fixtures (or their
-# dependants: pytest lists them all in ``item.fixturenames``), or carries the marker itself.
+# a flow (even one that stops in its start step), Ray, a fresh virtual environment, a server process, worker
+# processes, a browser or a database server. Modules made of such tests are named here; elsewhere a test is
+# integration when it uses one of these fixtures (or their dependants: pytest lists them all in
+# ``item.fixturenames``), or carries the marker itself. ``metaflow_root`` is the datastore that flow processes
+# write into: a test asks for it to start the flow.
 INTEGRATION_MODULES = {"test_flow", "test_cluster", "test_deploy", "test_install", "test_postgres", "test_api_fuzz"}
-INTEGRATION_FIXTURES = {"runs", "light_install", "server", "postgres", "ray_trained"}
+INTEGRATION_FIXTURES = {"runs", "metaflow_root", "light_install", "server", "postgres", "ray_trained"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -263,12 +267,66 @@ def wait_for_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 
         time.sleep(0.2)
 
 
-def call(base: str, method: str, path: str, body: object = None, raw: bytes | None = None,
+class InProcessAPI:
+    """An ASGI app (``movierec.api.create_app``) called in this process as a server calls it, for the
+    tests of what the API answers: a server process adds nothing there but its start (a fresh Python,
+    the model loaded again). Tests of the HTTP layer (uvicorn's parsing, stalled or chunked uploads,
+    connections), of the installed command and of the process itself use the ``server`` fixture."""
+
+    HOST = "127.0.0.1:8000"  # a loopback name: the API's default Host allowlist takes it
+
+    def __init__(self, app: typing.Callable) -> None:
+        self.app = app
+
+    def request(self, method: str, path: str, data: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers with lower-case names, body) of one request; ``path`` may carry a query."""
+        return asyncio.run(self._request(method, path, data or b"", headers or {}))
+
+    async def _request(self, method: str, path: str, data: bytes,
+                       headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        url = urllib.parse.urlsplit(path)
+        sent = {"host": self.HOST} | ({"content-length": str(len(data))} if data else {}) | {
+            k.lower(): v for k, v in headers.items()}
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": urllib.parse.unquote(url.path), "raw_path": url.path.encode(),
+                 "query_string": url.query.encode(), "root_path": "", "client": ("127.0.0.1", 40000),
+                 "server": ("127.0.0.1", 8000), "headers": [(k.encode(), v.encode()) for k, v in sent.items()]}
+        answered, body_sent = asyncio.Event(), False
+        status, reply_headers, reply = 0, {}, bytearray()
+
+        async def receive() -> dict:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            await answered.wait()  # as a connection stays open until the answer is out
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                reply_headers.update((k.decode().lower(), v.decode()) for k, v in message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                reply.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    answered.set()
+
+        await asyncio.wait_for(self.app(scope, receive, send), 60)  # a hung app fails the test, not the run
+        return status, reply_headers, bytes(reply)
+
+
+def call(base: str | InProcessAPI, method: str, path: str, body: object = None, raw: bytes | None = None,
          content_type: str | None = "application/json", key: str | None = None) -> tuple[int, object]:
-    """(status, JSON answer) of one request; ``key``: the API key to send (Authorization: Bearer)."""
+    """(status, JSON answer) of one request to a server at ``base`` or to an app in this process;
+    ``key``: the API key to send (Authorization: Bearer)."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     headers = ({} if content_type is None else {"Content-Type": content_type}) | (
         {} if key is None else {"Authorization": f"Bearer {key}"})
+    if isinstance(base, InProcessAPI):
+        status, _, payload = base.request(method, path, data, headers)
+        return status, json.loads(payload)
     req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:

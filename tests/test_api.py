@@ -1,4 +1,6 @@
-"""The REST API in a real `movierec serve` process on loopback, against the in-process Recommender."""
+"""The REST API against the library: what it answers, from the app called in this process (``api``:
+conftest.InProcessAPI); the HTTP layer (raw headers, 100-continue, chunked and stalled uploads), the
+page in a browser and implicit-only serving from a real `movierec serve` process on loopback (``server``)."""
 
 import contextlib
 import http.client
@@ -12,18 +14,28 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import BODY_TIMEOUT, call
+from conftest import BODY_TIMEOUT, InProcessAPI, call
 
 
-def test_health_and_model(server):
-    base, rec = server
+@pytest.fixture(scope="module")
+def api(tiny_bundle):
+    """The API over the tiny bundle, called in this process, and the same model loaded apart (to
+    compare answers with)."""
+    from movierec.api import create_app
+    from movierec.serving import Recommender
+
+    return InProcessAPI(create_app(Recommender.from_bytes(tiny_bundle))), Recommender.from_bytes(tiny_bundle)
+
+
+def test_health_and_model(api):
+    base, rec = api
     assert call(base, "GET", "/health") == (200, {"status": "ok"})
     status, info = call(base, "GET", "/model")
     assert status == 200 and info["run_id"] == rec.info["run_id"] and "version" in info
 
 
-def test_user_recommendations_match_the_library(server):
-    base, rec = server
+def test_user_recommendations_match_the_library(api):
+    base, rec = api
     user = int(rec.user_ids[3])
     status, body = call(base, "GET", f"/users/{user}/recommendations?k=5")
     assert status == 200 and body["user_id"] == user
@@ -36,8 +48,8 @@ def test_user_recommendations_match_the_library(server):
     assert len(everything["recommendations"]) == 20
 
 
-def test_history_similar_search_and_predictions(server):
-    base, rec = server
+def test_history_similar_search_and_predictions(api):
+    base, rec = api
     m = [int(x) for x in rec.item_ids[:3]]
     status, body = call(base, "POST", "/recommendations",
                         {"history": [m[0], {"movie_id": m[1], "rating": 4.5}], "k": 4})
@@ -88,8 +100,8 @@ def test_history_similar_search_and_predictions(server):
     ("GET", "/movies/1.0/similar", None, None, 422, "digits"),
     ("GET", "/users/1/recommendations?k=1.0", None, None, 422, "digits"),
 ])
-def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(server, method, path, body, raw, status, words):
-    base, rec = server
+def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(api, method, path, body, raw, status, words):
+    base, rec = api
     assert 1 in rec.user_ids and 1 in rec.item_ids  # ids 1 are known: only the named problem is wrong
     got, payload = call(base, method, path, body, raw)
     assert got == status
@@ -152,8 +164,8 @@ def test_a_client_expecting_100_continue_is_refused_before_sending_a_non_json_bo
         assert s.recv(65536).startswith(b"HTTP/1.1 415 ")  # no "100 Continue" first
 
 
-def test_errors_never_echo_the_input(server):
-    base, _ = server
+def test_errors_never_echo_the_input(api):
+    base, _ = api
     marker = "Z" * 5000
     for body in ({"history": [marker]}, {"pairs": [{"user_id": marker, "movie_id": 1}]}):
         status, payload = call(base, "POST", "/predictions" if "pairs" in body else "/recommendations", body)
@@ -204,15 +216,14 @@ def test_stalled_uploads_time_out(server):
     assert call(base, "GET", "/health")[0] == 200
 
 
-def test_page_is_served(server):
-    base, _ = server
-    with urllib.request.urlopen(base + "/", timeout=30) as resp:
-        html = resp.read().decode()
-    assert resp.headers["content-type"].startswith("text/html") and 'id="user-form"' in html
+def test_page_is_served(api):
+    base, _ = api
+    headers, html = _headers(base, "/")
+    assert headers["content-type"].startswith("text/html") and 'id="user-form"' in html
 
 
-def test_openapi_describes_every_endpoint(server):
-    base, _ = server
+def test_openapi_describes_every_endpoint(api):
+    base, _ = api
     status, spec = call(base, "GET", "/openapi.json")
     assert status == 200 and "Limits" in spec["info"]["description"]
     assert {"/health", "/model", "/users/{user_id}/recommendations", "/recommendations", "/movies/{movie_id}/similar",
@@ -329,14 +340,16 @@ def test_a_model_of_implicit_only_data_over_http(tiny_implicit_bundle, light_ins
     assert cli.returncode == 2 and "implicit-only data" in cli.stderr
 
 
-def _headers(base: str, path: str) -> tuple[dict[str, str], str]:
-    with urllib.request.urlopen(base + path, timeout=30) as resp:
-        return {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode()
+def _headers(api: InProcessAPI, path: str) -> tuple[dict[str, str], str]:
+    """(headers, text) of a GET."""
+    status, headers, body = api.request("GET", path)
+    assert status == 200, (path, status)
+    return headers, body.decode()
 
 
-def test_every_answer_forbids_framing_and_sniffing_and_pages_run_only_their_own_code(server):
+def test_every_answer_forbids_framing_and_sniffing_and_pages_run_only_their_own_code(api):
     """Before: no CSP, no frame protection (the page has a Rate button to click-jack), no nosniff."""
-    base, _ = server
+    base, _ = api
     for path in ("/", "/health", "/docs", "/openapi.json"):
         headers, _ = _headers(base, path)
         assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff", path
@@ -347,12 +360,12 @@ def test_every_answer_forbids_framing_and_sniffing_and_pages_run_only_their_own_
     assert "unsafe-inline" not in page_policy and "http" not in page_policy  # nothing from elsewhere
 
 
-def test_docs_load_one_pinned_swagger_ui_release_checked_by_hash(server):
+def test_docs_load_one_pinned_swagger_ui_release_checked_by_hash(api):
     """/docs pulled "swagger-ui-dist@5" (whatever 5.x the CDN serves today) without integrity
     hashes, so a changed file would have run on the API's origin. Now one release, each file with
     its sha384 (taken from the npm package swagger-ui-dist 5.35.0, which jsDelivr serves as is),
     and the page's policy allows those two files and its own inline script only."""
-    base, _ = server
+    base, _ = api
     headers, html = _headers(base, "/docs")
     cdn = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0/"
     assert (f'<script src="{cdn}swagger-ui-bundle.js" integrity="sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGE'

@@ -94,6 +94,7 @@ def _serve(bundle_path: str, folder, *args: str):
     return proc, f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.integration  # server processes
 def test_serve_with_store_none_writes_nothing_and_refuses_ratings(bundle_path, tmp_path):
     """Before: --store none made a SQLite file named "none" and kept ratings in it. A rating sent
     with a valid key is refused as one the server cannot keep."""
@@ -140,6 +141,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.integration  # runs a flow
 def test_the_latest_run_is_found_in_a_shell_without_a_user_name(bundle_path, tmp_path):
     """A root container (no USER, USERNAME, SUDO_USER or METAFLOW_USER): the flow runs as
     "movierec" there (flows/recommender_flow.py); `movierec info` without --model said "no model"
@@ -185,6 +187,7 @@ def test_serve_refuses_a_keys_file_it_cannot_read_or_others_may_write_in_one_lin
     assert err.startswith(f"movierec: error: {keys}: {words}") and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.integration  # server processes
 def test_serve_on_every_address_says_what_remote_clients_need_and_that_no_key_may_write(bundle_path, tmp_path):
     """Before: `--host 0.0.0.0` answered remote clients 400 without a word (probes of /health
     too), and a server without a key said nothing while every write got 401."""

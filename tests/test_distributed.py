@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -45,6 +46,7 @@ def _worker(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.integration  # two worker processes, each importing torch
 def test_workers_end_with_rank_zeros_weights_and_the_mean_gradient(tmp_path):
     mp.start_processes(_worker, args=(str(tmp_path),), nprocs=2, start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from conftest import call, serving
+from store_writers import correct_many, write_many
 from test_postgres import postgres  # noqa: F401 (the fixture: a real PostgreSQL server on loopback)
 
 from movierec.access import KEYS_FILE, KeyFile
@@ -143,18 +144,6 @@ def test_training_counts_each_keys_ratings_and_leaves_out_the_keys_it_is_told(tm
         pipeline.load_data(Settings(data=DataSettings(dir=str(ml100k_dir), feedback_leave_out=spam)))
 
 
-def _write_many(args: tuple[str, int, int]) -> int:
-    path, writer, n = args
-    store = InteractionStore(path)
-    return sum(store.add(writer, movie, 3.0, 1000 + movie) for movie in range(n))
-
-
-def _correct_many(args: tuple[str, int]) -> int:
-    path, writer = args
-    store = InteractionStore(path)
-    return sum(store.rate(1, 1, 0.5 * (writer + 1), 1_000).stored for _ in range(30))
-
-
 def test_writers_correcting_one_rating_at_once_all_land(tmp_path):
     """8 processes correct the same rating 30 times each within one second (each with its own
     stars): a correction that meets another writer's (same timestamp) is tried again one second
@@ -162,7 +151,7 @@ def test_writers_correcting_one_rating_at_once_all_land(tmp_path):
     path = str(tmp_path / "r.sqlite3")
     InteractionStore(path)
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        stored = pool.map(_correct_many, [(path, writer) for writer in range(8)])
+        stored = pool.map(correct_many, [(path, writer) for writer in range(8)])
     rows = sqlite3.connect(path).execute("SELECT count(*), count(DISTINCT timestamp) FROM movierec_feedback"
                                          ).fetchone()
     assert min(stored) >= 1 and rows == (sum(stored), sum(stored))
@@ -172,7 +161,7 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     path = str(tmp_path / "r.sqlite3")
     InteractionStore(path)
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        stored = pool.map(_write_many, [(path, writer, 200) for writer in range(8)])
+        stored = pool.map(write_many, [(path, writer, 200) for writer in range(8)])
     assert stored == [200] * 8 and InteractionStore(path).count() == 1600
 
 

@@ -108,6 +108,7 @@ def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
     assert meta["exports"]["files"] == ["rating.npz", "ranking.onnx", "user_tower.onnx"]
 
 
+@pytest.mark.integration  # starts the flow
 def test_bad_command_line_value_is_refused_before_the_run_naming_the_option(tmp_path):
     proc = subprocess.run([sys.executable, FLOW, "--no-pylint", "run", "--tune-samples", "0"],
                           capture_output=True, text=True, cwd=tmp_path)
@@ -116,6 +117,7 @@ def test_bad_command_line_value_is_refused_before_the_run_naming_the_option(tmp_
     assert "Workflow starting" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.integration  # starts the flow
 def test_impossible_combination_on_the_command_line_fails_in_start(tmp_path):
     proc = subprocess.run([sys.executable, FLOW, "--no-pylint", "run", "--retrieval-workers", "3"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -268,6 +270,7 @@ def test_the_secret_backends_are_metaflows():
     assert set(SECRETS_BACKENDS) == {name for name, _ in SECRETS_PROVIDERS_DESC} - {"inline"}
 
 
+@pytest.mark.integration  # starts the flow
 def test_joining_a_ray_cluster_needs_a_datastore_its_nodes_reach(tmp_path):
     """`--ray-address` with the local datastore gave Ray a folder of this machine for its results,
     which a multi-machine cluster refuses mid-training: the run now stops in start."""

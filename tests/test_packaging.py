@@ -246,6 +246,7 @@ def _rebuilt(bundle: bytes) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.integration  # a pypiserver process and four wheel builds
 @pytest.mark.parametrize("where", ["local index", "repository"])
 def test_publishing_a_version_again_reports_and_pins_the_wheel_already_published(tiny_bundle, tmp_path, where,
                                                                                  monkeypatch):
