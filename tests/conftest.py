@@ -173,8 +173,8 @@ def tiny_stages(enc):
                                         als_alpha=(1.0,), als_iterations=5), seed=0)
     weights = {"retrieval": 1.0, "ease": 0.5, "als": 0.2, "rating": 0.3, "popularity": 0.1}
     names = features(sources.final, rated=not enc.implicit)  # the sources fitted, as the flow's ranker has them
-    second = Ranker(names, np.zeros(len(names), np.float32), np.ones(len(names), np.float32),
-                    np.array([weights[f] for f in names], np.float32), 20, 0.0)
+    second = Ranker(features=names, mean=np.zeros(len(names), np.float32), scale=np.ones(len(names), np.float32),
+                    weights=np.array([weights[f] for f in names], np.float32), candidates=20, val_ndcg=0.0)
     return DataSplit(enc, split), TwoStage(retrieval, index, sources, None if enc.implicit else ranking, second)
 
 
@@ -317,7 +317,7 @@ class InProcessAPI:
         return status, reply_headers, bytes(reply)
 
 
-def call(base: str | InProcessAPI, method: str, path: str, body: object = None, raw: bytes | None = None,
+def call(base: str | InProcessAPI, method: str, path: str, body: object = None, *, raw: bytes | None = None,
          content_type: str | None = "application/json", key: str | None = None) -> tuple[int, object]:
     """(status, JSON answer) of one request to a server at ``base`` or to an app in this process;
     ``key``: the API key to send (Authorization: Bearer)."""

@@ -10,7 +10,6 @@ import shutil
 import socket
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -100,10 +99,10 @@ def test_history_similar_search_and_predictions(api):
     ("GET", "/movies/1.0/similar", None, None, 422, "digits"),
     ("GET", "/users/1/recommendations?k=1.0", None, None, 422, "digits"),
 ])
-def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(api, method, path, body, raw, status, words):
+def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(api, method, path, body, *, raw, status, words):
     base, rec = api
     assert 1 in rec.user_ids and 1 in rec.item_ids  # ids 1 are known: only the named problem is wrong
-    got, payload = call(base, method, path, body, raw)
+    got, payload = call(base, method, path, body, raw=raw)
     assert got == status
     assert words.lower() in payload["error"].lower()
     assert call(base, "GET", "/health")[0] == 200
