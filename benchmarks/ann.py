@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from results import emit, markdown_table, median_seconds
 
-from movierec import index
-from movierec.settings import IndexSettings
+from movierec.core.settings import IndexSettings
+from movierec.models import index
 
 
 def clustered_unit_vectors(n: int, dim: int, rng: np.random.Generator, clusters: int = 200) -> np.ndarray:

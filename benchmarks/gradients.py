@@ -1,4 +1,4 @@
-"""Data-parallel gradient averaging: DistributedDataParallel vs ``movierec.distributed``.
+"""Data-parallel gradient averaging: DistributedDataParallel vs ``movierec.training.distributed``.
 
     .venv/bin/python benchmarks/gradients.py                     # 3 rounds x 120 s per mode
     .venv/bin/python benchmarks/gradients.py --rounds 5 --seconds 60 --no-write
@@ -6,7 +6,7 @@
 Two worker processes in a gloo group train the two-tower retrieval model (sparse id tables,
 lazy Adam, in-batch softmax) on synthetic ML-100K-sized ratings, as ``retrieval._train_loop``
 does, with the gradients averaged either by DDP (its sparse all-reduce) or by
-``movierec.distributed.average_gradients``. The modes alternate for ``--rounds`` rounds of
+``movierec.training.distributed.average_gradients``. The modes alternate for ``--rounds`` rounds of
 ``--seconds`` each. Reported: how each run ended (a worker killed by a signal, or not), when,
 and steps per second. DDP's runs are expected to crash: this is the reproduction of the worker
 segfaults that moved training off DDP. Writes its section of benchmarks/RESULTS.md.
@@ -36,11 +36,12 @@ def _worker(rank: int, mode: str, seconds: float, folder: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from movierec import synthetic
-    from movierec.distributed import average_gradients, broadcast_parameters
-    from movierec.features import encode
-    from movierec.nn import SparseDenseAdam, batches, feature_tensors, index_tensor, training_threads
-    from movierec.retrieval import TwoTower, in_batch_loss, popularity_log_q
+    from movierec.data import synthetic
+    from movierec.data.features import encode
+    from movierec.models.layers import feature_tensors, index_tensor
+    from movierec.models.torch_runtime import SparseDenseAdam, batches, training_threads
+    from movierec.models.two_tower import TwoTower, in_batch_loss, popularity_log_q
+    from movierec.training.distributed import average_gradients, broadcast_parameters
 
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
     training_threads(1)
@@ -128,7 +129,7 @@ def main() -> None:
         rates = [r["steps_per_s"] for r in mine if r["steps_per_s"]]
         table.append({
             "gradients averaged by": {"ddp": "DistributedDataParallel (gloo sparse all-reduce)",
-                                      "movierec": "`movierec.distributed` (dense all-gathers)"}[mode],
+                                      "movierec": "`movierec.training.distributed` (dense all-gathers)"}[mode],
             "runs": len(mine),
             "crashed": len(crashed),
             "crashes after (s of training)": ", ".join(f"{r['seconds']:.1f}" for r in crashed) or "—",

@@ -28,12 +28,13 @@ import numpy as np
 import scipy.sparse as sp
 from results import emit, markdown_table, mean_std
 
-from movierec import arrays, data, metrics, pipeline
-from movierec.evaluation import Evaluator
-from movierec.features import Encoded, encode
-from movierec.protocols import PROTOCOLS, get_protocol
-from movierec.settings import Settings
-from movierec.split import DataSplit, Split, split_ratings
+from movierec import data, pipeline
+from movierec.core import arrays, metrics
+from movierec.core.protocols import PROTOCOLS, get_protocol
+from movierec.core.settings import Settings
+from movierec.data.features import Encoded, encode
+from movierec.data.split import DataSplit, Split, split_ratings
+from movierec.training.evaluation import Evaluator
 
 RANKING = ["ndcg@10", "p@10", "r@10", "top10", "top100"]
 RATING = ["rmse", "mae"]

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/postgres.py                 # 20M synthetic ratings (ML-20M-sized)
     .venv/bin/python benchmarks/postgres.py --ratings 2000000
 
-A throw-away server (``movierec.pgserver``: Debian's ``postgresql`` package, on loopback) gets a
-``ratings`` table of ``--ratings`` synthetic ratings (``movierec.synthetic.ml20m_like``, loaded
+A throw-away server (``benchmarks.pgserver``: Debian's ``postgresql`` package, on loopback) gets a
+``ratings`` table of ``--ratings`` synthetic ratings (``movierec.data.synthetic.ml20m_like``, loaded
 with ADBC's bulk ingest). Then, each ``--repeats`` times, ``SELECT user_id, item_id, rating,
 timestamp FROM ratings`` into an Arrow table: ADBC's PostgreSQL driver (what
 ``movierec.data.load_postgres`` uses; libpq's binary COPY), psycopg 3's binary COPY row by row
@@ -24,12 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import pgserver
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from results import emit, markdown_table
 
-from movierec import pgserver, synthetic
+from movierec.data import synthetic
 
 QUERY = "SELECT user_id, item_id, rating, timestamp FROM ratings"
 PASSWORD = "movierec-bench"

@@ -18,15 +18,16 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+import baselines
 from results import emit, markdown_table, mean_std
 
-from movierec import baselines, data, pipeline
-from movierec.arrays import Interactions
-from movierec.evaluation import Evaluator
-from movierec.features import encode
-from movierec.protocols import PROTOCOLS
-from movierec.settings import CANDIDATES, RetrievalConfig, Settings, TuneConfig
-from movierec.split import DataSplit
+from movierec import data, pipeline
+from movierec.core.arrays import Interactions
+from movierec.core.protocols import PROTOCOLS
+from movierec.core.settings import CANDIDATES, RetrievalConfig, Settings, TuneConfig
+from movierec.data.features import encode
+from movierec.data.split import DataSplit
+from movierec.training.evaluation import Evaluator
 
 COLUMNS = ["top10", "top50", "top100", "rmse", "mae", "ndcg@10", "p@10", "r@10"]
 OURS = "two-stage (exact retrieval)"

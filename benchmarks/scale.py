@@ -39,11 +39,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from results import RESULTS, emit, markdown_table, median_seconds
 
-from movierec import arrays, data, pipeline, synthetic
-from movierec.evaluation import Evaluator
-from movierec.features import encode
-from movierec.settings import RetrievalConfig, Settings
-from movierec.split import DataSplit, split_ratings
+from movierec import data, pipeline
+from movierec.core import arrays
+from movierec.core.settings import RetrievalConfig, Settings
+from movierec.data import synthetic
+from movierec.data.features import encode
+from movierec.data.split import DataSplit, split_ratings
+from movierec.training.evaluation import Evaluator
 
 REPO = Path(__file__).resolve().parents[1]
 ML20M = synthetic.ML20M_SHAPE["n_ratings"]

@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 from results import emit, markdown_table
 
-from movierec import packaging
-from movierec.access import KEYS_FILE, KeyFile
-from movierec.bundle import bundle_of_run
-from movierec.feedback import InteractionStore
-from movierec.serving import BACKENDS, Recommender
+from movierec.serving.access import KEYS_FILE, KeyFile
+from movierec.serving.bundle import bundle_of_run
+from movierec.serving.recommender import BACKENDS, Recommender
+from movierec.serving.store import InteractionStore
+from movierec.training import packaging
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -40,12 +40,13 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from movierec import synthetic
-from movierec.features import encode
-from movierec.nn import SparseDenseAdam, compiled, feature_tensors, index_tensor, training_threads
-from movierec.ranking import RatingModel
-from movierec.retrieval import TwoTower, in_batch_loss, popularity_log_q
-from movierec.settings import RetrievalConfig
+from movierec.core.settings import RetrievalConfig
+from movierec.data import synthetic
+from movierec.data.features import encode
+from movierec.models.layers import feature_tensors, index_tensor
+from movierec.models.rating_model import RatingModel
+from movierec.models.torch_runtime import SparseDenseAdam, compiled, training_threads
+from movierec.models.two_tower import TwoTower, in_batch_loss, popularity_log_q
 
 SAMPLE_RATINGS = 2_000_000  # batches are drawn from these; the tables have ML-20M's size regardless
 

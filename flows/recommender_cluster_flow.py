@@ -17,14 +17,16 @@ RecommenderFlow there. ``@metaflow_ray`` keeps its state in the datastore: use t
 
 from metaflow import Config, card, current, metaflow_ray, step
 
-from movierec import flowconfig, pipeline, reports
+from movierec import pipeline
+from movierec.reports import cards
+from movierec.training import flowconfig
 from recommender_flow import RecommenderFlow
 
 
 class RecommenderClusterFlow(RecommenderFlow):
     """RecommenderFlow, its retrieval model trained across ``ray.nodes`` Ray nodes."""
 
-    config = Config("config", default_value=flowconfig.defaults(), parser="movierec.flowconfig.parse_cluster",
+    config = Config("config", default_value=flowconfig.defaults(), parser="movierec.training.flowconfig.parse_cluster",
                     help="settings file (JSON or YAML, see flows/configs/); each setting's option overrides its value")
 
     @card
@@ -42,7 +44,7 @@ class RecommenderClusterFlow(RecommenderFlow):
         # only the control task runs this; the other tasks hold a Ray node until it finishes
         self.retrieval = pipeline.train_retrieval_on_cluster(self.data_split, self.settings, pipeline.ray_storage(self),
                                                               current.parallel.main_ip)
-        current.card.extend(reports.retrieval_card(self.retrieval, self.sources))
+        current.card.extend(cards.retrieval_card(self.retrieval, self.sources))
         self.next(self.gather_retrieval)
 
     @card

@@ -24,7 +24,9 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
 from metaflow import Config, FlowSpec, card, current, project, step  # noqa: E402
 from metaflow.plugins.package_suffixes_mutator import package_suffixes  # noqa: E402
 
-from movierec import flowconfig, pipeline, reports  # noqa: E402
+from movierec import pipeline  # noqa: E402
+from movierec.reports import cards  # noqa: E402
+from movierec.training import flowconfig  # noqa: E402
 
 
 @project(name="movierec")  # deployments per branch: argo-workflows create --branch / --production
@@ -34,7 +36,7 @@ class RecommenderFlow(FlowSpec):
     """Load → split → (train retrieval + sources ∥ tune rating model) → build Annoy index → train ranker →
     evaluate → publish."""
 
-    config = Config("config", default_value=flowconfig.defaults(), parser="movierec.flowconfig.parse",
+    config = Config("config", default_value=flowconfig.defaults(), parser="movierec.training.flowconfig.parse",
                     help="settings file (JSON or YAML, see flows/configs/); each setting's option overrides its value")
 
     @card
@@ -47,8 +49,8 @@ class RecommenderFlow(FlowSpec):
         self.dataset, self.data_stats = dataset.to_bytes(), dataset.stats()
         print(f"[start] {dataset.name}: {self.data_stats}")
         origin = self.settings.data.dir or self.settings.data.source or dataset.name
-        current.card.extend(reports.data_card(dataset, origin))
-        current.card.extend(reports.settings_card(flowconfig.sources(self.settings, self.config)))
+        current.card.extend(cards.data_card(dataset, origin))
+        current.card.extend(cards.settings_card(flowconfig.sources(self.settings, self.config)))
         self.next(self.split)
 
     @card
@@ -57,7 +59,7 @@ class RecommenderFlow(FlowSpec):
         """Encode the ratings and split them into train and test as the protocol says."""
         self.data_split = pipeline.split_data(self.dataset, self.settings)
         print(f"[split] {self.data_split.split.summary()}")
-        current.card.extend(reports.split_card(self.data_split, self.settings.protocol))
+        current.card.extend(cards.split_card(self.data_split, self.settings.protocol))
         self.next(self.train_retrieval, self.tune_ranking)
 
     @card
@@ -67,7 +69,7 @@ class RecommenderFlow(FlowSpec):
         self.retrieval = pipeline.train_retrieval(self.data_split, self.settings, pipeline.ray_storage(self),
                                                   beside_tuning=True)
         self.sources = pipeline.fit_sources(self.data_split, self.settings)
-        current.card.extend(reports.retrieval_card(self.retrieval, self.sources))
+        current.card.extend(cards.retrieval_card(self.retrieval, self.sources))
         self.next(self.build_index)
 
     @card
@@ -75,7 +77,7 @@ class RecommenderFlow(FlowSpec):
     def tune_ranking(self):
         """Search the rating model's hyper-parameters with Ray Tune (none for implicit-only data)."""
         self.ranking = pipeline.tune_ranking(self.data_split, self.settings, pipeline.ray_storage(self))
-        current.card.extend(reports.ranking_card(self.ranking))
+        current.card.extend(cards.ranking_card(self.ranking))
         self.next(self.build_index)
 
     @card
@@ -84,7 +86,7 @@ class RecommenderFlow(FlowSpec):
         """Join both branches and build the Annoy index over the movies' vectors."""
         self.merge_artifacts(inputs)
         self.retrieval_index = pipeline.build_index(self.retrieval, self.settings)
-        current.card.extend(reports.index_card(self.retrieval_index))
+        current.card.extend(cards.index_card(self.retrieval_index))
         self.next(self.train_ranker)
 
     @card
@@ -92,7 +94,7 @@ class RecommenderFlow(FlowSpec):
     def train_ranker(self):
         """Fit the second stage's learned ranker over the sources' candidates."""
         self.ranker = pipeline.train_ranker(self.data_split, self._stages(), self.settings, pipeline.ray_storage(self))
-        current.card.extend(reports.ranker_card(self.ranker))
+        current.card.extend(cards.ranker_card(self.ranker))
         self.next(self.evaluate)
 
     @card
@@ -102,7 +104,7 @@ class RecommenderFlow(FlowSpec):
         report = pipeline.evaluate(self.data_split, self._stages())
         self.metrics, self.samples = report.rows, report.samples
         print(report.to_text())
-        current.card.extend(reports.evaluation_card(report, self.settings.protocol))
+        current.card.extend(cards.evaluation_card(report, self.settings.protocol))
         self.next(self.publish)
 
     @card
@@ -116,16 +118,16 @@ class RecommenderFlow(FlowSpec):
                "dataset": self.data_stats, "metrics": self.metrics}
         self.bundle, publication = pipeline.publish(self.data_split, self._stages(), self.settings, run)
         self.publication = publication.to_dict()  # the wheel: in publication["repository"], by name and sha256
-        current.card.extend(reports.publish_card(self.publication, len(self.bundle)))
+        current.card.extend(cards.publish_card(self.publication, len(self.bundle)))
         self.next(self.end)
 
     @card(type="blank")  # the default card would render every artifact of the run again, bundle included
     @step
     def end(self):
         """Print the headline metrics and how to install and use the published model."""
-        lines = reports.finished_lines(current.run_id, self.publication, self.metrics, sys.argv[0])
+        lines = cards.finished_lines(current.run_id, self.publication, self.metrics, sys.argv[0])
         print("[end] " + "\n  ".join(lines))
-        current.card.extend(reports.finished_card(lines))
+        current.card.extend(cards.finished_card(lines))
 
     def _stages(self):
         """Both stages' trained parts as one value (the ranker once it is trained)."""

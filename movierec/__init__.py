@@ -10,7 +10,7 @@ __all__ = ["Recommender", "__version__"]
 
 def __getattr__(name: str):
     if name == "Recommender":
-        from movierec.serving import Recommender
+        from movierec.serving.recommender import Recommender
 
         return Recommender
     raise AttributeError(f"module 'movierec' has no attribute {name!r}")

@@ -5,7 +5,7 @@
     movierec similar --movie 1
     movierec predict --user 1 --movie 50
     movierec info
-    movierec serve --host 127.0.0.1 --port 8000     # the REST API (see movierec.api)
+    movierec serve --host 127.0.0.1 --port 8000     # the REST API (see movierec.serving.api)
     movierec keys add --users 1-100                 # an API key that may write ratings for users 1-100
 
 Unknown ids, bad arguments and a ratings store that cannot be opened print one line to stderr and
@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from movierec.serving import BACKENDS, Recommendation, Recommender, RecommenderError
+from movierec.serving.recommender import BACKENDS, Recommendation, Recommender, RecommenderError
 
 
 def _parse_history(items: list[str]) -> list[int | tuple[int, float]]:
@@ -74,8 +74,8 @@ def _hosts(text: str) -> tuple[str, ...]:
 
 
 def _keys_command(args: argparse.Namespace) -> None:
-    """``movierec keys add|list|revoke``: the API keys a server lets write (movierec.access)."""
-    from movierec.access import AccessError, KeyFile, parse_users
+    """``movierec keys add|list|revoke``: the API keys a server lets write (movierec.serving.access)."""
+    from movierec.serving.access import AccessError, KeyFile, parse_users
 
     keys = KeyFile(args.keys)
     try:
@@ -187,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             _print(rec.similar_movies(args.movie, args.k), args.json, score_label="similarity")
         elif args.command == "serve":
             try:
-                from movierec.api import serve
+                from movierec.serving.api import serve
             except ImportError as exc:
                 raise RecommenderError(f"serving needs the 'serve' extra: pip install 'movierec[serve]' ({exc})") \
                     from exc
 
-            from movierec.access import LOOPBACK_HOSTS, Access, AccessError
-            from movierec.feedback import InteractionStore, StoreError
+            from movierec.serving.access import LOOPBACK_HOSTS, Access, AccessError
+            from movierec.serving.store import InteractionStore, StoreError
 
             try:
                 store = None if args.store == "none" else InteractionStore(args.store)

@@ -1,9 +1,9 @@
-"""What each flow step does, as plain functions of the run's :class:`~movierec.settings.Settings`:
+"""What each flow step does, as plain functions of the run's :class:`~movierec.core.settings.Settings`:
 the one layer the flow calls (it wires these together and draws the cards).
 
 Keeping the logic here means it is importable, testable without Metaflow, and reusable from
 benchmarks and notebooks. Values that travel together travel as one: a :class:`DataSplit`
-(encoded ratings + split), a :class:`~movierec.index.RetrievalIndex` (vectors + Annoy index).
+(encoded ratings + split), a :class:`~movierec.models.index.RetrievalIndex` (vectors + Annoy index).
 """
 
 from __future__ import annotations
@@ -15,27 +15,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 from metaflow.exception import MetaflowException
 
-from movierec import data, metrics, synthetic
-from movierec.arrays import Interactions
-from movierec.cluster import CLUSTER_HEAD_PORT, ray_session, session_dir, stop_session_processes, storage_path
-from movierec.features import Encoded, encode
-from movierec.flowconfig import runs_remotely
-from movierec.protocols import get_protocol
-from movierec.settings import Settings, key_ids
-from movierec.split import DataSplit, Split, join_training, split_ratings
+from movierec import data
+from movierec.core import metrics
+from movierec.core.arrays import Interactions
+from movierec.core.protocols import get_protocol
+from movierec.core.settings import Settings, key_ids
+from movierec.data import synthetic
+from movierec.data.features import Encoded, encode
+from movierec.data.split import DataSplit, Split, join_training, split_ratings
+from movierec.training.cluster import CLUSTER_HEAD_PORT, ray_session, session_dir, stop_session_processes, storage_path
+from movierec.training.flowconfig import runs_remotely
 
 # The model modules import torch (1.5 s): steps that only load, split or report skip it.
 if TYPE_CHECKING:
     from metaflow import FlowSpec
 
-    from movierec.evaluation import Report
-    from movierec.index import RetrievalIndex
-    from movierec.packaging import Publication
-    from movierec.ranker import Ranker
-    from movierec.ranking import RankingResult
-    from movierec.retrieval import RetrievalResult
-    from movierec.sources import SourceModels
-    from movierec.stages import TwoStage
+    from movierec.models.index import RetrievalIndex
+    from movierec.models.second_stage import Ranker
+    from movierec.models.sources import SourceModels
+    from movierec.training.evaluation import Report
+    from movierec.training.packaging import Publication
+    from movierec.training.rating_search import RankingResult
+    from movierec.training.retrieval import RetrievalResult
+    from movierec.training.stages import TwoStage
 
 __all__ = ["DataSplit", "InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "publish_time",
            "ray_storage", "run_created_us", "split_data", "split_for", "stages", "train_ranker", "train_retrieval",
@@ -85,7 +87,7 @@ def _load(settings: Settings) -> data.Dataset:
     else:
         dataset = data.load_dataset(Path(source.dir).expanduser() if source.dir else data.fetch_ml100k())
     if source.feedback_store:
-        from movierec.feedback import InteractionStore
+        from movierec.serving.store import InteractionStore
 
         store = source.feedback_store
         if not store.startswith(("postgresql://", "postgres://")) and not Path(store).expanduser().is_file():
@@ -138,7 +140,7 @@ def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, bes
     ``RaySettings.beside_tuning``), unless the data is implicit-only (it then searches nothing);
     on Kubernetes or AWS Batch each step has a container of its own with ``ray.num_cpus`` CPUs,
     and Ray is told all of them."""
-    from movierec.retrieval import train
+    from movierec.training.retrieval import train
 
     if beside_tuning and not runs_remotely() and not data_split.enc.implicit:
         settings = replace(settings, ray=settings.ray.beside_tuning())
@@ -158,7 +160,7 @@ def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storag
     stopped afterwards (``cluster.stop_session_processes``), also when training fails."""
     import ray
 
-    from movierec.retrieval import train
+    from movierec.training.retrieval import train
 
     # The head's address, not "auto": that reads the last cluster started on this machine, which
     # in a local run may be tune_ranking's own instance, started beside this step.
@@ -176,10 +178,10 @@ def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storag
 
 
 def fit_sources(data_split: DataSplit, settings: Settings) -> SourceModels:
-    """The candidate sources ``settings.sources`` switches on (``movierec.sources``), each chosen on the
+    """The candidate sources ``settings.sources`` switches on (``movierec.models.sources``), each chosen on the
     retrieval model's validation pairs."""
-    from movierec.retrieval import validation_split
-    from movierec.sources import fit_sources as fit
+    from movierec.models.sources import fit_sources as fit
+    from movierec.training.retrieval import validation_split
 
     fit_idx, val_idx = validation_split(data_split.split.train, settings)
     fit_pairs, val_pairs = (Interactions.of(data_split.enc, rows, stars=False) for rows in (fit_idx, val_idx))
@@ -193,7 +195,7 @@ def tune_ranking(data_split: DataSplit, settings: Settings, storage: str) -> Ran
         print("[tune_ranking] implicit-only data (no ratings): no rating model to search; the ranker orders "
               "candidates without predicted stars", flush=True)
         return None
-    from movierec.ranking import tune_ranking as search
+    from movierec.training.rating_search import tune_ranking as search
 
     with ray_session(settings.ray):
         return search(data_split.enc, data_split.split.train, settings, storage)
@@ -201,7 +203,7 @@ def tune_ranking(data_split: DataSplit, settings: Settings, storage: str) -> Ran
 
 def build_index(retrieval: RetrievalResult, settings: Settings) -> RetrievalIndex:
     """Every user's and movie's vector, and the Annoy index over the movies', measured."""
-    from movierec.index import build_index as build
+    from movierec.models.index import build_index as build
 
     user_vecs, item_vecs = retrieval.embeddings()
     return build(user_vecs, item_vecs, settings.index, settings.seed)
@@ -209,8 +211,8 @@ def build_index(retrieval: RetrievalResult, settings: Settings) -> RetrievalInde
 
 def stages(retrieval: RetrievalResult, index: RetrievalIndex, sources: SourceModels, ranking: RankingResult | None,
            ranker: Ranker | None = None) -> TwoStage:
-    """The trained parts of both stages as one value (``movierec.stages``)."""
-    from movierec.stages import TwoStage
+    """The trained parts of both stages as one value (``movierec.training.stages``)."""
+    from movierec.training.stages import TwoStage
 
     return TwoStage(retrieval, index, sources, ranking, ranker)
 
@@ -218,9 +220,9 @@ def stages(retrieval: RetrievalResult, index: RetrievalIndex, sources: SourceMod
 def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, storage: str) -> Ranker:
     """The second stage's weights, searched with Ray Tune on the retrieval model's validation
     pairs, over candidates from the sources as they were before seeing those pairs."""
-    from movierec.ranker import candidates, concat, search
-    from movierec.retrieval import validation_split
-    from movierec.sources import interactions
+    from movierec.models.second_stage import candidates, concat, search
+    from movierec.models.sources import interactions
+    from movierec.training.retrieval import validation_split
 
     fit_idx, val_idx = validation_split(data_split.split.train, settings)
     fit, val = (Interactions.of(data_split.enc, rows, stars=False) for rows in (fit_idx, val_idx))
@@ -242,7 +244,7 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
 
 def evaluate(data_split: DataSplit, stages: TwoStage) -> Report:
     """Every metric of the two-stage pipeline, each stage alone and the baselines on the test split."""
-    from movierec.evaluation import Evaluator
+    from movierec.training.evaluation import Evaluator
 
     return Evaluator(data_split.enc, data_split.split).run(stages)
 
@@ -283,13 +285,13 @@ def publish_time(started_us: int | None) -> int:
 
 
 def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadata: dict) -> tuple[bytes, Publication]:
-    """(bundle, publication): the models zipped into a bundle (``movierec.bundle``) with the run's
+    """(bundle, publication): the models zipped into a bundle (``movierec.serving.bundle``) with the run's
     ``metadata`` (its ``run_id`` and ``started_us`` make the wheel's version), packaged into a wheel
-    and uploaded (``movierec.packaging``). The wheel itself is not returned: it is the bundle
+    and uploaded (``movierec.training.packaging``). The wheel itself is not returned: it is the bundle
     again (21 MB on ML-100K) with the code, and lies in the repository, where the publication
     (its name, sha256 and install command) finds it."""
-    from movierec.bundle import make_bundle
-    from movierec.packaging import publish as upload
+    from movierec.training.bundling import make_bundle
+    from movierec.training.packaging import publish as upload
 
     bundle = make_bundle(data_split, stages, metadata, user_data=settings.publish.user_data)
     publication, _ = upload(bundle, settings.publish)

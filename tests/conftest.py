@@ -32,7 +32,7 @@ os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = _ROOT
 os.environ["METAFLOW_HOME"] = _ROOT
 os.environ.setdefault("USERNAME", "movierec-tests")
 os.environ.pop("MOVIEREC_FAIL_STEP", None)
-# Whether a flow's steps run remotely (movierec.flowconfig.runs_remotely) reads these and the command
+# Whether a flow's steps run remotely (movierec.training.flowconfig.runs_remotely) reads these and the command
 # line: the tests run locally whatever the shell that started them had set.
 for _var in ("METAFLOW_RUNTIME_ENVIRONMENT", "METAFLOW_DECOSPECS", "METAFLOW_DEFAULT_DECOSPECS"):
     os.environ.pop(_var, None)
@@ -103,8 +103,8 @@ def metaflow_root() -> str:
 @pytest.fixture(scope="session")
 def small_encoded():
     """A small synthetic data set, encoded: fast enough for model tests."""
-    from movierec import synthetic
-    from movierec.features import encode
+    from movierec.data import synthetic
+    from movierec.data.features import encode
 
     return encode(synthetic.generate(n_users=200, n_items=150, n_ratings=6000, seed=3))
 
@@ -142,17 +142,20 @@ def tiny_stages(enc):
 
     import torch
 
-    from movierec.arrays import Interactions
-    from movierec.factorization import fit_biased_mf
-    from movierec.index import build_index
-    from movierec.nn import feature_tensors, state_to_bytes
-    from movierec.ranker import Ranker, features
-    from movierec.ranking import RankingResult, RatingModel
-    from movierec.retrieval import RetrievalResult, TwoTower
-    from movierec.settings import IndexSettings, RetrievalConfig, SourcesConfig
-    from movierec.sources import fit_sources
-    from movierec.split import DataSplit, holdout, split_ratings
-    from movierec.stages import TwoStage
+    from movierec.core.arrays import Interactions
+    from movierec.core.settings import IndexSettings, RetrievalConfig, SourcesConfig
+    from movierec.data.split import DataSplit, holdout, split_ratings
+    from movierec.models.factorization import fit_biased_mf
+    from movierec.models.index import build_index
+    from movierec.models.layers import feature_tensors
+    from movierec.models.rating_model import RatingModel
+    from movierec.models.second_stage import Ranker, features
+    from movierec.models.sources import fit_sources
+    from movierec.models.torch_runtime import state_to_bytes
+    from movierec.models.two_tower import TwoTower
+    from movierec.training.rating_search import RankingResult
+    from movierec.training.retrieval import RetrievalResult
+    from movierec.training.stages import TwoStage
 
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     uf, itf = feature_tensors(enc)
@@ -185,7 +188,7 @@ def tiny_models(small_encoded):
 
 
 def _tiny_bundle(tiny_models, user_data: bool) -> bytes:
-    from movierec.bundle import make_bundle
+    from movierec.training.bundling import make_bundle
 
     data_split, stages = tiny_models
     return make_bundle(data_split, stages, {"flow": "RecommenderFlow", "run_id": "test", "metrics": []},
@@ -227,7 +230,7 @@ def runs(metaflow_root, ml100k_dir):
     to a local index in the test folder): every step runs once, shared by several test modules."""
     from metaflow import Runner, namespace
 
-    from movierec.faults import ENV_VAR
+    from movierec.training.faults import ENV_VAR
 
     namespace(None)
     params = {**BUDGET, "index_dir": str(Path(metaflow_root) / "pypi")}
@@ -268,7 +271,7 @@ def wait_for_http(url: str, proc: subprocess.Popen, what: str, seconds: float = 
 
 
 class InProcessAPI:
-    """An ASGI app (``movierec.api.create_app``) called in this process as a server calls it, for the
+    """An ASGI app (``movierec.serving.api.create_app``) called in this process as a server calls it, for the
     tests of what the API answers: a server process adds nothing there but its start (a fresh Python,
     the model loaded again). Tests of the HTTP layer (uvicorn's parsing, stalled or chunked uploads,
     connections), of the installed command and of the process itself use the ``server`` fixture."""
@@ -345,7 +348,7 @@ def light_install(tmp_path_factory, tiny_bundle) -> Path:
     """A fresh virtual environment with this checkout's wheel (the tiny bundle inside) installed as
     someone who only serves installs it, ``movierec[serve]``: numpy, Annoy, FastAPI and uvicorn, no
     torch (tests/test_install.py checks). The REST API tests run against it."""
-    from movierec import packaging
+    from movierec.training import packaging
 
     root = tmp_path_factory.mktemp("light")
     wheel = packaging.build_wheel(tiny_bundle, "0.1.0.post9", root)
@@ -385,7 +388,7 @@ def serving(light_install: Path, bundle: bytes, folder: Path, *options: str) -> 
 def server(tmp_path_factory, tiny_bundle, light_install):
     """A real `movierec serve` process on loopback over the tiny bundle, from the light
     installation: (base URL, the same model loaded in-process, to compare answers with)."""
-    from movierec.serving import Recommender
+    from movierec.serving.recommender import Recommender
 
     with serving(light_install, tiny_bundle, tmp_path_factory.mktemp("api")) as (base, _):
         yield base, Recommender.from_bytes(tiny_bundle)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from movierec import data
-from movierec.settings import ColumnSettings
+from movierec.core.settings import ColumnSettings
 
 RATINGS_CSV = (
     "userId,movieId,rating,timestamp\n"

@@ -2,7 +2,7 @@
 a spawned worker imports the module its function comes from, and this one imports only the store
 (a worker importing test_feedback paid for conftest, Metaflow and the serving stack: ~1 s of CPU each)."""
 
-from movierec.feedback import InteractionStore
+from movierec.serving.store import InteractionStore
 
 
 def write_many(args: tuple[str, int, int]) -> int:

@@ -16,8 +16,8 @@ import pytest
 from conftest import call, serving
 
 from movierec import cli
-from movierec.access import KEYS_FILE, Access, AccessDenied, AccessError, KeyFile, parse_users
-from movierec.serving import Recommender
+from movierec.serving.access import KEYS_FILE, Access, AccessDenied, AccessError, KeyFile, parse_users
+from movierec.serving.recommender import Recommender
 
 
 def _send(base: str, method: str, path: str, body: object = None, headers: dict | None = None
@@ -291,7 +291,7 @@ def test_allowed_hosts_are_compared_as_normalised():
 
 def _waiting(monkeypatch) -> None:
     """A server's keys file looked at on every request (not once a second)."""
-    monkeypatch.setattr("movierec.access.REFRESH_S", 0.0)
+    monkeypatch.setattr("movierec.serving.access.REFRESH_S", 0.0)
 
 
 def test_a_keys_file_that_cannot_be_looked_at_stops_a_start_and_leaves_no_key_valid_while_serving(

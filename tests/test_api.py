@@ -20,8 +20,8 @@ from conftest import BODY_TIMEOUT, InProcessAPI, call
 def api(tiny_bundle):
     """The API over the tiny bundle, called in this process, and the same model loaded apart (to
     compare answers with)."""
-    from movierec.api import create_app
-    from movierec.serving import Recommender
+    from movierec.serving.api import create_app
+    from movierec.serving.recommender import Recommender
 
     return InProcessAPI(create_app(Recommender.from_bytes(tiny_bundle))), Recommender.from_bytes(tiny_bundle)
 
@@ -261,8 +261,8 @@ def test_web_page_recommends_in_a_real_browser(tiny_bundle, light_install, tmp_p
     from conftest import serving
     from playwright.sync_api import expect
 
-    from movierec.access import KEYS_FILE, KeyFile, parse_users
-    from movierec.serving import Recommender
+    from movierec.serving.access import KEYS_FILE, KeyFile, parse_users
+    from movierec.serving.recommender import Recommender
 
     rec = Recommender.from_bytes(tiny_bundle)
     user = int(rec.user_ids[5])
@@ -308,8 +308,8 @@ def test_a_model_of_implicit_only_data_over_http(tiny_implicit_bundle, light_ins
 
     from conftest import clean_env, serving
 
-    from movierec.access import KEYS_FILE, KeyFile
-    from movierec.serving import Recommender
+    from movierec.serving.access import KEYS_FILE, KeyFile
+    from movierec.serving.recommender import Recommender
 
     rec = Recommender.from_bytes(tiny_implicit_bundle)
     user, movies = int(rec.user_ids[0]), [int(m) for m in rec.item_ids[:3]]
@@ -388,8 +388,8 @@ def test_the_page_keeps_ids_above_2_53_exact_under_its_policy(tiny_bundle, light
     from conftest import serving
     from playwright.sync_api import expect, sync_playwright
 
-    from movierec.access import KEYS_FILE, KeyFile, parse_users
-    from movierec.serving import Recommender
+    from movierec.serving.access import KEYS_FILE, KeyFile, parse_users
+    from movierec.serving.recommender import Recommender
 
     rec = Recommender.from_bytes(tiny_bundle)
     user, liked = 2**53 + 1, int(rec.item_ids[2])
@@ -424,8 +424,8 @@ def test_the_store_breaker_leaves_a_failed_store_alone_then_probes_it_alone(tmp_
     import asyncio
     import logging
 
-    from movierec.api import StoreBreaker
-    from movierec.feedback import InteractionStore, StoreError
+    from movierec.serving.api import StoreBreaker
+    from movierec.serving.store import InteractionStore, StoreError
 
     breaker = StoreBreaker(InteractionStore(tmp_path / "ratings.sqlite3"), pause=0.3)
     reached, down = [], True
@@ -452,7 +452,7 @@ def test_the_store_breaker_leaves_a_failed_store_alone_then_probes_it_alone(tmp_
         probe_and_others = await asyncio.gather(through(0.1), through(), through())
         return failed, fast, probe_and_others, await through()
 
-    with caplog.at_level(logging.WARNING, "movierec.api"):
+    with caplog.at_level(logging.WARNING, "movierec.serving.api"):
         failed, fast, (probe, *others), after = asyncio.run(run())
     assert failed == "store: down" and reached == [0.0, 0.1, 0.0]  # the failure, the probe, the call after it
     assert all("unavailable (tried again every 0.3 s)" in answer for answer in fast + others)

@@ -6,9 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from movierec import arrays, baselines, factorization
-from movierec.arrays import Interactions
-from movierec.graph import normalized_adjacency
+from benchmarks import baselines
+from movierec.core import arrays
+from movierec.core.arrays import Interactions
+from movierec.models import factorization
+from movierec.models.lightgcn import normalized_adjacency
 
 
 def test_of_encoded_rows_gives_their_pairs_stars_and_sizes(small_encoded):

@@ -57,7 +57,8 @@ def test_code_package_carries_what_publishing_builds_from(flow, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     with tarfile.open(tmp_path / "package.tgz") as tar:
         names = set(tar.getnames())
-    assert {"setup.cfg", "pyproject.toml", "README.md", "movierec/web/index.html", "movierec/flowconfig.py",
+    assert {"setup.cfg", "pyproject.toml", "README.md", "movierec/serving/web/index.html",
+            "movierec/training/flowconfig.py",
             Path(flow).name} <= names
     code = "import os, sys; sys.path.insert(0, 'flows'); import recommender_flow; " \
            "print(os.environ.get('METAFLOW_DEFAULT_PACKAGE_SUFFIXES'))"
@@ -85,7 +86,7 @@ TINY_FLOW = '''
 from metaflow import FlowSpec, step, user_step_decorator
 
 from encoded import Encoded
-from movierec.flowconfig import step_frame
+from movierec.training.flowconfig import step_frame
 
 frame = user_step_decorator(step_frame)
 

@@ -1,7 +1,8 @@
 import numpy as np
 
-from movierec import baselines, metrics
-from movierec.arrays import Interactions
+from benchmarks import baselines
+from movierec.core import metrics
+from movierec.core.arrays import Interactions
 
 
 def _ratings(rng, n_users=60, n_items=40, n=1500):

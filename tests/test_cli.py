@@ -3,7 +3,7 @@ import json
 import pytest
 
 from movierec import cli
-from movierec.serving import Recommender
+from movierec.serving.recommender import Recommender
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_serve_with_store_none_writes_nothing_and_refuses_ratings(bundle_path, t
     with a valid key is refused as one the server cannot keep."""
     from conftest import call
 
-    from movierec.access import KeyFile
+    from movierec.serving.access import KeyFile
 
     keys = tmp_path.parent / f"{tmp_path.name}-keys.json"  # outside the folder that must stay empty
     _, key = KeyFile(keys).add(backend=True)
@@ -171,7 +171,7 @@ def test_the_latest_run_is_found_in_a_shell_without_a_user_name(bundle_path, tmp
 def test_serve_refuses_a_keys_file_it_cannot_read_or_others_may_write_in_one_line(bundle_path, tmp_path, capsys,
                                                                                   problem, words):
     """Before: a NotADirectoryError traceback; a keys file of mode 0666 was used as it was."""
-    from movierec.access import KeyFile
+    from movierec.serving.access import KeyFile
 
     if problem == "parent is a file":
         (tmp_path / "file").write_text("")
@@ -193,7 +193,7 @@ def test_serve_on_every_address_says_what_remote_clients_need_and_that_no_key_ma
     too), and a server without a key said nothing while every write got 401."""
     import urllib.request
 
-    from movierec.access import KeyFile
+    from movierec.serving.access import KeyFile
 
     keys = tmp_path / "keys.json"
     key, _ = KeyFile(keys).add(backend=True)

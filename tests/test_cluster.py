@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from movierec import cluster, pipeline
-from movierec.settings import RaySettings, RetrievalConfig, Settings
-from movierec.split import DataSplit, split_ratings
+from movierec import pipeline
+from movierec.core.settings import RaySettings, RetrievalConfig, Settings
+from movierec.data.split import DataSplit, split_ratings
+from movierec.training import cluster
 
 RAY = str(Path(sys.executable).parent / "ray")
 

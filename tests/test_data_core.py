@@ -13,8 +13,8 @@ import pytest
 from data_samples import COLUMNS, HEADER, MOVIES_CSV, RATINGS_CSV, _assert_same, _interactions, _write
 
 from movierec import data
+from movierec.core.settings import ColumnSettings
 from movierec.data import DataError
-from movierec.settings import ColumnSettings
 
 
 def test_split_title_year():
@@ -70,7 +70,7 @@ def test_doubled_ml100k_keeps_each_pairs_latest_rating_and_no_pair_crosses_the_s
     train. The second copies here are one second later with another rating for half the rows and
     identical otherwise: the later (or, on a tie, the second) row must win."""
     from movierec import pipeline
-    from movierec.features import encode
+    from movierec.data.features import encode
 
     lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()
     header, rows = lines[0], lines[1:]

@@ -12,8 +12,8 @@ import pytest
 from data_samples import COLUMNS, _interactions, _write
 
 from movierec import data
+from movierec.core.settings import ColumnSettings
 from movierec.data import DataError
-from movierec.settings import ColumnSettings
 
 
 def test_an_interactions_file_with_its_own_column_names_and_an_items_file(tmp_path: Path):
@@ -138,7 +138,7 @@ def test_the_start_step_loads_an_interactions_file_as_the_settings_map_it(tmp_pa
     from dataclasses import replace
 
     from movierec import pipeline
-    from movierec.settings import DataSettings, Settings
+    from movierec.core.settings import DataSettings, Settings
 
     ratings, items = _interactions(tmp_path)
     settings = Settings(data=DataSettings(dir=str(ratings), items_file=str(items), columns=COLUMNS))

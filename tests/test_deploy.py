@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import BUDGET, FLOW, ML100K, free_port, wait_for_http
 
-from movierec import cluster
+from movierec.training import cluster
 
 CLUSTER_FLOW = str(Path(FLOW).with_name("recommender_cluster_flow.py"))
 IMAGE = "registry.example/movierec:1.0"
@@ -156,7 +156,7 @@ def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configura
         names = set(tar.getnames())
     assert "recommender_flow.py" in names
     assert {f"movierec/{m}" for m in MODULES} <= names
-    assert {"setup.cfg", "pyproject.toml", "README.md", "movierec/web/index.html"} <= names
+    assert {"setup.cfg", "pyproject.toml", "README.md", "movierec/serving/web/index.html"} <= names
 
 
 def test_gpu_settings_of_the_configuration_reach_the_containers(aws, tmp_path):
@@ -255,16 +255,16 @@ def test_publish_gets_its_credentials_secret_in_the_deployed_containers(aws, tmp
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     steps = {block.split()[0]: block for block in re.split(r"^\[", out.stdout, flags=re.M) if block.strip()}
-    assert "secrets<static (inserted by movierec.flowconfig.configured) sources=['aws-secrets-manager.movierec-pypi']" \
-        in steps["publish"]
+    inserted = "static (inserted by movierec.training.flowconfig.configured)"
+    assert f"secrets<{inserted} sources=['aws-secrets-manager.movierec-pypi']" in steps["publish"]
     assert "secrets<" not in steps["evaluate"] and "secrets<" not in steps["start"]
-    assert f"{compute}<static (inserted by movierec.flowconfig.configured) " in steps["publish"]
+    assert f"{compute}<static (inserted by movierec.training.flowconfig.configured) " in steps["publish"]
     assert f"image={IMAGE}" in steps["publish"]
 
 
 def load_in_a_step(env: dict, data_dir: str) -> subprocess.CompletedProcess:
     """``pipeline.load_data`` in a fresh process with the flow's environment, as ``start`` runs it."""
-    code = ("import json, sys; from movierec import pipeline, settings; "
+    code = ("import json, sys; from movierec import pipeline; from movierec.core import settings; "
             "d = pipeline.load_data(settings.Settings(data=settings.DataSettings(dir=sys.argv[1]))); "
             "print(json.dumps(d.stats()))")
     return subprocess.run([sys.executable, "-c", code, data_dir], env=env, capture_output=True, text=True, timeout=300)
@@ -291,9 +291,12 @@ def test_data_dir_in_s3_loads_like_the_local_folder(aws, ml100k_dir):
 
 RAY_STEPS_CODE = """
 import json
-from movierec import cluster, pipeline, settings, synthetic
-from movierec.features import encode
-from movierec.split import DataSplit
+from movierec.training import cluster
+from movierec import pipeline
+from movierec.core import settings
+from movierec.data import synthetic
+from movierec.data.features import encode
+from movierec.data.split import DataSplit
 
 enc = encode(synthetic.generate(n_users=200, n_items=150, n_ratings=6000, seed=3))
 data_split = DataSplit(enc, pipeline.split_for(enc, "tfrs", 0))

@@ -4,11 +4,11 @@ device a process trains on, and that models and checkpoints move between devices
 import pytest
 import torch
 
-from movierec.arrays import Interactions
-from movierec.graph import LightGCN, normalized_adjacency
-from movierec.nn import cpu_state, training_device
-from movierec.ranking import TrialPlan
-from movierec.retrieval import worker_resources
+from movierec.core.arrays import Interactions
+from movierec.models.lightgcn import LightGCN, normalized_adjacency
+from movierec.models.torch_runtime import cpu_state, training_device
+from movierec.training.rating_search import TrialPlan
+from movierec.training.retrieval import worker_resources
 
 
 def test_ray_reserves_gpus_only_when_asked():

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from movierec.distributed import average_gradients, broadcast_parameters
+from movierec.training.distributed import average_gradients, broadcast_parameters
 
 
 class _Model(nn.Module):

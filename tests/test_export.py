@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import export, rater
-from movierec.nn import feature_tensors
-from movierec.ranking import RatingModel, predict
-from movierec.retrieval import TwoTower
-from movierec.serving import Recommender, RecommenderError
+from movierec.models.layers import feature_tensors
+from movierec.models.rating_model import RatingModel, predict
+from movierec.models.two_tower import TwoTower
+from movierec.serving import rating_tables
+from movierec.serving.recommender import Recommender, RecommenderError
+from movierec.training import export
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,9 @@ def test_exported_tables_and_graphs_match_torch_at_any_batch_size(models, small_
     assert set(files) == {"rating.npz", "ranking.onnx", "user_tower.onnx"} and info["opset"] == export.OPSET
     assert set(info["max_abs_diff"]) == set(files)
     assert all(d <= export.TOLERANCE for d in info["max_abs_diff"].values())
-    ranking, tower = rater.onnx_session(files["ranking.onnx"]), rater.onnx_session(files["user_tower.onnx"])
-    tables = rater.RatingTables.from_bytes(files["rating.npz"])
+    ranking = rating_tables.onnx_session(files["ranking.onnx"])
+    tower = rating_tables.onnx_session(files["user_tower.onnx"])
+    tables = rating_tables.RatingTables.from_bytes(files["rating.npz"])
     for n in (1, 3000):  # exported with a batch of 8: the batch dimension must be dynamic
         users = rng.integers(0, small_encoded.n_users, n)
         items = rng.integers(0, small_encoded.n_items, n)
@@ -67,7 +69,7 @@ def test_serving_queries_leave_torch_and_pyarrow_unimported(tiny_bundle, tmp_pat
     the training stack: a fresh process loads a bundle, answers every kind of query, and looks."""
     path = tmp_path / "model.zip"
     path.write_bytes(tiny_bundle)
-    code = ("import sys; from movierec.serving import Recommender; r = Recommender.load(sys.argv[1]); "
+    code = ("import sys; from movierec.serving.recommender import Recommender; r = Recommender.load(sys.argv[1]); "
             "u, m = int(r.user_ids[0]), [int(x) for x in r.item_ids[:2]]; r.recommend(u); "
             "r.recommend_for_history(m); r.similar_movies(m[0]); r.predict_rating(u, m[1]); r.search('movie'); "
             "print(sorted({n.split('.')[0] for n in sys.modules} & {'torch', 'pyarrow', 'scipy', 'onnxruntime', "

@@ -5,10 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import export, factorization, rater
-from movierec.arrays import Interactions
-from movierec.nn import feature_tensors, state_from_bytes, state_to_bytes
-from movierec.ranking import RankingResult, RatingModel, predict
+from movierec.core.arrays import Interactions
+from movierec.models import factorization
+from movierec.models.layers import feature_tensors
+from movierec.models.rating_model import RatingModel, predict
+from movierec.models.torch_runtime import state_from_bytes, state_to_bytes
+from movierec.serving import rating_tables
+from movierec.training import export
+from movierec.training.rating_search import RankingResult
 
 
 def test_one_half_step_is_the_ridge_regression_worked_by_hand():
@@ -75,5 +79,5 @@ def test_the_blend_travels_in_the_saved_state_and_the_onnx_graph(blended, small_
     assert float(state_from_bytes(state_to_bytes(model))["blend_weight"][0]) == pytest.approx(0.3)
     graph = export.to_onnx(model.fold(), {"users": torch.as_tensor(users[:8]), "items": torch.as_tensor(items[:8])},
                            "ratings")
-    got = rater.onnx_session(graph).run(None, {"users": users, "items": items})[0]
+    got = rating_tables.onnx_session(graph).run(None, {"users": users, "items": items})[0]
     np.testing.assert_allclose(got, predict(model, users, items), atol=1e-4)

@@ -14,9 +14,9 @@ from conftest import call, serving
 from store_writers import correct_many, write_many
 from test_postgres import postgres  # noqa: F401 (the fixture: a real PostgreSQL server on loopback)
 
-from movierec.access import KEYS_FILE, KeyFile
-from movierec.feedback import InteractionStore
-from movierec.serving import Recommender
+from movierec.serving.access import KEYS_FILE, KeyFile
+from movierec.serving.recommender import Recommender
+from movierec.serving.store import InteractionStore
 
 
 def test_the_store_keeps_each_rating_once_and_each_movies_latest(tmp_path):
@@ -105,8 +105,9 @@ def test_training_counts_each_keys_ratings_and_leaves_out_the_keys_it_is_told(tm
     """The next run's loader counts the store's rows per API key (the start card's table) and
     leaves out the rows of the keys --feedback-leave-out names; an unknown key id is noted, a
     malformed one refused before loading, and the option without a store is an error."""
-    from movierec import pipeline, reports
-    from movierec.settings import DataSettings, Settings, key_ids_problem
+    from movierec import pipeline
+    from movierec.core.settings import DataSettings, Settings, key_ids_problem
+    from movierec.reports import cards
 
     path = tmp_path / "r.sqlite3"
     store = InteractionStore(path)
@@ -134,7 +135,7 @@ def test_training_counts_each_keys_ratings_and_leaves_out_the_keys_it_is_told(tm
     assert any("7 ratings of 2 key(s) left out" in w and "no ratings of key mr_00000000000f" in w
                for w in without_spam.warnings)
     assert loaded("unkeyed").feedback.num_rows == 10
-    card = json.dumps([part.render() for part in reports.data_card(without_spam, "ml-100k")])
+    card = json.dumps([part.render() for part in cards.data_card(without_spam, "ml-100k")])
     assert "Ratings users sent, by API key" in card and f'["{spam}", "7", "False"]' in card
     # the same with a restored artifact (start -> split), as the flow passes it
     restored = type(without_spam).from_bytes(without_spam.to_bytes())
@@ -281,9 +282,10 @@ def test_ratings_users_send_join_training_only_and_leave_the_test_split_and_its_
     training, with tfrs a fifth were held out. Now: the split is the data's own and the figures
     are those of a run without the store; sent ratings of test pairs are left out of training and
     all others train, new users' included; a rating of a movie the data lacks is dropped, counted."""
-    from movierec import pipeline, reports
-    from movierec.evaluation import Evaluator
-    from movierec.settings import DataSettings, Settings
+    from movierec import pipeline
+    from movierec.core.settings import DataSettings, Settings
+    from movierec.reports import cards
+    from movierec.training.evaluation import Evaluator
 
     plain_settings = Settings(data=DataSettings(dir=str(ml100k_dir)), protocol=protocol)
     plain = pipeline.split_data(pipeline.load_data(plain_settings).to_bytes(), plain_settings)
@@ -319,7 +321,7 @@ def test_ratings_users_send_join_training_only_and_leave_the_test_split_and_its_
     assert _rows(both, both.split.train) == _rows(plain, plain.split.train) | {
         (new, movie, 4.0, 1_900_000_100 + n) for n, movie in enumerate(liked)}
     assert (both.split.feedback_train, both.split.feedback_left_out) == (40, 300)
-    card = reports.split_card(both, protocol)[0].render()["source"]
+    card = cards.split_card(both, protocol)[0].render()["source"]
     assert "**40** of 340 joined training" in card and "300 rate a (user, movie) pair of the test split" in card
 
 
@@ -330,7 +332,7 @@ def test_a_run_with_the_feedback_store_learns_what_a_new_user_rated(runs, light_
     from conftest import BUDGET, FLOW
     from metaflow import Runner
 
-    from movierec.serving import Recommender
+    from movierec.serving.recommender import Recommender
 
     first = runs[3]["publish"].task.data.bundle
     rec = Recommender.from_bytes(first)

@@ -8,7 +8,7 @@ import pytest
 from metaflow import Flow
 from metaflow.cards import get_cards
 
-from movierec.bundle import read_bundle
+from movierec.serving.bundle import read_bundle
 
 FINISHED_BEFORE_FAULT = ("start", "split", "train_retrieval", "tune_ranking", "build_index", "train_ranker")
 
@@ -90,7 +90,7 @@ def test_light_steps_do_not_import_torch():
 
     flows = Path(__file__).resolve().parents[1] / "flows"
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import recommender_flow; "
-            "from movierec import pipeline, reports, settings; "
+            "from movierec import pipeline; from movierec.core import settings; from movierec.reports import cards; "
             "pipeline.load_data(settings.Settings(data=settings.DataSettings(synthetic_ratings=500))); "
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(flows)], capture_output=True, text=True, check=True)
@@ -119,10 +119,11 @@ def test_the_code_package_carries_movierec_and_what_publishing_builds_from(tmp_p
         tar.extractall(tmp_path / "pod", filter="data")
     pod = tmp_path / "pod"
     source = Path(__file__).resolve().parents[1] / "movierec"
-    assert sorted(p.name for p in (pod / "movierec").glob("*.py")) == sorted(p.name for p in source.glob("*.py"))
+    assert sorted(p.relative_to(pod / "movierec").as_posix() for p in (pod / "movierec").rglob("*.py")) == sorted(
+        p.relative_to(source).as_posix() for p in source.rglob("*.py"))
     (tmp_path / "bundle.zip").write_bytes(tiny_bundle)
-    code = ("import movierec.pipeline, movierec.retrieval, movierec.ranking, sys; from pathlib import Path; "
-            "from movierec import packaging; "
+    code = ("import movierec.pipeline, movierec.training.retrieval, movierec.models.rating_model, sys; "
+            "from pathlib import Path; from movierec.training import packaging; "
             "print(sorted({m.__file__ for n, m in sys.modules.items() if n.startswith('movierec')})); "
             "print(packaging.build_wheel(Path(sys.argv[1]).read_bytes(), '0.1.0.post9', Path(sys.argv[2])))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "bundle.zip"), str(tmp_path / "wheel")],
@@ -132,7 +133,7 @@ def test_the_code_package_carries_movierec_and_what_publishing_builds_from(tmp_p
     files, wheel = eval(lines[0]), lines[-1]  # noqa: S307 - a list of paths this test's own subprocess printed
     assert files and all(f.startswith(str(pod)) for f in files), files
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"movierec/web/index.html", "movierec/bundle/model.json", "movierec/cli.py"} <= set(names)
+    assert {"movierec/serving/web/index.html", "movierec/bundle/model.json", "movierec/cli.py"} <= set(names)
 
 
 def test_cli_in_a_checkout_serves_the_latest_successful_run(runs, metaflow_root):
@@ -160,7 +161,7 @@ def test_implicit_only_data_runs_without_a_rating_model(metaflow_root, ml100k_di
     from metaflow import Runner
 
     from movierec import data
-    from movierec.serving import NoRatingModelError, Recommender
+    from movierec.serving.recommender import NoRatingModelError, Recommender
 
     ml = data.load_dataset(ml100k_dir)
     pq.write_table(pa.table({"user": ml.ratings["user_id"], "item": ml.ratings["item_id"],

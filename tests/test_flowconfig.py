@@ -9,8 +9,8 @@ import pytest
 from conftest import FLOW, ML100K
 from metaflow.exception import MetaflowException
 
-from movierec import flowconfig
-from movierec.settings import BY_KEY, SECRETS_BACKENDS, SETTINGS, RetrievalConfig, Settings, from_values, to_values
+from movierec.core.settings import BY_KEY, SECRETS_BACKENDS, SETTINGS, RetrievalConfig, Settings, from_values, to_values
+from movierec.training import flowconfig
 
 CONFIGS = Path(FLOW).parent / "configs"
 IMAGE = "registry.example/movierec:1.0"
@@ -21,7 +21,8 @@ def test_shipped_files_parse_and_the_defaults_are_the_dataclasses():
     defaults = flowconfig.defaults()
     assert flowconfig.parse("{}") == defaults == flowconfig.parse(json.dumps(defaults))
     assert defaults["retrieval"]["epochs"] == RetrievalConfig.epochs == 15 and defaults["seed"] == Settings.seed
-    printed = subprocess.run([sys.executable, "-m", "movierec.flowconfig"], capture_output=True, text=True, check=True)
+    printed = subprocess.run([sys.executable, "-m", "movierec.training.flowconfig"], capture_output=True, text=True,
+                             check=True)
     assert json.loads(printed.stdout) == defaults
     assert to_values(from_values({})) == {s.key: s.default for s in SETTINGS}
     lightgcn = flowconfig.parse((CONFIGS / "lightgcn.json").read_text())
@@ -83,7 +84,7 @@ def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
         pytest.skip("ML-100K not fetched: run `make data`")
     from metaflow import Runner, namespace
 
-    from movierec.bundle import read_bundle
+    from movierec.serving.bundle import read_bundle
 
     namespace(None)
     with Runner(FLOW, show_output=False, pylint=False, cwd=metaflow_root,

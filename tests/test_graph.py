@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import export, rater
-from movierec.arrays import Interactions
-from movierec.graph import EmbeddingTables, LightGCN, normalized_adjacency
-from movierec.settings import RetrievalConfig
+from movierec.core.arrays import Interactions
+from movierec.core.settings import RetrievalConfig
+from movierec.models.lightgcn import EmbeddingTables, LightGCN, normalized_adjacency
+from movierec.serving import rating_tables
+from movierec.training import export
 
 
 def test_adjacency_is_symmetric_degree_normalised_and_counts_repeats_once():
@@ -64,12 +65,12 @@ def test_lightgcn_user_table_exports_to_onnx(small_encoded, rng):
     enc = small_encoded
     model = LightGCN(enc.n_users, enc.n_items, normalized_adjacency(Interactions.of(enc, np.arange(3000))), 8)
     tables = model.tables().eval()
-    from movierec.nn import feature_tensors
-    from movierec.ranking import RatingModel
+    from movierec.models.layers import feature_tensors
+    from movierec.models.rating_model import RatingModel
 
     ranker = RatingModel(enc.vocab_sizes, *feature_tensors(enc), 3.5, dim=8, hidden=8).eval()
     files, info = export.export_serving_models(ranker.fold(), tables, enc.n_users, enc.n_items)
     assert set(files) == {"rating.npz", "ranking.onnx", "user_tower.onnx"}
     picked = rng.integers(0, enc.n_users, 50)
-    got = rater.onnx_session(files["user_tower.onnx"]).run(None, {"users": picked})[0]
+    got = rating_tables.onnx_session(files["user_tower.onnx"]).run(None, {"users": picked})[0]
     np.testing.assert_allclose(got, tables.users[picked].numpy(), atol=1e-6)

@@ -4,8 +4,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from movierec import index
-from movierec.settings import IndexSettings
+from movierec.core.settings import IndexSettings
+from movierec.models import index
 
 
 def _unit(rng, n, d):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import clean_env
 
-from movierec import packaging
+from movierec.training import packaging
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -187,10 +187,10 @@ def test_the_light_install_serves_without_the_training_stack(light_install, tiny
     """`pip install 'movierec[serve]'` (what the REST API tests run against): nothing of training
     is installed, `import movierec` loads nothing heavy, and the CLI answers as the in-process
     library does."""
-    from movierec.serving import Recommender
+    from movierec.serving.recommender import Recommender
 
     assert installed(light_install, HEAVY) == []
-    probe = ("import sys, movierec.cli, movierec.serving; "
+    probe = ("import sys, movierec.cli, movierec.serving.recommender; "
              "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))")
     loaded = subprocess.run([str(light_install / "bin" / "python"), "-c", probe, *HEAVY, "fastapi"],
                             capture_output=True, text=True, cwd=tmp_path, env=clean_env(), check=True)

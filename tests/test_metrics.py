@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from movierec import arrays, metrics
+from movierec.core import arrays, metrics
 
 
 def test_target_ranks_by_hand():

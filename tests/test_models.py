@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import cluster, nn, ranking, retrieval
-from movierec.features import encode
-from movierec.nn import feature_tensors, state_to_bytes
-from movierec.settings import RaySettings, RetrievalConfig, Settings, TuneConfig
-from movierec.split import split_ratings
+from movierec.core.settings import RaySettings, RetrievalConfig, Settings, TuneConfig
+from movierec.data.features import encode
+from movierec.data.split import split_ratings
+from movierec.models import rating_model, torch_runtime, two_tower
+from movierec.models.layers import feature_tensors
+from movierec.models.torch_runtime import state_to_bytes
+from movierec.training import cluster, rating_search, retrieval
 
 
 def test_encode_maps_ids_densely(small_encoded):
@@ -25,7 +27,7 @@ def test_encode_maps_ids_densely(small_encoded):
 
 
 def test_encode_handles_items_and_users_without_metadata():
-    from movierec import synthetic
+    from movierec.data import synthetic
 
     ds = synthetic.generate(50, 40, 400, seed=1)
     ds.items = ds.items.slice(0, 10)  # most movies lose their metadata
@@ -39,11 +41,11 @@ def test_in_batch_loss_by_hand():
     u = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     log_q = torch.log(torch.tensor([0.5, 0.5]))
-    loss = retrieval.in_batch_loss(u, v, torch.tensor([0, 1]), log_q, temperature=1.0)
+    loss = two_tower.in_batch_loss(u, v, torch.tensor([0, 1]), log_q, temperature=1.0)
     # logits [[1,0],[0,1]] (+log 2 each, which cancels): CE = log(1 + e^-1)
     assert math.isclose(loss.item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)
     # The same item twice in a batch is not its own negative: each row's only candidate is the positive.
-    dup = retrieval.in_batch_loss(u, v, torch.tensor([0, 0]), log_q, temperature=1.0)
+    dup = two_tower.in_batch_loss(u, v, torch.tensor([0, 0]), log_q, temperature=1.0)
     assert dup.item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -52,20 +54,21 @@ def test_shared_negatives_by_hand():
     u = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
     log_q = torch.zeros(3)
-    loss = retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, temperature=1.0, negatives=2)
+    loss = two_tower.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, temperature=1.0, negatives=2)
     # row 0: positive 1 vs negative v1 (0); movie 0 is its own: masked. row 1: positive 1 vs v0 (0).
     # row 2: positive 2 vs v0 (1) and v1 (1), neither its movie.
     expected = [math.log(1 + math.exp(-1)), math.log(1 + math.exp(-1)), math.log(1 + 2 * math.exp(-1))]
     assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-6)
     # every negative: the same softmax as the whole batch's
-    whole = retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, temperature=1.0)
-    assert whole.item() == pytest.approx(retrieval.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q,
+    whole = two_tower.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q, temperature=1.0)
+    assert whole.item() == pytest.approx(two_tower.in_batch_loss(u, v, torch.tensor([0, 1, 2]), log_q,
                                                                  temperature=1.0, negatives=99).item())
 
 
 COMPILE_CHECK = """
 import torch, torch._inductor.config
-from movierec import nn, retrieval
+from movierec.models import layers
+from movierec.training import retrieval
 g = torch.Generator().manual_seed(0)
 u, v = (torch.nn.functional.normalize(torch.randn(64, 8, generator=g), dim=-1).requires_grad_() for _ in range(2))
 items, log_q = torch.randint(0, 20, (64,), generator=g), torch.log(torch.rand(20, generator=g))
@@ -77,13 +80,13 @@ def run(fn):  # the loss and the relative gradient difference from the eager one
     loss.backward()
     return loss.item(), u.grad.clone()
 
-eager, grad = run(retrieval.in_batch_loss)
-loss, g2 = run(nn.compiled(retrieval.in_batch_loss, "[test]"))
+eager, grad = run(two_tower.in_batch_loss)
+loss, g2 = run(torch_runtime.compiled(two_tower.in_batch_loss, "[test]"))
 print("compiled", loss / eager, float((g2 - grad).abs().max() / grad.abs().max()), flush=True)
 torch._dynamo.reset()
 torch._inductor.config.cpp.cxx = ("/nonexistent/c++",)
 torch._inductor.config.force_disable_caches = True
-fallback = nn.compiled(retrieval.in_batch_loss, "[test]")
+fallback = torch_runtime.compiled(two_tower.in_batch_loss, "[test]")
 print("fallback", run(fallback)[0] / eager, run(fallback)[0] / eager, flush=True)
 """
 
@@ -107,15 +110,15 @@ def test_compiled_loss_matches_eager_and_falls_back_without_a_compiler():
 
 def test_bf16_autocast_follows_the_setting_and_the_hardware():
     cpu = torch.device("cpu")
-    assert nn.bf16_autocast("bf16", cpu) and not nn.bf16_autocast("fp32", cpu)
-    assert nn.bf16_autocast("auto", cpu) == torch.cpu._is_avx512_bf16_supported()
+    assert torch_runtime.bf16_autocast("bf16", cpu) and not torch_runtime.bf16_autocast("fp32", cpu)
+    assert torch_runtime.bf16_autocast("auto", cpu) == torch.cpu._is_avx512_bf16_supported()
 
 
 def test_two_tower_vectors_are_unit_and_survive_bytes(small_encoded):
     enc = small_encoded
     uf, itf = feature_tensors(enc)
     cfg = RetrievalConfig(dim=8, hidden=16)
-    model = retrieval.TwoTower(enc.vocab_sizes, uf, itf, cfg.dim, cfg.hidden).eval()
+    model = two_tower.TwoTower(enc.vocab_sizes, uf, itf, cfg.dim, cfg.hidden).eval()
     result = retrieval.RetrievalResult(state_to_bytes(model), cfg, enc.vocab_sizes)
     users, items = result.embeddings(batch=64)
     assert users.shape == (enc.n_users, 8) and items.shape == (enc.n_items, 8)
@@ -128,26 +131,26 @@ def test_rating_model_round_trip_and_clipping(small_encoded):
     enc = small_encoded
     uf, itf = feature_tensors(enc)
     params = {"dim": 8, "hidden": 8, "dropout": 0.0}
-    model = ranking.RatingModel(enc.vocab_sizes, uf, itf, 3.5, **params)
+    model = rating_model.RatingModel(enc.vocab_sizes, uf, itf, 3.5, **params)
     with torch.no_grad():
         model.item_bias.weight[0] = 100.0  # absurd bias: predictions must still be on the star scale
-    rebuilt = ranking.RankingResult(state_to_bytes(model), params, enc.vocab_sizes, 1.0).model()
+    rebuilt = rating_search.RankingResult(state_to_bytes(model), params, enc.vocab_sizes, 1.0).model()
     users, items = np.array([0, 1, 2]), np.array([0, 1, 2])
-    pred = ranking.predict(rebuilt, users, items)
-    assert np.array_equal(pred, ranking.predict(model, users, items))
+    pred = rating_model.predict(rebuilt, users, items)
+    assert np.array_equal(pred, rating_model.predict(model, users, items))
     assert pred[0] == 5.0 and np.all((pred >= 0.5) & (pred <= 5.0))
 
 
 def test_predict_encodes_each_user_once_but_matches_forward(small_encoded):
     enc = small_encoded
     uf, itf = feature_tensors(enc, np.arange(len(enc.user_idx)))
-    model = ranking.RatingModel(enc.vocab_sizes, uf, itf, 3.5, dim=8, hidden=16, dropout=0.3).eval()
+    model = rating_model.RatingModel(enc.vocab_sizes, uf, itf, 3.5, dim=8, hidden=16, dropout=0.3).eval()
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, enc.n_users, 500), rng.integers(0, enc.n_items, 500)
     with torch.no_grad():
         torch.nn.init.normal_(model.user_bias.weight, 0, 0.3)  # non-zero everywhere, so any mix-up shows
         direct = model(torch.as_tensor(users), torch.as_tensor(items)).clamp(0.5, 5.0).numpy()
-    assert np.allclose(ranking.predict(model, users, items, batch=64), direct, atol=1e-5)
+    assert np.allclose(rating_model.predict(model, users, items, batch=64), direct, atol=1e-5)
 
 
 def test_history_keeps_each_users_latest_ratings(small_encoded):
@@ -164,7 +167,7 @@ def test_history_keeps_each_users_latest_ratings(small_encoded):
 def test_validation_dcg_ranks_among_each_users_unseen_movies(small_encoded):
     enc = small_encoded
     uf, itf = feature_tensors(enc)
-    model = retrieval.TwoTower(enc.vocab_sizes, uf, itf, 8, 16).eval()
+    model = two_tower.TwoTower(enc.vocab_sizes, uf, itf, 8, 16).eval()
     users, items = np.array([0, 1, 1]), np.array([3, 4, 5])
     # Pair 0's user rated movies 7 and 9 in training, pair 2's user movie 4 (pair 1's target).
     seen_rows, seen_items = np.array([0, 0, 2]), np.array([7, 9, 4])
@@ -200,10 +203,10 @@ def ray_trained(small_encoded):
         graph = retrieval.train(enc, split.train, Settings(retrieval=RetrievalConfig(
             model="lightgcn", dim=16, epochs=4, workers=2, batch_size=256, patience=10), ray=ray), store,
             name="lightgcn")
-        rank = ranking.tune_ranking(enc, split.train, Settings(tune=tune, ray=ray), store)
+        rank = rating_search.tune_ranking(enc, split.train, Settings(tune=tune, ray=ray), store)
         budget = Settings(tune=TuneConfig(samples=2, epochs=3, trial_ratings=500), train_budget=len(split.train),
                           ray=ray)
-        sampled = ranking.tune_ranking(enc, split.train, budget, store)
+        sampled = rating_search.tune_ranking(enc, split.train, budget, store)
     return enc, split, ret, rank, sampled, graph
 
 
@@ -216,7 +219,7 @@ def test_ray_train_two_workers_learns(ray_trained, model):
     assert all(0 < h["val_dcg"] <= 1 for h in ret.history)
     users, items = ret.embeddings()
     np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1, atol=1e-5)
-    from movierec import metrics
+    from movierec.core import metrics
 
     ranks = metrics.target_ranks(users, items, enc.user_idx[split.test], enc.item_idx[split.test])
     # Better than random ordering (expected top-20 share 20/150) on held-out data.
@@ -229,11 +232,11 @@ def test_tune_keeps_best_trial_weights(ray_trained):
     assert rank.val_rmse == min(t["best_val_rmse"] for t in rank.trials)
     # The kept weights reproduce the best validation RMSE on the same validation split, and the
     # blend with matrix factorisation that the model now carries is no worse there.
-    from movierec.split import holdout
+    from movierec.data.split import holdout
 
     _, val = holdout(split.train, 0.1, 42)
     assert math.isclose(rank.blend["model_val_rmse"], rank.val_rmse, rel_tol=1e-4)
-    pred = ranking.predict(rank.model(), enc.user_idx[val], enc.item_idx[val])
+    pred = rating_model.predict(rank.model(), enc.user_idx[val], enc.item_idx[val])
     assert math.isclose(np.sqrt(np.mean((pred - enc.rating[val]) ** 2)), rank.blend["val_rmse"], rel_tol=1e-4)
     assert rank.blend["val_rmse"] <= rank.val_rmse
     assert len(rank.blend["tried"]) == len(TuneConfig().mf_regularization)
@@ -245,7 +248,7 @@ def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(ray_trained):
     searched, refit = sampled.trials[:2], sampled.trials[2]
     assert [t["trial"] for t in sampled.trials] == [0, 1, "refit"]
     best = min(searched, key=lambda t: t["best_val_rmse"])
-    assert {k: refit[k] for k in ranking.search_space()} == {k: best[k] for k in ranking.search_space()}
+    assert {k: refit[k] for k in rating_search.search_space()} == {k: best[k] for k in rating_search.search_space()}
     # The budget of one pass over the ratings allows a single refit epoch.
     assert refit["epochs"] == 1 and sampled.val_rmse == refit["best_val_rmse"]
     # The blend's grid is searched on the same sample; the chosen penalty is refitted on all ratings.

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from movierec import packaging
-from movierec.bundle import KNOWN_FILES
-from movierec.settings import PublishSettings
+from movierec.core.settings import PublishSettings
+from movierec.serving.bundle import KNOWN_FILES
+from movierec.training import packaging
 
 
 def test_run_version_is_pep440_and_uploadable():
@@ -57,7 +57,7 @@ def test_a_resumed_run_is_versioned_when_it_was_created_not_by_the_start_it_clon
 def test_the_resumed_flow_publishes_its_own_version(runs):
     """The real flow, failed in evaluate and resumed (conftest's ``runs``): the resumed run's
     start is the origin's clone, its publish step stamps a later time, and the wheel is named by it."""
-    from movierec.bundle import read_bundle
+    from movierec.serving.bundle import read_bundle
 
     _, failed_run, resumed_status, resumed_run, _ = runs
     assert resumed_status == "successful"
@@ -80,7 +80,7 @@ def test_wheel_holds_code_bundle_and_console_script(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for f in KNOWN_FILES:  # the tiny bundle carries per-user data and both ONNX graphs
         assert f"movierec/bundle/{f}" in names
-    assert "movierec/serving.py" in names and "movierec/cli.py" in names
+    assert "movierec/serving/recommender.py" in names and "movierec/cli.py" in names
     assert {"movierec/data/__init__.py", "movierec/data/core.py", "movierec/data/__main__.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n]
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
@@ -222,7 +222,7 @@ def test_a_url_with_credentials_is_refused_before_the_run_starts(metaflow_root):
 
 
 def test_a_bundle_serving_would_refuse_is_not_published(tiny_bundle, tmp_path):
-    """`python -m movierec.packaging --run` on a run from before bundle format 2 built a wheel that
+    """`python -m movierec.training.packaging --run` on a run from before bundle format 2 built a wheel that
     this version then refused to load in every installation."""
     old = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(tiny_bundle)) as zf, zipfile.ZipFile(old, "w") as out:

@@ -1,7 +1,7 @@
 import pytest
 
 from movierec import pipeline
-from movierec.settings import DataSettings, Settings
+from movierec.core.settings import DataSettings, Settings
 
 
 def test_load_data_sources(ml100k_dir):

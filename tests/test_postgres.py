@@ -18,16 +18,18 @@ import pyarrow as pa
 import pytest
 from conftest import call, free_port
 
-from movierec import data, flowconfig, pgserver, pipeline
-from movierec.serving import Recommender
-from movierec.settings import DataSettings, Settings
+from benchmarks import pgserver
+from movierec import data, pipeline
+from movierec.core.settings import DataSettings, Settings
+from movierec.serving.recommender import Recommender
+from movierec.training import flowconfig
 
 PASSWORD = "movierec-tests"
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A running server (``movierec.pgserver``): its URL, the password in PGPASSWORD."""
+    """A running server (``benchmarks.pgserver``): its URL, the password in PGPASSWORD."""
     if pgserver.server_binaries() is None:
         pytest.skip("PostgreSQL's server is not installed (apt-get install postgresql; .ci/run does)")
     with pgserver.local_postgres(free_port(), PASSWORD) as url:
@@ -101,7 +103,7 @@ def test_the_interaction_store_in_postgresql_keeps_every_concurrent_rating_once(
     """`movierec serve --store postgresql://...`: many writers at once, retries, and the next run's loader."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from movierec.feedback import InteractionStore
+    from movierec.serving.store import InteractionStore
 
     store = InteractionStore(postgres)
     assert store.add(1, 10, 4.0, 100) is True and store.add(1, 10, 4.0, 100) is False
@@ -184,7 +186,7 @@ def _serving_from(url: str, bundle: bytes, folder: Path) -> Iterator[tuple[str, 
     when the block ends, a backend API key whose writes no rate limits)."""
     from conftest import wait_for_http
 
-    from movierec.access import KEYS_FILE, KeyFile
+    from movierec.serving.access import KEYS_FILE, KeyFile
 
     (folder / "model.zip").write_bytes(bundle)
     _, key = KeyFile(folder / KEYS_FILE).add(backend=True)
@@ -217,7 +219,7 @@ def test_serve_uses_a_restarted_postgresql_again_without_a_single_error(postgres
     serve was restarted, and the server held a connection per worker thread (13 here, up to 41).
     Now every request is answered as usual (the pool replaces the dropped connections, a statement
     that lost its connection runs again) and the server holds at most POOL_SIZE connections."""
-    from movierec.feedback import POOL_SIZE
+    from movierec.serving.store import POOL_SIZE
 
     rec = Recommender.from_bytes(tiny_bundle)
     users, movies = [int(u) for u in rec.user_ids[:8]], [int(m) for m in rec.item_ids[:50]]
@@ -256,7 +258,7 @@ def test_while_postgresql_is_down_known_users_still_get_recommendations(postgres
     Only the first request waits for the pool (POOL_WAIT): then the store is left alone for a
     while, so the rest answer at once (before: each waited 3 s, holding a worker thread), and the
     outage is logged twice, when it starts and when it ends (before: each 503 too)."""
-    from movierec.feedback import POOL_WAIT
+    from movierec.serving.store import POOL_WAIT
 
     rec = Recommender.from_bytes(tiny_bundle)
     known, movies = int(rec.user_ids[3]), [int(m) for m in rec.item_ids[:3]]
@@ -308,7 +310,7 @@ def test_a_store_building_its_index_leaves_the_running_servers_writes_alone(post
     lock_timeout; on a large table, for as long as the build read every row)."""
     import psycopg
 
-    from movierec.feedback import TABLE, InteractionStore
+    from movierec.serving.store import TABLE, InteractionStore
 
     InteractionStore(postgres).close()  # the table, as a running server has it
     with psycopg.connect(postgres, autocommit=True) as admin, psycopg.connect(postgres) as open_txn:

@@ -1,11 +1,11 @@
 import io
 
-from movierec.progress import Progress
+from movierec.core.progress import Progress
 
 
 def test_progress_prints_whole_lines_only_after_the_interval(monkeypatch):
     clock = iter([0.0, 1.0, 12.0, 13.0, 30.0])
-    monkeypatch.setattr("movierec.progress.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("movierec.core.progress.time.perf_counter", lambda: next(clock))
     out = io.StringIO()
     p = Progress(1000, "[train] epoch 1/2", every=10, width=10, stream=out)  # clock 0.0
     p.update(100)  # 1 s: too soon

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from movierec import Recommender, bundle
-from movierec.checksums import sha256
-from movierec.nn import state_from_bytes
-from movierec.serving import (
+from movierec import Recommender
+from movierec.core.checksums import sha256
+from movierec.models.torch_runtime import state_from_bytes
+from movierec.serving import bundle
+from movierec.serving.recommender import (
     BundleError,
     NoRatingModelError,
     NoUserDataError,
@@ -22,6 +23,7 @@ from movierec.serving import (
     UnknownMovieError,
     UnknownUserError,
 )
+from movierec.training import bundling
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_recommend_excludes_rated_and_is_sorted(rec):
 
 def _served_and_evaluated(rec, models, n_users: int = 25):
     """(what ``rec`` recommends, the evaluated two-stage top 10 as movie ids) of the first test users."""
-    from movierec.evaluation import Evaluator
+    from movierec.training.evaluation import Evaluator
 
     data_split, stages = models
     evaluator = Evaluator(data_split.enc, data_split.split)
@@ -97,7 +99,7 @@ def test_a_ranker_for_other_features_than_the_data_is_refused(tiny_implicit_bund
             files = {k: v for k, v in files.items() if k not in bundle.RATING_FILES}
         else:  # every file a rated model has, so that only the ranker's features disagree
             vectors = dict(np.load(io.BytesIO(files["vectors.npz"])))
-            files["vectors.npz"] = bundle._npz(**vectors, item_baselines=np.zeros(len(vectors["items"]), np.float32))
+            files["vectors.npz"] = bundling._npz(**vectors, item_baselines=np.zeros(len(vectors["items"]), np.float32))
         with pytest.raises(BundleError, match="model.json: .*the ranker is not for this version's features"):
             Recommender(bundle.check_bundle(info, files))
 
@@ -124,7 +126,7 @@ def test_a_ranker_feature_that_no_source_provides_is_refused(tiny_bundle):
     info, files = bundle.read_bundle(tiny_bundle)
     info["sources"].pop("als")
     values = dict(np.load(io.BytesIO(files["sources.npz"])))
-    files["sources.npz"] = bundle._npz(**{k: v for k, v in values.items() if not k.startswith("als/")})
+    files["sources.npz"] = bundling._npz(**{k: v for k, v in values.items() if not k.startswith("als/")})
     with pytest.raises(BundleError, match="model.json: .*the ranker weighs als, which no candidate source of this "
                                           "bundle provides"):
         Recommender(bundle.check_bundle(info, files))
@@ -299,7 +301,7 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
                       keep_checksums=False), "ranking.pt: cannot be read .*blend mf_user_bias .*not of shape"),
     (lambda b: _rezip(b, {"ranking.pt": _replace_state(b, "blend_weight", lambda t: t + 2)}, keep_checksums=False),
      "ranking.pt: cannot be read .*blend weight is not between 0 and 1"),
-    # a source checks its own arrays and settings (movierec.sources): ALS without movie factors, or
+    # a source checks its own arrays and settings (movierec.models.sources): ALS without movie factors, or
     # without what folds a history in; EASE's weights for other movies than it covers
     (lambda b: _rezip(b, {"sources.npz": _npz_without(b, "sources.npz", "als/items")}, keep_checksums=False),
      "sources.npz: cannot be read .*source 'als': no 'items' array"),
@@ -339,7 +341,7 @@ def test_a_model_with_nan_or_infinite_values_is_neither_published_nor_loaded(tin
                                                                      user_vectors=_poison(stages.index.user_vectors)))
     with pytest.raises(ValueError, match="not publishing a model with NaN or infinite values in users: its training "
                                          "diverged"):
-        bundle.make_bundle(data_split, diverged, {"run_id": "test"})
+        bundling.make_bundle(data_split, diverged, {"run_id": "test"})
     for name, key, message in (("vectors.npz", "items", "items"), ("vectors.npz", "users", "users"),
                                ("sources.npz", "ease/weights", "'weights'")):
         poisoned = _rezip(tiny_bundle, {name: _replace_npz(tiny_bundle, name, key, _poison)}, keep_checksums=False)

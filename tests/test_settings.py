@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from movierec.settings import RaySettings, RetrievalConfig
+from movierec.core.settings import RaySettings, RetrievalConfig
 
 
 @pytest.mark.parametrize(("pairs", "batch"), [
@@ -59,7 +59,7 @@ def test_a_cluster_is_not_split():
 def test_a_database_url_urllib_cannot_read_is_a_problem_not_an_exception(url):
     """urlsplit raises ValueError on an unclosed [IPv6 bracket: the check answers in a line that
     echoes no password, where it once let the error out (a traceback in serve and train)."""
-    from movierec.settings import database_url_problem, store_problem
+    from movierec.core.settings import database_url_problem, store_problem
 
     for check in (database_url_problem, store_problem):
         why = check(url)
@@ -68,7 +68,7 @@ def test_a_database_url_urllib_cannot_read_is_a_problem_not_an_exception(url):
 
 def test_a_repository_url_urllib_cannot_read_is_a_problem_not_an_exception():
     """The same unclosed bracket in --publish-repository-url raised out of the settings' check."""
-    from movierec.settings import repository_url_problem
+    from movierec.core.settings import repository_url_problem
 
     why = repository_url_problem("https://me:secret@[::1/simple/")
     assert why is not None and why.startswith("is not a valid URL") and "secret" not in why

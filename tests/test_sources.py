@@ -1,4 +1,4 @@
-"""The candidate source interface (``movierec.sources``): every registered source fits, scores,
+"""The candidate source interface (``movierec.models.sources``): every registered source fits, scores,
 folds a history in and travels through a bundle's arrays the same way, and refuses, by name,
 arrays that do not fit the catalogue or are not finite."""
 
@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from movierec import sources
-from movierec.arrays import Interactions
+from movierec.core.arrays import Interactions
+from movierec.core.settings import SourcesConfig
 from movierec.errors import BundleError
-from movierec.settings import SourcesConfig
+from movierec.models import sources
 
 N_USERS, N_ITEMS = 30, 20
 # the smallest grids, and every registered source switched on

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from movierec.split import Split, holdout, join_training, split_ratings
+from movierec.data.split import Split, holdout, join_training, split_ratings
 
 
 def _toy(n=1000, users=50, items=40, seed=0):
@@ -84,8 +84,8 @@ def test_retrieval_validation_is_a_random_sample_inside_the_rating_models_carve_
     rest of the carve-out was in no fit at all."""
     from dataclasses import replace
 
-    from movierec.retrieval import MAX_VALIDATION, validation_split
-    from movierec.settings import Settings
+    from movierec.core.settings import Settings
+    from movierec.training.retrieval import MAX_VALIDATION, validation_split
 
     train = np.arange(400_000)
     settings = Settings(seed=3)

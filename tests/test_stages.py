@@ -4,11 +4,11 @@ lists, the features, and the listwise fit finding the weights that order relevan
 import numpy as np
 import pytest
 
-from movierec import ranker, sources
-from movierec.arrays import Interactions
-from movierec.settings import SourcesConfig
+from movierec.core.arrays import Interactions
+from movierec.core.settings import SourcesConfig
+from movierec.models import second_stage, sources
 
-FEATURES = ranker.features(("ease", "als"), rated=True)  # as the flow's ranker has them by default
+FEATURES = second_stage.features(("ease", "als"), rated=True)  # as the flow's ranker has them by default
 
 
 def test_ease_weights_are_the_closed_form_by_hand():
@@ -63,7 +63,7 @@ def test_sources_are_chosen_on_validation_and_refitted_on_everything(small_encod
 
 def test_union_keeps_each_movie_once_and_pads():
     lists = [np.array([[3, 1, 2], [5, -1, -1]]), np.array([[1, 4, 3], [6, 5, 7]])]
-    got = ranker.union(lists)
+    got = second_stage.union(lists)
     assert [sorted(r[r >= 0].tolist()) for r in got] == [[1, 2, 3, 4], [5, 6, 7]]
     assert got.shape == (2, 4) and (got[1, 3:] == -1).all()
 
@@ -73,7 +73,7 @@ def test_candidates_exclude_seen_movies_and_carry_each_feature():
     retrieval = np.array([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]], np.float32)
     ease = np.array([[0.0, 0.0, 0.0, 0.9, 0.8], [0.9, -0.1, 0.5, 0.0, 0.0]], np.float32)
     seen = (np.array([0, 1, 2]), np.array([0, 4]))  # user 0 rated movie 0, user 1 movie 4
-    cands = ranker.candidates(users, {"retrieval": retrieval, "ease": ease}, seen,
+    cands = second_stage.candidates(users, {"retrieval": retrieval, "ease": ease}, seen,
                               ratings=lambda u, i: np.full(len(u), 4.0), popularity=np.array([9, 0, 0, 0, 3]), n=2)
     assert [sorted(r[r >= 0].tolist()) for r in cands.items] == [[1, 2, 3, 4], [0, 2, 3]]
     row0 = {int(i): v for i, v in zip(cands.items[0], cands.values[0]) if i >= 0}
@@ -85,7 +85,7 @@ def test_candidates_exclude_seen_movies_and_carry_each_feature():
 def test_without_a_rating_model_candidates_carry_every_feature_but_the_rating():
     users = np.array([0])
     retrieval, als = np.array([[3.0, 2.0, 1.0]], np.float32), np.array([[0.1, 0.2, 0.7]], np.float32)
-    cands = ranker.candidates(users, {"retrieval": retrieval, "als": als}, (np.array([0, 0]), np.array([], int)),
+    cands = second_stage.candidates(users, {"retrieval": retrieval, "als": als}, (np.array([0, 0]), np.array([], int)),
                               ratings=None, popularity=np.array([4, 0, 1]), n=1)
     assert cands.features == ("retrieval", "als", "popularity")
     assert sorted(cands.items[0].tolist()) == [0, 2]
@@ -97,7 +97,7 @@ def test_without_a_rating_model_candidates_carry_every_feature_but_the_rating():
 def test_evaluating_implicit_only_data_reports_no_rating_error(tiny_implicit_models):
     """No rating model: no RMSE/MAE in any row, no global-mean row (it only predicts ratings), and
     the report says why; the ranking metrics are all there."""
-    from movierec.evaluation import Evaluator
+    from movierec.training.evaluation import Evaluator
 
     data_split, stages = tiny_implicit_models
     report = Evaluator(data_split.enc, data_split.split).run(stages)
@@ -109,8 +109,8 @@ def test_evaluating_implicit_only_data_reports_no_rating_error(tiny_implicit_mod
 
 def test_the_evaluate_card_shows_every_metric_in_one_format():
     """The card wrote 0.004508 beside 1.035 (four significant digits); the terminal four decimals."""
-    from movierec.evaluation import Report
-    from movierec.reports import evaluation_card
+    from movierec.reports.cards import evaluation_card
+    from movierec.training.evaluation import Report
 
     row = {"model": "two-stage (exact retrieval)", "top1": 0.004508, "top5": 0.02, "top10": 0.1, "top50": 0.25,
            "top100": 0.5, "rmse": 1.035, "mae": 0.8123456, "ndcg@10": 0.45, "p@10": None, "r@10": 0.123456}
@@ -134,8 +134,8 @@ def test_the_listwise_fit_finds_the_feature_that_orders_relevant_movies_first():
     relevant[:, :3] = True
     values = rng.normal(size=(users, width, len(FEATURES))).astype(np.float32)
     values[..., 1] = relevant + rng.normal(scale=0.1, size=(users, width))
-    data = ranker._Validation(values, np.zeros((users, width), bool), relevant, np.full(users, 3))
-    weights = ranker.fit_listwise(data, np.arange(users), l2=0.01)
+    data = second_stage._Validation(values, np.zeros((users, width), bool), relevant, np.full(users, 3))
+    weights = second_stage.fit_listwise(data, np.arange(users), l2=0.01)
     assert data.ndcg(weights, np.arange(users)) == pytest.approx(1.0)
     assert np.argmax(np.abs(weights)) == 1
     assert data.ndcg(np.eye(len(FEATURES))[0], np.arange(users)) < 0.5
@@ -146,22 +146,22 @@ def test_the_listwise_fit_solves_a_two_candidate_list_by_hand_and_ignores_paddin
     huge value: the loss is -log σ(2w) + λw², so the optimum solves 2(1 - σ(2w)) = 2λw; at
     λ = 0.5 that is w ≈ 0.6590 (bisection below). A padded slot that counted would move it."""
     values = np.array([[[1.0], [-1.0], [50.0]]], np.float32)
-    data = ranker._Validation(values, np.array([[False, False, True]]), np.array([[True, False, False]]),
+    data = second_stage._Validation(values, np.array([[False, False, True]]), np.array([[True, False, False]]),
                               np.array([1]))
     low, high = 0.0, 2.0
     for _ in range(60):
         mid = (low + high) / 2
         low, high = (mid, high) if 1 - 1 / (1 + np.exp(-2 * mid)) > 0.5 * mid else (low, mid)
-    np.testing.assert_allclose(ranker.fit_listwise(data, np.array([0]), l2=0.5), [low], atol=1e-5)
+    np.testing.assert_allclose(second_stage.fit_listwise(data, np.array([0]), l2=0.5), [low], atol=1e-5)
 
 
 def test_the_ranker_scores_standardised_features():
-    r = ranker.Ranker(FEATURES, np.array([1, 0, 0, 0, 0], np.float32), np.array([2, 1, 1, 1, 1], np.float32),
+    r = second_stage.Ranker(FEATURES, np.array([1, 0, 0, 0, 0], np.float32), np.array([2, 1, 1, 1, 1], np.float32),
                       np.array([1, 1, 0, 0, 0], np.float32), candidates=10, val_ndcg=0.0)
     values = np.array([[[3.0, 0.5, 9, 9, 9], [1.0, 2.0, 9, 9, 9]]], np.float32)
     np.testing.assert_allclose(r.score(values), [[1.5, 2.0]])
-    cands = ranker.Candidates(np.array([[7, 8]]), values, {}, r.features)
-    assert ranker.top(r, cands, 1).tolist() == [[8]]
+    cands = second_stage.Candidates(np.array([[7, 8]]), values, {}, r.features)
+    assert second_stage.top(r, cands, 1).tolist() == [[8]]
 
 
 def test_on_many_users_the_grids_are_searched_on_a_sample_and_lambda_scaled(small_encoded):
@@ -203,11 +203,11 @@ def test_candidates_of_chunks_concatenate_to_the_candidates_of_all_users():
     seen = (np.arange(0, 13, 2), rng.integers(0, 12, 12))
     rate = lambda u, i: np.full(len(u), 3.0)  # noqa: E731
     popularity = rng.integers(0, 9, 12)
-    whole = ranker.candidates(users, scores, seen, ratings=rate, popularity=popularity, n=3)
-    parts = [ranker.candidates(users[s], {k: v[s] for k, v in scores.items()}, seen, ratings=rate,
+    whole = second_stage.candidates(users, scores, seen, ratings=rate, popularity=popularity, n=3)
+    parts = [second_stage.candidates(users[s], {k: v[s] for k, v in scores.items()}, seen, ratings=rate,
                                popularity=popularity, n=3)
              for s in (slice(0, 2), slice(2, 6))]
-    joined = ranker.concat(parts)
+    joined = second_stage.concat(parts)
     assert parts[0].items.shape[1] < parts[1].items.shape[1] and (joined.items[:2, -1] == -1).all()
     for row in range(6):
         mine, theirs = whole.items[row] >= 0, joined.items[row] >= 0

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from movierec.feedback import InteractionStore, StoreError
+from movierec.serving.store import InteractionStore, StoreError
 
 
 def _mode(path) -> int:

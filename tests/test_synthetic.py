@@ -1,4 +1,4 @@
-"""The synthetic generator (``movierec.synthetic``): exact counts, unique pairs, skew, determinism.
+"""The synthetic generator (``movierec.data.synthetic``): exact counts, unique pairs, skew, determinism.
 
 Every fixture file is written into pytest's ``tmp_path``; expected values are written out by hand.
 """
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from data_samples import _assert_same
 
-from movierec import data, synthetic
+from movierec import data
+from movierec.data import synthetic
 
 
 def _pairs(ds: data.Dataset) -> np.ndarray:

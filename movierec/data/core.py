@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from movierec.ids import MAX_ID
+from movierec.core.ids import MAX_ID
 
 RATINGS_SCHEMA = pa.schema(
     [("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float32()), ("timestamp", pa.int64())]
@@ -54,7 +54,7 @@ class Dataset:
     model and reports no rating error.
     ``feedback``: the ratings users sent through the REST API (:func:`with_feedback`), kept apart
     from ``ratings``: the evaluation split is drawn from ``ratings`` alone, and feedback joins the
-    training part only (``movierec.split.join_training``), so what users send can neither land in
+    training part only (``movierec.data.split.join_training``), so what users send can neither land in
     the test split nor change it."""
 
     name: str
@@ -152,7 +152,7 @@ def _where(source: Path | str, rows: np.ndarray, header: bool) -> str:
 
 
 def check_ids(path: Path | str, table: pa.Table, columns: tuple[str, ...], header: bool = True) -> None:
-    """Every id in ``columns`` must be in the range every entry point accepts (``movierec.ids``)."""
+    """Every id in ``columns`` must be in the range every entry point accepts (``movierec.core.ids``)."""
     for column in columns:
         ids = table[column].to_numpy()
         bad = (ids < 0) | (ids > MAX_ID)
@@ -271,8 +271,8 @@ def cast_columns(label: str, table: pa.Table, types: dict[str, pa.DataType], nul
 
 def with_feedback(dataset: Dataset, feedback: pa.Table, origin: str, leave_out: frozenset[str] = frozenset()
                   ) -> Dataset:
-    """``dataset`` with the ratings users sent (``movierec.feedback``, from ``origin``) as its
-    ``feedback``, apart from its ratings: they join training only (``movierec.split.join_training``).
+    """``dataset`` with the ratings users sent (``movierec.serving.store``, from ``origin``) as its
+    ``feedback``, apart from its ratings: they join training only (``movierec.data.split.join_training``).
     ``feedback`` may have more columns than the four of ``RATINGS_SCHEMA``; those are taken by
     name. A pair rated more than once keeps its latest rating. A rating of a movie the data does
     not know (neither in its movies table nor rated in it: e.g. removed from the next export) is

@@ -10,7 +10,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from movierec.checksums import sha256
+from movierec.core.checksums import sha256
 from movierec.data.core import DataError
 
 # The ML-100K copy inside the recbole 1.2.1 wheel on PyPI: pinned by the wheel's and each file's hash.

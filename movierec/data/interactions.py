@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from movierec.core.settings import ColumnSettings
 from movierec.data.core import (
     ITEMS_SCHEMA,
     USERS_SCHEMA,
@@ -24,7 +25,6 @@ from movierec.data.core import (
     validate_ratings,
 )
 from movierec.data.delimited import read_table
-from movierec.settings import ColumnSettings
 
 INTERACTION_SUFFIXES = (".parquet", ".csv")
 

@@ -6,6 +6,7 @@ import urllib.parse
 
 import pyarrow as pa
 
+from movierec.core.settings import redact_url
 from movierec.data.core import (
     ITEMS_SCHEMA,
     RATINGS_SCHEMA,
@@ -20,7 +21,6 @@ from movierec.data.core import (
     tidy,
     validate_ratings,
 )
-from movierec.settings import redact_url
 
 
 def _query(conn: object, label: str, query: str, names: tuple[str, ...]) -> pa.Table:
