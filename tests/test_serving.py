@@ -65,6 +65,17 @@ def test_recommendations_are_the_evaluated_two_stage_lists(rec, tiny_models):
         assert [r.movie_id for r in got] == expected
 
 
+def test_packaging_reads_bundles_without_loading_annoy_or_the_models():
+    """movierec.training.packaging needs only bundle.read_bundle and its file names: Annoy, the
+    sources and the rating tables load where a bundle is checked, not on import."""
+    heavy = ("annoy", "movierec.models.index", "movierec.models.sources", "movierec.models.second_stage",
+             "movierec.serving.rating_tables")
+    code = f"import sys, movierec.training.packaging; print([m for m in {heavy!r} if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_a_model_of_implicit_only_data_recommends_as_evaluated_and_predicts_no_ratings(tiny_implicit_bundle,
                                                                                         tiny_implicit_models):
     """No rating model travels (no rating.npz, ranking.pt, ranking.onnx); recommendations are still
@@ -211,9 +222,10 @@ def _cut_json(bundle: bytes, key: str, n: int) -> bytes:
 
 
 def _replace_npz(bundle: bytes, name: str, key: str, change) -> bytes:
+    """The bundle's npz file ``name`` with array ``key`` changed (or added: ``change`` gets None)."""
     arrays = dict(np.load(io.BytesIO(_member(bundle, name))))
     buf = io.BytesIO()
-    np.savez(buf, **{**arrays, key: change(arrays[key])})
+    np.savez(buf, **{**arrays, key: change(arrays.get(key))})
     return buf.getvalue()
 
 
@@ -306,14 +318,19 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
     (lambda b: _rezip(b, {"sources.npz": _npz_without(b, "sources.npz", "als/items")}, keep_checksums=False),
      "sources.npz: cannot be read .*source 'als': no 'items' array"),
     (lambda b: _change_model(b, lambda info: info["sources"]["als"].pop("settings")),
-     "sources.npz: cannot be read .*source 'als': no regularisation >= 0 and alpha > 0 to fold a history in"),
+     "model.json: cannot be read .*source 'als': no regularisation >= 0 and alpha > 0 to fold a history in"),
     (lambda b: _rezip(b, {"sources.npz": _replace_npz(b, "sources.npz", "als/users", lambda a: a[:-1])},
                       keep_checksums=False), "sources.npz: cannot be read .*source 'als': user factors of shape"),
     (lambda b: _rezip(b, {"sources.npz": _replace_npz(b, "sources.npz", "ease/weights", lambda a: a[:, :-1])},
                       keep_checksums=False), "sources.npz: cannot be read .*source 'ease': weights of shape"),
-    # a source this version does not know, or arrays no source is named for: refused, never ignored
+    (lambda b: _rezip(b, {"sources.npz": _replace_npz(b, "sources.npz", "ease/junk", lambda _: np.zeros(3))},
+                      keep_checksums=False), "sources.npz: cannot be read .*source 'ease': unexpected array 'junk'"),
+    # a source this version does not know (model.json's fault), or arrays no source is named for: refused, never
+    # ignored
     (lambda b: _change_model(b, lambda info: info["sources"].update(itemknn=info["sources"].pop("ease"))),
-     "sources.npz: cannot be read .*unknown candidate source 'itemknn': this movierec knows ease, als"),
+     "model.json: cannot be read .*unknown candidate source 'itemknn': this movierec knows ease, als"),
+    (lambda b: _change_model(b, lambda info: info.update(sources=["ease", "als"])),
+     "model.json: cannot be read .*names no candidate sources"),
     (lambda b: _change_model(b, lambda info: info["sources"].pop("ease")),
      "sources.npz: cannot be read .*arrays 'ease/items' of a source model.json does not name"),
     (lambda b: _change_model(b, lambda info: info["ranker"].update(scale=[0.0] * 5)),

@@ -82,6 +82,17 @@ def test_a_source_refuses_arrays_of_the_wrong_shape_or_with_nan(fitted):
         cls.from_arrays(values, info, N_ITEMS - 1, N_USERS)
 
 
+def test_a_source_refuses_arrays_and_settings_it_does_not_write(fitted):
+    """An extra array under a known source (``ease/junk`` in sources.npz) was silently ignored,
+    although the loader refuses the arrays of a source model.json does not name."""
+    values, info = fitted.to_arrays(True)
+    cls, name = type(fitted), fitted.name
+    with pytest.raises(BundleError, match=f"source '{name}': unexpected array 'junk' \\(expected 'items', "):
+        cls.from_arrays({**values, "junk": np.zeros(3, np.float32)}, info, N_ITEMS, N_USERS)
+    with pytest.raises(BundleError, match=f"source '{name}': settings are not a JSON object"):
+        cls.check_settings([])
+
+
 def test_als_refuses_what_cannot_fold_a_history_in(x):
     als = sources.Als.fit(x, sources.Als.grid(CONFIG)[0], CONFIG, seed=0)
     values, info = als.to_arrays(True)

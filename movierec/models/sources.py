@@ -115,7 +115,23 @@ class CandidateSource(ABC):
                     n_users: int | None) -> CandidateSource:
         """The source :meth:`to_arrays` wrote, for ``n_items`` movies and ``n_users`` users (None:
         a bundle without per-user data), checked: raises BundleError saying what is wrong (a
-        missing array, a shape that does not fit the catalogue, a NaN)."""
+        missing or unexpected array, a shape that does not fit the catalogue, a NaN, settings
+        :meth:`check_settings` refuses)."""
+
+    @classmethod
+    def check_settings(cls, info: object) -> dict:
+        """``info``, the settings :meth:`to_arrays` wrote (model.json's), checked: a JSON object
+        (a source with settings checks their values too); BundleError naming the source otherwise."""
+        cls.require(isinstance(info, dict), f"settings are not a JSON object (got {info!r})")
+        return info
+
+    @classmethod
+    def only(cls, values: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> None:
+        """Refuse arrays beside ``keys`` (what :meth:`to_arrays` writes): the loader refuses arrays
+        of sources model.json does not name, and a known source's must not be ignored either."""
+        unexpected = sorted(set(values) - set(keys))
+        cls.require(not unexpected, f"unexpected array{'s' * (len(unexpected) > 1)} "
+                    f"{', '.join(map(repr, unexpected))} (expected {', '.join(map(repr, keys))})")
 
     @classmethod
     def require(cls, ok: bool, what: str) -> None:
@@ -189,6 +205,7 @@ class ItemItem(CandidateSource):
     @classmethod
     def from_arrays(cls, values: Mapping[str, np.ndarray], info: dict, n_items: int,
                     n_users: int | None) -> ItemItem:
+        cls.only(values, ("items", "weights"))
         items, weights = cls.array(values, "items", 1), cls.array(values, "weights", 2)
         m = len(items)
         cls.require(weights.shape == (m, m), f"weights of shape {weights.shape} for {m} covered movies")
@@ -294,11 +311,19 @@ class Als(CandidateSource):
                         f"({n_users}, {items.shape[1]}) for the bundle's users and the movie factors")
         else:
             cls.require("users" not in values, "user factors in a bundle without per-user data")
-        fold_in = {k: info.get(k) for k in ("regularization", "alpha")}
+        cls.only(values, ("items", "users"))
+        fold_in = cls.check_settings(info)
+        return cls(users, items.astype(np.float32), float(fold_in["regularization"]), float(fold_in["alpha"]))
+
+    @classmethod
+    def check_settings(cls, info: object) -> dict:
+        """What folds a history in: ``regularization`` >= 0 and ``alpha`` > 0, finite numbers."""
+        settings = super().check_settings(info)
+        fold_in = {k: settings.get(k) for k in ("regularization", "alpha")}
         cls.require(all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
                         for v in fold_in.values()) and fold_in["alpha"] > 0,
                     f"no regularisation >= 0 and alpha > 0 to fold a history in (got {fold_in})")
-        return cls(users, items.astype(np.float32), float(fold_in["regularization"]), float(fold_in["alpha"]))
+        return fold_in
 
 
 def fit_als(x: sp.csr_matrix, factors: int, regularization: float, alpha: float, *, iterations: int,

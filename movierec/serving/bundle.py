@@ -45,15 +45,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from movierec.core.checksums import sha256
-from movierec.core.settings import IndexSettings
 from movierec.errors import BundleError, RecommenderError
-from movierec.models.index import Index
-from movierec.models.second_stage import Ranker, Rate, features
-from movierec.models.sources import CandidateSource, source_class
-from movierec.serving.rating_tables import RatingTables, onnx_session
 
-if TYPE_CHECKING:  # packaging and serving import this module and must stay free of torch
-    pass
+if TYPE_CHECKING:  # imported where a bundle is checked: packaging reads bundles (read_bundle) without Annoy
+    from movierec.models.index import Index
+    from movierec.models.second_stage import Ranker, Rate
+    from movierec.models.sources import CandidateSource
 
 BUNDLE_FORMAT = 6  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker;
 # 4: rating.npz (served without torch); 5: models of implicit-only data (no rating model); 6: each source's
@@ -217,29 +214,42 @@ def _increasing(ids: np.ndarray) -> bool:
     return bool(ids.ndim == 1 and (np.diff(ids) > 0).all())
 
 
-def _load_sources(info: dict, files: dict[str, bytes], n_items: int, n_users: int | None
-                  ) -> dict[str, CandidateSource]:
-    """The candidate sources model.json names, each read from its ``<name>/`` arrays in
-    sources.npz by its registered class, which checks them. A source this code does not know,
-    or arrays of a source model.json does not name, are refused."""
+def _named_sources(info: dict) -> dict[str, tuple[type[CandidateSource], dict]]:
+    """(registered class, checked settings) of each candidate source model.json's ``sources``
+    names. Read inside ``_reading(..., "model.json")``: an unknown source or a source's missing
+    settings is a fault of model.json, not of sources.npz."""
+    from movierec.models.sources import source_class
+
     named = info.get("sources")
     _require(isinstance(named, dict) and all(isinstance(v, dict) for v in named.values()),
-             "model.json names no candidate sources")
+             'names no candidate sources ("sources" must be an object of objects, one per source)')
     classes = {name: source_class(name) for name in named}
-    values = np.load(io.BytesIO(files["sources.npz"]), allow_pickle=False)
+    return {name: (cls, cls.check_settings(named[name].get("settings", {}))) for name, cls in classes.items()}
+
+
+def _load_sources(named: dict[str, tuple[type[CandidateSource], dict]], sources_npz: bytes, n_items: int,
+                  n_users: int | None) -> dict[str, CandidateSource]:
+    """Each source of ``named`` (:func:`_named_sources`) read from its ``<name>/`` arrays in
+    ``sources_npz`` by its class, which checks them. Arrays of a source model.json does not name
+    are refused."""
+    values = np.load(io.BytesIO(sources_npz), allow_pickle=False)
     by_source: dict[str, dict[str, np.ndarray]] = {name: {} for name in named}
     for key in values.files:
         name, _, array = key.partition("/")
         _require(name in by_source, f"arrays {key!r} of a source model.json does not name")
         by_source[name][array] = values[key]
-    return {name: cls.from_arrays(by_source[name], named[name].get("settings", {}), n_items, n_users)
-            for name, cls in classes.items()}
+    return {name: cls.from_arrays(by_source[name], settings, n_items, n_users)
+            for name, (cls, settings) in named.items()}
 
 
 def check_bundle(info: dict, files: dict[str, bytes], origin: str = "bundle", backend: str = "numpy") -> Bundle:
     """The :class:`Bundle` of ``info`` and ``files`` as :func:`read_bundle` returns them (each
     file intact), after every check that its files agree with each other; BundleError naming
     ``origin`` and the file at fault otherwise."""
+    from movierec.core.settings import IndexSettings
+    from movierec.models.index import Index
+    from movierec.models.second_stage import Ranker, features
+
     with _reading(origin, "model.json"):
         temperature = float(info["retrieval"]["temperature"])
         user_data = bool(info["user_data"])
@@ -275,8 +285,10 @@ def check_bundle(info: dict, files: dict[str, bytes], origin: str = "bundle", ba
                      and (np.diff(rated_indptr) >= 0).all() and rated_indptr[-1] == len(rated),
                      "rated_indptr does not index the rated movies")
             _require(((rated >= 0) & (rated < n_items)).all(), "a rated movie is not in the catalogue")
+    with _reading(origin, "model.json"):
+        named = _named_sources(info)
     with _reading(origin, "sources.npz"):
-        sources = _load_sources(info, files, n_items, n_users)
+        sources = _load_sources(named, files["sources.npz"], n_items, n_users)
     with _reading(origin, "model.json"):
         ranker = info["ranker"]
         mean, scale, weights = (np.asarray(ranker[key], np.float32) for key in ("mean", "scale", "weights"))
@@ -318,6 +330,8 @@ def rating_backend(files: dict[str, bytes], info: dict, shape: tuple[int, int], 
     numpy (``rating.npz``), onnxruntime (``ranking.onnx``) or torch (``ranking.pt``; the training
     side's model, for installations with the ``train`` extra). The tables and the torch model must
     be for ``shape`` (users, movies); the graph is probed at its corners by the caller."""
+    from movierec.serving.rating_tables import RatingTables, onnx_session
+
     if choice == "numpy":
         tables = RatingTables.from_bytes(files["rating.npz"])
         _require(tables.shape == shape, "the rating model is for another number of users or movies")
