@@ -65,6 +65,15 @@ def test_recommendations_are_the_evaluated_two_stage_lists(rec, tiny_models):
         assert [r.movie_id for r in got] == expected
 
 
+def test_a_recommender_reads_the_bundle_rather_than_a_copy_of_its_fields(rec):
+    """Recommender copied some twenty Bundle fields onto itself beside the Bundle; it now holds
+    the Bundle alone and answers its fields (rec.item_ids, rec.info...) from it."""
+    assert list(vars(rec)) == ["bundle"]
+    assert rec.item_ids is rec.bundle.item_ids and rec.info is rec.bundle.info and rec.backend == "numpy"
+    with pytest.raises(AttributeError, match="'Recommender' object has no attribute 'item_idz'"):
+        rec.item_idz  # noqa: B018
+
+
 def test_packaging_reads_bundles_without_loading_annoy_or_the_models():
     """movierec.training.packaging needs only bundle.read_bundle and its file names: Annoy, the
     sources and the rating tables load where a bundle is checked, not on import."""

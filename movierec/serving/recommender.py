@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from movierec.serving.bundle import BACKENDS, Bundle, bundle_of_run, load_bundle
 __all__ = ["BACKENDS", "BundleError", "NoRatingModelError", "NoUserDataError", "Recommendation", "Recommender",
            "RecommenderError", "UnknownMovieError", "UnknownUserError"]
 MAX_K = 1000
+_BUNDLE_FIELDS = frozenset(f.name for f in fields(Bundle))
 
 
 @dataclass
@@ -66,15 +67,14 @@ class Recommender:
     def __init__(self, bundle: Bundle):
         """``bundle`` as :func:`movierec.serving.bundle.load_bundle` returns it: read and checked there,
         so the queries here can trust every shape and value."""
-        self.bundle, self.info = bundle, bundle.info
-        self.temperature, self.user_data, self.implicit = bundle.temperature, bundle.user_data, bundle.implicit
-        self.item_vectors, self.user_vectors, self.index = bundle.item_vectors, bundle.user_vectors, bundle.index
-        self.baselines, self.popularity = bundle.baselines, bundle.popularity
-        self.item_ids, self.years, self.user_ids = bundle.item_ids, bundle.years, bundle.user_ids
-        self._rated_indptr, self._rated = bundle.rated_indptr, bundle.rated
-        self.titles, self.genres = bundle.titles, bundle.genres
-        self.sources, self.ranker, self.candidates = bundle.sources, bundle.ranker, bundle.ranker.candidates
-        self.backend, self._rate = bundle.backend, bundle.rate
+        self.bundle = bundle
+
+    def __getattr__(self, name: str) -> object:
+        """The bundle's fields read as the recommender's own (``rec.item_ids``, ``rec.info``,
+        ``rec.backend``...): the checked :class:`Bundle` is the one place they live, not copied here."""
+        if name in _BUNDLE_FIELDS:
+            return getattr(self.__dict__["bundle"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------------ loading
 
@@ -117,18 +117,19 @@ class Recommender:
         """Which run, data and metrics the model comes from, and what runs its rating model."""
         import movierec
 
-        return {"version": movierec.__version__, "backend": self.backend, "implicit": self.implicit,
-                **{k: self.info.get(k) for k in ("flow", "run_id", "user_data", "dataset", "metrics", "exports")}}
+        b = self.bundle
+        return {"version": movierec.__version__, "backend": b.backend, "implicit": b.implicit,
+                **{k: b.info.get(k) for k in ("flow", "run_id", "user_data", "dataset", "metrics", "exports")}}
 
     # ------------------------------------------------------------------ queries
 
     def _user(self, user_id: int) -> int:
-        if not self.user_data:
+        if not self.bundle.user_data:
             raise NoUserDataError()
-        return _lookup(self.user_ids, int(user_id), UnknownUserError)
+        return _lookup(self.bundle.user_ids, int(user_id), UnknownUserError)
 
     def _movie(self, movie_id: int) -> int:
-        return _lookup(self.item_ids, int(movie_id), UnknownMovieError)
+        return _lookup(self.bundle.item_ids, int(movie_id), UnknownMovieError)
 
     @staticmethod
     def _check_k(k: int) -> int:
@@ -138,13 +139,18 @@ class Recommender:
 
     def rated(self, user_id: int) -> list[int]:
         """Movie ids the user rated in training."""
-        u = self._user(user_id)
-        return self.item_ids[self._rated[self._rated_indptr[u] : self._rated_indptr[u + 1]]].tolist()
+        return self.bundle.item_ids[self._rated_by(self._user(user_id))].tolist()
+
+    def _rated_by(self, u: int) -> np.ndarray:
+        """The training movies (dense indices) of user index ``u``."""
+        b = self.bundle
+        return b.rated[b.rated_indptr[u] : b.rated_indptr[u + 1]]
 
     def _result(self, idx: np.ndarray, scores: np.ndarray, ratings: np.ndarray | None) -> list[Recommendation]:
+        b = self.bundle
         return [
-            Recommendation(movie_id=int(self.item_ids[i]), title=self.titles[i], genres=list(self.genres[i]),
-                           year=int(self.years[i]) or None, score=float(s),
+            Recommendation(movie_id=int(b.item_ids[i]), title=b.titles[i], genres=list(b.genres[i]),
+                           year=int(b.years[i]) or None, score=float(s),
                            predicted_rating=None if ratings is None else float(r))
             for i, s, r in zip(idx, scores, ratings if ratings is not None else [None] * len(idx))
         ]
@@ -163,30 +169,31 @@ class Recommender:
         user ``user``, or folded in from the ``history`` movies for a new user, None),
         ``max(k, candidates)`` from each, scored by the learned ranker; ``ratings_of(movies)``
         gives the rating model's stars (None: there is none)."""
-        n = max(k, self.candidates)
-        rows = {name: source.user_scores(user, history) for name, source in self.sources.items()}
-        lists = [self.index.query_excluding(query, n, exclude),
+        b = self.bundle
+        n = max(k, b.ranker.candidates)
+        rows = {name: source.user_scores(user, history) for name, source in b.sources.items()}
+        lists = [b.index.query_excluding(query, n, exclude),
                  *(self._unseen_top(row, n, exclude) for row in rows.values())]
         cands = union([np.asarray(x, np.int64)[None, :] for x in lists])[0]
         cands = cands[cands >= 0]
-        scores = {RETRIEVAL: self.item_vectors[cands] @ query / self.temperature,
+        scores = {RETRIEVAL: b.item_vectors[cands] @ query / b.temperature,
                   **{name: row[cands] for name, row in rows.items()}}
         ratings = None if ratings_of is None else np.asarray(ratings_of(cands), np.float32)
-        scores = self.ranker.score(feature_values(self.ranker.features, scores, ratings, self.popularity[cands]))
+        scores = b.ranker.score(feature_values(b.ranker.features, scores, ratings, b.popularity[cands]))
         order = np.argsort(-scores, kind="stable")[:k]
         return self._result(cands[order], scores[order], None if ratings is None else ratings[order])
 
     def has_movie(self, movie_id: int) -> bool:
         """Whether the movie is in the model's catalogue."""
-        pos = int(np.searchsorted(self.item_ids, int(movie_id)))
-        return pos < len(self.item_ids) and self.item_ids[pos] == int(movie_id)
+        pos = int(np.searchsorted(self.bundle.item_ids, int(movie_id)))
+        return pos < len(self.bundle.item_ids) and self.bundle.item_ids[pos] == int(movie_id)
 
     def knows_user(self, user_id: int) -> bool:
         """Whether the model was trained on this user (and the bundle carries its users)."""
-        if not self.user_data:
+        if not self.bundle.user_data:
             return False
-        pos = int(np.searchsorted(self.user_ids, int(user_id)))
-        return pos < len(self.user_ids) and self.user_ids[pos] == int(user_id)
+        pos = int(np.searchsorted(self.bundle.user_ids, int(user_id)))
+        return pos < len(self.bundle.user_ids) and self.bundle.user_ids[pos] == int(user_id)
 
     def recommend(self, user_id: int, k: int = 10, exclude_rated: bool = True, also_exclude: Iterable[int] = ()
                   ) -> list[Recommendation]:
@@ -194,14 +201,14 @@ class Recommender:
         ranker (see :meth:`_second_stage`). ``also_exclude``: movie ids to leave out besides those
         rated in training (e.g. rated since, through the API)."""
         k, u = self._check_k(k), self._user(user_id)
-        rated = self._rated[self._rated_indptr[u] : self._rated_indptr[u + 1]]
+        rated = self._rated_by(u)
         exclude = rated if exclude_rated else np.empty(0, np.int64)
         extra = [self._movie(m) for m in also_exclude]
         if extra:
             exclude = np.union1d(exclude, np.asarray(extra, np.int64))
-        rate = self._rate
+        rate = self.bundle.rate
         ratings_of = None if rate is None else lambda movies: rate(np.full(len(movies), u), movies)
-        return self._second_stage(self.user_vectors[u], rated, exclude, user=u, ratings_of=ratings_of, k=k)
+        return self._second_stage(self.bundle.user_vectors[u], rated, exclude, user=u, ratings_of=ratings_of, k=k)
 
     def recommend_for_history(self, history: Iterable[int | tuple[int, float]], k: int = 10
                               ) -> list[Recommendation]:
@@ -223,14 +230,14 @@ class Recommender:
                 raise RecommenderError(f"rating {rating} of movie {movie} is not a number from 0.5 to 5")
         idx = np.array([self._movie(m) for m, _ in pairs])
         weights = np.array([r for _, r in pairs]) - 2.5
-        if self.implicit:
+        if self.bundle.implicit:
             weights = (weights > 0).astype(np.float64)
         if not (weights > 0).any():
             raise RecommenderError("history has no movie rated above 2.5 stars to learn a taste from")
-        query = (weights[weights > 0, None] * self.item_vectors[idx[weights > 0]]).sum(axis=0)
+        query = (weights[weights > 0, None] * self.bundle.item_vectors[idx[weights > 0]]).sum(axis=0)
         query /= np.linalg.norm(query) or 1.0
         movies = np.unique(idx)
-        baselines = self.baselines
+        baselines = self.bundle.baselines
         return self._second_stage(query, movies, movies, user=None, k=k,
                                   ratings_of=None if baselines is None else lambda m: baselines[m])
 
@@ -240,21 +247,22 @@ class Recommender:
 
     def predict_ratings(self, user_ids: list[int], movie_ids: list[int]) -> list[float]:
         """Star ratings (0.5–5) of many (user, movie) pairs in one batch."""
-        if self.implicit:
+        if self.bundle.implicit:
             raise NoRatingModelError()
         users = np.array([self._user(u) for u in user_ids], dtype=np.int64)
         movies = np.array([self._movie(m) for m in movie_ids], dtype=np.int64)
-        return self._rate(users, movies).tolist()
+        return self.bundle.rate(users, movies).tolist()
 
     def similar_movies(self, movie_id: int, k: int = 10) -> list[Recommendation]:
         """The ``k`` movies whose vectors are nearest to this one's (the movie itself left out)."""
         k, m = self._check_k(k), self._movie(movie_id)
-        found = self.index.query(self.item_vectors[m], k + 1)
+        vectors = self.bundle.item_vectors
+        found = self.bundle.index.query(vectors[m], k + 1)
         found = found[found != m][:k]
-        return self._result(found, self.item_vectors[found] @ self.item_vectors[m], None)
+        return self._result(found, vectors[found] @ vectors[m], None)
 
     def search(self, query: str, limit: int = 20) -> list[Recommendation]:
         """Movies whose title contains ``query`` (case-insensitive)."""
         q = query.lower()
-        hits = [i for i, t in enumerate(self.titles) if q in t.lower()][:limit]
+        hits = [i for i, t in enumerate(self.bundle.titles) if q in t.lower()][:limit]
         return self._result(np.array(hits, dtype=np.int64), np.ones(len(hits)), None)
