@@ -135,10 +135,10 @@ def recbole_dir(tmp_path: Path) -> Path:
     return _write(tmp_path / "ml-100k", files)
 
 
-def tiny_stages(enc):
+def tiny_stages(enc, rp3beta: bool = False):
     """Briefly fitted models of both stages on the toy data (no Ray: fast), and the split. For
     implicit-only data (``enc.implicit``) there is no rating model and the ranker has no rating
-    feature, as in the flow."""
+    feature, as in the flow. ``rp3beta`` switches on the source that is off by default."""
 
     import torch
 
@@ -173,8 +173,9 @@ def tiny_stages(enc):
     fit, val = holdout(split.train, 0.1, 0)
     sources = fit_sources(Interactions.of(enc, fit), Interactions.of(enc, val),
                           SourcesConfig(ease_lambdas=(10.0,), als_factors=(8,), als_regularization=(0.1,),
-                                        als_alpha=(1.0,), als_iterations=5), seed=0)
-    weights = {"retrieval": 1.0, "ease": 0.5, "als": 0.2, "rating": 0.3, "popularity": 0.1}
+                                        als_alpha=(1.0,), als_iterations=5, rp3beta=rp3beta, rp3beta_alphas=(1.0,),
+                                        rp3beta_betas=(0.25,)), seed=0)
+    weights = {"retrieval": 1.0, "ease": 0.5, "als": 0.2, "rp3beta": 0.4, "rating": 0.3, "popularity": 0.1}
     names = features(sources.final, rated=not enc.implicit)  # the sources fitted, as the flow's ranker has them
     second = Ranker(features=names, mean=np.zeros(len(names), np.float32), scale=np.ones(len(names), np.float32),
                     weights=np.array([weights[f] for f in names], np.float32), candidates=20, val_ndcg=0.0)
@@ -205,6 +206,17 @@ def tiny_bundle(tiny_models) -> bytes:
 def tiny_private_bundle(tiny_models) -> bytes:
     """The same models published without per-user data."""
     return _tiny_bundle(tiny_models, user_data=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_rp3beta_models(small_encoded):
+    """The tiny models with RP3beta switched on beside the default sources."""
+    return tiny_stages(small_encoded, rp3beta=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_rp3beta_bundle(tiny_rp3beta_models) -> bytes:
+    return _tiny_bundle(tiny_rp3beta_models, user_data=True)
 
 
 @pytest.fixture(scope="session")

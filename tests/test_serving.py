@@ -65,6 +65,20 @@ def test_recommendations_are_the_evaluated_two_stage_lists(rec, tiny_models):
         assert [r.movie_id for r in got] == expected
 
 
+def test_rp3beta_travels_through_a_bundle_and_serves_the_evaluated_lists(tiny_rp3beta_bundle, tiny_rp3beta_models):
+    """RP3beta (off by default) end to end: fitted beside EASE and ALS, written into the bundle,
+    read back by its registered class with the weights it was fitted with, weighed by the ranker,
+    and served in the order evaluation gives."""
+    _, stages = tiny_rp3beta_models
+    loaded = bundle.load_bundle(tiny_rp3beta_bundle)
+    fitted = stages.sources.final["rp3beta"]
+    assert list(loaded.sources) == ["ease", "als", "rp3beta"] and "rp3beta" in loaded.ranker.features
+    np.testing.assert_array_equal(loaded.sources["rp3beta"].items, fitted.items)
+    np.testing.assert_array_equal(loaded.sources["rp3beta"].weights, fitted.weights)
+    for got, expected in _served_and_evaluated(Recommender(loaded), tiny_rp3beta_models, n_users=10):
+        assert [r.movie_id for r in got] == expected
+
+
 def test_a_recommender_reads_the_bundle_rather_than_a_copy_of_its_fields(rec):
     """Recommender copied some twenty Bundle fields onto itself beside the Bundle; it now holds
     the Bundle alone and answers its fields (rec.item_ids, rec.info...) from it."""
