@@ -164,6 +164,18 @@ def test_the_ranker_scores_standardised_features():
     assert second_stage.top(r, cands, 1).tolist() == [[8]]
 
 
+def test_the_ranker_refuses_candidates_of_other_features_of_the_same_width():
+    """Weights go by position: candidates from RP3beta where the ranker had ALS were scored silently."""
+    r = second_stage.Ranker(FEATURES, np.zeros(5, np.float32), np.ones(5, np.float32), np.ones(5, np.float32),
+                            candidates=10, val_ndcg=0.0)
+    other = second_stage.features(("ease", "rp3beta"), rated=True)
+    assert len(other) == len(FEATURES) and other != FEATURES
+    cands = second_stage.Candidates(np.array([[7, 8]]), np.zeros((1, 2, 5), np.float32), {}, other)
+    with pytest.raises(ValueError, match=r"candidates carry the features \[.*'rp3beta'.*\], but the ranker was "
+                                         r"fitted on \[.*'als'.*\]"):
+        second_stage.top(r, cands, 1)
+
+
 def test_on_many_users_the_grids_are_searched_on_a_sample_and_lambda_scaled(small_encoded):
     enc = small_encoded
     n = len(enc.user_idx)
