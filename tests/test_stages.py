@@ -61,6 +61,18 @@ def test_sources_are_chosen_on_validation_and_refitted_on_everything(small_encod
     assert not np.allclose(models.tuning["ease"].weights, models.final["ease"].weights)  # the tuning fit lacks val
 
 
+def test_rp3beta_covers_as_many_movies_as_its_command_line_option_says():
+    """`rp3beta_max_items` had no option, unlike `--ease-max-items`: only a configuration file could set it."""
+    from movierec.core.settings import BY_KEY, from_values
+
+    option = BY_KEY["sources.rp3beta_max_items"]
+    assert option.option == "rp3beta-max-items" and option.problem(0) == "must be at least 1, got 0"
+    config = from_values({"sources.rp3beta": True, "sources.rp3beta_max_items": 2}).sources
+    x = sources.interactions(Interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4))
+    model = sources.RP3beta.fit(x, {"alpha": 1.0, "beta": 0.0}, config, seed=0)
+    assert model.items.tolist() == [0, 1]  # movie 1 (3 ratings) and the first of the once-rated ones
+
+
 def test_union_keeps_each_movie_once_and_pads():
     lists = [np.array([[3, 1, 2], [5, -1, -1]]), np.array([[1, 4, 3], [6, 5, 7]])]
     got = second_stage.union(lists)
