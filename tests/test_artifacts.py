@@ -165,4 +165,3 @@ def test_each_card_holds_little_besides_metaflows_viewer(runs):
         blobs = re.findall(r'__MF_DATA__\["[^"]+"\] = "([A-Za-z0-9+/=]+)"', html)
         content = sum(len(base64.b64decode(b)) for b in blobs)
         assert 0 < content < CARD_CONTENT_BOUND, (step.id, content)
-

@@ -28,9 +28,12 @@ def test_more_than_five_positional_parameters_are_refused_keyword_only_tails_are
 
 
 def test_only_the_chosen_preview_rule_is_on(tmp_path):
-    """`preview` is on for PLR0917 alone (explicit-preview-rules): other pylint refactoring rules,
-    stable or preview, stay off, e.g. too many arguments in all (PLR0913) or branches (PLR0912)."""
-    params = ", ".join(f"p{i}" for i in range(9))
-    branches = "".join(f"    if p0 == {i}:\n        return {i}\n" for i in range(14))
-    source = f"def wide(p0, *, {params[4:]}):\n{branches}    return None\n"
+    """`preview` is on for PLR0917 alone (explicit-preview-rules): the preview rules under the selected
+    prefixes stay off, e.g. pycodestyle's blank lines (E302 here) and a context manager typed as an Iterator
+    (UP052). With explicit-preview-rules off, ruff reports both for this sample."""
+    source = (
+        "import contextlib\nfrom collections.abc import Iterator\n\n\n"
+        "@contextlib.contextmanager\ndef opened() -> Iterator[int]:\n    yield 1\n"
+        "def right_after():\n    return 2\n"
+    )
     assert _ruff(tmp_path, source) == []

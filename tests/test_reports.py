@@ -20,3 +20,34 @@ def test_a_search_of_many_trials_keeps_its_card_small():
     charted = {row["trial"] for row in chart["spec"]["data"]["values"]}
     assert charted == set(range(490, 500))  # the ten best (lowest RMSE)
     assert "499" in rendered and "the 10 best of 500" in rendered
+
+
+def test_a_table_of_rows_with_different_keys_shows_every_key():
+    """The sources card has one row per source with that source's own hyperparameters: the columns were
+    the first row's keys only, so EASE's `lambda` or ALS's `factors` showed as "—" after a popularity row."""
+    from movierec.reports.components import table
+
+    rendered = table([{"source": "popularity", "val": 0.1},
+                      {"source": "ease", "lambda": 250.0, "val": 0.2},
+                      {"source": "als", "factors": 64, "alpha": 2.5}]).render()
+    assert rendered["columns"] == ["source", "val", "lambda", "factors", "alpha"]
+    assert rendered["data"] == [["popularity", "0.1", "—", "—", "—"],
+                                ["ease", "0.2", "250", "—", "—"],
+                                ["als", "—", "—", "64", "2.5"]]
+
+
+def test_the_sources_card_shows_each_sources_own_hyperparameters():
+    """Popularity (no hyperparameters) came first, so EASE's `lambda` and ALS's factors/alpha were dropped."""
+    from movierec.core.settings import RetrievalConfig
+    from movierec.models.sources import SourceModels
+    from movierec.training.retrieval import RetrievalResult
+
+    chosen = {"popularity": {"params": {}, "val_ndcg": 0.05}, "ease": {"params": {"lambda": 250.0}, "val_ndcg": 0.12},
+              "als": {"params": {"factors": 64, "regularization": 0.01, "alpha": 2.5}, "val_ndcg": 0.1}}
+    history = [{"epoch": 1, "loss": 5.0, "val_dcg": 0.1}]
+    card = cards.retrieval_card(RetrievalResult(b"", RetrievalConfig(), {}, history),
+                                SourceModels(tuning={}, final={}, chosen=chosen))
+    sources = next(c.render() for c in card if c.render().get("type") == "table")
+    assert sources["columns"] == ["source", "validation nDCG@10", "lambda", "factors", "regularization", "alpha"]
+    assert sources["data"][1] == ["ease", "0.12", "250", "—", "—", "—"]
+    assert sources["data"][2] == ["als", "0.1", "—", "64", "0.01", "2.5"]

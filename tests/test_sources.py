@@ -120,6 +120,8 @@ def test_fit_and_validation_pairs_in_other_index_spaces_are_refused_by_name():
     val = Interactions(np.array([0]), np.array([2]), N_USERS, N_ITEMS + 5)
     with pytest.raises(ValueError, match=rf"{N_USERS} users x {N_ITEMS} movies.*{N_USERS} x {N_ITEMS + 5}"):
         sources.fit_sources(fit, val, CONFIG, seed=0)
+
+
 def test_rp3beta_is_the_two_step_walk_by_hand():
     """3 users x 3 movies: user 0 rated movies 0 and 1, user 1 movies 1 and 2, user 2 movie 0.
     Movie -> user transitions: movie 0 -> users 0, 2 (1/2 each), movie 1 -> users 0, 1, movie 2 ->

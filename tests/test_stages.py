@@ -61,6 +61,18 @@ def test_sources_are_chosen_on_validation_and_refitted_on_everything(small_encod
     assert not np.allclose(models.tuning["ease"].weights, models.final["ease"].weights)  # the tuning fit lacks val
 
 
+def test_rp3beta_covers_as_many_movies_as_its_command_line_option_says():
+    """`rp3beta_max_items` had no option, unlike `--ease-max-items`: only a configuration file could set it."""
+    from movierec.core.settings import BY_KEY, from_values
+
+    option = BY_KEY["sources.rp3beta_max_items"]
+    assert option.option == "rp3beta-max-items" and option.problem(0) == "must be at least 1, got 0"
+    config = from_values({"sources.rp3beta": True, "sources.rp3beta_max_items": 2}).sources
+    x = sources.interactions(Interactions(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 1, 3]), 3, 4))
+    model = sources.RP3beta.fit(x, {"alpha": 1.0, "beta": 0.0}, config, seed=0)
+    assert model.items.tolist() == [0, 1]  # movie 1 (3 ratings) and the first of the once-rated ones
+
+
 def test_union_keeps_each_movie_once_and_pads():
     lists = [np.array([[3, 1, 2], [5, -1, -1]]), np.array([[1, 4, 3], [6, 5, 7]])]
     got = second_stage.union(lists)
@@ -162,6 +174,18 @@ def test_the_ranker_scores_standardised_features():
     np.testing.assert_allclose(r.score(values), [[1.5, 2.0]])
     cands = second_stage.Candidates(np.array([[7, 8]]), values, {}, r.features)
     assert second_stage.top(r, cands, 1).tolist() == [[8]]
+
+
+def test_the_ranker_refuses_candidates_of_other_features_of_the_same_width():
+    """Weights go by position: candidates from RP3beta where the ranker had ALS were scored silently."""
+    r = second_stage.Ranker(FEATURES, np.zeros(5, np.float32), np.ones(5, np.float32), np.ones(5, np.float32),
+                            candidates=10, val_ndcg=0.0)
+    other = second_stage.features(("ease", "rp3beta"), rated=True)
+    assert len(other) == len(FEATURES) and other != FEATURES
+    cands = second_stage.Candidates(np.array([[7, 8]]), np.zeros((1, 2, 5), np.float32), {}, other)
+    with pytest.raises(ValueError, match=r"candidates carry the features \[.*'rp3beta'.*\], but the ranker was "
+                                         r"fitted on \[.*'als'.*\]"):
+        second_stage.top(r, cands, 1)
 
 
 def test_on_many_users_the_grids_are_searched_on_a_sample_and_lambda_scaled(small_encoded):

@@ -326,7 +326,9 @@ class SourcesConfig:
     als_alpha: tuple[float, ...] = (1.0, 5.0)
     als_iterations: int = 15
     rp3beta: bool = setting(False, "rp3beta", "RP3beta random-walk item-item model as a candidate source")
-    rp3beta_max_items: int = 10_000  # a dense square matrix of them, as for EASE
+    rp3beta_max_items: int = setting(10_000, "rp3beta-max-items", "RP3beta covers at most this many of the "
+                                     "most-rated movies (its weights are a dense square matrix of them, as "
+                                     "EASE's)", minimum=1)
     rp3beta_alphas: tuple[float, ...] = (0.5, 0.75, 1.0)
     rp3beta_betas: tuple[float, ...] = (0.0, 0.25, 0.5)
     search_users: int = 20_000  # the grids are searched on at most this many users' ratings

@@ -164,5 +164,3 @@ def predict(model: RatingModel | FoldedRatingModel, users: np.ndarray, items: np
         out = [folded(index_tensor(users[i : i + batch]).to(device), index_tensor(items[i : i + batch]).to(device))
                for i in range(0, len(users), batch)]
     return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
-
-

@@ -140,7 +140,14 @@ def concat(parts: list[Candidates]) -> Candidates:
 
 
 def top(ranker: Ranker, cands: Candidates, k: int) -> np.ndarray:
-    """Each row's ``k`` best candidates by the ranker (-1 where a row has fewer)."""
+    """Each row's ``k`` best candidates by the ranker (-1 where a row has fewer).
+
+    The ranker's weights go by position, so candidates of other features (e.g. from another set of sources
+    of the same count) would be scored with the wrong weights and no error: they are refused instead.
+    """
+    if tuple(cands.features) != tuple(ranker.features):
+        raise ValueError(f"the candidates carry the features {list(cands.features)}, but the ranker was fitted on "
+                         f"{list(ranker.features)}: build the candidates from the sources the ranker was tuned with")
     scores = ranker.score(cands.values)
     scores[cands.items < 0] = -np.inf
     order = arrays.top_k(np.ascontiguousarray(scores, dtype=np.float32), k)

@@ -82,7 +82,8 @@ def retrieval_card(result: RetrievalResult, sources: SourceModels) -> list:
     return [
         heading("Candidate sources", ["Each chosen on the retrieval model's validation pairs (nDCG@10 of the source "
                                       "alone), then refitted on all training ratings."]),
-        table([{"source": name, **chosen["params"], "validation nDCG@10": chosen["val_ndcg"]}
+        # The score before the hyperparameters: each source has its own, so they fill the columns to the right.
+        table([{"source": name, "validation nDCG@10": chosen["val_ndcg"], **chosen["params"]}
                for name, chosen in sources.chosen.items()]),
         heading(f"{result.config.name} retrieval (Ray Train{f' on {result.nodes} nodes' if result.nodes > 1 else ''}, "
                 "in-batch softmax + logQ correction)"),

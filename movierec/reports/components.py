@@ -16,8 +16,13 @@ def _cell(value: object) -> str:
 
 
 def table(rows: list[dict[str, object]], columns: list[str] | None = None) -> Table:
-    """A table from a list of dicts (one per row); ``columns`` chooses and orders the keys."""
-    columns = columns or (list(rows[0]) if rows else [])
+    """A table from a list of dicts (one per row); ``columns`` chooses and orders the keys.
+
+    By default the columns are every row's keys in order of first appearance, not the first row's only:
+    rows may differ (the sources card has one row per source, each with its own hyperparameters), and a key
+    that only a later row has would otherwise never be shown. A row without a column's key shows "—".
+    """
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
     return Table(data=[[_cell(r.get(c)) for c in columns] for r in rows], headers=columns)
 
 

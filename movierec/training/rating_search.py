@@ -214,17 +214,17 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
     if search.blend:
         model = RatingModel.from_state(dict(enc.vocab_sizes), params, state_from_bytes(state))
         fit = Interactions.of(enc, fit_idx)
-        search = fit if trial_idx is fit_idx else Interactions.of(enc, trial_idx)  # one copy when not sampled
-        blend = _blend(model, search, fit, Interactions.of(enc, val_idx), settings)
+        searched = fit if trial_idx is fit_idx else Interactions.of(enc, trial_idx)  # one copy when not sampled
+        blend = _blend(model, searched, fit, Interactions.of(enc, val_idx), settings)
         state = state_to_bytes(model)
     return RankingResult(state=state, params=params, sizes=dict(enc.vocab_sizes),
                          val_rmse=float(best.metrics_dataframe["val_rmse"].min()), trials=trials, curves=curves,
                          blend=blend)
 
 
-def _blend(model: RatingModel, search: Interactions, fit: Interactions, val: Interactions, settings: Settings
+def _blend(model: RatingModel, searched: Interactions, fit: Interactions, val: Interactions, settings: Settings
            ) -> dict:
-    """Fit biased MF on ``search`` (the Tune trials' ratings: all training ratings, or a sample
+    """Fit biased MF on ``searched`` (the Tune trials' ratings: all training ratings, or a sample
     on large data) for each regularisation of the grid, each with its least-squares blend weight
     on the ``val`` ratings; refit the best on all of ``fit`` when that is more (the penalty is per
     rating, so it carries); attach the blend to ``model`` and say what was tried."""
@@ -242,8 +242,8 @@ def _blend(model: RatingModel, search: Interactions, fit: Interactions, val: Int
         return tried[-1]["blend_val_rmse"], mf, weight
 
     tried: list[dict] = []
-    best = min((fitted(search, reg) for reg in cfg.mf_regularization), key=lambda t: t[0])
-    if len(search) < len(fit):
+    best = min((fitted(searched, reg) for reg in cfg.mf_regularization), key=lambda t: t[0])
+    if len(searched) < len(fit):
         best = fitted(fit, best[1].regularization)
     model.attach_blend(best[1], best[2])
     before = rmse(own, val_ratings)
