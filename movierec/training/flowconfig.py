@@ -397,9 +397,10 @@ class _HashSink:
     def __init__(self) -> None:
         self.sha = hashlib.sha256()
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | pickle.PickleBuffer) -> int:
+        # protocol 5 hands large buffers (numpy arrays') over as PickleBuffer, which has no len()
         self.sha.update(data)
-        return len(data)
+        return memoryview(data).nbytes
 
 
 def pickle_digest(value: object) -> bytes:
