@@ -51,9 +51,10 @@ class RecommenderClusterFlow(RecommenderFlow):
     @step
     def gather_retrieval(self, inputs):
         """Take the retrieval model the control task trained."""
-        # The control task trained the model; the others only held Ray nodes. Their copies of the
-        # inherited artifacts are the same values, but those the control task read were saved again
-        # (pickled anew), which merge_artifacts would take for a conflict.
+        # The control task trained the model; the others only held Ray nodes. All hand on the
+        # inherited artifacts as stored (step_frame does not save again what a step only read), so
+        # merging every input would not conflict today; taking the control task's alone stays right
+        # should training ever change an input in place, and says whose results these are.
         self.merge_artifacts([next(i for i in inputs if hasattr(i, "retrieval"))])
         self.next(self.build_index)
 

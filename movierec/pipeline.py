@@ -294,5 +294,5 @@ def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadat
     from movierec.training.packaging import publish as upload
 
     bundle = make_bundle(data_split, stages, metadata, user_data=settings.publish.user_data)
-    publication, _ = upload(bundle, settings.publish)
+    publication = upload(bundle, settings.publish)
     return bundle, publication

@@ -422,3 +422,16 @@ def test_a_local_run_publishes_with_its_own_environment_not_the_publish_secret()
         "resources": {"cpu": 2, "memory": 8192}, "timeout": {"hours": 24}}
     remote = flowconfig.step_decorators("publish", config, flowconfig.Compute("kubernetes", {}))
     assert remote["secrets"] == {"sources": ["aws-secrets-manager.movierec-pypi"]}
+
+
+def test_an_inputs_digest_is_the_sha256_of_its_pickle_numpy_arrays_too():
+    """``step_frame`` compares inputs by the digest of their streamed pickle; protocol 5 writes a
+    numpy array's buffer as a ``PickleBuffer``, which the first sink took ``len()`` of and failed."""
+    import hashlib
+    import pickle
+
+    import numpy as np
+
+    for value in (np.arange(300_000, dtype=np.float32), {"titles": ["Heat", "Heat"], "ids": np.arange(5)}, "x" * 10**6):
+        expected = hashlib.sha256(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+        assert flowconfig.pickle_digest(value) == expected

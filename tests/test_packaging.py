@@ -129,12 +129,12 @@ def test_publish_leaves_no_temporary_folder_and_prints_a_pinned_command(tiny_bun
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    publication, wheel = packaging.publish(tiny_bundle, PublishSettings(index_dir=str(tmp_path / "idx")))
+    publication = packaging.publish(tiny_bundle, PublishSettings(index_dir=str(tmp_path / "idx")))
     assert list(tmp.iterdir()) == []
     assert publication.version == packaging.run_version("test")
-    assert publication.sha256 == hashlib.sha256(wheel).hexdigest()
     on_disk = tmp_path / "idx" / "packages" / publication.wheel
-    assert on_disk.read_bytes() == wheel
+    wheel = on_disk.read_bytes()
+    assert publication.sha256 == hashlib.sha256(wheel).hexdigest() and publication.size == len(wheel)
     assert publication.install_command == f"pip install 'movierec @ {on_disk.as_uri()}#sha256={publication.sha256}'"
 
 
@@ -261,10 +261,13 @@ def test_publishing_a_version_again_reports_and_pins_the_wheel_already_published
             settings = PublishSettings(repository_url=server.url + "/")
             monkeypatch.setenv("TWINE_USERNAME", "movierec")  # the test server takes any
             monkeypatch.setenv("TWINE_PASSWORD", "local")
-        first, first_wheel = packaging.publish(tiny_bundle, settings)
-        again, again_wheel = packaging.publish(_rebuilt(tiny_bundle), settings)
+        first = packaging.publish(tiny_bundle, settings)
+        again = packaging.publish(_rebuilt(tiny_bundle), settings)
+    # where each was published: the local index's packages folder, or the one the server serves
+    folder = tmp_path / "idx" / "packages" if where == "local index" else packages
+    first_wheel = (folder / first.wheel).read_bytes()
     assert first.uploaded and not again.uploaded and again.version == first.version
-    assert again_wheel == first_wheel and again.sha256 == first.sha256 == hashlib.sha256(first_wheel).hexdigest()
+    assert again.wheel == first.wheel and again.sha256 == first.sha256 == hashlib.sha256(first_wheel).hexdigest()
     assert again.install_command.endswith(f"#sha256={first.sha256}'")
 
 

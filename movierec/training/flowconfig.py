@@ -22,7 +22,9 @@ setting and its option:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
 import pickle
@@ -381,30 +383,70 @@ def step_frame(step_name: str, flow: object, inputs: object = None) -> Iterator[
     faults.maybe_fail(step_name)
     start = time.perf_counter()
     before = set(vars(flow))
-    yield
-    for name in unchanged_inputs(flow, set(vars(flow)) - before):
+    with digests_of_loads(flow._datastore) as loaded:  # the input's (in a join, the task's own): no public accessor
+        yield
+    for name in unchanged_inputs(flow, set(vars(flow)) - before, loaded):
         delattr(flow, name)  # Metaflow then passes the input's stored copy on to this task
     print(f"[{step_name}] finished in {time.perf_counter() - start:.1f} s", flush=True)
 
 
-def unchanged_inputs(flow: object, touched: set[str]) -> list[str]:
+class _HashSink:
+    """A file for :func:`pickle.dump` that keeps only the sha256 of what is written: a value's
+    digest without its pickled bytes in memory (several hundred MB for ML-20M's split)."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes | pickle.PickleBuffer) -> int:
+        # protocol 5 hands large buffers (numpy arrays') over as PickleBuffer, which has no len()
+        self.sha.update(data)
+        return memoryview(data).nbytes
+
+
+def pickle_digest(value: object) -> bytes:
+    """sha256 of ``value``'s pickle, streamed (:class:`_HashSink`)."""
+    sink = _HashSink()
+    pickle.dump(value, sink, protocol=pickle.HIGHEST_PROTOCOL)
+    return sink.sha.digest()
+
+
+@contextlib.contextmanager
+def digests_of_loads(store: object) -> Iterator[dict[str, bytes]]:
+    """While the step runs, the :func:`pickle_digest` of each artifact ``store`` loads (name ->
+    digest), taken as it is loaded, before the step can change it. Metaflow loads an input the
+    step reads through ``store.load_artifacts`` (``FlowSpec.__getattr__`` -> ``store[name]``) and
+    offers no hook there, so this instance's method is wrapped for the step's length: at its end
+    the value needs no second load to be compared with what is stored."""
+    digests: dict[str, bytes] = {}
+    if store is None:  # the start step has no input
+        yield digests
+        return
+    load = store.load_artifacts
+
+    def load_and_digest(names):
+        for name, value in load(names):
+            digests[name] = pickle_digest(value)
+            yield name, value
+
+    store.load_artifacts = load_and_digest
+    try:
+        yield digests
+    finally:
+        del store.load_artifacts  # the class's method again
+
+
+def unchanged_inputs(flow: object, touched: set[str], loaded: dict[str, bytes]) -> list[str]:
     """Which of ``touched`` (attributes that appeared on ``flow`` while the step ran: loaded or
     assigned) are input artifacts the step only read. Metaflow keeps an input it loads on the
     flow object and saves every artifact found there again at the end of the step, under the
     hash of its new pickle, and a loaded value does not pickle to the bytes it was loaded from
-    (unpickling interns attribute names, so shared strings come apart): each artifact a later
-    step read was stored a second time, the candidate sources' 20 MB among them. A value counts
-    as unchanged when it pickles to the same bytes as a fresh load of the stored input; one the
-    step changed, in place or by assigning it, differs and is saved as before."""
-    store = flow._datastore  # the input's (in a join, the merged inputs'); no public accessor
-    unchanged = []
-    for name in sorted(touched):
-        if name.startswith("_") or store is None or name not in store:
-            continue
-        value = pickle.dumps(vars(flow)[name], protocol=pickle.HIGHEST_PROTOCOL)
-        if value == pickle.dumps(store[name], protocol=pickle.HIGHEST_PROTOCOL):
-            unchanged.append(name)
-    return unchanged
+    (unpickling interns attribute names, so shared strings come apart; so Metaflow's stored sha1
+    cannot tell): each artifact a later step read was stored a second time, the candidate sources'
+    20 MB among them. A value counts as unchanged when it pickles to the same digest as when it
+    was loaded (``loaded``, :func:`digests_of_loads`); one the step changed, in place or by
+    assigning it, differs and is saved as before, as is one loaded some other way."""
+    return [name for name in sorted(touched)
+            if not name.startswith("_") and name in loaded and pickle_digest(vars(flow)[name]) == loaded[name]]
 
 
 @functools.cache

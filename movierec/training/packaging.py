@@ -445,12 +445,13 @@ def install_command(version: str, wheel: Path, repository_url: str = "", index_d
     return f"pip install '{PROJECT} @ {url}#sha256={sha256(wheel)}'"
 
 
-def publish(bundle: bytes, settings: PublishSettings) -> tuple[Publication, bytes]:
+def publish(bundle: bytes, settings: PublishSettings) -> Publication:
     """Build the run's wheel (its version from the bundle's run, :func:`bundle_version`) and upload
     it to ``settings.repository_url`` (its credentials got once: :func:`repository_credentials`),
     or else the local index ``settings.index_dir`` (default ``dist/pypi`` beside the source);
-    returns what was published and the wheel's bytes. The build happens in a temporary folder that
-    is gone when this returns, whatever happens."""
+    returns what was published, which names the wheel where it now lies (no caller keeps its
+    bytes: the flow stores none). The build happens in a temporary folder that is gone when this
+    returns, whatever happens."""
     try:
         version = bundle_version(bundle)
     except BundleError as exc:
@@ -471,7 +472,7 @@ def publish(bundle: bytes, settings: PublishSettings) -> tuple[Publication, byte
         print(f"[publish] movierec {version} {'uploaded to' if uploaded else 'already in'} {where}", flush=True)
         blob = wheel.read_bytes()
     return Publication(version=version, wheel=wheel.name, sha256=sha256(blob), size=len(blob), repository=where,
-                       install_command=install, uploaded=uploaded), blob
+                       install_command=install, uploaded=uploaded)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _, bundle = bundle_of_run(args.run)
-        publication, _ = publish(bundle, PublishSettings(repository_url=args.repository_url, index_dir=args.index_dir))
+        publication = publish(bundle, PublishSettings(repository_url=args.repository_url, index_dir=args.index_dir))
     except (PublishError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
