@@ -142,7 +142,7 @@ def _check_installed(venv: Path, publication: dict, tmp_path: Path) -> None:
              "'ids': [x.movie_id for x in r.recommend(1, k=5)], 'run': r.info['run_id'], "
              "'started_us': r.info['started_us'], "
              "'similar': [x.title for x in r.similar_movies(50, k=3)], "
-             "'page': (resources.files('movierec') / 'web' / 'index.html').is_file()}))")
+             "'page': (resources.files('movierec.serving') / 'web' / 'index.html').is_file()}))")
     out = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
                                     cwd=cwd, env=env, check=True).stdout)
     assert Path(out["file"]).is_relative_to(venv) and not Path(out["file"]).is_relative_to(REPO)

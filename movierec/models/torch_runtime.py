@@ -73,11 +73,11 @@ def compiled(fn: Callable[..., torch.Tensor], label: str) -> Callable[..., torch
     fast = torch.compile(fn, dynamic=False)
     chosen: list[Callable[..., torch.Tensor]] = []
 
-    def call(*args: Any) -> torch.Tensor:
+    def call(*args: Any, **kwargs: Any) -> torch.Tensor:
         if chosen:
-            return chosen[0](*args)
+            return chosen[0](*args, **kwargs)
         try:
-            out = fast(*args)
+            out = fast(*args, **kwargs)
             inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
             if out.requires_grad and inputs:
                 torch.autograd.grad(out, inputs, retain_graph=True)
@@ -85,7 +85,7 @@ def compiled(fn: Callable[..., torch.Tensor], label: str) -> Callable[..., torch
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             print(f"{label} torch.compile failed ({type(exc).__name__}: {reason}); training uncompiled", flush=True)
             chosen.append(fn)
-            return fn(*args)
+            return fn(*args, **kwargs)
         chosen.append(fast)
         return out
 
