@@ -39,6 +39,7 @@ def _shas_by_name(run) -> dict[str, dict[str, list[str]]]:
     return shas
 
 
+@pytest.mark.integration  # runs the flow file's `show` in a process of its own
 @pytest.mark.parametrize("flow", FLOWS, ids=["RecommenderFlow", "RecommenderClusterFlow"])
 def test_show_prints_each_steps_docstring(flow, tmp_path):
     out = _flow_command(flow, "show", cwd=tmp_path)
@@ -48,6 +49,7 @@ def test_show_prints_each_steps_docstring(flow, tmp_path):
     assert [step for step, doc in described if doc.strip() == "?"] == []
 
 
+@pytest.mark.integration  # runs the flow file's `package` in a process of its own
 @pytest.mark.parametrize("flow", FLOWS, ids=["RecommenderFlow", "RecommenderClusterFlow"])
 def test_code_package_carries_what_publishing_builds_from(flow, tmp_path):
     """Remote steps run from the code package, and publish builds the wheel from its setup.cfg,

@@ -497,6 +497,7 @@ def test_a_codeartifact_token_that_cannot_be_had_says_what_to_give_the_step(monk
         server.shutdown()
 
 
+@pytest.mark.integration  # starts a pypiserver process
 def test_a_pypiserver_that_cannot_start_says_why():
     """Its stderr went to /dev/null: a port in use read "did not answer within 30s", 30 s later."""
     import socket

@@ -478,6 +478,7 @@ def test_private_bundle_carries_no_user_and_answers_history_requests(tiny_privat
             ask()
 
 
+@pytest.mark.integration  # starts `movierec serve` in a process of its own
 def test_serve_stopped_by_sigterm_leaves_nothing_behind(tiny_bundle, tmp_path):
     """`movierec serve` unpacked a zip bundle into TMPDIR and left it there when stopped with SIGTERM."""
     import signal
