@@ -32,7 +32,7 @@ class RecommenderClusterFlow(RecommenderFlow):
     @card
     @step
     def train_retrieval(self):
-        """Fit the candidate sources (EASE, ALS) and fan out to one task per Ray node."""
+        """Fit the candidate sources the settings switch on and fan out to one task per Ray node."""
         self.sources = pipeline.fit_sources(self.data_split, self.settings)
         self.next(self.train_on_cluster, num_parallel=self.settings.ray.nodes)
 

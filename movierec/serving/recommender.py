@@ -54,9 +54,15 @@ class Recommendation:
         return asdict(self)
 
 
-def _lookup(ids: np.ndarray, raw: int, error: type[RecommenderError]) -> int:
+def _position(ids: np.ndarray, raw: int) -> int | None:
+    """Where ``raw`` stands in the sorted ``ids``; None if it is not there."""
     pos = int(np.searchsorted(ids, raw))
-    if pos >= len(ids) or ids[pos] != raw:
+    return pos if pos < len(ids) and ids[pos] == raw else None
+
+
+def _lookup(ids: np.ndarray, raw: int, error: type[RecommenderError]) -> int:
+    pos = _position(ids, raw)
+    if pos is None:
         raise error(raw)
     return pos
 
@@ -185,15 +191,11 @@ class Recommender:
 
     def has_movie(self, movie_id: int) -> bool:
         """Whether the movie is in the model's catalogue."""
-        pos = int(np.searchsorted(self.bundle.item_ids, int(movie_id)))
-        return pos < len(self.bundle.item_ids) and self.bundle.item_ids[pos] == int(movie_id)
+        return _position(self.bundle.item_ids, int(movie_id)) is not None
 
     def knows_user(self, user_id: int) -> bool:
         """Whether the model was trained on this user (and the bundle carries its users)."""
-        if not self.bundle.user_data:
-            return False
-        pos = int(np.searchsorted(self.bundle.user_ids, int(user_id)))
-        return pos < len(self.bundle.user_ids) and self.bundle.user_ids[pos] == int(user_id)
+        return self.bundle.user_data and _position(self.bundle.user_ids, int(user_id)) is not None
 
     def recommend(self, user_id: int, k: int = 10, exclude_rated: bool = True, also_exclude: Iterable[int] = ()
                   ) -> list[Recommendation]:
