@@ -29,14 +29,14 @@ class RecommenderClusterFlow(RecommenderFlow):
     config = Config("config", default_value=flowconfig.defaults(), parser="movierec.training.flowconfig.parse_cluster",
                     help="settings file (JSON or YAML, see flows/configs/); each setting's option overrides its value")
 
-    @card
+    @card(type="blank")
     @step
     def train_retrieval(self):
         """Fit the candidate sources the settings switch on and fan out to one task per Ray node."""
         self.sources = pipeline.fit_sources(self.data_split, self.settings)
         self.next(self.train_on_cluster, num_parallel=self.settings.ray.nodes)
 
-    @card
+    @card(type="blank")
     @metaflow_ray(all_nodes_started_timeout=600)
     @step
     def train_on_cluster(self):
@@ -47,7 +47,7 @@ class RecommenderClusterFlow(RecommenderFlow):
         current.card.extend(cards.retrieval_card(self.retrieval, self.sources))
         self.next(self.gather_retrieval)
 
-    @card
+    @card(type="blank")
     @step
     def gather_retrieval(self, inputs):
         """Take the retrieval model the control task trained."""

@@ -8,6 +8,7 @@ benchmarks and notebooks. Values that travel together travel as one: a :class:`D
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,16 +136,18 @@ def ray_storage(flow: FlowSpec) -> str:
 
 def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, beside_tuning: bool = False
                     ) -> RetrievalResult:
-    """The retrieval model, trained with Ray Train on the training ratings; ``beside_tuning``: the
-    flow runs ``tune_ranking`` at the same time, which shares this machine in a local run (see
-    ``RaySettings.beside_tuning``), unless the data is implicit-only (it then searches nothing);
-    on Kubernetes or AWS Batch each step has a container of its own with ``ray.num_cpus`` CPUs,
-    and Ray is told all of them."""
+    """The retrieval model, trained on the training ratings with Ray Train, or in this process
+    where Ray Train would spread nothing (``RaySettings.uses_ray_train``: no Ray then);
+    ``beside_tuning``: the flow runs ``tune_ranking`` at the same time, which shares this machine
+    in a local run (see ``RaySettings.beside_tuning``), unless the data is implicit-only (it then
+    searches nothing); on Kubernetes or AWS Batch each step has a container of its own with
+    ``ray.num_cpus`` CPUs, and training is told all of them."""
     from movierec.training.retrieval import train
 
     if beside_tuning and not runs_remotely() and not data_split.enc.implicit:
         settings = replace(settings, ray=settings.ray.beside_tuning())
-    with ray_session(settings.ray):
+    uses_ray = settings.ray.uses_ray_train(settings.retrieval.workers)
+    with ray_session(settings.ray) if uses_ray else contextlib.nullcontext():
         return train(data_split.enc, data_split.split.train, settings, storage)
 
 
@@ -217,9 +220,9 @@ def stages(retrieval: RetrievalResult, index: RetrievalIndex, sources: SourceMod
     return TwoStage(retrieval, index, sources, ranking, ranker)
 
 
-def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, storage: str) -> Ranker:
-    """The second stage's weights, searched with Ray Tune on the retrieval model's validation
-    pairs, over candidates from the sources as they were before seeing those pairs."""
+def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings) -> Ranker:
+    """The second stage's weights, searched on the retrieval model's validation pairs, over
+    candidates from the sources as they were before seeing those pairs."""
     from movierec.models.second_stage import candidates, concat, search
     from movierec.models.sources import interactions
     from movierec.training.retrieval import validation_split
@@ -237,9 +240,7 @@ def train_ranker(data_split: DataSplit, stages: TwoStage, settings: Settings, st
                                 ratings=rate, popularity=popularity, n=settings.ranker.candidates))
     cands = concat(parts)
     keys = metrics.relevant_keys(val.users, val.items, val.n_items)
-    with ray_session(settings.ray):
-        return search(cands, users, keys, val.n_items, per_source=settings.ranker.candidates, seed=settings.seed,
-                      storage_path=storage, concurrency=settings.ray.num_cpus)
+    return search(cands, users, keys, val.n_items, per_source=settings.ranker.candidates, seed=settings.seed)
 
 
 def evaluate(data_split: DataSplit, stages: TwoStage) -> Report:

@@ -149,9 +149,19 @@ def test_workers_asking_for_gpus_a_cluster_lacks_fail_with_a_reason(small_encode
     enc = small_encoded
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     settings = Settings(retrieval=RetrievalConfig(dim=8, hidden=16, epochs=1, workers=1, gpus_per_worker=1,
-                                                  batch_size=256), ray=RaySettings(num_cpus=2))
+                                                  batch_size=256), ray=RaySettings(num_cpus=2, train="always"))
     with pytest.raises(RuntimeError, match=r"1 retrieval workers of 1 GPU each do not fit a Ray cluster with 0 "
                                            r"GPUs: set retrieval.gpus_per_worker"):
+        pipeline.train_retrieval(DataSplit(enc, split), settings, str(tmp_path))
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="torch would find this machine's GPUs")
+def test_one_worker_asking_for_a_gpu_torch_lacks_fails_in_this_process_with_a_reason(small_encoded, tmp_path):
+    """Without Ray Train (one local worker), the same settings meet torch's check, not Ray's placement."""
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+    settings = Settings(retrieval=RetrievalConfig(dim=8, hidden=16, epochs=1, gpus_per_worker=1, batch_size=256))
+    with pytest.raises(RuntimeError, match=r"1 GPU\(s\) asked for, but torch .* sees none .* set the GPU settings to 0"):
         pipeline.train_retrieval(DataSplit(enc, split), settings, str(tmp_path))
 
 

@@ -186,6 +186,37 @@ def test_epochs_fit_the_example_budget():
     assert settings.epochs_for(15, 16_000_000) == 1 and settings.epochs_for(15, 50_000_000) == 1
 
 
+def test_ray_train_is_used_where_it_spreads_the_training():
+    local = RaySettings()
+    assert not local.uses_ray_train(1)  # one local worker: nothing to spread
+    assert local.uses_ray_train(2)
+    assert RaySettings(address="10.0.0.1:6379").uses_ray_train(1)  # a cluster schedules the worker
+    assert RaySettings(train="always").uses_ray_train(1)
+
+
+def _one_worker(small_encoded, ray: RaySettings):
+    """The two-tower model of ``test_one_worker_trains_here...``, trained on the toy data with ``ray``."""
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+    cfg = RetrievalConfig(dim=16, hidden=32, epochs=3, batch_size=256, patience=10)
+    import tempfile
+
+    return retrieval.train(enc, split.train, Settings(retrieval=cfg, ray=ray), tempfile.mkdtemp())
+
+
+def test_one_local_worker_trains_in_this_process_without_ray(small_encoded):
+    import ray
+
+    threads = torch.get_num_threads()
+    ret = _one_worker(small_encoded, RaySettings(num_cpus=1))
+    assert not ray.is_initialized() and not ret.ray_train
+    assert torch.get_num_threads() == threads  # training's thread count was the step's for its duration only
+    losses = [h["loss"] for h in ret.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    users, items = ret.embeddings()
+    assert users.shape == (small_encoded.n_users, 16) and items.shape == (small_encoded.n_items, 16)
+
+
 @pytest.fixture(scope="module")
 def ray_trained(small_encoded):
     """One tiny Ray session running both distributed trainings on the toy data."""
@@ -206,12 +237,27 @@ def ray_trained(small_encoded):
         budget = Settings(tune=TuneConfig(samples=2, epochs=3, trial_ratings=500), train_budget=len(split.train),
                           ray=ray)
         sampled = rating_search.tune_ranking(enc, split.train, budget, store)
-    return enc, split, ret, rank, sampled, graph
+        one = _one_worker(enc, RaySettings(num_cpus=1, train="always"))
+    return enc, split, ret, rank, sampled, graph, one
+
+
+def test_one_worker_trains_the_same_model_here_as_with_ray_train(ray_trained, small_encoded):
+    """The loop is the same in the step's process and in a Ray Train worker: at one thread and the same
+    seed, the weights and every epoch's loss and validation DCG agree exactly."""
+    from movierec.models.torch_runtime import state_from_bytes
+
+    *_, one = ray_trained
+    here = _one_worker(small_encoded, RaySettings(num_cpus=1))
+    assert one.ray_train and not here.ray_train
+    assert [{k: h[k] for k in ("epoch", "loss", "val_dcg")} for h in one.history] == \
+        [{k: h[k] for k in ("epoch", "loss", "val_dcg")} for h in here.history]
+    a, b = state_from_bytes(one.state), state_from_bytes(here.state)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("model", ["two_tower", "lightgcn"])
 def test_ray_train_two_workers_learns(ray_trained, model):
-    enc, split, two_tower, *_, lightgcn = ray_trained
+    enc, split, two_tower, *_, lightgcn, _ = ray_trained
     ret = {"two_tower": two_tower, "lightgcn": lightgcn}[model]
     losses = [h["loss"] for h in ret.history]
     assert len(losses) == 4 and losses[-1] < losses[0]
@@ -243,7 +289,7 @@ def test_tune_keeps_best_trial_weights(ray_trained):
 
 
 def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(ray_trained):
-    *_, sampled, _ = ray_trained
+    *_, sampled, _, _ = ray_trained
     searched, refit = sampled.trials[:2], sampled.trials[2]
     assert [t["trial"] for t in sampled.trials] == [0, 1, "refit"]
     best = min(searched, key=lambda t: t["best_val_rmse"])

@@ -379,6 +379,10 @@ class RaySettings:
                             "of each node", minimum=1)
     nodes: int = setting(2, "ray-nodes", "Ray nodes RecommenderClusterFlow forms for train_on_cluster with "
                          "@metaflow_ray, one container each (RecommenderFlow ignores it)", minimum=1)
+    train: str = setting("auto", "ray-train", "auto: the retrieval model trains with Ray Train when that spreads it "
+                         "(more than one --retrieval-workers, or a cluster to join with --ray-address), and one local "
+                         "worker trains in the step's own process, the same loop without Ray Train's start-up; "
+                         "always: with Ray Train in every case", choices=("auto", "always"))
 
     def beside_tuning(self) -> RaySettings:
         """train_retrieval's settings: it runs at the same time as tune_ranking, each step with
@@ -391,6 +395,12 @@ class RaySettings:
         if self.address:
             return self
         return replace(self, num_cpus=-(-self.num_cpus // 2))
+
+    def uses_ray_train(self, workers: int) -> bool:
+        """Whether ``workers`` retrieval workers train with Ray Train (``train``). One local worker
+        has nothing to spread: Ray Train would only start a Ray instance, a controller and a worker
+        process around the same loop, 15-25 s on a 2-core machine where ML-100K's epochs take 3 s."""
+        return self.train == "always" or workers > 1 or bool(self.address)
 
 
 @dataclass(frozen=True)
@@ -416,11 +426,11 @@ class DeploySettings:
     ``ray.num_cpus`` CPUs (set it in the file too for remote runs: Ray is told that number) and the
     GPUs the retrieval and Tune settings use. Local runs ignore them, apart from the timeout."""
 
-    cpu: int = setting(2, "", "CPUs of each step that runs no Ray (start, split, build_index, evaluate, publish, "
-                       "end)", minimum=1)
+    cpu: int = setting(2, "", "CPUs of each step that runs no Ray (start, split, build_index, train_ranker, "
+                       "evaluate, publish, end)", minimum=1)
     memory: int = setting(8192, "", "memory (MB) of each step that runs no Ray", minimum=512)
     ray_memory: int = setting(16384, "", "memory (MB) of each Ray step (train_retrieval, tune_ranking, "
-                              "train_ranker); a third of it is the container's /dev/shm, where Ray keeps its "
+                              "train_on_cluster); a third of it is the container's /dev/shm, where Ray keeps its "
                               "object store", minimum=1024)
     timeout_hours: int = setting(24, "", "a step still running after this many hours is stopped", minimum=1)
     retries: int = setting(2, "", "times a step on Kubernetes or AWS Batch is retried after a failure (start, the "

@@ -85,14 +85,20 @@ def retrieval_card(result: RetrievalResult, sources: SourceModels) -> list:
         # The score before the hyperparameters: each source has its own, so they fill the columns to the right.
         table([{"source": name, "validation nDCG@10": chosen["val_ndcg"], **chosen["params"]}
                for name, chosen in sources.chosen.items()]),
-        heading(f"{result.config.name} retrieval (Ray Train{f' on {result.nodes} nodes' if result.nodes > 1 else ''}, "
-                "in-batch softmax + logQ correction)"),
+        heading(f"{result.config.name} retrieval ({_trained_by(result)}, in-batch softmax + logQ correction)"),
         key_values(asdict(result.config)),
         line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
         line_chart(result.history, "epoch", "val_dcg",
                    "Validation DCG per epoch (unseen movies; the best epoch's weights are kept)"),
         table(result.history),
     ]
+
+
+def _trained_by(result: RetrievalResult) -> str:
+    """Where the retrieval model trained: Ray Train (on how many nodes), or the step's own process."""
+    if not result.ray_train:
+        return "one worker in the step's process: Ray Train spreads nothing there (--ray-train always uses it)"
+    return f"Ray Train{f' on {result.nodes} nodes' if result.nodes > 1 else ''}"
 
 
 def ranking_card(result: RankingResult | None) -> list:
@@ -122,7 +128,7 @@ def ranker_card(ranker: Ranker) -> list:
     return [
         heading("Second stage: learned ranker over the sources' candidates",
                 [f"Score = weighted sum of the standardised {', '.join(ranker.features)}; weights fitted by a "
-                 f"listwise softmax loss on 70% of the validation users, its L2 penalty chosen by Ray Tune on the "
+                 f"listwise softmax loss on 70% of the validation users, its L2 penalty chosen on the "
                  f"other 30% (held-out nDCG@10 **{ranker.val_ndcg:.4f}**), then refitted on all of them; "
                  f"{ranker.candidates} candidates per source."]),
         key_values(weights),

@@ -45,7 +45,7 @@ class ConfigError(ValueError):
 # RecommenderClusterFlow's step that trains the retrieval model on a Ray cluster of ray.nodes containers.
 CLUSTER_STEP = "train_on_cluster"
 # Steps that start Ray: their containers get ray.num_cpus CPUs, deploy.ray_memory and a /dev/shm.
-RAY_STEPS = ("train_retrieval", "tune_ranking", "train_ranker", CLUSTER_STEP)
+RAY_STEPS = ("train_retrieval", "tune_ranking", CLUSTER_STEP)
 # Steps a lost node or a storage error can fail, retried on Kubernetes/Batch (deploy.retries).
 RETRIED_STEPS = ("start", *RAY_STEPS, "publish")
 # The compute decorator each scheduler runs every step with, and what Metaflow sets

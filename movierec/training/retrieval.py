@@ -5,11 +5,13 @@ early stopping on validation pairs carved from train.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -50,6 +52,7 @@ class RetrievalResult:
     sizes: dict[str, int]
     history: list[dict[str, float]] = field(default_factory=list)
     nodes: int = 1  # Ray nodes its workers trained on
+    ray_train: bool = True  # False: one worker trained in the step's process (RaySettings.uses_ray_train)
 
     def model(self) -> TwoTower | EmbeddingTables:
         state = state_from_bytes(self.state)
@@ -124,22 +127,23 @@ def worker_resources(cpus: int, gpus: int) -> dict[str, float]:
     return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
 
 
-def _train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: its shard of the data, gradients averaged over the workers
-    (``movierec.training.distributed``, not DDP: see there why)."""
-    import ray
-    import ray.train
-    import ray.train.torch
+@dataclass(frozen=True)
+class _Worker:
+    """Where one copy of the training loop runs: its rank among ``world`` workers, its device, the
+    id of its Ray node (0 outside Ray), and what it does with each epoch's row before the next."""
 
-    _quiet_report_notices()
+    rank: int
+    world: int
+    device: torch.device
+    node: int
+    report: Callable[[dict], None]
+
+
+def _epochs(config: dict, data: dict, worker: _Worker) -> tuple[TwoTower | LightGCN, list[dict], int]:
+    """The training loop, the same in a Ray Train worker and in one process: (the model with the
+    weights of its best validation epoch, one row per epoch, the nodes the workers trained on)."""
     cfg, seed, epochs, batch = RetrievalConfig(**config["cfg"]), config["seed"], config["epochs"], config["batch"]
-    data = ray.get(config["data"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    training_threads(config["threads"])
-    # the GPU Ray Train gave this worker (each worker on a node its own), after checking torch sees one
-    device = ray.train.torch.get_device() if training_device(cfg.gpus_per_worker).type == "cuda" else \
-        torch.device("cpu")
+    rank, world, device = worker.rank, worker.world, worker.device
     torch.manual_seed(seed)  # identical initial weights on every worker
     model = _build(cfg, config["sizes"], data).to(device)
     broadcast_parameters(model)
@@ -151,11 +155,10 @@ def _train_loop(config: dict) -> None:
     bf16 = bf16_autocast(cfg.precision, device)
     compile_loss = cfg.compiles(len(data["items"]))
     loss_fn = compiled(in_batch_loss, "[train_retrieval]") if compile_loss else in_batch_loss
-    # Ray node ids, not Ray Train's node ranks: those count IP addresses, and nodes may share one
-    nodes = distinct_over_workers(int(ray.get_runtime_context().get_node_id()[:15], 16), device)
+    nodes = distinct_over_workers(worker.node, device)
     if rank == 0:
         print(f"[train_retrieval] {world} worker(s) x {config['threads']} thread(s) on {device.type} "
-              f"({nodes} node{'s' if nodes > 1 else ''}), batch {batch}, "
+              f"({nodes} node{'s' if nodes > 1 else ''}{'' if worker.node else ', in this process'}), batch {batch}, "
               f"{min(batch, cfg.negatives)} shared negatives, {'bf16' if bf16 else 'fp32'}"
               f"{', compiled loss' if compile_loss else ''}", flush=True)
     gen = torch.Generator().manual_seed(seed + rank)
@@ -200,16 +203,54 @@ def _train_loop(config: dict) -> None:
                   + (f"; stopping, keeping epoch {epoch + 1 - stale}" if stop else ""), flush=True)
         if stop:
             break
-        ray.train.report(row)
+        worker.report(row)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model, history, nodes
+
+
+def _train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker: its shard of the data, gradients averaged over the workers
+    (``movierec.training.distributed``, not DDP: see there why); rank 0 reports the kept weights
+    as the checkpoint."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    _quiet_report_notices()
+    ctx = ray.train.get_context()
+    training_threads(config["threads"])
+    # the GPU Ray Train gave this worker (each worker on a node its own), after checking torch sees one
+    device = ray.train.torch.get_device() if training_device(config["cfg"]["gpus_per_worker"]).type == "cuda" \
+        else torch.device("cpu")
+    # Ray node ids, not Ray Train's node ranks: those count IP addresses, and nodes may share one
+    node = int(ray.get_runtime_context().get_node_id()[:15], 16)
+    worker = _Worker(ctx.get_world_rank(), ctx.get_world_size(), device, node, ray.train.report)
+    model, history, nodes = _epochs(config, ray.get(config["data"]), worker)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        if rank == 0:
-            model.load_state_dict(best_state)
+        if worker.rank == 0:
             torch.save(_serving_state(model), os.path.join(tmp, "model.pt"))
             with open(os.path.join(tmp, "history.json"), "w") as f:
                 json.dump({"epochs": history, "nodes": nodes}, f)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(history[-1] if history else {}, checkpoint=checkpoint)
+
+
+def _train_here(config: dict, data: dict) -> tuple[bytes, list[dict]]:
+    """The training loop as one worker in this process (``RaySettings.uses_ray_train`` says when):
+    (the kept weights as ``torch.save`` bytes, one row per epoch). Torch's thread count is this
+    process's for the duration only."""
+    threads = torch.get_num_threads()
+    training_threads(config["threads"])
+    try:
+        worker = _Worker(0, 1, training_device(config["cfg"]["gpus_per_worker"]), 0, lambda row: None)
+        model, history, _ = _epochs(config, data, worker)
+    finally:
+        torch.set_num_threads(threads)
+    out = io.BytesIO()
+    torch.save(_serving_state(model), out)
+    return out.getvalue(), history
 
 
 MAX_VALIDATION = 5000  # validation pairs: enough for a stable score at any data size
@@ -233,12 +274,10 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
           spread: bool = False) -> RetrievalResult:
     """Train the retrieval model ``settings.retrieval`` describes on ``train_idx`` with Ray Train
     (inside a Ray session), each worker on its share of ``settings.ray.num_cpus``, for as many
-    epochs as ``settings.train_budget`` allows; ``spread``: the workers over as many of the
-    cluster's nodes as they can (Ray Train packs them onto the fewest by default)."""
-    import ray
-    from ray.train import ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+    epochs as ``settings.train_budget`` allows, or as one worker in this process where Ray Train
+    would spread nothing (``RaySettings.uses_ray_train``; no Ray session needed then); ``spread``:
+    the workers over as many of the cluster's nodes as they can (Ray Train packs them onto the
+    fewest by default)."""
     cfg = settings.retrieval
     cpus_per_worker = max(1, settings.ray.num_cpus // cfg.workers)
     fit_idx, val_idx = validation_split(train_idx, settings)
@@ -257,11 +296,18 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
         "user_features": {k: v.numpy() for k, v in user_feats.items()},
         "item_features": {k: v.numpy() for k, v in item_feats.items()},
     }
+    config = {"cfg": asdict(cfg), "seed": settings.seed, "epochs": settings.epochs_for(cfg.epochs, len(fit_idx)),
+              "sizes": enc.vocab_sizes, "threads": cpus_per_worker, "batch": min(cfg.batch_for(per_worker), per_worker)}
+    if not settings.ray.uses_ray_train(cfg.workers):
+        state, history = _train_here(config, data)
+        return RetrievalResult(state=state, config=cfg, sizes=dict(enc.vocab_sizes), history=history, ray_train=False)
+    import ray
+    from ray.train import ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"cfg": asdict(cfg), "seed": settings.seed, "data": ray.put(data),
-                           "epochs": settings.epochs_for(cfg.epochs, len(fit_idx)), "sizes": enc.vocab_sizes,
-                           "threads": cpus_per_worker, "batch": min(cfg.batch_for(per_worker), per_worker)},
+        train_loop_config={**config, "data": ray.put(data)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker=worker_resources(cpus_per_worker, cfg.gpus_per_worker),
                                      placement_strategy="SPREAD" if spread else "PACK"),
