@@ -15,10 +15,29 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each script rewrites only its own section.\n"
 
 
+def machine() -> str:
+    """This machine's CPU as figures depend on it: the model, the cores this process may use, and
+    the vector extensions that decide fp32 against bf16 (machines differ: AMD EPYC with AVX2 only,
+    Intel with AVX-512 and AMX). From /proc/cpuinfo; the platform's name elsewhere."""
+    import os
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    extensions = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX-512 BF16", "avx512_bf16"),
+                                          ("AMX-BF16", "amx_bf16")) if flag in flags]
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {' + '.join(extensions) or 'no AVX2'}"
+
+
 def update_section(name: str, body: str) -> None:
-    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``,
+    stamped with the time and the machine (:func:`machine`)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    stamp = (f"_{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {platform.machine()}, "
+    stamp = (f"_{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {machine()}, "
              f"Python {platform.python_version()}_\n\n")
     block = f"{start}\n{stamp}{body.rstrip()}\n{end}"
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
