@@ -211,14 +211,14 @@ def flow_figures(root: Path, repo: Path = REPO) -> dict:
     Read in a child process: the Metaflow client fixes its datastore root at first use, so one
     process cannot read several isolated datastores.
     """
-    out = subprocess.run([sys.executable, __file__, "--figures-of", str(root)], check=True,
-                         capture_output=True, text=True, env=_env(repo))
+    # Metaflow reads its datastore root when first imported (this script imports it at its top).
+    out = subprocess.run([sys.executable, __file__, "--figures-of", str(root)], check=True, capture_output=True,
+                         text=True, env=_env(repo, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root)))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def read_figures(root: Path) -> dict:
     """The body of :func:`flow_figures`, run in the child process."""
-    os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(root)
     from metaflow import Flow, namespace
 
     namespace(None)

@@ -82,6 +82,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__ in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+
+
+def xdist_group(item: pytest.Item) -> str:
+    """Which worker-sized share of the suite a test belongs to when pytest-xdist runs it (`make test`:
+    ``-n 2 --dist loadgroup``; each group runs whole, in file order, in one worker). The flow tests
+    share one: their runs (``runs``) are made once, and a test that looks for the latest run in the
+    worker's datastore (``metaflow_root``, one per worker) meets the runs of its own group in the
+    order it was written for. Every other test stays with its module, so module-scoped servers
+    and trainings start once."""
+    return "flows" if "metaflow_root" in item.fixturenames else item.module.__name__
 
 
 def pytest_sessionfinish(session, exitstatus):

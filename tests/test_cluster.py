@@ -161,7 +161,7 @@ def test_one_worker_asking_for_a_gpu_torch_lacks_fails_in_this_process_with_a_re
     enc = small_encoded
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     settings = Settings(retrieval=RetrievalConfig(dim=8, hidden=16, epochs=1, gpus_per_worker=1, batch_size=256))
-    with pytest.raises(RuntimeError, match=r"1 GPU\(s\) asked for, but torch .* sees none .* set the GPU settings to 0"):
+    with pytest.raises(RuntimeError, match=r"1 GPU\(s\) asked for, but torch .* sees none .* GPU settings to 0"):
         pipeline.train_retrieval(DataSplit(enc, split), settings, str(tmp_path))
 
 

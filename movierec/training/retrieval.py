@@ -239,8 +239,9 @@ def _train_loop(config: dict) -> None:
 
 def _train_here(config: dict, data: dict) -> tuple[bytes, list[dict]]:
     """The training loop as one worker in this process (``RaySettings.uses_ray_train`` says when):
-    (the kept weights as ``torch.save`` bytes, one row per epoch). Torch's thread count is this
-    process's for the duration only."""
+    (the kept weights as ``torch.save`` bytes, one row per epoch). Training's torch settings
+    (``training_threads``) hold for its duration only: the process goes on as it was (torch's
+    default, subnormals kept), as it did beside a Ray Train worker."""
     threads = torch.get_num_threads()
     training_threads(config["threads"])
     try:
@@ -248,6 +249,7 @@ def _train_here(config: dict, data: dict) -> tuple[bytes, list[dict]]:
         model, history, _ = _epochs(config, data, worker)
     finally:
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
     out = io.BytesIO()
     torch.save(_serving_state(model), out)
     return out.getvalue(), history
