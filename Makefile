@@ -32,14 +32,14 @@ data: $(DATA)  ## download MovieLens 100K (from the recbole wheel on PyPI) into 
 run: setup data  ## train, evaluate and publish on ML-100K (extra flow options: make run ARGS="--protocol temporal")
 	$(BIN)/python flows/recommender_flow.py --no-pylint run $(ARGS)
 
-# pytest-xdist workers: the flow tests run in one (tests/conftest.py's xdist_group), the rest beside them.
+# pytest-xdist workers: the flow tests run in one (tests/conftest.py's worker_share), the rest beside them.
 TEST_WORKERS ?= 2
 
 test: setup data  ## the whole test suite (the README's test command), in TEST_WORKERS processes
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests $(PYTEST_ARGS)
 
 test-fast: setup data  ## the quick tier, after every change: no flow, Ray, venv, server or worker process, browser or database
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not integration" tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not integration" tests $(PYTEST_ARGS)
 
 lint: setup  ## ruff
 	$(BIN)/ruff check movierec flows tests $(wildcard benchmarks)

@@ -78,21 +78,42 @@ INTEGRATION_MODULES = {"test_flow", "test_cluster", "test_deploy", "test_install
 INTEGRATION_FIXTURES = {"runs", "metaflow_root", "light_install", "server", "postgres", "ray_trained"}
 
 
+# Modules with a test that starts a flow in the tests' datastore (``metaflow_root``): pytest-xdist runs them in
+# one worker (see pytest_xdist_make_scheduler); collection refuses a flow test in any other module.
+FLOW_MODULES = {"test_artifacts", "test_data_interactions", "test_feedback", "test_flow", "test_flowconfig",
+                "test_install", "test_packaging"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__ in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+        if "metaflow_root" in item.fixturenames and item.module.__name__ not in FLOW_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} starts a flow: add {item.module.__name__} to conftest.FLOW_MODULES")
 
 
-def xdist_group(item: pytest.Item) -> str:
-    """Which worker-sized share of the suite a test belongs to when pytest-xdist runs it (`make test`:
-    ``-n 2 --dist loadgroup``; each group runs whole, in file order, in one worker). The flow tests
-    share one: their runs (``runs``) are made once, and a test that looks for the latest run in the
-    worker's datastore (``metaflow_root``, one per worker) meets the runs of its own group in the
-    order it was written for. Every other test stays with its module, so module-scoped servers
-    and trainings start once."""
-    return "flows" if "metaflow_root" in item.fixturenames else item.module.__name__
+def worker_share(nodeid: str) -> str:
+    """Which share of the suite a test belongs to when pytest-xdist runs it (`make test`: ``-n 2``);
+    each share runs whole, in file order, in one worker. The flow modules share one: their runs
+    (``runs``) are made once, and a test that looks for the latest run in the worker's datastore
+    (``metaflow_root``, one per worker) meets the runs of its share in the order it was written
+    for. Every other module is a share of its own, so module-scoped servers and trainings start
+    once."""
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return "flows" if module in FLOW_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler by module, with the flow modules as one share (:func:`worker_share`).
+    Its own ``--dist loadgroup`` would do it with markers, but it renames tests by a field pytest 9
+    no longer reads, so it groups nothing."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByShare(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_share(nodeid)
+
+    return ByShare(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):
