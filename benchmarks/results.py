@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -19,8 +20,6 @@ def machine() -> str:
     """This machine's CPU as figures depend on it: the model, the cores this process may use, and
     the vector extensions that decide fp32 against bf16 (machines differ: AMD EPYC with AVX2 only,
     Intel with AVX-512 and AMX). From /proc/cpuinfo; the platform's name elsewhere."""
-    import os
-
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:

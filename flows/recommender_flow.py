@@ -68,7 +68,8 @@ class RecommenderFlow(FlowSpec):
     @card(type="blank")
     @step
     def train_retrieval(self):
-        """Train the retrieval model with Ray Train and fit the candidate sources the settings switch on."""
+        """Train the retrieval model (with Ray Train where that spreads it) and fit the candidate sources the
+        settings switch on."""
         self.retrieval = pipeline.train_retrieval(self.data_split, self.settings, pipeline.ray_storage(self),
                                                   beside_tuning=True)
         self.sources = pipeline.fit_sources(self.data_split, self.settings)
