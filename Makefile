@@ -32,7 +32,7 @@ data: $(DATA)  ## download MovieLens 100K (from the recbole wheel on PyPI) into 
 run: setup data  ## train, evaluate and publish on ML-100K (extra flow options: make run ARGS="--protocol temporal")
 	$(BIN)/python flows/recommender_flow.py --no-pylint run $(ARGS)
 
-# pytest-xdist workers: the flow tests run in one (tests/conftest.py's worker_share), the rest beside them.
+# pytest-xdist workers: the tests of the shared flow runs go to one (tests/conftest.py's worker_share), the rest beside them.
 TEST_WORKERS ?= 2
 
 test: setup data  ## the whole test suite (the README's test command), in TEST_WORKERS processes

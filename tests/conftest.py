@@ -19,6 +19,7 @@ import typing
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -78,41 +79,57 @@ INTEGRATION_MODULES = {"test_flow", "test_cluster", "test_deploy", "test_install
 INTEGRATION_FIXTURES = {"runs", "metaflow_root", "light_install", "server", "postgres", "ray_trained"}
 
 
-# Modules with a test that starts a flow in the tests' datastore (``metaflow_root``): pytest-xdist runs them in
-# one worker (see pytest_xdist_make_scheduler); collection refuses a flow test in any other module.
-FLOW_MODULES = {"test_artifacts", "test_data_interactions", "test_feedback", "test_flow", "test_flowconfig",
-                "test_install", "test_packaging"}
+# Modules whose tests read the shared runs (``runs``: a failed run and its resume, about two minutes):
+# pytest-xdist runs them in one worker (see pytest_xdist_make_scheduler) so the runs are made once; collection
+# refuses a test that reads them from any other module, where another worker would make them again.
+RUNS_MODULES = {"test_artifacts", "test_feedback", "test_flow", "test_install", "test_packaging"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__ in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
-        if "metaflow_root" in item.fixturenames and item.module.__name__ not in FLOW_MODULES:
-            raise pytest.UsageError(f"{item.nodeid} starts a flow: add {item.module.__name__} to conftest.FLOW_MODULES")
+        if "runs" in item.fixturenames and item.module.__name__ not in RUNS_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} reads the shared runs: add {item.module.__name__} to "
+                                    "conftest.RUNS_MODULES")
+    # The long shares first, then the rest by their number of integration tests (a stable sort: each share keeps
+    # its file order), so the quick ones fill the workers' ends instead of a long share running alone there.
+    heavy = Counter(worker_share(item.nodeid) for item in items if item.get_closest_marker("integration"))
+    items.sort(key=lambda item: _share_order(worker_share(item.nodeid), heavy))
+
+
+# The shares that take longest (seconds in one run of 2026-12-03 with two workers on the 2-core machine: the
+# shared runs ~420, test_deploy ~380, test_models ~190, test_cluster ~160, test_flowconfig ~150), longest first.
+LONG_SHARES = ("runs", "test_deploy", "test_models", "test_cluster", "test_flowconfig")
+
+
+def _share_order(share: str, integration: Counter) -> tuple[int, int]:
+    return (LONG_SHARES.index(share) if share in LONG_SHARES else len(LONG_SHARES), -integration[share])
 
 
 def worker_share(nodeid: str) -> str:
     """Which share of the suite a test belongs to when pytest-xdist runs it (`make test`: ``-n 2``);
-    each share runs whole, in file order, in one worker. The flow modules share one: their runs
-    (``runs``) are made once, and a test that looks for the latest run in the worker's datastore
-    (``metaflow_root``, one per worker) meets the runs of its share in the order it was written
-    for. Every other module is a share of its own, so module-scoped servers and trainings start
-    once."""
+    each share runs whole, in file order, in one worker. The modules that read the shared runs are one
+    share (``RUNS_MODULES``). Every other module is a share of its own, so module-scoped servers and
+    trainings start once. A test that looks for the latest run in the worker's datastore
+    (``metaflow_root``, one per worker) may meet runs other shares made there before it."""
     module = Path(nodeid.split("::", 1)[0]).stem
-    return "flows" if module in FLOW_MODULES else module
+    return "runs" if module in RUNS_MODULES else module
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist's scheduler by module, with the flow modules as one share (:func:`worker_share`).
-    Its own ``--dist loadgroup`` would do it with markers, but it renames tests by a field pytest 9
-    no longer reads, so it groups nothing."""
+    """pytest-xdist's scheduler by module, with the modules of the shared runs as one share
+    (:func:`worker_share`), handed out in collection order (heaviest first: see
+    ``pytest_collection_modifyitems``) rather than xdist's by number of tests. Its own ``--dist
+    loadgroup`` would group with markers, but it renames tests by a field pytest 9 no longer reads,
+    so it groups nothing."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByShare(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return worker_share(nodeid)
 
+    config.option.loadscopereorder = False
     return ByShare(config, log)
 
 

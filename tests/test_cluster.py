@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,9 +70,10 @@ def two_node_cluster(monkeypatch):
         assert _cluster_cpus(address) == 2, "the two-node Ray cluster did not come up"
         yield address
     finally:
+        # Ctrl-C, the joined node first: each stops its node in about a second. The head, sent SIGTERM
+        # after a training had run, outlived a 30 s wait and had to be killed.
         for p in reversed(procs):
-            p.terminate()
-        for p in procs:
+            p.send_signal(signal.SIGINT)
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:

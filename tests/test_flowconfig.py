@@ -89,7 +89,7 @@ def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
     namespace(None)
     with Runner(FLOW, show_output=False, pylint=False, cwd=metaflow_root,
                 config=[("config", str(CONFIGS / "lightgcn.json"))]).run(
-            retrieval_epochs=2, tune_samples=2, tune_epochs=1, n_trees=10,
+            retrieval_epochs=2, tune_samples=2, tune_epochs=1, n_trees=10, max_ratings=20_000,
             index_dir=str(Path(metaflow_root) / "pypi-lightgcn")) as running:
         output = running.stdout + running.stderr
         assert running.status == "successful", output[-3000:]
