@@ -85,7 +85,9 @@ def _cornac(make: Callable[[dict, int], object]) -> Callable[..., Fitted]:
 def _ease(params: dict, seed: int):
     from cornac.models import EASE
 
-    return EASE(lamb=params["lamb"], verbose=False, seed=seed)
+    # posB=True (cornac's default, though its docstring says False) zeroes every negative item weight; Steck's
+    # EASEᴿ keeps them. Both are in the grid, so validation chooses, as a user tuning cornac would.
+    return EASE(lamb=params["lamb"], posB=params["posB"], verbose=False, seed=seed)
 
 
 def _bivae(params: dict, seed: int):
@@ -133,7 +135,7 @@ def _grid(**values: list) -> list[dict]:
 
 PEERS: list[Peer] = [
     ("most popular", "ranking", [{}], _popular),
-    ("EASEᴿ (cornac)", "ranking", _grid(lamb=[100, 250, 500, 1000, 2000]), _cornac(_ease)),
+    ("EASEᴿ (cornac)", "ranking", _grid(lamb=[100, 250, 500, 1000, 2000], posB=[True, False]), _cornac(_ease)),
     ("BiVAE (cornac)", "ranking", _grid(k=[20, 50], epochs=[500]), _cornac(_bivae)),
     ("ALS (implicit)", "ranking", _grid(factors=[32, 64, 128], regularization=[1.0, 10.0, 50.0],
                                         alpha=[1.0, 5.0], iterations=[15]), _implicit("als")),
