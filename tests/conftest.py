@@ -117,6 +117,7 @@ def worker_share(nodeid: str) -> str:
     return "runs" if module in RUNS_MODULES else module
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` leaves it unknown
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's scheduler by module, with the modules of the shared runs as one share
     (:func:`worker_share`), handed out in collection order (heaviest first: see
@@ -129,7 +130,7 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             return worker_share(nodeid)
 
-    config.option.loadscopereorder = False
+    config.option.loadscopereorder = False  # overrides --loadscope-reorder: the order is conftest's
     return ByShare(config, log)
 
 

@@ -79,7 +79,8 @@ def test_invalid_file_stops_the_flow_before_any_step(tmp_path, metaflow_root):
 
 @pytest.mark.integration  # a whole flow run
 def test_lightgcn_config_trains_evaluates_and_publishes(metaflow_root):
-    """The issue's acceptance run: the shipped LightGCN file, one value overridden on the command line."""
+    """The shipped LightGCN file with one value overridden on the command line, on ML-100K's first 20,000
+    ratings: what the file sets reaches training, evaluation and the published bundle."""
     if not (ML100K / "ml-100k.inter").exists():
         pytest.skip("ML-100K not fetched: run `make data`")
     from metaflow import Runner, namespace
