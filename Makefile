@@ -18,7 +18,12 @@ help:  ## list the targets
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --require-hashes -r requirements.txt
+	$(BIN)/python -m pip install -q --no-compile --require-hashes -r requirements.txt
+	@# pip byte-compiles on one core; here every core does it. Bytecode must exist before the first import:
+	@# with PYTHONDONTWRITEBYTECODE set (as on our CI machines) nothing compiled on import is kept, and every
+	@# process, each Ray worker included, would compile torch again. Files that fail to compile (templates
+	@# some packages ship) are skipped, as pip skips them.
+	$(BIN)/python -c "import compileall, sys, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -120,6 +120,54 @@ EXPECTED = {"start": (2, 8192, None, 2), "split": (2, 8192, None, 0), "train_ret
             "end": (2, 8192, None, 0)}
 
 
+# The module's longest test comes first: xdist hands a worker its next share when two tests are left, so a long
+# last test held that share back for minutes.
+def cluster_processes() -> list[str]:
+    """Ray processes of a cluster whose head is on @metaflow_ray's port (6379): a local Ray of
+    another step or test (random ports) is not one of them."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        line = " ".join(p.info["cmdline"] or ())
+        port = cluster.CLUSTER_HEAD_PORT  # the head's GCS port: raylets name it as host:port, gcs_server as =port
+        if p.info["name"] in ("raylet", "gcs_server") and re.search(rf"(:|port=){port}\b", line):
+            found.append(line[:200])
+    return found
+
+
+def test_cluster_flow_trains_retrieval_across_two_ray_nodes_with_its_results_in_s3(aws, tmp_path):
+    """The whole RecommenderClusterFlow run here with Metaflow's S3 datastore (moto) and two
+    @metaflow_ray nodes: the retrieval model trains with one Ray Train worker on each node (2
+    workers of the cluster's CPUs: a node has this machine's 2), its checkpoint goes to the run's
+    S3 datastore, whose path (not a folder of the driver's) is what a node on another machine
+    reaches, gather_retrieval hands the control task's model on, and the cluster's processes are
+    gone afterwards (``@metaflow_ray`` leaves every node running)."""
+    from metaflow import Runner
+
+    env, client = aws
+    # --datastore alone chooses S3 (Ray's storage followed only Metaflow's configured default)
+    run_env = {k: v for k, v in env.items() if k != "METAFLOW_DEFAULT_DATASTORE"}
+    # ML-100K's first 20,000 ratings: what is checked is where the work runs and its results go, not what it learns
+    options = {**BUDGET, "retrieval_epochs": 2, "ray_nodes": 2, "retrieval_workers": 2, "data_dir": str(ML100K),
+               "max_ratings": 20_000, "index_dir": str(tmp_path / "pypi")}
+    with Runner(CLUSTER_FLOW, show_output=False, pylint=False, datastore="s3", env=run_env, cwd=tmp_path).run(
+            **options) as running:
+        status, out, err = running.status, running.stdout, running.stderr
+        run_id = running.run.id
+    assert status == "successful", (out + err)[-5000:]
+    assert re.search(r"2 worker\(s\) x \d+ thread\(s\) on cpu \(2 nodes\)", out), out[-3000:]
+    prefix = f"metaflow/movierec_ray/RecommenderClusterFlow/{run_id}/train_on_cluster/0/retrieval/"
+    keys = [o["Key"] for o in client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+    assert any(k.endswith("/model.pt") for k in keys), keys
+    code = ("import sys; from metaflow import Run; r = Run(sys.argv[1]); "
+            "print(r['gather_retrieval'].task.data.retrieval.nodes, r['end'].task.data.metrics is not None)")
+    read = subprocess.run([sys.executable, "-c", code, f"RecommenderClusterFlow/{run_id}"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert read.stdout.split() == ["2", "True"], read.stderr[-3000:]
+    assert cluster_processes() == []
+
+
 def test_argo_steps_get_the_image_resources_timeout_and_retries_of_the_configuration(aws, tmp_path):
     """The image is the file's deploy.image (no `:image=` on the command line, which compiled every
     step to python:3.11), and the command line's Kubernetes options are kept with it."""
@@ -406,49 +454,3 @@ def test_cluster_flow_deploys_its_ray_nodes_to_argo_as_one_jobset(aws, tmp_path)
     unnamed = deploy(env, tmp_path, "--config-value", "config", bare_id, "argo-workflows", "create", flow=CLUSTER_FLOW)
     assert unnamed.returncode != 0
     assert "deploy.ray_token_secret (configuration file only) must name its backend" in unnamed.stderr
-
-
-def cluster_processes() -> list[str]:
-    """Ray processes of a cluster whose head is on @metaflow_ray's port (6379): a local Ray of
-    another step or test (random ports) is not one of them."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        line = " ".join(p.info["cmdline"] or ())
-        port = cluster.CLUSTER_HEAD_PORT  # the head's GCS port: raylets name it as host:port, gcs_server as =port
-        if p.info["name"] in ("raylet", "gcs_server") and re.search(rf"(:|port=){port}\b", line):
-            found.append(line[:200])
-    return found
-
-
-def test_cluster_flow_trains_retrieval_across_two_ray_nodes_with_its_results_in_s3(aws, tmp_path):
-    """The whole RecommenderClusterFlow run here with Metaflow's S3 datastore (moto) and two
-    @metaflow_ray nodes: the retrieval model trains with one Ray Train worker on each node (2
-    workers of the cluster's CPUs: a node has this machine's 2), its checkpoint goes to the run's
-    S3 datastore, whose path (not a folder of the driver's) is what a node on another machine
-    reaches, gather_retrieval hands the control task's model on, and the cluster's processes are
-    gone afterwards (``@metaflow_ray`` leaves every node running)."""
-    from metaflow import Runner
-
-    env, client = aws
-    # --datastore alone chooses S3 (Ray's storage followed only Metaflow's configured default)
-    run_env = {k: v for k, v in env.items() if k != "METAFLOW_DEFAULT_DATASTORE"}
-    # ML-100K's first 20,000 ratings: what is checked is where the work runs and its results go, not what it learns
-    options = {**BUDGET, "retrieval_epochs": 2, "ray_nodes": 2, "retrieval_workers": 2, "data_dir": str(ML100K),
-               "max_ratings": 20_000, "index_dir": str(tmp_path / "pypi")}
-    with Runner(CLUSTER_FLOW, show_output=False, pylint=False, datastore="s3", env=run_env, cwd=tmp_path).run(
-            **options) as running:
-        status, out, err = running.status, running.stdout, running.stderr
-        run_id = running.run.id
-    assert status == "successful", (out + err)[-5000:]
-    assert re.search(r"2 worker\(s\) x \d+ thread\(s\) on cpu \(2 nodes\)", out), out[-3000:]
-    prefix = f"metaflow/movierec_ray/RecommenderClusterFlow/{run_id}/train_on_cluster/0/retrieval/"
-    keys = [o["Key"] for o in client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
-    assert any(k.endswith("/model.pt") for k in keys), keys
-    code = ("import sys; from metaflow import Run; r = Run(sys.argv[1]); "
-            "print(r['gather_retrieval'].task.data.retrieval.nodes, r['end'].task.data.metrics is not None)")
-    read = subprocess.run([sys.executable, "-c", code, f"RecommenderClusterFlow/{run_id}"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert read.stdout.split() == ["2", "True"], read.stderr[-3000:]
-    assert cluster_processes() == []
