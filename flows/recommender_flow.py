@@ -79,8 +79,9 @@ class RecommenderFlow(FlowSpec):
     @card(type="blank")
     @step
     def tune_ranking(self):
-        """Search the rating model's hyper-parameters with Ray Tune (none for implicit-only data)."""
-        self.ranking = pipeline.tune_ranking(self.data_split, self.settings, pipeline.ray_storage(self))
+        """Search the rating model's hyper-parameters (with Ray Tune where that pays; none for implicit-only data)."""
+        self.ranking = pipeline.tune_ranking(self.data_split, self.settings, pipeline.ray_storage(self),
+                                             beside_retrieval=True)
         current.card.extend(cards.ranking_card(self.ranking))
         self.next(self.build_index)
 

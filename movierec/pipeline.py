@@ -191,17 +191,31 @@ def fit_sources(data_split: DataSplit, settings: Settings) -> SourceModels:
     return fit(fit_pairs, val_pairs, settings.sources, seed=settings.seed)
 
 
-def tune_ranking(data_split: DataSplit, settings: Settings, storage: str) -> RankingResult | None:
-    """The rating model, searched with Ray Tune on the training ratings; None for implicit-only
-    data, which has no ratings to learn (the ranker then goes without the rating feature)."""
+def tune_ranking(data_split: DataSplit, settings: Settings, storage: str, beside_retrieval: bool = False
+                 ) -> RankingResult | None:
+    """The rating model, searched on the training ratings with Ray Tune, or in this process where
+    Ray would cost more than it spreads (``rating_search.uses_ray_tune``: no Ray then); None for
+    implicit-only data, which has no ratings to learn (the ranker then goes without the rating
+    feature). ``beside_retrieval``: the flow runs ``train_retrieval`` at the same time, and a search
+    in this process takes the CPUs it leaves in a local run (see ``RaySettings.beside_retrieval``),
+    numpy's BLAS included."""
     if data_split.enc.implicit:
         print("[tune_ranking] implicit-only data (no ratings): no rating model to search; the ranker orders "
               "candidates without predicted stars", flush=True)
         return None
     from movierec.training.rating_search import tune_ranking as search
+    from movierec.training.rating_search import uses_ray_tune
 
-    with ray_session(settings.ray):
-        return search(data_split.enc, data_split.split.train, settings, storage)
+    train = data_split.split.train
+    if uses_ray_tune(settings, len(train)):
+        with ray_session(settings.ray):
+            return search(data_split.enc, train, settings, storage)
+    from threadpoolctl import threadpool_limits
+
+    if beside_retrieval and not runs_remotely():
+        settings = replace(settings, ray=settings.ray.beside_retrieval())
+    with threadpool_limits(settings.ray.num_cpus, "blas"):
+        return search(data_split.enc, train, settings, storage)
 
 
 def build_index(retrieval: RetrievalResult, settings: Settings) -> RetrievalIndex:

@@ -349,7 +349,7 @@ from movierec.data.split import DataSplit
 enc = encode(synthetic.generate(n_users=200, n_items=150, n_ratings=6000, seed=3))
 data_split = DataSplit(enc, pipeline.split_for(enc, "tfrs", 0))
 run = settings.Settings(retrieval=settings.RetrievalConfig(epochs=2), tune=settings.TuneConfig(samples=2, epochs=3),
-                        ray=settings.RaySettings(train="always"))  # Ray Train's results, even for one worker
+                        ray=settings.RaySettings(train="always", tune="always"))  # Ray's results, even on toy data
 where = {step: cluster.storage_path("RecommenderFlow", "7", step, 1, datastore="s3")
          for step in ("train_retrieval", "tune_ranking")}
 retrieval = pipeline.train_retrieval(data_split, run, where["train_retrieval"])

@@ -225,7 +225,7 @@ def ray_trained(small_encoded):
     import tempfile
 
     store = tempfile.mkdtemp()
-    ray, tune = RaySettings(num_cpus=2), TuneConfig(samples=2, epochs=3)
+    ray = RaySettings(num_cpus=2)
     with cluster.ray_session(ray):
         cfg = RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2, batch_size=256, patience=10,
                               history=True)  # the optional history path, on 2 workers
@@ -233,12 +233,14 @@ def ray_trained(small_encoded):
         graph = retrieval.train(enc, split.train, Settings(retrieval=RetrievalConfig(
             model="lightgcn", dim=16, epochs=4, workers=2, batch_size=256, patience=10), ray=ray), store,
             name="lightgcn")
-        rank = rating_search.tune_ranking(enc, split.train, Settings(tune=tune, ray=ray), store)
-        budget = Settings(tune=TuneConfig(samples=2, epochs=3, trial_ratings=500), train_budget=len(split.train),
-                          ray=ray)
-        sampled = rating_search.tune_ranking(enc, split.train, budget, store)
+        # one trial at a time, as the search in this process runs them (see test_the_search_here_...)
+        rank = rating_search.tune_ranking(enc, split.train, Settings(tune=TUNE, ray=TUNE_ONE_AT_A_TIME), store)
         one = _one_worker(enc, RaySettings(num_cpus=1, train="always"))
-    return enc, split, ret, rank, sampled, graph, one
+    return enc, split, ret, rank, graph, one
+
+
+TUNE = TuneConfig(samples=4, epochs=3)  # seed 42 draws settings of which ASHA stops some at its rung (epoch 2)
+TUNE_ONE_AT_A_TIME = RaySettings(num_cpus=1, tune="always")
 
 
 def test_one_worker_trains_the_same_model_here_as_with_ray_train(ray_trained, small_encoded):
@@ -257,7 +259,7 @@ def test_one_worker_trains_the_same_model_here_as_with_ray_train(ray_trained, sm
 
 @pytest.mark.parametrize("model", ["two_tower", "lightgcn"])
 def test_ray_train_two_workers_learns(ray_trained, model):
-    enc, split, two_tower, *_, lightgcn, _ = ray_trained
+    enc, split, two_tower, _, lightgcn, _ = ray_trained
     ret = {"two_tower": two_tower, "lightgcn": lightgcn}[model]
     losses = [h["loss"] for h in ret.history]
     assert len(losses) == 4 and losses[-1] < losses[0]
@@ -273,7 +275,7 @@ def test_ray_train_two_workers_learns(ray_trained, model):
 
 def test_tune_keeps_best_trial_weights(ray_trained):
     enc, split, _, rank, *_ = ray_trained
-    assert len(rank.trials) == 2
+    assert len(rank.trials) == TUNE.samples
     assert rank.val_rmse == min(t["best_val_rmse"] for t in rank.trials)
     # The kept weights reproduce the best validation RMSE on the same validation split, and the
     # blend with matrix factorisation that the model now carries is no worse there.
@@ -285,15 +287,61 @@ def test_tune_keeps_best_trial_weights(ray_trained):
     assert math.isclose(np.sqrt(np.mean((pred - enc.rating[val]) ** 2)), rank.blend["val_rmse"], rel_tol=1e-4)
     assert rank.blend["val_rmse"] <= rank.val_rmse
     assert len(rank.blend["tried"]) == len(TuneConfig().mf_regularization)
-    assert {row["trial"] for row in rank.curves} == {0, 1}
+    assert {row["trial"] for row in rank.curves} == set(range(TUNE.samples))
 
 
-def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(ray_trained):
-    *_, sampled, _, _ = ray_trained
+def test_the_search_here_tries_and_stops_what_ray_tune_does(ray_trained):
+    """Without Ray (``--ray-tune auto`` on small data) the search runs the same seeded settings in
+    this process with ASHA's rule: one trial at a time on one thread, as Ray Tune ran them, every
+    epoch's validation RMSE, the trials stopped early and the kept weights agree exactly."""
+    import ray
+
+    from movierec.models.torch_runtime import state_from_bytes
+
+    enc, split, _, tuned, *_ = ray_trained
+    here = rating_search.tune_ranking(enc, split.train, Settings(tune=TUNE, ray=RaySettings(num_cpus=1)), "unused")
+    assert not ray.is_initialized()
+    assert here.trials == tuned.trials
+    assert [{k: r[k] for k in ("trial", "epoch", "val_rmse")} for r in here.curves] == \
+        [{k: r[k] for k in ("trial", "epoch", "val_rmse")} for r in tuned.curves]
+    assert 0 < sum(t["epochs"] < TUNE.epochs for t in here.trials) < TUNE.samples  # ASHA stopped some, not all
+    a, b = state_from_bytes(here.state), state_from_bytes(tuned.state)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert here.blend == tuned.blend
+
+
+@pytest.mark.parametrize(("max_epochs", "grace"), [(8, 2), (3, 2), (2, 2), (1, 1), (30, 1)])
+def test_the_search_here_stops_trials_by_ray_tunes_asha_rule(max_epochs, grace):
+    """``Schedule`` places its rungs where ASHAScheduler does and, fed the same scores, stops the
+    same trials (ties and percentile interpolation included): checked against Ray's own bracket."""
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    schedule = rating_search.Schedule(max_epochs, grace)
+    bracket = _Bracket(grace, max_epochs, schedule.reduction, 0)
+    assert schedule.rungs() == sorted(milestone for milestone, _ in bracket._rungs)
+    rng = np.random.default_rng(0)
+    rungs = {epoch: [] for epoch in schedule.rungs()}
+    for trial in range(40):
+        scores = np.round(rng.uniform(0.8, 1.0, max_epochs), 2)  # rounded: ties happen
+        for epoch, score in enumerate(scores, start=1):
+            theirs = bracket.on_result(type("T", (), {"trial_id": trial})(), epoch, -score) == "STOP"
+            ours = epoch in rungs and rating_search.Schedule.stops(schedule, rungs[epoch], float(score))
+            if epoch in rungs:
+                rungs[epoch].append(float(score))
+            assert ours == theirs, (trial, epoch)
+            if ours:
+                break
+
+
+def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(small_encoded):
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+    budget = Settings(tune=TuneConfig(samples=2, epochs=3, trial_ratings=500), train_budget=len(split.train))
+    sampled = rating_search.tune_ranking(enc, split.train, budget, "unused")
     searched, refit = sampled.trials[:2], sampled.trials[2]
     assert [t["trial"] for t in sampled.trials] == [0, 1, "refit"]
     best = min(searched, key=lambda t: t["best_val_rmse"])
-    assert {k: refit[k] for k in rating_search.search_space()} == {k: best[k] for k in rating_search.search_space()}
+    assert {k: refit[k] for k in rating_search.SEARCH_SPACE} == {k: best[k] for k in rating_search.SEARCH_SPACE}
     # The budget of one pass over the ratings allows a single refit epoch.
     assert refit["epochs"] == 1 and sampled.val_rmse == refit["best_val_rmse"]
     # The blend's grid is searched on the same sample; the chosen penalty is refitted on all ratings.

@@ -1,5 +1,5 @@
 """Settings that derive values: the retrieval batch and learning rate from the data's size, when
-the loss is compiled, and train_retrieval's share of the CPUs beside tune_ranking."""
+the loss is compiled, each parallel step's share of the CPUs, and where the rating search starts Ray."""
 
 import math
 
@@ -50,9 +50,34 @@ def test_retrieval_takes_half_the_local_cpus_beside_tuning(cpus, share):
     assert RaySettings(num_cpus=cpus).beside_tuning().num_cpus == share
 
 
+@pytest.mark.parametrize(("cpus", "share"), [(2, 1), (3, 1), (1, 1), (8, 4)])
+def test_a_search_in_the_step_process_takes_what_retrieval_leaves(cpus, share):
+    """Told the whole machine beside retrieval, its 2 threads and retrieval's 1 waited on each
+    other's cores: trials ran at 25k examples/s instead of 85k."""
+    assert RaySettings(num_cpus=cpus).beside_retrieval().num_cpus == share
+
+
 def test_a_cluster_is_not_split():
     ray = RaySettings(address="10.0.0.5:6379", num_cpus=2)
-    assert ray.beside_tuning() == ray
+    assert ray.beside_tuning() == ray and ray.beside_retrieval() == ray
+
+
+def test_the_rating_search_starts_ray_only_where_it_pays():
+    """ML-100K's search (6 trials x 8 epochs x ~72k ratings, 3.5M examples) runs in the step's
+    process; ML-1M's (~35M), a cluster's, or one told ``always`` runs with Ray Tune."""
+    from movierec.core.settings import LOCAL_SEARCH_EXAMPLES, Settings, TuneConfig
+    from movierec.training.rating_search import uses_ray_tune
+
+    ml100k, ml1m = 72_000, 720_000
+    assert not uses_ray_tune(Settings(), ml100k)
+    assert uses_ray_tune(Settings(), ml1m)
+    assert uses_ray_tune(Settings(ray=RaySettings(tune="always")), ml100k)
+    assert uses_ray_tune(Settings(ray=RaySettings(address="10.0.0.5:6379")), ml100k)
+    # a search of exactly the limit stays here; trial ratings are capped at --tune-trial-ratings
+    exact = Settings(tune=TuneConfig(samples=1, epochs=1, trial_ratings=LOCAL_SEARCH_EXAMPLES))
+    assert not uses_ray_tune(exact, 10 * LOCAL_SEARCH_EXAMPLES)
+    over = Settings(tune=TuneConfig(samples=1, epochs=1, trial_ratings=LOCAL_SEARCH_EXAMPLES + 1))
+    assert uses_ray_tune(over, LOCAL_SEARCH_EXAMPLES + 1)
 
 
 @pytest.mark.parametrize("url", ["postgresql://[::1", "postgresql://me:secret@[::1/db", "postgres://[::1]x:5432/db"])

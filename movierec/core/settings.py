@@ -45,6 +45,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_FROM = 1_000_000
 # Candidates the retrieval stage hands the ranking stage, in evaluation and in serving alike.
 CANDIDATES = 100
+LOCAL_SEARCH_EXAMPLES = 5_000_000  # see RaySettings.uses_ray_tune
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 # The backends a Metaflow @secrets source names (Metaflow's SECRETS_PROVIDERS, but its "inline" one
 # for tests), written "<backend>.<secret id>".
@@ -383,6 +384,12 @@ class RaySettings:
                          "(more than one --retrieval-workers, or a cluster to join with --ray-address), and one local "
                          "worker trains in the step's own process, the same loop without Ray Train's start-up; "
                          "always: with Ray Train in every case", choices=("auto", "always"))
+    tune: str = setting("auto", "ray-tune", "auto: the rating model's search runs its trials with Ray Tune when that "
+                        f"pays (a cluster to join with --ray-address, or more than {LOCAL_SEARCH_EXAMPLES:,} "
+                        "training examples over all trials: samples x epochs x trial ratings), and otherwise one "
+                        "after another in the step's own process, with the same search space and early-stopping "
+                        "rule (ASHA) but without Ray's start-up; always: with Ray Tune in every case",
+                        choices=("auto", "always"))
 
     def beside_tuning(self) -> RaySettings:
         """train_retrieval's settings: it runs at the same time as tune_ranking, each step with
@@ -396,11 +403,29 @@ class RaySettings:
             return self
         return replace(self, num_cpus=-(-self.num_cpus // 2))
 
+    def beside_retrieval(self) -> RaySettings:
+        """tune_ranking's settings when its search runs in the step's own process (``uses_ray_tune``)
+        beside train_retrieval: the CPUs train_retrieval leaves (``beside_tuning``), at least one.
+        Its trials then train one after another, each on all of those threads; told the whole
+        machine, its threads and retrieval's waited on each other's cores (ML-100K: trials at 25k
+        examples/s instead of 85k)."""
+        if self.address:
+            return self
+        return replace(self, num_cpus=max(1, self.num_cpus - self.beside_tuning().num_cpus))
+
     def uses_ray_train(self, workers: int) -> bool:
         """Whether ``workers`` retrieval workers train with Ray Train (``train``). One local worker
         has nothing to spread: Ray Train would only start a Ray instance, a controller and a worker
         process around the same loop, 15-25 s on a 2-core machine where ML-100K's epochs take 3 s."""
         return self.train == "always" or workers > 1 or bool(self.address)
+
+    def uses_ray_tune(self, examples: int) -> bool:
+        """Whether the rating search, ``examples`` training examples over all its trials at most,
+        runs with Ray Tune (``tune``). Ray's start-up and a worker process per trial cost 20-25 s
+        on a 2-core machine, where ML-100K's whole search trains in ~10 s: running trials side by
+        side pays only once the search takes minutes (``LOCAL_SEARCH_EXAMPLES``: ~1 min at the
+        ~85k examples/s of one thread)."""
+        return self.tune == "always" or bool(self.address) or examples > LOCAL_SEARCH_EXAMPLES
 
 
 @dataclass(frozen=True)

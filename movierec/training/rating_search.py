@@ -1,14 +1,17 @@
-"""The rating model's hyper-parameter search with Ray Tune, and its blend with biased matrix factorisation.
+"""The rating model's hyper-parameter search (with Ray Tune, or in the step's process on small data), and its
+blend with biased matrix factorisation.
 
 Kept apart from ``movierec.models.rating_model`` (the model itself) so the model reads without Ray.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,31 +37,61 @@ from movierec.models.torch_runtime import (
 )
 
 
-def search_space() -> dict:
-    from ray import tune
+@dataclass(frozen=True)
+class Choice:
+    """A hyper-parameter taking one of ``values``, each as likely."""
 
-    return {
-        "dim": tune.choice([32, 64, 128]),
-        "hidden": tune.choice([32, 64, 128]),
-        "dropout": tune.uniform(0.0, 0.4),
-        "lr": tune.loguniform(1e-3, 5e-3),
-        "weight_decay": tune.loguniform(1e-5, 5e-4),  # dense layers
-        "l2": tune.loguniform(1e-2, 3e-1),  # id embeddings and biases, per rating (see RatingModel.id_l2)
-        "batch_size": tune.choice([512, 1024]),  # smaller batches cost more per example than they gain
-    }
+    values: tuple
+
+    def sample(self, rng: np.random.Generator) -> object:
+        return self.values[int(rng.integers(len(self.values)))]
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """A hyper-parameter drawn uniformly from [low, high), or its logarithm uniformly (``log``)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def sample(self, rng: np.random.Generator) -> float:
+        if self.log:
+            return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
+        return float(rng.uniform(self.low, self.high))
+
+
+# The rating model's hyper-parameters. Each search draws its trials' settings from it with the run's
+# seed before it starts (``draw``), so a search with Ray Tune and one in the step's process try the
+# same settings; Ray Tune's own samplers are seeded per process, not by the run.
+SEARCH_SPACE: dict[str, Choice | Uniform] = {
+    "dim": Choice((32, 64, 128)),
+    "hidden": Choice((32, 64, 128)),
+    "dropout": Uniform(0.0, 0.4),
+    "lr": Uniform(1e-3, 5e-3, log=True),
+    "weight_decay": Uniform(1e-5, 5e-4, log=True),  # dense layers
+    "l2": Uniform(1e-2, 3e-1, log=True),  # id embeddings and biases, per rating (see RatingModel.id_l2)
+    "batch_size": Choice((512, 1024)),  # smaller batches cost more per example than they gain
+}
 
 
 def _rmse(model: RatingModel, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> float:
     return rmse(predict(model, users, items), ratings)
 
 
+def draw(samples: int, seed: int) -> list[dict]:
+    """``samples`` trials' settings drawn from ``SEARCH_SPACE`` (the same for the same seed)."""
+    rng = np.random.default_rng(seed)
+    return [{k: domain.sample(rng) for k, domain in SEARCH_SPACE.items()} for _ in range(samples)]
+
+
 @dataclass(frozen=True)
 class TrialPlan:
-    """How a Tune trial runs, apart from the hyper-parameters Tune chooses and the data."""
+    """How a trial runs, apart from the hyper-parameters the search chooses and the data."""
 
     max_epochs: int
     seed: int
-    threads: int  # CPUs Ray gives the trial
+    threads: int  # CPUs the trial trains on (Ray Tune: what Ray reserves for it)
     trials_per_gpu: int = 0  # > 0: each trial gets that share of one GPU and trains there
 
     def resources(self) -> dict[str, float]:
@@ -66,15 +99,9 @@ class TrialPlan:
         return {"cpu": self.threads, **({"gpu": 1 / self.trials_per_gpu} if self.trials_per_gpu else {})}
 
 
-def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
-    """One Tune trial: train, report validation RMSE every epoch, checkpoint only on improvement.
-
-    Checkpointing only improvements makes a trial's latest checkpoint its best one, which is what
-    the driver keeps.
-    """
-    from ray import tune
-
-    training_threads(plan.threads)
+def _epochs(params: dict, data: dict, plan: TrialPlan, label: object) -> Iterator[tuple[dict, RatingModel]]:
+    """One trial's training: after each epoch, that epoch's metrics and the model (trained further
+    when the caller asks for the next). Ray Tune's trials and the step's own run the same loop."""
     device = training_device(plan.resources().get("gpu", 0))
     torch.manual_seed(plan.seed)
     model = RatingModel(data["sizes"], data["user_features"], data["item_features"], data["global_mean"],
@@ -83,12 +110,10 @@ def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
     users, items = index_tensor(data["users"]).to(device), index_tensor(data["items"]).to(device)
     ratings = torch.tensor(data["ratings"], device=device)  # a copy: arrays from Ray's object store are read-only
     gen = torch.Generator().manual_seed(plan.seed)
-    best = float("inf")
-    trial = tune.get_context().get_trial_id()
     for epoch in range(plan.max_epochs):
         model.train()
         total, start = 0.0, time.perf_counter()
-        progress = Progress(len(users), f"[tune_ranking] trial {trial} epoch {epoch + 1}/{plan.max_epochs}")
+        progress = Progress(len(users), f"[tune_ranking] trial {label} epoch {epoch + 1}/{plan.max_epochs}")
         for idx in batches(len(users), params["batch_size"], gen):
             idx = idx.to(device)
             u, i = users[idx], items[idx]
@@ -101,17 +126,66 @@ def _trainable(params: dict, data: dict, plan: TrialPlan) -> None:
             progress.update(len(idx))
         speed = len(users) / max(time.perf_counter() - start, 1e-9)
         val = _rmse(model, data["val_users"], data["val_items"], data["val_ratings"])
-        metrics = {"val_rmse": val, "train_rmse": float(np.sqrt(total / len(users))), "epoch": epoch + 1,
-                   "examples_per_s": speed}
-        print(f"[tune_ranking] trial {trial} epoch {epoch + 1}/{plan.max_epochs} "
+        print(f"[tune_ranking] trial {label} epoch {epoch + 1}/{plan.max_epochs} "
               f"val_rmse {val:.4f} ({speed:,.0f} examples/s)", flush=True)
-        if val < best:
-            best = val
+        yield {"val_rmse": val, "train_rmse": float(np.sqrt(total / len(users))), "epoch": epoch + 1,
+               "examples_per_s": speed}, model
+
+
+def _saved(model: RatingModel) -> bytes:
+    """``model``'s weights as the bytes a checkpoint holds (on the CPU, loadable without a GPU)."""
+    buffer = io.BytesIO()
+    torch.save(cpu_state(model), buffer)
+    return buffer.getvalue()
+
+
+def _trainable(params: dict, data: dict, plan: TrialPlan, configs: list[dict]) -> None:
+    """One Tune trial, of ``configs[params["trial"]]``: report validation RMSE every epoch,
+    checkpoint only on improvement.
+
+    Checkpointing only improvements makes a trial's latest checkpoint its best one, which is what
+    the driver keeps.
+    """
+    from ray import tune
+
+    training_threads(plan.threads)
+    best = float("inf")
+    for metrics, model in _epochs(configs[params["trial"]], data, plan, params["trial"]):
+        if metrics["val_rmse"] < best:
+            best = metrics["val_rmse"]
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save(cpu_state(model), os.path.join(tmp, "model.pt"))
+                Path(tmp, "model.pt").write_bytes(_saved(model))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         else:
             tune.report(metrics)
+
+
+@dataclass
+class Trial:
+    """One trial of either search: its settings, one row of metrics per epoch it trained, and how
+    to read its best epoch's weights (from Tune's checkpoint only when asked: a trial's weights
+    grow with the users and movies, and only the best one's are kept)."""
+
+    label: int | str
+    config: dict
+    history: list[dict]
+    weights: Callable[[], bytes]
+
+    @property
+    def best_val_rmse(self) -> float:
+        return min(row["val_rmse"] for row in self.history)
+
+    def best_epoch(self) -> int:
+        return min(self.history, key=lambda row: row["val_rmse"])["epoch"]
+
+    def summary(self) -> dict:
+        """The trial's row of the report: its settings, epochs trained and best score."""
+        return {"trial": self.label, **{k: self.config[k] for k in sorted(self.config)},
+                "epochs": max(row["epoch"] for row in self.history), "best_val_rmse": self.best_val_rmse}
+
+    def curve(self) -> list[dict]:
+        return [{"trial": self.label, "epoch": row["epoch"], "val_rmse": row["val_rmse"],
+                 "examples_per_s": row["examples_per_s"]} for row in self.history]
 
 
 @dataclass
@@ -130,16 +204,46 @@ class RankingResult:
         return RatingModel.from_state(self.sizes, self.params, state_from_bytes(self.state))
 
 
-def _search(data: dict, plan: TrialPlan, space: dict, storage_path: str, *, name: str, num_samples: int,
-            max_concurrent: int, scheduler: object | None):
-    """One Tune run of ``_trainable`` over ``space``; every trial gets ``plan.threads`` CPUs."""
+@dataclass(frozen=True)
+class Schedule:
+    """Early stopping of the weaker trials, by asynchronous successive halving (ASHA): rungs at
+    ``grace`` epochs times powers of ``reduction`` below ``max_epochs``."""
+
+    max_epochs: int
+    grace: int
+    reduction: int = 3
+
+    def tune(self) -> object:
+        """Ray Tune's ASHAScheduler with these rungs."""
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(max_t=self.max_epochs, grace_period=self.grace, reduction_factor=self.reduction)
+
+    def rungs(self) -> list[int]:
+        """The epochs at which trials are compared, as ASHAScheduler places them."""
+        count = int(np.log(self.max_epochs / self.grace) / np.log(self.reduction) + 1)
+        return [self.grace * self.reduction ** k for k in range(count)]
+
+    def stops(self, recorded: list[float], val_rmse: float) -> bool:
+        """Whether a trial with ``val_rmse`` at a rung stops, given the scores ``recorded`` there
+        before it: ASHAScheduler's rule (it maximises the negated metric), to the same bits."""
+        if not recorded:
+            return False
+        return bool(-val_rmse < np.nanpercentile([-v for v in recorded], (1 - 1 / self.reduction) * 100))
+
+
+def _tune_search(data: dict, plan: TrialPlan, configs: list[dict], storage_path: str, *, name: str,
+                 max_concurrent: int, schedule: Schedule | None) -> list[Trial]:
+    """The trials of ``configs`` with Ray Tune (inside a Ray session), ``max_concurrent`` at a
+    time, each with ``plan.threads`` CPUs, stopped early by ``schedule``."""
     from ray import tune
 
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trainable, data=data, plan=plan), plan.resources()),
-        param_space=space,
-        tune_config=tune.TuneConfig(metric="val_rmse", mode="min", num_samples=num_samples,
-                                    max_concurrent_trials=max_concurrent, scheduler=scheduler),
+        tune.with_resources(tune.with_parameters(_trainable, data=data, plan=plan, configs=configs),
+                            plan.resources()),
+        param_space={"trial": tune.grid_search(list(range(len(configs))))},
+        tune_config=tune.TuneConfig(metric="val_rmse", mode="min", max_concurrent_trials=max_concurrent,
+                                    scheduler=schedule.tune() if schedule else None),
         # A trial checkpoints only when it improves, so its latest checkpoint is its best: the
         # one kept (an ML-100K run kept ~40 files, 41 MB, for ever).
         run_config=tune.RunConfig(storage_path=storage_path, name=name, verbose=0,
@@ -148,21 +252,55 @@ def _search(data: dict, plan: TrialPlan, space: dict, storage_path: str, *, name
     grid = tuner.fit()
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} Tune trial(s) failed: {grid.errors[0]}")
-    return grid
+
+    def weights(result) -> Callable[[], bytes]:
+        def read() -> bytes:
+            with result.checkpoint.as_directory() as d:
+                return Path(d, "model.pt").read_bytes()
+        return read
+
+    columns = ["epoch", "val_rmse", "train_rmse", "examples_per_s"]
+    trials = [Trial(r.config["trial"], configs[r.config["trial"]], r.metrics_dataframe[columns].to_dict("records"),
+                    weights(r)) for r in grid]
+    return sorted(trials, key=lambda t: t.label)
 
 
-def _record(result, label: int | str, trials: list[dict], curves: list[dict]) -> None:
-    """Append a trial's settings and best score to ``trials`` and its learning curve to ``curves``."""
-    df = result.metrics_dataframe
-    trials.append({"trial": label, **{k: result.config[k] for k in sorted(result.config)},
-                   "epochs": int(df["epoch"].max()), "best_val_rmse": float(df["val_rmse"].min())})
-    curves += [{"trial": label, "epoch": int(e), "val_rmse": float(v), "examples_per_s": float(x)}
-               for e, v, x in zip(df["epoch"], df["val_rmse"], df["examples_per_s"])]
+def _local_search(data: dict, plan: TrialPlan, configs: list[dict], schedule: Schedule | None) -> list[Trial]:
+    """The trials of ``configs`` one after another in this process, stopped early by ``schedule``.
+
+    Hand-rolled rather than Ray Tune because on small data Ray's start-up and a process per trial
+    cost more than the search (ML-100K: ~25 s of a 38 s step, its trials ~3 s). The early
+    stopping is ASHAScheduler's (``Schedule.stops``), so with one trial at a time both searches
+    stop the same trials. Torch's settings for training hold for the search only."""
+    threads = torch.get_num_threads()
+    training_threads(plan.threads)
+    rungs: dict[int, list[float]] = {epoch: [] for epoch in (schedule.rungs() if schedule else ())}
+    trials = []
+    try:
+        for label, config in enumerate(configs):
+            history: list[dict] = []
+            best = b""
+            for metrics, model in _epochs(config, data, plan, label):
+                history.append(metrics)
+                if metrics["val_rmse"] == min(row["val_rmse"] for row in history):
+                    best = _saved(model)
+                recorded = rungs.get(metrics["epoch"])
+                if recorded is not None:
+                    stop = schedule.stops(recorded, metrics["val_rmse"])
+                    recorded.append(metrics["val_rmse"])
+                    if stop:
+                        break
+            trials.append(Trial(label, config, history, lambda best=best: best))
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+    return trials
 
 
 def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str) -> RankingResult:
-    """Search the rating model with Ray Tune + ASHA (call inside a Ray session): ``settings.tune``
-    trials, ``settings.ray.num_cpus`` of them at a time.
+    """Search the rating model: ``settings.tune.samples`` trials with ASHA early stopping, with Ray
+    Tune (call inside a Ray session), ``settings.ray.num_cpus`` trials at a time, or one after
+    another in this process where Ray would cost more than it spreads (``uses_ray_tune``).
 
     Trials train on at most ``settings.tune.trial_ratings`` ratings (a uniform sample), so the
     search costs the same at any data size; when that is a sample, the best settings are then
@@ -170,8 +308,6 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
     ``settings.train_budget``. ``settings.retrieval.history`` adds each user's rated movies to the
     user features (see UserEncoder; it halves throughput for about 0.002 of RMSE on ML-100K).
     """
-    from ray.tune.schedulers import ASHAScheduler
-
     search, seed, concurrency = settings.tune, settings.seed, settings.ray.num_cpus
     # a random sample when capped (the first rows of a user-sorted file were the lowest user ids)
     fit_idx, val_idx = holdout(train_idx, search.val_fraction, seed, cap=search.max_validation)
@@ -189,26 +325,29 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
             "sizes": dict(enc.vocab_sizes), "global_mean": float(enc.rating[fit_idx].mean()),
         }
 
-    scheduler = ASHAScheduler(max_t=search.epochs, grace_period=min(2, search.epochs), reduction_factor=3)
-    grid = _search(data(trial_idx), TrialPlan(search.epochs, seed, 1, search.trials_per_gpu), search_space(),
-                   storage_path, name="ranking", num_samples=search.samples, max_concurrent=concurrency,
-                   scheduler=scheduler)
-    best = grid.get_best_result(metric="val_rmse", mode="min", scope="all")
-    trials, curves = [], []
-    for i, r in enumerate(grid):
-        _record(r, i, trials, curves)
+    schedule = Schedule(search.epochs, min(2, search.epochs))
+    with_ray = uses_ray_tune(settings, len(train_idx))
+    configs = draw(search.samples, seed)
+    if with_ray:
+        trials = _tune_search(data(trial_idx), TrialPlan(search.epochs, seed, 1, search.trials_per_gpu), configs,
+                              storage_path, name="ranking", max_concurrent=concurrency, schedule=schedule)
+    else:
+        print(f"[tune_ranking] {search.samples} trial(s) one after another in this process, "
+              f"{concurrency} thread(s) each", flush=True)
+        trials = _local_search(data(trial_idx), TrialPlan(search.epochs, seed, concurrency, search.trials_per_gpu),
+                               configs, schedule)
+    best = min(trials, key=lambda t: t.best_val_rmse)
     if len(trial_idx) < len(fit_idx):
-        df = best.metrics_dataframe
-        epochs = settings.epochs_for(int(df["epoch"][df["val_rmse"].idxmin()]), len(fit_idx))
+        epochs = settings.epochs_for(best.best_epoch(), len(fit_idx))
         print(f"[tune_ranking] refitting the best settings on all {len(fit_idx):,} ratings for {epochs} epoch(s)",
               flush=True)
-        best = _search(data(fit_idx), TrialPlan(epochs, seed, concurrency, search.trials_per_gpu), dict(best.config),
-                       storage_path,
-                       name="ranking-refit", num_samples=1, max_concurrent=1, scheduler=None,
-                       ).get_best_result(metric="val_rmse", mode="min", scope="all")
-        _record(best, "refit", trials, curves)
-    with best.checkpoint.as_directory() as d, open(os.path.join(d, "model.pt"), "rb") as f:
-        state = f.read()
+        plan = TrialPlan(epochs, seed, concurrency, search.trials_per_gpu)
+        refit = _tune_search(data(fit_idx), plan, [best.config], storage_path, name="ranking-refit",
+                             max_concurrent=1, schedule=None) if with_ray else \
+            _local_search(data(fit_idx), plan, [best.config], None)
+        best = replace(refit[0], label="refit")
+        trials.append(best)
+    state = best.weights()
     params = {k: best.config[k] for k in ("dim", "hidden", "dropout")}
     blend = {}
     if search.blend:
@@ -217,9 +356,17 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
         searched = fit if trial_idx is fit_idx else Interactions.of(enc, trial_idx)  # one copy when not sampled
         blend = _blend(model, searched, fit, Interactions.of(enc, val_idx), settings)
         state = state_to_bytes(model)
-    return RankingResult(state=state, params=params, sizes=dict(enc.vocab_sizes),
-                         val_rmse=float(best.metrics_dataframe["val_rmse"].min()), trials=trials, curves=curves,
+    return RankingResult(state=state, params=params, sizes=dict(enc.vocab_sizes), val_rmse=best.best_val_rmse,
+                         trials=[t.summary() for t in trials], curves=[row for t in trials for row in t.curve()],
                          blend=blend)
+
+
+def uses_ray_tune(settings: Settings, ratings: int) -> bool:
+    """Whether the search over ``ratings`` training ratings runs with Ray Tune (then inside a Ray
+    session), by the most training examples it can take: every trial for every epoch, before
+    early stopping (``RaySettings.uses_ray_tune``)."""
+    search = settings.tune
+    return settings.ray.uses_ray_tune(search.samples * search.epochs * min(search.trial_ratings, ratings))
 
 
 def _blend(model: RatingModel, searched: Interactions, fit: Interactions, val: Interactions, settings: Settings
