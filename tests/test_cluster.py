@@ -14,12 +14,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import assert_retrieval_learns, free_port
 
 from movierec import pipeline
 from movierec.core.settings import RaySettings, RetrievalConfig, Settings
 from movierec.data.split import DataSplit, split_ratings
 from movierec.training import cluster
+from movierec.training.retrieval import RetrievalResult
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -81,23 +82,26 @@ def two_node_cluster(monkeypatch):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def _train_on(address: str, enc, storage: str) -> tuple[list[int], tuple, tuple]:
-    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+def _train_on(address: str, enc, split, storage: str) -> RetrievalResult:
     # Two workers of one CPU each can only be placed with one on each node.
-    cfg = RetrievalConfig(dim=8, hidden=16, epochs=2, workers=2, batch_size=256, patience=5)
+    cfg = RetrievalConfig(dim=16, hidden=32, epochs=4, workers=2, batch_size=256, patience=10,
+                          history=True)  # the optional history path, on 2 workers
     settings = Settings(retrieval=cfg, ray=RaySettings(address=address, num_cpus=2))
-    result = pipeline.train_retrieval(DataSplit(enc, split), settings, storage)
-    users, items = result.embeddings()
-    return [h["epoch"] for h in result.history], users.shape, items.shape
+    return pipeline.train_retrieval(DataSplit(enc, split), settings, storage)
 
 
 def test_retrieval_trains_across_a_two_node_cluster(two_node_cluster, small_encoded, tmp_path):
-    """The driver runs in a process of its own: a process that joined a token-authenticated
-    cluster keeps presenting the token, and the local Ray sessions of later tests then fail."""
+    """The two-tower model on two Ray Train workers, one on each node, learns. The driver runs in a
+    process of its own: a process that joined a token-authenticated cluster keeps presenting the
+    token, and the local Ray sessions of later tests then fail."""
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        epochs, users, items = pool.submit(_train_on, two_node_cluster, small_encoded, str(tmp_path)).result()
-    assert epochs == [1, 2]
-    assert users == (small_encoded.n_users, 8) and items == (small_encoded.n_items, 8)
+        result = pool.submit(_train_on, two_node_cluster, enc, split, str(tmp_path)).result()
+    assert result.ray_train and [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    users, items = result.embeddings()
+    assert users.shape == (enc.n_users, 16) and items.shape == (enc.n_items, 16)
+    assert_retrieval_learns(result, enc, split, epochs=4)
 
 
 def test_local_session_state_api_fails_fast_despite_a_stale_cluster_file(monkeypatch):
