@@ -3,6 +3,7 @@
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -234,12 +235,15 @@ def ray_trained(small_encoded):
             name="lightgcn")
         # one trial at a time, as the search in this process runs them (see test_the_search_here_...)
         rank = rating_search.tune_ranking(enc, split.train, Settings(tune=TUNE, ray=TUNE_ONE_AT_A_TIME), store)
+        sampled = rating_search.tune_ranking(enc, split.train, replace(SAMPLED, ray=TUNE_ONE_AT_A_TIME), store)
         one = _one_worker(enc, RaySettings(num_cpus=1, train="always"))
-    return enc, split, rank, graph, one
+    return enc, split, rank, graph, one, sampled
 
 
 TUNE = TuneConfig(samples=3, epochs=3)  # seed 42 draws settings of which ASHA stops some at its rung (epoch 2)
 TUNE_ONE_AT_A_TIME = RaySettings(num_cpus=1, tune="always")
+# trials on 500 ratings, the best refitted on all of them for the one pass the budget allows
+SAMPLED = Settings(tune=TuneConfig(samples=2, epochs=3, trial_ratings=500), train_budget=4800)  # 4,800 ratings in train
 
 
 def test_one_worker_trains_the_same_model_here_as_with_ray_train(ray_trained, small_encoded):
@@ -247,7 +251,7 @@ def test_one_worker_trains_the_same_model_here_as_with_ray_train(ray_trained, sm
     seed, the weights and every epoch's loss and validation DCG agree exactly."""
     from movierec.models.torch_runtime import state_from_bytes
 
-    *_, one = ray_trained
+    *_, one, _ = ray_trained
     here = _one_worker(small_encoded, RaySettings(num_cpus=1))
     assert one.ray_train and not here.ray_train
     assert [{k: h[k] for k in ("epoch", "loss", "val_dcg")} for h in one.history] == \
@@ -258,7 +262,7 @@ def test_one_worker_trains_the_same_model_here_as_with_ray_train(ray_trained, sm
 
 def test_ray_train_two_workers_learns(ray_trained):
     """LightGCN on two Ray Train workers (the two-tower model's two workers: test_cluster, on two nodes)."""
-    enc, split, _, lightgcn, _ = ray_trained
+    enc, split, _, lightgcn, *_ = ray_trained
     assert_retrieval_learns(lightgcn, enc, split, epochs=4)
 
 
@@ -322,11 +326,35 @@ def test_the_search_here_stops_trials_by_ray_tunes_asha_rule(max_epochs, grace):
                 break
 
 
-def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(small_encoded):
-    enc = small_encoded
+def _sampled_search_here(enc):
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
-    budget = Settings(tune=TuneConfig(samples=2, epochs=3, trial_ratings=500), train_budget=len(split.train))
-    sampled = rating_search.tune_ranking(enc, split.train, budget, "unused")
+    return rating_search.tune_ranking(enc, split.train, replace(SAMPLED, ray=RaySettings(num_cpus=1)), "unused")
+
+
+def test_ray_tune_refits_on_all_ratings_as_the_search_here_does(ray_trained, small_encoded):
+    """The refit of the best sampled trial, with Ray Tune and in this process: the same trials, refit and weights."""
+    from movierec.models.torch_runtime import state_from_bytes
+
+    *_, tuned = ray_trained
+    here = _sampled_search_here(small_encoded)
+    assert tuned.ray_tune and not here.ray_tune
+    assert here.trials == tuned.trials and [t["trial"] for t in here.trials] == [0, 1, "refit"]
+    a, b = state_from_bytes(here.state), state_from_bytes(tuned.state)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_trial_that_diverged_is_never_the_best():
+    """A NaN validation RMSE is no score: Python's min would have picked it (min([nan, 0.9]) is nan)."""
+    rows = [{"epoch": e, "val_rmse": v, "examples_per_s": 1.0} for e, v in ((1, float("nan")), (2, 0.95), (3, 0.95))]
+    trial = rating_search.Trial(0, {}, rows, bytes)
+    assert trial.best_val_rmse == 0.95 and trial.best_epoch() == 2  # the first of equal scores, as a trial keeps
+    diverged = rating_search.Trial(1, {}, rows[:1], bytes)
+    assert diverged.best_val_rmse == float("inf")
+    assert min([diverged, trial], key=lambda t: t.best_val_rmse) is trial
+
+
+def test_tune_on_a_sample_then_refits_the_best_on_all_ratings(small_encoded):
+    sampled = _sampled_search_here(small_encoded)
     searched, refit = sampled.trials[:2], sampled.trials[2]
     assert [t["trial"] for t in sampled.trials] == [0, 1, "refit"]
     best = min(searched, key=lambda t: t["best_val_rmse"])

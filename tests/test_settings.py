@@ -63,19 +63,24 @@ def test_a_cluster_is_not_split():
 
 
 def test_the_rating_search_starts_ray_only_where_it_pays():
-    """ML-100K's search (6 trials x 8 epochs x ~72k ratings, 3.5M examples) runs in the step's
-    process; ML-1M's (~35M), a cluster's, or one told ``always`` runs with Ray Tune."""
+    """ML-100K's search (6 trials x 8 epochs x 80k ratings, 3.84M examples) runs in the step's
+    process; ML-1M's (~38M), a cluster's, one whose trials share GPUs, or one told ``always`` runs
+    with Ray Tune; a refit on all ratings counts."""
     from movierec.core.settings import LOCAL_SEARCH_EXAMPLES, Settings, TuneConfig
     from movierec.training.rating_search import uses_ray_tune
 
-    ml100k, ml1m = 72_000, 720_000
+    ml100k, ml1m = 80_000, 800_000
     assert not uses_ray_tune(Settings(), ml100k)
     assert uses_ray_tune(Settings(), ml1m)
     assert uses_ray_tune(Settings(ray=RaySettings(tune="always")), ml100k)
     assert uses_ray_tune(Settings(ray=RaySettings(address="10.0.0.5:6379")), ml100k)
-    # a search of exactly the limit stays here; trial ratings are capped at --tune-trial-ratings
+    assert uses_ray_tune(Settings(tune=TuneConfig(trials_per_gpu=2)), ml100k)
+    # 2 x 2 x 1M sampled ratings is 4M; the refit on all 2M ratings adds 2 x 2M
+    assert uses_ray_tune(Settings(tune=TuneConfig(samples=2, epochs=2)), 2_000_000)
+    assert not uses_ray_tune(Settings(tune=TuneConfig(samples=2, epochs=2)), 1_000_000)
+    # a search of exactly the limit stays here (all ratings in the trials: no refit)
     exact = Settings(tune=TuneConfig(samples=1, epochs=1, trial_ratings=LOCAL_SEARCH_EXAMPLES))
-    assert not uses_ray_tune(exact, 10 * LOCAL_SEARCH_EXAMPLES)
+    assert not uses_ray_tune(exact, LOCAL_SEARCH_EXAMPLES)
     over = Settings(tune=TuneConfig(samples=1, epochs=1, trial_ratings=LOCAL_SEARCH_EXAMPLES + 1))
     assert uses_ray_tune(over, LOCAL_SEARCH_EXAMPLES + 1)
 

@@ -345,16 +345,18 @@ class RankerConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The rating model's hyper-parameter search with Ray Tune (``movierec.models.rating_model``)."""
+    """The rating model's hyper-parameter search (``movierec.training.rating_search``: with Ray Tune, or in
+    the step's process on small data, see ``RaySettings.uses_ray_tune``)."""
 
-    samples: int = setting(6, "tune-samples", "Ray Tune trials for the rating model", minimum=1)
-    epochs: int = setting(8, "tune-epochs", "most epochs a Tune trial may train (ASHA stops early)", minimum=1)
-    trial_ratings: int = setting(1_000_000, "tune-trial-ratings", "Tune trials train on a sample of at most this "
-                                 "many ratings; on larger data the best settings are then refitted once on all of "
-                                 "them", minimum=1)
+    samples: int = setting(6, "tune-samples", "trials of the rating model's search", minimum=1)
+    epochs: int = setting(8, "tune-epochs", "most epochs a trial may train (ASHA stops early)", minimum=1)
+    trial_ratings: int = setting(1_000_000, "tune-trial-ratings", "trials train on a sample of at most this many "
+                                 "ratings; on larger data the best settings are then refitted once on all of them",
+                                 minimum=1)
     val_fraction: float = 0.1  # of train, never test
     max_validation: int = 200_000  # a stable validation RMSE at any data size, cheap every epoch
-    trials_per_gpu: int = setting(0, "tune-trials-per-gpu", "Tune trials sharing one GPU (0: trials run on CPU)",
+    trials_per_gpu: int = setting(0, "tune-trials-per-gpu", "Ray Tune trials sharing one GPU (0: trials run on CPU); "
+                                  "more than 0 always searches with Ray Tune",
                                   minimum=0)
     blend: bool = setting(True, "rating-blend", "blend the chosen rating model with biased matrix factorisation "
                           "(ALS), the weight fitted on the validation ratings")
@@ -392,13 +394,13 @@ class RaySettings:
                         choices=("auto", "always"))
 
     def beside_tuning(self) -> RaySettings:
-        """train_retrieval's settings: it runs at the same time as tune_ranking, each step with
-        its own local Ray instance, so it takes half of ``num_cpus`` (the odd one too; at least
-        one). Both told the whole machine ran 4 torch threads on 2 cores, and threads of one op
-        that wait for a core spin. tune_ranking keeps them all: its trials are one thread each,
-        which share cores cleanly, and it runs 2-3x longer than retrieval (1M ratings: 270 s
-        against 110 s), so a fixed half left a core idle for most of it. A cluster (``address``)
-        schedules its own CPUs."""
+        """train_retrieval's settings: it runs at the same time as tune_ranking on the same machine,
+        so it takes half of ``num_cpus`` (the odd one too; at least one). Both told the whole
+        machine ran 4 torch threads on 2 cores, and threads of one op that wait for a core spin. A
+        Ray Tune search keeps them all: its trials are one thread each, which share cores cleanly,
+        and it runs 2-3x longer than retrieval (1M ratings: 270 s against 110 s), so a fixed half
+        left a core idle for most of it; a search in tune_ranking's own process takes the rest
+        (``beside_retrieval``). A cluster (``address``) schedules its own CPUs."""
         if self.address:
             return self
         return replace(self, num_cpus=-(-self.num_cpus // 2))
@@ -422,9 +424,11 @@ class RaySettings:
     def uses_ray_tune(self, examples: int) -> bool:
         """Whether the rating search, ``examples`` training examples over all its trials at most,
         runs with Ray Tune (``tune``). Ray's start-up and a worker process per trial cost 20-25 s
-        on a 2-core machine, where ML-100K's whole search trains in ~10 s: running trials side by
-        side pays only once the search takes minutes (``LOCAL_SEARCH_EXAMPLES``: ~1 min at the
-        ~85k examples/s of one thread)."""
+        on a 2-core machine, where ML-100K's default search (3.84M examples at most, ASHA stops
+        about half) trains in ~35 s on one thread: running trials side by side pays only once the
+        search takes minutes (``LOCAL_SEARCH_EXAMPLES``: ~1 min at the ~85k examples/s of one
+        thread). Calibrated on 2 cores; with many more CPUs, Ray Tune's side-by-side trials pay
+        sooner (``--ray-tune always``)."""
         return self.tune == "always" or bool(self.address) or examples > LOCAL_SEARCH_EXAMPLES
 
 

@@ -111,8 +111,10 @@ def ranking_card(result: RankingResult | None) -> list:
     curves = [{k: c[k] for k in ("trial", "epoch", "val_rmse")} for c in result.curves if c["trial"] in charted]
     some = f" (the {CARD_CURVES} best of {len(ranked)})" if len(ranked) > CARD_CURVES else ""
     return [
-        heading("Rating model search (Ray Tune + ASHA)",
-                [f"Best validation RMSE **{result.val_rmse:.4f}** with {result.params}."]),
+        heading("Rating model search (ASHA)",
+                [f"Best validation RMSE **{result.val_rmse:.4f}** with {result.params}. Trials: "
+                 + ("Ray Tune" if result.ray_tune else "one after another in the step's process: Ray's start-up "
+                    "would cost more than it spreads (--ray-tune always uses it)") + "."]),
         line_chart(curves, "epoch", "val_rmse", f"Validation RMSE per epoch, by trial{some}", color="trial"),
         table(ranked[:CARD_ROWS]),
         *([heading("Blend with biased matrix factorisation (ALS-WR)",

@@ -163,8 +163,8 @@ def _trainable(params: dict, data: dict, plan: TrialPlan, configs: list[dict]) -
 @dataclass
 class Trial:
     """One trial of either search: its settings, one row of metrics per epoch it trained, and how
-    to read its best epoch's weights (from Tune's checkpoint only when asked: a trial's weights
-    grow with the users and movies, and only the best one's are kept)."""
+    to read its best epoch's weights (read from Tune's checkpoint only when asked; in this process
+    only the best trial's are kept: a trial's weights grow with the users and movies)."""
 
     label: int | str
     config: dict
@@ -173,10 +173,12 @@ class Trial:
 
     @property
     def best_val_rmse(self) -> float:
-        return min(row["val_rmse"] for row in self.history)
+        """The lowest finite validation RMSE (inf when every epoch diverged: such a trial is never the best)."""
+        return min((row["val_rmse"] for row in self.history if np.isfinite(row["val_rmse"])), default=float("inf"))
 
     def best_epoch(self) -> int:
-        return min(self.history, key=lambda row: row["val_rmse"])["epoch"]
+        """The first epoch with that score: the one whose weights a trial keeps."""
+        return next(row["epoch"] for row in self.history if row["val_rmse"] == self.best_val_rmse)
 
     def summary(self) -> dict:
         """The trial's row of the report: its settings, epochs trained and best score."""
@@ -199,6 +201,7 @@ class RankingResult:
     trials: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)  # rows of trial, epoch, val_rmse
     blend: dict = field(default_factory=dict)  # the chosen blend with matrix factorisation, and each one tried
+    ray_tune: bool = True  # False: the trials ran one after another in the step's process (uses_ray_tune)
 
     def model(self) -> RatingModel:
         return RatingModel.from_state(self.sizes, self.params, state_from_bytes(self.state))
@@ -269,32 +272,42 @@ def _local_search(data: dict, plan: TrialPlan, configs: list[dict], schedule: Sc
     """The trials of ``configs`` one after another in this process, stopped early by ``schedule``.
 
     Hand-rolled rather than Ray Tune because on small data Ray's start-up and a process per trial
-    cost more than the search (ML-100K: ~25 s of a 38 s step, its trials ~3 s). The early
+    cost more than the search (ML-100K at the test budget: ~25 s of a 38 s step, its trials ~3 s). The early
     stopping is ASHAScheduler's (``Schedule.stops``), so with one trial at a time both searches
     stop the same trials. Torch's settings for training hold for the search only."""
     threads = torch.get_num_threads()
     training_threads(plan.threads)
     rungs: dict[int, list[float]] = {epoch: [] for epoch in (schedule.rungs() if schedule else ())}
-    trials = []
+    trials: list[Trial] = []
+    kept: dict[int, bytes] = {}  # the best trial's weights so far: a trial's grow with the users and movies
     try:
         for label, config in enumerate(configs):
             history: list[dict] = []
-            best = b""
+            best, weights = float("inf"), b""
             for metrics, model in _epochs(config, data, plan, label):
                 history.append(metrics)
-                if metrics["val_rmse"] == min(row["val_rmse"] for row in history):
-                    best = _saved(model)
+                if metrics["val_rmse"] < best:  # a strict improvement, as a Tune trial checkpoints
+                    best, weights = metrics["val_rmse"], _saved(model)
                 recorded = rungs.get(metrics["epoch"])
                 if recorded is not None:
                     stop = schedule.stops(recorded, metrics["val_rmse"])
                     recorded.append(metrics["val_rmse"])
                     if stop:
                         break
-            trials.append(Trial(label, config, history, lambda best=best: best))
+            trials.append(Trial(label, config, history, lambda label=label: _kept(kept, label)))
+            if best < min((t.best_val_rmse for t in trials[:-1]), default=float("inf")):
+                kept.clear()
+                kept[label] = weights
     finally:
         torch.set_num_threads(threads)
         torch.set_flush_denormal(False)
     return trials
+
+
+def _kept(kept: dict[int, bytes], label: int) -> bytes:
+    if label not in kept:
+        raise RuntimeError(f"trial {label}'s weights were not kept: only the best trial's are")
+    return kept[label]
 
 
 def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str) -> RankingResult:
@@ -337,6 +350,9 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
         trials = _local_search(data(trial_idx), TrialPlan(search.epochs, seed, concurrency, search.trials_per_gpu),
                                configs, schedule)
     best = min(trials, key=lambda t: t.best_val_rmse)
+    if not np.isfinite(best.best_val_rmse):
+        raise RuntimeError(f"every one of the {len(trials)} rating-model trial(s) diverged (no finite validation "
+                           "RMSE): lower the learning rates in the search space or check the ratings")
     if len(trial_idx) < len(fit_idx):
         epochs = settings.epochs_for(best.best_epoch(), len(fit_idx))
         print(f"[tune_ranking] refitting the best settings on all {len(fit_idx):,} ratings for {epochs} epoch(s)",
@@ -358,15 +374,18 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
         state = state_to_bytes(model)
     return RankingResult(state=state, params=params, sizes=dict(enc.vocab_sizes), val_rmse=best.best_val_rmse,
                          trials=[t.summary() for t in trials], curves=[row for t in trials for row in t.curve()],
-                         blend=blend)
+                         blend=blend, ray_tune=with_ray)
 
 
 def uses_ray_tune(settings: Settings, ratings: int) -> bool:
     """Whether the search over ``ratings`` training ratings runs with Ray Tune (then inside a Ray
-    session), by the most training examples it can take: every trial for every epoch, before
-    early stopping (``RaySettings.uses_ray_tune``)."""
+    session): where trials share GPUs (``tune.trials_per_gpu``: Ray's fractional GPUs), or by the
+    most training examples it can take (``RaySettings.uses_ray_tune``): every trial for every
+    epoch before early stopping, and the refit on all ratings when trials train on a sample."""
     search = settings.tune
-    return settings.ray.uses_ray_tune(search.samples * search.epochs * min(search.trial_ratings, ratings))
+    refit = search.epochs * ratings if ratings > search.trial_ratings else 0
+    examples = search.samples * search.epochs * min(search.trial_ratings, ratings) + refit
+    return search.trials_per_gpu > 0 or settings.ray.uses_ray_tune(examples)
 
 
 def _blend(model: RatingModel, searched: Interactions, fit: Interactions, val: Interactions, settings: Settings
