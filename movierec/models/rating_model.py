@@ -1,9 +1,9 @@
 """The rating model (its search: ``movierec.training.rating_search``).
 
 The model predicts a user's star rating for a movie: global mean + user bias + movie bias + a
-dot product of embeddings + an MLP over the user and movie features. A search with ASHA (Ray
-Tune where it pays) chooses its settings: which stops weak trials after a few epochs so more of the budget goes to
-promising ones. Selection uses a validation split carved from train, never the test split.
+dot product of embeddings + an MLP over the user and movie features. A search (Ray Tune where it
+pays) chooses its settings with ASHA, which stops weak trials after a few epochs so more of the
+budget goes to promising ones. Selection uses a validation split carved from train, never the test split.
 The chosen model is then blended with biased matrix factorisation (``movierec.models.factorization``),
 the weight fitted on the same validation ratings; the blend is folded into the model's tables, so
 everything that serves the rating model (torch, ONNX) serves the blend unchanged.

@@ -7,7 +7,8 @@ runtime without reading the blocks, and serving's torch backend loads a state wi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -48,6 +49,20 @@ def training_threads(n: int) -> None:
     flush, rating-model trials slowed from ~80k to ~8k examples/s after ~1,500 steps."""
     torch.set_num_threads(max(1, n))
     torch.set_flush_denormal(True)
+
+
+@contextlib.contextmanager
+def training_threads_here(n: int) -> Iterator[None]:
+    """:func:`training_threads` for the block only, for training in a process that goes on after
+    it (a flow step's): its thread count comes back, and subnormals are kept again (torch's
+    default), as they were beside a Ray worker."""
+    threads = torch.get_num_threads()
+    training_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
 
 
 def bf16_autocast(precision: str, device: torch.device) -> bool:

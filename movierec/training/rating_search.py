@@ -34,6 +34,7 @@ from movierec.models.torch_runtime import (
     state_to_bytes,
     training_device,
     training_threads,
+    training_threads_here,
 )
 
 
@@ -178,7 +179,8 @@ class Trial:
 
     def best_epoch(self) -> int:
         """The first epoch with that score: the one whose weights a trial keeps."""
-        return next(row["epoch"] for row in self.history if row["val_rmse"] == self.best_val_rmse)
+        best = self.best_val_rmse
+        return next(row["epoch"] for row in self.history if row["val_rmse"] == best)
 
     def summary(self) -> dict:
         """The trial's row of the report: its settings, epochs trained and best score."""
@@ -275,12 +277,10 @@ def _local_search(data: dict, plan: TrialPlan, configs: list[dict], schedule: Sc
     cost more than the search (ML-100K at the test budget: ~25 s of a 38 s step, its trials ~3 s). The early
     stopping is ASHAScheduler's (``Schedule.stops``), so with one trial at a time both searches
     stop the same trials. Torch's settings for training hold for the search only."""
-    threads = torch.get_num_threads()
-    training_threads(plan.threads)
     rungs: dict[int, list[float]] = {epoch: [] for epoch in (schedule.rungs() if schedule else ())}
     trials: list[Trial] = []
     kept: dict[int, bytes] = {}  # the best trial's weights so far: a trial's grow with the users and movies
-    try:
+    with training_threads_here(plan.threads):
         for label, config in enumerate(configs):
             history: list[dict] = []
             best, weights = float("inf"), b""
@@ -298,9 +298,6 @@ def _local_search(data: dict, plan: TrialPlan, configs: list[dict], schedule: Sc
             if best < min((t.best_val_rmse for t in trials[:-1]), default=float("inf")):
                 kept.clear()
                 kept[label] = weights
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_flush_denormal(False)
     return trials
 
 

@@ -33,6 +33,7 @@ from movierec.models.torch_runtime import (
     state_from_bytes,
     training_device,
     training_threads,
+    training_threads_here,
 )
 from movierec.models.two_tower import TwoTower, in_batch_loss, popularity_log_q
 from movierec.training.distributed import (
@@ -242,14 +243,9 @@ def _train_here(config: dict, data: dict) -> tuple[bytes, list[dict]]:
     (the kept weights as ``torch.save`` bytes, one row per epoch). Training's torch settings
     (``training_threads``) hold for its duration only: the process goes on as it was (torch's
     default, subnormals kept), as it did beside a Ray Train worker."""
-    threads = torch.get_num_threads()
-    training_threads(config["threads"])
-    try:
+    with training_threads_here(config["threads"]):
         worker = _Worker(0, 1, training_device(config["cfg"]["gpus_per_worker"]), 0, lambda row: None)
         model, history, _ = _epochs(config, data, worker)
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_flush_denormal(False)
     out = io.BytesIO()
     torch.save(_serving_state(model), out)
     return out.getvalue(), history
