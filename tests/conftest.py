@@ -40,7 +40,7 @@ for _var in ("METAFLOW_RUNTIME_ENVIRONMENT", "METAFLOW_DECOSPECS", "METAFLOW_DEF
 
 # Metaflow's Runner loads Metaflow's vendored copy of typing_extensions, which replaces two functions of the
 # standard typing module with versions that do not know the real typing_extensions' TypeVar defaults: any
-# later import of torch.export or onnxscript (the ONNX exporter) then fails. Load it once, and put typing back.
+# later import of torch (it loads torch.export) then fails. Load it once, and put typing back.
 _PATCHED = ("_check_generic", "_collect_parameters", "_collect_type_vars")
 _TYPING = {name: getattr(typing, name, None) for name in _PATCHED}
 import metaflow.runner.click_api  # noqa: E402, F401
