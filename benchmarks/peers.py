@@ -36,6 +36,7 @@ from movierec.data.features import Encoded, encode
 from movierec.data.split import DataSplit, Split, split_ratings
 from movierec.training.evaluation import Evaluator
 
+WARM = [name for name, p in PROTOCOLS.items() if not p.cold]  # peers cannot score movies nobody rated
 RANKING = ["ndcg@10", "p@10", "r@10", "top10", "top100"]
 RATING = ["rmse", "mae"]
 COLUMNS = ["model", *RANKING, *RATING, "fit s", "predict s", "chosen"]
@@ -234,7 +235,8 @@ def goal_rows(results: dict[tuple[str, str], list[dict]], protocols: list[str]) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--protocols", nargs="+", default=WARM, choices=WARM,
+                        help="the protocols of rated movies (coldstart: benchmarks/coldstart.py)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--peers", nargs="+", default=list(SHORT), choices=list(SHORT))
     parser.add_argument("--no-movierec", action="store_true", help="the peers only")

@@ -29,6 +29,7 @@ from movierec.data.features import encode
 from movierec.data.split import DataSplit
 from movierec.training.evaluation import Evaluator
 
+WARM = [name for name, p in PROTOCOLS.items() if not p.cold]  # the coldstart protocol: benchmarks/coldstart.py
 COLUMNS = ["top10", "top50", "top100", "rmse", "mae", "ndcg@10", "p@10", "r@10"]
 OURS = "two-stage (exact retrieval)"
 GRAPH = "LightGCN retrieval only"
@@ -106,7 +107,8 @@ def mean_of(values: list[float | None]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--protocols", nargs="+", default=WARM, choices=WARM,
+                        help="the protocols of rated movies (coldstart: benchmarks/coldstart.py)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--retrieval-epochs", type=int, default=RetrievalConfig.epochs)
     parser.add_argument("--lightgcn-epochs", type=int, default=LIGHTGCN_EPOCHS,

@@ -42,7 +42,7 @@ def test_shipped_files_parse_and_the_defaults_are_the_dataclasses():
     ('{"retrieval": {"epochs": "ten"}}', 'retrieval.epochs .* must be an integer, got "ten"'),
     ('{"retrieval": {"history": 1}}', "retrieval.history .* must be true or false, got 1"),
     ('{"seed": true}', "seed .* must be an integer, got true"),
-    ('{"protocol": "loo"}', 'protocol .* must be one of tfrs, msr, temporal, got "loo"'),
+    ('{"protocol": "loo"}', 'protocol .* must be one of tfrs, msr, temporal, coldstart, got "loo"'),
     ('{"retrieval": {"gpus_per_worker": 2}}', r"retrieval.gpus_per_worker \(--gpus-per-worker\) must be 0 or 1"),
     ('{"seed": 1,\n "protocol": }', "not valid JSON: Expecting value at line 2, column 14"),
     ("protocol: [msr", "neither JSON nor valid YAML"),

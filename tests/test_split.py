@@ -134,3 +134,19 @@ def test_ratings_users_sent_after_the_cutoff_all_reach_training_and_the_test_spl
                            np.append(t, 20_000 + np.arange(len(sent_u))), n_base=len(u))
     assert np.array_equal(joined.test, data.test)
     assert joined.feedback_train == len(sent_u) and set(range(len(u), len(u) + len(sent_u))) <= set(joined.train)
+
+
+def test_coldstart_holds_out_whole_movies_with_every_rating_of_known_users():
+    """A tenth of the rated movies leave train with all their ratings; their ratings by users known in train
+    are the test split (the others are dropped and counted); seeded."""
+    u, i, t = _toy(n=2000, users=60, items=50)
+    s = split_ratings(u, i, t, "coldstart", 0.1, seed=3)
+    cold = np.unique(i[s.test])
+    assert len(cold) == 5  # round(0.1 x 50 rated movies)
+    assert not np.isin(i[s.train], cold).any()  # no held-out movie has a training rating
+    of_cold = np.flatnonzero(np.isin(i, cold))
+    known = np.isin(u[of_cold], u[s.train])
+    assert np.array_equal(s.test, of_cold[known]) and s.dropped_test == int((~known).sum())
+    assert len(s.train) + len(of_cold) == len(u)
+    assert np.array_equal(split_ratings(u, i, t, "coldstart", 0.1, seed=3).test, s.test)
+    assert not np.array_equal(np.unique(i[split_ratings(u, i, t, "coldstart", 0.1, seed=4).test]), cold)

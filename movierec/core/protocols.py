@@ -21,6 +21,11 @@ class Protocol:
     # same model, which was measured on another split
     measured: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def cold(self) -> bool:
+        """Whether the test split holds out whole movies: only models reading movie features score them."""
+        return self.split_method == "coldstart"
+
     def others(self) -> list[dict[str, str]]:
         """Rows for reports: the measured peers first, then what was published elsewhere."""
         return ([{"model": m, "figures": f, "where": "measured on these splits (benchmarks/peers.py, 3 seeds)"}
@@ -51,6 +56,12 @@ PROTOCOLS = {
         "first seen after the cutoff cannot be scored and are dropped (counted in the split card)",
         measured=(("BiVAE (cornac)", "nDCG@10 0.191, R@10 0.079"), ("EASEᴿ (cornac)", "nDCG@10 0.177, R@10 0.096"),
                   ("SVD++ (Surprise)", "RMSE 0.975"))),
+    "coldstart": Protocol(
+        name="coldstart", split_method="coldstart", test_fraction=0.1,
+        description="Movies nobody has rated yet: 10% of the rated movies are held out with all their ratings "
+        "(seed 42); each test user ranks the held-out movies, those they rated relevant. Only a model that reads "
+        "a movie's features (the two-tower, a content baseline) can score them: EASEᴿ, ALS, LightGCN and the "
+        "peers know a movie by its ratings alone"),
 }
 
 

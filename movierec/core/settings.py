@@ -488,7 +488,8 @@ class Settings:
 
     data: DataSettings = field(default_factory=DataSettings)
     protocol: str = setting("tfrs", "protocol", "evaluation protocol: tfrs (80/20 random), msr (per-user 75/25), "
-                            "temporal (time cutoff)", choices=tuple(PROTOCOLS))
+                            "temporal (time cutoff), coldstart (10% of the movies held out with all their ratings: "
+                            "recommending movies nobody has rated)", choices=tuple(PROTOCOLS))
     seed: int = setting(42, "seed", "seed for the split, initialisation and data order")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from movierec.data.features import Encoded
 
 # How a split is drawn; an evaluation protocol (``movierec.core.protocols``) names one of these.
-METHODS = ("random", "temporal", "stratified")
+METHODS = ("random", "temporal", "stratified", "coldstart")
 
 
 @dataclass
@@ -43,12 +43,17 @@ class Split:
         }
 
 
-def _known_only(train: np.ndarray, test: np.ndarray, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+def _known_only(train: np.ndarray, test: np.ndarray, user_idx: np.ndarray, item_idx: np.ndarray, *,
+                items: bool = True) -> np.ndarray:
+    """The test ratings whose user (and, with ``items``, whose movie) occurs in train."""
     known_u = np.zeros(user_idx.max(initial=0) + 1, dtype=bool)
-    known_i = np.zeros(item_idx.max(initial=0) + 1, dtype=bool)
     known_u[user_idx[train]] = True
-    known_i[item_idx[train]] = True
-    return test[known_u[user_idx[test]] & known_i[item_idx[test]]]
+    keep = known_u[user_idx[test]]
+    if items:
+        known_i = np.zeros(item_idx.max(initial=0) + 1, dtype=bool)
+        known_i[item_idx[train]] = True
+        keep &= known_i[item_idx[test]]
+    return test[keep]
 
 
 def split_ratings(
@@ -68,9 +73,13 @@ def split_ratings(
     - ``stratified``: per user, a seeded shuffle of their ratings; the first
       ``round((1 - test_fraction) * n_user)`` are train (Microsoft Recommenders'
       ``python_stratified_split``), so every user is in both sides.
+    - ``coldstart``: a seeded ``test_fraction`` of the rated movies is held out with all their
+      ratings: test is every rating of those movies, train every other rating. What it measures
+      is how well a model recommends movies nobody has rated yet, from their features alone.
 
-    Test ratings whose user or item is absent from train are dropped (and counted), because no
-    model can score an id it has never seen.
+    Test ratings whose user is absent from train are dropped (and counted), and so are those
+    whose item is, except under ``coldstart``, where that is the point: no model can score an id
+    it has never seen, except through its features.
     """
     if method not in METHODS:
         raise ValueError(f"unknown split method {method!r}; expected one of {', '.join(METHODS)}")
@@ -92,6 +101,13 @@ def split_ratings(
         n_train = np.round(counts * (1.0 - test_fraction)).astype(np.int64)
         is_test = position >= n_train[user_idx]
         train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    elif method == "coldstart":
+        rated = np.unique(item_idx)
+        n_cold = min(len(rated) - 1, max(1, int(round(len(rated) * test_fraction))))
+        cold = np.zeros(item_idx.max(initial=0) + 1, dtype=bool)
+        cold[np.random.default_rng(seed).choice(rated, n_cold, replace=False)] = True
+        is_test = cold[item_idx]
+        train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     else:
         # Ties broken by index so the split is deterministic whatever the sort implementation.
         order = np.lexsort((np.arange(n), timestamp))
@@ -99,7 +115,7 @@ def split_ratings(
         cutoff = int(timestamp[order[n - n_test]])
         is_test = timestamp >= cutoff
         train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-    kept = _known_only(train, test, user_idx, item_idx)
+    kept = _known_only(train, test, user_idx, item_idx, items=method != "coldstart")
     return Split(train.astype(np.int64), kept.astype(np.int64), method, len(test) - len(kept), cutoff)
 
 

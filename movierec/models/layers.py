@@ -106,10 +106,13 @@ class ItemEncoder(nn.Module):
         self.out_dim = dim + 2 * feat_dim + feat_dim // 2
         _small_init(self)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, ids: bool = True) -> torch.Tensor:
+        """``ids``: whether the movies' id embeddings count; without them a movie is its features
+        alone, as a movie nobody has rated is."""
+        own = self.id(items)
         return torch.cat(
             [
-                self.id(items),
+                own if ids else torch.zeros_like(own),
                 self.genres(self.f_genres[items]),
                 self.title(self.f_title[items]),
                 self.year(self.f_year[items, 0]),

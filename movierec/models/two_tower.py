@@ -33,8 +33,16 @@ class TwoTower(nn.Module):
     def user_vectors(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         return F.normalize(self.user_mlp(self.user(users, exclude)), dim=-1)
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.item_mlp(self.item(items)), dim=-1)
+    def item_vectors(self, items: torch.Tensor, ids: bool = True) -> torch.Tensor:
+        return F.normalize(self.item_mlp(self.item(items, ids)), dim=-1)
+
+    def content_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """The movies' vectors from their genres, title and year alone: how the model scores a
+        movie nobody has rated, whose id embedding never trained (it stays at its small random
+        start). Training with the id embedding dropped for a share of the pairs, so that the
+        features alone learn to place a movie, ranked held-out movies worse on ML-100K's
+        coldstart split (NDCG@10 0.246 at 25%, 0.235 at 50%, against 0.279 without; seed 42)."""
+        return self.item_vectors(items, ids=False)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pairs: each positive movie is left out of its user's history (see UserEncoder)."""

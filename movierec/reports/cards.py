@@ -71,7 +71,8 @@ def split_card(data_split: DataSplit, protocol: str) -> list:
                 "the data's own: feedback never enters it."] if sent else []
     return [
         heading(f"Split: protocol {protocol}", [get_protocol(protocol).description,
-                f"Test ratings whose user or movie never occurs in train are dropped: **{split.dropped_test}**.",
+                f"Test ratings whose user{'' if get_protocol(protocol).cold else ' or movie'} never occurs in train "
+                f"are dropped: **{split.dropped_test}**.",
                 *feedback]),
         key_values({**split.summary(), "users": enc.n_users, "movies": enc.n_items,
                     **{f"vocabulary: {k}": v for k, v in enc.vocab_sizes.items()}}),
@@ -165,6 +166,15 @@ def evaluation_card(report: Report, protocol: str) -> list:
                                      f"({report.union_size:.0f} in the union on average)."]),
         key_values({name: f"{value:.4f}" for name, value in report.recall.items()}),
     ]
+    if report.cold:
+        k = report.ndcg_k
+        cards += [heading("Movies nobody rated in training", [
+            f"The {report.cold_items:,} movies of the test split without a training rating, ranked among themselves "
+            f"for each test user (NDCG/P/R@{k}; a user's held-out ratings of them relevant). Only a model that reads "
+            "a movie's genres, title and year can score them: EASEᴿ, ALS, LightGCN and the peers know a movie by "
+            "its ratings alone."]),
+            table([{"model": r["model"], **{c: f"{r[c]:.4f}" for c in (f"ndcg@{k}", f"p@{k}", f"r@{k}")}}
+                   for r in report.cold])]
     if p.others():
         cards += [heading("Other systems on this protocol (not this run)"), table(p.others())]
     cards.append(heading("Sample recommendations"))
