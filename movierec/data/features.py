@@ -7,31 +7,15 @@ evaluation share one numbering and the raw ids are recovered only at the edges.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.compute as pc
 
+from movierec.core.movie_features import MAX_TITLE_TOKENS, MovieVocabulary, vocabulary
 from movierec.data.core import Dataset
 
 AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])  # the ml-1m age brackets, applied to raw ages too
-YEAR_BUCKET = 5  # years are grouped in 5-year bins
-_TOKEN = re.compile(r"[a-z0-9']+")
-
-
-def _vocab(values: list[str]) -> dict[str, int]:
-    """Index 0 is reserved for unknown/padding."""
-    return {v: i + 1 for i, v in enumerate(sorted(set(values)))}
-
-
-def _pad(rows: list[list[int]], width: int) -> np.ndarray:
-    out = np.zeros((len(rows), max(1, width)), dtype=np.int64)
-    for i, r in enumerate(rows):
-        r = r[:width]
-        out[i, : len(r)] = r
-    return out
 
 
 @dataclass
@@ -61,7 +45,7 @@ class Encoded:
         return len(self.item_ids)
 
 
-def encode(dataset: Dataset, max_title_tokens: int = 8) -> Encoded:
+def encode(dataset: Dataset, max_title_tokens: int = MAX_TITLE_TOKENS) -> Encoded:
     """Map ids to dense indices (sorted raw ids, so lookups are a binary search) and encode features."""
     r = dataset.ratings
     user_ids = np.unique(r["user_id"].to_numpy())
@@ -83,17 +67,8 @@ def encode(dataset: Dataset, max_title_tokens: int = 8) -> Encoded:
     genres = [genres_all[p] or [] if p >= 0 else [] for p in pos]
     years = np.array([years_all[p] if p >= 0 else 0 for p in pos], dtype=np.int32)
 
-    genre_vocab = _vocab([g for gs in genres for g in gs])
-    tokens = [_TOKEN.findall(t.lower()) for t in titles]
-    counts = Counter(t for ts in tokens for t in set(ts))
-    token_vocab = _vocab([t for t, c in counts.items() if c >= 2])  # singletons carry no shared signal
-    first_year = years[years > 0].min() if (years > 0).any() else 0
-    year_bucket = np.where(years > 0, (years - first_year) // YEAR_BUCKET + 1, 0)
-    item_features = {
-        "genres": _pad([[genre_vocab[g] for g in gs] for gs in genres], max(map(len, genres), default=1)),
-        "title": _pad([[token_vocab[t] for t in ts if t in token_vocab] for ts in tokens], max_title_tokens),
-        "year": year_bucket.astype(np.int64)[:, None],
-    }
+    movies = MovieVocabulary.of(titles, genres, years, max_title_tokens)
+    item_features = movies.features(titles, genres, years)
 
     # Users: age bracket, gender, occupation; users without a row get index 0 everywhere.
     u = dataset.users
@@ -106,8 +81,8 @@ def encode(dataset: Dataset, max_title_tokens: int = 8) -> Encoded:
     ages = pc.fill_null(u["age"], 0).to_numpy() if u.num_rows else np.zeros(0, dtype=np.int32)
     genders = u["gender"].to_pylist()
     occupations = u["occupation"].to_pylist()
-    gender_vocab = _vocab([g for g in genders if g])
-    occ_vocab = _vocab([o for o in occupations if o])
+    gender_vocab = vocabulary([g for g in genders if g])
+    occ_vocab = vocabulary([o for o in occupations if o])
     has = upos >= 0
     age_idx = np.zeros(len(user_ids), dtype=np.int64)
     age_idx[has] = np.searchsorted(AGE_EDGES, ages[upos[has]], side="right") + 1
@@ -119,9 +94,7 @@ def encode(dataset: Dataset, max_title_tokens: int = 8) -> Encoded:
     vocab_sizes = {
         "user": len(user_ids),
         "item": len(item_ids),
-        "genres": len(genre_vocab) + 1,
-        "title": len(token_vocab) + 1,
-        "year": int(year_bucket.max(initial=0)) + 1,
+        **movies.sizes,
         "age": len(AGE_EDGES) + 2,
         "gender": len(gender_vocab) + 1,
         "occupation": len(occ_vocab) + 1,
