@@ -105,3 +105,35 @@ def test_the_report_its_text_and_its_card_carry_the_cold_rows(tiny_models, cold_
     assert f"movies nobody rated in training ({report.cold_items})" in report.to_text()
     rendered = "".join(str(c.render()) for c in evaluation_card(report, "coldstart"))
     assert "Movies nobody rated in training" in rendered and "content kNN baseline" in rendered
+
+
+def test_a_served_model_places_a_movie_by_its_features_as_torch_does(tiny_models, tiny_bundle):
+    """Recommender.movie_vector, numpy alone from item_tower.npz, gives a catalogue movie's title, genres and
+    year the vector TwoTower.content_vectors gives it; what the catalogue never had counts as unknown, and a
+    year after its last falls into the last bucket."""
+    import torch
+
+    from movierec.serving.recommender import Recommender
+
+    data_split, stages = tiny_models
+    enc, rec = data_split.enc, Recommender.from_bytes(tiny_bundle)
+    movies = np.arange(0, enc.n_items, 7)
+    with torch.no_grad():
+        expected = stages.retrieval.model().content_vectors(torch.as_tensor(movies)).numpy()
+    served = np.stack([rec.movie_vector(enc.titles[m], enc.genres[m], int(enc.years[m])) for m in movies])
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    m = int(np.argmax(enc.years))
+    same = rec.movie_vector(enc.titles[m], enc.genres[m], int(enc.years[m]))
+    np.testing.assert_allclose(rec.movie_vector(enc.titles[m] + " Zyzzyva", [*enc.genres[m], "Not A Genre"],
+                                                int(enc.years[m]) + 40), same, atol=1e-6)
+    assert not np.allclose(rec.movie_vector(enc.titles[m], enc.genres[m], 0), same)  # the year is read
+
+
+def test_a_model_without_movie_features_says_it_cannot_place_a_new_movie(tiny_bundle):
+    from movierec.errors import RecommenderError
+    from movierec.serving.recommender import Recommender
+
+    rec = Recommender.from_bytes(tiny_bundle)
+    rec.bundle.item_tower = None  # as a LightGCN model's bundle loads: it has no item_tower.npz
+    with pytest.raises(RecommenderError, match="cannot place a new movie"):
+        rec.movie_vector("A New Movie (2030)", ["Drama"], 2030)

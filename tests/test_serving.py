@@ -323,6 +323,10 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
     (lambda b: _rezip(b, {"rating.npz": _cut_rating_users(b, 4)}, keep_checksums=False),
      "rating.npz: cannot be read .*the rating model is for another number of users"),
     # files that each parse but do not agree (as a publisher bug would write them): IndexErrors at query time
+    (lambda b: _rezip(b, {"item_tower.npz": _cut_npz(b, "item_tower.npz", "genres", 3)}, keep_checksums=False),
+     "item_tower.npz: cannot be read .*feature tables of sizes .*where the catalogue's titles, genres and years"),
+    (lambda b: _rezip(b, {"item_tower.npz": _replace_npz(b, "item_tower.npz", "b1", lambda a: a[:-1])},
+                      keep_checksums=False), "item_tower.npz: cannot be read .*item tower tables disagree: first"),
     (lambda b: _rezip(b, {"items.json": _cut_json(b, "genres", 10)}, keep_checksums=False),
      "items.json: cannot be read .*titles or genres for other than 150 movies"),
     (lambda b: _rezip(b, {"vectors.npz": _cut_npz(b, "vectors.npz", "users", 5)}, keep_checksums=False),
@@ -461,7 +465,9 @@ def test_without_a_model_or_a_run_the_error_says_what_to_do(tmp_path):
 def test_private_bundle_carries_no_user_and_answers_history_requests(tiny_private_bundle, tiny_bundle):
     with zipfile.ZipFile(io.BytesIO(tiny_private_bundle)) as zf:
         names = set(zf.namelist())
-        assert names == {"model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json"}
+        # the item tower has no row per user: it stays, so new movies can still be placed
+        assert names == {"model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json",
+                         "item_tower.npz"}
         assert set(np.load(io.BytesIO(zf.read("ids.npz")))) == {"item_ids", "years"}
         assert set(np.load(io.BytesIO(zf.read("vectors.npz")))) == {"items", "item_baselines", "popularity"}
         assert set(np.load(io.BytesIO(zf.read("sources.npz")))) == {"ease/items", "ease/weights", "als/items"}

@@ -16,6 +16,10 @@ A bundle is a zip (or, inside an installed wheel, a folder) holding:
 - ``ids.npz``: raw movie ids and release years by dense index; with per-user data also raw user
   ids and each user's rated movies
 - ``items.json``: titles and genres by dense index
+- ``item_tower.npz``, with a two-tower retrieval model: its item side without the id embedding
+  (``movierec.serving.item_tower``), which gives a movie added after training its vector from its
+  genres, title and year; the vocabularies that encode them are rebuilt from ``items.json`` and
+  the years (``movierec.core.movie_features``)
 - with per-user data only: ``rating.npz`` (the folded rating model's tables, which serving rates
   with: ``movierec.serving.rating_tables``), ``ranking.pt`` (the rating model's state_dict), ``retrieval.pt`` (the
   retrieval model's) and the ONNX graphs ``ranking.onnx``/``user_tower.onnx`` (``movierec.training.export``,
@@ -48,18 +52,22 @@ from movierec.core.checksums import sha256
 from movierec.errors import BundleError, RecommenderError
 
 if TYPE_CHECKING:  # imported where a bundle is checked: packaging reads bundles (read_bundle) without Annoy
+    from movierec.core.movie_features import MovieVocabulary
     from movierec.models.index import Index
     from movierec.models.second_stage import Ranker, Rate
     from movierec.models.sources import CandidateSource
+    from movierec.serving.item_tower import ItemTowerTables
 
-BUNDLE_FORMAT = 6  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker;
+BUNDLE_FORMAT = 7  # 2: sha256 of every file in model.json, per-user data optional; 3: sources and ranker;
 # 4: rating.npz (served without torch); 5: models of implicit-only data (no rating model); 6: each source's
-# arrays under its name in sources.npz (ALS's user factors moved there from vectors.npz), its settings in model.json
+# arrays under its name in sources.npz (ALS's user factors moved there from vectors.npz), its settings in model.json;
+# 7: item_tower.npz (a two-tower model's item side, for movies added after training)
 CORE_FILES = ("model.json", "vectors.npz", "sources.npz", "items.ann", "ids.npz", "items.json")
+ITEM_TOWER = "item_tower.npz"  # with a two-tower retrieval model (LightGCN knows movies by their ratings alone)
 USER_FILES = ("rating.npz", "ranking.pt", "retrieval.pt")  # present when the bundle carries per-user data
 RATING_FILES = ("rating.npz", "ranking.pt")  # ... and there is a rating model (not for implicit-only data)
 ONNX_FILES = ("ranking.onnx", "user_tower.onnx")  # with per-user data, where the model exports (training.export)
-KNOWN_FILES = (*CORE_FILES, *USER_FILES, *ONNX_FILES)
+KNOWN_FILES = (*CORE_FILES, *USER_FILES, *ONNX_FILES, ITEM_TOWER)
 # Reading caps: a bundle is a file from somewhere else, so a zip bomb or a runaway file must not
 # exhaust memory. ML-20M's largest file (ids.npz, 20M rated movies) is about 0.2 GB.
 MAX_FILE_BYTES = 4 << 30
@@ -176,6 +184,9 @@ class Bundle:
     ranker: Ranker
     backend: str  # what runs the rating model: numpy, onnx, torch; "none" where there is none to run
     rate: Rate | None  # stars of aligned (user, movie) index pairs; None without users or rating model
+    # a new movie's retrieval vector from its features (None: the retrieval model reads no features)
+    item_tower: ItemTowerTables | None = None
+    movies: MovieVocabulary | None = None  # how a new movie's features are encoded, as the catalogue's were
 
 
 def load_bundle(source: str | Path | bytes, backend: str = "numpy", origin: str | None = None) -> Bundle:
@@ -319,10 +330,24 @@ def check_bundle(info: dict, files: dict[str, bytes], origin: str = "bundle", ba
     with _reading(origin, "items.ann"):
         index = Index(files["items.ann"], dim, settings)
         _require(len(index) == n_items, f"{len(index)} indexed movies for {n_items} movie vectors")
+    tower = movies = None
+    if ITEM_TOWER in files:
+        from movierec.core.movie_features import MovieVocabulary
+        from movierec.serving.item_tower import ItemTowerTables
+
+        with _reading(origin, ITEM_TOWER):
+            tower = ItemTowerTables.from_bytes(files[ITEM_TOWER])
+            movies = MovieVocabulary.of(titles, genres, years)
+            _require(tower.sizes == movies.sizes, f"feature tables of sizes {tower.sizes}, where the catalogue's "
+                     f"titles, genres and years make {movies.sizes}")
+            _require(tower.w2.shape[0] == dim, f"vectors of {tower.w2.shape[0]} dimensions for movie vectors of {dim}")
+            diverged = non_finite(dict(vars(tower)))
+            _require(not diverged, f"NaN or infinite values in {', '.join(diverged)}")
     return Bundle(info=info, origin=origin, temperature=temperature, user_data=user_data, implicit=implicit,
                   item_vectors=item_vectors, baselines=baselines, popularity=popularity, user_vectors=user_vectors,
                   item_ids=item_ids, years=years, user_ids=user_ids, rated_indptr=rated_indptr, rated=rated,
-                  titles=titles, genres=genres, index=index, sources=sources, ranker=ranker, backend=used, rate=rate)
+                  titles=titles, genres=genres, index=index, sources=sources, ranker=ranker, backend=used, rate=rate,
+                  item_tower=tower, movies=movies)
 
 
 def rating_backend(files: dict[str, bytes], info: dict, shape: tuple[int, int], choice: str = "numpy") -> Rate:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,16 +49,13 @@ class RatingTables:
         return len(self.u), len(self.v)
 
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, **{f.name: getattr(self, f.name) for f in fields(self)})
-        return buf.getvalue()
+        return npz_of(self)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> RatingTables:
         """The tables of ``rating.npz``, their shapes checked against each other (a ValueError
         says which disagree)."""
-        arrays = np.load(io.BytesIO(blob), allow_pickle=False)
-        tables = cls(**{f.name: np.asarray(arrays[f.name], np.float32) for f in fields(cls)})
+        tables = from_npz(cls, blob)
         n_users, n_items = tables.shape
         dim, hidden = tables.u.shape[1:], tables.w.shape
         checks = {
@@ -69,6 +69,19 @@ class RatingTables:
         if wrong:
             raise ValueError(f"rating tables disagree: {', '.join(wrong)}")
         return tables
+
+
+def npz_of(tables: object) -> bytes:
+    """A dataclass of numpy tables as an ``.npz`` file, one array per field."""
+    buf = io.BytesIO()
+    np.savez(buf, **{f.name: getattr(tables, f.name) for f in fields(tables)})
+    return buf.getvalue()
+
+
+def from_npz(cls: type[T], blob: bytes) -> T:
+    """The dataclass ``cls`` of float32 tables from :func:`npz_of`'s bytes (shapes unchecked)."""
+    arrays = np.load(io.BytesIO(blob), allow_pickle=False)
+    return cls(**{f.name: np.asarray(arrays[f.name], np.float32) for f in fields(cls)})
 
 
 def onnx_session(model: bytes):

@@ -263,6 +263,17 @@ class Recommender:
         found = found[found != m][:k]
         return self._result(found, vectors[found] @ vectors[m], None)
 
+    def movie_vector(self, title: str, genres: Iterable[str], year: int = 0) -> np.ndarray:
+        """The retrieval vector of a movie that was not in training, from its title, genres and
+        release year (0: unknown) alone, as the two-tower model places the catalogue's movies
+        without their ratings (``movierec.serving.item_tower``). Genres and title words the
+        catalogue never had count as unknown."""
+        if self.bundle.item_tower is None:
+            raise RecommenderError("this model cannot place a new movie: its retrieval model reads no movie "
+                                   "features (LightGCN knows movies by their ratings alone)")
+        features = self.bundle.movies.features([str(title)], [list(genres)], np.array([int(year)]))
+        return self.bundle.item_tower(features)[0]
+
     def search(self, query: str, limit: int = 20) -> list[Recommendation]:
         """Movies whose title contains ``query`` (case-insensitive)."""
         q = query.lower()

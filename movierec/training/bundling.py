@@ -39,11 +39,12 @@ def _source_arrays(sources: dict[str, CandidateSource], user_data: bool) -> dict
 def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bool = True) -> bytes:
     """Zip the trained models, vectors, index and vocabularies (the files ``movierec.serving.bundle`` lists);
     ``user_data=False`` leaves out everything that has a row per user."""
-    from movierec.training.export import export_serving_models
+    from movierec.training.export import export_serving_models, item_tower_tables
 
     enc, train_idx = data.enc, data.split.train
     index, sources, ranker = stages.index, stages.sources.final, stages.ranker
     folded = stages.ranking.model().fold() if stages.ranking is not None else None
+    towers = stages.retrieval.model()
     ids = {"item_ids": enc.item_ids, "years": enc.years}
     vectors = {"items": index.item_vectors.astype(np.float32),
                "popularity": np.bincount(enc.item_idx[train_idx], minlength=enc.n_items).astype(np.float32)}
@@ -59,10 +60,14 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
         indptr, rated = Interactions.of(enc, train_idx, stars=False).csr()
         ids.update(user_ids=enc.user_ids, rated_indptr=indptr, rated=rated)
         vectors["users"] = index.user_vectors.astype(np.float32)
-        exported, exports = export_serving_models(folded, stages.retrieval.model(), enc.n_users, enc.n_items)
+        exported, exports = export_serving_models(folded, towers, enc.n_users, enc.n_items)
         files.update({"retrieval.pt": stages.retrieval.state, **exported})
         if stages.ranking is not None:
             files["ranking.pt"] = stages.ranking.state
+    tower = item_tower_tables(towers, enc.item_features)
+    if tower is not None:  # movies added after training get vectors from their features (serving.item_tower)
+        files["item_tower.npz"] = tower[0]
+        exports = {**exports, "item_tower_max_abs_diff": tower[1]}
     sizes = dict(enc.vocab_sizes) if user_data else {k: v for k, v in enc.vocab_sizes.items() if k == "item"}
     files.update({
         "vectors.npz": _npz(**vectors),

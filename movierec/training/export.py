@@ -85,6 +85,34 @@ def rating_tables(folded: nn.Module) -> RatingTables:
                             b=np.asarray(layers[1].bias[0].item(), np.float32))
 
 
+def item_tower_tables(towers: nn.Module, features: dict[str, np.ndarray], *, sample: int = 2048, seed: int = 0
+                      ) -> tuple[bytes, float] | None:
+    """``item_tower.npz`` of a two-tower model (None for LightGCN, which knows movies by their
+    ratings alone) and its largest difference from torch's ``content_vectors`` on a sample of the
+    catalogue's movies, whose padded feature indices ``features`` holds (``Encoded.item_features``).
+    Raises ExportError beyond ``TOLERANCE``."""
+    from movierec.models.two_tower import TwoTower
+    from movierec.serving.item_tower import ItemTowerTables
+
+    if not isinstance(towers, TwoTower):
+        return None
+    item = towers.item
+    first, last = (m for m in towers.item_mlp if isinstance(m, nn.Linear))
+    if [type(m) for m in towers.item_mlp] != [nn.Linear, nn.ReLU, nn.Linear]:
+        raise ExportError(f"item_tower.npz holds an item MLP of linear, ReLU, linear, not {list(towers.item_mlp)}")
+    dim = item.id.embedding_dim  # the id embedding's columns come first (ItemEncoder.forward)
+    with torch.no_grad():
+        tables = ItemTowerTables(*(t.numpy().astype(np.float32) for t in (
+            item.genres.weight, item.title.weight, item.year.weight, first.weight[:, dim:], first.bias,
+            last.weight, last.bias)))
+        rows = np.random.default_rng(seed).integers(0, len(features["year"]), sample)
+        expected = towers.content_vectors(torch.as_tensor(rows)).numpy()
+    difference = float(np.abs(tables({k: v[rows] for k, v in features.items()}) - expected).max())
+    if difference > TOLERANCE:
+        raise ExportError(f"item_tower.npz: numpy differs from torch by {difference:.2e} (> {TOLERANCE:g})")
+    return tables.to_bytes(), difference
+
+
 def export_serving_models(ranker: nn.Module | None, towers: nn.Module, n_users: int, n_items: int, *,
                           sample: int = 2048, seed: int = 0) -> tuple[dict[str, bytes], dict]:
     """The files for a bundle that run without torch (``rating.npz`` and the ONNX graphs) and what
