@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line where known, and what was expected.
+    Here, not in ``movierec.data``, so that code which only reports it (the flow's steps, their
+    cards) need not import the readers and pyarrow."""
+
+
 class RecommenderError(Exception):
     """Base class for errors a caller can act on (bad ids, bad arguments, an unusable bundle)."""
 

@@ -16,21 +16,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 from metaflow.exception import MetaflowException
 
-from movierec import data
 from movierec.core import metrics
 from movierec.core.arrays import Interactions
 from movierec.core.protocols import get_protocol
 from movierec.core.settings import Settings, key_ids
-from movierec.data import synthetic
-from movierec.data.features import Encoded, encode
-from movierec.data.split import DataSplit, Split, join_training, split_ratings
+from movierec.errors import DataError
 from movierec.training.cluster import CLUSTER_HEAD_PORT, ray_session, session_dir, stop_session_processes, storage_path
 from movierec.training.flowconfig import runs_remotely
 
-# The model modules import torch (1.5 s): steps that only load, split or report skip it.
+# The model modules import torch (1.5 s): steps that only load, split or report skip it. The data
+# package imports pyarrow (0.3 s): every step's card is drawn by a process of its own that imports
+# the flow, and so this module, and draws from artifacts (2 per step, 18 per run).
 if TYPE_CHECKING:
     from metaflow import FlowSpec
 
+    from movierec.data import Dataset
+    from movierec.data.features import Encoded
+    from movierec.data.split import DataSplit, Split
     from movierec.models.index import RetrievalIndex
     from movierec.models.second_stage import Ranker
     from movierec.models.sources import SourceModels
@@ -40,12 +42,12 @@ if TYPE_CHECKING:
     from movierec.training.retrieval import RetrievalResult
     from movierec.training.stages import TwoStage
 
-__all__ = ["DataSplit", "InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "publish_time",
+__all__ = ["InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "publish_time",
            "ray_storage", "run_created_us", "split_data", "split_for", "stages", "train_ranker", "train_retrieval",
            "train_retrieval_on_cluster", "tune_ranking", "version_time"]
 
 
-class InputError(MetaflowException, data.DataError):
+class InputError(MetaflowException, DataError):
     """Input the ``start`` step cannot use (data, its settings, the feedback store), said in one
     line: Metaflow prints a MetaflowException as its headline and message, where any other
     exception is an "Internal error" and a 40-line traceback above the one useful line. Still a
@@ -54,7 +56,7 @@ class InputError(MetaflowException, data.DataError):
     headline = "Bad input data"
 
 
-def load_data(settings: Settings) -> data.Dataset:
+def load_data(settings: Settings) -> Dataset:
     """``settings.data``: a user's folder (local, or ``s3://``) or interactions file, a PostgreSQL
     database, a synthetic ML-20M-shaped set, or by default ML-100K (fetched on demand); what
     loading dropped or worked around is printed. Bad input is an :class:`InputError`."""
@@ -64,7 +66,10 @@ def load_data(settings: Settings) -> data.Dataset:
         raise InputError(str(exc)) from exc
 
 
-def _load(settings: Settings) -> data.Dataset:
+def _load(settings: Settings) -> Dataset:
+    from movierec import data
+    from movierec.data import synthetic
+
     source = settings.data
     if sum(map(bool, (source.dir, source.synthetic_ratings, source.source))) > 1:
         raise ValueError("choose one of --data-dir, --data-source and --synthetic-ratings")
@@ -92,7 +97,7 @@ def _load(settings: Settings) -> data.Dataset:
 
         store = source.feedback_store
         if not store.startswith(("postgresql://", "postgres://")) and not Path(store).expanduser().is_file():
-            raise data.DataError(f"{store}: no such ratings store (movierec serve --store writes one)")
+            raise DataError(f"{store}: no such ratings store (movierec serve --store writes one)")
         kept = InteractionStore(store)
         dataset = data.with_feedback(dataset, kept.table(), kept.label, key_ids(source.feedback_leave_out))
     elif source.feedback_leave_out:
@@ -106,6 +111,8 @@ def split_for(enc: Encoded, protocol: str, seed: int, n_base: int | None = None)
     """The train/test split a named evaluation protocol prescribes, drawn over the first
     ``n_base`` ratings (default: all); the ratings after them are feedback, which joins the
     training part only (``split.join_training``)."""
+    from movierec.data.split import join_training, split_ratings
+
     p = get_protocol(protocol)
     n_base = len(enc.user_idx) if n_base is None else n_base
     base = split_ratings(enc.user_idx[:n_base], enc.item_idx[:n_base], enc.timestamp[:n_base], p.split_method,
@@ -117,7 +124,11 @@ def split_data(dataset: dict[str, bytes], settings: Settings) -> DataSplit:
     """The loaded data (``Dataset.to_bytes``) encoded with its feedback, and split as
     ``settings.protocol`` says: the split is the data's own, the feedback is added to its
     training part (``split.join_training``)."""
-    loaded = data.Dataset.from_bytes(dataset)
+    from movierec.data import Dataset
+    from movierec.data.features import encode
+    from movierec.data.split import DataSplit
+
+    loaded = Dataset.from_bytes(dataset)
     enc = encode(replace(loaded, ratings=loaded.with_feedback_rows()))
     return DataSplit(enc, split_for(enc, settings.protocol, settings.seed, loaded.ratings.num_rows))
 

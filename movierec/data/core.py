@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from movierec.core.ids import MAX_ID
+from movierec.errors import DataError
 
 RATINGS_SCHEMA = pa.schema(
     [("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float32()), ("timestamp", pa.int64())]
@@ -35,10 +36,6 @@ USERS_SCHEMA = pa.schema(
 )
 
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line where known, and what was expected."""
 
 
 class DataWarning(UserWarning):
