@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluator = Evaluator(enc, split)
         with tempfile.TemporaryDirectory() as storage:
             model = retrieval.train(enc, split.train, settings, storage)
-        for row in evaluator.cold_rows(model):
+        for row in evaluator.cold_rows(model, model.embeddings()[0]):
             for c in COLUMNS:
                 results[row["model"]][c].append(row[c])
         held_out.append(len(evaluator.cold))

@@ -70,11 +70,12 @@ def test_the_two_tower_and_the_content_baseline_rank_cold_movies_lightgcn_cannot
     cfg = RetrievalConfig(dim=8, hidden=16)
     towers = TwoTower(enc.vocab_sizes, *feature_tensors(enc), cfg.dim, cfg.hidden)
     ev = Evaluator(enc, cold_split.split)
-    rows = ev.cold_rows(RetrievalResult(state_to_bytes(towers), cfg, enc.vocab_sizes))
+    retrieval = RetrievalResult(state_to_bytes(towers), cfg, enc.vocab_sizes)
+    rows = ev.cold_rows(retrieval, retrieval.embeddings()[0])
     assert [r["model"] for r in rows] == ["two-tower (features alone)", "content kNN baseline"]
     assert all(0 < r["ndcg@10"] <= 1 for r in rows)
     graph = RetrievalResult(b"", RetrievalConfig(model="lightgcn"), enc.vocab_sizes)
-    assert [r["model"] for r in ev.cold_rows(graph)] == ["content kNN baseline"]
+    assert [r["model"] for r in ev.cold_rows(graph, retrieval.embeddings()[0])] == ["content kNN baseline"]
 
 
 def test_content_vectors_do_not_read_the_id_embedding(small_encoded):
@@ -137,3 +138,51 @@ def test_a_model_without_movie_features_says_it_cannot_place_a_new_movie(tiny_bu
     rec.bundle.item_tower = None  # as a LightGCN model's bundle loads: it has no item_tower.npz
     with pytest.raises(RecommenderError, match="cannot place a new movie"):
         rec.movie_vector("A New Movie (2030)", ["Drama"], 2030)
+
+
+def test_a_title_year_is_read_as_the_readers_read_it_and_genres_must_be_a_list(tiny_models, tiny_bundle):
+    from movierec.errors import RecommenderError
+    from movierec.serving.recommender import Recommender
+
+    enc, rec = tiny_models[0].enc, Recommender.from_bytes(tiny_bundle)
+    m = int(np.argmax(enc.years))
+    np.testing.assert_allclose(rec.movie_vector(f"{enc.titles[m]} ({enc.years[m]})", enc.genres[m]),
+                               rec.movie_vector(enc.titles[m], enc.genres[m], int(enc.years[m])), atol=1e-6)
+    with pytest.raises(RecommenderError, match="list of genre names"):
+        rec.movie_vector(enc.titles[m], "Drama")
+
+
+def test_a_catalogue_without_years_puts_every_new_movies_year_in_the_unknown_bucket():
+    """Its year table has one row (unknown): a new movie's year must not index past it."""
+    from movierec.core.movie_features import MovieVocabulary
+
+    movies = MovieVocabulary.of(["item 1", "item 2"], [[], []], np.zeros(2, np.int32))
+    assert movies.sizes["year"] == 1
+    assert movies.features(["A New Movie"], [["Drama"]], np.array([2030]))["year"].tolist() == [[0]]
+
+
+def test_ratings_sent_of_a_held_out_movie_stay_out_of_training():
+    """Under coldstart a rating users sent of a held-out movie, by anyone, would make it a rated movie."""
+    from movierec.data.split import join_training
+
+    u, i, t = np.repeat(np.arange(20), 10), np.tile(np.arange(10), 20), np.arange(200)
+    split = split_ratings(u, i, t, "coldstart", 0.2, seed=0)
+    cold = np.unique(i[split.test])
+    # a user the data does not have, so no sent pair is a test pair: only the movie keeps two of them out
+    sent_u, sent_i = np.array([20, 20, 20]), np.array([cold[0], cold[1], np.setdiff1d(np.arange(10), cold)[0]])
+    joined = join_training(split, np.concatenate([u, sent_u]), np.concatenate([i, sent_i]),
+                           np.concatenate([t, [500, 501, 502]]), len(u))
+    items = np.concatenate([i, sent_i])
+    assert not np.isin(items[joined.train], cold).any()
+    assert (joined.feedback_left_out, joined.feedback_train) == (2, 1)
+    assert np.array_equal(joined.test, split.test)
+
+
+def test_lightgcn_has_no_item_tower_to_export(small_encoded):
+    import torch
+
+    from movierec.models.lightgcn import EmbeddingTables
+    from movierec.training.export import item_tower_tables
+
+    tables = EmbeddingTables(torch.zeros(small_encoded.n_users, 4), torch.zeros(small_encoded.n_items, 4))
+    assert item_tower_tables(tables, small_encoded.item_features) is None

@@ -112,7 +112,8 @@ def test_a_bundles_three_rating_backends_recommend_alike(tiny_bundle):
     with zipfile.ZipFile(io.BytesIO(tiny_bundle)) as zf:
         assert {"rating.npz", "ranking.onnx", "user_tower.onnx"} <= set(zf.namelist())
         exports = json.loads(zf.read("model.json"))["exports"]
-    assert exports["files"] == ["rating.npz", "ranking.onnx", "user_tower.onnx"]
+    assert exports["files"] == ["rating.npz", "ranking.onnx", "user_tower.onnx", "item_tower.npz"]
+    assert set(exports["max_abs_diff"]) == set(exports["files"])
     loaded = {backend: Recommender.from_bytes(tiny_bundle, backend) for backend in ("numpy", "onnx", "torch")}
     assert {b: r.backend for b, r in loaded.items()} == {b: b for b in loaded}
     assert Recommender.from_bytes(tiny_bundle).backend == "numpy"

@@ -322,6 +322,8 @@ def test_a_damaged_index_is_refused_by_name_instead_of_crashing(tiny_bundle, tmp
      "rating.npz: cannot be read .*rating tables disagree: user tables"),
     (lambda b: _rezip(b, {"rating.npz": _cut_rating_users(b, 4)}, keep_checksums=False),
      "rating.npz: cannot be read .*the rating model is for another number of users"),
+    (lambda b: _rezip(b, {"item_tower.npz": None}), "model.json: cannot be read .*a two-tower model without its "
+     "item_tower.npz"),
     # files that each parse but do not agree (as a publisher bug would write them): IndexErrors at query time
     (lambda b: _rezip(b, {"item_tower.npz": _cut_npz(b, "item_tower.npz", "genres", 3)}, keep_checksums=False),
      "item_tower.npz: cannot be read .*feature tables of sizes .*where the catalogue's titles, genres and years"),

@@ -18,6 +18,18 @@ import numpy as np
 YEAR_BUCKET = 5  # years are grouped in 5-year bins
 MAX_TITLE_TOKENS = 8
 _TOKEN = re.compile(r"[a-z0-9']+")
+_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
+
+
+def split_title_year(titles: list[str]) -> tuple[list[str], list[int | None]]:
+    """'Toy Story (1995)' -> ('Toy Story', 1995); titles without a year keep year None. Every
+    reader stores titles without the year, so the title words a model learnt never include one."""
+    names, years = [], []
+    for t in titles:
+        m = _TITLE_YEAR.match(t)
+        names.append(m.group(1) if m else t.strip())
+        years.append(int(m.group(2)) if m else None)
+    return names, years
 
 
 def vocabulary(values: list[str]) -> dict[str, int]:
@@ -72,10 +84,11 @@ class MovieVocabulary:
         """The movies' padded feature indices (``genres`` [n, genre_width], ``title`` [n, title_width],
         ``year`` [n, 1]). What the vocabularies do not know counts as unknown: a genre or word they
         lack is left out, a year before the first falls into the first bucket and one after the
-        last into the last, an unknown year (0) is bucket 0."""
+        last into the last, an unknown year (0), or any year where the catalogue knew none, is
+        bucket 0."""
         years = np.asarray(years, dtype=np.int64)
         bucket = np.clip((years - self.first_year) // YEAR_BUCKET + 1, 1, max(1, self.last_bucket))
-        buckets = np.where(years > 0, bucket, 0)
+        buckets = np.where((years > 0) & (self.last_bucket > 0), bucket, 0)
         return {
             "genres": padded([[self.genres[g] for g in gs if g in self.genres] for gs in genres], self.genre_width),
             "title": padded([[self.words[t] for t in title_tokens(title) if t in self.words] for title in titles],

@@ -13,7 +13,6 @@ duplicate movie rows keep the first, and what was dropped or is odd is reported,
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from movierec.core.ids import MAX_ID
+from movierec.core.movie_features import split_title_year  # noqa: F401 (the readers' and movierec.data's)
 from movierec.errors import DataError
 
 RATINGS_SCHEMA = pa.schema(
@@ -34,9 +34,6 @@ ITEMS_SCHEMA = pa.schema(
 USERS_SCHEMA = pa.schema(
     [("user_id", pa.int64()), ("age", pa.int32()), ("gender", pa.string()), ("occupation", pa.string())]
 )
-
-_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
-
 
 class DataWarning(UserWarning):
     """Input that loads, but not as written (another encoding, dropped rows): said, never silent."""
@@ -172,16 +169,6 @@ def validate_ratings(path: Path | str, table: pa.Table, header: bool = True) -> 
                         "range, expected a number from 0.5 to 5")
     check_ids(path, table, (user, item), header)
     return table.rename_columns(RATINGS_SCHEMA.names).cast(RATINGS_SCHEMA)
-
-
-def split_title_year(titles: list[str]) -> tuple[list[str], list[int | None]]:
-    """'Toy Story (1995)' -> ('Toy Story', 1995); titles without a year keep year None."""
-    names, years = [], []
-    for t in titles:
-        m = _TITLE_YEAR.match(t)
-        names.append(m.group(1) if m else t.strip())
-        years.append(int(m.group(2)) if m else None)
-    return names, years
 
 
 def items_table(ids: pa.Array, titles: list[str], years: list[int | None], genres: list[list[str]]) -> pa.Table:

@@ -25,7 +25,7 @@ class Split:
     dropped_test: int  # test ratings removed because their user or item never occurs in train
     cutoff_timestamp: int | None = None  # temporal method: test ratings are at or after this time
     feedback_train: int = 0  # ratings users sent, in train (join_training)
-    feedback_left_out: int = 0  # ratings users sent of a (user, movie) pair of the test split: not trained on
+    feedback_left_out: int = 0  # sent ratings of a test (user, movie) pair (coldstart: of a test movie): not trained on
     feedback_replaced: int = 0  # train ratings of the data replaced by a later rating a user sent of the same pair
     feedback_outdated: int = 0  # ratings users sent older than the data's rating of the same pair: not trained on
 
@@ -129,12 +129,13 @@ def join_training(split: Split, user_idx: np.ndarray, item_idx: np.ndarray, time
     learnt from, however new (under the temporal protocol all of it is newer than the cutoff).
     Hence: the test ratings are ``split.test`` unchanged (the known-user check was made against
     the data's train part); a sent rating of a (user, movie) pair of the test split is left out of
-    training, since training on the very pair a metric scores would leak the answer (counted in
-    ``feedback_left_out``); a sent rating of a pair already in train replaces the data's rating
-    when it is later (as ``data.tidy`` keeps each pair's latest; ``feedback_replaced``), and is
-    left out when it is older (``feedback_outdated``). Under the temporal protocol the model thus
-    trains on ratings newer than the test period; the figures still describe that period of the
-    data, on pairs the model never saw.
+    training, since training on the very pair a metric scores would leak the answer, and under the
+    ``coldstart`` method so is any sent rating of a held-out movie, which must stay unrated in
+    training (both counted in ``feedback_left_out``); a sent rating of a pair already in train
+    replaces the data's rating when it is later (as ``data.tidy`` keeps each pair's latest;
+    ``feedback_replaced``), and is left out when it is older (``feedback_outdated``). Under the
+    temporal protocol the model thus trains on ratings newer than the test period; the figures
+    still describe that period of the data, on pairs the model never saw.
     """
     n = len(user_idx)
     if n == n_base:
@@ -143,6 +144,8 @@ def join_training(split: Split, user_idx: np.ndarray, item_idx: np.ndarray, time
     pairs = user_idx.astype(np.int64) * n_items + item_idx
     sent = np.arange(n_base, n, dtype=np.int64)
     on_test = np.isin(pairs[sent], pairs[split.test])
+    if split.method == "coldstart":  # a held-out movie stays unrated in training, whoever sent a rating of it
+        on_test |= np.isin(item_idx[sent], item_idx[split.test])
     sent = sent[~on_test]
     # Each pair's latest rating among the data's train part and what was sent (a tie: the sent one).
     train = np.concatenate([split.train, sent])

@@ -331,15 +331,20 @@ def check_bundle(info: dict, files: dict[str, bytes], origin: str = "bundle", ba
         index = Index(files["items.ann"], dim, settings)
         _require(len(index) == n_items, f"{len(index)} indexed movies for {n_items} movie vectors")
     tower = movies = None
+    with _reading(origin, "model.json"):
+        _require(ITEM_TOWER in files or info["retrieval"].get("model") != "two_tower",
+                 f"a two-tower model without its {ITEM_TOWER}")
     if ITEM_TOWER in files:
         from movierec.core.movie_features import MovieVocabulary
         from movierec.serving.item_tower import ItemTowerTables
 
         with _reading(origin, ITEM_TOWER):
             tower = ItemTowerTables.from_bytes(files[ITEM_TOWER])
-            movies = MovieVocabulary.of(titles, genres, years)
+            movies = MovieVocabulary.of(titles, genres, years, title_width=int(info["movie_features"]["title_width"]))
             _require(tower.sizes == movies.sizes, f"feature tables of sizes {tower.sizes}, where the catalogue's "
                      f"titles, genres and years make {movies.sizes}")
+            _require(movies.genre_width == info["movie_features"]["genre_width"], "genre rows of another width "
+                     "than the catalogue's titles, genres and years make")
             _require(tower.w2.shape[0] == dim, f"vectors of {tower.w2.shape[0]} dimensions for movie vectors of {dim}")
             diverged = non_finite(dict(vars(tower)))
             _require(not diverged, f"NaN or infinite values in {', '.join(diverged)}")

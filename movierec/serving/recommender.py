@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from movierec.core.movie_features import split_title_year
 from movierec.errors import (
     BundleError,
     NoRatingModelError,
@@ -266,12 +267,17 @@ class Recommender:
     def movie_vector(self, title: str, genres: Iterable[str], year: int = 0) -> np.ndarray:
         """The retrieval vector of a movie that was not in training, from its title, genres and
         release year (0: unknown) alone, as the two-tower model places the catalogue's movies
-        without their ratings (``movierec.serving.item_tower``). Genres and title words the
-        catalogue never had count as unknown."""
+        without their ratings (``movierec.serving.item_tower``). A title ending in "(YYYY)" is
+        read as the readers read MovieLens titles: the year is not a title word, and it is the
+        release year unless ``year`` gives one. Genres and title words the catalogue never had
+        count as unknown."""
         if self.bundle.item_tower is None:
             raise RecommenderError("this model cannot place a new movie: its retrieval model reads no movie "
                                    "features (LightGCN knows movies by their ratings alone)")
-        features = self.bundle.movies.features([str(title)], [list(genres)], np.array([int(year)]))
+        if isinstance(genres, str):
+            raise RecommenderError(f"genres must be a list of genre names, not the string {genres!r}")
+        (name,), (title_year,) = split_title_year([str(title)])
+        features = self.bundle.movies.features([name], [list(genres)], np.array([int(year) or title_year or 0]))
         return self.bundle.item_tower(features)[0]
 
     def search(self, query: str, limit: int = 20) -> list[Recommendation]:

@@ -17,7 +17,7 @@ import numpy as np
 from movierec.core.arrays import Interactions
 from movierec.core.checksums import sha256
 from movierec.models.sources import CandidateSource
-from movierec.serving.bundle import BUNDLE_FORMAT, KNOWN_FILES, non_finite
+from movierec.serving.bundle import BUNDLE_FORMAT, ITEM_TOWER, KNOWN_FILES, non_finite
 
 if TYPE_CHECKING:
     from movierec.data.split import DataSplit
@@ -66,8 +66,9 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
             files["ranking.pt"] = stages.ranking.state
     tower = item_tower_tables(towers, enc.item_features)
     if tower is not None:  # movies added after training get vectors from their features (serving.item_tower)
-        files["item_tower.npz"] = tower[0]
-        exports = {**exports, "item_tower_max_abs_diff": tower[1]}
+        files[ITEM_TOWER] = tower[0]
+        exports = {**exports, "files": [*exports.get("files", []), ITEM_TOWER],
+                   "max_abs_diff": {**exports.get("max_abs_diff", {}), ITEM_TOWER: tower[1]}}
     sizes = dict(enc.vocab_sizes) if user_data else {k: v for k, v in enc.vocab_sizes.items() if k == "item"}
     files.update({
         "vectors.npz": _npz(**vectors),
@@ -86,6 +87,9 @@ def make_bundle(data: DataSplit, stages: TwoStage, metadata: dict, user_data: bo
         "index": asdict(index.settings),
         "sources": {name: {**stages.sources.chosen[name], "settings": source.to_arrays(user_data)[1]}
                     for name, source in sources.items()},
+        # the widths of the movies' padded genre and title rows, which serving pads a new movie's to
+        "movie_features": {"genre_width": int(enc.item_features["genres"].shape[1]),
+                           "title_width": int(enc.item_features["title"].shape[1])},
         "ranker": {"features": list(ranker.features), "mean": ranker.mean.tolist(), "scale": ranker.scale.tolist(),
                    "weights": ranker.weights.tolist(), "candidates": ranker.candidates},
         "exports": exports,

@@ -184,19 +184,18 @@ class Evaluator:
         lists = np.concatenate(lists)
         return {"model": name, **self.ranking(lists)}
 
-    def cold_rows(self, retrieval: RetrievalResult) -> list[dict[str, object]]:
+    def cold_rows(self, retrieval: RetrievalResult, user_vecs: np.ndarray) -> list[dict[str, object]]:
         """Rows for the movies nobody rated in training (none unless the split holds movies out):
         the two-tower's ranking of them by their features alone (``TwoTower.content_vectors``;
         LightGCN knows a movie by its ratings only) and the content baseline's
         (``content_profiles``). EASEᴿ, ALS and the peers know a movie by its ratings alone: they
-        cannot score these movies, and have no row."""
+        cannot score these movies, and have no row. ``user_vecs``: the retrieval model's user vectors."""
         if not len(self.cold):
             return []
         rows = []
         if retrieval.config.model == "two_tower":
             import torch
 
-            user_vecs, _ = retrieval.embeddings()
             with torch.no_grad():
                 cold_vecs = retrieval.model().content_vectors(torch.as_tensor(self.cold)).numpy()
             rows.append(self.cold_row(f"{retrieval.config.name} (features alone)", user_vecs, cold_vecs))
@@ -293,7 +292,8 @@ class Evaluator:
         return Report(rows=rows, samples=self.samples(exact_top[:3]), ks=self.ks, ndcg_k=self.ndcg_k,
                       candidates=stages.ranker.candidates, annoy_users=len(self.annoy_users),
                       test_users=len(self.users), recall=recall, union_size=float((union >= 0).sum(1).mean()),
-                      implicit=implicit, cold=self.cold_rows(stages.retrieval), cold_items=len(self.cold))
+                      implicit=implicit, cold=self.cold_rows(stages.retrieval, user_vecs),
+                      cold_items=len(self.cold))
 
     def samples(self, picks: np.ndarray) -> list[dict[str, object]]:
         """Two-stage recommendations with titles for the first test users, beside what they rated."""

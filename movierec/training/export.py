@@ -6,6 +6,8 @@ installation rates with, numpy alone), and two ONNX graphs into the bundle:
 
 - ``ranking.onnx``: the rating model, folded (``RatingModel.fold``): inputs ``users`` and
   ``items`` (int64 dense indices, any batch size), output ``ratings`` (float32 stars, 0.5-5);
+- ``item_tower.npz`` (``item_tower_tables``): a two-tower model's item side without the id
+  embedding, on numpy (``movierec.serving.item_tower``), for movies added after training;
 - ``user_tower.onnx``: the retrieval model's user side (the two-tower user tower, or LightGCN's
   user table): input ``users``, output ``vectors`` (unit float32 rows), for services that
   compute a user's query vector themselves.
@@ -97,9 +99,9 @@ def item_tower_tables(towers: nn.Module, features: dict[str, np.ndarray], *, sam
     if not isinstance(towers, TwoTower):
         return None
     item = towers.item
-    first, last = (m for m in towers.item_mlp if isinstance(m, nn.Linear))
     if [type(m) for m in towers.item_mlp] != [nn.Linear, nn.ReLU, nn.Linear]:
         raise ExportError(f"item_tower.npz holds an item MLP of linear, ReLU, linear, not {list(towers.item_mlp)}")
+    first, _, last = towers.item_mlp
     dim = item.id.embedding_dim  # the id embedding's columns come first (ItemEncoder.forward)
     with torch.no_grad():
         tables = ItemTowerTables(*(t.numpy().astype(np.float32) for t in (
