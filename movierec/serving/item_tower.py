@@ -11,10 +11,11 @@ features as training encoded the catalogue's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from movierec.serving.rating_tables import from_npz, npz_of
+from movierec.serving.rating_tables import NpzTables
 
 
 def bag_mean(table: np.ndarray, bags: np.ndarray) -> np.ndarray:
@@ -25,7 +26,7 @@ def bag_mean(table: np.ndarray, bags: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ItemTowerTables:
+class ItemTowerTables(NpzTables):
     """``genres``/``title``/``year``: the features' embedding tables (index 0 = unknown);
     ``w1``/``b1``: the MLP's first layer on those embeddings (the id embedding's columns dropped),
     ``w2``/``b2``: its output layer."""
@@ -37,6 +38,8 @@ class ItemTowerTables:
     b1: np.ndarray
     w2: np.ndarray
     b2: np.ndarray
+
+    KIND: ClassVar[str] = "item tower"
 
     def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Unit float32 vectors of the movies whose padded feature indices ``features`` holds
@@ -51,22 +54,10 @@ class ItemTowerTables:
         """Each feature's table size, which the catalogue's vocabularies must match."""
         return {"genres": len(self.genres), "title": len(self.title), "year": len(self.year)}
 
-    def to_bytes(self) -> bytes:
-        return npz_of(self)
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> ItemTowerTables:
-        """The tables of ``item_tower.npz``, their shapes checked against each other (a ValueError
-        says which disagree)."""
-        tables = from_npz(cls, blob)
-        width = sum(t.shape[1] if t.ndim == 2 else -1 for t in (tables.genres, tables.title, tables.year))
-        checks = {
-            "first layer": tables.w1.ndim == 2 and tables.w1.shape[1] == width
-            and tables.b1.shape == tables.w1.shape[:1],
-            "output layer": tables.w2.ndim == 2 and tables.w2.shape[1] == len(tables.b1)
-            and tables.b2.shape == tables.w2.shape[:1],
+    def checks(self) -> dict[str, bool]:
+        width = sum(t.shape[1] if t.ndim == 2 else -1 for t in (self.genres, self.title, self.year))
+        return {
+            "first layer": self.w1.ndim == 2 and self.w1.shape[1] == width and self.b1.shape == self.w1.shape[:1],
+            "output layer": self.w2.ndim == 2 and self.w2.shape[1] == len(self.b1)
+            and self.b2.shape == self.w2.shape[:1],
         }
-        wrong = [name for name, ok in checks.items() if not ok]
-        if wrong:
-            raise ValueError(f"item tower tables disagree: {', '.join(wrong)}")
-        return tables

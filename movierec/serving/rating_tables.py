@@ -13,15 +13,41 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import ClassVar
 
 import numpy as np
 
-T = TypeVar("T")
+
+class NpzTables:
+    """Base of a frozen dataclass of float32 numpy tables that travels as an ``.npz`` file, one
+    array per field, and whose shapes are checked against each other when it is read back: the
+    numpy forms of the rating model (``rating.npz``) and of the item tower (``item_tower.npz``)."""
+
+    KIND: ClassVar[str]  # what the tables are, for the error message
+
+    def checks(self) -> dict[str, bool]:
+        """Each shape agreement the tables need, by name."""
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, **{f.name: getattr(self, f.name) for f in fields(self)})
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes):
+        """The tables of :meth:`to_bytes`'s bytes, their shapes checked (``checks``; a ValueError
+        says which disagree)."""
+        arrays = np.load(io.BytesIO(blob), allow_pickle=False)
+        tables = cls(**{f.name: np.asarray(arrays[f.name], np.float32) for f in fields(cls)})
+        wrong = [name for name, ok in tables.checks().items() if not ok]
+        if wrong:
+            raise ValueError(f"{cls.KIND} tables disagree: {', '.join(wrong)}")
+        return tables
 
 
 @dataclass(frozen=True)
-class RatingTables:
+class RatingTables(NpzTables):
     """``u``/``v``: user and movie embeddings (dot product), ``hu``/``hv``: their shares of the
     head's hidden layer (bias included), ``bu``/``bv``: biases (the global mean in ``bu``);
     ``w``/``b``: the head's last layer (hidden -> 1)."""
@@ -34,6 +60,8 @@ class RatingTables:
     bv: np.ndarray
     w: np.ndarray
     b: np.ndarray
+
+    KIND: ClassVar[str] = "rating"
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Star ratings (0.5-5, float32) of aligned (user, movie) dense index pairs."""
@@ -48,40 +76,16 @@ class RatingTables:
         """(users, movies)."""
         return len(self.u), len(self.v)
 
-    def to_bytes(self) -> bytes:
-        return npz_of(self)
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> RatingTables:
-        """The tables of ``rating.npz``, their shapes checked against each other (a ValueError
-        says which disagree)."""
-        tables = from_npz(cls, blob)
-        n_users, n_items = tables.shape
-        dim, hidden = tables.u.shape[1:], tables.w.shape
-        checks = {
-            "user tables": tables.hu.shape[0] == tables.bu.shape[0] == n_users and tables.bu.ndim == 1,
-            "movie tables": tables.hv.shape[0] == tables.bv.shape[0] == n_items and tables.bv.ndim == 1,
-            "embeddings": tables.u.ndim == tables.v.ndim == 2 and tables.v.shape[1:] == dim,
-            "hidden layer": tables.hu.shape[1:] == tables.hv.shape[1:] == hidden and len(hidden) == 1,
-            "output bias": tables.b.shape == (),
+    def checks(self) -> dict[str, bool]:
+        n_users, n_items = self.shape
+        dim, hidden = self.u.shape[1:], self.w.shape
+        return {
+            "user tables": self.hu.shape[0] == self.bu.shape[0] == n_users and self.bu.ndim == 1,
+            "movie tables": self.hv.shape[0] == self.bv.shape[0] == n_items and self.bv.ndim == 1,
+            "embeddings": self.u.ndim == self.v.ndim == 2 and self.v.shape[1:] == dim,
+            "hidden layer": self.hu.shape[1:] == self.hv.shape[1:] == hidden and len(hidden) == 1,
+            "output bias": self.b.shape == (),
         }
-        wrong = [name for name, ok in checks.items() if not ok]
-        if wrong:
-            raise ValueError(f"rating tables disagree: {', '.join(wrong)}")
-        return tables
-
-
-def npz_of(tables: object) -> bytes:
-    """A dataclass of numpy tables as an ``.npz`` file, one array per field."""
-    buf = io.BytesIO()
-    np.savez(buf, **{f.name: getattr(tables, f.name) for f in fields(tables)})
-    return buf.getvalue()
-
-
-def from_npz(cls: type[T], blob: bytes) -> T:
-    """The dataclass ``cls`` of float32 tables from :func:`npz_of`'s bytes (shapes unchecked)."""
-    arrays = np.load(io.BytesIO(blob), allow_pickle=False)
-    return cls(**{f.name: np.asarray(arrays[f.name], np.float32) for f in fields(cls)})
 
 
 def onnx_session(model: bytes):
