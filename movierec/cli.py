@@ -7,6 +7,7 @@
     movierec info
     movierec serve --host 127.0.0.1 --port 8000     # the REST API (see movierec.serving.api)
     movierec keys add --users 1-100                 # an API key that may write ratings for users 1-100
+    movierec --new-movies new.csv recommend --user 1  # movies added since training, recommendable too
 
 Unknown ids, bad arguments and a ratings store that cannot be opened print one line to stderr and
 exit with code 2.
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what runs the rating model: numpy (default, its folded tables), onnx (its ONNX "
                              "graph; pip install 'movierec[onnx]') or torch (the training code and its packages; "
                              "pip install 'movierec[train]'); all agree within 1e-4")
+    parser.add_argument("--new-movies", default=None, metavar="CSV",
+                        help="movies added since training, recommendable without retraining (placed by the two-tower "
+                             "model from their features): a CSV file like MovieLens' movies.csv, with a header "
+                             "naming movieId and title, optionally genres (separated by |) and year")
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("recommend", help="top movies for a known user")
     r.add_argument("--user", type=int, required=True)
@@ -179,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             _keys_command(args)
             return 0
         rec = Recommender.load(args.model, args.backend)
+        if args.new_movies is not None:
+            from movierec.serving.new_movies import read_new_movies
+
+            added = rec.add_movies(read_new_movies(args.new_movies))
+            print(f"movierec: {len(added)} new movies added from {args.new_movies}", file=sys.stderr)
         if args.command == "recommend":
             _print(rec.recommend(args.user, args.k, exclude_rated=not args.include_rated), args.json)
         elif args.command == "history":

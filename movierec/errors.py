@@ -23,6 +23,13 @@ class UnknownMovieError(RecommenderError, KeyError):
         return f"unknown movie id {self.args[0]}: not in the model's catalogue"
 
 
+class MovieExistsError(RecommenderError):
+    """A movie added to a loaded model under an id its catalogue already has."""
+
+    def __str__(self) -> str:
+        return f"movie {self.args[0]} is already in the catalogue"
+
+
 class NoUserDataError(RecommenderError):
     """The bundle was published without per-user data: only history-based requests work."""
 

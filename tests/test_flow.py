@@ -55,6 +55,27 @@ def test_artifacts_and_metrics_beat_popularity(runs):
     assert meta["run_id"] == run.id and meta["sizes"]["item"] == 1682
 
 
+def test_a_movie_added_to_the_served_model_reaches_users_whose_taste_matches_it(runs):
+    """Issue 27's goal on the ML-100K model: a new science-fiction film much like the one its users are
+    recommended most (its genres, era and title words, its features alone) lands in the top-10 of
+    users who rate science fiction more than the rest do."""
+    import numpy as np
+
+    from movierec.serving.recommender import Recommender
+
+    rec = Recommender.from_bytes(runs[3]["publish"].task.data.bundle)
+    b = rec.bundle
+    sci_fi = np.array(["Sci-Fi" in g for g in b.genres])
+    listed = np.array([rec._movie(r.movie_id) for u in b.user_ids for r in rec.recommend(int(u), 10)])
+    m = int(np.argmax(np.bincount(listed, minlength=len(sci_fi)) * sci_fi))
+    added = rec.add_movie(10**6, f"{b.titles[m]}: The Return", b.genres[m], int(b.years[m]))
+    assert "Sci-Fi" in added.nearest.genres
+    share = np.array([sci_fi[rec._rated_by(u)].mean() for u in range(len(b.user_ids))])
+    reached = np.array([10**6 in [r.movie_id for r in rec.recommend(int(u), 10)] for u in b.user_ids])
+    assert reached.mean() >= 0.01, (b.titles[m], added.nearest.title, reached.sum())
+    assert share[reached].mean() >= 1.2 * share[~reached].mean(), (share[reached].mean(), share[~reached].mean())
+
+
 def test_every_step_has_a_card(runs):
     run = runs[3]
     for step in run:

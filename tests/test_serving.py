@@ -81,8 +81,9 @@ def test_rp3beta_travels_through_a_bundle_and_serves_the_evaluated_lists(tiny_rp
 
 def test_a_recommender_reads_the_bundle_rather_than_a_copy_of_its_fields(rec):
     """Recommender copied some twenty Bundle fields onto itself beside the Bundle; it now holds
-    the Bundle alone and answers its fields (rec.item_ids, rec.info...) from it."""
-    assert list(vars(rec)) == ["bundle"]
+    the Bundle alone (beside the movies added since loading, none yet) and answers its fields
+    (rec.item_ids, rec.info...) from it."""
+    assert vars(rec) == {"bundle": rec.bundle, "added": None}
     assert rec.item_ids is rec.bundle.item_ids and rec.info is rec.bundle.info and rec.backend == "numpy"
     with pytest.raises(AttributeError, match="'Recommender' object has no attribute 'item_idz'"):
         rec.item_idz  # noqa: B018

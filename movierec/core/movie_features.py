@@ -32,6 +32,11 @@ def split_title_year(titles: list[str]) -> tuple[list[str], list[int | None]]:
     return names, years
 
 
+def clean_genres(raw: list[str | None], sep: str) -> list[list[str]]:
+    """Genre names split on ``sep``, without empty names or MovieLens' "(no genres listed)", which is none."""
+    return [[g for g in (s or "").split(sep) if g and g != "(no genres listed)"] for s in raw]
+
+
 def vocabulary(values: list[str]) -> dict[str, int]:
     """Each distinct value's index, sorted, from 1 (0 is reserved for unknown/padding)."""
     return {v: i + 1 for i, v in enumerate(sorted(set(values)))}

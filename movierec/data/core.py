@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from movierec.core.ids import MAX_ID
-from movierec.core.movie_features import split_title_year  # noqa: F401 (the readers' and movierec.data's)
+from movierec.core.movie_features import clean_genres, split_title_year  # noqa: F401 (the readers' and movierec.data's)
 from movierec.errors import DataError
 
 RATINGS_SCHEMA = pa.schema(
@@ -182,11 +182,6 @@ def items_table(ids: pa.Array, titles: list[str], years: list[int | None], genre
         },
         schema=ITEMS_SCHEMA,
     )
-
-
-def clean_genres(raw: list[str], sep: str) -> list[list[str]]:
-    """Genre names split on ``sep``, without empty names or MovieLens' "(no genres listed)", which is none."""
-    return [[g for g in (s or "").split(sep) if g and g != "(no genres listed)"] for s in raw]
 
 
 def drop_duplicate_ratings(ratings: pa.Table) -> tuple[pa.Table, int]:

@@ -317,11 +317,23 @@ class Access:
         """Whether ``key`` may write a rating for ``user_id`` now: AccessDenied (401, 403, 429)
         if not; a write it may make takes one from its rate's budget (a token bucket holding
         up to one second of writes, at least one)."""
-        if key is None:
-            raise AccessDenied(401, "writing needs an API key: send 'Authorization: Bearer <key>' "
-                                    "(the server's operator makes one with `movierec keys add`)")
+        key = _present(key)
         if not key.may_write_for(user_id):
             raise AccessDenied(403, f"API key {key.id} may write for {key.scope()}, not for user {user_id}")
+        self._spend(key)
+
+    def authorize_catalogue(self, key: Key | None) -> None:
+        """Whether ``key`` may add a movie to the served catalogue now: a backend key only (a key
+        scoped to some users writes their ratings, not what every user is recommended), within
+        its write rate, as :meth:`authorize_write`."""
+        key = _present(key)
+        if not key.backend:
+            raise AccessDenied(403, f"API key {key.id} may write for {key.scope()}; adding movies needs a backend "
+                                    "key (movierec keys add --backend)")
+        self._spend(key)
+
+    def _spend(self, key: Key) -> None:
+        """Take one write from ``key``'s budget, or refuse it (429, with the seconds to wait)."""
         rate = key.rate or self.write_rate
         now = time.monotonic()
         tokens, then = self._buckets.get(key.id, (max(rate, 1.0), now))
@@ -330,6 +342,13 @@ class Access:
             self._buckets[key.id] = (tokens, now)
             raise AccessDenied(429, f"API key {key.id} is over its {rate:g} writes per second", (1.0 - tokens) / rate)
         self._buckets[key.id] = (tokens - 1.0, now)
+
+
+def _present(key: Key | None) -> Key:
+    if key is None:
+        raise AccessDenied(401, "writing needs an API key: send 'Authorization: Bearer <key>' "
+                                "(the server's operator makes one with `movierec keys add`)")
+    return key
 
 
 SCOPE_KEY = "movierec.key"  # where AccessGuard leaves the request's key (a Key, or None) in the ASGI scope

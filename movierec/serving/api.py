@@ -41,6 +41,7 @@ from movierec.core.ids import MAX_ID
 from movierec.core.settings import CANDIDATES
 from movierec.serving.access import SCOPE_KEY, Access, AccessDenied, AccessGuard
 from movierec.serving.recommender import (
+    MovieExistsError,
     Recommendation,
     Recommender,
     RecommenderError,
@@ -58,9 +59,10 @@ LIMITS = (f"Limits: k 1-{MAX_K}; ids 0-{MAX_ID} (integers; true/false are not id
           f"movies; at most {MAX_ITEMS} (user, movie) pairs per prediction request; title queries of 1-100 "
           f"characters; request bodies JSON (415 otherwise), at most {MAX_BODY:,} bytes (413 beyond), sent within "
           f"{BODY_TIMEOUT:g} s (408 beyond); a rating's timestamp within {MAX_SKEW} s of the server's clock. "
-          "Unknown ids: 404; invalid fields: 422; requests the model cannot answer: 400. Writes (POST /ratings) "
-          "need an API key (Authorization: Bearer <key>; 401 without one, 403 for a user outside its scope, 429 "
-          "over its write rate); a Host the server does not answer to: 400.")
+          "Unknown ids: 404; invalid fields: 422; requests the model cannot answer: 400. Writes (POST /ratings, "
+          "POST /movies) need an API key (Authorization: Bearer <key>; 401 without one, 403 for a user outside its "
+          "scope or, adding a movie, a key that is not a backend's; 429 over its write rate); a Host the server "
+          "does not answer to: 400; a movie id the catalogue has: 409.")
 # /docs: Swagger UI from jsDelivr, one pinned release whose files the browser checks against these
 # hashes (Subresource Integrity; sha384 of swagger-ui-dist 5.35.0's files as npm ships them, which
 # jsDelivr serves unchanged): a changed file is refused, not run on this API's origin.
@@ -145,6 +147,22 @@ class NewRating(BaseModel):
     timestamp: int | None = Field(None, ge=0, le=2**40, strict=True,
                                   description=f"seconds since 1970, within {MAX_SKEW} s of the server's clock "
                                               "(default: the server's clock)")
+
+
+class NewMovieBody(BaseModel):
+    movie_id: BodyId
+    title: str = Field(min_length=1, max_length=300, description='a trailing "(YYYY)" is its year unless year is set')
+    genres: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field([], max_length=50)
+    year: int = Field(0, ge=0, le=9999, strict=True, description="release year (0: unknown)")
+
+
+class AddedMovieOut(BaseModel):
+    movie_id: int
+    title: str
+    genres: list[str]
+    year: int | None
+    nearest: Movie = Field(description="the known movie whose features are nearest (score: their cosine similarity), "
+                                       "which stands in for it with the users who have not rated that one")
 
 
 class Stored(BaseModel):
@@ -369,7 +387,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
 
     app.add_middleware(BodyGuard, timeout=body_timeout)
     # a request for another host, or without the key it needs, is refused unread
-    app.add_middleware(AccessGuard, access=access, writes=frozenset({("POST", "/ratings")}),
+    app.add_middleware(AccessGuard, access=access, writes=frozenset({("POST", "/ratings"), ("POST", "/movies")}),
                        open_paths=frozenset({"/", "/health", "/docs", "/openapi.json"}),
                        any_host=frozenset({"/health"}))
     app.add_middleware(SecurityHeaders)  # outermost: the guards' refusals carry the headers too
@@ -380,6 +398,10 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     @app.exception_handler(UnknownMovieError)
     async def unknown(_: Request, exc: RecommenderError) -> JSONResponse:
         return _error(404, str(exc))
+
+    @app.exception_handler(MovieExistsError)
+    async def conflict(_: Request, exc: RecommenderError) -> JSONResponse:
+        return _error(409, str(exc))
 
     @app.exception_handler(RecommenderError)
     async def bad_request(_: Request, exc: RecommenderError) -> JSONResponse:
@@ -505,6 +527,18 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
                      limit: Annotated[int, Query(ge=1, le=MAX_K), BeforeValidator(_digits)] = 20) -> list[Movie]:
         """Movies whose title contains the query (case-insensitive)."""
         return _movies(rec.search(query, limit))
+
+    @app.post("/movies", response_model=AddedMovieOut, status_code=201, openapi_extra={"security": [{"apiKey": []}]},
+              responses={**errors, **keyed, 409: {"model": Error, "description": "the catalogue has this movie id"}})
+    async def add_movie(body: NewMovieBody, request: Request) -> AddedMovieOut:
+        """Add a movie that came out after training, from its title, genres and year alone: from now
+        on it is recommended to the users whose taste matches it, found as similar and searched,
+        without retraining (a two-tower model only). Needs a backend API key. The movie lives in
+        this server's loaded model: restart with `movierec --new-movies FILE serve` to keep it; a
+        training run learns it from its ratings (POST /ratings) once the data lists it."""
+        access.authorize_catalogue(request.scope.get(SCOPE_KEY))
+        added = rec.add_movie(body.movie_id, body.title, body.genres, body.year)
+        return AddedMovieOut(**{**added.to_dict(), "nearest": _movies([added.nearest])[0]})
 
     @app.post("/predictions", response_model=Predictions, responses=errors)
     async def predictions(body: PredictionRequest) -> Predictions:
