@@ -201,7 +201,7 @@ def movierec_row(enc: Encoded, split: Split, protocol: str, seed: int) -> dict:
         stages = pipeline.stages(retrieval, pipeline.build_index(retrieval, settings),
                                  pipeline.fit_sources(data_split, settings),
                                  pipeline.tune_ranking(data_split, settings, storage))
-        stages.ranker = pipeline.train_ranker(data_split, stages, settings, storage)
+        stages.ranker = pipeline.train_ranker(data_split, stages, settings)
     t1 = time.perf_counter()
     row = pipeline.evaluate(data_split, stages).row("two-stage (exact retrieval)")
     return {**row, "model": OURS, "fit s": t1 - t0,

@@ -66,7 +66,7 @@ def evaluate_once(enc, protocol: str, seed: int, args: argparse.Namespace, stora
                                                           temperature=args.temperature))
         retrieval = pipeline.train_retrieval(data_split, run, os.path.join(storage, model))
         stages = pipeline.stages(retrieval, pipeline.build_index(retrieval, run), sources, ranking)
-        stages.ranker = pipeline.train_ranker(data_split, stages, run, os.path.join(storage, model))
+        stages.ranker = pipeline.train_ranker(data_split, stages, run)
         report = evaluator.run(stages)
         if model == "two_tower":
             rows += report.rows

@@ -148,18 +148,19 @@ def ray_storage(flow: FlowSpec) -> str:
 def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, beside_tuning: bool = False
                     ) -> RetrievalResult:
     """The retrieval model, trained on the training ratings with Ray Train, or in this process
-    where Ray Train would spread nothing (``RaySettings.uses_ray_train``: no Ray then);
+    where Ray Train would spread nothing (``RaySettings.uses_ray_train``: no Ray then), with the
+    settings a Ray Tune search chose where ``retrieval_search.trials`` asks for one;
     ``beside_tuning``: the flow runs ``tune_ranking`` at the same time, which shares this machine
     in a local run (see ``RaySettings.beside_tuning``), unless the data is implicit-only (it then
     searches nothing); on Kubernetes or AWS Batch each step has a container of its own with
     ``ray.num_cpus`` CPUs, and training is told all of them."""
-    from movierec.training.retrieval import train
+    from movierec.training.retrieval_search import train_searched
 
     if beside_tuning and not runs_remotely() and not data_split.enc.implicit:
         settings = replace(settings, ray=settings.ray.beside_tuning())
-    uses_ray = settings.ray.uses_ray_train(settings.retrieval.workers)
+    uses_ray = settings.ray.uses_ray_train(settings.retrieval.workers) or settings.retrieval_search.trials > 0
     with ray_session(settings.ray) if uses_ray else contextlib.nullcontext():
-        return train(data_split.enc, data_split.split.train, settings, storage)
+        return train_searched(data_split.enc, data_split.split.train, settings, storage)
 
 
 def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storage: str, head_ip: str
@@ -174,7 +175,7 @@ def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storag
     stopped afterwards (``cluster.stop_session_processes``), also when training fails."""
     import ray
 
-    from movierec.training.retrieval import train
+    from movierec.training.retrieval_search import train_searched
 
     # The head's address, not "auto": that reads the last cluster started on this machine, which
     # in a local run may be tune_ranking's own instance, started beside this step.
@@ -185,7 +186,7 @@ def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storag
             workers, nodes = settings.retrieval.workers, settings.ray.nodes
             per_worker = max(1, settings.ray.num_cpus // -(-workers // nodes))
             cluster = replace(settings, ray=replace(joined, num_cpus=per_worker * workers))  # train divides it
-            return train(data_split.enc, data_split.split.train, cluster, storage, spread=True)
+            return train_searched(data_split.enc, data_split.split.train, cluster, storage, spread=True)
         finally:
             ray.shutdown()
             stop_session_processes(session)

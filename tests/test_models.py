@@ -16,7 +16,7 @@ from movierec.data.split import split_ratings
 from movierec.models import rating_model, torch_runtime, two_tower
 from movierec.models.layers import feature_tensors
 from movierec.models.torch_runtime import state_to_bytes
-from movierec.training import cluster, rating_search, retrieval
+from movierec.training import cluster, rating_search, retrieval, search_space
 
 
 def test_encode_maps_ids_densely(small_encoded):
@@ -311,7 +311,7 @@ def test_the_search_here_stops_trials_by_ray_tunes_asha_rule(max_epochs, grace):
     same trials (ties and percentile interpolation included): checked against Ray's own bracket."""
     from ray.tune.schedulers.async_hyperband import _Bracket
 
-    schedule = rating_search.Schedule(max_epochs, grace)
+    schedule = search_space.Schedule(max_epochs, grace)
     bracket = _Bracket(grace, max_epochs, schedule.reduction, 0)
     assert schedule.rungs() == sorted(milestone for milestone, _ in bracket._rungs)
     rng = np.random.default_rng(0)
@@ -320,7 +320,7 @@ def test_the_search_here_stops_trials_by_ray_tunes_asha_rule(max_epochs, grace):
         scores = np.round(rng.uniform(0.8, 1.0, max_epochs), 2)  # rounded: ties happen
         for epoch, score in enumerate(scores, start=1):
             theirs = bracket.on_result(type("T", (), {"trial_id": trial})(), epoch, -score) == "STOP"
-            ours = epoch in rungs and rating_search.Schedule.stops(schedule, rungs[epoch], float(score))
+            ours = epoch in rungs and search_space.Schedule.stops(schedule, rungs[epoch], float(score))
             if epoch in rungs:
                 rungs[epoch].append(float(score))
             assert ours == theirs, (trial, epoch)

@@ -310,6 +310,22 @@ class RetrievalConfig:
 
 
 @dataclass(frozen=True)
+class RetrievalSearchConfig:
+    """Ray Tune's search over the retrieval model's settings (``movierec.training.retrieval_search``):
+    off by default, as it multiplies the step's training time; the settings it chooses are kept in
+    ``RetrievalConfig`` and the model bundle."""
+
+    trials: int = setting(0, "retrieval-trials", "choose the retrieval model's embedding size, temperature, learning "
+                          "rate, weight decay and negatives for this data: N Ray Tune trials, the weaker stopped "
+                          "early (ASHA on validation DCG), then the model trains with the best trial's settings "
+                          "(0: the configured settings, no search)", minimum=0)
+    epochs: int = setting(8, "retrieval-trial-epochs", "most epochs a retrieval trial trains (ASHA compares trials "
+                          "at epochs 2 and 6 and stops the weaker two thirds)", minimum=1)
+    trial_pairs: int = setting(2_000_000, "retrieval-trial-pairs", "retrieval trials train on a sample of at most "
+                               "this many training pairs (the search costs the same at any data size)", minimum=1)
+
+
+@dataclass(frozen=True)
 class SourcesConfig:
     """The candidate sources beside the retrieval model (``movierec.models.sources``): each source's
     switch (the field named as the source) and its grid, searched on the retrieval model's
@@ -492,6 +508,7 @@ class Settings:
                             "recommending movies nobody has rated)", choices=tuple(PROTOCOLS))
     seed: int = setting(42, "seed", "seed for the split, initialisation and data order")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    retrieval_search: RetrievalSearchConfig = field(default_factory=RetrievalSearchConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)

@@ -88,11 +88,23 @@ def retrieval_card(result: RetrievalResult, sources: SourceModels) -> list:
                for name, chosen in sources.chosen.items()]),
         heading(f"{result.config.name} retrieval ({_trained_by(result)}, in-batch softmax + logQ correction)"),
         key_values(asdict(result.config)),
+        *_search_card(result.search),
         line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
         line_chart(result.history, "epoch", "val_dcg",
                    "Validation DCG per epoch (unseen movies; the best epoch's weights are kept)"),
         table(result.history),
     ]
+
+
+def _search_card(trials: list[dict]) -> list:
+    """The trials that chose the retrieval settings above (none without --retrieval-trials)."""
+    if not trials:
+        return []
+    ranked = sorted(trials, key=lambda row: -row["best_val_dcg"])
+    return [heading("Retrieval settings search (Ray Tune, ASHA on validation DCG)",
+                    [f"Trial {ranked[0]['trial']} of {len(trials)} chose the settings above (validation DCG "
+                     f"**{ranked[0]['best_val_dcg']:.4f}**); the model then trained with them on all training pairs."]),
+            table(ranked[:CARD_ROWS])]
 
 
 def _trained_by(result: RetrievalResult) -> str:

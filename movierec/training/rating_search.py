@@ -36,35 +36,9 @@ from movierec.models.torch_runtime import (
     training_threads,
     training_threads_here,
 )
+from movierec.training.search_space import Choice, Schedule, Uniform, draw
 
-
-@dataclass(frozen=True)
-class Choice:
-    """A hyper-parameter taking one of ``values``, each as likely."""
-
-    values: tuple
-
-    def sample(self, rng: np.random.Generator) -> object:
-        return self.values[int(rng.integers(len(self.values)))]
-
-
-@dataclass(frozen=True)
-class Uniform:
-    """A hyper-parameter drawn uniformly from [low, high), or its logarithm uniformly (``log``)."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    def sample(self, rng: np.random.Generator) -> float:
-        if self.log:
-            return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
-        return float(rng.uniform(self.low, self.high))
-
-
-# The rating model's hyper-parameters. Each search draws its trials' settings from it with the run's
-# seed before it starts (``draw``), so a search with Ray Tune and one in the step's process try the
-# same settings; Ray Tune's own samplers are seeded per process, not by the run.
+# The rating model's hyper-parameters (see search_space.draw).
 SEARCH_SPACE: dict[str, Choice | Uniform] = {
     "dim": Choice((32, 64, 128)),
     "hidden": Choice((32, 64, 128)),
@@ -78,12 +52,6 @@ SEARCH_SPACE: dict[str, Choice | Uniform] = {
 
 def _rmse(model: RatingModel, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> float:
     return rmse(predict(model, users, items), ratings)
-
-
-def draw(samples: int, seed: int) -> list[dict]:
-    """``samples`` trials' settings drawn from ``SEARCH_SPACE`` (the same for the same seed)."""
-    rng = np.random.default_rng(seed)
-    return [{k: domain.sample(rng) for k, domain in SEARCH_SPACE.items()} for _ in range(samples)]
 
 
 @dataclass(frozen=True)
@@ -209,34 +177,6 @@ class RankingResult:
         return RatingModel.from_state(self.sizes, self.params, state_from_bytes(self.state))
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Early stopping of the weaker trials, by asynchronous successive halving (ASHA): rungs at
-    ``grace`` epochs times powers of ``reduction`` below ``max_epochs``."""
-
-    max_epochs: int
-    grace: int
-    reduction: int = 3
-
-    def tune(self) -> object:
-        """Ray Tune's ASHAScheduler with these rungs."""
-        from ray.tune.schedulers import ASHAScheduler
-
-        return ASHAScheduler(max_t=self.max_epochs, grace_period=self.grace, reduction_factor=self.reduction)
-
-    def rungs(self) -> list[int]:
-        """The epochs at which trials are compared, as ASHAScheduler places them."""
-        count = int(np.log(self.max_epochs / self.grace) / np.log(self.reduction) + 1)
-        return [self.grace * self.reduction ** k for k in range(count)]
-
-    def stops(self, recorded: list[float], val_rmse: float) -> bool:
-        """Whether a trial with ``val_rmse`` at a rung stops, given the scores ``recorded`` there
-        before it: ASHAScheduler's rule (it maximises the negated metric), to the same bits."""
-        if not recorded:
-            return False
-        return bool(-val_rmse < np.nanpercentile([-v for v in recorded], (1 - 1 / self.reduction) * 100))
-
-
 def _tune_search(data: dict, plan: TrialPlan, configs: list[dict], storage_path: str, *, name: str,
                  max_concurrent: int, schedule: Schedule | None) -> list[Trial]:
     """The trials of ``configs`` with Ray Tune (inside a Ray session), ``max_concurrent`` at a
@@ -337,7 +277,7 @@ def tune_ranking(enc: Encoded, train_idx: np.ndarray, settings: Settings, storag
 
     schedule = Schedule(search.epochs, min(2, search.epochs))
     with_ray = uses_ray_tune(settings, len(train_idx))
-    configs = draw(search.samples, seed)
+    configs = draw(SEARCH_SPACE, search.samples, seed)
     if with_ray:
         trials = _tune_search(data(trial_idx), TrialPlan(search.epochs, seed, 1, search.trials_per_gpu), configs,
                               storage_path, name="ranking", max_concurrent=concurrency, schedule=schedule)

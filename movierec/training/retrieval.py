@@ -54,6 +54,7 @@ class RetrievalResult:
     history: list[dict[str, float]] = field(default_factory=list)
     nodes: int = 1  # Ray nodes its workers trained on
     ray_train: bool = True  # False: one worker trained in the step's process (RaySettings.uses_ray_train)
+    search: list[dict] = field(default_factory=list)  # the trials that chose its settings (retrieval_search)
 
     def model(self) -> TwoTower | EmbeddingTables:
         state = state_from_bytes(self.state)
@@ -145,6 +146,7 @@ def _epochs(config: dict, data: dict, worker: _Worker) -> tuple[TwoTower | Light
     weights of its best validation epoch, one row per epoch, the nodes the workers trained on)."""
     cfg, seed, epochs, batch = RetrievalConfig(**config["cfg"]), config["seed"], config["epochs"], config["batch"]
     rank, world, device = worker.rank, worker.world, worker.device
+    label = f"[{config.get('label', 'train_retrieval')}]"  # what its progress lines start with
     torch.manual_seed(seed)  # identical initial weights on every worker
     model = _build(cfg, config["sizes"], data).to(device)
     broadcast_parameters(model)
@@ -155,10 +157,10 @@ def _epochs(config: dict, data: dict, worker: _Worker) -> tuple[TwoTower | Light
     steps = len(data["items"]) // world // batch  # equal on every worker: each step is a collective
     bf16 = bf16_autocast(cfg.precision, device)
     compile_loss = cfg.compiles(len(data["items"]))
-    loss_fn = compiled(in_batch_loss, "[train_retrieval]") if compile_loss else in_batch_loss
+    loss_fn = compiled(in_batch_loss, label) if compile_loss else in_batch_loss
     nodes = distinct_over_workers(worker.node, device)
     if rank == 0:
-        print(f"[train_retrieval] {world} worker(s) x {config['threads']} thread(s) on {device.type} "
+        print(f"{label} {world} worker(s) x {config['threads']} thread(s) on {device.type} "
               f"({nodes} node{'s' if nodes > 1 else ''}{'' if worker.node else ', in this process'}), batch {batch}, "
               f"{min(batch, cfg.negatives)} shared negatives, {'bf16' if bf16 else 'fp32'}"
               f"{', compiled loss' if compile_loss else ''}", flush=True)
@@ -170,7 +172,7 @@ def _epochs(config: dict, data: dict, worker: _Worker) -> tuple[TwoTower | Light
     for epoch in range(epochs):
         start, total = time.perf_counter(), 0.0
         model.train()
-        progress = Progress(steps * batch * world, f"[train_retrieval] epoch {epoch + 1}/{epochs}")
+        progress = Progress(steps * batch * world, f"{label} epoch {epoch + 1}/{epochs}")
         for idx in batches(len(users), batch, gen, drop_last=True)[:steps]:
             idx = idx.to(device)
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
@@ -199,7 +201,7 @@ def _epochs(config: dict, data: dict, worker: _Worker) -> tuple[TwoTower | Light
             stale += 1
         stop = stale >= cfg.stop_after() or epoch + 1 == epochs
         if rank == 0:
-            print(f"[train_retrieval] epoch {epoch + 1}/{epochs} loss {row['loss']:.4f} "
+            print(f"{label} epoch {epoch + 1}/{epochs} loss {row['loss']:.4f} "
                   f"val DCG {score:.4f} ({row['examples_per_s']:,.0f} examples/s)"
                   + (f"; stopping, keeping epoch {epoch + 1 - stale}" if stop else ""), flush=True)
         if stop:
@@ -238,6 +240,17 @@ def _train_loop(config: dict) -> None:
         ray.train.report(history[-1] if history else {}, checkpoint=checkpoint)
 
 
+def train_trial(config: dict, data: dict, report: Callable[[dict], None]) -> list[dict]:
+    """The training loop as the one worker of a search trial (``movierec.training.retrieval_search``),
+    in a process of its own: each epoch's row goes to ``report`` as the epoch ends (the last one
+    once training stops), so a scheduler can stop the trial there; returns the rows."""
+    training_threads(config["threads"])
+    worker = _Worker(0, 1, training_device(config["cfg"]["gpus_per_worker"]), 0, report)
+    _, history, _ = _epochs(config, data, worker)
+    report(history[-1])
+    return history
+
+
 def _train_here(config: dict, data: dict) -> tuple[bytes, list[dict]]:
     """The training loop as one worker in this process (``RaySettings.uses_ray_train`` says when):
     (the kept weights as ``torch.save`` bytes, one row per epoch). Training's torch settings
@@ -268,6 +281,34 @@ def validation_split(train_idx: np.ndarray, settings: Settings) -> tuple[np.ndar
     return holdout(train_idx, settings.retrieval.val_fraction, settings.seed, cap=MAX_VALIDATION)
 
 
+def training_data(enc: Encoded, fit_idx: np.ndarray, val_idx: np.ndarray, cfg: RetrievalConfig) -> dict:
+    """What every copy of the training loop reads (through Ray's object store when it runs in Ray):
+    the ``fit_idx`` pairs to learn, the ``val_idx`` pairs to stop on and which movies their users
+    rated, and the features ``cfg.model`` takes (LightGCN learns from the interactions alone)."""
+    user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
+                              if cfg.model == "two_tower" else ({}, {}))
+    fit = Interactions.of(enc, fit_idx, stars=False)
+    seen_ptr, seen = fit.csr()
+    return {
+        "users": fit.users,
+        "items": fit.items,
+        "val_users": enc.user_idx[val_idx],
+        "val_items": enc.item_idx[val_idx],
+        "val_seen": csr_rows(seen_ptr, seen, enc.user_idx[val_idx]),
+        "user_features": {k: v.numpy() for k, v in user_feats.items()},
+        "item_features": {k: v.numpy() for k, v in item_feats.items()},
+    }
+
+
+def loop_config(settings: Settings, cfg: RetrievalConfig, pairs: int, sizes: dict[str, int], *, workers: int,
+                threads: int) -> dict:
+    """The training loop's settings for ``cfg`` on ``pairs`` training pairs shared by ``workers``
+    workers of ``threads`` CPUs each: its epochs within ``settings.train_budget`` and its batch."""
+    per_worker = max(1, pairs // workers)  # a larger batch would leave an epoch no step
+    return {"cfg": asdict(cfg), "seed": settings.seed, "epochs": settings.epochs_for(cfg.epochs, pairs),
+            "sizes": dict(sizes), "threads": threads, "batch": min(cfg.batch_for(per_worker), per_worker)}
+
+
 def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, *, name: str = "retrieval",
           spread: bool = False) -> RetrievalResult:
     """Train the retrieval model ``settings.retrieval`` describes on ``train_idx`` with Ray Train
@@ -279,23 +320,8 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
     cfg = settings.retrieval
     cpus_per_worker = max(1, settings.ray.num_cpus // cfg.workers)
     fit_idx, val_idx = validation_split(train_idx, settings)
-    per_worker = max(1, len(fit_idx) // cfg.workers)  # a larger batch would leave an epoch no step
-    # LightGCN learns from the interactions alone: only the two-tower model takes features.
-    user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
-                              if cfg.model == "two_tower" else ({}, {}))
-    fit = Interactions.of(enc, fit_idx, stars=False)
-    seen_ptr, seen = fit.csr()
-    data = {
-        "users": fit.users,
-        "items": fit.items,
-        "val_users": enc.user_idx[val_idx],
-        "val_items": enc.item_idx[val_idx],
-        "val_seen": csr_rows(seen_ptr, seen, enc.user_idx[val_idx]),
-        "user_features": {k: v.numpy() for k, v in user_feats.items()},
-        "item_features": {k: v.numpy() for k, v in item_feats.items()},
-    }
-    config = {"cfg": asdict(cfg), "seed": settings.seed, "epochs": settings.epochs_for(cfg.epochs, len(fit_idx)),
-              "sizes": enc.vocab_sizes, "threads": cpus_per_worker, "batch": min(cfg.batch_for(per_worker), per_worker)}
+    data = training_data(enc, fit_idx, val_idx, cfg)
+    config = loop_config(settings, cfg, len(fit_idx), enc.vocab_sizes, workers=cfg.workers, threads=cpus_per_worker)
     if not settings.ray.uses_ray_train(cfg.workers):
         state, history = _train_here(config, data)
         return RetrievalResult(state=state, config=cfg, sizes=dict(enc.vocab_sizes), history=history, ray_train=False)
