@@ -30,7 +30,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -40,6 +40,7 @@ from movierec import __version__
 from movierec.core.ids import MAX_ID
 from movierec.core.settings import CANDIDATES
 from movierec.serving.access import SCOPE_KEY, Access, AccessDenied, AccessGuard
+from movierec.serving.monitoring import MetricsMiddleware, ServingMetrics
 from movierec.serving.recommender import (
     MovieExistsError,
     Recommendation,
@@ -388,9 +389,14 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     app.add_middleware(BodyGuard, timeout=body_timeout)
     # a request for another host, or without the key it needs, is refused unread
     app.add_middleware(AccessGuard, access=access, writes=frozenset({("POST", "/ratings"), ("POST", "/movies")}),
-                       open_paths=frozenset({"/", "/health", "/docs", "/openapi.json"}),
-                       any_host=frozenset({"/health"}))
-    app.add_middleware(SecurityHeaders)  # outermost: the guards' refusals carry the headers too
+                       open_paths=frozenset({"/", "/health", "/metrics", "/docs", "/openapi.json"}),
+                       any_host=frozenset({"/health", "/metrics"}))  # probes and scrapers name the pod's IP
+    app.add_middleware(SecurityHeaders)  # the guards' refusals carry the headers too
+    described = rec.describe()
+    metrics = ServingMetrics({"version": described["version"], "run_id": str(described["run_id"] or ""),
+                              "backend": described["backend"]})
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: every answer counts, refusals too
     page_html = (resources.files("movierec.serving") / "web" / "index.html").read_text()
     page_policy = inline_policy(page_html)
 
@@ -455,6 +461,14 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
 
     breaker = StoreBreaker(store) if store is not None else None
 
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        """Prometheus metrics (movierec.serving.monitoring): requests, latency, errors, writes, the model."""
+        if breaker is not None:
+            metrics.store_up.set(0 if breaker.down else 1)
+        body, content_type = metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
     async def stored_ratings(user_id: int) -> list[Rating]:
         """The user's ratings in the store. SQLite in WAL mode never makes a reader wait for a
         writer, so that read stays on the event loop (a worker thread cost 22% of GET
@@ -508,6 +522,8 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         # PostgreSQL round trip), which on the event loop would stall every other request.
         change = await breaker.call(partial(breaker.store.rate, body.user_id, body.movie_id, body.rating,
                                             timestamp=body.timestamp, written_by=key.id))
+        if change.stored:
+            metrics.ratings.inc()
         return Stored(stored=change.stored, correction=change.correction, previous_rating=change.previous,
                       timestamp=change.timestamp)
 
@@ -538,6 +554,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
         training run learns it from its ratings (POST /ratings) once the data lists it."""
         access.authorize_catalogue(request.scope.get(SCOPE_KEY))
         added = rec.add_movie(body.movie_id, body.title, body.genres, body.year)
+        metrics.movies.inc()
         return AddedMovieOut(**{**added.to_dict(), "nearest": _movies([added.nearest])[0]})
 
     @app.post("/predictions", response_model=Predictions, responses=errors)
