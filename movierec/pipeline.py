@@ -158,9 +158,9 @@ def train_retrieval(data_split: DataSplit, settings: Settings, storage: str, bes
 
     if beside_tuning and not runs_remotely() and not data_split.enc.implicit:
         settings = replace(settings, ray=settings.ray.beside_tuning())
-    uses_ray = settings.ray.uses_ray_train(settings.retrieval.workers) or settings.retrieval_search.trials > 0
-    with ray_session(settings.ray) if uses_ray else contextlib.nullcontext():
-        return train_searched(data_split.enc, data_split.split.train, settings, storage)
+    ray = settings.ray
+    return train_searched(data_split.enc, data_split.split.train, settings, storage,
+                          session=lambda needed: ray_session(ray) if needed else contextlib.nullcontext())
 
 
 def train_retrieval_on_cluster(data_split: DataSplit, settings: Settings, storage: str, head_ip: str

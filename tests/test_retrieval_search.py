@@ -6,12 +6,11 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from movierec.core.settings import RaySettings, RetrievalConfig, RetrievalSearchConfig, Settings
+from movierec.core.settings import DEFAULT_LR, RaySettings, RetrievalConfig, RetrievalSearchConfig, Settings
 from movierec.data.split import DataSplit, split_ratings
 from movierec.reports import cards
 from movierec.training import retrieval_search
 from movierec.training.retrieval import RetrievalResult
-from movierec.training.search_space import Uniform, draw
 
 # Four trials one at a time (ASHA sees them in a fixed order: seed 42 has it stop the last at its rung, epoch
 # 2), and the final training as long as a trial.
@@ -20,16 +19,41 @@ SEARCHED = Settings(retrieval=RetrievalConfig(hidden=32, epochs=3, batch_size=25
                     retrieval_search=SEARCH, ray=RaySettings(num_cpus=1))
 
 
-def test_every_draw_is_a_retrieval_config_within_the_space():
-    configs = draw(retrieval_search.SEARCH_SPACE, 50, seed=7)
-    assert configs == draw(retrieval_search.SEARCH_SPACE, 50, seed=7)  # the run's seed decides
-    assert configs != draw(retrieval_search.SEARCH_SPACE, 50, seed=8)
-    for config in configs:
-        cfg = replace(RetrievalConfig(), **config)  # every key is a RetrievalConfig field
-        for key, domain in retrieval_search.SEARCH_SPACE.items():
-            value = getattr(cfg, key)
-            assert (domain.low <= value < domain.high) if isinstance(domain, Uniform) else value in domain.values
-    assert len({c["dim"] for c in configs}) == 3 and len({c["negatives"] for c in configs}) == 3
+def test_every_draw_is_a_retrieval_config_within_the_space(small_encoded):
+    """Drawn with the run's seed; the learning rate around the model's own default, negatives never
+    beyond the batch (what the loss uses is what the card and the bundle say)."""
+    split = split_ratings(small_encoded.user_idx, small_encoded.item_idx, small_encoded.timestamp, "random", 0.2,
+                          seed=0)
+    many = replace(SEARCHED, retrieval_search=RetrievalSearchConfig(trials=50))
+    for model in ("two_tower", "lightgcn"):
+        settings = replace(many, retrieval=replace(SEARCHED.retrieval, model=model))
+        plan = retrieval_search.plan_trials(small_encoded, split.train, settings)
+        assert plan.configs == retrieval_search.plan_trials(small_encoded, split.train, settings).configs
+        assert plan.configs != retrieval_search.plan_trials(small_encoded, split.train,
+                                                            replace(settings, seed=1)).configs
+        for config in plan.configs:
+            cfg = replace(settings.retrieval, **config)  # every key is a RetrievalConfig field
+            assert DEFAULT_LR[model] / 6 <= cfg.lr < DEFAULT_LR[model] * 3
+            assert cfg.negatives <= plan.base["batch"] == 256 and cfg.dim in (32, 64, 128)
+            assert 0.03 <= cfg.temperature < 0.3 and 1e-7 <= cfg.weight_decay < 1e-3
+        assert {c["negatives"] for c in plan.configs} == {256}  # 1,024 and 4,096 are the whole batch here
+        assert len({c["dim"] for c in plan.configs}) == 3
+
+
+def test_sampled_trials_still_know_every_rated_movie_and_take_the_final_batch(small_encoded):
+    """On a sample of the fit pairs a trial still scores validation among the movies each user rated
+    in all of them (else most would count as recommendable and stop trials early), and steps with the
+    batch the model will train with."""
+    enc = small_encoded
+    split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
+    settings = replace(SEARCHED, retrieval=replace(SEARCHED.retrieval, batch_size=0))
+    full = retrieval_search.plan_trials(enc, split.train, settings)
+    sampled = retrieval_search.plan_trials(
+        enc, split.train, replace(settings, retrieval_search=replace(SEARCH, trial_pairs=2000)))
+    assert len(full.data["items"]) > 4000 and len(sampled.data["items"]) == 2000
+    assert all(np.array_equal(a, b) for a, b in zip(full.data["val_seen"], sampled.data["val_seen"]))
+    assert np.array_equal(full.data["val_items"], sampled.data["val_items"])
+    assert sampled.base["batch"] == full.base["batch"] == 1024  # the final training's, not the sample's
 
 
 def test_trials_train_on_a_seeded_sample_only_above_the_cap():
@@ -58,20 +82,22 @@ def test_the_retrieval_card_shows_the_search_best_first():
 
 @pytest.fixture(scope="module")
 def searched(small_encoded):
-    """The flow step's retrieval training with a search of ``SEARCH`` on the toy data (its own Ray session)."""
+    """The flow step's retrieval training with a search of ``SEARCH`` on the toy data (its own Ray
+    session), and the trials' settings."""
     from movierec import pipeline
 
     enc = small_encoded
     split = split_ratings(enc.user_idx, enc.item_idx, enc.timestamp, "random", 0.2, seed=0)
-    return pipeline.train_retrieval(DataSplit(enc, split), SEARCHED, tempfile.mkdtemp())
+    result = pipeline.train_retrieval(DataSplit(enc, split), SEARCHED, tempfile.mkdtemp())
+    return result, retrieval_search.plan_trials(enc, split.train, SEARCHED).configs
 
 
 @pytest.mark.integration
 def test_the_search_trains_the_model_with_the_best_trials_settings(searched):
     import ray
 
+    searched, configs = searched
     assert not ray.is_initialized()  # the step's Ray session ended with it
-    configs = draw(retrieval_search.SEARCH_SPACE, SEARCH.trials, SEARCHED.seed)
     assert [row["trial"] for row in searched.search] == list(range(SEARCH.trials))
     assert [{k: row[k] for k in retrieval_search.SEARCH_SPACE} for row in searched.search] == configs
     best = max(searched.search, key=lambda row: row["best_val_dcg"])

@@ -320,9 +320,11 @@ class RetrievalSearchConfig:
                           "early (ASHA on validation DCG), then the model trains with the best trial's settings "
                           "(0: the configured settings, no search)", minimum=0)
     epochs: int = setting(8, "retrieval-trial-epochs", "most epochs a retrieval trial trains (ASHA compares trials "
-                          "at epochs 2 and 6 and stops the weaker two thirds)", minimum=1)
-    trial_pairs: int = setting(2_000_000, "retrieval-trial-pairs", "retrieval trials train on a sample of at most "
-                               "this many training pairs (the search costs the same at any data size)", minimum=1)
+                          "at epochs 2, 6, 18, ... below this, and stops the weaker two thirds)",
+                          minimum=1)
+    trial_pairs: int = setting(2_000_000, "retrieval-trial-pairs", "retrieval trials learn from a sample of at most "
+                               "this many training pairs (bounding the search's training on large data; validation "
+                               "still scores every movie)", minimum=1)
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ def _search_card(trials: list[dict]) -> list:
     ranked = sorted(trials, key=lambda row: -row["best_val_dcg"])
     return [heading("Retrieval settings search (Ray Tune, ASHA on validation DCG)",
                     [f"Trial {ranked[0]['trial']} of {len(trials)} chose the settings above (validation DCG "
-                     f"**{ranked[0]['best_val_dcg']:.4f}**); the model then trained with them on all training pairs."]),
+                     f"**{ranked[0]['best_val_dcg']:.4f}**); the model then trained with them on all the fit "
+                     "pairs (train less the validation pairs)."]),
             table(ranked[:CARD_ROWS])]
 
 

@@ -240,15 +240,14 @@ def _train_loop(config: dict) -> None:
         ray.train.report(history[-1] if history else {}, checkpoint=checkpoint)
 
 
-def train_trial(config: dict, data: dict, report: Callable[[dict], None]) -> list[dict]:
+def train_trial(config: dict, data: dict, report: Callable[[dict], None]) -> None:
     """The training loop as the one worker of a search trial (``movierec.training.retrieval_search``),
     in a process of its own: each epoch's row goes to ``report`` as the epoch ends (the last one
-    once training stops), so a scheduler can stop the trial there; returns the rows."""
+    once training stops), so a scheduler can stop the trial there."""
     training_threads(config["threads"])
     worker = _Worker(0, 1, training_device(config["cfg"]["gpus_per_worker"]), 0, report)
     _, history, _ = _epochs(config, data, worker)
     report(history[-1])
-    return history
 
 
 def _train_here(config: dict, data: dict) -> tuple[bytes, list[dict]]:
@@ -281,14 +280,18 @@ def validation_split(train_idx: np.ndarray, settings: Settings) -> tuple[np.ndar
     return holdout(train_idx, settings.retrieval.val_fraction, settings.seed, cap=MAX_VALIDATION)
 
 
-def training_data(enc: Encoded, fit_idx: np.ndarray, val_idx: np.ndarray, cfg: RetrievalConfig) -> dict:
+def training_data(enc: Encoded, fit_idx: np.ndarray, val_idx: np.ndarray, cfg: RetrievalConfig, *,
+                  seen_idx: np.ndarray | None = None) -> dict:
     """What every copy of the training loop reads (through Ray's object store when it runs in Ray):
     the ``fit_idx`` pairs to learn, the ``val_idx`` pairs to stop on and which movies their users
-    rated, and the features ``cfg.model`` takes (LightGCN learns from the interactions alone)."""
-    user_feats, item_feats = (feature_tensors(enc, fit_idx if cfg.history else None, cfg.max_history)
+    rated (in ``seen_idx``, by default ``fit_idx``: a search's trials learn from a sample of the fit
+    pairs but know all of them), and the features ``cfg.model`` takes (LightGCN learns from the
+    interactions alone; ``--history`` reads the ``seen_idx`` ratings)."""
+    seen_idx = fit_idx if seen_idx is None else seen_idx
+    user_feats, item_feats = (feature_tensors(enc, seen_idx if cfg.history else None, cfg.max_history)
                               if cfg.model == "two_tower" else ({}, {}))
     fit = Interactions.of(enc, fit_idx, stars=False)
-    seen_ptr, seen = fit.csr()
+    seen_ptr, seen = Interactions.of(enc, seen_idx, stars=False).csr() if seen_idx is not fit_idx else fit.csr()
     return {
         "users": fit.users,
         "items": fit.items,
