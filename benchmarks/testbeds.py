@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for row in rows[1:]:
             row["gap to EASEᴿ"] = f"{row['ndcg@10'] - ease['ndcg@10']:+.4f}"
+        shown = [{**row, **{c: f"{row[c]:.4f}" for c in COLUMNS}} for row in rows]
         density = len(enc.user_idx) / enc.n_users / enc.n_items
         sections.append(f"### {BEDS[name]} ({enc.n_users:,} users x {enc.n_items:,} movies, "
                         f"{len(enc.user_idx):,} ratings, {density:.1%} dense; {time.perf_counter() - t0:.0f} s)\n\n"
-                        + markdown_table(rows, ["model", *COLUMNS, "gap to EASEᴿ", "epochs", "settings"]))
+                        + markdown_table(shown, ["model", *COLUMNS, "gap to EASEᴿ", "epochs", "settings"]))
         gap = ease["ndcg@10"] - rows[2]["ndcg@10"]
         verdicts.append(f"{BEDS[name]}: {'met' if gap <= GAP else f'not met, {gap - GAP:.4f} short'}")
         print(sections[-1], flush=True)

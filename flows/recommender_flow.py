@@ -115,7 +115,8 @@ class RecommenderFlow(FlowSpec):
     @card(type="blank")
     @step
     def publish(self):
-        """Bundle the models, build the wheel and upload it to the package repository."""
+        """Bundle the models, build the wheel and upload it to the package repository; promote it
+        over the champion unless it is worse there (the promotion gate)."""
         # a resumed run has start's time cloned from the run it resumed: it gets a version of its own,
         # the same in every retry of this step
         started_us = pipeline.publish_time(getattr(self, "started_us", None))
@@ -123,7 +124,9 @@ class RecommenderFlow(FlowSpec):
                "dataset": self.data_stats, "metrics": self.metrics}
         self.bundle, publication = pipeline.publish(self.data_split, self._stages(), self.settings, run)
         self.publication = publication.to_dict()  # the wheel: in publication["repository"], by name and sha256
-        current.card.extend(cards.publish_card(self.publication, len(self.bundle)))
+        # the gate: beside the champion on this test split; the run's tags say published and promoted
+        self.promotion = pipeline.promote(self.data_split, self.bundle, publication, self.settings)
+        current.card.extend(cards.publish_card(self.publication, len(self.bundle), self.promotion))
         self.next(self.end)
 
     @card(type="blank")

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from movierec.training.retrieval import RetrievalResult
     from movierec.training.stages import TwoStage
 
-__all__ = ["InputError", "build_index", "evaluate", "fit_sources", "load_data", "publish", "publish_time",
+__all__ = ["InputError", "build_index", "evaluate", "fit_sources", "load_data", "promote", "publish", "publish_time",
            "ray_storage", "run_created_us", "split_data", "split_for", "stages", "train_ranker", "train_retrieval",
            "train_retrieval_on_cluster", "tune_ranking", "version_time"]
 
@@ -292,12 +292,17 @@ def version_time(started_us: int | None, origin_run_id: str | None, created_us: 
 
 
 def run_created_us(flow_name: str, run_id: str) -> int:
-    """When run ``flow_name/run_id`` was created, in microseconds since the epoch, as its metadata
-    (local or the service) recorded it: the same in every step and every retry of the run. The
-    client's ``created_at`` is a naive local datetime made from the recorded epoch milliseconds;
-    ``timestamp()`` undoes that exactly, and the rounding drops float noise below a millisecond."""
-    from metaflow import Run
+    """When run ``flow_name/run_id`` was created, in microseconds since the epoch: the same in every
+    step and every retry of the run. With local metadata that is the run id itself (Metaflow's
+    local run ids are the creation time in microseconds), not the run's ``created_at``: the local
+    provider rewrites that to the time of any tag change, and ``publish`` tags its run (the
+    promotion gate), so a retried ``publish`` would have named a second version. With the metadata
+    service, ``created_at`` (a naive local datetime made from the recorded epoch milliseconds;
+    ``timestamp()`` undoes that exactly, and the rounding drops float noise below a millisecond)."""
+    from metaflow import Run, get_metadata
 
+    if get_metadata().startswith("local") and run_id.isdigit():
+        return int(run_id)
     return round(Run(f"{flow_name}/{run_id}").created_at.timestamp() * 1000) * 1000
 
 
@@ -323,3 +328,21 @@ def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadat
     bundle = make_bundle(data_split, stages, metadata, user_data=settings.publish.user_data)
     publication = upload(bundle, settings.publish)
     return bundle, publication
+
+
+def promote(data_split: DataSplit, bundle: bytes, publication: Publication, settings: Settings) -> dict:
+    """The promotion gate for the running run's published ``bundle`` (``movierec.training.promotion``):
+    scored beside the champion on this run's test split, the run tagged ``published:<version>`` and,
+    when the gate lets it, ``promoted``; what was found, as the card and the run keep it."""
+    from metaflow import current
+
+    from movierec.training import promotion
+
+    run = f"{current.flow_name}/{current.run_id}"
+    champion = promotion.champion_run(current.flow_name, current.run_id, settings.promotion)
+    print(f"[publish] promotion gate: against {champion or 'no champion yet'}", flush=True)
+    result = promotion.gate(data_split, bundle, champion, settings.promotion)
+    tags = promotion.record(run, publication.version, result)
+    verdict = "promoted" if result.decision.promote else "not promoted"
+    print(f"[publish] {verdict}: " + "; ".join(result.decision.reasons) + f" (tags: {', '.join(tags)})", flush=True)
+    return {**result.to_dict(), "tags": tags}

@@ -55,6 +55,26 @@ def test_artifacts_and_metrics_beat_popularity(runs):
     assert meta["run_id"] == run.id and meta["sizes"]["item"] == 1682
 
 
+def test_publish_tags_the_run_and_gates_it_by_what_evaluate_measured(runs):
+    """The promotion gate in publish: the run is tagged with its version and, the gate letting it,
+    promoted; the gate scored the published bundle as it serves to the figures evaluate reported;
+    and a model exactly like the champion is promoted against it (equal scores)."""
+    from movierec.core.settings import PromotionSettings
+    from movierec.training import promotion
+
+    _, failed_run, _, resumed, _ = runs
+    publish = resumed["publish"].task.data
+    assert {f"published:{publish.publication['version']}", promotion.PROMOTED} <= set(resumed.user_tags)
+    assert not any(tag.startswith("published:") for tag in failed_run.user_tags)
+    assert resumed.pathspec in [run.pathspec for run in Flow("RecommenderFlow").runs(promotion.PROMOTED)]
+    metrics = {row["model"]: row for row in resumed["evaluate"].task.data.metrics}
+    served = metrics["two-stage (Annoy retrieval)"]
+    assert publish.promotion["challenger"]["ndcg"] == pytest.approx(served["ndcg@10"], abs=1e-9)
+    assert publish.promotion["challenger"]["rmse"] == pytest.approx(served["rmse"], abs=1e-6)
+    again = promotion.gate(publish.data_split, publish.bundle, resumed.pathspec, PromotionSettings())
+    assert again.champion == again.challenger and again.decision.promote
+
+
 def test_a_movie_added_to_the_served_model_reaches_users_whose_taste_matches_it(runs):
     """Issue 27's goal on the ML-100K model: a new science-fiction film much like the one its users are
     recommended most (its genres, era and title words, its features alone) lands in the top-10 of

@@ -463,6 +463,28 @@ class PublishSettings:
                              "empty: dist/pypi beside the movierec source")
 
 
+def tolerance_problem(value: float) -> str | None:
+    return None if 0 <= value <= 1 else f"must be from 0 to 1, got {value}"
+
+
+@dataclass(frozen=True)
+class PromotionSettings:
+    """The promotion gate in ``publish`` (``movierec.training.promotion``): the new model is published
+    either way, and tagged ``promoted`` only when it is not worse than the champion beyond these."""
+
+    ndcg_tolerance: float = setting(0.01, "promotion-ndcg-tolerance", "promote only when the new model's nDCG@10 on "
+                                    "its test split is at most this far below the champion's there",
+                                    check=tolerance_problem)
+    rmse_tolerance: float = setting(0.01, "promotion-rmse-tolerance", "promote only when the new model's RMSE on "
+                                    "its test split is at most this far above the champion's there",
+                                    check=tolerance_problem)
+    champion: str = setting("", "champion", "the run whose published model the new one is gated against: a "
+                            "RecommenderFlow run id or pathspec; empty: the newest run of this flow tagged 'promoted' "
+                            "in this namespace (none yet: the first model is promoted)")
+    override: bool = setting(False, "promote-anyway", "promote even where the gate finds a regression (the card "
+                             "and the run's 'promotion-override' tag record it)")
+
+
 @dataclass(frozen=True)
 class DeploySettings:
     """What each step asks Kubernetes or AWS Batch for (the image, Metaflow's ``@resources``,
@@ -520,6 +542,7 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     ray: RaySettings = field(default_factory=RaySettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
 
     def epochs_for(self, max_epochs: int, n_examples: int) -> int:
@@ -554,8 +577,9 @@ class Setting:
         import json
 
         expected = type(self.default)
-        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-            names = {str: "a string", int: "an integer", bool: "true or false"}
+        accepted = (int, float) if expected is float else expected  # 0 in a file is a number too
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, accepted):
+            names = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
             return f"must be {names[expected]}, got {json.dumps(value)}"
         if self.choices and value not in self.choices:
             return f"must be one of {', '.join(self.choices)}, got {json.dumps(value)}"

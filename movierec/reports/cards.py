@@ -199,7 +199,7 @@ def evaluation_card(report: Report, protocol: str) -> list:
     return cards
 
 
-def publish_card(publication: dict, bundle_size: int) -> list:
+def publish_card(publication: dict, bundle_size: int, promotion: dict) -> list:
     status = "uploaded to" if publication["uploaded"] else "was already in"
     return [
         heading(f"Published movierec {publication['version']}",
@@ -208,7 +208,21 @@ def publish_card(publication: dict, bundle_size: int) -> list:
                  "Then: `movierec recommend --user 1` or `from movierec import Recommender`."]),
         key_values({**publication, "bundle size (MB)": bundle_size / 1e6,
                     "wheel size (MB)": publication["size"] / 1e6}),
+        *promotion_card(promotion),
     ]
+
+
+def promotion_card(promotion: dict) -> list:
+    """Challenger against champion on this run's test split, and the gate's decision."""
+    decision = promotion["decision"]
+    champion = promotion["champion_run"] or "none yet"
+    rows = [{"model": "challenger (this run)", **promotion["challenger"]}]
+    if promotion["champion"] is not None:
+        rows.append({"model": f"champion ({champion})", **promotion["champion"]})
+    return [heading(f"Promotion gate: {'promoted' if decision['promote'] else 'not promoted'}",
+                    [f"Champion: `{champion}`. Run tags: {', '.join(f'`{t}`' for t in promotion['tags'])}.",
+                     *decision["reasons"]]),
+            table(rows, ["model", "ndcg", "rmse", "rated_pairs", "seen_test"])]
 
 
 def finished_lines(run_id: str, publication: dict, metrics: list[dict], flow_file: str) -> list[str]:
