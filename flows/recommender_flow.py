@@ -124,15 +124,17 @@ class RecommenderFlow(FlowSpec):
                "dataset": self.data_stats, "metrics": self.metrics}
         self.bundle, publication = pipeline.publish(self.data_split, self._stages(), self.settings, run)
         self.publication = publication.to_dict()  # the wheel: in publication["repository"], by name and sha256
-        # the gate: beside the champion on this test split; the run's tags say published and promoted
-        self.promotion = pipeline.promote(self.data_split, self.bundle, publication, self.settings)
+        # the gate: beside the champion on this test split (end tags the run by its decision)
+        self.promotion = pipeline.promote(self.data_split, self.bundle, self.settings, self.data_stats.get("name"))
         current.card.extend(cards.publish_card(self.publication, len(self.bundle), self.promotion))
         self.next(self.end)
 
     @card(type="blank")
     @step
     def end(self):
-        """Print the headline metrics and how to install and use the published model."""
+        """Tag the run by what it published and the promotion gate's decision; print the headline
+        metrics and how to install and use the published model."""
+        self.run_tags = pipeline.record_promotion(self.publication["version"], self.promotion)
         lines = cards.finished_lines(current.run_id, self.publication, self.metrics, sys.argv[0])
         print("[end] " + "\n  ".join(lines))
         current.card.extend(cards.finished_card(lines))

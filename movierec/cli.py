@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movierec",
                                      description="Movie recommendations from a trained movierec model.")
     parser.add_argument("--model", default=None,
-                        help="bundle folder or zip, or a Metaflow run id (default: the model packaged in this wheel)")
+                        help="bundle folder or zip, a Metaflow run id, or 'promoted': the latest run the promotion "
+                             "gate let through (default: the model packaged in this wheel)")
     parser.add_argument("--backend", choices=BACKENDS, default="numpy",
                         help="what runs the rating model: numpy (default, its folded tables), onnx (its ONNX "
                              "graph; pip install 'movierec[onnx]') or torch (the training code and its packages; "
@@ -148,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--allowed-hosts", type=_hosts, default=None, metavar="NAME,...",
                    help="the Host names requests may be sent to, others get 400 (against DNS rebinding): names, "
                         "addresses (IPv6 without brackets, no ports), *.example.com, or * for any (default: localhost, "
-                        "127.0.0.1, ::1 and --host unless it is 0.0.0.0 or ::); /health answers any Host")
+                        "127.0.0.1, ::1 and --host unless it is 0.0.0.0 or ::); /health and /metrics answer any Host")
     v.add_argument("--read-key-required", action="store_true",
-                   help="reads need an API key too (any valid key; default: reads are open); /, /health and the "
-                        "API description stay open")
+                   help="reads need an API key too (any valid key; default: reads are open); /, /health, /metrics "
+                        "and the API description stay open")
     v.add_argument("--write-rate", type=_rate, default=10.0, metavar="PER_SECOND",
                    help="writes each key may make per second, in bursts of up to a second's worth (default 10; a "
                         "key's own rate, keys add --rate, overrides it); beyond it: 429 with Retry-After")
@@ -222,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"(API description: /docs), {kept}", file=sys.stderr, flush=True)
             if wildcard and args.allowed_hosts is None:
                 print(f"movierec: warning: --host {args.host or repr('')} listens on every address, but only requests "
-                      "naming localhost, 127.0.0.1 or ::1 are answered: remote clients get 400 (all but /health); "
-                      "pass --allowed-hosts with the names they use, e.g. --allowed-hosts api.example.com,10.0.0.5",
+                      "naming localhost, 127.0.0.1 or ::1 are answered: remote clients get 400 (all but /health and "
+                      "/metrics); pass --allowed-hosts with the names they use, e.g. --allowed-hosts "
+                      "api.example.com,10.0.0.5",
                       file=sys.stderr, flush=True)
             if store is not None and not access.active_keys():
                 print(f"movierec: no active API key in {args.keys}, so every POST /ratings gets 401: "

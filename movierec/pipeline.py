@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from movierec.training.stages import TwoStage
 
 __all__ = ["InputError", "build_index", "evaluate", "fit_sources", "load_data", "promote", "publish", "publish_time",
-           "ray_storage", "run_created_us", "split_data", "split_for", "stages", "train_ranker", "train_retrieval",
-           "train_retrieval_on_cluster", "tune_ranking", "version_time"]
+           "ray_storage", "record_promotion", "run_created_us", "split_data", "split_for", "stages", "train_ranker",
+           "train_retrieval", "train_retrieval_on_cluster", "tune_ranking", "version_time"]
 
 
 class InputError(MetaflowException, DataError):
@@ -330,19 +330,31 @@ def publish(data_split: DataSplit, stages: TwoStage, settings: Settings, metadat
     return bundle, publication
 
 
-def promote(data_split: DataSplit, bundle: bytes, publication: Publication, settings: Settings) -> dict:
+def promote(data_split: DataSplit, bundle: bytes, settings: Settings, dataset: str) -> dict:
     """The promotion gate for the running run's published ``bundle`` (``movierec.training.promotion``):
-    scored beside the champion on this run's test split, the run tagged ``published:<version>`` and,
-    when the gate lets it, ``promoted``; what was found, as the card and the run keep it."""
+    scored beside the champion (the latest promotion of this project branch and ``dataset``) on this
+    run's test split; what was found and decided, as the card and the run keep it. The ``end`` step
+    tags the run by it (:func:`record_promotion`)."""
     from metaflow import current
 
     from movierec.training import promotion
 
-    run = f"{current.flow_name}/{current.run_id}"
-    champion = promotion.champion_run(current.flow_name, current.run_id, settings.promotion)
+    branch = getattr(current, "branch_name", None)
+    champion = promotion.champion_run(current.flow_name, current.run_id, settings.promotion, branch=branch,
+                                      dataset=dataset)
     print(f"[publish] promotion gate: against {champion or 'no champion yet'}", flush=True)
     result = promotion.gate(data_split, bundle, champion, settings.promotion)
-    tags = promotion.record(run, publication.version, result)
     verdict = "promoted" if result.decision.promote else "not promoted"
-    print(f"[publish] {verdict}: " + "; ".join(result.decision.reasons) + f" (tags: {', '.join(tags)})", flush=True)
-    return {**result.to_dict(), "tags": tags}
+    print(f"[publish] {verdict}: " + "; ".join(result.decision.reasons), flush=True)
+    return result.to_dict()
+
+
+def record_promotion(version: str, promotion: dict) -> list[str]:
+    """Tag the running run ``published:<version>`` and, as the gate decided, ``promoted``: in
+    ``end``, once ``publish`` has stored its bundle, so that no run a later gate would load as its
+    champion lacks one."""
+    from metaflow import current
+
+    from movierec.training.promotion import record
+
+    return record(f"{current.flow_name}/{current.run_id}", version, promotion)

@@ -336,7 +336,9 @@ def test_a_run_with_the_feedback_store_learns_what_a_new_user_rated(runs, light_
     from conftest import BUDGET, FLOW
     from metaflow import Runner
 
+    from movierec.serving.bundle import promoted_runs
     from movierec.serving.recommender import Recommender
+    from movierec.training.promotion import Scores, decide
 
     first = runs[3]["publish"].task.data.bundle
     rec = Recommender.from_bytes(first)
@@ -352,6 +354,13 @@ def test_a_run_with_the_feedback_store_learns_what_a_new_user_rated(runs, light_
         assert running.status == "successful", (running.stdout + running.stderr)[-3000:]
         assert f"{store}: 20 ratings users sent added" in running.stdout
         second = Recommender.from_bytes(running.run["publish"].task.data.bundle)
+        gated = running.run["publish"].task.data.promotion
+    # the second model was gated against a promoted one of the same data (this module's first, or another's)
+    assert gated["champion_run"] in [run.pathspec for run in promoted_runs()] and gated["champion"] is not None
+    assert gated["champion"]["rated_pairs"] == gated["challenger"]["rated_pairs"] > 0
+    again = decide(Scores(**gated["challenger"]), Scores(**gated["champion"]), ndcg_tolerance=0.01,
+                   rmse_tolerance=0.01)
+    assert again.promote == gated["decision"]["promote"] and again.reasons == gated["decision"]["reasons"]
     # a known user now, and every rating they sent was trained on (feedback never goes to the test split)
     assert second.knows_user(new) and sorted(second.rated(new)) == sorted(liked)
     def horror(user: int) -> int:

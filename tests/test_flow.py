@@ -55,24 +55,35 @@ def test_artifacts_and_metrics_beat_popularity(runs):
     assert meta["run_id"] == run.id and meta["sizes"]["item"] == 1682
 
 
-def test_publish_tags_the_run_and_gates_it_by_what_evaluate_measured(runs):
-    """The promotion gate in publish: the run is tagged with its version and, the gate letting it,
-    promoted; the gate scored the published bundle as it serves to the figures evaluate reported;
-    and a model exactly like the champion is promoted against it (equal scores)."""
+def test_publish_gates_the_model_by_what_evaluate_measured_and_end_tags_the_run(runs):
+    """The promotion gate in publish: it scored the published bundle as it serves to the figures
+    evaluate reported; end tagged the run with its version and, the gate letting it, promoted (the
+    failed run, which never published, has neither); `--model promoted` serves the latest
+    promotion; and a model exactly like the champion is promoted against it (equal scores)."""
     from movierec.core.settings import PromotionSettings
+    from movierec.serving.bundle import PROMOTED, bundle_of_run, promoted_runs
     from movierec.training import promotion
 
     _, failed_run, _, resumed, _ = runs
     publish = resumed["publish"].task.data
-    assert {f"published:{publish.publication['version']}", promotion.PROMOTED} <= set(resumed.user_tags)
+    assert publish.promotion["decision"]["promote"]
+    assert {f"published:{publish.publication['version']}", PROMOTED} <= set(resumed.user_tags)
+    assert resumed["end"].task.data.run_tags == [f"published:{publish.publication['version']}", PROMOTED]
     assert not any(tag.startswith("published:") for tag in failed_run.user_tags)
-    assert resumed.pathspec in [run.pathspec for run in Flow("RecommenderFlow").runs(promotion.PROMOTED)]
+    assert resumed.pathspec in [run.pathspec for run in promoted_runs()]
+    assert bundle_of_run(PROMOTED)[0] == promoted_runs()[0].pathspec
     metrics = {row["model"]: row for row in resumed["evaluate"].task.data.metrics}
     served = metrics["two-stage (Annoy retrieval)"]
     assert publish.promotion["challenger"]["ndcg"] == pytest.approx(served["ndcg@10"], abs=1e-9)
     assert publish.promotion["challenger"]["rmse"] == pytest.approx(served["rmse"], abs=1e-6)
     again = promotion.gate(publish.data_split, publish.bundle, resumed.pathspec, PromotionSettings())
     assert again.champion == again.challenger and again.decision.promote
+    # the champion lookup keeps to the run's dataset and project branch
+    branch = next(t.removeprefix("project_branch:") for t in resumed.system_tags if t.startswith("project_branch:"))
+    found = promotion.champion_run("RecommenderFlow", "0", PromotionSettings(), branch=branch, dataset="ml-100k")
+    assert found is not None and found in [run.pathspec for run in promoted_runs()]
+    assert promotion.champion_run("RecommenderFlow", "0", PromotionSettings(), branch=branch, dataset="other") is None
+    assert promotion.champion_run("RecommenderFlow", "0", PromotionSettings(), branch="test.x", dataset=None) is None
 
 
 def test_a_movie_added_to_the_served_model_reaches_users_whose_taste_matches_it(runs):

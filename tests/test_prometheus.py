@@ -65,7 +65,7 @@ def test_the_model_and_the_writes_are_exposed(keyed):
     info = (("backend", described["backend"]), ("run_id", str(described["run_id"])),
             ("version", described["version"]))
     assert samples[("movierec_model_info", info)] == 1
-    assert samples[("movierec_store_up", ())] == 1
+    assert samples[("movierec_store_up", ())] == 1  # a store, answering
     movie = int(rec.bundle.item_ids[0])
     rating = {"user_id": 1, "movie_id": movie, "rating": 4.0}
     assert call(api, "POST", "/ratings", rating)[0] == 401  # refused by the guard, outside the router
@@ -95,6 +95,18 @@ def test_an_openmetrics_scraper_gets_openmetrics(tiny_bundle):
     status, headers, body = api.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text"})
     assert status == 200 and headers["content-type"].startswith("application/openmetrics-text")
     assert body.decode().rstrip().endswith("# EOF") and "movierec_model_info" in body.decode()
+
+
+def test_a_server_without_a_store_reports_none_and_odd_methods_share_one_series(tiny_bundle):
+    api = InProcessAPI(create_app(Recommender.from_bytes(tiny_bundle)))
+    for method in ("BREW", "PROPFIND"):
+        api.request(method, "/health")
+    samples = scrape(api)
+    assert not any(name == "movierec_store_up" for name, _ in samples)
+    methods = {value for _, labels in samples for key, value in labels if key == "method"}
+    assert methods == {"other"}  # the scrape itself counts from the next one on
+    assert sum(v for (name, labels), v in samples.items() if name == "movierec_requests_total"
+               and ("method", "other") in labels) == 2
 
 
 def test_each_app_counts_its_own_requests(tiny_bundle):

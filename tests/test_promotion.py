@@ -39,12 +39,35 @@ def test_a_champion_that_trained_on_the_test_ratings_is_counted(tiny_models, tin
 
 def test_a_champion_that_never_saw_the_users_recommends_from_their_ratings(tiny_models, tiny_private_bundle):
     """A bundle without its users (or one trained before they came) ranks for them from the
-    training ratings of the split, as the API does for a new user; it has no user to rate for."""
+    training ratings of the split, stars included, as the API does for a new user; it has no user
+    to rate for."""
     data_split, _ = tiny_models
     rec = Recommender.from_bytes(tiny_private_bundle)
     assert not rec.knows_user(int(data_split.enc.user_ids[0]))
     scores = promotion.score(rec, data_split)
     assert scores.ndcg > 0.05 and scores.rmse is None and scores.rated_pairs == 0
+    # the history each unknown user is recommended from: their training ratings with their stars
+    enc, train = data_split.enc, data_split.split.train
+    test = promotion.TestSplit(data_split)
+    for u in test.users[:5]:
+        mine = train[enc.user_idx[train] == u]
+        movies, stars = test.trained(int(u))
+        assert sorted(zip(movies.tolist(), stars.tolist())) == \
+            sorted(zip(enc.item_ids[enc.item_idx[mine]].tolist(), enc.rating[mine].tolist()))
+
+
+def test_rmse_is_compared_only_over_ratings_both_models_can_make(tiny_models, tiny_bundle, tiny_private_bundle):
+    """Against a champion that cannot rate these users, the challenger's RMSE is not compared either
+    (else one would be scored on pairs the other was spared), and the decision says so."""
+    data_split, _ = tiny_models
+    ours, theirs = promotion.compare(Recommender.from_bytes(tiny_bundle), Recommender.from_bytes(tiny_private_bundle),
+                                     data_split)
+    assert ours.rmse is None and theirs.rmse is None and ours.rated_pairs == theirs.rated_pairs == 0
+    assert ours.ndcg == promotion.score(Recommender.from_bytes(tiny_bundle), data_split).ndcg
+    decision = decide(ours, theirs, ndcg_tolerance=0.01, rmse_tolerance=0.01)
+    assert any(reason.startswith("RMSE not compared") for reason in decision.reasons)
+    same = promotion.compare(Recommender.from_bytes(tiny_bundle), Recommender.from_bytes(tiny_bundle), data_split)
+    assert same[0] == same[1] and same[0].rated_pairs == len(data_split.split.test)
 
 
 CHAMPION = Scores(ndcg=0.40, rmse=0.90, rated_pairs=100, seen_test=0)

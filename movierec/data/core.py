@@ -95,13 +95,15 @@ class Dataset:
         order = pc.sort_indices(self.ratings, sort_keys=[("timestamp", "ascending"), ("user_id", "ascending")])
         return replace(self, name=self.name + f"[:{n}]", ratings=self.ratings.take(order[:n]))
 
-    def stats(self) -> dict[str, float | bool]:
-        """Headline statistics for cards and logs (a mean rating only where there are ratings)."""
+    def stats(self) -> dict[str, str | float | bool]:
+        """Headline statistics for cards and logs (a mean rating only where there are ratings), and
+        the data's name (the promotion gate compares models of the same data only)."""
         r = self.ratings
         n_users = len(pc.unique(r["user_id"]))
         n_items = len(pc.unique(r["item_id"]))
         ts = r["timestamp"]
         return {
+            "name": self.name,
             "ratings": r.num_rows,
             "users": n_users,
             "items": n_items,

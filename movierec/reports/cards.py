@@ -219,9 +219,11 @@ def promotion_card(promotion: dict) -> list:
     rows = [{"model": "challenger (this run)", **promotion["challenger"]}]
     if promotion["champion"] is not None:
         rows.append({"model": f"champion ({champion})", **promotion["champion"]})
-    return [heading(f"Promotion gate: {'promoted' if decision['promote'] else 'not promoted'}",
-                    [f"Champion: `{champion}`. Run tags: {', '.join(f'`{t}`' for t in promotion['tags'])}.",
-                     *decision["reasons"]]),
+    verdict = ("promoted: `end` tags the run `promoted`" if decision["promote"] else
+               "not promoted: the run is tagged `published:<version>` only, and `--model promoted` keeps serving "
+               "the champion (an install of the newest wheel does not: aliases in the package repository are not "
+               "built yet)")
+    return [heading(f"Promotion gate: {verdict}", [f"Champion: `{champion}`.", *decision["reasons"]]),
             table(rows, ["model", "ndcg", "rmse", "rated_pairs", "seen_test"])]
 
 

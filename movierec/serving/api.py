@@ -394,7 +394,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     app.add_middleware(SecurityHeaders)  # the guards' refusals carry the headers too
     described = rec.describe()
     metrics = ServingMetrics({"version": described["version"], "run_id": str(described["run_id"] or ""),
-                              "backend": described["backend"]})
+                              "backend": described["backend"]}, store=store is not None)
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: every answer counts, refusals too
     page_html = (resources.files("movierec.serving") / "web" / "index.html").read_text()
@@ -464,7 +464,7 @@ def create_app(rec: Recommender, body_timeout: float = BODY_TIMEOUT, store: Inte
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(request: Request) -> Response:
         """Prometheus metrics (movierec.serving.monitoring): requests, latency, errors, writes, the model."""
-        if breaker is not None:
+        if breaker is not None and metrics.store_up is not None:
             metrics.store_up.set(0 if breaker.down else 1)
         body, content_type = metrics.exposition(request.headers.get("accept", ""))
         return Response(body, media_type=content_type)

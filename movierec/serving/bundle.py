@@ -397,15 +397,39 @@ def rating_backend(files: dict[str, bytes], info: dict, shape: tuple[int, int], 
 
 
 FLOW = "RecommenderFlow"
+PROMOTED = "promoted"  # the run tag of a model the promotion gate let through (movierec.training.promotion)
+PUBLISHED = "published:"  # + the wheel's version, 0.1.0.post<microseconds>
+
+
+def published_us(run: object) -> int:
+    """When ``run`` (a Metaflow Run) published, in microseconds, read from its ``published:<version>``
+    tag (0 without one). Runs are ordered by it rather than by their creation time: Metaflow's local
+    metadata rewrites a run's ``created_at`` whenever its tags change."""
+    versions = [tag.removeprefix(PUBLISHED) for tag in run.user_tags if tag.startswith(PUBLISHED)]
+    return max((int(v.rpartition(".post")[2]) for v in versions if v.rpartition(".post")[2].isdigit()), default=0)
+
+
+def promoted_runs(flow: str = FLOW) -> list:
+    """The successful runs of ``flow`` tagged ``promoted`` in Metaflow's current namespace, the
+    latest promotion first."""
+    from metaflow import Flow
+    from metaflow.exception import MetaflowNotFound
+
+    try:
+        runs = [run for run in Flow(flow).runs(PROMOTED) if run.successful]
+    except MetaflowNotFound:  # no run of the flow in this namespace
+        return []
+    return sorted(runs, key=published_us, reverse=True)
 
 
 def bundle_of_run(run: str | None) -> tuple[str, bytes]:
     """(pathspec, bundle zip) of a RecommenderFlow run's publish step. ``run`` is
-    ``"RecommenderFlow/<id>"`` or a bare run id, of any user; None: the latest successful run of
-    this user (Metaflow's default namespace: a shared datastore holds other people's runs too) in
-    the datastore this directory uses. Needs metaflow; raises BundleError saying what is missing."""
+    ``"RecommenderFlow/<id>"`` or a bare run id, of any user; ``"promoted"``: the latest run the
+    promotion gate let through; None: the latest successful run of this user (Metaflow's default
+    namespace: a shared datastore holds other people's runs too) in the datastore this directory
+    uses. Needs metaflow; raises BundleError saying what is missing."""
     try:
-        from metaflow import Flow, Run, namespace
+        from metaflow import Flow, Run, get_namespace, namespace
         from metaflow.exception import MetaflowException
     except ImportError:
         raise BundleError("no model is packaged with this installation of movierec: install a published wheel, "
@@ -415,9 +439,17 @@ def bundle_of_run(run: str | None) -> tuple[str, bytes]:
             found = Flow(FLOW).latest_successful_run
             if found is None:
                 raise MetaflowException(f"no successful run of {FLOW} of yours")
+        elif run == PROMOTED:
+            found = next(iter(promoted_runs()), None)
+            if found is None:
+                raise MetaflowException(f"no run of {FLOW} of yours is tagged {PROMOTED}")
         else:
-            namespace(None)
-            found = Run(run if "/" in run else f"{FLOW}/{run}")
+            before = get_namespace()
+            namespace(None)  # a run id names one run, whoever made it
+            try:
+                found = Run(run if "/" in run else f"{FLOW}/{run}")
+            finally:
+                namespace(before)
         return found.pathspec, found["publish"].task.data.bundle
     except (MetaflowException, KeyError, AttributeError) as exc:
         if run is None:

@@ -111,8 +111,9 @@ class Recommender:
     def load(cls, source: str | Path | None = None, backend: str = "numpy") -> Recommender:
         """Load a bundle: the one packaged in this installation (default; in a source checkout,
         the latest successful local flow run), a bundle folder or zip, or a Metaflow run
-        (``"RecommenderFlow/<run id>"``, any flow's ``"<flow>/<run id>"``, or a bare run id of
-        RecommenderFlow; needs metaflow).
+        (``"RecommenderFlow/<run id>"``, any flow's ``"<flow>/<run id>"``, a bare run id of
+        RecommenderFlow, or ``"promoted"``: the latest run the promotion gate let through; needs
+        metaflow).
         ``backend`` runs the rating model on ``"numpy"`` (default), ``"onnx"`` or ``"torch"``."""
         if source is None:
             packaged = resources.files("movierec") / "bundle"
