@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", nargs="+", default=WARM, choices=WARM,
                         help="the protocols of rated movies (coldstart: benchmarks/coldstart.py)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
-    parser.add_argument("--retrieval-epochs", type=int, default=RetrievalConfig.epochs)
+    parser.add_argument("--retrieval-epochs", type=int, default=RetrievalConfig().max_epochs())
     parser.add_argument("--lightgcn-epochs", type=int, default=LIGHTGCN_EPOCHS,
                         help="most LightGCN epochs (as flows/configs/lightgcn.json)")
     parser.add_argument("--tune-samples", type=int, default=10)

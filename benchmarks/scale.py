@@ -365,7 +365,7 @@ def convergence_part(n: int) -> str:
     evaluator = Evaluator(enc, data_split.split)
     pop = evaluator.factorized_row("popularity", np.ones((enc.n_users, 1), np.float32), evaluator.popularity[:, None])
     rows, curves = [], {}
-    budgets = {"one epoch (default --train-budget)": n, "to early stopping": n * RetrievalConfig.epochs}
+    budgets = {"one epoch (default --train-budget)": n, "to early stopping": n * RetrievalConfig().max_epochs()}
     with tempfile.TemporaryDirectory() as storage:
         for name, budget in budgets.items():
             start = time.perf_counter()
@@ -386,7 +386,7 @@ def convergence_part(n: int) -> str:
     one, full = rows[0], rows[1]
     return (f"### One epoch against early stopping at {n:,} ratings (two-tower alone, every CPU)\n\n"
             f"{enc.n_users:,} users, {enc.n_items:,} movies; `tfrs` split (seed 42); validation: 5% of train; "
-            f"patience {RetrievalConfig().stop_after()} epochs, at most {RetrievalConfig.epochs}.\n\n"
+            f"patience {RetrievalConfig().stop_after()} epochs, at most {RetrievalConfig().max_epochs()}.\n\n"
             + markdown_table(rows, list(rows[0])) + "\n\nValidation DCG per epoch of the run to early stopping:\n\n"
             + markdown_table(curve, list(curve[0]))
             + f"\n\nTraining to early stopping took {full['seconds']} s against {one['seconds']} s for one epoch "

@@ -138,7 +138,7 @@ def two_tower(enc, users: torch.Tensor, items: torch.Tensor, setup: Setup) -> Tr
     device = users.device
     user_feats, item_feats = feature_tensors(enc)
     cfg = RetrievalConfig()
-    towers = TwoTower(enc.vocab_sizes, user_feats, item_feats, cfg.dim, cfg.hidden).to(device)
+    towers = TwoTower(enc.vocab_sizes, user_feats, item_feats, cfg.embedding_dim(), cfg.hidden).to(device)
     log_q = popularity_log_q(enc.item_idx, enc.n_items).to(device)
     loss_fn = compiled(in_batch_loss, "[training]") if setup.compiled else in_batch_loss
 

@@ -20,14 +20,14 @@ KUBERNETES = flowconfig.Compute("kubernetes")
 def test_shipped_files_parse_and_the_defaults_are_the_dataclasses():
     defaults = flowconfig.defaults()
     assert flowconfig.parse("{}") == defaults == flowconfig.parse(json.dumps(defaults))
-    assert defaults["retrieval"]["epochs"] == RetrievalConfig.epochs == 15 and defaults["seed"] == Settings.seed
+    assert defaults["retrieval"]["epochs"] == RetrievalConfig.epochs == 0 and defaults["seed"] == Settings.seed
     printed = subprocess.run([sys.executable, "-m", "movierec.training.flowconfig"], capture_output=True, text=True,
                              check=True)
     assert json.loads(printed.stdout) == defaults
     assert to_values(from_values({})) == {s.key: s.default for s in SETTINGS}
     lightgcn = flowconfig.parse((CONFIGS / "lightgcn.json").read_text())
     assert lightgcn["retrieval"]["model"] == "lightgcn" and lightgcn["retrieval"]["epochs"] == 40
-    assert lightgcn["retrieval"]["dim"] == 64 and lightgcn["tune"]["samples"] == 6  # the rest: defaults
+    assert lightgcn["retrieval"]["dim"] == 0 and lightgcn["tune"]["samples"] == 6  # the rest: defaults
     yaml_file = flowconfig.parse((CONFIGS / "ml20m.yaml").read_text())
     assert yaml_file["data"]["dir"] == "~/ml-20m" and yaml_file["protocol"] == "temporal"
     production = flowconfig.parse((CONFIGS / "production.yaml").read_text())
@@ -38,7 +38,9 @@ def test_shipped_files_parse_and_the_defaults_are_the_dataclasses():
 @pytest.mark.parametrize("text, message", [
     ('{"retrieval": {"modle": "lightgcn"}}', "unknown setting 'retrieval.modle'"),
     ('{"tune": 5}', r"unknown setting 'tune' \(known:"),
-    ('{"retrieval": {"epochs": 0}}', r"retrieval.epochs \(--retrieval-epochs\) must be at least 1, got 0"),
+    ('{"retrieval": {"epochs": -1}}', r"retrieval.epochs \(--retrieval-epochs\) must be at least 0, got -1"),
+    ('{"retrieval": {"negatives": 0}}', r"retrieval.negatives \(--negatives\) must be at least 1, got 0"),
+    ('{"retrieval": {"user_tower": "ids"}}', 'retrieval.user_tower .* must be one of features, ratings, got "ids"'),
     ('{"retrieval": {"epochs": "ten"}}', 'retrieval.epochs .* must be an integer, got "ten"'),
     ('{"retrieval": {"history": 1}}', "retrieval.history .* must be true or false, got 1"),
     ('{"seed": true}', "seed .* must be an integer, got true"),

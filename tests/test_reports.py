@@ -51,3 +51,20 @@ def test_the_sources_card_shows_each_sources_own_hyperparameters():
     assert sources["columns"] == ["source", "validation nDCG@10", "lambda", "factors", "regularization", "alpha"]
     assert sources["data"][1] == ["ease", "0.12", "250", "—", "—", "—"]
     assert sources["data"][2] == ["als", "0.1", "—", "64", "0.01", "2.5"]
+
+
+def test_the_retrieval_card_says_how_the_model_learned_and_the_sizes_it_took():
+    """Settings left to the model (dim and epochs 0) show the values it trained with; the heading
+    names the ratings tower's objective, not the pair-trained one's."""
+    from movierec.core.settings import RetrievalConfig
+    from movierec.models.sources import SourceModels
+    from movierec.training.retrieval import RetrievalResult
+
+    sources = SourceModels(tuning={}, final={}, chosen={})
+    history = [{"epoch": 1, "loss": 5.0, "val_dcg": 0.1}]
+    for cfg, objective, dim in [(RetrievalConfig(), "in-batch softmax", "64"),
+                                (RetrievalConfig(user_tower="ratings"), "softmax over the whole catalogue", "200")]:
+        rendered = [c.render() for c in cards.retrieval_card(RetrievalResult(b"", cfg, {}, history), sources)]
+        assert objective in next(r["source"] for r in rendered if "retrieval (" in r.get("source", ""))
+        settings = dict(next(r for r in rendered if r.get("columns") == ["name", "value"])["data"])
+        assert (settings["dim"], settings["epochs"]) == (dim, "15" if dim == "64" else "200")

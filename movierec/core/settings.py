@@ -27,8 +27,22 @@ RETRIEVAL_NAMES = {"two_tower": "two-tower", "lightgcn": "LightGCN"}  # as repor
 # two-tower's score on ML-100K plateaus for two epochs around epoch 5 and then rises again for
 # five or six (validation DCG 0.211 -> 0.216 on tfrs): with a patience of 2 it stopped on the
 # plateau in one run of two, at 0.02-0.03 less retrieval nDCG@10.
-DEFAULT_LR = {"two_tower": 3e-3, "lightgcn": 1e-2}
-DEFAULT_PATIENCE = {"two_tower": 3, "lightgcn": 5}
+#
+# The two-tower with a ratings user tower (``user_tower="ratings"``) trains a batch of users a step
+# (RATINGS_BATCH) with a softmax over the whole catalogue, and its validation score climbs slowly
+# and noisily for 40-80 epochs on ML-100K (best epochs 29-97 on the three test beds of
+# benchmarks/testbeds.py; patience 5 stopped it 0.01-0.04 nDCG@10 early): it keys these tables
+# as "ratings_tower" (RetrievalConfig.variant).
+DEFAULT_LR = {"two_tower": 3e-3, "ratings_tower": 1e-3, "lightgcn": 1e-2}
+DEFAULT_PATIENCE = {"two_tower": 3, "ratings_tower": 20, "lightgcn": 5}
+DEFAULT_EPOCHS = {"two_tower": 15, "ratings_tower": 200, "lightgcn": 15}
+# The ratings tower's vectors at 64 dimensions ranked 0.01-0.04 nDCG@10 lower than at 200 (ML-100K
+# and the synthetic 600 x 10,000 bed), the size Mult-DAE's layers narrow to.
+DEFAULT_DIM = {"two_tower": 64, "ratings_tower": 200, "lightgcn": 64}
+USER_TOWERS = ("features", "ratings")
+# Users per step of the ratings tower: its learning rate is set at 128 (scaled by the square root
+# of the batch over it, as the pair-trained models' at 1,024 pairs).
+RATINGS_BATCH = 128
 # Automatic retrieval batches: 1,024 pairs (what the defaults were tuned at) until an epoch has
 # 4,096 steps of them, then doubling with the data (2,048-4,095 steps an epoch) up to 4,096:
 # with the loss compiled, 4,096 pairs with 1,024 shared negatives trained fastest on 2 cores
@@ -238,8 +252,17 @@ class RetrievalConfig:
 
     model: str = setting("two_tower", "retrieval-model", "retrieval model: two_tower (id + feature towers) or "
                          "lightgcn (graph propagation over the user-movie interactions)", choices=RETRIEVAL_MODELS)
-    dim: int = setting(64, "embedding-dim", "retrieval embedding size", minimum=1)
+    user_tower: str = setting("features", "user-tower", "the two-tower's user tower: features (the user's id, age, "
+                              "gender and occupation; trained on (user, movie) pairs against in-batch negatives) or "
+                              "ratings (the movies the user rated, through one hidden layer, no id; trained a batch "
+                              "of users at a time with a softmax over the whole catalogue)", choices=USER_TOWERS)
+    dim: int = setting(0, "embedding-dim", "retrieval embedding size; 0: the model's own, 64 (200 for the ratings "
+                       "user tower)", minimum=0)
     hidden: int = 128  # two-tower MLP width
+    # The ratings tower's hidden layer and the share of a user's rated movies it drops in training
+    # (Mult-DAE's 600 and a denoising dropout; 0.5 gave 0.004-0.01 less nDCG@10 on ML-100K than 0.7).
+    ratings_hidden: int = 600
+    ratings_dropout: float = 0.7
     layers: int = 3  # LightGCN propagation steps
     temperature: float = 0.2
     lr: float | None = None  # None: DEFAULT_LR of the model
@@ -247,7 +270,8 @@ class RetrievalConfig:
     batch_size: int = setting(0, "retrieval-batch-size", "training pairs per step and worker (at most a worker's "
                               "share of the pairs); 0: by the data's size (1,024 up to 4M training pairs per worker, "
                               "doubling with them up to 4,096; on a GPU from 2M pairs up to 65,536). The learning rate "
-                              "is scaled by the square root of the batch over 1,024", minimum=0)
+                              "is scaled by the square root of the batch over 1,024. With the ratings user tower: "
+                              "users per step (0: 128, the rate's reference)", minimum=0)
     negatives: int = setting(1024, "negatives", "the first N movies of each shuffled batch are every pair's shared "
                              "negatives (all of the batch when smaller): the softmax's cost per pair stays fixed as "
                              "batches grow", minimum=1)
@@ -257,8 +281,9 @@ class RetrievalConfig:
                            "work: on, off, or auto (on when an epoch has 1M pairs or more, which repay the seconds "
                            "compiling takes). On CPU it needs a C++ compiler; without one, training runs uncompiled "
                            "and says so", choices=("auto", "on", "off"))
-    epochs: int = setting(15, "retrieval-epochs", "most retrieval epochs (stops early when validation quality "
-                          "stalls)", minimum=1)
+    epochs: int = setting(0, "retrieval-epochs", "most retrieval epochs (stops early when validation quality "
+                          "stalls); 0: the model's own, 15 (200 for the ratings user tower, whose epochs are short "
+                          "and whose validation score climbs slowly)", minimum=0)
     patience: int | None = None  # epochs without improvement before stopping (None: DEFAULT_PATIENCE);
     # the best epoch's weights are kept
     val_fraction: float = 0.05  # of train, never test
@@ -279,6 +304,27 @@ class RetrievalConfig:
     def __post_init__(self) -> None:
         if self.model not in RETRIEVAL_MODELS:
             raise ValueError(f"retrieval model must be one of {', '.join(RETRIEVAL_MODELS)}, got {self.model!r}")
+        if self.user_tower not in USER_TOWERS:
+            raise ValueError(f"user tower must be one of {', '.join(USER_TOWERS)}, got {self.user_tower!r}")
+
+    @property
+    def variant(self) -> str:
+        """What the per-model defaults are keyed by: the model, or "ratings_tower" for the two-tower
+        with a ratings user tower, which trains differently (see DEFAULT_LR)."""
+        return "ratings_tower" if self.per_user else self.model
+
+    @property
+    def per_user(self) -> bool:
+        """Whether training steps over batches of users (the ratings tower), not of (user, movie) pairs."""
+        return self.model == "two_tower" and self.user_tower == "ratings"
+
+    def embedding_dim(self) -> int:
+        """``dim``, or the model's own default where it is 0."""
+        return self.dim or DEFAULT_DIM[self.variant]
+
+    def max_epochs(self) -> int:
+        """``epochs``, or the model's own default where it is 0."""
+        return self.epochs or DEFAULT_EPOCHS[self.variant]
 
     @property
     def name(self) -> str:
@@ -286,11 +332,14 @@ class RetrievalConfig:
         return RETRIEVAL_NAMES[self.model]
 
     def batch_for(self, n_pairs: int) -> int:
-        """Pairs per step on ``n_pairs`` training pairs: ``batch_size``, or by the data's size. Small
+        """Pairs per step on ``n_pairs`` training pairs (users per step for the ratings tower, 128 by
+        default): ``batch_size``, or by the data's size. Small
         data needs many steps per epoch to converge in few epochs; on large data bigger batches
         spread each step's fixed cost (Python, optimizer, kernel launches) over more pairs."""
         if self.batch_size:
             return self.batch_size
+        if self.per_user:
+            return RATINGS_BATCH
         cap, steps = (GPU_MAX_AUTO_BATCH, GPU_AUTO_STEPS) if self.gpus_per_worker else (MAX_AUTO_BATCH, AUTO_STEPS)
         return min(cap, max(MIN_AUTO_BATCH, 2 ** ((n_pairs // steps).bit_length() - 1)))
 
@@ -301,12 +350,15 @@ class RetrievalConfig:
     def learning_rate(self, batch: int = MIN_AUTO_BATCH) -> float:
         """The set or default rate, scaled by sqrt(batch / 1024) (the defaults were chosen at 1024):
         Adam's updates average the batch's gradients, whose noise falls with its square root."""
-        base = self.lr if self.lr is not None else DEFAULT_LR[self.model]
-        return base * (batch / MIN_AUTO_BATCH) ** 0.5
+        return self.base_lr() * (batch / (RATINGS_BATCH if self.per_user else MIN_AUTO_BATCH)) ** 0.5
+
+    def base_lr(self) -> float:
+        """The set rate or the model's default, at the batch the defaults were chosen at."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.variant]
 
     def stop_after(self) -> int:
         """Epochs without improvement before training stops."""
-        return self.patience if self.patience is not None else DEFAULT_PATIENCE[self.model]
+        return self.patience if self.patience is not None else DEFAULT_PATIENCE[self.variant]
 
 
 @dataclass(frozen=True)

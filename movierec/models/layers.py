@@ -61,14 +61,13 @@ class UserEncoder(nn.Module):
             self.out_dim += dim
         _small_init(self)
 
+    @property
+    def reads_ratings(self) -> bool:
+        """Whether the tower reads rating histories (through sparse products ONNX cannot express)."""
+        return self.history is not None
+
     def rated(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The users' rated movies concatenated, and how many each user has (ragged, no loop)."""
-        starts = self.f_history_indptr[users]
-        lengths = self.f_history_indptr[users + 1] - starts
-        offsets = torch.cumsum(lengths, 0) - lengths
-        positions = (torch.repeat_interleave(starts - offsets, lengths)
-                     + torch.arange(int(lengths.sum()), device=users.device))
-        return self.f_history_items[positions], lengths
+        return ragged_rows(self.f_history_indptr, self.f_history_items, users)
 
     def history_mean(self, users: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
         """Mean embedding of each user's rated movies. In training, ``exclude`` (the movie being
@@ -90,6 +89,55 @@ class UserEncoder(nn.Module):
         if self.history is not None:
             parts.append(self.history_mean(users, exclude))
         return torch.cat(parts, dim=-1)
+
+
+def ragged_rows(indptr: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR rows ``rows`` of (``indptr``, ``values``) concatenated, and each row's length (no loop)."""
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    offsets = torch.cumsum(lengths, 0) - lengths
+    positions = (torch.repeat_interleave(starts - offsets, lengths)
+                 + torch.arange(int(lengths.sum()), device=rows.device))
+    return values[positions], lengths
+
+
+class RatingsEncoder(nn.Module):
+    """A user as the movies they rated (the ``history_*`` buffers): the L2-normalised indicator of
+    those movies through one tanh layer of ``hidden`` units to ``dim`` (Mult-DAE's encoder, Liang
+    et al. 2018). No id embedding: a user is what they rated, so the tower has nothing per user to
+    overfit and a user's vector follows their ratings. In training a share ``dropout`` of each
+    user's movies is dropped (denoising), so it learns to predict a user's movies from the others
+    (trained with ``two_tower.catalogue_loss``)."""
+
+    reads_ratings = True
+
+    def __init__(self, n_items: int, features: dict[str, torch.Tensor], dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+        # The input layer as a table summed through sparse products (see UserEncoder), initialised
+        # like a Linear layer of n_items inputs: small, as each user sums many rows of it.
+        self.input = nn.Embedding(n_items, hidden)
+        nn.init.uniform_(self.input.weight, -n_items ** -0.5, n_items ** -0.5)
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.out = nn.Linear(hidden, dim)
+        self.register_buffer("f_history_indptr", features["history_indptr"].clone())
+        self.register_buffer("f_history_items", features["history_items"].clone())
+        self.out_dim = dim
+
+    def forward(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """``exclude`` is for pair-trained towers (the movie being predicted); this one never sees
+        pairs, and its training leaves movies out by dropout instead."""
+        if exclude is not None:
+            raise ValueError("the ratings tower trains on users, not pairs: nothing to exclude")
+        rated, lengths = ragged_rows(self.f_history_indptr, self.f_history_items, users)
+        table = self.input.weight
+        weights = torch.repeat_interleave(lengths.clamp(min=1).to(table.dtype) ** -0.5, lengths)
+        if self.training and self.dropout:
+            keep = torch.rand(len(rated), device=users.device) >= self.dropout
+            weights = weights * keep / (1 - self.dropout)
+        rows = torch.cat([torch.zeros(1, dtype=lengths.dtype, device=users.device), torch.cumsum(lengths, 0)])
+        bags = torch.sparse_csr_tensor(rows, rated, weights, size=(len(users), table.shape[0]), check_invariants=False)
+        return self.out(torch.tanh(sparse_mm(bags, table) + self.bias))
 
 
 class ItemEncoder(nn.Module):

@@ -12,6 +12,7 @@ from movierec.core.protocols import get_protocol
 from movierec.reports.components import bar_chart, heading, key_values, line_chart, table
 
 if TYPE_CHECKING:  # the types only: the cards of light steps must not import torch
+    from movierec.core.settings import RetrievalConfig
     from movierec.data import Dataset
     from movierec.data.split import DataSplit
     from movierec.models.index import RetrievalIndex
@@ -86,14 +87,23 @@ def retrieval_card(result: RetrievalResult, sources: SourceModels) -> list:
         # The score before the hyperparameters: each source has its own, so they fill the columns to the right.
         table([{"source": name, "validation nDCG@10": chosen["val_ndcg"], **chosen["params"]}
                for name, chosen in sources.chosen.items()]),
-        heading(f"{result.config.name} retrieval ({_trained_by(result)}, in-batch softmax + logQ correction)"),
-        key_values(asdict(result.config)),
+        heading(f"{result.config.name} retrieval ({_trained_by(result)}, {_objective(result.config)})"),
+        # the sizes the model trained with, where the settings leave them to the model (0)
+        key_values({**asdict(result.config), "dim": result.config.embedding_dim(),
+                    "epochs": result.config.max_epochs()}),
         *_search_card(result.search),
         line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
         line_chart(result.history, "epoch", "val_dcg",
                    "Validation DCG per epoch (unseen movies; the best epoch's weights are kept)"),
         table(result.history),
     ]
+
+
+def _objective(cfg: RetrievalConfig) -> str:
+    """How the retrieval model learned, in a few words."""
+    if cfg.per_user:
+        return "a user as the movies they rated, softmax over the whole catalogue"
+    return "in-batch softmax + logQ correction"
 
 
 def _search_card(trials: list[dict]) -> list:

@@ -122,8 +122,8 @@ def export_serving_models(ranker: nn.Module | None, towers: nn.Module, n_users: 
 
     ``ranker`` is a FoldedRatingModel, or None for implicit-only data (no rating model: only the
     user tower is exported); ``towers`` a TwoTower or EmbeddingTables. A user tower that reads rating
-    histories (``--history``) uses sparse matrix products, which ONNX cannot express: it is left
-    out and the reason recorded. Raises ExportError when a graph answers more than
+    histories (``--history``, ``--user-tower ratings``) uses sparse matrix products, which ONNX
+    cannot express: it is left out and the reason recorded. Raises ExportError when a graph answers more than
     ``TOLERANCE`` away from torch.
     """
     rng = np.random.default_rng(seed)
@@ -143,7 +143,7 @@ def export_serving_models(ranker: nn.Module | None, towers: nn.Module, n_users: 
         parity["rating.npz"] = float(np.abs(tables(users, items) - expected).max())
         if parity["rating.npz"] > TOLERANCE:
             raise ExportError(f"rating.npz: numpy differs from torch by {parity['rating.npz']:.2e} (> {TOLERANCE:g})")
-    if getattr(getattr(towers, "user", None), "history", None) is None:
+    if not getattr(getattr(towers, "user", None), "reads_ratings", False):
         graphs["user_tower.onnx"] = (UserTower(towers), {"users": users}, "vectors")
     else:
         left_out["user_tower.onnx"] = "the user tower reads rating histories through sparse products"

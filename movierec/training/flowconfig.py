@@ -17,7 +17,7 @@ Kubernetes or AWS Batch) its image and ``@retry`` from the file, and wraps every
 :func:`step_frame`: fault injection for tests, a timing line, and inputs a step only read
 handed on as stored (not saved again), in one place. An error names the
 setting and its option:
-``retrieval.epochs (--retrieval-epochs) must be at least 1, got 0``.
+``retrieval.negatives (--negatives) must be at least 1, got 0``.
 """
 
 from __future__ import annotations

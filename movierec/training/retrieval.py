@@ -22,7 +22,7 @@ from movierec.core.progress import Progress
 from movierec.core.settings import RetrievalConfig, Settings
 from movierec.data.features import Encoded
 from movierec.data.split import holdout
-from movierec.models.layers import feature_tensors, index_tensor
+from movierec.models.layers import feature_tensors, index_tensor, ragged_rows
 from movierec.models.lightgcn import EmbeddingTables, LightGCN, normalized_adjacency
 from movierec.models.torch_runtime import (
     SparseDenseAdam,
@@ -35,7 +35,7 @@ from movierec.models.torch_runtime import (
     training_threads,
     training_threads_here,
 )
-from movierec.models.two_tower import TwoTower, in_batch_loss, popularity_log_q
+from movierec.models.two_tower import TwoTower, catalogue_loss, in_batch_loss, popularity_log_q, ratings_tower
 from movierec.training.distributed import (
     average_gradients,
     broadcast_parameters,
@@ -112,10 +112,10 @@ def _build(cfg: RetrievalConfig, sizes: dict[str, int], data: dict) -> TwoTower 
     """The untrained model ``cfg.model`` names; LightGCN's graph is every training pair (not a shard)."""
     if cfg.model == "lightgcn":
         graph = normalized_adjacency(Interactions(data["users"], data["items"], sizes["user"], sizes["item"]))
-        return LightGCN(sizes["user"], sizes["item"], graph, cfg.dim, cfg.layers)
+        return LightGCN(sizes["user"], sizes["item"], graph, cfg.embedding_dim(), cfg.layers)
     user_feats = {k: index_tensor(v) for k, v in data["user_features"].items()}
     item_feats = {k: index_tensor(v) for k, v in data["item_features"].items()}
-    return TwoTower(sizes, user_feats, item_feats, cfg.dim, cfg.hidden)
+    return TwoTower(sizes, user_feats, item_feats, cfg.embedding_dim(), cfg.hidden, ratings=ratings_tower(cfg))
 
 
 def _serving_state(model: TwoTower | LightGCN) -> dict:
@@ -141,6 +141,58 @@ class _Worker:
     report: Callable[[dict], None]
 
 
+class _PairSteps:
+    """Training steps over this worker's share of the (user, movie) pairs: each pair's movie
+    against the batch's shared negatives (``in_batch_loss``)."""
+
+    def __init__(self, config: dict, data: dict, worker: _Worker, cfg: RetrievalConfig, label: str):
+        rank, world, device, self.batch, self.cfg = worker.rank, worker.world, worker.device, config["batch"], cfg
+        self.users = index_tensor(data["users"][rank::world]).to(device)
+        self.items = index_tensor(data["items"][rank::world]).to(device)
+        self.log_q = popularity_log_q(data["items"], config["sizes"]["item"]).to(device)
+        self.steps = len(data["items"]) // world // self.batch  # equal on every worker: each step is a collective
+        self.compiles = cfg.compiles(len(data["items"]))
+        self.loss_fn = compiled(in_batch_loss, label) if self.compiles else in_batch_loss
+        self.described = (f"batch {self.batch}, {min(self.batch, cfg.negatives)} shared negatives")
+
+    def batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        return batches(len(self.users), self.batch, gen, drop_last=True)[: self.steps]
+
+    def loss(self, model: TwoTower | LightGCN, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The batch ``idx``'s loss and how many pairs it learned from."""
+        u, v = model(self.users[idx], self.items[idx])
+        return self.loss_fn(u, v, self.items[idx], self.log_q, temperature=self.cfg.temperature,
+                            negatives=self.cfg.negatives), len(idx)
+
+
+class _UserSteps:
+    """Training steps over this worker's share of the users who have training pairs (the ratings
+    tower): each user's rated movies against the whole catalogue (``catalogue_loss``)."""
+
+    def __init__(self, config: dict, data: dict, worker: _Worker, cfg: RetrievalConfig, label: str):
+        rank, world, device, self.batch, self.cfg = worker.rank, worker.world, worker.device, config["batch"], cfg
+        self.n_items = config["sizes"]["item"]
+        fit = Interactions(data["users"], data["items"], config["sizes"]["user"], self.n_items)
+        indptr, items = fit.csr()
+        self.indptr, self.rated = index_tensor(indptr).to(device), index_tensor(items).to(device)
+        self.users = index_tensor(np.flatnonzero(np.diff(indptr))[rank::world]).to(device)
+        self.steps = len(np.flatnonzero(np.diff(indptr))) // world // self.batch
+        self.compiles = False  # one matmul and a softmax: nothing to fuse
+        self.described = f"batch {self.batch} users, softmax over all {self.n_items:,} movies"
+
+    def batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        return batches(len(self.users), self.batch, gen, drop_last=True)[: self.steps]
+
+    def loss(self, model: TwoTower | LightGCN, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The batch ``idx``'s loss and how many pairs it learned from."""
+        users = self.users[idx]
+        rated, lengths = ragged_rows(self.indptr, self.rated, users)
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+        u = model.user_vectors(users)
+        v = model.item_vectors(torch.arange(self.n_items, device=users.device))
+        return catalogue_loss(u, v, rows, rated, temperature=self.cfg.temperature), len(rated)
+
+
 def _epochs(config: dict, data: dict, worker: _Worker) -> tuple[TwoTower | LightGCN, list[dict], int]:
     """The training loop, the same in a Ray Train worker and in one process: (the model with the
     weights of its best validation epoch, one row per epoch, the nodes the workers trained on)."""
@@ -151,48 +203,42 @@ def _epochs(config: dict, data: dict, worker: _Worker) -> tuple[TwoTower | Light
     model = _build(cfg, config["sizes"], data).to(device)
     broadcast_parameters(model)
     opt = SparseDenseAdam(model, cfg.learning_rate(batch), cfg.weight_decay)
-    users = index_tensor(data["users"][rank::world]).to(device)
-    items = index_tensor(data["items"][rank::world]).to(device)
-    log_q = popularity_log_q(data["items"], config["sizes"]["item"]).to(device)
-    steps = len(data["items"]) // world // batch  # equal on every worker: each step is a collective
+    step = (_UserSteps if cfg.per_user else _PairSteps)(config, data, worker, cfg, label)
     bf16 = bf16_autocast(cfg.precision, device)
-    compile_loss = cfg.compiles(len(data["items"]))
-    loss_fn = compiled(in_batch_loss, label) if compile_loss else in_batch_loss
     nodes = distinct_over_workers(worker.node, device)
     if rank == 0:
         print(f"{label} {world} worker(s) x {config['threads']} thread(s) on {device.type} "
-              f"({nodes} node{'s' if nodes > 1 else ''}{'' if worker.node else ', in this process'}), batch {batch}, "
-              f"{min(batch, cfg.negatives)} shared negatives, {'bf16' if bf16 else 'fp32'}"
-              f"{', compiled loss' if compile_loss else ''}", flush=True)
+              f"({nodes} node{'s' if nodes > 1 else ''}{'' if worker.node else ', in this process'}), "
+              f"{step.described}, {'bf16' if bf16 else 'fp32'}{', compiled loss' if step.compiles else ''}", flush=True)
     gen = torch.Generator().manual_seed(seed + rank)
     history = []
     val_users, val_items = index_tensor(data["val_users"]).to(device), index_tensor(data["val_items"]).to(device)
     val_seen_rows, val_seen_items = data["val_seen"]
     best, best_state, stale = -1.0, None, 0
     for epoch in range(epochs):
-        start, total = time.perf_counter(), 0.0
+        start, total, examples = time.perf_counter(), 0.0, 0
         model.train()
-        progress = Progress(steps * batch * world, f"{label} epoch {epoch + 1}/{epochs}")
-        for idx in batches(len(users), batch, gen, drop_last=True)[:steps]:
+        progress = Progress(len(data["items"]), f"{label} epoch {epoch + 1}/{epochs}")
+        for idx in step.batches(gen):
             idx = idx.to(device)
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                u, v = model(users[idx], items[idx])
-                loss = loss_fn(u, v, items[idx], log_q, temperature=cfg.temperature, negatives=cfg.negatives)
+                loss, pairs = step.loss(model, idx)
             opt.zero_grad()
             loss.backward()
             average_gradients(model)
             opt.step()
             total += loss.item()
+            examples += pairs * world
             if rank == 0:
-                progress.update(batch * world)
-        mean = mean_over_workers(torch.tensor([total / max(1, steps)], device=device))
+                progress.update(pairs * world)
+        mean = mean_over_workers(torch.tensor([total / max(1, step.steps)], device=device))
         seconds = time.perf_counter() - start
         # Every worker holds the same weights after the averaged steps and scores the same
         # validation pairs, so all of them reach the same stopping decision.
         score = validation_dcg(model, val_users, val_items, config["sizes"]["item"], seen_rows=val_seen_rows,
                                seen_items=val_seen_items)
         row = {"epoch": epoch + 1, "loss": float(mean), "val_dcg": score, "seconds": seconds,
-               "examples_per_s": steps * batch * world / max(seconds, 1e-9)}
+               "examples_per_s": examples / max(seconds, 1e-9)}
         history.append(row)
         if score > best:
             best, stale = score, 0
@@ -263,6 +309,10 @@ def _train_here(config: dict, data: dict) -> tuple[bytes, list[dict]]:
     return out.getvalue(), history
 
 
+# The most recent rated movies per user the ratings tower reads: all of them in practice (ML-20M's
+# users rated 144 on average; a few thousands), bounding only the heaviest raters' rows, as each
+# kept rating is an entry of the model's state.
+RATINGS_HISTORY = 2000
 MAX_VALIDATION = 5000  # validation pairs: enough for a stable score at any data size
 
 
@@ -286,9 +336,10 @@ def training_data(enc: Encoded, fit_idx: np.ndarray, val_idx: np.ndarray, cfg: R
     the ``fit_idx`` pairs to learn, the ``val_idx`` pairs to stop on and which movies their users
     rated (in ``seen_idx``, by default ``fit_idx``: a search's trials learn from a sample of the fit
     pairs but know all of them), and the features ``cfg.model`` takes (LightGCN learns from the
-    interactions alone; ``--history`` reads the ``seen_idx`` ratings)."""
+    interactions alone; ``--history`` and the ratings user tower read the ``seen_idx`` ratings)."""
     seen_idx = fit_idx if seen_idx is None else seen_idx
-    user_feats, item_feats = (feature_tensors(enc, seen_idx if cfg.history else None, cfg.max_history)
+    history = seen_idx if cfg.history or cfg.per_user else None
+    user_feats, item_feats = (feature_tensors(enc, history, RATINGS_HISTORY if cfg.per_user else cfg.max_history)
                               if cfg.model == "two_tower" else ({}, {}))
     fit = Interactions.of(enc, fit_idx, stars=False)
     seen_ptr, seen = Interactions.of(enc, seen_idx, stars=False).csr() if seen_idx is not fit_idx else fit.csr()
@@ -307,8 +358,9 @@ def loop_config(settings: Settings, cfg: RetrievalConfig, pairs: int, sizes: dic
                 threads: int) -> dict:
     """The training loop's settings for ``cfg`` on ``pairs`` training pairs shared by ``workers``
     workers of ``threads`` CPUs each: its epochs within ``settings.train_budget`` and its batch."""
-    per_worker = max(1, pairs // workers)  # a larger batch would leave an epoch no step
-    return {"cfg": asdict(cfg), "seed": settings.seed, "epochs": settings.epochs_for(cfg.epochs, pairs),
+    # a larger batch would leave an epoch no step
+    per_worker = max(1, (min(pairs, sizes["user"]) if cfg.per_user else pairs) // workers)
+    return {"cfg": asdict(cfg), "seed": settings.seed, "epochs": settings.epochs_for(cfg.max_epochs(), pairs),
             "sizes": dict(sizes), "threads": threads, "batch": min(cfg.batch_for(per_worker), per_worker)}
 
 

@@ -32,8 +32,9 @@ from movierec.training.search_space import Choice, Schedule, Uniform, draw
 
 # What a trial draws; the rest of RetrievalConfig stays as configured. The learning rate is drawn as a
 # factor of the model's own default (DEFAULT_LR: LightGCN's free embeddings take 3x the two-tower's
-# steps), at 1,024 pairs a step (RetrievalConfig.learning_rate scales it with the batch); negatives
-# beyond a batch's pairs are the whole batch, and are recorded as such.
+# steps), at the batch that default was set at (RetrievalConfig.learning_rate scales it with the
+# batch); negatives beyond a batch's pairs are the whole batch, and are recorded as such (the ratings
+# user tower has none to draw: its softmax is over the catalogue).
 SEARCH_SPACE: dict[str, Choice | Uniform] = {
     "dim": Choice((32, 64, 128)),
     "temperature": Uniform(0.03, 0.3, log=True),
@@ -95,7 +96,8 @@ def plan_trials(enc: Encoded, train_idx: np.ndarray, settings: Settings) -> Tria
     trial_cfg = replace(cfg, epochs=search.epochs, workers=1)
     base = {**loop_config(settings, trial_cfg, len(sample), enc.vocab_sizes, workers=1, threads=1),
             "batch": min(final["batch"], len(sample))}
-    configs = [{**drawn, "lr": drawn["lr"] * DEFAULT_LR[cfg.model], "negatives": min(drawn["negatives"], base["batch"])}
+    configs = [{**drawn, "lr": drawn["lr"] * DEFAULT_LR[cfg.variant],
+                "negatives": min(drawn["negatives"], base["batch"])}
                for drawn in draw(SEARCH_SPACE, search.trials, settings.seed)]
     return TrialPlan(training_data(enc, sample, val_idx, trial_cfg, seen_idx=fit_idx), base, configs)
 
