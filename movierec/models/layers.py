@@ -73,11 +73,8 @@ class UserEncoder(nn.Module):
         """Mean embedding of each user's rated movies. In training, ``exclude`` (the movie being
         predicted, which is in the history) is taken out, or the model would learn to look it up."""
         rated, lengths = self.rated(users)
-        rows = torch.cat([torch.zeros(1, dtype=lengths.dtype, device=users.device), torch.cumsum(lengths, 0)])
         table = self.history.weight
-        bags = torch.sparse_csr_tensor(rows, rated, torch.ones(len(rated), dtype=table.dtype, device=users.device),
-                                       size=(len(users), table.shape[0]), check_invariants=False)
-        total = sparse_mm(bags, table)
+        total = bag_sums(table, rated, lengths, torch.ones(len(rated), dtype=table.dtype, device=users.device))
         count = lengths.to(total.dtype)
         if exclude is not None:
             total = total - table[exclude]
@@ -99,6 +96,15 @@ def ragged_rows(indptr: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) 
     positions = (torch.repeat_interleave(starts - offsets, lengths)
                  + torch.arange(int(lengths.sum()), device=rows.device))
     return values[positions], lengths
+
+
+def bag_sums(table: torch.Tensor, rated: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per bag, the ``weights``-weighted sum of the ``table`` rows ``rated`` (bags of ``lengths``
+    rows, concatenated, as ``ragged_rows`` returns them), through a sparse matrix product: its
+    backward pass is about twice as fast on CPU as an EmbeddingBag's."""
+    rows = torch.cat([torch.zeros(1, dtype=lengths.dtype, device=rated.device), torch.cumsum(lengths, 0)])
+    bags = torch.sparse_csr_tensor(rows, rated, weights, size=(len(lengths), table.shape[0]), check_invariants=False)
+    return sparse_mm(bags, table)
 
 
 class RatingsEncoder(nn.Module):
@@ -135,9 +141,7 @@ class RatingsEncoder(nn.Module):
         if self.training and self.dropout:
             keep = torch.rand(len(rated), device=users.device) >= self.dropout
             weights = weights * keep / (1 - self.dropout)
-        rows = torch.cat([torch.zeros(1, dtype=lengths.dtype, device=users.device), torch.cumsum(lengths, 0)])
-        bags = torch.sparse_csr_tensor(rows, rated, weights, size=(len(users), table.shape[0]), check_invariants=False)
-        return self.out(torch.tanh(sparse_mm(bags, table) + self.bias))
+        return self.out(torch.tanh(bag_sums(table, rated, lengths, weights) + self.bias))
 
 
 class ItemEncoder(nn.Module):

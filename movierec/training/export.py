@@ -123,8 +123,8 @@ def export_serving_models(ranker: nn.Module | None, towers: nn.Module, n_users: 
     ``ranker`` is a FoldedRatingModel, or None for implicit-only data (no rating model: only the
     user tower is exported); ``towers`` a TwoTower or EmbeddingTables. A user tower that reads rating
     histories (``--history``, ``--user-tower ratings``) uses sparse matrix products, which ONNX
-    cannot express: it is left out and the reason recorded. Raises ExportError when a graph answers more than
-    ``TOLERANCE`` away from torch.
+    cannot express: it is left out and the reason recorded. Raises ExportError when a graph
+    answers more than ``TOLERANCE`` away from torch.
     """
     rng = np.random.default_rng(seed)
     users = rng.integers(0, n_users, sample).astype(np.int64)

@@ -141,7 +141,19 @@ class _Worker:
     report: Callable[[dict], None]
 
 
-class _PairSteps:
+class _Steps:
+    """An epoch's training steps over this worker's share of ``self.users`` rows, ``batch`` a step;
+    the subclasses say what a row is and its loss."""
+
+    users: torch.Tensor
+    batch: int
+    steps: int  # equal on every worker: each step is a collective
+
+    def batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        return batches(len(self.users), self.batch, gen, drop_last=True)[: self.steps]
+
+
+class _PairSteps(_Steps):
     """Training steps over this worker's share of the (user, movie) pairs: each pair's movie
     against the batch's shared negatives (``in_batch_loss``)."""
 
@@ -150,13 +162,10 @@ class _PairSteps:
         self.users = index_tensor(data["users"][rank::world]).to(device)
         self.items = index_tensor(data["items"][rank::world]).to(device)
         self.log_q = popularity_log_q(data["items"], config["sizes"]["item"]).to(device)
-        self.steps = len(data["items"]) // world // self.batch  # equal on every worker: each step is a collective
+        self.steps = len(data["items"]) // world // self.batch
         self.compiles = cfg.compiles(len(data["items"]))
         self.loss_fn = compiled(in_batch_loss, label) if self.compiles else in_batch_loss
-        self.described = (f"batch {self.batch}, {min(self.batch, cfg.negatives)} shared negatives")
-
-    def batches(self, gen: torch.Generator) -> list[torch.Tensor]:
-        return batches(len(self.users), self.batch, gen, drop_last=True)[: self.steps]
+        self.described = f"batch {self.batch}, {min(self.batch, cfg.negatives)} shared negatives"
 
     def loss(self, model: TwoTower | LightGCN, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The batch ``idx``'s loss and how many pairs it learned from."""
@@ -165,7 +174,7 @@ class _PairSteps:
                             negatives=self.cfg.negatives), len(idx)
 
 
-class _UserSteps:
+class _UserSteps(_Steps):
     """Training steps over this worker's share of the users who have training pairs (the ratings
     tower): each user's rated movies against the whole catalogue (``catalogue_loss``)."""
 
@@ -175,13 +184,11 @@ class _UserSteps:
         fit = Interactions(data["users"], data["items"], config["sizes"]["user"], self.n_items)
         indptr, items = fit.csr()
         self.indptr, self.rated = index_tensor(indptr).to(device), index_tensor(items).to(device)
-        self.users = index_tensor(np.flatnonzero(np.diff(indptr))[rank::world]).to(device)
-        self.steps = len(np.flatnonzero(np.diff(indptr))) // world // self.batch
+        raters = np.flatnonzero(np.diff(indptr))
+        self.users = index_tensor(raters[rank::world]).to(device)
+        self.steps = len(raters) // world // self.batch
         self.compiles = False  # one matmul and a softmax: nothing to fuse
         self.described = f"batch {self.batch} users, softmax over all {self.n_items:,} movies"
-
-    def batches(self, gen: torch.Generator) -> list[torch.Tensor]:
-        return batches(len(self.users), self.batch, gen, drop_last=True)[: self.steps]
 
     def loss(self, model: TwoTower | LightGCN, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The batch ``idx``'s loss and how many pairs it learned from."""
