@@ -20,6 +20,7 @@ Parts:
   as ``pipeline.train_retrieval`` trains it outside the flow) on the synthetic data's ``tfrs``
   split, once for one epoch (the default ``--train-budget`` at this size) and once to early
   stopping; validation DCG per epoch, then both models and popularity scored on the test split.
+  Once per ``--user-towers`` (each its own section).
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ from results import RESULTS, emit, markdown_table, median_seconds
 
 from movierec import data, pipeline
 from movierec.core import arrays
-from movierec.core.settings import RetrievalConfig, Settings
+from movierec.core.settings import USER_TOWERS, RetrievalConfig, Settings
 from movierec.data import synthetic
 from movierec.data.features import encode
 from movierec.data.split import DataSplit, split_ratings
+from movierec.training import retrieval
 from movierec.training.evaluation import Evaluator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -357,19 +359,21 @@ def ml100k_part(repeats: int, against: str | None) -> str:
             "the same time). Goal: <= 45 s.\n" + shown)
 
 
-def convergence_part(n: int) -> str:
-    """The two-tower trained for one epoch and to early stopping on ``n`` synthetic ratings, both
-    scored on the test split beside popularity."""
+def convergence_part(n: int, user_tower: str = "features") -> str:
+    """The two-tower with ``user_tower`` trained for one epoch and to early stopping on ``n``
+    synthetic ratings, both scored on the test split beside popularity."""
+    cfg = RetrievalConfig(user_tower=user_tower)
     enc = encode(synthetic.ml20m_like(n, seed=42))
     data_split = DataSplit(enc, pipeline.split_for(enc, "tfrs", 42))
     evaluator = Evaluator(enc, data_split.split)
     pop = evaluator.factorized_row("popularity", np.ones((enc.n_users, 1), np.float32), evaluator.popularity[:, None])
     rows, curves = [], {}
-    budgets = {"one epoch (default --train-budget)": n, "to early stopping": n * RetrievalConfig().max_epochs()}
+    budgets = {"one epoch (default --train-budget)": n, "to early stopping": n * cfg.max_epochs()}
     with tempfile.TemporaryDirectory() as storage:
         for name, budget in budgets.items():
             start = time.perf_counter()
-            result = pipeline.train_retrieval(data_split, Settings(train_budget=budget), os.path.join(storage, name))
+            result = pipeline.train_retrieval(data_split, Settings(train_budget=budget, retrieval=cfg),
+                                              os.path.join(storage, name))
             seconds = time.perf_counter() - start
             row = evaluator.factorized_row(name, *result.embeddings())
             best = max(result.history, key=lambda h: h["val_dcg"])
@@ -377,16 +381,22 @@ def convergence_part(n: int) -> str:
                          "seconds": f"{seconds:.0f}", "validation DCG": f"{best['val_dcg']:.4f}",
                          **{k: f"{row[k]:.4f}" for k in ("top100", "ndcg@10", "r@10")}})
             curves[name] = result.history
-            print(f"[scale] two-tower, {name}: {len(result.history)} epochs, {seconds:.0f} s, "
+            print(f"[scale] two-tower ({user_tower} user tower), {name}: {len(result.history)} epochs, "
+                  f"{seconds:.0f} s, "
                   f"NDCG@10 {row['ndcg@10']:.4f}", flush=True)
     rows.append({"training": "popularity baseline", "epochs": "", "kept epoch": "", "seconds": "",
                  "validation DCG": "", **{k: f"{pop[k]:.4f}" for k in ("top100", "ndcg@10", "r@10")}})
     curve = [{"epoch": h["epoch"], "validation DCG": f"{h['val_dcg']:.4f}", "loss": f"{h['loss']:.4f}",
               "seconds": f"{h['seconds']:.0f}"} for h in curves["to early stopping"]]
     one, full = rows[0], rows[1]
-    return (f"### One epoch against early stopping at {n:,} ratings (two-tower alone, every CPU)\n\n"
+    # the patience and epoch cap the run to early stopping trained with (the ratings tower's follow the data's size)
+    settings = Settings(train_budget=budgets["to early stopping"], retrieval=cfg)
+    loop = retrieval.loop_config(settings, cfg, len(retrieval.validation_split(data_split.split.train, settings)[0]),
+                                 enc.vocab_sizes, workers=cfg.workers, threads=1)
+    return (f"### One epoch against early stopping at {n:,} ratings (two-tower alone, {user_tower} user tower, "
+            f"every CPU)\n\n"
             f"{enc.n_users:,} users, {enc.n_items:,} movies; `tfrs` split (seed 42); validation: 5% of train; "
-            f"patience {RetrievalConfig().stop_after()} epochs, at most {RetrievalConfig().max_epochs()}.\n\n"
+            f"patience {loop['patience']} epochs, at most {loop['epochs']}.\n\n"
             + markdown_table(rows, list(rows[0])) + "\n\nValidation DCG per epoch of the run to early stopping:\n\n"
             + markdown_table(curve, list(curve[0]))
             + f"\n\nTraining to early stopping took {full['seconds']} s against {one['seconds']} s for one epoch "
@@ -405,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratings", type=int, default=ML20M, help="size of the data, eval and convergence parts")
     parser.add_argument("--keep", type=Path, help="keep the flow runs' datastores and logs here; sizes already "
                         "measured there are reused, so an interrupted benchmark resumes")
+    parser.add_argument("--user-towers", nargs="+", choices=USER_TOWERS, default=list(USER_TOWERS),
+                        help="convergence: the two-tower's user towers to train (each writes its own section)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--figures-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -420,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     if "ml100k" in args.parts:
         emit("scale-ml100k", ml100k_part(args.repeats, args.against), not args.no_write)
     if "convergence" in args.parts:
-        emit("scale-convergence", convergence_part(args.ratings), not args.no_write)
+        for tower in args.user_towers:
+            emit("scale-convergence" + ("" if tower == "features" else f"-{tower}"),
+                 convergence_part(args.ratings, tower), not args.no_write)
     return 0
 
 

@@ -88,6 +88,24 @@ def test_the_batch_of_users_fits_the_users():
     assert config["batch"] == 50 and config["epochs"] == 200
 
 
+def test_the_ratings_towers_patience_and_cap_follow_the_datas_size():
+    """Its defaults count ML-100K's 7-step epochs; an ML-20M epoch is ~1,080 steps, where 20 epochs
+    of patience would wait hours on a plateau: there both count about the same steps, the cap at
+    least 10 epochs so early stopping ends the run. Set values, and the pair-trained tower's, stay."""
+    big = Settings(train_budget=10**9, retrieval=RetrievalConfig(user_tower="ratings"))
+    ml100k = retrieval.loop_config(big, big.retrieval, 95_000, {"user": 943, "item": 1682}, workers=1, threads=1)
+    assert (ml100k["batch"], ml100k["patience"], ml100k["epochs"]) == (128, 20, 200)
+    ml20m = retrieval.loop_config(big, big.retrieval, 19_000_000, {"user": 138_493, "item": 26_744}, workers=1,
+                                  threads=1)
+    assert (ml20m["patience"], ml20m["epochs"]) == (1, 10)  # 1,081 steps: ceil(20 x 7 / 1,081), max(10, 2)
+    assert (big.retrieval.stop_after(70), big.retrieval.max_epochs(70)) == (2, 20)
+    assert retrieval.loop_config(Settings(retrieval=big.retrieval), big.retrieval, 19_000_000,
+                                 {"user": 138_493, "item": 26_744}, workers=1, threads=1)["epochs"] == 1  # budget
+    set_ = RetrievalConfig(user_tower="ratings", patience=4, epochs=30)
+    assert (set_.stop_after(1081), set_.max_epochs(1081)) == (4, 30)
+    assert (RetrievalConfig().stop_after(1081), RetrievalConfig().max_epochs(1081)) == (3, 15)
+
+
 @pytest.fixture(scope="module")
 def trained(small_encoded):
     enc = small_encoded

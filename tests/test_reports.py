@@ -68,3 +68,8 @@ def test_the_retrieval_card_says_how_the_model_learned_and_the_sizes_it_took():
         assert objective in next(r["source"] for r in rendered if "retrieval (" in r.get("source", ""))
         settings = dict(next(r for r in rendered if r.get("columns") == ["name", "value"])["data"])
         assert (settings["dim"], settings["epochs"]) == (dim, "15" if dim == "64" else "200")
+    # a run records the cap and patience it resolved (the ratings tower's follow the data's size)
+    ran = RetrievalResult(b"", RetrievalConfig(user_tower="ratings"), {}, history, epochs=10, patience=1)
+    rendered = [c.render() for c in cards.retrieval_card(ran, sources)]
+    settings = dict(next(r for r in rendered if r.get("columns") == ["name", "value"])["data"])
+    assert (settings["epochs"], settings["patience"]) == ("10", "1")

@@ -43,6 +43,14 @@ USER_TOWERS = ("features", "ratings")
 # Users per step of the ratings tower: its learning rate is set at 128 (scaled by the square root
 # of the batch over it, as the pair-trained models' at 1,024 pairs).
 RATINGS_BATCH = 128
+# ML-100K's epoch of the ratings tower is 7 steps of 128 users: DEFAULT_PATIENCE and DEFAULT_EPOCHS
+# count epochs of about that size. An epoch of ML-20M is ~1,080 steps, and its validation score
+# peaked in the second (0.1618 after one, 0.1635 after two, flat for three more; 6 min an epoch on
+# 2 cores), so 20 epochs of patience would wait two hours on a plateau. Where an epoch has more
+# steps, both count the same number of steps instead, the patience at least one epoch and the cap
+# at least RATINGS_MIN_EPOCHS, so that early stopping, not the cap, ends a run on large data.
+RATINGS_REFERENCE_STEPS = 7
+RATINGS_MIN_EPOCHS = 10
 # Automatic retrieval batches: 1,024 pairs (what the defaults were tuned at) until an epoch has
 # 4,096 steps of them, then doubling with the data (2,048-4,095 steps an epoch) up to 4,096:
 # with the loss compiled, 4,096 pairs with 1,024 shared negatives trained fastest on 2 cores
@@ -283,7 +291,8 @@ class RetrievalConfig:
                            "and says so", choices=("auto", "on", "off"))
     epochs: int = setting(0, "retrieval-epochs", "most retrieval epochs (stops early when validation quality "
                           "stalls); 0: the model's own, 15 (200 for the ratings user tower, whose epochs are short "
-                          "and whose validation score climbs slowly)", minimum=0)
+                          "and whose validation score climbs slowly; where an epoch is longer than ML-100K's 7 "
+                          "steps, that many steps' worth, at least 10)", minimum=0)
     patience: int | None = None  # epochs without improvement before stopping (None: DEFAULT_PATIENCE);
     # the best epoch's weights are kept
     val_fraction: float = 0.05  # of train, never test
@@ -322,9 +331,10 @@ class RetrievalConfig:
         """``dim``, or the model's own default where it is 0."""
         return self.dim or DEFAULT_DIM[self.variant]
 
-    def max_epochs(self) -> int:
-        """``epochs``, or the model's own default where it is 0."""
-        return self.epochs or DEFAULT_EPOCHS[self.variant]
+    def max_epochs(self, steps_per_epoch: int = 0) -> int:
+        """``epochs``, or the model's own default where it is 0 (for the ratings tower, by the
+        ``steps_per_epoch`` of the data: see RATINGS_REFERENCE_STEPS)."""
+        return self.epochs or self._in_steps(DEFAULT_EPOCHS[self.variant], steps_per_epoch, RATINGS_MIN_EPOCHS)
 
     @property
     def name(self) -> str:
@@ -356,9 +366,19 @@ class RetrievalConfig:
         """The set rate or the model's default, at the batch the defaults were chosen at."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.variant]
 
-    def stop_after(self) -> int:
-        """Epochs without improvement before training stops."""
-        return self.patience if self.patience is not None else DEFAULT_PATIENCE[self.variant]
+    def stop_after(self, steps_per_epoch: int = 0) -> int:
+        """Epochs without improvement before training stops: ``patience``, or the model's own
+        default (for the ratings tower, by the ``steps_per_epoch`` of the data)."""
+        if self.patience is not None:
+            return self.patience
+        return self._in_steps(DEFAULT_PATIENCE[self.variant], steps_per_epoch, 1)
+
+    def _in_steps(self, epochs: int, steps_per_epoch: int, least: int) -> int:
+        """A default of ``epochs`` ratings-tower epochs of RATINGS_REFERENCE_STEPS steps, as epochs of
+        ``steps_per_epoch`` steps (at least ``least``); other models' defaults count epochs alone."""
+        if not self.per_user or steps_per_epoch <= RATINGS_REFERENCE_STEPS:
+            return epochs
+        return max(least, -(-epochs * RATINGS_REFERENCE_STEPS // steps_per_epoch))
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,8 @@ def retrieval_card(result: RetrievalResult, sources: SourceModels) -> list:
         heading(f"{result.config.name} retrieval ({_trained_by(result)}, {_objective(result.config)})"),
         # the sizes the model trained with, where the settings leave them to the model (0)
         key_values({**asdict(result.config), "dim": result.config.embedding_dim(),
-                    "epochs": result.config.max_epochs()}),
+                    "epochs": result.epochs or result.config.max_epochs(),
+                    "patience": result.patience or result.config.stop_after()}),
         *_search_card(result.search),
         line_chart(result.history, "epoch", "loss", "Training loss per epoch"),
         line_chart(result.history, "epoch", "val_dcg",

@@ -55,6 +55,10 @@ class RetrievalResult:
     nodes: int = 1  # Ray nodes its workers trained on
     ray_train: bool = True  # False: one worker trained in the step's process (RaySettings.uses_ray_train)
     search: list[dict] = field(default_factory=list)  # the trials that chose its settings (retrieval_search)
+    # the epoch cap (after --train-budget) and patience it trained with, which the ratings tower's
+    # defaults resolve by the data's size (0: not recorded, runs before they were)
+    epochs: int = 0
+    patience: int = 0
 
     def model(self) -> TwoTower | EmbeddingTables:
         state = state_from_bytes(self.state)
@@ -252,7 +256,7 @@ def _epochs(config: dict, data: dict, worker: _Worker) -> tuple[TwoTower | Light
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        stop = stale >= cfg.stop_after() or epoch + 1 == epochs
+        stop = stale >= config["patience"] or epoch + 1 == epochs
         if rank == 0:
             print(f"{label} epoch {epoch + 1}/{epochs} loss {row['loss']:.4f} "
                   f"val DCG {score:.4f} ({row['examples_per_s']:,.0f} examples/s)"
@@ -367,8 +371,10 @@ def loop_config(settings: Settings, cfg: RetrievalConfig, pairs: int, sizes: dic
     workers of ``threads`` CPUs each: its epochs within ``settings.train_budget`` and its batch."""
     # a larger batch would leave an epoch no step
     per_worker = max(1, (min(pairs, sizes["user"]) if cfg.per_user else pairs) // workers)
-    return {"cfg": asdict(cfg), "seed": settings.seed, "epochs": settings.epochs_for(cfg.max_epochs(), pairs),
-            "sizes": dict(sizes), "threads": threads, "batch": min(cfg.batch_for(per_worker), per_worker)}
+    batch = min(cfg.batch_for(per_worker), per_worker)
+    steps = per_worker // batch
+    return {"cfg": asdict(cfg), "seed": settings.seed, "epochs": settings.epochs_for(cfg.max_epochs(steps), pairs),
+            "patience": cfg.stop_after(steps), "sizes": dict(sizes), "threads": threads, "batch": batch}
 
 
 def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path: str, *, name: str = "retrieval",
@@ -386,7 +392,8 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
     config = loop_config(settings, cfg, len(fit_idx), enc.vocab_sizes, workers=cfg.workers, threads=cpus_per_worker)
     if not settings.ray.uses_ray_train(cfg.workers):
         state, history = _train_here(config, data)
-        return RetrievalResult(state=state, config=cfg, sizes=dict(enc.vocab_sizes), history=history, ray_train=False)
+        return RetrievalResult(state=state, config=cfg, sizes=dict(enc.vocab_sizes), history=history, ray_train=False,
+                               epochs=config["epochs"], patience=config["patience"])
     import ray
     from ray.train import ControllerError, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -432,4 +439,4 @@ def train(enc: Encoded, train_idx: np.ndarray, settings: Settings, storage_path:
         with open(os.path.join(d, "history.json")) as f:
             run = json.load(f)
     return RetrievalResult(state=state, config=cfg, sizes=dict(enc.vocab_sizes), history=run["epochs"],
-                           nodes=run["nodes"])
+                           nodes=run["nodes"], epochs=config["epochs"], patience=config["patience"])
